@@ -1,0 +1,65 @@
+# Everything a fresh machine needs: `make run` and `make test` set themselves up.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+GEN_STAMP := gen/.generated
+PROTO_INCLUDE = $$($(VPY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
+DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
+DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto)
+TESTS ?= tests
+
+.PHONY: setup proto run test test-unit lint fmt verify bench clean
+
+setup: $(STAMP) $(GEN_STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[dev]'
+	# Generated demo contracts live in gen/ (one import root for every component).
+	echo "$(CURDIR)/gen" > $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/durable_broker_gen.pth
+	touch $@
+
+# Broker protocol -> sdk_python/durable/v1 (it ships with the SDK); demo contracts -> gen/.
+$(GEN_STAMP): $(STAMP) $(DURABLE_PROTOS) $(DEMO_PROTOS) $(wildcard sdk_python/durable/_codegen/*.py)
+	mkdir -p gen sdk_python/durable/v1
+	$(VPY) -m grpc_tools.protoc -I proto -I $(PROTO_INCLUDE) \
+		--python_out=sdk_python --pyi_out=sdk_python --grpc_python_out=sdk_python $(DURABLE_PROTOS)
+	touch sdk_python/durable/v1/__init__.py
+	$(VPY) -m grpc_tools.protoc -I proto -I $(PROTO_INCLUDE) \
+		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
+		--plugin=protoc-gen-durable=$(VENV)/bin/protoc-gen-durable --durable_out=gen $(DEMO_PROTOS)
+	for d in flights cars payments trips; do touch gen/$$d/__init__.py; done
+	touch $@
+
+proto: $(STAMP)
+	rm -f $(GEN_STAMP)
+	$(MAKE) $(GEN_STAMP)
+
+run: setup
+	$(VPY) -m services.run_demo
+
+test: setup
+	$(VPY) -m pytest $(TESTS)
+
+test-unit: setup
+	$(VPY) -m pytest tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check broker sdk_python services tests
+	$(VENV)/bin/ruff format --check broker sdk_python services tests
+	$(VENV)/bin/mypy broker sdk_python/durable
+
+fmt: setup
+	$(VENV)/bin/ruff check --fix broker sdk_python services tests
+	$(VENV)/bin/ruff format broker sdk_python services tests
+
+verify: lint test
+
+bench: setup
+	$(VPY) -m tests.bench
+
+clean:
+	rm -rf $(VENV) gen sdk_python/durable/v1 .data

@@ -1,0 +1,159 @@
+"""The gRPC transport: a service endpoint the broker discovers and drives."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Iterable, Sequence
+
+import grpc
+from durable.v1 import protocol_pb2, protocol_pb2_grpc
+from google.protobuf import descriptor, descriptor_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from ._context import Context, ObjectContext, ObjectSharedContext
+from ._runtime import Runtime
+from ._service import Service, Servicer
+
+log = logging.getLogger("durable")
+
+PROTOCOL_VERSION = 1
+# Journals travel in one start message; let them be large.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_TERMINAL = ("end", "suspension", "error")
+
+
+def _files(services: Iterable[Service]) -> descriptor_pb2.FileDescriptorSet:
+    """Every file the services are declared in, dependencies first."""
+    out = descriptor_pb2.FileDescriptorSet()
+    seen: set[str] = set()
+
+    def visit(f: descriptor.FileDescriptor) -> None:
+        if f.name in seen:
+            return
+        seen.add(f.name)
+        for dep in f.dependencies:
+            visit(dep)
+        f.CopyToProto(out.file.add())
+
+    for s in services:
+        visit(s.descriptor.file)
+    return out
+
+
+class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
+    def __init__(self, services: Sequence[Service]) -> None:
+        self._services = {s.name: s for s in services}
+
+    async def Discover(
+        self, request: protocol_pb2.DiscoverRequest, context: grpc.aio.ServicerContext
+    ) -> protocol_pb2.DiscoverResponse:
+        return protocol_pb2.DiscoverResponse(
+            services=sorted(self._services),
+            files=_files(self._services.values()),
+            protocol_version=PROTOCOL_VERSION,
+        )
+
+    async def Invoke(
+        self,
+        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[protocol_pb2.InvokeResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or not first.HasField("start"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start")
+            return
+        start = first.start
+        service = self._services.get(start.service)
+        handler = service.handlers.get(start.method) if service else None
+        if service is None or handler is None:
+            yield protocol_pb2.InvokeResponse(
+                error=protocol_pb2.ErrorMessage(
+                    code=grpc.StatusCode.UNIMPLEMENTED.value[0],
+                    message=f"this endpoint has no handler {start.service}/{start.method}",
+                    entry_index=-1,
+                )
+            )
+            return
+        outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
+        runtime = Runtime(start, outgoing.put_nowait)
+        ctx: Context
+        if not service.keyed:
+            ctx = Context(runtime)
+        elif handler.shared:
+            ctx = ObjectSharedContext(runtime)
+        else:
+            ctx = ObjectContext(runtime)
+
+        async def run_handler() -> bytes:
+            request = handler.input_type.FromString(runtime.machine.input.request)
+            response = await handler.fn(ctx, request)
+            if not isinstance(response, handler.output_type):
+                raise TypeError(
+                    f"{start.service}/{start.method} returned {type(response).__name__}, "
+                    f"expected {handler.output_type.__name__}"
+                )
+            return response.SerializeToString()
+
+        async def read_completions() -> None:
+            async for message in request_iterator:
+                if message.HasField("completion"):
+                    runtime.on_completion(message.completion)
+            runtime.on_input_closed()
+
+        handler_task = asyncio.create_task(runtime.execute(run_handler))
+        reader_task = asyncio.create_task(read_completions())
+        try:
+            while True:
+                message = await outgoing.get()
+                yield message
+                if message.WhichOneof("message") in _TERMINAL:
+                    break
+        finally:
+            reader_task.cancel()
+            if not handler_task.done():
+                handler_task.cancel()
+
+
+async def create_server(
+    services: Sequence[Service | Servicer], address: str = "127.0.0.1:0"
+) -> tuple[grpc.aio.Server, int]:
+    """A started gRPC server hosting the services; returns it and its bound port.
+
+    Args:
+        services: `durable.Service`s or instances of generated `Servicer` subclasses.
+        address: `host:port`; port 0 picks a free one.
+    """
+    bound = [s if isinstance(s, Service) else Service.from_servicer(s) for s in services]
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+    )
+    protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(_Endpoint(bound), server)
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port(address)
+    await server.start()
+    return server, port
+
+
+async def serve_async(services: Sequence[Service | Servicer], address: str) -> None:
+    """Serves until SIGTERM or SIGINT, then drains in-flight attempts for up to 5 s."""
+    server, port = await create_server(services, address)
+    host = address.rsplit(":", 1)[0]
+    log.info("service endpoint listening on %s:%d", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(5)
+
+
+def serve(services: Sequence[Service | Servicer], address: str = "127.0.0.1:9080") -> None:
+    """Runs a service endpoint hosting `services` on `address` until SIGTERM/SIGINT."""
+    asyncio.run(serve_async(services, address))

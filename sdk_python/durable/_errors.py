@@ -1,0 +1,54 @@
+"""The SDK's one error taxonomy.
+
+* `TerminalError` ends an invocation for good: it is journaled as the handler's result,
+  reaches the caller as a gRPC status, and is never retried. Sagas catch it to compensate.
+* Any other `Exception` is transient: the attempt fails and the broker retries it with
+  exponential backoff, replaying the journal.
+* Control flow (`Suspended`, `NonDeterminismError`) derives from `BaseException`, so a
+  handler's `except Exception:` cannot swallow it by accident.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class TerminalError(Exception):
+    """A failure that must not be retried.
+
+    Args:
+        message: What went wrong, for the caller.
+        code: The gRPC status code the caller receives (default `UNKNOWN`).
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode | int = grpc.StatusCode.UNKNOWN) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code: int = code if isinstance(code, int) else code.value[0]
+
+    @property
+    def status_code(self) -> grpc.StatusCode:
+        """The code as a `grpc.StatusCode`."""
+        for status in grpc.StatusCode:
+            if status.value[0] == self.code:
+                return status
+        return grpc.StatusCode.UNKNOWN
+
+
+class Suspended(BaseException):  # noqa: N818 - control flow, not an error
+    """Raised at an await when the invocation suspends; the broker resumes it later."""
+
+
+class NonDeterminismError(BaseException):
+    """The handler proposed a step that differs from the journal it is replaying.
+
+    Replaying code must take the same steps in the same order; this attempt fails and
+    the broker retries it, recording this message as the invocation's last error.
+    """
+
+    def __init__(self, index: int, journaled: str, proposed: str) -> None:
+        super().__init__(
+            f"non-determinism at journal entry {index}: the journal has {journaled}, "
+            f"but the handler proposed {proposed}"
+        )
+        self.index = index

@@ -1,0 +1,150 @@
+"""The replay state machine: the journal in, proposed steps out. No I/O, no asyncio.
+
+The machine holds the journal the broker sent at the start of an attempt and hands out
+journal indexes to the steps the handler takes. A step whose index is inside that journal
+is *replayed*: it must match the journaled command, and its journaled result is reused. A
+step past the end is *new*: it is appended and queued as an outgoing message.
+"""
+
+from __future__ import annotations
+
+from durable.v1 import journal_pb2, protocol_pb2
+
+from ._errors import NonDeterminismError
+
+Entry = journal_pb2.JournalEntry
+Result = journal_pb2.Result
+
+
+def describe(entry: Entry) -> str:
+    """A short human description of a journal command, for errors and logs."""
+    kind = entry.WhichOneof("command")
+    if kind == "call":
+        return f"call {entry.call.service}/{entry.call.method}"
+    if kind == "send":
+        return f"send {entry.send.service}/{entry.send.method}"
+    if kind == "run":
+        return f"run {entry.run.name!r}"
+    if kind == "get_state":
+        return f"get_state {entry.get_state.key!r}"
+    if kind == "set_state":
+        return f"set_state {entry.set_state.key!r}"
+    if kind == "clear_state":
+        return f"clear_state {entry.clear_state.key!r}"
+    return str(kind)
+
+
+def _identity(entry: Entry) -> tuple[str | None, ...]:
+    """What must match between a journaled and a replayed command."""
+    kind = entry.WhichOneof("command")
+    if kind == "call":
+        return (kind, entry.call.service, entry.call.method)
+    if kind == "send":
+        return (kind, entry.send.service, entry.send.method)
+    if kind == "run":
+        return (kind, entry.run.name)
+    if kind == "get_state":
+        return (kind, entry.get_state.key)
+    if kind == "set_state":
+        return (kind, entry.set_state.key)
+    if kind == "clear_state":
+        return (kind, entry.clear_state.key)
+    return (kind,)
+
+
+class ReplayMachine:
+    """Tracks one attempt's journal and the messages it must send to the broker.
+
+    Args:
+        journal: The journal so far, entry 0 being the input.
+    """
+
+    def __init__(self, journal: list[Entry]) -> None:
+        if not journal or journal[0].WhichOneof("command") != "input":
+            raise ValueError("a journal starts with its input entry")
+        self._journal = list(journal)
+        self._replay_length = len(journal)
+        self._next = 1
+        self._outbox: list[protocol_pb2.InvokeResponse] = []
+
+    @property
+    def input(self) -> journal_pb2.InputCommand:
+        """The invocation's input."""
+        return self._journal[0].input
+
+    @property
+    def replaying(self) -> bool:
+        """Whether the next step still comes from the journal."""
+        return self._next < self._replay_length
+
+    def propose(self, entry: Entry) -> int:
+        """Takes the handler's next step and returns its journal index.
+
+        Raises:
+            NonDeterminismError: the step differs from the journaled one at its index.
+        """
+        index = self._next
+        self._next += 1
+        if index < self._replay_length:
+            journaled = self._journal[index]
+            if _identity(journaled) != _identity(entry):
+                raise NonDeterminismError(index, describe(journaled), describe(entry))
+            return index
+        stored = Entry()
+        stored.CopyFrom(entry)
+        self._journal.append(stored)
+        self._outbox.append(
+            protocol_pb2.InvokeResponse(entry=protocol_pb2.ProposedEntry(index=index, entry=entry))
+        )
+        return index
+
+    def journaled(self, index: int) -> Entry:
+        """The journal entry at `index` (replayed or proposed in this attempt)."""
+        return self._journal[index]
+
+    def result(self, index: int) -> Result | None:
+        """The entry's result, or None while it is not completed."""
+        entry = self._journal[index]
+        return entry.result if entry.HasField("result") else None
+
+    def complete(self, index: int, result: Result) -> None:
+        """Records a completion sent by the broker."""
+        if index >= len(self._journal):
+            raise ValueError(f"completion for entry {index} beyond the journal's end")
+        self._journal[index].result.CopyFrom(result)
+
+    def propose_run_result(self, index: int, result: Result) -> None:
+        """Queues a side effect's outcome; the broker completes the entry once it is durable."""
+        self._outbox.append(
+            protocol_pb2.InvokeResponse(
+                run_result=protocol_pb2.RunResultMessage(entry_index=index, result=result)
+            )
+        )
+
+    def finish(self, result: Result) -> None:
+        """Proposes the output entry and ends the attempt."""
+        self.propose(Entry(output=journal_pb2.OutputCommand(), result=result))
+        self._outbox.append(protocol_pb2.InvokeResponse(end=protocol_pb2.EndMessage()))
+
+    def suspend(self, waiting_on: list[int]) -> None:
+        """Ends the attempt waiting on the given entries."""
+        self._outbox.append(
+            protocol_pb2.InvokeResponse(
+                suspension=protocol_pb2.SuspensionMessage(waiting_on=sorted(set(waiting_on)))
+            )
+        )
+
+    def fail(self, code: int, message: str, *, non_determinism: bool = False) -> None:
+        """Ends the attempt with a transient failure (the broker retries)."""
+        self._outbox.append(
+            protocol_pb2.InvokeResponse(
+                error=protocol_pb2.ErrorMessage(
+                    code=code, message=message, entry_index=-1, non_determinism=non_determinism
+                )
+            )
+        )
+
+    def drain(self) -> list[protocol_pb2.InvokeResponse]:
+        """Takes the queued outgoing messages."""
+        out, self._outbox = self._outbox, []
+        return out

@@ -1,0 +1,201 @@
+"""Drives one attempt: the replay machine on one side, asyncio waiters on the other.
+
+The runtime decides when the handler suspends. A handler that stays blocked on
+incomplete journal entries (and runs no side effect) for `suspend_after_ms` suspends:
+it tells the broker what it waits on and unwinds with `Suspended`. With 0 it suspends
+at every await that is not complete, which exercises replay constantly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+from durable.v1 import journal_pb2, protocol_pb2
+
+from ._errors import NonDeterminismError, Suspended, TerminalError
+from ._machine import Entry, ReplayMachine, Result
+
+log = logging.getLogger("durable")
+
+_TERMINAL = ("end", "suspension", "error")
+
+
+def failure(code: int, message: str) -> Result:
+    """A failed result."""
+    return Result(failure=journal_pb2.Failure(code=code, message=message))
+
+
+class Runtime:
+    """One attempt of one invocation, on the service side.
+
+    Args:
+        start: The broker's start message.
+        send: Called with each outgoing message, in order; the last is terminal.
+    """
+
+    def __init__(
+        self,
+        start: protocol_pb2.StartMessage,
+        send: Callable[[protocol_pb2.InvokeResponse], None],
+    ) -> None:
+        self.start = start
+        self.machine = ReplayMachine(list(start.journal))
+        self.state: dict[str, bytes] = dict(start.state)
+        self.done = False
+        self._send = send
+        self._suspend_after = start.suspend_after_ms / 1000.0
+        self._waiters: dict[int, asyncio.Future[Result]] = {}
+        self._blocked: collections.Counter[int] = collections.Counter()
+        self._blocked_since = 0.0
+        self._side_effects = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._input_closed = False
+
+    # Steps proposed by the context.
+
+    def propose(self, entry: Entry) -> int:
+        """Journals a step (or matches it against the replayed journal)."""
+        if self.done:
+            raise Suspended()
+        index = self.machine.propose(entry)
+        self._flush()
+        return index
+
+    def propose_run_result(self, index: int, result: Result) -> None:
+        """Sends a side effect's outcome for the broker to make durable."""
+        if self.done:
+            raise Suspended()
+        self.machine.propose_run_result(index, result)
+        self._flush()
+
+    async def await_entry(self, index: int) -> Result:
+        """Waits until the entry is completed, suspending if it takes too long."""
+        result = self.machine.result(index)
+        if result is not None:
+            return result
+        if self.done:
+            raise Suspended()
+        waiter = self._waiters.get(index)
+        if waiter is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters[index] = waiter
+        if not self._blocked:
+            self._blocked_since = asyncio.get_running_loop().time()
+        self._blocked[index] += 1
+        if self._input_closed:
+            self._suspend()
+        self._arm()
+        try:
+            # Shielded: one waiter serves every await of the entry, and a cancelled
+            # awaiter (a lost race) must not cancel it for the others.
+            return await asyncio.shield(waiter)
+        finally:
+            self._blocked[index] -= 1
+            if self._blocked[index] <= 0:
+                del self._blocked[index]
+
+    def side_effect_started(self) -> None:
+        """A `ctx.run` function runs: never suspend under it."""
+        self._side_effects += 1
+
+    def side_effect_ended(self) -> None:
+        """The function returned; suspension may be armed again."""
+        self._side_effects -= 1
+        self._arm()
+
+    # Messages from the broker.
+
+    def on_completion(self, completion: protocol_pb2.CompletionMessage) -> None:
+        """Records a completion and wakes whoever awaits it."""
+        self.machine.complete(completion.entry_index, completion.result)
+        waiter = self._waiters.pop(completion.entry_index, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(completion.result)
+
+    def on_input_closed(self) -> None:
+        """The broker closed its side: nothing more will arrive in this attempt."""
+        self._input_closed = True
+        if self._blocked and not self._side_effects:
+            self._suspend()
+
+    # The handler's outcome.
+
+    async def execute(self, handler: Callable[[], Awaitable[bytes]]) -> None:
+        """Runs the handler to its end and sends the terminal message."""
+        try:
+            value = await handler()
+            if not self.done:
+                self.machine.finish(Result(value=value))
+        except TerminalError as e:
+            if not self.done:
+                self.machine.finish(failure(e.code, e.message))
+        except Suspended:
+            pass
+        except NonDeterminismError as e:
+            log.error("invocation %s: %s", self.start.invocation_id, e)
+            if not self.done:
+                self.machine.fail(grpc.StatusCode.INTERNAL.value[0], str(e), non_determinism=True)
+        except asyncio.CancelledError:
+            if not self.done:
+                self.machine.fail(grpc.StatusCode.CANCELLED.value[0], "attempt cancelled")
+            raise
+        except Exception as e:
+            log.warning(
+                "invocation %s attempt %d failed: %r",
+                self.start.invocation_id,
+                self.start.attempt,
+                e,
+            )
+            if not self.done:
+                self.machine.fail(grpc.StatusCode.UNKNOWN.value[0], f"{type(e).__name__}: {e}")
+        finally:
+            self._flush()
+            self.done = True
+            self._cancel_timer()
+
+    # Internals.
+
+    def _flush(self) -> None:
+        for message in self.machine.drain():
+            if message.WhichOneof("message") in _TERMINAL:
+                self.done = True
+            self._send(message)
+
+    def _arm(self) -> None:
+        if self._timer is not None or self.done or not self._blocked or self._side_effects:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._blocked_since + self._suspend_after - loop.time())
+        self._timer = loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.done or not self._blocked or self._side_effects:
+            return
+        if any(self.machine.result(i) is not None for i in self._blocked):
+            return  # a completion is being delivered; the handler will block again or go on
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._blocked_since < self._suspend_after:
+            self._arm()
+            return
+        self._suspend()
+
+    def _suspend(self) -> None:
+        if self.done:
+            return
+        self.machine.suspend(list(self._blocked))
+        self._flush()
+        self._cancel_timer()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_exception(Suspended())
+        self._waiters.clear()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
