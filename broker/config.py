@@ -1,0 +1,107 @@
+"""Broker settings: flags, each with an environment variable, and their defaults."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`: `250ms`, `30s`, `5m`, `24h`, `7d`, or a bare number of seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (try 500ms, 30s, 24h)")
+    return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything the broker can be told at start-up."""
+
+    ingress: str = "127.0.0.1:9090"
+    admin: str = "127.0.0.1:9091"
+    # None keeps everything in memory (tests, the SDK's testing helper).
+    data_dir: str | None = ".data/broker"
+    log_level: str = "INFO"
+    # How long a handler may block on an incomplete step before it suspends;
+    # 0 suspends at every such await (replay exercised constantly, used in tests).
+    suspend_after: float = 1.0
+    retry_initial: float = 0.1
+    retry_factor: float = 2.0
+    retry_max: float = 30.0
+    # Completed invocations (and their idempotency keys) are kept this long.
+    retention: float = 24 * 3600.0
+    max_payload_bytes: int = 4 * 1024 * 1024
+    fsync: bool = True
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before the retry that follows `attempts` failed attempts."""
+        return min(self.retry_initial * self.retry_factor ** max(attempts - 1, 0), self.retry_max)
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    """Settings from the command line, falling back to `BROKER_*` variables."""
+    d = Settings()
+    p = argparse.ArgumentParser(prog="python -m broker", description="The durable invocation broker.")
+    p.add_argument("--ingress", default=_env("BROKER_INGRESS", d.ingress), help="ingress address")
+    p.add_argument("--admin", default=_env("BROKER_ADMIN", d.admin), help="admin API address")
+    p.add_argument(
+        "--data-dir", default=_env("BROKER_DATA_DIR", d.data_dir or ""), help="RocksDB directory"
+    )
+    p.add_argument("--log-level", default=_env("BROKER_LOG_LEVEL", d.log_level))
+    p.add_argument(
+        "--suspend-after",
+        type=parse_duration,
+        default=parse_duration(_env("BROKER_SUSPEND_AFTER", "1s")),
+        help="suspend handlers blocked this long; 0 = at every await (default 1s)",
+    )
+    p.add_argument(
+        "--retry-initial",
+        type=parse_duration,
+        default=parse_duration(_env("BROKER_RETRY_INITIAL", "100ms")),
+    )
+    p.add_argument(
+        "--retry-factor", type=float, default=float(_env("BROKER_RETRY_FACTOR", "2"))
+    )
+    p.add_argument(
+        "--retry-max", type=parse_duration, default=parse_duration(_env("BROKER_RETRY_MAX", "30s"))
+    )
+    p.add_argument(
+        "--retention",
+        type=parse_duration,
+        default=parse_duration(_env("BROKER_RETENTION", "24h")),
+        help="how long completed invocations and idempotency keys are kept",
+    )
+    p.add_argument(
+        "--max-payload-bytes",
+        type=int,
+        default=int(_env("BROKER_MAX_PAYLOAD_BYTES", str(d.max_payload_bytes))),
+    )
+    p.add_argument(
+        "--no-fsync",
+        action="store_true",
+        default=_env("BROKER_NO_FSYNC", "") == "1",
+        help="skip fsync (benchmarks of the rest only; not durable against power loss)",
+    )
+    a = p.parse_args(argv)
+    return Settings(
+        ingress=a.ingress,
+        admin=a.admin,
+        data_dir=a.data_dir or None,
+        log_level=a.log_level.upper(),
+        suspend_after=a.suspend_after,
+        retry_initial=a.retry_initial,
+        retry_factor=a.retry_factor,
+        retry_max=a.retry_max,
+        retention=a.retention,
+        max_payload_bytes=a.max_payload_bytes,
+        fsync=not a.no_fsync,
+    )

@@ -1,0 +1,1 @@
+"""The broker's state machine: invocations, their journals, keys, timers."""

@@ -1,0 +1,93 @@
+"""Routes `/package.Service/Method` calls to invocations, bytes in and bytes out.
+
+Status codes (documented for callers):
+  UNIMPLEMENTED       unknown service or method
+  INVALID_ARGUMENT    the body does not parse as the method's request; a keyed call
+                      without its key
+  RESOURCE_EXHAUSTED  the body is larger than the payload limit
+  NOT_FOUND           attaching to an invocation that does not exist (idempotency)
+  any code            a handler's `TerminalError` code, with its message
+Nothing is journaled for a rejected call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any
+
+import grpc
+
+from .. import registry as reg
+from ..core.partition import Partition, UnknownInvocation
+
+log = logging.getLogger("broker.ingress")
+
+IDEMPOTENCY_KEY = "idempotency-key"
+INVOCATION_ID = "invocation-id"
+
+_BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.")
+
+
+def _status(code: int) -> grpc.StatusCode:
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN
+
+
+class IngressRouter(grpc.GenericRpcHandler):
+    """A generic handler: any registered method, raw bytes, answered from the journal."""
+
+    def __init__(self, partition: Partition, registry: reg.Registry, max_payload: int) -> None:
+        self._partition = partition
+        self._registry = registry
+        self._max_payload = max_payload
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler | None:
+        path: str = handler_call_details.method  # type: ignore[attr-defined]
+        if path.startswith(_BUILTIN_PREFIXES):
+            return None
+        service, _, method = path.lstrip("/").partition("/")
+        return grpc.unary_unary_rpc_method_handler(
+            functools.partial(self._call, service, method)
+        )
+
+    async def _call(
+        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
+        if len(body) > self._max_payload:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {len(body)} bytes exceeds the {self._max_payload}-byte limit",
+            )
+        try:
+            _, _, key = reg.resolve(self._registry, service, method, body)
+        except reg.BadRequest as e:
+            await context.abort(_status(e.code), e.message)
+            raise AssertionError("unreachable") from None
+        metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
+        headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
+        idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
+        invocation_id, result_future = self._partition.invoke(
+            service,
+            method,
+            key,
+            body,
+            headers,
+            idempotency_key=idempotency_key,
+            traceparent=headers.get("traceparent", ""),
+        )
+        await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
+        try:
+            # Shielded: a caller that goes away must not cancel the invocation.
+            result = await asyncio.shield(result_future)
+        except UnknownInvocation:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"invocation {invocation_id} not found")
+            raise AssertionError("unreachable") from None
+        if result.HasField("failure"):
+            await context.abort(_status(result.failure.code), result.failure.message)
+        return result.value

@@ -1,0 +1,157 @@
+"""The invoker: one bidirectional stream to a service endpoint per attempt.
+
+It sends the start message (with the journal) once everything the journal shows is
+durable, forwards completions as the partition releases them, and feeds what the
+endpoint proposes back into the partition. It decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import grpc
+from durable.v1 import protocol_pb2, protocol_pb2_grpc
+
+from .core.model import Live, Result
+from .registry import Registry
+from .storage import Committer
+
+if TYPE_CHECKING:
+    from .core.partition import Partition
+
+log = logging.getLogger("broker.invoker")
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def endpoint_address(uri: str) -> str:
+    """`host:port` of an endpoint URI such as `http://127.0.0.1:9101`."""
+    for scheme in ("http://", "grpc://", "h2c://"):
+        if uri.startswith(scheme):
+            uri = uri[len(scheme) :]
+    return uri.rstrip("/")
+
+
+class Attempt:
+    """One attempt's outgoing half: completions wait here until the stream takes them."""
+
+    def __init__(self, number: int, ready: asyncio.Future[None]) -> None:
+        self.number = number
+        self.ready = ready
+        self.queue: asyncio.Queue[protocol_pb2.InvokeRequest | None] = asyncio.Queue()
+        self.closed = False
+        self.task: asyncio.Task[None] | None = None
+
+    def send_completion(self, index: int, result: Result) -> None:
+        """Queues a completion for the endpoint (ignored once the attempt ended)."""
+        if not self.closed:
+            self.queue.put_nowait(
+                protocol_pb2.InvokeRequest(
+                    completion=protocol_pb2.CompletionMessage(entry_index=index, result=result)
+                )
+            )
+
+    def close(self) -> None:
+        """Ends the request stream."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put_nowait(None)
+
+
+class Invoker:
+    """Opens attempt streams; keeps one channel per endpoint."""
+
+    def __init__(self, registry: Registry, committer: Committer) -> None:
+        self._registry = registry
+        self._committer = committer
+        self._stubs: dict[str, protocol_pb2_grpc.ServiceEndpointStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self.partition: Partition
+
+    def stub(self, uri: str) -> protocol_pb2_grpc.ServiceEndpointStub:
+        """The (cached) stub for an endpoint."""
+        stub = self._stubs.get(uri)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(
+                endpoint_address(uri),
+                options=[
+                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ],
+            )
+            self._channels.append(channel)
+            stub = protocol_pb2_grpc.ServiceEndpointStub(channel)  # type: ignore[no-untyped-call]
+            self._stubs[uri] = stub
+        return stub
+
+    def start(self, live: Live, start: protocol_pb2.StartMessage) -> Attempt:
+        """Begins an attempt; the stream opens once the journal it carries is durable."""
+        attempt = Attempt(start.attempt, self._committer.barrier())
+        live.attempt = attempt
+        attempt.task = asyncio.create_task(self._run(live, attempt, start))
+        return attempt
+
+    async def close(self) -> None:
+        """Closes every channel."""
+        for channel in self._channels:
+            await channel.close()
+
+    async def _run(self, live: Live, attempt: Attempt, start: protocol_pb2.StartMessage) -> None:
+        partition = self.partition
+        deployment = self._registry.deployment(live.record.deployment_id)
+        if deployment is None:
+            partition.on_attempt_failed(
+                live, attempt, f"deployment {live.record.deployment_id} is not registered"
+            )
+            return
+
+        async def requests() -> AsyncIterator[protocol_pb2.InvokeRequest]:
+            await attempt.ready
+            yield protocol_pb2.InvokeRequest(start=start)
+            while (message := await attempt.queue.get()) is not None:
+                yield message
+
+        call = self.stub(deployment.uri).Invoke(requests())
+        error: str | None = None
+        try:
+            async for response in call:
+                kind = response.WhichOneof("message")
+                if kind == "entry":
+                    error = partition.on_entry(
+                        live, attempt, response.entry.index, response.entry.entry
+                    )
+                elif kind == "run_result":
+                    r = response.run_result
+                    error = partition.on_run_result(live, attempt, r.entry_index, r.result)
+                elif kind == "suspension":
+                    error = partition.on_suspension(
+                        live, attempt, list(response.suspension.waiting_on)
+                    )
+                    break
+                elif kind == "error":
+                    e = response.error
+                    prefix = "non-determinism: " if e.non_determinism else ""
+                    error = f"{prefix}{e.message}"
+                    break
+                elif kind == "end":
+                    error = partition.on_end(live, attempt)
+                    break
+                else:
+                    error = "protocol violation: an empty message from the endpoint"
+                if error:
+                    break
+            else:
+                error = "the endpoint closed the stream before ending the attempt"
+        except grpc.aio.AioRpcError as e:
+            error = f"stream to {deployment.uri} failed: {e.code().name}: {e.details()}"
+        except Exception as e:
+            log.exception("invocation %s: attempt crashed", live.id)
+            error = f"broker error driving the attempt: {e!r}"
+        finally:
+            attempt.close()
+            call.cancel()
+        if error:
+            partition.on_attempt_failed(live, attempt, error)

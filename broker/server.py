@@ -1,0 +1,130 @@
+"""Wires the broker together: storage, partition, invoker, timers, ingress and admin."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .admin import AdminServicer
+from .config import Settings
+from .core.partition import Partition
+from .ingress import DynamicReflection, IngressRouter
+from .invoker import Invoker
+from .registry import Registry
+from .storage import Committer, deployments, open_kv
+from .timers import TimerQueue
+
+log = logging.getLogger("broker")
+
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class Broker:
+    """A running broker.
+
+    Args:
+        settings: Addresses (port 0 picks a free one), storage and timing settings.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.kv = open_kv(settings.data_dir)
+        self.committer = Committer(self.kv, sync=settings.fsync)
+        self.registry = Registry()
+        self.partition = Partition(self.kv, self.committer, self.registry, settings)
+        self.invoker = Invoker(self.registry, self.committer)
+        self.invoker.partition = self.partition
+        self.partition.invoker = self.invoker
+        self.timers = TimerQueue(self.partition.on_timer)
+        self.partition.timers = self.timers
+        self.ingress_port = 0
+        self.admin_port = 0
+        self._servers: list[grpc.aio.Server] = []
+        self._purger: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Recovers from storage and starts serving."""
+        for record in deployments.scan(self.kv):
+            try:
+                self.registry.add(record)
+            except ValueError as e:
+                log.error("stored deployment %s no longer loads: %s", record.id, e)
+        self.partition.recover()
+        self.timers.start()
+        options = [
+            ("grpc.max_receive_message_length", self.settings.max_payload_bytes),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ("grpc.so_reuseport", 0),
+        ]
+        ingress = grpc.aio.server(options=options)
+        await self._add_health(ingress)
+        ingress.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    reflection.SERVICE_NAME,
+                    {
+                        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                            DynamicReflection(self.registry).ServerReflectionInfo,
+                            request_deserializer=reflection._reflection_pb2.ServerReflectionRequest.FromString,
+                            response_serializer=reflection._reflection_pb2.ServerReflectionResponse.SerializeToString,
+                        )
+                    },
+                ),
+            )
+        )
+        ingress.add_generic_rpc_handlers(
+            (IngressRouter(self.partition, self.registry, self.settings.max_payload_bytes),)
+        )
+        self.ingress_port = ingress.add_insecure_port(self.settings.ingress)
+        admin = grpc.aio.server(options=options)
+        await self._add_health(admin)
+        admin_pb2_grpc.add_AdminServicer_to_server(
+            AdminServicer(self.partition, self.registry, self.invoker), admin
+        )
+        reflection.enable_server_reflection(
+            (
+                admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+                _HEALTH,
+                reflection.SERVICE_NAME,
+            ),
+            admin,
+        )
+        self.admin_port = admin.add_insecure_port(self.settings.admin)
+        await ingress.start()
+        await admin.start()
+        self._servers = [ingress, admin]
+        self._purger = asyncio.create_task(self._purge_loop())
+        log.info(
+            "broker ready: ingress 127.0.0.1:%d, admin 127.0.0.1:%d, data %s",
+            self.ingress_port,
+            self.admin_port,
+            self.settings.data_dir or "(memory)",
+        )
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stops accepting calls, lets journal writes finish, closes storage."""
+        if self._purger is not None:
+            self._purger.cancel()
+        await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        await self.timers.stop()
+        await self.committer.drain()
+        await self.invoker.close()
+        self.kv.close()
+
+    async def _add_health(self, server: grpc.aio.Server) -> None:
+        servicer = health.aio.HealthServicer()
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+    async def _purge_loop(self) -> None:
+        interval = max(1.0, min(self.settings.retention / 4, 60.0))
+        while True:
+            await asyncio.sleep(interval)
+            purged = self.partition.purge_expired()
+            if purged:
+                log.info("purged %d expired invocation(s)", purged)

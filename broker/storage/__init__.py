@@ -1,0 +1,10 @@
+"""The journal store: tables over a key-value backend, written in group commits.
+
+One module per table; every table's keys begin with its own two-byte prefix (never
+reused), then big-endian, length-prefixed parts so that keys sort the way scans need.
+"""
+
+from .commit import Batch, Committer
+from .kv import KV, MemoryKV, RocksKV, open_kv
+
+__all__ = ["KV", "Batch", "Committer", "MemoryKV", "RocksKV", "open_kv"]

@@ -1,0 +1,50 @@
+"""Key encoding shared by the tables: a table prefix, then length-prefixed parts."""
+
+from __future__ import annotations
+
+import struct
+
+# One two-byte prefix per table; a prefix is never reused for another table.
+INVOCATIONS = b"iv"
+JOURNAL = b"jr"
+STATE = b"st"
+INBOX = b"ib"
+TIMERS = b"tm"
+IDEMPOTENCY = b"ik"
+DEPLOYMENTS = b"dp"
+EXPIRY = b"ex"
+
+
+def part(value: str | bytes) -> bytes:
+    """A length-prefixed part: sorts by length first, never ambiguous."""
+    raw = value.encode() if isinstance(value, str) else value
+    if len(raw) > 0xFFFF:
+        raise ValueError("key part longer than 65535 bytes")
+    return struct.pack(">H", len(raw)) + raw
+
+
+def u32(value: int) -> bytes:
+    """Big-endian unsigned 32-bit: numeric order is byte order."""
+    return struct.pack(">I", value)
+
+
+def u64(value: int) -> bytes:
+    """Big-endian unsigned 64-bit: numeric order is byte order."""
+    return struct.pack(">Q", value)
+
+
+def read_part(key: bytes, offset: int) -> tuple[bytes, int]:
+    """Decodes the part at `offset`; returns it and the offset after it."""
+    (length,) = struct.unpack_from(">H", key, offset)
+    start = offset + 2
+    return key[start : start + length], start + length
+
+
+def read_u32(key: bytes, offset: int) -> int:
+    """Decodes a big-endian u32 at `offset`."""
+    return int(struct.unpack_from(">I", key, offset)[0])
+
+
+def read_u64(key: bytes, offset: int) -> int:
+    """Decodes a big-endian u64 at `offset`."""
+    return int(struct.unpack_from(">Q", key, offset)[0])

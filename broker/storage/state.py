@@ -1,0 +1,27 @@
+"""Virtual-object state: (service, key, name) -> value."""
+
+from __future__ import annotations
+
+from . import keys
+from .commit import Batch
+from .kv import KV
+
+
+def _prefix(service: str, key: str) -> bytes:
+    return keys.STATE + keys.part(service) + keys.part(key)
+
+
+def put(batch: Batch, service: str, key: str, name: str, value: bytes) -> None:
+    """Sets one state value."""
+    batch.put(_prefix(service, key) + name.encode(), value)
+
+
+def delete(batch: Batch, service: str, key: str, name: str) -> None:
+    """Clears one state value."""
+    batch.delete(_prefix(service, key) + name.encode())
+
+
+def load(kv: KV, service: str, key: str) -> dict[str, bytes]:
+    """Every state value of the object."""
+    prefix = _prefix(service, key)
+    return {k[len(prefix) :].decode(): v for k, v in kv.scan(prefix)}
