@@ -26,10 +26,14 @@ $(STAMP): pyproject.toml
 $(GEN_STAMP): $(STAMP) $(DURABLE_PROTOS) $(DEMO_PROTOS) $(wildcard sdk_python/durable/_codegen/*.py)
 	mkdir -p gen sdk_python/durable/v1
 	$(VPY) -m grpc_tools.protoc -I proto -I $(PROTO_INCLUDE) \
-		--python_out=sdk_python --pyi_out=sdk_python --grpc_python_out=sdk_python $(DURABLE_PROTOS)
+		--python_out=sdk_python --grpc_python_out=sdk_python \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=sdk_python \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=sdk_python $(DURABLE_PROTOS)
 	touch sdk_python/durable/v1/__init__.py
 	$(VPY) -m grpc_tools.protoc -I proto -I $(PROTO_INCLUDE) \
-		--python_out=gen --pyi_out=gen --grpc_python_out=gen \
+		--python_out=gen --grpc_python_out=gen \
+		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen \
+		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
 		--plugin=protoc-gen-durable=$(VENV)/bin/protoc-gen-durable --durable_out=gen $(DEMO_PROTOS)
 	for d in flights cars payments trips; do touch gen/$$d/__init__.py; done
 	touch $@

@@ -27,7 +27,7 @@ _CELL_VALUE_LIMIT = 64
 def status_name(status: int) -> str:
     """Render an ``InvocationStatus`` as the CLI spells it: ``BACKING_OFF`` -> ``backing-off``."""
     try:
-        name = invocation_pb2.InvocationStatus.Name(status)
+        name = invocation_pb2.InvocationStatus.Name(status)  # type: ignore[arg-type]
     except ValueError:
         # A newer broker may know statuses this client does not; show the number, not a crash.
         return f"unknown({status})"

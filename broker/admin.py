@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from typing import Any
 
 import grpc
 from durable.v1 import (
@@ -38,7 +39,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._invoker = invoker
 
     async def RegisterDeployment(
-        self, request: admin_pb2.RegisterDeploymentRequest, context: grpc.aio.ServicerContext
+        self,
+        request: admin_pb2.RegisterDeploymentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.Deployment:
         uri = request.uri.strip()
         address = endpoint_address(uri)
@@ -49,7 +52,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 f"not an endpoint URI: {request.uri!r} (expected http://HOST:PORT)",
             )
         try:
-            discovered: protocol_pb2.DiscoverResponse = await self._invoker.stub(uri).Discover(
+            discovered: protocol_pb2.DiscoverResponse = await self._invoker.stub(uri).Discover(  # type: ignore[misc]
                 protocol_pb2.DiscoverRequest(), timeout=10
             )
         except grpc.aio.AioRpcError as e:
@@ -77,14 +80,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return _deployment(record)
 
     async def ListDeployments(
-        self, request: admin_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListDeploymentsResponse:
         return admin_pb2.ListDeploymentsResponse(
             deployments=[_deployment(d) for d in self._registry.deployments()]
         )
 
     async def ListServices(
-        self, request: admin_pb2.ListServicesRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ListServicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListServicesResponse:
         out = []
         for s in self._registry.services():
@@ -109,7 +112,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListServicesResponse(services=out)
 
     async def ListInvocations(
-        self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext
+        self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListInvocationsResponse:
         records = [
             r
@@ -124,7 +127,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListInvocationsResponse(invocations=records)
 
     async def DescribeInvocation(
-        self, request: admin_pb2.DescribeInvocationRequest, context: grpc.aio.ServicerContext
+        self,
+        request: admin_pb2.DescribeInvocationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.DescribeInvocationResponse:
         try:
             record, journal = self._partition.record(request.invocation_id)

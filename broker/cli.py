@@ -142,7 +142,7 @@ def _list_services(stub: Any, args: argparse.Namespace, timeout: float) -> tuple
 def _list_invocations(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Message, str]:
     req = admin_pb2.ListInvocationsRequest(service=args.service, key=args.key, limit=args.limit)
     if args.status:
-        req.status = fmt.parse_status(args.status)
+        req.status = fmt.parse_status(args.status)  # type: ignore[assignment]
     resp: admin_pb2.ListInvocationsResponse = stub.ListInvocations(req, timeout=timeout)
     return resp, fmt.format_invocations(resp)
 
@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         except BrokerUnreachable:
             print(_unreachable_message(args.admin), file=sys.stderr)
             return EXIT_UNREACHABLE
-        stub = admin_pb2_grpc.AdminStub(channel)  # type: ignore[no-untyped-call]
+        stub = admin_pb2_grpc.AdminStub(channel)
         try:
             response, human = handler(stub, args, args.timeout)
         except grpc.RpcError as err:

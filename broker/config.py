@@ -50,7 +50,9 @@ def _env(name: str, default: str) -> str:
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Settings from the command line, falling back to `BROKER_*` variables."""
     d = Settings()
-    p = argparse.ArgumentParser(prog="python -m broker", description="The durable invocation broker.")
+    p = argparse.ArgumentParser(
+        prog="python -m broker", description="The durable invocation broker."
+    )
     p.add_argument("--ingress", default=_env("BROKER_INGRESS", d.ingress), help="ingress address")
     p.add_argument("--admin", default=_env("BROKER_ADMIN", d.admin), help="admin API address")
     p.add_argument(
@@ -68,9 +70,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         type=parse_duration,
         default=parse_duration(_env("BROKER_RETRY_INITIAL", "100ms")),
     )
-    p.add_argument(
-        "--retry-factor", type=float, default=float(_env("BROKER_RETRY_FACTOR", "2"))
-    )
+    p.add_argument("--retry-factor", type=float, default=float(_env("BROKER_RETRY_FACTOR", "2")))
     p.add_argument(
         "--retry-max", type=parse_duration, default=parse_duration(_env("BROKER_RETRY_MAX", "30s"))
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
@@ -83,7 +83,7 @@ class Invoker:
                 ],
             )
             self._channels.append(channel)
-            stub = protocol_pb2_grpc.ServiceEndpointStub(channel)  # type: ignore[no-untyped-call]
+            stub = protocol_pb2_grpc.ServiceEndpointStub(channel)
             self._stubs[uri] = stub
         return stub
 
@@ -97,7 +97,7 @@ class Invoker:
     async def close(self) -> None:
         """Closes every channel."""
         for channel in self._channels:
-            await channel.close()
+            await channel.close(None)
 
     async def _run(self, live: Live, attempt: Attempt, start: protocol_pb2.StartMessage) -> None:
         partition = self.partition
@@ -114,7 +114,8 @@ class Invoker:
             while (message := await attempt.queue.get()) is not None:
                 yield message
 
-        call = self.stub(deployment.uri).Invoke(requests())
+        # The generated stubs are typed for the sync API; this is a grpc.aio channel.
+        call: Any = self.stub(deployment.uri).Invoke(requests())  # type: ignore[arg-type]
         error: str | None = None
         try:
             async for response in call:

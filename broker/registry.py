@@ -129,7 +129,9 @@ class Registry:
             raise RegistrationError("the endpoint hosts no services")
         for name in deployment.services:
             if name not in services:
-                raise RegistrationError(f"service {name} is missing from the endpoint's descriptors")
+                raise RegistrationError(
+                    f"service {name} is missing from the endpoint's descriptors"
+                )
             _, proto = services[name]
             keyed = proto.options.Extensions[options_pb2.service_kind] != 0
             for m in proto.method:
@@ -143,10 +145,14 @@ class Registry:
                         for f in messages[m.input_type].field
                         if f.options.Extensions[options_pb2.key]
                     ]
-                    if len(keys) != 1 or keys[0].type != descriptor_pb2.FieldDescriptorProto.TYPE_STRING:
+                    if (
+                        len(keys) != 1
+                        or keys[0].type != descriptor_pb2.FieldDescriptorProto.TYPE_STRING
+                    ):
                         raise RegistrationError(
                             f"{name}/{m.name}: the request {m.input_type.lstrip('.')} of a keyed "
-                            "service needs exactly one string field marked [(durable.v1.key) = true]"
+                            "service needs exactly one string field marked "
+                            "[(durable.v1.key) = true]"
                         )
 
     def _rebuild(self, deployments: dict[str, Deployment]) -> None:
@@ -165,9 +171,7 @@ class Registry:
             messages = _messages(d.files)
             for name in d.services:
                 _, proto = services[name]
-                kind = KIND_NAMES.get(
-                    proto.options.Extensions[options_pb2.service_kind], "service"
-                )
+                kind = KIND_NAMES.get(proto.options.Extensions[options_pb2.service_kind], "service")
                 methods = {}
                 for m in proto.method:
                     key_field = next(
@@ -186,8 +190,7 @@ class Registry:
                         output_type=message_factory.GetMessageClass(
                             pool.FindMessageTypeByName(m.output_type.lstrip("."))
                         ),
-                        shared=m.options.Extensions[options_pb2.handler_kind]
-                        == options_pb2.SHARED,
+                        shared=m.options.Extensions[options_pb2.handler_kind] == options_pb2.SHARED,
                         key_field=key_field if kind != "service" else None,
                     )
                 routes[name] = Service(name=name, kind=kind, deployment_id=d.id, methods=methods)
@@ -205,7 +208,9 @@ class BadRequest(Exception):
         self.message = message
 
 
-def resolve(registry: Registry, service: str, method: str, body: bytes) -> tuple[Service, Method, str]:
+def resolve(
+    registry: Registry, service: str, method: str, body: bytes
+) -> tuple[Service, Method, str]:
     """Finds the target of a call and extracts its key.
 
     Raises:

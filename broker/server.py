@@ -8,7 +8,7 @@ import logging
 import grpc
 from durable.v1 import admin_pb2, admin_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from .admin import AdminServicer
 from .config import Settings
@@ -70,8 +70,8 @@ class Broker:
                     {
                         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
                             DynamicReflection(self.registry).ServerReflectionInfo,
-                            request_deserializer=reflection._reflection_pb2.ServerReflectionRequest.FromString,
-                            response_serializer=reflection._reflection_pb2.ServerReflectionResponse.SerializeToString,
+                            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
                         )
                     },
                 ),
@@ -117,7 +117,7 @@ class Broker:
         self.kv.close()
 
     async def _add_health(self, server: grpc.aio.Server) -> None:
-        servicer = health.aio.HealthServicer()
+        servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
         await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
 

@@ -160,7 +160,9 @@ class Partition:
         )
         if caller is not None:
             record.caller.invocation_id, record.caller.entry_index = caller
-        live = Live(record, [Entry(input=journal_pb2.InputCommand(request=request, headers=headers))])
+        live = Live(
+            record, [Entry(input=journal_pb2.InputCommand(request=request, headers=headers))]
+        )
         self.live[live.id] = live
         journal.put(batch, live.id, 0, live.journal[0])
         if idempotency_key:
@@ -275,7 +277,9 @@ class Partition:
             if not record.exclusive:
                 return f"protocol violation: {kind} is only allowed in exclusive handlers"
             if kind == "set_state":
-                state.put(batch, record.service, record.key, entry.set_state.key, entry.set_state.value)
+                state.put(
+                    batch, record.service, record.key, entry.set_state.key, entry.set_state.value
+                )
             else:
                 state.delete(batch, record.service, record.key, entry.clear_state.key)
         elif kind == "output":

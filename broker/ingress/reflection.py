@@ -17,7 +17,7 @@ class DynamicReflection(reflection.ReflectionServicer):  # type: ignore[misc]
         self._registry = registry
         self._extra = extra
 
-    @property  # type: ignore[override]
+    @property
     def _pool(self) -> Any:
         return self._registry.pool
 
@@ -25,7 +25,7 @@ class DynamicReflection(reflection.ReflectionServicer):  # type: ignore[misc]
     def _pool(self, value: Any) -> None:
         pass  # the base class assigns it; the registry owns the pool
 
-    @property  # type: ignore[override]
+    @property
     def _service_names(self) -> tuple[str, ...]:
         return tuple(sorted({*self._extra, *(s.name for s in self._registry.services())}))
 

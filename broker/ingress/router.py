@@ -37,7 +37,7 @@ def _status(code: int) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-class IngressRouter(grpc.GenericRpcHandler):
+class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler: any registered method, raw bytes, answered from the journal."""
 
     def __init__(self, partition: Partition, registry: reg.Registry, max_payload: int) -> None:
@@ -47,17 +47,15 @@ class IngressRouter(grpc.GenericRpcHandler):
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
-    ) -> grpc.RpcMethodHandler | None:
-        path: str = handler_call_details.method  # type: ignore[attr-defined]
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        path: str = handler_call_details.method
         if path.startswith(_BUILTIN_PREFIXES):
             return None
         service, _, method = path.lstrip("/").partition("/")
-        return grpc.unary_unary_rpc_method_handler(
-            functools.partial(self._call, service, method)
-        )
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._call, service, method))
 
     async def _call(
-        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext
+        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         if len(body) > self._max_payload:
             await context.abort(

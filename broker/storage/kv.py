@@ -88,9 +88,11 @@ class RocksKV:
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=max(prefix, start or b"")):
+            # raw_mode: keys and values are always bytes.
+            assert isinstance(key, bytes) and isinstance(value, bytes)
             if not key.startswith(prefix):
                 return
-            yield bytes(key), bytes(value)
+            yield key, value
 
     def write(self, puts: list[tuple[bytes, bytes | None]]) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)

@@ -9,10 +9,11 @@ import random as _random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar, overload
+
+from google.protobuf.message import Message
 
 from durable.v1 import journal_pb2
-from google.protobuf.message import Message
 
 from ._errors import TerminalError
 from ._machine import Entry, Result
@@ -92,9 +93,7 @@ class Context:
                 )
             )
         )
-        return DurableFuture(
-            self._runtime, index, lambda r: response_type.FromString(r.value)
-        )
+        return DurableFuture(self._runtime, index, lambda r: response_type.FromString(r.value))
 
     def send(
         self,
@@ -119,7 +118,13 @@ class Context:
             )
         )
 
-    async def run(self, name: str, fn: Callable[[], T | Awaitable[T]]) -> T:
+    @overload
+    async def run(self, name: str, fn: Callable[[], Awaitable[T]]) -> T: ...
+
+    @overload
+    async def run(self, name: str, fn: Callable[[], T]) -> T: ...
+
+    async def run(self, name: str, fn: Callable[[], Any]) -> Any:
         """Runs a side effect once and journals its result.
 
         On replay the journaled result is returned and `fn` is not called again. The
@@ -141,8 +146,8 @@ class Context:
             finally:
                 self._runtime.side_effect_ended()
             self._runtime.propose_run_result(index, outcome)
-        future: DurableFuture[T] = DurableFuture(
-            self._runtime, index, lambda r: cast(T, json.loads(r.value))
+        future: DurableFuture[Any] = DurableFuture(
+            self._runtime, index, lambda r: json.loads(r.value)
         )
         return await future
 
@@ -153,9 +158,7 @@ class Context:
         even after a restart.
         """
         wake_up = self._journaled_clock_ms() + int(_seconds(duration) * 1000)
-        index = self._runtime.propose(
-            Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up))
-        )
+        index = self._runtime.propose(Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up)))
         return DurableFuture(self._runtime, index, lambda r: None)
 
     def random(self) -> _random.Random:

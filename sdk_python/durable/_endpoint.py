@@ -6,11 +6,13 @@ import asyncio
 import logging
 import signal
 from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
 
 import grpc
-from durable.v1 import protocol_pb2, protocol_pb2_grpc
 from google.protobuf import descriptor, descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 from ._context import Context, ObjectContext, ObjectSharedContext
 from ._runtime import Runtime
@@ -47,7 +49,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         self._services = {s.name: s for s in services}
 
     async def Discover(
-        self, request: protocol_pb2.DiscoverRequest, context: grpc.aio.ServicerContext
+        self, request: protocol_pb2.DiscoverRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> protocol_pb2.DiscoverResponse:
         return protocol_pb2.DiscoverResponse(
             services=sorted(self._services),
@@ -58,11 +60,13 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
     async def Invoke(
         self,
         request_iterator: AsyncIterator[protocol_pb2.InvokeRequest],
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[protocol_pb2.InvokeResponse]:
         first = await anext(request_iterator, None)
         if first is None or not first.HasField("start"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start"
+            )
             return
         start = first.start
         service = self._services.get(start.service)
@@ -130,10 +134,12 @@ async def create_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # Fail loudly when the port is taken instead of silently sharing it.
+            ("grpc.so_reuseport", 0),
         ]
     )
     protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(_Endpoint(bound), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     port = server.add_insecure_port(address)

@@ -35,7 +35,7 @@ class TerminalError(Exception):
         return grpc.StatusCode.UNKNOWN
 
 
-class Suspended(BaseException):  # noqa: N818 - control flow, not an error
+class Suspended(BaseException):
     """Raised at an await when the invocation suspends; the broker resumes it later."""
 
 

@@ -16,6 +16,12 @@ Entry = journal_pb2.JournalEntry
 Result = journal_pb2.Result
 
 
+def _copy(entry: Entry) -> Entry:
+    out = Entry()
+    out.CopyFrom(entry)
+    return out
+
+
 def describe(entry: Entry) -> str:
     """A short human description of a journal command, for errors and logs."""
     kind = entry.WhichOneof("command")
@@ -62,7 +68,8 @@ class ReplayMachine:
     def __init__(self, journal: list[Entry]) -> None:
         if not journal or journal[0].WhichOneof("command") != "input":
             raise ValueError("a journal starts with its input entry")
-        self._journal = list(journal)
+        # Copies: completions must not write into the caller's start message.
+        self._journal = [_copy(e) for e in journal]
         self._replay_length = len(journal)
         self._next = 1
         self._outbox: list[protocol_pb2.InvokeResponse] = []

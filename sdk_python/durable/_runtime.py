@@ -14,6 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import grpc
+
 from durable.v1 import journal_pb2, protocol_pb2
 
 from ._errors import NonDeterminismError, Suspended, TerminalError
@@ -97,6 +98,8 @@ class Runtime:
             self._blocked[index] -= 1
             if self._blocked[index] <= 0:
                 del self._blocked[index]
+            # Still blocked on other entries (a gather): keep the suspension timer armed.
+            self._arm()
 
     def side_effect_started(self) -> None:
         """A `ctx.run` function runs: never suspend under it."""
@@ -127,12 +130,13 @@ class Runtime:
     async def execute(self, handler: Callable[[], Awaitable[bytes]]) -> None:
         """Runs the handler to its end and sends the terminal message."""
         try:
-            value = await handler()
+            try:
+                outcome = Result(value=await handler())
+            except TerminalError as e:
+                outcome = failure(e.code, e.message)
             if not self.done:
-                self.machine.finish(Result(value=value))
-        except TerminalError as e:
-            if not self.done:
-                self.machine.finish(failure(e.code, e.message))
+                # Inside the outer try: proposing the output may itself diverge.
+                self.machine.finish(outcome)
         except Suspended:
             pass
         except NonDeterminismError as e:

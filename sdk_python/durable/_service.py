@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar
 
-from durable.v1 import options_pb2
 from google.protobuf import descriptor, message_factory
 from google.protobuf.message import Message
+
+from durable.v1 import options_pb2
 
 HandlerFn = Callable[[Any, Any], Awaitable[Message]]
 

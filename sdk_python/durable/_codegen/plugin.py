@@ -15,6 +15,7 @@ Run by `make proto` as `--plugin=protoc-gen-durable=... --durable_out=gen`.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.compiler import plugin_pb2
@@ -44,9 +45,9 @@ class _Types:
         file: str,
         prefix: str,
         outer: str,
-        messages: list[descriptor_pb2.DescriptorProto] | object,
+        messages: Iterable[descriptor_pb2.DescriptorProto],
     ) -> None:
-        for m in messages:  # type: ignore[attr-defined]
+        for m in messages:
             local = f"{outer}{m.name}"
             self._where[f"{prefix}{local}"] = f"{_alias(file)}.{local}"
             self._collect(file, prefix, f"{local}.", m.nested_type)
@@ -142,7 +143,8 @@ def _generate(
             f"class {service.name}Servicer(durable.Servicer):",
             f'    """Handlers of `{full}`: subclass it and pass an instance to `durable.serve`."""',
             "",
-            f'    SERVICE_DESCRIPTOR = {_alias(target.name)}.DESCRIPTOR.services_by_name["{service.name}"]',
+            "    SERVICE_DESCRIPTOR = "
+            f'{_alias(target.name)}.DESCRIPTOR.services_by_name["{service.name}"]',
         ]
         for m in service.method:
             req, resp = types.python(m.input_type), types.python(m.output_type)

@@ -1,0 +1,209 @@
+"""`make run`: the broker and the four demo services, registered and ready to call.
+
+Starts every process, waits until each answers gRPC health checks, registers the
+services with the broker's admin API, prints how to call them, and on Ctrl-C or SIGTERM
+stops them all (SIGTERM, then SIGKILL after 10 s). If any process dies on its own, it
+says so, stops the rest and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+import grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from services.trips.notifications import DEFAULT_PATH as NOTIFICATION_LOG
+from services.trips.service import RUN_TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+INGRESS = os.environ.get("BROKER_INGRESS", "127.0.0.1:9090")
+ADMIN = os.environ.get("BROKER_ADMIN", "127.0.0.1:9091")
+DATA_DIR = os.environ.get("BROKER_DATA_DIR", ".data/broker")
+# (module under services/, its address); the same variables the services read.
+SERVICES = [
+    ("flights", os.environ.get("FLIGHTS_LISTEN", "127.0.0.1:9101")),
+    ("cars", os.environ.get("CARS_LISTEN", "127.0.0.1:9102")),
+    ("payments", os.environ.get("PAYMENTS_LISTEN", "127.0.0.1:9103")),
+    ("trips", os.environ.get("TRIPS_LISTEN", "127.0.0.1:9104")),
+]
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+WATCH_INTERVAL_S = 0.5
+# Reconnect quickly while a server is still binding its port (gRPC's default starts at 1 s).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class Stop(Exception):
+    """Ctrl-C or SIGTERM: shut everything down and exit 0."""
+
+
+class DemoError(Exception):
+    """A process failed to start or died: shut everything down and exit non-zero."""
+
+
+@dataclasses.dataclass
+class Child:
+    """A process of the demo and the addresses it serves."""
+
+    name: str
+    addresses: list[str]
+    process: subprocess.Popen[bytes]
+
+
+def _spawn(name: str, args: list[str], addresses: list[str]) -> Child:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Its own process group: Ctrl-C reaches only this script, which stops the children in
+    # order with SIGTERM (their clean shutdown path) instead of racing them.
+    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, process_group=0)
+    print(f"started {name} (pid {process.pid})", flush=True)
+    return Child(name, addresses, process)
+
+
+def _check_alive(children: list[Child]) -> None:
+    for child in children:
+        code = child.process.poll()
+        if code is not None:
+            raise DemoError(f"{child.name} (pid {child.process.pid}) exited with code {code}")
+
+
+def _wait_healthy(child: Child, address: str, children: list[Child], deadline: float) -> None:
+    """Polls `grpc.health.v1.Health/Check` on `address` until it reports SERVING."""
+    last = "no answer yet"
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            _check_alive(children)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DemoError(f"{child.name} is not healthy on {address}: {last}")
+            try:
+                # wait_for_ready: block until the port accepts connections, not fail fast.
+                response = health.Check(
+                    health_pb2.HealthCheckRequest(),
+                    timeout=min(1.0, remaining),
+                    wait_for_ready=True,
+                )
+            except grpc.RpcError as e:
+                last = f"{e.code().name}: {e.details()}"
+                continue
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            last = f"health status {status}"
+            time.sleep(0.1)  # serving but not ready: the next check is a moment away
+
+
+def _register(uris: list[str]) -> None:
+    with grpc.insecure_channel(ADMIN) as channel:
+        # The generated *_pb2_grpc modules carry no type hints.
+        admin = admin_pb2_grpc.AdminStub(channel)
+        for uri in uris:
+            try:
+                deployment = admin.RegisterDeployment(
+                    admin_pb2.RegisterDeploymentRequest(uri=uri), timeout=30
+                )
+            except grpc.RpcError as e:
+                raise DemoError(f"registering {uri} failed: {e.code().name}: {e.details()}") from e
+            print(f"registered {uri}: {', '.join(deployment.services)} ({deployment.id})")
+
+
+def _shown(path: Path) -> str:
+    # Relative paths read better, and the commands are meant to be run from the repo root.
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _usage() -> str:
+    failures = ", ".join(t for t in RUN_TYPES if t.startswith("fail"))
+    grpcurl = f"{_shown(BIN / 'grpcurl')} -plaintext"
+    call = f"{grpcurl} -d"
+    return f"""
+The holiday demo is running: ingress {INGRESS}, admin {ADMIN}.
+
+Book a trip:
+  {call} '{{}}' {INGRESS} trips.Trips/Reserve
+Make a step fail, so the saga compensates (run_type: {failures}):
+  {call} '{{"run_type": "failPayment"}}' {INGRESS} trips.Trips/Reserve
+A flaky payment: it fails twice, is retried, and the trip succeeds:
+  {call} '{{"run_type": "flakyPayment"}}' {INGRESS} trips.Trips/Reserve
+A booking's state (the tripId from a response; also cars.Cars/Get, payments.Payments/Get):
+  {call} '{{"trip_id": "<tripId>"}}' {INGRESS} flights.Flights/Get
+What the ingress serves:
+  {grpcurl} {INGRESS} list
+Operate the broker: {_shown(BIN / "brokerctl")} --help
+Notifications: {_shown(ROOT / NOTIFICATION_LOG)}
+
+Press Ctrl-C to stop everything.
+"""
+
+
+def _stop_all(children: list[Child]) -> None:
+    """SIGTERM every child still running, then SIGKILL whoever outlives the grace period."""
+    running = [c for c in children if c.process.poll() is None]
+    for child in running:
+        child.process.terminate()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    for child in running:
+        try:
+            child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"{child.name} did not stop in {STOP_TIMEOUT_S:.0f} s: killing it", flush=True)
+            child.process.kill()
+            child.process.wait()
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def main() -> int:
+    """Runs the demo until Ctrl-C/SIGTERM (exit 0) or until a process fails (exit 1)."""
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    children: list[Child] = []
+    try:
+        broker_args = ["-m", "broker", "--ingress", INGRESS, "--admin", ADMIN]
+        children.append(_spawn("broker", [*broker_args, "--data-dir", DATA_DIR], [INGRESS, ADMIN]))
+        for name, address in SERVICES:
+            args = ["-m", f"services.{name}", "--listen", address]
+            children.append(_spawn(name, args, [address]))
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        for child in children:
+            for address in child.addresses:
+                _wait_healthy(child, address, children, deadline)
+        _register([f"http://{address}" for _, address in SERVICES])
+        print(_usage(), flush=True)
+        while True:
+            _check_alive(children)
+            time.sleep(WATCH_INTERVAL_S)
+    except Stop as e:
+        print(f"\n{e}: stopping the demo", flush=True)
+        return 0
+    except DemoError as e:
+        print(f"error: {e}; stopping the demo", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        # A second Ctrl-C must not cut the shutdown short; it is bounded by the grace period.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_all(children)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

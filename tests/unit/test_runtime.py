@@ -1,0 +1,798 @@
+"""The asyncio runtime and the handler context, driven by hand-built start messages.
+
+No network: the runtime's `send` callback appends to a list, completions are fed with
+`on_completion`. pytest-asyncio is not installed, so every test drives its own loop
+with `asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import durable
+import grpc
+import pytest
+from durable import Context, ObjectContext, TerminalError
+from durable._runtime import Runtime
+from durable.v1 import journal_pb2, protocol_pb2
+from flights import flights_pb2
+
+Entry = journal_pb2.JournalEntry
+Result = journal_pb2.Result
+Sent = list[protocol_pb2.InvokeResponse]
+
+REQUEST = flights_pb2.ReserveRequest(trip_id="t1", to="LIS", date="2030-01-01")
+RESPONSE = flights_pb2.BookingStatus(trip_id="t1", state="RESERVED", booking_id="bk_1")
+
+
+def input_entry() -> Entry:
+    return Entry(input=journal_pb2.InputCommand(request=REQUEST.SerializeToString()))
+
+
+def reserve_entry(result: Result | None = None) -> Entry:
+    entry = Entry(
+        call=journal_pb2.CallCommand(
+            service="flights.Flights", method="Reserve", request=REQUEST.SerializeToString()
+        )
+    )
+    if result is not None:
+        entry.result.CopyFrom(result)
+    return entry
+
+
+def make_start(
+    journal: list[Entry] | None = None,
+    *,
+    suspend_after_ms: int = 0,
+    random_seed: int = 7,
+    key: str = "",
+    state: dict[str, bytes] | None = None,
+) -> protocol_pb2.StartMessage:
+    return protocol_pb2.StartMessage(
+        invocation_id="inv_x",
+        service="s.S",
+        method="M",
+        key=key,
+        attempt=1,
+        journal=journal if journal is not None else [input_entry()],
+        state=state or {},
+        suspend_after_ms=suspend_after_ms,
+        random_seed=random_seed,
+    )
+
+
+def new_runtime(start: protocol_pb2.StartMessage) -> tuple[Runtime, Sent]:
+    sent: Sent = []
+    return Runtime(start, sent.append), sent
+
+
+def kinds(sent: Sent) -> list[str | None]:
+    return [m.WhichOneof("message") for m in sent]
+
+
+def proposed(sent: Sent) -> list[protocol_pb2.ProposedEntry]:
+    return [m.entry for m in sent if m.WhichOneof("message") == "entry"]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    """Yields to the loop until `predicate` holds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)
+
+
+def has(sent: Sent, kind: str) -> Callable[[], bool]:
+    return lambda: kind in kinds(sent)
+
+
+# ctx.call
+
+
+def test_call_not_completed_suspends_immediately() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=0))
+    ctx = Context(runtime)
+    unwound: list[BaseException] = []
+
+    async def handler() -> bytes:
+        future = ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        assert future.entry_index == 1
+        try:
+            await future
+        except BaseException as e:
+            unwound.append(e)
+            raise
+        raise AssertionError("the handler must not get past an incomplete call")
+
+    asyncio.run(runtime.execute(handler))  # swallows Suspended
+
+    assert kinds(sent) == ["entry", "suspension"]
+    entry = sent[0].entry
+    assert entry.index == 1
+    assert entry.entry.call.service == "flights.Flights"
+    assert entry.entry.call.method == "Reserve"
+    assert entry.entry.call.request == REQUEST.SerializeToString()
+    assert list(sent[1].suspension.waiting_on) == [1]
+    assert len(unwound) == 1 and isinstance(unwound[0], durable.Suspended)
+    assert runtime.done
+
+
+def test_replayed_completed_call_returns_response_and_ends() -> None:
+    journal = [input_entry(), reserve_entry(Result(value=RESPONSE.SerializeToString()))]
+    runtime, sent = new_runtime(make_start(journal, suspend_after_ms=0))
+    ctx = Context(runtime)
+    got: list[flights_pb2.BookingStatus] = []
+
+    async def handler() -> bytes:
+        response = await ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        got.append(response)
+        return response.SerializeToString()
+
+    asyncio.run(runtime.execute(handler))
+
+    assert got == [RESPONSE]
+    assert kinds(sent) == ["entry", "end"]
+    output = sent[0].entry
+    assert output.index == 2
+    assert output.entry.WhichOneof("command") == "output"
+    assert output.entry.result.value == RESPONSE.SerializeToString()
+    assert not any(p.entry.HasField("call") for p in proposed(sent))
+
+
+def test_replayed_failed_call_raises_terminal_error() -> None:
+    failed = Result(failure=journal_pb2.Failure(code=5, message="no such flight"))
+    runtime, sent = new_runtime(make_start([input_entry(), reserve_entry(failed)]))
+    ctx = Context(runtime)
+    caught: list[TerminalError] = []
+
+    async def handler() -> bytes:
+        try:
+            await ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        except TerminalError as e:
+            caught.append(e)
+        return b"compensated"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert len(caught) == 1
+    assert caught[0].message == "no such flight"
+    assert caught[0].code == 5
+    assert caught[0].status_code == grpc.StatusCode.NOT_FOUND
+    assert kinds(sent) == ["entry", "end"]
+    assert sent[0].entry.entry.result.value == b"compensated"
+
+
+def test_call_completed_while_waiting_resumes_the_handler() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        response = await ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        return response.SerializeToString()
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(has(sent, "entry"))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        runtime.on_completion(
+            protocol_pb2.CompletionMessage(
+                entry_index=1, result=Result(value=RESPONSE.SerializeToString())
+            )
+        )
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    assert kinds(sent) == ["entry", "entry", "end"]
+    assert sent[1].entry.index == 2
+    assert sent[1].entry.entry.result.value == RESPONSE.SerializeToString()
+
+
+def test_concurrent_calls_completed_in_any_order() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        first = ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        second = ctx.call("flights.Flights", "Get", REQUEST, flights_pb2.BookingStatus)
+        a, b = await asyncio.gather(first, second)
+        return (a.booking_id + "," + b.booking_id).encode()
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(lambda: len(sent) == 2)
+        for index, booking in ((2, "b2"), (1, "b1")):
+            status = flights_pb2.BookingStatus(booking_id=booking)
+            runtime.on_completion(
+                protocol_pb2.CompletionMessage(
+                    entry_index=index, result=Result(value=status.SerializeToString())
+                )
+            )
+            await asyncio.sleep(0)
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    assert kinds(sent) == ["entry", "entry", "entry", "end"]
+    assert sent[2].entry.entry.result.value == b"b1,b2"
+
+
+def test_send_is_proposed_without_waiting() -> None:
+    runtime, sent = new_runtime(make_start())
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        ctx.send("flights.Flights", "Cancel", flights_pb2.TripRef(trip_id="t1"))
+        ctx.send("flights.Flights", "Cancel", flights_pb2.TripRef(trip_id="t2"), delay=60)
+        return b"ok"
+
+    before = int(time.time() * 1000)
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["entry", "entry", "entry", "end"]
+    now, later = sent[0].entry.entry.send, sent[1].entry.entry.send
+    assert (now.service, now.method, now.invoke_at_ms) == ("flights.Flights", "Cancel", 0)
+    assert flights_pb2.TripRef.FromString(now.request).trip_id == "t1"
+    assert later.invoke_at_ms >= before + 60000
+
+
+def test_sleep_proposes_a_timer_and_suspends() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=0))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        await ctx.sleep(30)
+        return b"woke"
+
+    before = int(time.time() * 1000)
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["entry", "suspension"]
+    assert sent[0].entry.entry.sleep.wake_up_at_ms >= before + 30000
+    assert list(sent[1].suspension.waiting_on) == [1]
+
+
+# ctx.run
+
+
+def test_run_on_fresh_journal_runs_once_and_waits_for_durability() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+    calls: list[int] = []
+    got: list[Any] = []
+
+    def pay() -> dict[str, Any]:
+        calls.append(1)
+        return {"payment_id": "pay_1", "amount": 42}
+
+    async def handler() -> bytes:
+        got.append(await ctx.run("pay", pay))
+        return b"done"
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(has(sent, "run_result"))
+        await asyncio.sleep(0.01)
+        # The handler only sees the result once the broker made it durable.
+        assert not task.done() and got == []
+        run_result = sent[1].run_result
+        runtime.on_completion(
+            protocol_pb2.CompletionMessage(
+                entry_index=run_result.entry_index, result=run_result.result
+            )
+        )
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    assert calls == [1]
+    assert got == [{"payment_id": "pay_1", "amount": 42}]
+    assert kinds(sent) == ["entry", "run_result", "entry", "end"]
+    assert sent[0].entry.index == 1
+    assert sent[0].entry.entry.run.name == "pay"
+    assert sent[1].run_result.entry_index == 1
+    assert json.loads(sent[1].run_result.result.value) == {"payment_id": "pay_1", "amount": 42}
+    assert sent[2].entry.index == 2
+    assert sent[2].entry.entry.WhichOneof("command") == "output"
+
+
+def test_run_with_async_fn() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+
+    async def fetch() -> str:
+        await asyncio.sleep(0)
+        return "fetched"
+
+    async def handler() -> bytes:
+        return (await ctx.run("fetch", fetch)).encode()
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(has(sent, "run_result"))
+        runtime.on_completion(
+            protocol_pb2.CompletionMessage(entry_index=1, result=sent[1].run_result.result)
+        )
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    assert json.loads(sent[1].run_result.result.value) == "fetched"
+    assert sent[2].entry.entry.result.value == b"fetched"
+
+
+def test_run_with_zero_suspend_after_suspends_on_its_own_result() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=0))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        await ctx.run("pay", lambda: 1)
+        return b"done"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["entry", "run_result", "suspension"]
+    assert list(sent[2].suspension.waiting_on) == [1]
+
+
+def test_replayed_run_returns_journaled_value_without_calling_fn() -> None:
+    journaled = Entry(
+        run=journal_pb2.RunCommand(name="pay"),
+        result=Result(value=json.dumps({"payment_id": "pay_old"}).encode()),
+    )
+    runtime, sent = new_runtime(make_start([input_entry(), journaled]))
+    ctx = Context(runtime)
+    calls: list[int] = []
+    got: list[Any] = []
+
+    def pay() -> dict[str, str]:
+        calls.append(1)
+        return {"payment_id": "pay_new"}
+
+    async def handler() -> bytes:
+        got.append(await ctx.run("pay", pay))
+        return b"done"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert calls == []
+    assert got == [{"payment_id": "pay_old"}]
+    assert kinds(sent) == ["entry", "end"]
+    assert sent[0].entry.index == 2
+
+
+def test_replayed_run_without_result_runs_again() -> None:
+    journal = [input_entry(), Entry(run=journal_pb2.RunCommand(name="pay"))]
+    runtime, sent = new_runtime(make_start(journal, suspend_after_ms=0))
+    ctx = Context(runtime)
+    calls: list[int] = []
+
+    async def handler() -> bytes:
+        await ctx.run("pay", lambda: calls.append(1) or "again")
+        return b"done"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert calls == [1]
+    # The entry is already journaled: only its result is proposed.
+    assert kinds(sent) == ["run_result", "suspension"]
+    assert sent[0].run_result.entry_index == 1
+    assert json.loads(sent[0].run_result.result.value) == "again"
+
+
+def test_run_terminal_error_is_journaled_and_raised_after_completion() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+    calls: list[int] = []
+    seen: list[TerminalError] = []
+
+    def pay() -> None:
+        calls.append(1)
+        raise TerminalError("card declined", grpc.StatusCode.FAILED_PRECONDITION)
+
+    async def handler() -> bytes:
+        try:
+            await ctx.run("pay", pay)
+        except TerminalError as e:
+            seen.append(e)
+            raise  # escapes: the invocation ends with this failure
+        return b"unreachable"
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(has(sent, "run_result"))
+        await asyncio.sleep(0.01)
+        assert not task.done() and seen == []
+        runtime.on_completion(
+            protocol_pb2.CompletionMessage(entry_index=1, result=sent[1].run_result.result)
+        )
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    assert calls == [1]
+    failure = sent[1].run_result.result
+    assert failure.WhichOneof("kind") == "failure"
+    assert failure.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert failure.failure.message == "card declined"
+    assert len(seen) == 1
+    assert seen[0].message == "card declined"
+    assert seen[0].status_code == grpc.StatusCode.FAILED_PRECONDITION
+    assert kinds(sent) == ["entry", "run_result", "entry", "end"]
+    output = sent[2].entry.entry
+    assert output.WhichOneof("command") == "output"
+    assert output.result.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+    assert output.result.failure.message == "card declined"
+
+
+def test_replayed_failed_run_raises_without_calling_fn() -> None:
+    journaled = Entry(
+        run=journal_pb2.RunCommand(name="pay"),
+        result=Result(failure=journal_pb2.Failure(code=9, message="card declined")),
+    )
+    runtime, sent = new_runtime(make_start([input_entry(), journaled]))
+    ctx = Context(runtime)
+    calls: list[int] = []
+
+    async def handler() -> bytes:
+        await ctx.run("pay", lambda: calls.append(1))
+        return b"unreachable"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert calls == []
+    assert kinds(sent) == ["entry", "end"]
+    assert sent[0].entry.entry.result.failure.message == "card declined"
+
+
+def test_run_transient_exception_fails_the_attempt() -> None:
+    runtime, sent = new_runtime(make_start())
+    ctx = Context(runtime)
+
+    def flaky() -> None:
+        raise ConnectionError("gateway down")
+
+    async def handler() -> bytes:
+        await ctx.run("pay", flaky)
+        return b"unreachable"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["entry", "error"]
+    assert "ConnectionError: gateway down" in sent[1].error.message
+    assert not sent[1].error.non_determinism
+
+
+# Handler outcomes.
+
+
+def test_plain_exception_is_a_transient_error_not_an_output() -> None:
+    runtime, sent = new_runtime(make_start())
+
+    async def handler() -> bytes:
+        raise ValueError("boom")
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["error"]
+    error = sent[0].error
+    assert error.code == grpc.StatusCode.UNKNOWN.value[0]
+    assert error.message == "ValueError: boom"
+    assert error.entry_index == -1
+    assert not error.non_determinism
+    assert proposed(sent) == []
+
+
+def test_terminal_error_ends_with_failed_output() -> None:
+    runtime, sent = new_runtime(make_start())
+
+    async def handler() -> bytes:
+        raise TerminalError("sold out", grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["entry", "end"]
+    result = sent[0].entry.entry.result
+    assert result.failure.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert result.failure.message == "sold out"
+
+
+def test_divergent_replay_sends_non_determinism_error() -> None:
+    journal = [input_entry(), reserve_entry(Result(value=RESPONSE.SerializeToString()))]
+    runtime, sent = new_runtime(make_start(journal))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        await ctx.run("pay", lambda: 1)
+        return b"unreachable"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["error"]
+    error = sent[0].error
+    assert error.non_determinism
+    assert error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert "entry 1" in error.message
+    assert "call flights.Flights/Reserve" in error.message
+    assert "run 'pay'" in error.message
+
+
+def test_divergent_replay_returning_early_sends_non_determinism_error() -> None:
+    # The journal has a call where the handler now returns: its output diverges.
+    runtime, sent = new_runtime(make_start([input_entry(), reserve_entry()]))
+
+    async def handler() -> bytes:
+        return b"early"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["error"]
+    assert sent[0].error.non_determinism
+    assert "call flights.Flights/Reserve" in sent[0].error.message
+
+
+def test_divergent_replay_raising_terminal_error_sends_non_determinism_error() -> None:
+    # BUG (see report): as above, but the handler ends with a TerminalError. Runtime.execute
+    # calls machine.finish() inside its `except TerminalError` clause; the divergent output
+    # raises NonDeterminismError there, which the sibling `except NonDeterminismError`
+    # cannot catch. It escapes execute() and no terminal message is ever sent, so the
+    # endpoint's Invoke stream waits on its outgoing queue forever.
+    runtime, sent = new_runtime(make_start([input_entry(), reserve_entry()]))
+
+    async def handler() -> bytes:
+        raise TerminalError("sold out")
+
+    escaped: list[BaseException] = []
+
+    async def main() -> None:
+        try:
+            await runtime.execute(handler)
+        except BaseException as e:
+            escaped.append(e)
+
+    asyncio.run(main())
+
+    assert escaped == []
+    assert kinds(sent) == ["error"]
+    assert sent[0].error.non_determinism
+    assert "call flights.Flights/Reserve" in sent[0].error.message
+
+
+# Determinism.
+
+
+def test_random_and_uuid_are_deterministic_per_seed() -> None:
+    def draw(seed: int) -> tuple[Any, ...]:
+        runtime, _ = new_runtime(make_start(random_seed=seed))
+        ctx = Context(runtime)
+        return ctx.uuid4(), ctx.random().random(), ctx.uuid4()
+
+    first, again, other = draw(7), draw(7), draw(8)
+
+    assert first == again
+    assert first[0] != other[0]
+    assert first[1] != other[1]
+    assert first[0] != first[2]
+    assert first[0].version == 4
+
+
+def test_context_exposes_invocation_metadata() -> None:
+    journal = [Entry(input=journal_pb2.InputCommand(request=b"", headers={"x-tenant": "acme"}))]
+    start = make_start(journal)
+    start.attempt = 3
+    runtime, _ = new_runtime(start)
+    ctx = Context(runtime)
+    assert ctx.invocation_id == "inv_x"
+    assert ctx.attempt == 3
+    assert ctx.headers == {"x-tenant": "acme"}
+
+
+# State (virtual objects).
+
+
+def test_object_state_get_set_clear() -> None:
+    runtime, sent = new_runtime(make_start(key="trip-1", state={"preset": b'"x"'}))
+    ctx = ObjectContext(runtime)
+    got: list[Any] = []
+
+    async def handler() -> bytes:
+        got.append(await ctx.get("count", 0))
+        ctx.set("count", 5)
+        got.append(await ctx.get("count"))
+        got.append(await ctx.get("preset"))
+        ctx.clear("preset")
+        got.append(await ctx.get("preset", "gone"))
+        return b"ok"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert ctx.key == "trip-1"
+    assert got == [0, 5, "x", "gone"]
+    commands = [(p.index, p.entry.WhichOneof("command")) for p in proposed(sent)]
+    assert commands == [
+        (1, "get_state"),
+        (2, "set_state"),
+        (3, "get_state"),
+        (4, "get_state"),
+        (5, "clear_state"),
+        (6, "get_state"),
+        (7, "output"),
+    ]
+    entries = [p.entry for p in proposed(sent)]
+    # Reads carry their result inline: nothing to wait for.
+    assert entries[0].get_state.key == "count"
+    assert entries[0].result.WhichOneof("kind") == "empty"
+    assert entries[1].set_state.key == "count"
+    assert entries[1].set_state.value == b"5"
+    assert entries[2].result.value == b"5"
+    assert entries[3].result.value == b'"x"'
+    assert entries[5].result.WhichOneof("kind") == "empty"
+    assert "suspension" not in kinds(sent)
+    assert runtime.state == {"count": b"5"}
+
+
+def test_replayed_get_state_uses_the_journaled_value() -> None:
+    journal = [
+        input_entry(),
+        Entry(get_state=journal_pb2.GetStateCommand(key="count"), result=Result(value=b"1")),
+    ]
+    # The state has moved on since; a replay must still see what the journal saw.
+    runtime, sent = new_runtime(make_start(journal, key="k", state={"count": b"2"}))
+    ctx = ObjectContext(runtime)
+    got: list[Any] = []
+
+    async def handler() -> bytes:
+        got.append(await ctx.get("count"))
+        got.append(await ctx.get("count"))
+        return b"ok"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert got == [1, 2]
+    assert [p.index for p in proposed(sent)] == [2, 3]
+
+
+# Suspension when the broker closes its side.
+
+
+def test_input_closed_while_blocked_suspends() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+    unwound: list[BaseException] = []
+
+    async def handler() -> bytes:
+        try:
+            await ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        except BaseException as e:
+            unwound.append(e)
+            raise
+        return b"unreachable"
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(has(sent, "entry"))
+        await asyncio.sleep(0.01)
+        assert not task.done()
+        runtime.on_input_closed()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    assert kinds(sent) == ["entry", "suspension"]
+    assert list(sent[1].suspension.waiting_on) == [1]
+    assert len(unwound) == 1 and isinstance(unwound[0], durable.Suspended)
+
+
+def test_input_closed_before_await_suspends_at_the_await() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        runtime.on_input_closed()  # not blocked yet: nothing happens
+        future = ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        assert "suspension" not in kinds(sent)
+        await future
+        return b"unreachable"
+
+    asyncio.run(asyncio.wait_for(runtime.execute(handler), 5))
+
+    assert kinds(sent) == ["entry", "suspension"]
+    assert list(sent[1].suspension.waiting_on) == [1]
+
+
+def test_input_closed_does_not_suspend_under_a_side_effect() -> None:
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+
+    async def main() -> None:
+        gate = asyncio.Event()
+
+        async def slow() -> str:
+            await gate.wait()
+            return "paid"
+
+        async def handler() -> bytes:
+            call = ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+            waiting = asyncio.ensure_future(call)
+            await asyncio.sleep(0)  # now blocked on entry 1
+            paying = asyncio.ensure_future(ctx.run("pay", slow))
+            # gather retrieves both outcomes: no task is left with an unseen Suspended.
+            await asyncio.gather(waiting, paying)
+            return b"unreachable"
+
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(lambda: len(sent) == 2)
+        runtime.on_input_closed()
+        await asyncio.sleep(0.01)
+        assert kinds(sent) == ["entry", "entry"]
+        gate.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(main())
+
+    # The side effect's outcome is still sent, then the handler suspends on both entries.
+    assert kinds(sent) == ["entry", "entry", "run_result", "suspension"]
+    assert list(sent[3].suspension.waiting_on) == [1, 2]
+
+
+# Suspension while blocked on several entries.
+
+
+def _race_handler(runtime: Runtime, ctx: Context) -> Callable[[], Awaitable[bytes]]:
+    completion = protocol_pb2.CompletionMessage(
+        entry_index=1, result=Result(value=RESPONSE.SerializeToString())
+    )
+
+    async def handler() -> bytes:
+        first = ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+        second = ctx.call("flights.Flights", "Get", REQUEST, flights_pb2.BookingStatus)
+
+        async def await_second() -> flights_pb2.BookingStatus:
+            # Entry 1 is already blocked on (and the suspension timer armed) when this
+            # runs. Deliver its completion in the very loop iteration the timer fires in,
+            # just before it, as the endpoint's reader task can.
+            asyncio.get_running_loop().call_soon(runtime.on_completion, completion)
+            return await second
+
+        await asyncio.gather(first, await_second())
+        return b"unreachable"
+
+    return handler
+
+
+def test_still_blocked_after_a_completion_races_the_timer_suspends() -> None:
+    # BUG (see report): Runtime._on_timer returns without re-arming when a blocked entry
+    # has a result that the awaiting task has not consumed yet ("a completion is being
+    # delivered"). When the handler stays blocked on another entry (here entry 2 of a
+    # gather), nothing re-arms the timer: it never suspends despite suspend_after_ms=0.
+    runtime, sent = new_runtime(make_start(suspend_after_ms=0))
+    ctx = Context(runtime)
+
+    before_cancel: list[str | None] = []
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(_race_handler(runtime, ctx)))
+        await asyncio.wait([task], timeout=1.0)
+        before_cancel.extend(kinds(sent))
+        if not task.done():  # stuck: cancelling makes execute() send "attempt cancelled"
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+    # Still blocked on entry 2 a second later, so it must have suspended waiting on it.
+    assert before_cancel == ["entry", "entry", "suspension"]
+    assert list(sent[2].suspension.waiting_on) == [2]
+
+
+@pytest.mark.parametrize("seed", [0, 2**64 - 1])
+def test_extreme_seeds_are_accepted(seed: int) -> None:
+    runtime, _ = new_runtime(make_start(random_seed=seed))
+    ctx = Context(runtime)
+    assert 0.0 <= ctx.random().random() < 1.0
