@@ -69,6 +69,7 @@ class Invoker:
         self._committer = committer
         self._stubs: dict[str, protocol_pb2_grpc.ServiceEndpointStub] = {}
         self._channels: list[grpc.aio.Channel] = []
+        self._tasks: set[asyncio.Task[None]] = set()
         self.partition: Partition
 
     def stub(self, uri: str) -> protocol_pb2_grpc.ServiceEndpointStub:
@@ -92,10 +93,15 @@ class Invoker:
         attempt = Attempt(start.attempt, self._committer.barrier())
         live.attempt = attempt
         attempt.task = asyncio.create_task(self._run(live, attempt, start))
+        self._tasks.add(attempt.task)
+        attempt.task.add_done_callback(self._tasks.discard)
         return attempt
 
     async def close(self) -> None:
-        """Closes every channel."""
+        """Abandons in-flight attempts (they resume after a restart) and closes channels."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for channel in self._channels:
             await channel.close(None)
 

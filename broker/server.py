@@ -112,8 +112,8 @@ class Broker:
             self._purger.cancel()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
         await self.timers.stop()
-        await self.committer.drain()
         await self.invoker.close()
+        await self.committer.drain()
         self.kv.close()
 
     async def _add_health(self, server: grpc.aio.Server) -> None:

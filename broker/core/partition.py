@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -155,7 +156,7 @@ class Partition:
             idempotency_key=idempotency_key,
             exclusive=bool(target and target.keyed and handler and not handler.shared),
             invoke_at_ms=invoke_at_ms,
-            random_seed=int.from_bytes(__import__("os").urandom(8), "big"),
+            random_seed=secrets.randbits(64),
             traceparent=traceparent,
         )
         if caller is not None:
