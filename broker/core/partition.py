@@ -241,6 +241,10 @@ class Partition:
             traceparent=record.traceparent,
         )
         log.debug("invocation %s attempt %d starting", record.id, record.attempts)
+        # Rides in the group the attempt's start barrier waits for anyway: no extra fsync.
+        batch = Batch()
+        self._save(batch, live)
+        self.committer.submit(batch)
         self.invoker.start(live, start)
 
     # ---- Events from an attempt (return an error text to fail the attempt)
