@@ -1,0 +1,202 @@
+"""SIGKILL a service or the broker in the middle of a saga; every saga still completes,
+each booking is made once, and nothing durable is lost.
+
+The saga is held at a known point by taking the flights service down first: the trips
+handler has journaled its flights call and waits for it, the flights invocation backs
+off. That is when the crash happens.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import grpc
+import pytest
+from durable.v1 import invocation_pb2
+from trips import trips_pb2
+
+from tests.support import Cluster, MakeCluster, Status, trip_id_of
+
+# Frequent retries: the endpoints that were down are tried again soon after they are back.
+BROKER_ARGS = ["--retry-initial", "100ms", "--retry-max", "500ms"]
+CALL_TIMEOUT_S = 90.0
+
+
+def idempotent(key: str) -> tuple[tuple[str, str], ...]:
+    return (("idempotency-key", key),)
+
+
+def saga_of(cluster: Cluster, key: str) -> list[invocation_pb2.Invocation]:
+    """The trips invocations started with idempotency key `key`."""
+    return [i for i in cluster.invocations(service="trips.Trips") if i.idempotency_key == key]
+
+
+def hold_saga_on_flights(cluster: Cluster, key: str) -> tuple[grpc.Future, str]:
+    """Takes flights down, starts a saga, and waits until its flights call backs off.
+
+    Returns:
+        The in-flight client call and the trips invocation's id.
+    """
+    cluster.kill_service("flights")
+    pending = cluster.trips.Reserve.future(
+        trips_pb2.ReserveTripRequest(to="Paris"), metadata=idempotent(key), timeout=CALL_TIMEOUT_S
+    )
+    trips_id = cluster.wait_for(lambda: saga_of(cluster, key), message="the trips invocation")[0].id
+
+    def flights_call_backing_off() -> bool:
+        calls = [
+            i
+            for i in cluster.invocations(service="flights.Flights", method="Reserve")
+            if i.caller.invocation_id == trips_id
+        ]
+        return len(calls) == 1 and calls[0].status == Status.BACKING_OFF
+
+    cluster.wait_for(
+        flights_call_backing_off,
+        message=lambda: f"the flights call to back off: {cluster.invocations()}",
+    )
+    return pending, trips_id
+
+
+def assert_booked_once(cluster: Cluster, trip_id: str) -> None:
+    """One reservation per booking, everything confirmed, one success notification."""
+    for service, method in [
+        ("flights.Flights", "Reserve"),
+        ("cars.Cars", "Reserve"),
+        ("payments.Payments", "Process"),
+        ("flights.Flights", "Confirm"),
+        ("cars.Cars", "Confirm"),
+    ]:
+        calls = cluster.invocations(service=service, key=trip_id, method=method)
+        assert len(calls) == 1, f"{service}/{method} for trip {trip_id}: {calls}"
+        assert calls[0].status == Status.COMPLETED, calls[0]
+        assert calls[0].result.HasField("value"), calls[0]
+    for service in ("flights.Flights", "cars.Cars", "payments.Payments"):
+        cancels = [
+            i
+            for i in cluster.invocations(service=service, key=trip_id)
+            if i.method in ("Cancel", "Refund")
+        ]
+        assert not cancels, f"compensations ran for a successful trip: {cancels}"
+    records = cluster.notifications(trip_id)
+    assert [r["status"] for r in records] == ["success"], records
+
+
+@pytest.mark.parametrize(
+    "suspend_after", ["30s", "0"], ids=["handler-running", "handler-suspended"]
+)
+def test_trips_service_killed_while_saga_waits(
+    make_cluster: MakeCluster, suspend_after: str
+) -> None:
+    cluster = make_cluster(suspend_after=suspend_after, broker_args=BROKER_ARGS)
+    key = f"kill-trips-{uuid.uuid4()}"
+    pending, trips_id = hold_saga_on_flights(cluster, key)
+    try:
+        # With 30 s the handler still holds its stream (RUNNING); with 0 it has suspended.
+        expected = Status.RUNNING if suspend_after == "30s" else Status.SUSPENDED
+        assert cluster.invocation(trips_id).status == expected
+
+        cluster.kill_service("trips")
+        if expected == Status.RUNNING:
+            # The broker sees the attempt's stream break and schedules a retry.
+            cluster.wait_for(
+                lambda: cluster.invocation(trips_id).status == Status.BACKING_OFF,
+                message=lambda: f"trips to back off: {cluster.invocation(trips_id)}",
+            )
+        cluster.start_service("trips")
+        cluster.start_service("flights")
+
+        response = cluster.trips.Reserve(
+            trips_pb2.ReserveTripRequest(to="Paris"),
+            metadata=idempotent(key),
+            timeout=CALL_TIMEOUT_S,
+        )
+        # The first caller was waiting on the broker, which never went away: it gets the
+        # result too.
+        assert pending.result(timeout=CALL_TIMEOUT_S) == response
+    finally:
+        pending.cancel()
+
+    assert response.status == "success"
+    trip_id = trip_id_of(response)
+    assert trip_id
+    assert [i.id for i in saga_of(cluster, key)] == [trips_id]
+    record = cluster.invocation(trips_id)
+    assert record.status == Status.COMPLETED
+    assert record.attempts >= 2, record
+    assert_booked_once(cluster, trip_id)
+
+
+@pytest.mark.parametrize("suspend_after", ["1s", "0"])
+def test_broker_killed_mid_saga(make_cluster: MakeCluster, suspend_after: str) -> None:
+    cluster = make_cluster(suspend_after=suspend_after, broker_args=BROKER_ARGS)
+    key = f"kill-broker-{uuid.uuid4()}"
+    pending, trips_id = hold_saga_on_flights(cluster, key)
+    try:
+        cluster.kill_broker()
+
+        error = pending.exception(timeout=30)
+        assert isinstance(error, grpc.RpcError), f"the in-flight call did not fail: {error!r}"
+        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+    finally:
+        pending.cancel()
+
+    cluster.start_broker()
+    cluster.start_service("flights")
+    response = cluster.trips.Reserve(
+        trips_pb2.ReserveTripRequest(to="Paris"), metadata=idempotent(key), timeout=CALL_TIMEOUT_S
+    )
+
+    assert response.status == "success"
+    trip_id = trip_id_of(response)
+    assert trip_id
+    # The re-call attached to the invocation that began before the crash.
+    assert [i.id for i in saga_of(cluster, key)] == [trips_id]
+    assert cluster.invocation(trips_id).status == Status.COMPLETED
+    assert_booked_once(cluster, trip_id)
+
+
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_completed_saga_survives_broker_restart(make_cluster: MakeCluster, stop: str) -> None:
+    cluster = make_cluster(broker_args=BROKER_ARGS)
+    key = f"restart-{uuid.uuid4()}"
+    response, call = cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(to="Rome"), metadata=idempotent(key), timeout=CALL_TIMEOUT_S
+    )
+    # Nothing between the response and the crash: the result was durable before it was sent.
+    cluster.restart_broker(kill=stop == "SIGKILL")
+
+    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    described = cluster.describe(invocation_id)
+    record = described.invocation
+    assert record.status == Status.COMPLETED, record
+    assert record.idempotency_key == key
+    assert record.result.value == response.SerializeToString()
+    steps = [
+        (e.WhichOneof("command"), e.call.service, e.call.method, e.run.name)
+        for e in described.journal
+    ]
+    assert steps == [
+        ("input", "", "", ""),
+        ("call", "flights.Flights", "Reserve", ""),
+        ("call", "cars.Cars", "Reserve", ""),
+        ("call", "payments.Payments", "Process", ""),
+        ("call", "flights.Flights", "Confirm", ""),
+        ("call", "cars.Cars", "Confirm", ""),
+        ("run", "", "", "notify success"),
+        ("output", "", "", ""),
+    ]
+    assert record.journal_length == len(described.journal)
+    assert all(e.HasField("result") for e in described.journal[1:]), described.journal
+    for entry in described.journal[1:6]:
+        callee = cluster.invocation(entry.call.invocation_id)
+        assert callee.status == Status.COMPLETED, callee
+        assert callee.caller.invocation_id == invocation_id
+    # The idempotency key outlives the restart: the same response, no new invocation.
+    again, again_call = cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(to="Rome"), metadata=idempotent(key), timeout=CALL_TIMEOUT_S
+    )
+    assert again == response
+    assert dict(again_call.initial_metadata())["invocation-id"] == invocation_id
+    assert len(saga_of(cluster, key)) == 1
+    assert_booked_once(cluster, trip_id_of(response))

@@ -1,0 +1,156 @@
+"""The holiday booking saga end to end, through the generated stubs and through grpcurl.
+
+Every case runs twice: with the broker's default `--suspend-after 1s` (handlers mostly
+run straight through) and with `--suspend-after 0` (a handler suspends at every await, so
+each step is reached by replaying the journal).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import grpc
+import pytest
+from cars import cars_pb2
+from flights import flights_pb2
+from payments import payments_pb2
+from trips import trips_pb2
+
+from tests.support import (
+    INVOCATION_ID_RE,
+    Cluster,
+    Status,
+    grpcurl_json,
+    parse_grpcurl_error,
+    trip_id_from_error,
+    trip_id_of,
+)
+
+pytestmark = pytest.mark.parametrize("cluster", ["1s", "0"], indirect=True)
+
+CLIENTS = ["stub", "grpcurl"]
+CALL_TIMEOUT_S = 60.0
+
+# run_type -> (compensations applied, flight, car, payment state afterwards).
+# Each compensation is registered just before its step, so a step that failed is undone
+# too: a failed car reservation cancels the car and the flight (2), a failure from the
+# payment on cancels, cancels and refunds (3).
+FAILURES = {
+    "failFlightReservation": (1, "cancelled", "", ""),
+    "failCarReservation": (2, "cancelled", "cancelled", ""),
+    "failPayment": (3, "cancelled", "cancelled", "refunded"),
+    "failFlightConfirmation": (3, "cancelled", "cancelled", "refunded"),
+    "failCarConfirmation": (3, "cancelled", "cancelled", "refunded"),
+    "failNotification": (3, "cancelled", "cancelled", "refunded"),
+}
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What a caller saw of one `trips.Trips/Reserve` call."""
+
+    code: grpc.StatusCode
+    message: str = ""
+    status: str = ""
+    trip_id: str = ""
+    invocation_id: str = ""
+
+
+def _code_from_grpcurl(name: str) -> grpc.StatusCode:
+    """`FailedPrecondition` (grpcurl's spelling) -> grpc.StatusCode.FAILED_PRECONDITION."""
+    return grpc.StatusCode[re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper()]
+
+
+def reserve(cluster: Cluster, client: str, run_type: str = "") -> Outcome:
+    """Books a trip with `run_type` through the stubs or grpcurl."""
+    if client == "stub":
+        request = trips_pb2.ReserveTripRequest(run_type=run_type, to="Lisbon", amount_cents=120)
+        try:
+            response, call = cluster.trips.Reserve.with_call(request, timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            ids = [v for k, v in (e.initial_metadata() or ()) if k == "invocation-id"]
+            return Outcome(e.code(), e.details() or "", invocation_id=ids[0] if ids else "")
+        ids = [v for k, v in call.initial_metadata() if k == "invocation-id"]
+        assert len(ids) == 1, f"invocation-id metadata: {call.initial_metadata()}"
+        return Outcome(
+            grpc.StatusCode.OK,
+            status=response.status,
+            trip_id=trip_id_of(response),
+            invocation_id=ids[0],
+        )
+    body = {"run_type": run_type, "to": "Lisbon", "amount_cents": 120}
+    result = cluster.grpcurl_call("trips.Trips/Reserve", body, timeout=CALL_TIMEOUT_S)
+    if result.returncode == 0:
+        response = grpcurl_json(result.stdout)
+        assert "tripId" in response, f"grpcurl printed no tripId: {result.stdout}"
+        return Outcome(grpc.StatusCode.OK, status=response["status"], trip_id=response["tripId"])
+    code, message = parse_grpcurl_error(result.stderr)
+    return Outcome(_code_from_grpcurl(code), message)
+
+
+def booking_states(cluster: Cluster, trip_id: str) -> tuple[str, str, str]:
+    """(flight, car, payment) state of the trip, read through the ingress."""
+    flight = cluster.flights.Get(flights_pb2.TripRef(trip_id=trip_id), timeout=30).state
+    car = cluster.cars.Get(cars_pb2.TripRef(trip_id=trip_id), timeout=30).state
+    payment = cluster.payments.Get(payments_pb2.TripRef(trip_id=trip_id), timeout=30).state
+    return flight, car, payment
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_trip_succeeds(cluster: Cluster, client: str) -> None:
+    outcome = reserve(cluster, client)
+
+    assert outcome.code == grpc.StatusCode.OK, outcome
+    assert outcome.status == "success"
+    assert outcome.trip_id, "the response carries no trip id"
+    assert booking_states(cluster, outcome.trip_id) == ("confirmed", "confirmed", "processed")
+    records = cluster.notifications(outcome.trip_id)
+    assert [r["status"] for r in records] == ["success"], records
+    if client == "stub":
+        assert INVOCATION_ID_RE.match(outcome.invocation_id), outcome.invocation_id
+        record = cluster.invocation(outcome.invocation_id)
+        assert (record.service, record.method) == ("trips.Trips", "Reserve")
+        assert record.status == Status.COMPLETED
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+@pytest.mark.parametrize("run_type", list(FAILURES))
+def test_trip_fails_and_compensates(cluster: Cluster, client: str, run_type: str) -> None:
+    compensations, *states = FAILURES[run_type]
+
+    outcome = reserve(cluster, client, run_type)
+
+    assert outcome.code == grpc.StatusCode.FAILED_PRECONDITION, outcome
+    assert outcome.message.endswith(f"successfully applied {compensations} compensations"), (
+        outcome.message
+    )
+    trip_id = trip_id_from_error(outcome.message)
+    assert booking_states(cluster, trip_id) == tuple(states)
+    records = cluster.notifications(trip_id)
+    assert [r["status"] for r in records] == ["failed"], records
+    if client == "stub":
+        # The invocation id reaches a failed call's caller too, and the record holds the
+        # terminal failure as the caller saw it.
+        assert INVOCATION_ID_RE.match(outcome.invocation_id), outcome
+        record = cluster.invocation(outcome.invocation_id)
+        assert record.status == Status.COMPLETED
+        assert record.result.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
+        assert record.result.failure.message == outcome.message
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_flaky_payment_is_retried_and_the_trip_succeeds(cluster: Cluster, client: str) -> None:
+    outcome = reserve(cluster, client, "flakyPayment")
+
+    assert outcome.code == grpc.StatusCode.OK, outcome
+    assert outcome.status == "success"
+    assert booking_states(cluster, outcome.trip_id) == ("confirmed", "confirmed", "processed")
+    processes = cluster.invocations(
+        service="payments.Payments", key=outcome.trip_id, method="Process"
+    )
+    assert len(processes) == 1, processes
+    assert processes[0].status == Status.COMPLETED
+    assert processes[0].attempts >= 3, processes[0]
+    records = cluster.notifications(outcome.trip_id)
+    assert [r["status"] for r in records] == ["success"], records
