@@ -7,8 +7,10 @@ UNAVAILABLE when the endpoint to register cannot be reached.
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -16,14 +18,18 @@ from durable.v1 import (
     admin_pb2,
     admin_pb2_grpc,
     invocation_pb2,
+    journal_pb2,
     protocol_pb2,
 )
 
 from . import registry as reg
-from .core.model import now_ms
+from .core import control
+from .core.model import failure, now_ms
 from .core.partition import Partition, UnknownInvocation
 from .invoker import Invoker, endpoint_address
-from .storage import Batch, deployments
+from .storage import Batch, deployments, state
+
+_ABORTED = 10
 
 log = logging.getLogger("broker.admin")
 
@@ -67,6 +73,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             uri=uri,
             services=list(discovered.services),
             files=discovered.files,
+            retry_policies=list(discovered.retry_policies),
             created_at_ms=existing.created_at_ms if existing else now_ms(),
         )
         try:
@@ -139,6 +146,157 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
             raise AssertionError("unreachable") from None
         return admin_pb2.DescribeInvocationResponse(invocation=record, journal=journal)
+
+    async def CancelInvocation(
+        self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.InvocationResponse:
+        return await self._control(context, request.invocation_id, control.cancel)
+
+    async def KillInvocation(
+        self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.InvocationResponse:
+        return await self._control(context, request.invocation_id, control.kill)
+
+    async def ResumeInvocation(
+        self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.InvocationResponse:
+        async def resume(p: Partition, invocation_id: str) -> invocation_pb2.Invocation:
+            return control.resume(p, invocation_id)
+
+        return await self._control(context, request.invocation_id, resume)
+
+    async def _control(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        invocation_id: str,
+        action: Callable[[Partition, str], Awaitable[invocation_pb2.Invocation]],
+    ) -> admin_pb2.InvocationResponse:
+        try:
+            record = await action(self._partition, invocation_id)
+        except UnknownInvocation:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no invocation {invocation_id!r}")
+            raise AssertionError("unreachable") from None
+        except control.NotAllowed as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            raise AssertionError("unreachable") from None
+        log.info("%s: %s", action.__name__, invocation_id)
+        return admin_pb2.InvocationResponse(invocation=record)
+
+    async def ResolveAwakeable(
+        self,
+        request: admin_pb2.ResolveAwakeableRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.ResolveAwakeableResponse:
+        value = request.value or b"null"
+        try:
+            json.loads(value)
+        except ValueError as e:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}"
+            )
+        return await self._complete_awakeable(
+            context, request.awakeable_id, journal_pb2.Result(value=value)
+        )
+
+    async def RejectAwakeable(
+        self,
+        request: admin_pb2.RejectAwakeableRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.ResolveAwakeableResponse:
+        reason = request.reason or "rejected"
+        return await self._complete_awakeable(
+            context, request.awakeable_id, failure(_ABORTED, reason)
+        )
+
+    async def _complete_awakeable(
+        self,
+        context: grpc.aio.ServicerContext[Any, Any],
+        awakeable_id: str,
+        result: journal_pb2.Result,
+    ) -> admin_pb2.ResolveAwakeableResponse:
+        batch = Batch()
+        problem = self._partition.complete_awakeable(batch, awakeable_id, result)
+        if problem is not None:
+            code = (
+                grpc.StatusCode.FAILED_PRECONDITION
+                if "already" in problem
+                else grpc.StatusCode.NOT_FOUND
+            )
+            await context.abort(code, problem)
+        await self._partition.committer.commit(batch)
+        return admin_pb2.ResolveAwakeableResponse()
+
+    async def CompletePromise(
+        self,
+        request: admin_pb2.CompletePromiseRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.CompletePromiseResponse:
+        target = self._registry.service(request.service)
+        if target is None or target.kind != "workflow":
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"{request.service!r} is not a registered workflow"
+            )
+        if request.HasField("rejection"):
+            result = failure(_ABORTED, request.rejection)
+        else:
+            value = request.value or b"null"
+            try:
+                json.loads(value)
+            except ValueError as e:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}"
+                )
+            result = journal_pb2.Result(value=value)
+        batch = Batch()
+        if not self._partition.complete_promise(
+            batch, request.service, request.key, request.name, result
+        ):
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"promise {request.name!r} of {request.service} {request.key!r} "
+                "was already completed",
+            )
+        await self._partition.committer.commit(batch)
+        return admin_pb2.CompletePromiseResponse()
+
+    async def GetState(
+        self, request: admin_pb2.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetStateResponse:
+        await self._keyed(request.service, context)
+        return admin_pb2.GetStateResponse(
+            state=state.load(self._partition.kv, request.service, request.key)
+        )
+
+    async def SetState(
+        self, request: admin_pb2.SetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetStateResponse:
+        await self._keyed(request.service, context)
+        if not request.key or not request.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key and name are required")
+        value = request.value if request.HasField("value") else None
+        if value is not None:
+            try:
+                json.loads(value)
+            except ValueError as e:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}"
+                )
+        try:
+            current = await control.set_state(
+                self._partition, request.service, request.key, request.name, value
+            )
+        except control.NotAllowed as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            raise AssertionError("unreachable") from None
+        return admin_pb2.GetStateResponse(state=current)
+
+    async def _keyed(self, service: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        target = self._registry.service(service)
+        if target is None or not target.keyed:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"{service!r} is not a registered virtual object or workflow",
+            )
 
 
 def _deployment(record: reg.Deployment) -> admin_pb2.Deployment:

@@ -123,6 +123,8 @@ class Invoker:
         # The generated stubs are typed for the sync API; this is a grpc.aio channel.
         call: Any = self.stub(deployment.uri).Invoke(requests())  # type: ignore[arg-type]
         error: str | None = None
+        retry_after: float | None = None
+        pause = False
         try:
             async for response in call:
                 kind = response.WhichOneof("message")
@@ -142,6 +144,9 @@ class Invoker:
                     e = response.error
                     prefix = "non-determinism: " if e.non_determinism else ""
                     error = f"{prefix}{e.message}"
+                    if e.retry_after_ms:
+                        retry_after = e.retry_after_ms / 1000
+                    pause = e.pause
                     break
                 elif kind == "end":
                     error = partition.on_end(live, attempt)
@@ -161,4 +166,4 @@ class Invoker:
             attempt.close()
             call.cancel()
         if error:
-            partition.on_attempt_failed(live, attempt, error)
+            partition.on_attempt_failed(live, attempt, error, retry_after, pause=pause)

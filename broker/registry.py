@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from durable.v1 import options_pb2, storage_pb2
+from durable.v1 import ingress_pb2, journal_pb2, options_pb2, protocol_pb2, storage_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
@@ -85,6 +85,7 @@ class Registry:
         self._deployments: dict[str, Deployment] = {}
         self._services: dict[str, Service] = {}
         self.pool = descriptor_pool.DescriptorPool()
+        self._rebuild({})
 
     def deployments(self) -> list[Deployment]:
         """Every deployment, oldest first."""
@@ -97,6 +98,17 @@ class Registry:
     def by_uri(self, uri: str) -> Deployment | None:
         """The deployment registered for `uri`, if any."""
         return next((d for d in self._deployments.values() if d.uri == uri), None)
+
+    def retry_policy(self, service: str, method: str) -> protocol_pb2.RetryPolicy | None:
+        """The retry policy the hosting deployment declared for a handler, if any."""
+        target = self._services.get(service)
+        deployment = self._deployments.get(target.deployment_id) if target else None
+        if deployment is None:
+            return None
+        for p in deployment.retry_policies:
+            if p.service == service and p.method == method:
+                return p.policy
+        return None
 
     def services(self) -> list[Service]:
         """Every routable service, by name."""
@@ -133,7 +145,19 @@ class Registry:
                     f"service {name} is missing from the endpoint's descriptors"
                 )
             _, proto = services[name]
-            keyed = proto.options.Extensions[options_pb2.service_kind] != 0
+            kind = proto.options.Extensions[options_pb2.service_kind]
+            keyed = kind != 0
+            if kind == options_pb2.WORKFLOW:
+                runs = [
+                    m.name
+                    for m in proto.method
+                    if m.options.Extensions[options_pb2.handler_kind] != options_pb2.SHARED
+                ]
+                if len(runs) != 1:
+                    raise RegistrationError(
+                        f"workflow {name} needs exactly one run (non-shared) handler, has "
+                        f"{len(runs)}: mark the others with (durable.v1.handler_kind) = SHARED"
+                    )
             for m in proto.method:
                 if m.client_streaming or m.server_streaming:
                     raise RegistrationError(
@@ -159,6 +183,11 @@ class Registry:
         ordered = sorted(deployments.values(), key=lambda d: (d.created_at_ms, d.id))
         pool = descriptor_pool.DescriptorPool()
         added: set[str] = set()
+        for own in (journal_pb2.DESCRIPTOR, ingress_pb2.DESCRIPTOR):
+            own_file = descriptor_pb2.FileDescriptorProto()
+            own.CopyToProto(own_file)
+            added.add(own_file.name)
+            pool.AddSerializedFile(own_file.SerializeToString())
         # Newest files win when two deployments ship different versions of one file.
         for d in reversed(ordered):
             for f in d.files.file:

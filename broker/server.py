@@ -6,14 +6,14 @@ import asyncio
 import logging
 
 import grpc
-from durable.v1 import admin_pb2, admin_pb2_grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2, ingress_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from .admin import AdminServicer
 from .config import Settings
 from .core.partition import Partition
-from .ingress import DynamicReflection, IngressRouter
+from .ingress import DynamicReflection, IngressRouter, IngressServicer
 from .invoker import Invoker
 from .registry import Registry
 from .storage import Committer, deployments, open_kv
@@ -22,6 +22,7 @@ from .timers import TimerQueue
 log = logging.getLogger("broker")
 
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+INGRESS_SERVICE = ingress_pb2.DESCRIPTOR.services_by_name["Ingress"].full_name
 
 
 class Broker:
@@ -69,7 +70,9 @@ class Broker:
                     reflection.SERVICE_NAME,
                     {
                         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                            DynamicReflection(self.registry).ServerReflectionInfo,
+                            DynamicReflection(
+                                self.registry, extra=(INGRESS_SERVICE,)
+                            ).ServerReflectionInfo,
                             request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
                             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
                         )
@@ -77,6 +80,7 @@ class Broker:
                 ),
             )
         )
+        ingress_pb2_grpc.add_IngressServicer_to_server(IngressServicer(self.partition), ingress)
         ingress.add_generic_rpc_handlers(
             (IngressRouter(self.partition, self.registry, self.settings.max_payload_bytes),)
         )

@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING
 
-from durable.v1 import invocation_pb2, journal_pb2
+from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
 
 if TYPE_CHECKING:
     from ..invoker import Attempt
@@ -17,6 +17,7 @@ Invocation = invocation_pb2.Invocation
 Entry = journal_pb2.JournalEntry
 Result = journal_pb2.Result
 Status = invocation_pb2.InvocationStatus
+RetryPolicy = protocol_pb2.RetryPolicy
 
 
 def new_invocation_id() -> str:

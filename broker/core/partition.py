@@ -20,9 +20,30 @@ from durable.v1 import journal_pb2, protocol_pb2
 
 from .. import registry as reg
 from ..config import Settings
-from ..storage import Batch, Committer, idempotency, inbox, invocations, journal, state, timers
+from ..storage import (
+    Batch,
+    Committer,
+    idempotency,
+    inbox,
+    invocations,
+    journal,
+    promises,
+    state,
+    timers,
+)
 from ..storage.kv import KV
-from .model import Entry, Invocation, Live, Result, Status, failure, new_invocation_id, now_ms
+from . import commands
+from .model import (
+    Entry,
+    Invocation,
+    Live,
+    Result,
+    RetryPolicy,
+    Status,
+    failure,
+    new_invocation_id,
+    now_ms,
+)
 
 if TYPE_CHECKING:
     from ..invoker import Attempt, Invoker
@@ -30,9 +51,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker.core")
 
-_OK_UNIMPLEMENTED = 12
-_INVALID_ARGUMENT = 3
-_NOT_FOUND = 5
+_ABORTED = 10
+_UNKNOWN = 2
 
 
 class UnknownInvocation(LookupError):
@@ -58,6 +78,11 @@ class Partition:
         self._waiters: dict[str, list[asyncio.Future[Result]]] = collections.defaultdict(list)
         self._idempotent: dict[tuple[str, str, str, str], str] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._attach_waiters: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
+        self._promise_waiters: dict[tuple[str, str, str], list[tuple[str, int]]] = (
+            collections.defaultdict(list)
+        )
+        self._promises_pending: dict[tuple[str, str, str], Result] = {}
         self.invoker: Invoker
         self.timers: TimerQueue
 
@@ -74,9 +99,9 @@ class Partition:
         traceparent: str = "",
     ) -> tuple[str, asyncio.Future[Result]]:
         """Starts (or, by idempotency key, finds) an invocation; returns its id and result."""
-        if idempotency_key:
-            ident = (service, method, key, idempotency_key)
-            existing = self._idempotent.get(ident) or idempotency.get(self.kv, *ident)
+        if idempotency_key or commands.is_workflow_run(self.registry, service, method):
+            # A workflow's run handler runs once per key: a second submission attaches.
+            existing = self._existing((service, method, key, idempotency_key))
             if existing is not None:
                 return existing, self.attach(existing)
         batch = Batch()
@@ -92,6 +117,38 @@ class Partition:
         )
         self.committer.submit(batch)
         return live.id, self.attach(live.id)
+
+    def lock_holder(self, service: str, key: str) -> str | None:
+        """The invocation holding an object's key, if any."""
+        return self._locks.get((service, key))
+
+    def _existing(self, ident: tuple[str, str, str, str]) -> str | None:
+        return self._idempotent.get(ident) or idempotency.get(self.kv, *ident)
+
+    def _ident(self, record: Invocation) -> tuple[str, str, str, str] | None:
+        """The idempotency identity of an invocation, if it has one."""
+        if record.idempotency_key or commands.is_workflow_run(
+            self.registry, record.service, record.method
+        ):
+            return (record.service, record.method, record.key, record.idempotency_key)
+        return None
+
+    def output(self, invocation_id: str) -> Result | None:
+        """The result if completed, None while running.
+
+        Raises:
+            UnknownInvocation: no such invocation is retained.
+        """
+        if invocation_id in self.live:
+            return None
+        done = self.completed(invocation_id)
+        if done is None:
+            raise UnknownInvocation(invocation_id)
+        return done
+
+    def find(self, service: str, method: str, key: str, idempotency_key: str) -> str | None:
+        """The invocation bound to an idempotency key (or a workflow's key)."""
+        return self._existing((service, method, key, idempotency_key))
 
     def attach(self, invocation_id: str) -> asyncio.Future[Result]:
         """A future of the invocation's result (immediate if it already completed)."""
@@ -166,8 +223,8 @@ class Partition:
         )
         self.live[live.id] = live
         journal.put(batch, live.id, 0, live.journal[0])
-        if idempotency_key:
-            ident = (service, method, key, idempotency_key)
+        ident = self._ident(record)
+        if ident is not None:
             self._idempotent[ident] = live.id
             idempotency.put(batch, *ident, live.id)
         if invoke_at_ms > now:
@@ -175,7 +232,7 @@ class Partition:
             batch.then(lambda: self.timers.add(invoke_at_ms, live.id, -1))
         else:
             self._enqueue(batch, live)
-        self._save(batch, live)
+        self.save(batch, live)
         log.info("invocation %s created: %s/%s key=%r", live.id, service, method, key)
         return live
 
@@ -207,7 +264,7 @@ class Partition:
             nxt.inbox_seq = None
             self._locks[lock] = next_id
             nxt.record.status = Status.RUNNING
-            self._save(batch, nxt)
+            self.save(batch, nxt)
             batch.then(lambda nxt=nxt: self._start_attempt(nxt))  # type: ignore[misc]
             break
         if queue is not None and not queue:
@@ -243,7 +300,7 @@ class Partition:
         log.debug("invocation %s attempt %d starting", record.id, record.attempts)
         # Rides in the group the attempt's start barrier waits for anyway: no extra fsync.
         batch = Batch()
-        self._save(batch, live)
+        self.save(batch, live)
         self.committer.submit(batch)
         self.invoker.start(live, start)
 
@@ -258,47 +315,25 @@ class Partition:
                 f"protocol violation: entry {index} proposed, but the journal has "
                 f"{len(live.journal)} entries"
             )
-        batch = Batch()
         kind = entry.WhichOneof("command")
-        record = live.record
         log.debug("invocation %s step %d: %s", live.id, index, kind)
-        if kind == "call":
-            entry.ClearField("result")
-            self._call(batch, live, index, entry)
-        elif kind == "send":
-            entry.ClearField("result")
-            self._send(batch, live, entry)
-        elif kind == "run":
-            entry.ClearField("result")
-        elif kind == "sleep":
-            entry.ClearField("result")
-            due = entry.sleep.wake_up_at_ms
-            timers.put(batch, due, live.id, index)
-            batch.then(lambda: self.timers.add(due, live.id, index))
-        elif kind == "get_state":
-            if not record.key or not entry.HasField("result"):
-                return "protocol violation: get_state outside a keyed handler or without its result"
-        elif kind in ("set_state", "clear_state"):
-            if not record.exclusive:
-                return f"protocol violation: {kind} is only allowed in exclusive handlers"
-            if kind == "set_state":
-                state.put(
-                    batch, record.service, record.key, entry.set_state.key, entry.set_state.value
-                )
-            else:
-                state.delete(batch, record.service, record.key, entry.clear_state.key)
-        elif kind == "output":
-            if not entry.HasField("result"):
-                return "protocol violation: output entry without a result"
-        else:
-            return f"protocol violation: entry {index} has no valid command ({kind})"
         stored = Entry()
         stored.CopyFrom(entry)
+        if kind not in commands.SDK_COMPLETED:
+            stored.ClearField("result")
+        batch = Batch()
+        try:
+            result = commands.apply(self, batch, live, index, stored)
+        except commands.ProtocolViolation as e:
+            return f"protocol violation: {e}"
         live.journal.append(stored)
+        if result is not None:
+            stored.result.CopyFrom(result)
+            batch.then(lambda: self._deliver(live, index, result))
         journal.put(batch, live.id, index, stored)
         if kind == "output":
-            self._complete(batch, live, stored.result)
-        self._save(batch, live)
+            self.complete(batch, live, stored.result)
+        self.save(batch, live)
         self.committer.submit(batch)
         return None
 
@@ -309,7 +344,7 @@ class Partition:
         if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
             return f"protocol violation: run result for entry {index}, which is not a run"
         batch = Batch()
-        self._complete_entry(batch, live, index, result)
+        self.complete_entry(batch, live, index, result)
         self.committer.submit(batch)
         return None
 
@@ -319,9 +354,11 @@ class Partition:
             return None
         for i in waiting_on:
             if i >= len(live.journal) or live.journal[i].WhichOneof("command") not in (
-                "call",
+                *commands.AWAITABLE,
                 "run",
-                "sleep",
+                "peek_promise",
+                "complete_promise",
+                "get_output",
             ):
                 return f"protocol violation: suspended on entry {i}, which cannot complete"
         if not waiting_on:
@@ -335,7 +372,7 @@ class Partition:
             live.record.status = Status.SUSPENDED
             live.record.waiting_on[:] = sorted(waiting_on)
             log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
-        self._save(batch, live)
+        self.save(batch, live)
         self.committer.submit(batch)
         return None
 
@@ -348,18 +385,51 @@ class Partition:
         live.attempt = None
         return None
 
-    def on_attempt_failed(self, live: Live, attempt: Attempt, message: str) -> None:
-        """The attempt failed transiently (handler error, crash, broken stream): retry."""
+    def on_attempt_failed(
+        self,
+        live: Live,
+        attempt: Attempt,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        pause: bool = False,
+    ) -> None:
+        """The attempt failed transiently (handler error, crash, broken stream): retry,
+        or park the invocation when the handler asked to pause."""
         if live.attempt is not attempt:
             return
         live.attempt = None
         if live.record.status == Status.COMPLETED:
             return
-        self._backoff(live, message)
+        if pause:
+            live.record.status = Status.PAUSED
+            live.record.last_error = message
+            log.warning("invocation %s paused: %s", live.id, message)
+            batch = Batch()
+            self.save(batch, live)
+            self.committer.submit(batch)
+            return
+        self._backoff(live, message, retry_after)
 
-    def _backoff(self, live: Live, message: str) -> None:
+    def _backoff(self, live: Live, message: str, retry_after: float | None = None) -> None:
         record = live.record
-        delay = self.settings.backoff(record.attempts)
+        policy = self.registry.retry_policy(record.service, record.method)
+        if policy is not None and policy.max_attempts and record.attempts >= policy.max_attempts:
+            batch = Batch()
+            record.last_error = message
+            if policy.on_max_attempts == policy.PAUSE:
+                record.status = Status.PAUSED
+                log.warning("invocation %s paused after %d attempts", live.id, record.attempts)
+            else:
+                self.complete(
+                    batch,
+                    live,
+                    failure(_UNKNOWN, f"gave up after {record.attempts} attempts: {message}"),
+                )
+            self.save(batch, live)
+            self.committer.submit(batch)
+            return
+        delay = retry_after if retry_after is not None else self._delay(policy, record.attempts)
         record.status = Status.BACKING_OFF
         record.last_error = message
         record.next_retry_at_ms = now_ms() + int(delay * 1000)
@@ -371,10 +441,26 @@ class Partition:
             message,
         )
         batch = Batch()
-        self._save(batch, live)
+        self.save(batch, live)
         self.committer.submit(batch)
         handle = asyncio.get_running_loop().call_later(delay, self._retry, live)
         self._retries[live.id] = handle
+
+    def _delay(self, policy: RetryPolicy | None, attempts: int) -> float:
+        if policy is None:
+            return self.settings.backoff(attempts)
+        delay = (policy.initial_interval_ms / 1000) * (policy.factor or 2.0) ** max(attempts - 1, 0)
+        cap = policy.max_interval_ms / 1000 if policy.max_interval_ms else self.settings.retry_max
+        return float(min(delay, cap))
+
+    def resume(self, live: Live) -> None:
+        """Retries a paused or backing-off invocation now."""
+        retry = self._retries.pop(live.id, None)
+        if retry is not None:
+            retry.cancel()
+        if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
+            live.record.status = Status.BACKING_OFF
+            self._start_attempt(live)
 
     def _retry(self, live: Live) -> None:
         self._retries.pop(live.id, None)
@@ -383,14 +469,18 @@ class Partition:
 
     # ---- Journal commands with effects elsewhere
 
-    def _call(self, batch: Batch, live: Live, index: int, entry: Entry) -> None:
+    def journal_call(self, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
+        """Starts the callee of a call entry (or fails the entry if it cannot exist)."""
         call = entry.call
         try:
             _, _, key = reg.resolve(self.registry, call.service, call.method, call.request)
         except reg.BadRequest as e:
-            entry.result.CopyFrom(failure(e.code, e.message))
-            batch.then(lambda: self._deliver(live, index, entry.result))
-            return
+            return failure(e.code, e.message)
+        if commands.is_workflow_run(self.registry, call.service, call.method):
+            existing = self._existing((call.service, call.method, key, ""))
+            if existing is not None:
+                call.invocation_id = existing
+                return self.journal_attach(live, index, existing)
         child = self._create(
             batch,
             service=call.service,
@@ -402,14 +492,21 @@ class Partition:
             caller=(live.id, index),
         )
         call.invocation_id = child.id
+        return None
 
-    def _send(self, batch: Batch, live: Live, entry: Entry) -> None:
+    def journal_send(self, batch: Batch, live: Live, entry: Entry) -> None:
+        """Starts (now or at its time) the target of a one-way send."""
         send = entry.send
         try:
             _, _, key = reg.resolve(self.registry, send.service, send.method, send.request)
         except reg.BadRequest as e:
             log.warning("invocation %s: one-way send dropped: %s", live.id, e.message)
             return
+        if commands.is_workflow_run(self.registry, send.service, send.method):
+            existing = self._existing((send.service, send.method, key, ""))
+            if existing is not None:
+                send.invocation_id = existing
+                return
         child = self._create(
             batch,
             service=send.service,
@@ -422,15 +519,79 @@ class Partition:
         )
         send.invocation_id = child.id
 
+    def journal_attach(self, live: Live, index: int, target: str) -> Result | None:
+        """Completes entry `index` with `target`'s result, now or when it completes."""
+        if target in self.live:
+            self._attach_waiters[target].append((live.id, index))
+            return None
+        done = self.completed(target)
+        return done if done is not None else failure(5, f"no invocation {target!r}")
+
+    def completed(self, invocation_id: str) -> Result | None:
+        """The result of a completed, retained invocation; None otherwise."""
+        record = invocations.get(self.kv, invocation_id)
+        if record is None or record.status != Status.COMPLETED:
+            return None
+        return record.result
+
+    # ---- Awakeables and promises
+
+    def complete_awakeable(self, batch: Batch, awakeable_id: str, result: Result) -> str | None:
+        """Completes an awakeable; returns why not when it cannot be."""
+        parsed = commands.parse_awakeable_id(awakeable_id)
+        live = self.live.get(parsed[0]) if parsed else None
+        if parsed is None or live is None or parsed[1] >= len(live.journal):
+            return f"no pending awakeable {awakeable_id!r}"
+        entry = live.journal[parsed[1]]
+        if not entry.HasField("awakeable"):
+            return f"no pending awakeable {awakeable_id!r}"
+        if entry.HasField("result"):
+            return f"awakeable {awakeable_id} was already completed"
+        self.complete_entry(batch, live, parsed[1], result)
+        return None
+
+    def promise(self, service: str, key: str, name: str) -> Result | None:
+        """A durable promise's result, or None while it is pending."""
+        pending = self._promises_pending.get((service, key, name))
+        if pending is not None:
+            return pending
+        return promises.get(self.kv, service, key, name)
+
+    def wait_for_promise(self, service: str, key: str, name: str, inv: str, index: int) -> None:
+        """Completes entry `index` of `inv` when the promise is completed."""
+        self._promise_waiters[(service, key, name)].append((inv, index))
+
+    def complete_promise(
+        self, batch: Batch, service: str, key: str, name: str, result: Result
+    ) -> bool:
+        """Completes a durable promise once; False when it was already completed."""
+        if self.promise(service, key, name) is not None:
+            return False
+        ident = (service, key, name)
+        promises.put(batch, service, key, name, result)
+        # Visible at once to later reads, even before the batch reaches storage.
+        self._promises_pending[ident] = result
+
+        def applied() -> None:
+            self._promises_pending.pop(ident, None)
+
+        batch.then(applied)
+        for invocation_id, index in self._promise_waiters.pop(ident, []):
+            waiter = self.live.get(invocation_id)
+            if waiter is not None:
+                self.complete_entry(batch, waiter, index, result)
+        return True
+
     # ---- Completion
 
-    def _complete_entry(self, batch: Batch, live: Live, index: int, result: Result) -> None:
+    def complete_entry(self, batch: Batch, live: Live, index: int, result: Result) -> None:
+        """Records an entry's result; delivers it once durable."""
         entry = live.journal[index]
         if entry.HasField("result"):
             return  # already completed: a duplicate delivery
         entry.result.CopyFrom(result)
         journal.put(batch, live.id, index, entry)
-        self._save(batch, live)
+        self.save(batch, live)
         batch.then(lambda: self._deliver(live, index, result))
 
     def _deliver(self, live: Live, index: int, result: Result) -> None:
@@ -443,7 +604,8 @@ class Partition:
             log.info("invocation %s resumed by entry %d", live.id, index)
             self._start_attempt(live)
 
-    def _complete(self, batch: Batch, live: Live, result: Result) -> None:
+    def complete(self, batch: Batch, live: Live, result: Result) -> None:
+        """Completes the invocation: answer its caller, free its key, retain its result."""
         record = live.record
         record.status = Status.COMPLETED
         record.result.CopyFrom(result)
@@ -453,18 +615,29 @@ class Partition:
         if record.caller.invocation_id:
             parent = self.live.get(record.caller.invocation_id)
             if parent is not None:
-                self._complete_entry(batch, parent, record.caller.entry_index, result)
-        if record.exclusive:
+                self.complete_entry(batch, parent, record.caller.entry_index, result)
+        for waiter_id, index in self._attach_waiters.pop(live.id, []):
+            waiter = self.live.get(waiter_id)
+            if waiter is not None:
+                self.complete_entry(batch, waiter, index, result)
+        if live.inbox_seq is not None:
+            self._inboxes[live.lock_key].remove((live.inbox_seq, live.id))
+            inbox.delete(batch, *live.lock_key, live.inbox_seq)
+            live.inbox_seq = None
+        if record.exclusive and self._locks.get(live.lock_key) == live.id:
             self._release(batch, live.lock_key)
+        retry = self._retries.pop(live.id, None)
+        if retry is not None:
+            retry.cancel()
         outcome = "failed" if result.HasField("failure") else "succeeded"
         log.info("invocation %s %s after %d attempt(s)", live.id, outcome, record.attempts)
         batch.then(lambda: self._finish(live, result))
 
     def _finish(self, live: Live, result: Result) -> None:
         self.live.pop(live.id, None)
-        if live.record.idempotency_key:
-            r = live.record
-            self._idempotent.pop((r.service, r.method, r.key, r.idempotency_key), None)
+        ident = self._ident(live.record)
+        if ident is not None:
+            self._idempotent.pop(ident, None)
         for waiter in self._waiters.pop(live.id, []):
             if not waiter.done():
                 waiter.set_result(result)
@@ -478,10 +651,10 @@ class Partition:
         live = self.live.get(invocation_id)
         if live is not None:
             if entry_index >= 0:
-                self._complete_entry(batch, live, entry_index, Result(empty=journal_pb2.Empty()))
+                self.complete_entry(batch, live, entry_index, Result(empty=journal_pb2.Empty()))
             elif live.record.status == Status.PENDING:
                 self._enqueue(batch, live)
-                self._save(batch, live)
+                self.save(batch, live)
         self.committer.submit(batch)
 
     # ---- Recovery
@@ -498,6 +671,9 @@ class Partition:
                 self._idempotent[ident] = record.id
             if record.exclusive and record.status != Status.PENDING:
                 self._locks[live.lock_key] = record.id
+        batch = Batch()
+        for live in list(self.live.values()):
+            self._index_waits(batch, live)
         for service, key, seq, invocation_id in inbox.scan(self.kv):
             self._inboxes[(service, key)].append((seq, invocation_id))
             self._inbox_seq = max(self._inbox_seq, seq)
@@ -505,7 +681,6 @@ class Partition:
                 self.live[invocation_id].inbox_seq = seq
         for due, timer in timers.scan(self.kv):
             self.timers.add(due, timer.invocation_id, timer.entry_index)
-        batch = Batch()
         for live in list(self.live.values()):
             status = live.record.status
             if status in (Status.RUNNING, Status.BACKING_OFF):
@@ -522,10 +697,24 @@ class Partition:
 
     # ---- Helpers
 
+    def _index_waits(self, batch: Batch, live: Live) -> None:
+        """After a restart: who waits on which promise or invocation."""
+        r = live.record
+        for index, entry in enumerate(live.journal):
+            if entry.HasField("result"):
+                continue
+            if entry.HasField("get_promise"):
+                self.wait_for_promise(r.service, r.key, entry.get_promise.name, live.id, index)
+            elif entry.HasField("attach"):
+                result = self.journal_attach(live, index, entry.attach.invocation_id)
+                if result is not None:
+                    self.complete_entry(batch, live, index, result)
+
     def _touch(self, live: Live) -> None:
         live.record.journal_length = len(live.journal)
 
-    def _save(self, batch: Batch, live: Live) -> None:
+    def save(self, batch: Batch, live: Live) -> None:
+        """Writes the invocation's record."""
         live.record.modified_at_ms = now_ms()
         self._touch(live)
         invocations.put(batch, live.record)
@@ -541,10 +730,13 @@ class Partition:
                 continue
             journal.delete(batch, invocation_id, record.journal_length)
             invocations.delete(batch, invocation_id)
-            if record.idempotency_key:
-                idempotency.delete(
-                    batch, record.service, record.method, record.key, record.idempotency_key
-                )
+            ident = self._ident(record)
+            if ident is not None:
+                idempotency.delete(batch, *ident)
+            if commands.is_workflow_run(self.registry, record.service, record.method):
+                promises.delete_all(self.kv, batch, record.service, record.key)
+                for name in state.load(self.kv, record.service, record.key):
+                    state.delete(batch, record.service, record.key, name)
             count += 1
         if batch.puts:
             self.committer.submit(batch)

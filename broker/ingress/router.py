@@ -27,10 +27,11 @@ log = logging.getLogger("broker.ingress")
 IDEMPOTENCY_KEY = "idempotency-key"
 INVOCATION_ID = "invocation-id"
 
-_BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.")
+_BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/")
 
 
-def _status(code: int) -> grpc.StatusCode:
+def status_of(code: int) -> grpc.StatusCode:
+    """The `grpc.StatusCode` with numeric value `code`."""
     for status in grpc.StatusCode:
         if status.value[0] == code:
             return status
@@ -65,7 +66,7 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         try:
             _, _, key = reg.resolve(self._registry, service, method, body)
         except reg.BadRequest as e:
-            await context.abort(_status(e.code), e.message)
+            await context.abort(status_of(e.code), e.message)
             raise AssertionError("unreachable") from None
         metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
         headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
@@ -87,5 +88,5 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             await context.abort(grpc.StatusCode.NOT_FOUND, f"invocation {invocation_id} not found")
             raise AssertionError("unreachable") from None
         if result.HasField("failure"):
-            await context.abort(_status(result.failure.code), result.failure.message)
+            await context.abort(status_of(result.failure.code), result.failure.message)
         return result.value

@@ -48,3 +48,6 @@ def read_u32(key: bytes, offset: int) -> int:
 def read_u64(key: bytes, offset: int) -> int:
     """Decodes a big-endian u64 at `offset`."""
     return int(struct.unpack_from(">Q", key, offset)[0])
+
+
+PROMISES = b"pr"

@@ -2,58 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import datetime
 import inspect
 import json
 import random as _random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Generic, TypeVar, overload
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, overload
 
 from google.protobuf.message import Message
 
 from durable.v1 import journal_pb2
 
-from ._errors import TerminalError
+from ._errors import PauseInvocation, TerminalError
+from ._futures import DurableFuture
 from ._machine import Entry, Result
+from ._retry import RetryPolicy, seconds
 from ._runtime import Runtime, failure
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
-
-
-def _seconds(duration: datetime.timedelta | float) -> float:
-    if isinstance(duration, datetime.timedelta):
-        return duration.total_seconds()
-    return float(duration)
-
-
-class DurableFuture(Generic[T]):
-    """The pending result of a journaled step (a call, a sleep). Await it for the value.
-
-    The step is journaled when the future is created, not when it is awaited, so
-    several calls can run at once and be awaited later in any order.
-    """
-
-    def __init__(self, runtime: Runtime, index: int, decode: Callable[[Result], T]) -> None:
-        self._runtime = runtime
-        self._index = index
-        self._decode = decode
-
-    @property
-    def entry_index(self) -> int:
-        """The step's index in the journal."""
-        return self._index
-
-    async def _result(self) -> T:
-        result = await self._runtime.await_entry(self._index)
-        if result.HasField("failure"):
-            raise TerminalError(result.failure.message, result.failure.code)
-        return self._decode(result)
-
-    def __await__(self) -> Generator[Any, None, T]:
-        return self._result().__await__()
 
 
 class Context:
@@ -105,8 +76,8 @@ class Context:
     ) -> None:
         """Starts another handler without waiting for it, optionally after a delay."""
         invoke_at = 0
-        if delay is not None and _seconds(delay) > 0:
-            invoke_at = self._journaled_clock_ms() + int(_seconds(delay) * 1000)
+        if delay is not None and seconds(delay) > 0:
+            invoke_at = self._journaled_clock_ms() + int(seconds(delay) * 1000)
         self._runtime.propose(
             Entry(
                 send=journal_pb2.SendCommand(
@@ -119,17 +90,30 @@ class Context:
         )
 
     @overload
-    async def run(self, name: str, fn: Callable[[], Awaitable[T]]) -> T: ...
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        retry_policy: RetryPolicy | None = None,
+    ) -> T: ...
 
     @overload
-    async def run(self, name: str, fn: Callable[[], T]) -> T: ...
+    async def run(
+        self, name: str, fn: Callable[[], T], *, retry_policy: RetryPolicy | None = None
+    ) -> T: ...
 
-    async def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    async def run(
+        self, name: str, fn: Callable[[], Any], *, retry_policy: RetryPolicy | None = None
+    ) -> Any:
         """Runs a side effect once and journals its result.
 
         On replay the journaled result is returned and `fn` is not called again. The
         result must be JSON-serializable. A `TerminalError` raised by `fn` is journaled
-        too; any other exception fails the attempt, which the broker retries.
+        too. Any other exception is retried: by `retry_policy` inside this attempt when
+        given (then, once attempts are exhausted, the run fails terminally or pauses the
+        invocation, as the policy says), otherwise by failing the attempt, which the
+        broker retries with backoff.
         """
         index = self._runtime.propose(Entry(run=journal_pb2.RunCommand(name=name)))
         # Replayed with a result: reuse it. Journaled without one (the last attempt ended
@@ -137,12 +121,7 @@ class Context:
         if self._runtime.machine.result(index) is None:
             self._runtime.side_effect_started()
             try:
-                value = fn()
-                if inspect.isawaitable(value):
-                    value = await value
-                outcome = Result(value=json.dumps(value).encode())
-            except TerminalError as e:
-                outcome = failure(e.code, e.message)
+                outcome = await self._attempt_run(name, fn, retry_policy)
             finally:
                 self._runtime.side_effect_ended()
             self._runtime.propose_run_result(index, outcome)
@@ -151,15 +130,85 @@ class Context:
         )
         return await future
 
+    async def _attempt_run(
+        self, name: str, fn: Callable[[], Any], policy: RetryPolicy | None
+    ) -> Result:
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                value = fn()
+                if inspect.isawaitable(value):
+                    value = await value
+                return Result(value=json.dumps(value).encode())
+            except TerminalError as e:
+                return failure(e.code, e.message)
+            except Exception as e:
+                if policy is None:
+                    raise
+                if policy.max_attempts is not None and attempt >= policy.max_attempts:
+                    message = f"run {name!r} failed after {attempt} attempts: {e!r}"
+                    if policy.on_max_attempts == "pause":
+                        raise PauseInvocation(message) from e
+                    return failure(2, message)
+                await asyncio.sleep(policy.delay(attempt))
+
     def sleep(self, duration: datetime.timedelta | float) -> DurableFuture[None]:
         """A durable timer: await it to sleep `duration` (seconds or a timedelta).
 
         The handler suspends while it sleeps; the broker resumes it when the timer fires,
         even after a restart.
         """
-        wake_up = self._journaled_clock_ms() + int(_seconds(duration) * 1000)
+        wake_up = self._journaled_clock_ms() + int(seconds(duration) * 1000)
         index = self._runtime.propose(Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up)))
         return DurableFuture(self._runtime, index, lambda r: None)
+
+    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
+        """An id for an outside system to complete, and the future of its value.
+
+        Resolve it with `brokerctl awakeables resolve ID JSON` (or the admin API, or
+        `resolve_awakeable` from another handler). While waiting, the handler suspends.
+        """
+        index = self._runtime.propose(Entry(awakeable=journal_pb2.AwakeableCommand()))
+        raw = f"{self.invocation_id}:{index}".encode()
+        awakeable_id = "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        return awakeable_id, DurableFuture(self._runtime, index, lambda r: json.loads(r.value))
+
+    def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
+        """Completes another invocation's awakeable with a JSON-serializable value."""
+        self._complete_awakeable(awakeable_id, Result(value=json.dumps(value).encode()))
+
+    def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """Fails another invocation's awakeable: its await raises `TerminalError(reason)`."""
+        self._complete_awakeable(awakeable_id, failure(10, reason))
+
+    def _complete_awakeable(self, awakeable_id: str, result: Result) -> None:
+        self._runtime.propose(
+            Entry(
+                complete_awakeable=journal_pb2.CompleteAwakeableCommand(
+                    awakeable_id=awakeable_id, completion=result
+                )
+            )
+        )
+
+    def attach(self, invocation_id: str, response_type: type[M]) -> DurableFuture[M]:
+        """Waits for another invocation's result (a `response_type` message)."""
+        index = self._runtime.propose(
+            Entry(attach=journal_pb2.AttachCommand(invocation_id=invocation_id))
+        )
+        return DurableFuture(self._runtime, index, lambda r: response_type.FromString(r.value))
+
+    async def get_output(self, invocation_id: str, response_type: type[M]) -> M | None:
+        """Another invocation's result if it completed, else None (no waiting)."""
+        index = self._runtime.propose(
+            Entry(get_output=journal_pb2.GetOutputCommand(invocation_id=invocation_id))
+        )
+        future: DurableFuture[M | None] = DurableFuture(
+            self._runtime,
+            index,
+            lambda r: response_type.FromString(r.value) if r.HasField("value") else None,
+        )
+        return await future
 
     def random(self) -> _random.Random:
         """A random generator seeded by the invocation: the same sequence on every replay."""
@@ -200,9 +249,27 @@ class ObjectSharedContext(Context):
             return default
         return json.loads(journaled.value)
 
+    async def state_keys(self) -> list[str]:
+        """The names of the object's state values."""
+        keys = journal_pb2.StateKeys(keys=sorted(self._runtime.state))
+        index = self._runtime.propose(
+            Entry(
+                get_state_keys=journal_pb2.GetStateKeysCommand(),
+                result=Result(value=keys.SerializeToString()),
+            )
+        )
+        journaled = self._runtime.machine.result(index)
+        raw = journaled.value if journaled is not None else b""
+        return list(journal_pb2.StateKeys.FromString(raw).keys)
+
 
 class ObjectContext(ObjectSharedContext):
     """An exclusive handler of a virtual object: it may also change the state."""
+
+    def clear_all(self) -> None:
+        """Removes every state value of the object."""
+        self._runtime.propose(Entry(clear_all_state=journal_pb2.ClearAllStateCommand()))
+        self._runtime.state.clear()
 
     def set(self, name: str, value: Any) -> None:
         """Sets the state value `name` to `value` (JSON-serializable)."""
@@ -214,3 +281,65 @@ class ObjectContext(ObjectSharedContext):
         """Removes the state value `name`."""
         self._runtime.propose(Entry(clear_state=journal_pb2.ClearStateCommand(key=name)))
         self._runtime.state.pop(name, None)
+
+
+class DurablePromise:
+    """A workflow's named durable promise: awaited in `run`, completed by anyone.
+
+    Values are JSON. A promise completes once; a second completion fails.
+    """
+
+    def __init__(self, runtime: Runtime, name: str) -> None:
+        self._runtime = runtime
+        self.name = name
+
+    def value(self) -> DurableFuture[Any]:
+        """The promise's value, once resolved (rejection raises `TerminalError`)."""
+        index = self._runtime.propose(
+            Entry(get_promise=journal_pb2.GetPromiseCommand(name=self.name))
+        )
+        return DurableFuture(self._runtime, index, lambda r: json.loads(r.value))
+
+    async def peek(self) -> Any | None:
+        """The value if resolved, None while pending; raises if rejected."""
+        index = self._runtime.propose(
+            Entry(peek_promise=journal_pb2.PeekPromiseCommand(name=self.name))
+        )
+        future: DurableFuture[Any] = DurableFuture(
+            self._runtime, index, lambda r: json.loads(r.value) if r.HasField("value") else None
+        )
+        return await future
+
+    async def resolve(self, value: Any) -> None:
+        """Resolves the promise; raises `TerminalError` if it was already completed."""
+        await self._complete(Result(value=json.dumps(value).encode()))
+
+    async def reject(self, reason: str) -> None:
+        """Rejects the promise: awaiting it raises `TerminalError(reason)`."""
+        await self._complete(failure(10, reason))
+
+    async def _complete(self, result: Result) -> None:
+        index = self._runtime.propose(
+            Entry(
+                complete_promise=journal_pb2.CompletePromiseCommand(
+                    name=self.name, completion=result
+                )
+            )
+        )
+        await DurableFuture(self._runtime, index, lambda r: None)
+
+
+class WorkflowSharedContext(ObjectSharedContext):
+    """A workflow's shared handler: reads its state, completes or reads its promises."""
+
+    def promise(self, name: str) -> DurablePromise:
+        """The workflow's durable promise `name`."""
+        return DurablePromise(self._runtime, name)
+
+
+class WorkflowContext(ObjectContext):
+    """A workflow's run handler (once per key): state, promises, everything else."""
+
+    def promise(self, name: str) -> DurablePromise:
+        """The workflow's durable promise `name`."""
+        return DurablePromise(self._runtime, name)

@@ -14,7 +14,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
-from ._context import Context, ObjectContext, ObjectSharedContext
+from ._context import (
+    Context,
+    ObjectContext,
+    ObjectSharedContext,
+    WorkflowContext,
+    WorkflowSharedContext,
+)
 from ._runtime import Runtime
 from ._service import Service, Servicer
 
@@ -55,6 +61,14 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             services=sorted(self._services),
             files=_files(self._services.values()),
             protocol_version=PROTOCOL_VERSION,
+            retry_policies=[
+                protocol_pb2.HandlerRetryPolicy(
+                    service=s.name, method=h.name, policy=h.retry_policy.to_proto()
+                )
+                for s in self._services.values()
+                for h in s.handlers.values()
+                if h.retry_policy is not None
+            ],
         )
 
     async def Invoke(
@@ -83,12 +97,12 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
         runtime = Runtime(start, outgoing.put_nowait)
         ctx: Context
-        if not service.keyed:
-            ctx = Context(runtime)
-        elif handler.shared:
-            ctx = ObjectSharedContext(runtime)
+        if service.kind == "workflow":
+            ctx = WorkflowSharedContext(runtime) if handler.shared else WorkflowContext(runtime)
+        elif service.kind == "virtual_object":
+            ctx = ObjectSharedContext(runtime) if handler.shared else ObjectContext(runtime)
         else:
-            ctx = ObjectContext(runtime)
+            ctx = Context(runtime)
 
         async def run_handler() -> bytes:
             request = handler.input_type.FromString(runtime.machine.input.request)

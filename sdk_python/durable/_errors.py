@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import datetime
+
 import grpc
 
 
@@ -33,6 +35,27 @@ class TerminalError(Exception):
             if status.value[0] == self.code:
                 return status
         return grpc.StatusCode.UNKNOWN
+
+
+class RetryableError(Exception):
+    """A transient failure that asks for its retry after a specific delay.
+
+    Args:
+        message: What went wrong.
+        retry_after: Seconds (or a timedelta) before the broker retries the attempt.
+    """
+
+    def __init__(self, message: str, retry_after: datetime.timedelta | float) -> None:
+        super().__init__(message)
+        self.retry_after = (
+            retry_after.total_seconds()
+            if isinstance(retry_after, datetime.timedelta)
+            else float(retry_after)
+        )
+
+
+class PauseInvocation(Exception):
+    """Raised by the SDK when a side effect exhausted a pausing retry policy."""
 
 
 class Suspended(BaseException):

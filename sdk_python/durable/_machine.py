@@ -22,40 +22,36 @@ def _copy(entry: Entry) -> Entry:
     return out
 
 
+# Per command, the fields a replay must reproduce (payloads and deadlines may differ).
+_IDENTITY_FIELDS: dict[str, tuple[str, ...]] = {
+    "call": ("service", "method"),
+    "send": ("service", "method"),
+    "run": ("name",),
+    "get_state": ("key",),
+    "set_state": ("key",),
+    "clear_state": ("key",),
+    "complete_awakeable": ("awakeable_id",),
+    "get_promise": ("name",),
+    "peek_promise": ("name",),
+    "complete_promise": ("name",),
+    "attach": ("invocation_id",),
+    "get_output": ("invocation_id",),
+}
+
+
+def _identity(entry: Entry) -> tuple[str, ...]:
+    """What must match between a journaled and a replayed command."""
+    kind = entry.WhichOneof("command") or "none"
+    command = getattr(entry, kind, None)
+    return (kind, *(str(getattr(command, f)) for f in _IDENTITY_FIELDS.get(kind, ())))
+
+
 def describe(entry: Entry) -> str:
     """A short human description of a journal command, for errors and logs."""
-    kind = entry.WhichOneof("command")
-    if kind == "call":
-        return f"call {entry.call.service}/{entry.call.method}"
-    if kind == "send":
-        return f"send {entry.send.service}/{entry.send.method}"
-    if kind == "run":
-        return f"run {entry.run.name!r}"
-    if kind == "get_state":
-        return f"get_state {entry.get_state.key!r}"
-    if kind == "set_state":
-        return f"set_state {entry.set_state.key!r}"
-    if kind == "clear_state":
-        return f"clear_state {entry.clear_state.key!r}"
-    return str(kind)
-
-
-def _identity(entry: Entry) -> tuple[str | None, ...]:
-    """What must match between a journaled and a replayed command."""
-    kind = entry.WhichOneof("command")
-    if kind == "call":
-        return (kind, entry.call.service, entry.call.method)
-    if kind == "send":
-        return (kind, entry.send.service, entry.send.method)
-    if kind == "run":
-        return (kind, entry.run.name)
-    if kind == "get_state":
-        return (kind, entry.get_state.key)
-    if kind == "set_state":
-        return (kind, entry.set_state.key)
-    if kind == "clear_state":
-        return (kind, entry.clear_state.key)
-    return (kind,)
+    kind, *fields = _identity(entry)
+    if kind in ("call", "send"):
+        return f"{kind} {fields[0]}/{fields[1]}"
+    return " ".join([kind, *(repr(f) for f in fields)])
 
 
 class ReplayMachine:
@@ -141,12 +137,25 @@ class ReplayMachine:
             )
         )
 
-    def fail(self, code: int, message: str, *, non_determinism: bool = False) -> None:
+    def fail(
+        self,
+        code: int,
+        message: str,
+        *,
+        non_determinism: bool = False,
+        retry_after_ms: int = 0,
+        pause: bool = False,
+    ) -> None:
         """Ends the attempt with a transient failure (the broker retries)."""
         self._outbox.append(
             protocol_pb2.InvokeResponse(
                 error=protocol_pb2.ErrorMessage(
-                    code=code, message=message, entry_index=-1, non_determinism=non_determinism
+                    code=code,
+                    message=message,
+                    entry_index=-1,
+                    non_determinism=non_determinism,
+                    retry_after_ms=retry_after_ms,
+                    pause=pause,
                 )
             )
         )

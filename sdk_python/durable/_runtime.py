@@ -17,7 +17,13 @@ import grpc
 
 from durable.v1 import journal_pb2, protocol_pb2
 
-from ._errors import NonDeterminismError, Suspended, TerminalError
+from ._errors import (
+    NonDeterminismError,
+    PauseInvocation,
+    RetryableError,
+    Suspended,
+    TerminalError,
+)
 from ._machine import Entry, ReplayMachine, Result
 
 log = logging.getLogger("durable")
@@ -72,6 +78,24 @@ class Runtime:
             raise Suspended()
         self.machine.propose_run_result(index, result)
         self._flush()
+
+    async def await_any(self, indexes: list[int]) -> int:
+        """Waits until one of the entries is completed; returns the first completed
+        one in the order given."""
+        while True:
+            for index in indexes:
+                if self.machine.result(index) is not None:
+                    return index
+            waits = [asyncio.ensure_future(self.await_entry(i)) for i in indexes]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+                # Surface a suspension (or other failure) from the finished waits.
+                for w in waits:
+                    if w.done() and not w.cancelled() and w.exception() is not None:
+                        raise w.exception()  # type: ignore[misc]
 
     async def await_entry(self, index: int) -> Result:
         """Waits until the entry is completed, suspending if it takes too long."""
@@ -147,6 +171,16 @@ class Runtime:
             if not self.done:
                 self.machine.fail(grpc.StatusCode.CANCELLED.value[0], "attempt cancelled")
             raise
+        except RetryableError as e:
+            if not self.done:
+                self.machine.fail(
+                    grpc.StatusCode.UNAVAILABLE.value[0],
+                    f"RetryableError: {e}",
+                    retry_after_ms=int(e.retry_after * 1000),
+                )
+        except PauseInvocation as e:
+            if not self.done:
+                self.machine.fail(grpc.StatusCode.UNAVAILABLE.value[0], str(e), pause=True)
         except Exception as e:
             log.warning(
                 "invocation %s attempt %d failed: %r",

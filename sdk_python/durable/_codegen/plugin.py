@@ -149,11 +149,12 @@ def _generate(
         for m in service.method:
             req, resp = types.python(m.input_type), types.python(m.output_type)
             shared = m.options.Extensions[options_pb2.handler_kind] == options_pb2.SHARED
-            ctx_type = (
-                ("durable.ObjectSharedContext" if shared else "durable.ObjectContext")
-                if keyed
-                else "durable.Context"
-            )
+            if kind == options_pb2.WORKFLOW:
+                ctx_type = "durable.WorkflowSharedContext" if shared else "durable.WorkflowContext"
+            elif keyed:
+                ctx_type = "durable.ObjectSharedContext" if shared else "durable.ObjectContext"
+            else:
+                ctx_type = "durable.Context"
             lines += [
                 "",
                 f"    async def {m.name}(self, ctx: {ctx_type}, request: {req}) -> {resp}:",

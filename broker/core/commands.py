@@ -1,0 +1,149 @@
+"""What journaling each kind of command does beyond appending it.
+
+`apply` is called by the partition for every proposed entry, inside the entry's batch.
+It returns the entry's result when the broker completes it on the spot (a promise that
+is already resolved, an output that is ready), or None when it completes later.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+from durable.v1 import journal_pb2
+
+from .. import registry as reg
+from ..storage import Batch, state, timers
+from .model import Entry, Live, Result, Status, failure
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+CANCELLED = 1
+NOT_FOUND = 5
+FAILED_PRECONDITION = 9
+
+# Entries a handler awaits: the ones a pending cancellation is delivered through.
+AWAITABLE = ("call", "sleep", "awakeable", "get_promise", "attach")
+# Entries whose result the SDK supplies itself.
+SDK_COMPLETED = ("get_state", "get_state_keys", "output")
+
+
+class ProtocolViolation(Exception):
+    """The endpoint proposed something the protocol forbids."""
+
+
+def awakeable_id(invocation_id: str, index: int) -> str:
+    """`awk_` + URL-safe encoding of (invocation, entry)."""
+    raw = f"{invocation_id}:{index}".encode()
+    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def parse_awakeable_id(awakeable_id: str) -> tuple[str, int] | None:
+    """(invocation id, entry index) of an awakeable id, or None if malformed."""
+    if not awakeable_id.startswith("awk_"):
+        return None
+    body = awakeable_id[4:]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        invocation_id, _, index = raw.rpartition(":")
+        return (invocation_id, int(index)) if invocation_id.startswith("inv_") else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
+    """Performs the entry's effects; returns its immediate result, if any.
+
+    Raises:
+        ProtocolViolation: the command is not allowed here.
+    """
+    kind = entry.WhichOneof("command")
+    record = live.record
+    if kind in AWAITABLE and record.cancel_pending:
+        # A cancellation with nothing to interrupt is delivered at the next await.
+        record.cancel_pending = False
+        return failure(CANCELLED, "invocation cancelled")
+    if kind == "call":
+        return p.journal_call(batch, live, index, entry)
+    if kind == "send":
+        p.journal_send(batch, live, entry)
+    elif kind == "run":
+        pass
+    elif kind == "sleep":
+        due = entry.sleep.wake_up_at_ms
+        timers.put(batch, due, live.id, index)
+        batch.then(lambda: p.timers.add(due, live.id, index))
+    elif kind in ("get_state", "get_state_keys"):
+        if not record.key or not entry.HasField("result"):
+            raise ProtocolViolation(f"{kind} outside a keyed handler or without its result")
+    elif kind in ("set_state", "clear_state", "clear_all_state"):
+        if not record.exclusive:
+            raise ProtocolViolation(f"{kind} is only allowed in exclusive handlers")
+        if kind == "set_state":
+            s = entry.set_state
+            state.put(batch, record.service, record.key, s.key, s.value)
+        elif kind == "clear_state":
+            state.delete(batch, record.service, record.key, entry.clear_state.key)
+        else:
+            # Stored values, plus any this invocation set in writes not yet applied.
+            names = set(state.load(p.kv, record.service, record.key))
+            names.update(e.set_state.key for e in live.journal if e.HasField("set_state"))
+            for name in names:
+                state.delete(batch, record.service, record.key, name)
+    elif kind == "output":
+        if not entry.HasField("result"):
+            raise ProtocolViolation("output entry without a result")
+    elif kind == "awakeable":
+        entry.awakeable.awakeable_id = awakeable_id(live.id, index)
+    elif kind == "complete_awakeable":
+        c = entry.complete_awakeable
+        p.complete_awakeable(batch, c.awakeable_id, c.completion)
+    elif kind in ("get_promise", "peek_promise", "complete_promise"):
+        return _promise(p, batch, live, index, entry)
+    elif kind == "attach":
+        return p.journal_attach(live, index, entry.attach.invocation_id)
+    elif kind == "get_output":
+        target = entry.get_output.invocation_id
+        if target in p.live:
+            return Result(empty=journal_pb2.Empty())
+        done = p.completed(target)
+        return done if done is not None else failure(NOT_FOUND, f"no invocation {target!r}")
+    else:
+        raise ProtocolViolation(f"entry {index} has no valid command ({kind})")
+    return None
+
+
+def _promise(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
+    record = live.record
+    target = p.registry.service(record.service)
+    if target is None or target.kind != "workflow":
+        raise ProtocolViolation("durable promises exist only in workflows")
+    kind = entry.WhichOneof("command")
+    if kind == "get_promise":
+        name = entry.get_promise.name
+        done = p.promise(record.service, record.key, name)
+        if done is None:
+            p.wait_for_promise(record.service, record.key, name, live.id, index)
+        return done
+    if kind == "peek_promise":
+        done = p.promise(record.service, record.key, entry.peek_promise.name)
+        return done if done is not None else Result(empty=journal_pb2.Empty())
+    c = entry.complete_promise
+    if not p.complete_promise(batch, record.service, record.key, c.name, c.completion):
+        return failure(FAILED_PRECONDITION, f"promise {c.name!r} was already completed")
+    return Result(empty=journal_pb2.Empty())
+
+
+def is_workflow_run(registry: reg.Registry, service: str, method: str) -> bool:
+    """Whether `service/method` is a workflow's run handler (runs once per key)."""
+    target = registry.service(service)
+    if target is None or target.kind != "workflow":
+        return False
+    m = target.methods.get(method)
+    return m is not None and not m.shared
+
+
+def status_name(status: int) -> str:
+    """Lower-case status, for messages."""
+    return str(Status.Name(status)).lower().replace("_", "-")  # type: ignore[arg-type]

@@ -1,0 +1,120 @@
+"""Operator actions on invocations: cancel, kill, resume, and object state edits."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..storage import Batch, state
+from . import commands
+from .model import Invocation, Live, Status, failure
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+CANCELLED = 1
+ABORTED = 10
+
+
+class NotAllowed(Exception):
+    """The action does not apply to the invocation in its current state."""
+
+
+def _live(p: Partition, invocation_id: str) -> Live:
+    from .partition import UnknownInvocation
+
+    live = p.live.get(invocation_id)
+    if live is not None:
+        return live
+    record = p.completed(invocation_id)
+    if record is None:
+        raise UnknownInvocation(invocation_id)
+    raise NotAllowed(f"invocation {invocation_id} already completed")
+
+
+async def cancel(p: Partition, invocation_id: str) -> Invocation:
+    """Cancels an invocation and, through it, the calls it is waiting on.
+
+    The handler sees a terminal CANCELLED error at its next await: every entry it waits
+    on is completed with that failure now (so a suspended handler resumes), or, when it
+    waits on nothing, the next one it awaits is.
+    """
+    live = _live(p, invocation_id)
+    batch = Batch()
+    _cancel(p, batch, live)
+    await p.committer.commit(batch)
+    return live.record
+
+
+def _cancel(p: Partition, batch: Batch, live: Live) -> None:
+    cancelled = failure(CANCELLED, "invocation cancelled")
+    if live.record.status == Status.PENDING:
+        # Never started: nothing to compensate.
+        p.complete(batch, live, cancelled)
+        p.save(batch, live)
+        return
+    delivered = False
+    for index, entry in enumerate(live.journal):
+        kind = entry.WhichOneof("command")
+        if kind not in commands.AWAITABLE or entry.HasField("result"):
+            continue
+        if kind == "call":
+            child = p.live.get(entry.call.invocation_id)
+            if child is not None:
+                _cancel(p, batch, child)
+        p.complete_entry(batch, live, index, cancelled)
+        delivered = True
+    if not delivered:
+        live.record.cancel_pending = True
+    p.save(batch, live)
+
+
+async def kill(p: Partition, invocation_id: str) -> Invocation:
+    """Stops an invocation now, and the calls it waits on; no compensation runs."""
+    live = _live(p, invocation_id)
+    batch = Batch()
+    _kill(p, batch, live)
+    await p.committer.commit(batch)
+    return live.record
+
+
+def _kill(p: Partition, batch: Batch, live: Live) -> None:
+    for entry in live.journal:
+        if entry.HasField("call") and not entry.HasField("result"):
+            child = p.live.get(entry.call.invocation_id)
+            if child is not None:
+                _kill(p, batch, child)
+    attempt, live.attempt = live.attempt, None
+    if attempt is not None:
+        attempt.close()
+        if attempt.task is not None:
+            attempt.task.cancel()
+    p.complete(batch, live, failure(ABORTED, "invocation killed"))
+    p.save(batch, live)
+
+
+def resume(p: Partition, invocation_id: str) -> Invocation:
+    """Retries a paused (or backing-off) invocation now."""
+    live = _live(p, invocation_id)
+    if live.record.status not in (Status.PAUSED, Status.BACKING_OFF):
+        raise NotAllowed(
+            f"invocation {invocation_id} is {commands.status_name(live.record.status)}; "
+            "only paused or backing-off invocations can be resumed"
+        )
+    p.resume(live)
+    return live.record
+
+
+async def set_state(
+    p: Partition, service: str, key: str, name: str, value: bytes | None
+) -> dict[str, bytes]:
+    """Edits one state value of an object no exclusive handler holds right now."""
+    holder = p.lock_holder(service, key)
+    if holder is not None:
+        raise NotAllowed(f"{service} key {key!r} is held by invocation {holder}; try again later")
+    batch = Batch()
+    if value is None:
+        state.delete(batch, service, key, name)
+    else:
+        state.put(batch, service, key, name, value)
+    await p.committer.commit(batch)
+    return state.load(p.kv, service, key)
