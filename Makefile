@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := gen/.generated
 PROTO_INCLUDE = $$($(VPY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
-DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto)
+DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto)
 TESTS ?= tests
 
 .PHONY: setup proto run test test-unit lint fmt verify bench clean
@@ -35,7 +35,7 @@ $(GEN_STAMP): $(STAMP) $(DURABLE_PROTOS) $(DEMO_PROTOS) $(wildcard sdk_python/du
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
 		--plugin=protoc-gen-durable=$(VENV)/bin/protoc-gen-durable --durable_out=gen $(DEMO_PROTOS)
-	for d in flights cars payments trips; do touch gen/$$d/__init__.py; done
+	for d in flights cars payments trips benchsvc playground; do touch gen/$$d/__init__.py; done
 	touch $@
 
 proto: $(STAMP)
@@ -63,7 +63,7 @@ fmt: setup
 verify: lint test
 
 bench: setup
-	$(VPY) -m tests.bench
+	$(VPY) -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) gen sdk_python/durable/v1 .data

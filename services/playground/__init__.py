@@ -1,0 +1,1 @@
+"""Services that exercise the whole programming model (tests and examples)."""
