@@ -35,7 +35,7 @@ $(GEN_STAMP): $(STAMP) $(DURABLE_PROTOS) $(DEMO_PROTOS) $(wildcard sdk_python/du
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=gen \
 		--plugin=protoc-gen-durable=$(VENV)/bin/protoc-gen-durable --durable_out=gen $(DEMO_PROTOS)
-	for d in flights cars payments trips benchsvc playground; do touch gen/$$d/__init__.py; done
+	for d in gen/*/; do touch $$d/__init__.py; done
 	touch $@
 
 proto: $(STAMP)
