@@ -6,19 +6,47 @@ values) and returns text, so the rendering is unit-testable without a broker.
 
 from __future__ import annotations
 
+import base64
+import difflib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import cast
+from typing import Any, cast
 
 import grpc
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 
 # google.rpc.Code numbering is the same as grpc.StatusCode's; index it by number once.
 _CODE_NAMES: dict[int, str] = {code.value[0]: code.name for code in grpc.StatusCode}
 
 # The operator-facing status vocabulary (DESIGN.md): lowercase, hyphenated.
-STATUS_CHOICES: tuple[str, ...] = ("pending", "running", "suspended", "backing-off", "completed")
+STATUS_CHOICES: tuple[str, ...] = (
+    "pending",
+    "running",
+    "suspended",
+    "backing-off",
+    "paused",
+    "completed",
+)
+
+# Journal commands whose values (results, or the value they carry) are JSON written by the
+# SDK: side effects, state, awakeables and durable promises. Calls, attach/get_output, the
+# input and the output carry serialized protobuf messages instead, which are never
+# reinterpreted as JSON (some protobuf encodings happen to parse as JSON, e.g. b"85").
+JSON_VALUED_COMMANDS: frozenset[str] = frozenset(
+    {
+        "run",
+        "get_state",
+        "set_state",
+        "awakeable",
+        "complete_awakeable",
+        "get_promise",
+        "peek_promise",
+        "complete_promise",
+    }
+)
 
 # Values longer than this are cut in table cells so one big payload cannot wreck the layout.
 _CELL_VALUE_LIMIT = 64
@@ -78,11 +106,62 @@ def format_bytes(data: bytes, limit: int | None = None) -> str:
     return rendered
 
 
-def format_result(result: journal_pb2.Result, limit: int | None = None) -> str:
-    """Render a journal ``Result``: ``value ...``, ``failure code NAME: message`` or ``empty``."""
+def _reject_constant(name: str) -> Any:
+    # Python's json module accepts NaN and Infinity; JSON does not, and neither should we.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(text: str | bytes) -> Any:
+    """Parse strict JSON (no ``NaN``/``Infinity``); raise ``ValueError`` if it is not JSON.
+
+    ``UnicodeDecodeError`` (bytes that are not UTF-8) is a ``ValueError`` too.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def json_text(data: bytes) -> str | None:
+    """The payload as one line of JSON text if it is valid UTF-8 JSON, else ``None``.
+
+    Single-line JSON is shown as written (so numbers keep their spelling); JSON spread over
+    several lines is re-serialized compactly.
+    """
+    try:
+        value = parse_json(data)
+    except ValueError:
+        return None
+    text = data.decode("utf-8").strip()
+    if "\n" in text or "\r" in text:
+        text = json.dumps(value, ensure_ascii=False)
+    return text
+
+
+def format_json_bytes(data: bytes, limit: int | None = None) -> str:
+    """Show a payload as JSON text when it is valid UTF-8 JSON, else as ``format_bytes`` does.
+
+    ``limit`` caps the rendered length and notes the full size, as in ``format_bytes``.
+    """
+    text = json_text(data)
+    if text is None:
+        return format_bytes(data, limit)
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}... ({len(data)} bytes)"
+    return text
+
+
+def format_result(
+    result: journal_pb2.Result, limit: int | None = None, json_value: bool = False
+) -> str:
+    """Render a journal ``Result``: ``value ...``, ``failure code NAME: message`` or ``empty``.
+
+    With ``json_value`` a value that is valid JSON is shown as JSON text (``value 42``,
+    ``value {"ok": true}``); otherwise values are shown as ``format_bytes`` does.
+    """
     kind = result.WhichOneof("kind")
     if kind == "value":
-        return "value " + format_bytes(result.value, limit)
+        render = format_json_bytes if json_value else format_bytes
+        return "value " + render(result.value, limit)
     if kind == "failure":
         return format_failure(result.failure)
     if kind == "empty":
@@ -148,6 +227,46 @@ def format_services(resp: admin_pb2.ListServicesResponse) -> str:
     return format_table(["SERVICE", "KIND", "KEY FIELD", "DEPLOYMENT", "HANDLERS"], rows)
 
 
+def find_service(resp: admin_pb2.ListServicesResponse, name: str) -> admin_pb2.Service | None:
+    """The service called ``name`` (its full name, e.g. ``trips.Trips``), if registered."""
+    return next((svc for svc in resp.services if svc.name == name), None)
+
+
+def suggest_services(resp: admin_pb2.ListServicesResponse, name: str) -> list[str]:
+    """Registered service names ``name`` may have meant: ``Counter`` -> ``playground.Counter``."""
+    names = [svc.name for svc in resp.services]
+    wanted = name.lower()
+    by_suffix = [n for n in names if n.lower().rpartition(".")[2] == wanted.rpartition(".")[2]]
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    return list(dict.fromkeys(by_suffix + close))
+
+
+def format_service(svc: admin_pb2.Service, deployment_uri: str = "") -> str:
+    """Full human rendering of one service: its kind, deployment, key and handlers."""
+    deployment = svc.deployment_id or "-"
+    if deployment_uri:
+        deployment += f" ({deployment_uri})"
+    fields = [
+        ("service", svc.name),
+        ("kind", svc.kind or "-"),
+        ("deployment", deployment),
+        ("key field", svc.key_field or "-"),
+    ]
+    width = max(len(label) for label, _ in fields) + 2
+    lines = [f"{label + ':':<{width}}{value}" for label, value in fields]
+    lines.append("")
+    count = len(svc.handlers)
+    lines.append(f"handlers ({count}):")
+    if svc.handlers:
+        rows = [
+            [h.name, h.input_type or "-", h.output_type or "-", "shared" if h.shared else "-"]
+            for h in svc.handlers
+        ]
+        table = format_table(["HANDLER", "INPUT", "OUTPUT", "SHARED"], rows)
+        lines.extend("  " + line for line in table.splitlines())
+    return "\n".join(lines)
+
+
 def format_target(inv: invocation_pb2.Invocation) -> str:
     """``service/method``, followed by the key for keyed services."""
     target = f"{inv.service}/{inv.method}"
@@ -210,11 +329,64 @@ def entry_details(entry: journal_pb2.JournalEntry) -> str:
     if kind == "get_state":
         return f"key {json.dumps(entry.get_state.key, ensure_ascii=False)}"
     if kind == "set_state":
-        value = format_bytes(entry.set_state.value, _CELL_VALUE_LIMIT)
+        value = format_json_bytes(entry.set_state.value, _CELL_VALUE_LIMIT)
         return f"key {json.dumps(entry.set_state.key, ensure_ascii=False)} = {value}"
     if kind == "clear_state":
         return f"key {json.dumps(entry.clear_state.key, ensure_ascii=False)}"
+    if kind == "awakeable":
+        return f"id {entry.awakeable.awakeable_id or '(not yet assigned)'}"
+    if kind == "complete_awakeable":
+        c_awk = entry.complete_awakeable
+        completion = format_result(c_awk.completion, _CELL_VALUE_LIMIT, json_value=True)
+        return f"{c_awk.awakeable_id} <- {completion}"
+    if kind == "get_promise":
+        return f"name {_quoted(entry.get_promise.name)}"
+    if kind == "peek_promise":
+        return f"name {_quoted(entry.peek_promise.name)}"
+    if kind == "complete_promise":
+        c_prom = entry.complete_promise
+        completion = format_result(c_prom.completion, _CELL_VALUE_LIMIT, json_value=True)
+        return f"name {_quoted(c_prom.name)} <- {completion}"
+    if kind == "attach":
+        return f"-> {entry.attach.invocation_id}"
+    if kind == "get_output":
+        return f"-> {entry.get_output.invocation_id}"
+    if kind == "clear_all_state":
+        return "every key"
     return ""
+
+
+def _quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def state_keys_of(data: bytes) -> list[str] | None:
+    """The names in a ``get_state_keys`` result (a serialized ``StateKeys``), if it parses."""
+    try:
+        keys = journal_pb2.StateKeys.FromString(data)
+    except DecodeError:
+        return None
+    return list(keys.keys)
+
+
+def entry_result(entry: journal_pb2.JournalEntry, limit: int | None = None) -> str:
+    """The entry's result as shown in the journal table; ``-`` while it has none.
+
+    JSON-valued commands show their values as JSON text, and ``get_state_keys`` shows the
+    names it returned rather than their protobuf encoding.
+    """
+    if not entry.HasField("result"):
+        return "-"
+    kind = entry.WhichOneof("command")
+    result = entry.result
+    if kind == "get_state_keys" and result.WhichOneof("kind") == "value":
+        keys = state_keys_of(result.value)
+        if keys is not None:
+            rendered = "keys " + json.dumps(keys, ensure_ascii=False)
+            if limit is not None and len(rendered) > limit:
+                rendered = rendered[:limit] + f"... ({len(keys)} keys)"
+            return rendered
+    return format_result(result, limit, json_value=kind in JSON_VALUED_COMMANDS)
 
 
 def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
@@ -244,6 +416,8 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
         fields.append(("invoke at", format_timestamp(inv.invoke_at_ms)))
     if inv.expires_at_ms:
         fields.append(("expires", format_timestamp(inv.expires_at_ms)))
+    if inv.cancel_pending:
+        fields.append(("cancellation", "requested, delivered at its next await"))
     width = max(len(label) for label, _ in fields) + 2
     lines = [f"{label + ':':<{width}}{value}" for label, value in fields]
 
@@ -256,10 +430,113 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
                 str(index),
                 entry_kind(entry),
                 entry_details(entry) or "-",
-                format_result(entry.result, _CELL_VALUE_LIMIT) if entry.HasField("result") else "-",
+                entry_result(entry, _CELL_VALUE_LIMIT),
             ]
             for index, entry in enumerate(resp.journal)
         ]
         table = format_table(["INDEX", "COMMAND", "DETAILS", "RESULT"], rows)
         lines.extend("  " + line for line in table.splitlines())
     return "\n".join(lines)
+
+
+# -- operator actions -------------------------------------------------------------------
+
+# What each invocation action did, as the confirmation line says it.
+_ACTION_VERBS = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
+
+
+def format_invocation_action(action: str, inv: invocation_pb2.Invocation) -> str:
+    """Confirmation after ``invocations cancel|kill|resume``: the id and resulting status."""
+    line = f"{_ACTION_VERBS.get(action, action)} {inv.id}: status {status_name(inv.status)}"
+    if inv.HasField("result"):
+        line += f" ({format_result(inv.result, _CELL_VALUE_LIMIT)})"
+    elif inv.cancel_pending:
+        line += " (the cancellation is delivered at its next await)"
+    return line
+
+
+def format_completion(what: str, completion: journal_pb2.Result) -> str:
+    """Confirmation after resolving or rejecting an awakeable or a promise."""
+    if completion.WhichOneof("kind") == "failure":
+        return f"rejected {what}: {completion.failure.message}"
+    return f"resolved {what} with {format_json_bytes(completion.value or b'null')}"
+
+
+# -- virtual object state ---------------------------------------------------------------
+
+
+def format_state_value(data: bytes) -> str:
+    """One state value in full: its JSON text, or ``format_bytes`` if it is not JSON."""
+    return format_json_bytes(data)
+
+
+def format_state(service: str, key: str, state: Mapping[str, bytes]) -> str:
+    """Table of an object's state values by name (sorted), values shown as JSON text."""
+    if not state:
+        return f"no state for {service} key {key!r}"
+    rows = [[name, format_json_bytes(state[name], _CELL_VALUE_LIMIT)] for name in sorted(state)]
+    return format_table(["NAME", "VALUE"], rows)
+
+
+def state_to_json(service: str, key: str, state: Mapping[str, bytes]) -> dict[str, Any]:
+    """The ``--json`` form of an object's state: values decoded from JSON.
+
+    A value that is not valid JSON (the SDK and the admin API only write JSON, so this
+    means something else wrote it) goes to ``raw_state`` as base64 instead.
+    """
+    decoded: dict[str, Any] = {}
+    raw: dict[str, str] = {}
+    for name in sorted(state):
+        try:
+            decoded[name] = parse_json(state[name])
+        except ValueError:
+            raw[name] = base64.b64encode(state[name]).decode("ascii")
+    return {"service": service, "key": key, "state": decoded, "raw_state": raw}
+
+
+# -- --json renderings ------------------------------------------------------------------
+
+
+def message_to_json(message: Any) -> dict[str, Any]:
+    """A message as the proto3 JSON mapping, with field names as in the ``.proto`` and every
+    field printed (defaults too), so scripts can rely on keys being present."""
+    as_dict: dict[str, Any] = json_format.MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return as_dict
+
+
+def describe_to_json(resp: admin_pb2.DescribeInvocationResponse) -> dict[str, Any]:
+    """``invocations describe --json``: the proto JSON mapping, plus decoded values.
+
+    Bytes are base64 in the proto mapping; for scripts each JSON-valued journal value also
+    appears decoded next to it as ``value_json`` (results of runs, state reads, awakeables
+    and promises; ``set_state`` values; awakeable and promise completions), and a
+    ``get_state_keys`` result as ``state_keys``.
+    """
+    out = message_to_json(resp)
+    for entry, entry_json in zip(resp.journal, out.get("journal", []), strict=True):
+        kind = entry.WhichOneof("command")
+        if kind is None:
+            continue
+        if entry.HasField("result") and entry.result.WhichOneof("kind") == "value":
+            if kind in JSON_VALUED_COMMANDS:
+                _add_json(entry_json["result"], entry.result.value)
+            elif kind == "get_state_keys":
+                keys = state_keys_of(entry.result.value)
+                if keys is not None:
+                    entry_json["result"]["state_keys"] = keys
+        if kind == "set_state":
+            _add_json(entry_json["set_state"], entry.set_state.value)
+        elif kind in ("complete_awakeable", "complete_promise"):
+            completion = getattr(entry, kind).completion
+            if completion.WhichOneof("kind") == "value":
+                _add_json(entry_json[kind]["completion"], completion.value)
+    return out
+
+
+def _add_json(target: dict[str, Any], data: bytes) -> None:
+    try:
+        target["value_json"] = parse_json(data)
+    except ValueError:
+        pass

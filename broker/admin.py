@@ -74,6 +74,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             services=list(discovered.services),
             files=discovered.files,
             retry_policies=list(discovered.retry_policies),
+            request_response=discovered.request_response,
             created_at_ms=existing.created_at_ms if existing else now_ms(),
         )
         try:
@@ -89,9 +90,43 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListDeployments(
         self, request: admin_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListDeploymentsResponse:
+        in_flight = self._in_flight()
         return admin_pb2.ListDeploymentsResponse(
-            deployments=[_deployment(d) for d in self._registry.deployments()]
+            deployments=[
+                _deployment(d, in_flight.get(d.id, 0)) for d in self._registry.deployments()
+            ]
         )
+
+    def _in_flight(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for live in self._partition.live.values():
+            d = live.record.deployment_id
+            if d:
+                counts[d] = counts.get(d, 0) + 1
+        return counts
+
+    async def RemoveDeployment(
+        self,
+        request: admin_pb2.RemoveDeploymentRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.RemoveDeploymentResponse:
+        if self._registry.deployment(request.deployment_id) is None:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"no deployment {request.deployment_id!r}"
+            )
+        in_flight = self._in_flight().get(request.deployment_id, 0)
+        if in_flight and not request.force:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"deployment {request.deployment_id} has {in_flight} invocation(s) in flight; "
+                "wait for them to finish, or force the removal",
+            )
+        batch = Batch()
+        deployments.delete(batch, request.deployment_id)
+        await self._partition.committer.commit(batch)
+        self._registry.remove(request.deployment_id)
+        log.info("removed deployment %s (%d in flight)", request.deployment_id, in_flight)
+        return admin_pb2.RemoveDeploymentResponse(in_flight=in_flight)
 
     async def ListServices(
         self, request: admin_pb2.ListServicesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -299,10 +334,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
 
 
-def _deployment(record: reg.Deployment) -> admin_pb2.Deployment:
+def _deployment(record: reg.Deployment, in_flight: int = 0) -> admin_pb2.Deployment:
     return admin_pb2.Deployment(
         id=record.id,
         uri=record.uri,
         services=list(record.services),
         created_at_ms=record.created_at_ms,
+        mode="request_response" if record.request_response else "stream",
+        in_flight=in_flight,
     )

@@ -1,12 +1,21 @@
 """``brokerctl``: the operator CLI for the broker's admin API.
 
-Exit codes: 0 ok, 1 the broker answered with an error, 2 usage error, 3 the broker's
-admin API cannot be reached.
+Exit codes: 0 ok, 1 the broker answered with an error (or what was asked for does not
+exist, e.g. an unknown service or state value), 2 usage error (including a JSON argument
+that is not valid JSON), 3 the broker's admin API cannot be reached.
+
+``--json`` (before or after the verb) prints one JSON document on stdout: the admin API's
+response in the proto3 JSON mapping (field names as in the ``.proto``), or, for verbs whose
+response carries no information (resolving an awakeable), a small object saying what was
+done. Values the SDK stores as JSON appear decoded: ``state`` verbs print them as JSON
+values, and ``invocations describe`` adds ``value_json`` next to each base64 JSON value of
+its journal. Errors go to stderr as ``error: CODE: message``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
@@ -15,8 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from durable.v1 import admin_pb2, admin_pb2_grpc
-from google.protobuf import json_format
+from durable.v1 import admin_pb2, admin_pb2_grpc, journal_pb2
 from google.protobuf.message import Message
 
 from broker import _cli_format as fmt
@@ -56,35 +64,150 @@ def build_parser() -> argparse.ArgumentParser:
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
 
+    def verb(verbs: Any, name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = verbs.add_parser(name, help=help_, description=help_)
+        # Also accepted after the verb; SUPPRESS keeps a global --json from being reset.
+        sub.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
     deployments = groups.add_parser("deployments", help="register and list deployments")
     dep_verbs = deployments.add_subparsers(dest="verb", required=True, metavar="VERB")
-    register = dep_verbs.add_parser("register", help="register a service endpoint")
+    register = verb(dep_verbs, "register", "register a service endpoint", _register_deployment)
     register.add_argument("uri", help="the endpoint's address, e.g. http://127.0.0.1:9101")
-    register.set_defaults(handler=_register_deployment)
-    dep_verbs.add_parser("list", help="list registered deployments").set_defaults(
-        handler=_list_deployments
-    )
+    verb(dep_verbs, "list", "list registered deployments", _list_deployments)
 
-    services = groups.add_parser("services", help="list services")
+    services = groups.add_parser("services", help="list and describe services")
     svc_verbs = services.add_subparsers(dest="verb", required=True, metavar="VERB")
-    svc_verbs.add_parser("list", help="list the services the ingress serves").set_defaults(
-        handler=_list_services
+    verb(svc_verbs, "list", "list the services the ingress serves", _list_services)
+    svc_describe = verb(
+        svc_verbs, "describe", "show a service's kind, deployment and handlers", _describe_service
+    )
+    svc_describe.add_argument(
+        "name", metavar="NAME", help="a service's full name, e.g. trips.Trips"
     )
 
-    invocations = groups.add_parser("invocations", help="inspect invocations")
+    invocations = groups.add_parser("invocations", help="inspect and steer invocations")
     inv_verbs = invocations.add_subparsers(dest="verb", required=True, metavar="VERB")
-    inv_list = inv_verbs.add_parser("list", help="list invocations, newest first")
+    inv_list = verb(inv_verbs, "list", "list invocations, newest first", _list_invocations)
     inv_list.add_argument("--status", choices=fmt.STATUS_CHOICES, help="only this status")
     inv_list.add_argument("--service", default="", help="only this service (e.g. trips.Trips)")
     inv_list.add_argument("--key", default="", help="only this virtual object / workflow key")
     inv_list.add_argument(
         "--limit", type=_non_negative_int, default=0, help="at most N invocations (0: no limit)"
     )
-    inv_list.set_defaults(handler=_list_invocations)
-    describe = inv_verbs.add_parser("describe", help="show one invocation and its journal")
+    describe = verb(
+        inv_verbs, "describe", "show one invocation and its journal", _describe_invocation
+    )
     describe.add_argument("invocation_id", metavar="ID", help="an invocation id (inv_...)")
-    describe.set_defaults(handler=_describe_invocation)
+    for name, help_, handler in (
+        (
+            "cancel",
+            "cancel an invocation: it sees a CANCELLED error at its next await, "
+            "so its compensations run",
+            _cancel_invocation,
+        ),
+        ("kill", "stop an invocation now, without compensation", _kill_invocation),
+        (
+            "resume",
+            "resume a paused invocation, or retry a backing-off one now",
+            _resume_invocation,
+        ),
+    ):
+        action = verb(inv_verbs, name, help_, handler)
+        action.add_argument("invocation_id", metavar="ID", help="an invocation id (inv_...)")
+
+    awakeables = groups.add_parser("awakeables", help="complete awakeables")
+    awk_verbs = awakeables.add_subparsers(dest="verb", required=True, metavar="VERB")
+    awk_resolve = verb(
+        awk_verbs, "resolve", "resolve an awakeable with a JSON value", _resolve_awakeable
+    )
+    awk_resolve.add_argument("awakeable_id", metavar="ID", help="an awakeable id (awk_...)")
+    _json_positional(awk_resolve, optional=True)
+    awk_reject = verb(
+        awk_verbs, "reject", "reject an awakeable: its await raises an error", _reject_awakeable
+    )
+    awk_reject.add_argument("awakeable_id", metavar="ID", help="an awakeable id (awk_...)")
+    awk_reject.add_argument(
+        "reason", metavar="REASON", nargs="?", default=DEFAULT_REASON, help="the error message"
+    )
+
+    promises = groups.add_parser("promises", help="complete workflows' durable promises")
+    prom_verbs = promises.add_subparsers(dest="verb", required=True, metavar="VERB")
+    prom_resolve = verb(
+        prom_verbs, "resolve", "resolve a workflow's durable promise", _resolve_promise
+    )
+    _promise_positionals(prom_resolve)
+    _json_positional(prom_resolve, optional=True)
+    prom_reject = verb(prom_verbs, "reject", "reject a workflow's durable promise", _reject_promise)
+    _promise_positionals(prom_reject)
+    prom_reject.add_argument(
+        "reason", metavar="REASON", nargs="?", default=DEFAULT_REASON, help="the error message"
+    )
+
+    state = groups.add_parser("state", help="read and edit a virtual object's state")
+    state_verbs = state.add_subparsers(dest="verb", required=True, metavar="VERB")
+    state_get = verb(
+        state_verbs, "get", "show an object's state, or one value of it as JSON", _get_state
+    )
+    _object_positionals(state_get)
+    state_get.add_argument("name", metavar="NAME", nargs="?", help="only this state value")
+    state_set = verb(state_verbs, "set", "set one state value to a JSON value", _set_state)
+    _object_positionals(state_set)
+    state_set.add_argument("name", metavar="NAME", help="the state value's name")
+    _json_positional(state_set, optional=False)
+    state_clear = verb(state_verbs, "clear", "remove one state value", _clear_state)
+    _object_positionals(state_clear)
+    state_clear.add_argument("name", metavar="NAME", help="the state value's name")
     return parser
+
+
+DEFAULT_REASON = "rejected"
+
+
+def _json_positional(parser: argparse.ArgumentParser, optional: bool) -> None:
+    if optional:
+        parser.add_argument(
+            "value",
+            metavar="JSON",
+            nargs="?",
+            type=_json_value,
+            default=b"null",
+            help="the value, as JSON (default: null); quote strings: '\"text\"'",
+        )
+    else:
+        parser.add_argument(
+            "value",
+            metavar="JSON",
+            type=_json_value,
+            help="the value, as JSON; quote strings: '\"text\"'",
+        )
+
+
+def _promise_positionals(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("service", metavar="SERVICE", help="the workflow, e.g. playground.Signup")
+    parser.add_argument("key", metavar="KEY", help="the workflow's key")
+    parser.add_argument("name", metavar="NAME", help="the promise's name")
+
+
+def _object_positionals(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "service", metavar="SERVICE", help="a virtual object or workflow, e.g. playground.Counter"
+    )
+    parser.add_argument("key", metavar="KEY", help="the object's key")
+
+
+def _json_value(text: str) -> bytes:
+    """An argparse type: the argument's JSON text as bytes, refused unless it is JSON."""
+    try:
+        fmt.parse_json(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(
+            f"not valid JSON: {text!r} ({e}); quote strings, e.g. '\"text\"'"
+        ) from None
+    return text.strip().encode("utf-8")
 
 
 def _address(text: str) -> str:
@@ -115,31 +238,75 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-# A verb handler makes one admin call and returns the response plus its human rendering.
-Handler = Callable[[Any, argparse.Namespace, float], tuple[Message, str]]
+class CommandError(Exception):
+    """What was asked for does not exist or cannot be done; reported like a broker error.
+
+    Args:
+        code: A gRPC status code name for the message, e.g. ``NOT_FOUND``.
+        message: What went wrong.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# What a verb prints with --json: an admin API message (rendered in the proto3 JSON
+# mapping) or a ready-made JSON object.
+JsonOutput = Message | dict[str, Any]
+
+# A verb handler makes its admin calls and returns the --json output and the human one.
+Handler = Callable[[Any, argparse.Namespace, float], tuple[JsonOutput, str]]
 
 
 def _register_deployment(
     stub: Any, args: argparse.Namespace, timeout: float
-) -> tuple[Message, str]:
+) -> tuple[JsonOutput, str]:
     req = admin_pb2.RegisterDeploymentRequest(uri=args.uri)
     resp: admin_pb2.Deployment = stub.RegisterDeployment(req, timeout=timeout)
     return resp, fmt.format_deployment(resp)
 
 
-def _list_deployments(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Message, str]:
+def _list_deployments(
+    stub: Any, args: argparse.Namespace, timeout: float
+) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListDeploymentsRequest()
     resp: admin_pb2.ListDeploymentsResponse = stub.ListDeployments(req, timeout=timeout)
     return resp, fmt.format_deployments(resp)
 
 
-def _list_services(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Message, str]:
+def _list_services(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListServicesRequest()
     resp: admin_pb2.ListServicesResponse = stub.ListServices(req, timeout=timeout)
     return resp, fmt.format_services(resp)
 
 
-def _list_invocations(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Message, str]:
+def _describe_service(
+    stub: Any, args: argparse.Namespace, timeout: float
+) -> tuple[JsonOutput, str]:
+    services: admin_pb2.ListServicesResponse = stub.ListServices(
+        admin_pb2.ListServicesRequest(), timeout=timeout
+    )
+    svc = fmt.find_service(services, args.name)
+    if svc is None:
+        message = f"no service {args.name!r} is registered"
+        suggestions = fmt.suggest_services(services, args.name)
+        if suggestions:
+            message += "; did you mean " + " or ".join(suggestions) + "?"
+        raise CommandError("NOT_FOUND", message)
+    deployments: admin_pb2.ListDeploymentsResponse = stub.ListDeployments(
+        admin_pb2.ListDeploymentsRequest(), timeout=timeout
+    )
+    uri = next((d.uri for d in deployments.deployments if d.id == svc.deployment_id), "")
+    out = fmt.message_to_json(svc)
+    out["deployment_uri"] = uri
+    return out, fmt.format_service(svc, uri)
+
+
+def _list_invocations(
+    stub: Any, args: argparse.Namespace, timeout: float
+) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListInvocationsRequest(service=args.service, key=args.key, limit=args.limit)
     if args.status:
         req.status = fmt.parse_status(args.status)  # type: ignore[assignment]
@@ -149,10 +316,122 @@ def _list_invocations(stub: Any, args: argparse.Namespace, timeout: float) -> tu
 
 def _describe_invocation(
     stub: Any, args: argparse.Namespace, timeout: float
-) -> tuple[Message, str]:
+) -> tuple[JsonOutput, str]:
     req = admin_pb2.DescribeInvocationRequest(invocation_id=args.invocation_id)
     resp: admin_pb2.DescribeInvocationResponse = stub.DescribeInvocation(req, timeout=timeout)
-    return resp, fmt.format_describe(resp)
+    return fmt.describe_to_json(resp), fmt.format_describe(resp)
+
+
+def _invocation_action(method: str, action: str) -> Handler:
+    def handler(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
+        req = admin_pb2.InvocationRequest(invocation_id=args.invocation_id)
+        resp: admin_pb2.InvocationResponse = getattr(stub, method)(req, timeout=timeout)
+        return resp, fmt.format_invocation_action(action, resp.invocation)
+
+    return handler
+
+
+_cancel_invocation = _invocation_action("CancelInvocation", "cancel")
+_kill_invocation = _invocation_action("KillInvocation", "kill")
+_resume_invocation = _invocation_action("ResumeInvocation", "resume")
+
+
+def _resolve_awakeable(
+    stub: Any, args: argparse.Namespace, timeout: float
+) -> tuple[JsonOutput, str]:
+    req = admin_pb2.ResolveAwakeableRequest(awakeable_id=args.awakeable_id, value=args.value)
+    stub.ResolveAwakeable(req, timeout=timeout)
+    out = {
+        "awakeable_id": args.awakeable_id,
+        "outcome": "resolved",
+        "value": fmt.parse_json(args.value),
+    }
+    completion = journal_pb2.Result(value=args.value)
+    return out, fmt.format_completion(f"awakeable {args.awakeable_id}", completion)
+
+
+def _reject_awakeable(
+    stub: Any, args: argparse.Namespace, timeout: float
+) -> tuple[JsonOutput, str]:
+    req = admin_pb2.RejectAwakeableRequest(awakeable_id=args.awakeable_id, reason=args.reason)
+    stub.RejectAwakeable(req, timeout=timeout)
+    out = {"awakeable_id": args.awakeable_id, "outcome": "rejected", "reason": args.reason}
+    completion = journal_pb2.Result(failure=journal_pb2.Failure(message=args.reason))
+    return out, fmt.format_completion(f"awakeable {args.awakeable_id}", completion)
+
+
+def _promise_label(args: argparse.Namespace) -> str:
+    return f"promise {args.name!r} of {args.service} key {args.key!r}"
+
+
+def _resolve_promise(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
+    req = admin_pb2.CompletePromiseRequest(
+        service=args.service, key=args.key, name=args.name, value=args.value
+    )
+    stub.CompletePromise(req, timeout=timeout)
+    out = {
+        "service": args.service,
+        "key": args.key,
+        "name": args.name,
+        "outcome": "resolved",
+        "value": fmt.parse_json(args.value),
+    }
+    completion = journal_pb2.Result(value=args.value)
+    return out, fmt.format_completion(_promise_label(args), completion)
+
+
+def _reject_promise(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
+    req = admin_pb2.CompletePromiseRequest(
+        service=args.service, key=args.key, name=args.name, rejection=args.reason
+    )
+    stub.CompletePromise(req, timeout=timeout)
+    out = {
+        "service": args.service,
+        "key": args.key,
+        "name": args.name,
+        "outcome": "rejected",
+        "reason": args.reason,
+    }
+    completion = journal_pb2.Result(failure=journal_pb2.Failure(message=args.reason))
+    return out, fmt.format_completion(_promise_label(args), completion)
+
+
+def _get_state(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
+    req = admin_pb2.GetStateRequest(service=args.service, key=args.key)
+    resp: admin_pb2.GetStateResponse = stub.GetState(req, timeout=timeout)
+    if args.name is None:
+        return (
+            fmt.state_to_json(args.service, args.key, resp.state),
+            fmt.format_state(args.service, args.key, resp.state),
+        )
+    if args.name not in resp.state:
+        raise CommandError(
+            "NOT_FOUND", f"{args.service} key {args.key!r} has no state value {args.name!r}"
+        )
+    data = resp.state[args.name]
+    out: dict[str, Any] = {"service": args.service, "key": args.key, "name": args.name}
+    try:
+        out["value"] = fmt.parse_json(data)
+    except ValueError:
+        out["raw_value"] = base64.b64encode(data).decode("ascii")
+    return out, fmt.format_state_value(data)
+
+
+def _set_state(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
+    req = admin_pb2.SetStateRequest(
+        service=args.service, key=args.key, name=args.name, value=args.value
+    )
+    resp: admin_pb2.GetStateResponse = stub.SetState(req, timeout=timeout)
+    human = f"set {args.name!r} of {args.service} key {args.key!r} to {args.value.decode()}"
+    return fmt.state_to_json(args.service, args.key, resp.state), human
+
+
+def _clear_state(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
+    # No value: the admin API clears the state value.
+    req = admin_pb2.SetStateRequest(service=args.service, key=args.key, name=args.name)
+    resp: admin_pb2.GetStateResponse = stub.SetState(req, timeout=timeout)
+    human = f"cleared {args.name!r} of {args.service} key {args.key!r}"
+    return fmt.state_to_json(args.service, args.key, resp.state), human
 
 
 def wait_for_channel(channel: grpc.Channel, timeout: float) -> None:
@@ -188,13 +467,11 @@ def wait_for_channel(channel: grpc.Channel, timeout: float) -> None:
         channel.unsubscribe(on_change)
 
 
-def _render_json(message: Message) -> str:
+def _render_json(output: JsonOutput) -> str:
     # Every field is printed, defaults included, so scripts can rely on keys being present
     # (an empty list is [] rather than a missing key).
-    as_dict = json_format.MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-    return json.dumps(as_dict, indent=2)
+    as_dict = output if isinstance(output, dict) else fmt.message_to_json(output)
+    return json.dumps(as_dict, indent=2, ensure_ascii=False)
 
 
 def _unreachable_message(admin: str) -> str:
@@ -221,6 +498,9 @@ def run(args: argparse.Namespace) -> int:
             code = err.code()
             details = err.details() or ""
             print(f"error: {code.name}: {details}", file=sys.stderr)
+            return EXIT_BROKER_ERROR
+        except CommandError as err:
+            print(f"error: {err.code}: {err.message}", file=sys.stderr)
             return EXIT_BROKER_ERROR
     print(_render_json(response) if args.json else human)
     return EXIT_OK

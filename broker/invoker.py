@@ -106,64 +106,97 @@ class Invoker:
             await channel.close(None)
 
     async def _run(self, live: Live, attempt: Attempt, start: protocol_pb2.StartMessage) -> None:
-        partition = self.partition
         deployment = self._registry.deployment(live.record.deployment_id)
         if deployment is None:
-            partition.on_attempt_failed(
+            self.partition.on_attempt_failed(
                 live, attempt, f"deployment {live.record.deployment_id} is not registered"
             )
             return
-
-        async def requests() -> AsyncIterator[protocol_pb2.InvokeRequest]:
-            await attempt.ready
-            yield protocol_pb2.InvokeRequest(start=start)
-            while (message := await attempt.queue.get()) is not None:
-                yield message
-
-        # The generated stubs are typed for the sync API; this is a grpc.aio channel.
-        call: Any = self.stub(deployment.uri).Invoke(requests())  # type: ignore[arg-type]
-        error: str | None = None
-        retry_after: float | None = None
-        pause = False
+        outcome = _Outcome()
+        call: Any = None
         try:
-            async for response in call:
-                kind = response.WhichOneof("message")
-                if kind == "entry":
-                    error = partition.on_entry(
-                        live, attempt, response.entry.index, response.entry.entry
-                    )
-                elif kind == "run_result":
-                    r = response.run_result
-                    error = partition.on_run_result(live, attempt, r.entry_index, r.result)
-                elif kind == "suspension":
-                    error = partition.on_suspension(
-                        live, attempt, list(response.suspension.waiting_on)
-                    )
-                    break
-                elif kind == "error":
-                    e = response.error
-                    prefix = "non-determinism: " if e.non_determinism else ""
-                    error = f"{prefix}{e.message}"
-                    if e.retry_after_ms:
-                        retry_after = e.retry_after_ms / 1000
-                    pause = e.pause
-                    break
-                elif kind == "end":
-                    error = partition.on_end(live, attempt)
-                    break
+            if deployment.request_response:
+                await attempt.ready
+                reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
+                    protocol_pb2.InvokeRequest(start=start)
+                )
+                messages = list(reply.messages)
+                for response in messages:
+                    if self._handle(live, attempt, response, outcome):
+                        break
                 else:
-                    error = "protocol violation: an empty message from the endpoint"
-                if error:
-                    break
+                    outcome.error = "the endpoint's reply did not end the attempt"
             else:
-                error = "the endpoint closed the stream before ending the attempt"
+
+                async def requests() -> AsyncIterator[protocol_pb2.InvokeRequest]:
+                    await attempt.ready
+                    yield protocol_pb2.InvokeRequest(start=start)
+                    while (message := await attempt.queue.get()) is not None:
+                        yield message
+
+                # The generated stubs are typed for the sync API; this is a grpc.aio channel.
+                call = self.stub(deployment.uri).Invoke(requests())  # type: ignore[arg-type]
+                async for response in call:
+                    if self._handle(live, attempt, response, outcome):
+                        break
+                else:
+                    outcome.error = "the endpoint closed the stream before ending the attempt"
         except grpc.aio.AioRpcError as e:
-            error = f"stream to {deployment.uri} failed: {e.code().name}: {e.details()}"
+            outcome.error = f"call to {deployment.uri} failed: {e.code().name}: {e.details()}"
         except Exception as e:
             log.exception("invocation %s: attempt crashed", live.id)
-            error = f"broker error driving the attempt: {e!r}"
+            outcome.error = f"broker error driving the attempt: {e!r}"
         finally:
             attempt.close()
-            call.cancel()
-        if error:
-            partition.on_attempt_failed(live, attempt, error, retry_after, pause=pause)
+            if call is not None:
+                call.cancel()
+        if outcome.error:
+            self.partition.on_attempt_failed(
+                live, attempt, outcome.error, outcome.retry_after, pause=outcome.pause
+            )
+
+    def _handle(
+        self,
+        live: Live,
+        attempt: Attempt,
+        response: protocol_pb2.InvokeResponse,
+        outcome: _Outcome,
+    ) -> bool:
+        """Feeds one message to the partition; True when the attempt is over."""
+        partition = self.partition
+        kind = response.WhichOneof("message")
+        if kind == "entry":
+            outcome.error = partition.on_entry(
+                live, attempt, response.entry.index, response.entry.entry
+            )
+        elif kind == "run_result":
+            r = response.run_result
+            outcome.error = partition.on_run_result(live, attempt, r.entry_index, r.result)
+        elif kind == "suspension":
+            outcome.error = partition.on_suspension(
+                live, attempt, list(response.suspension.waiting_on)
+            )
+            return True
+        elif kind == "error":
+            e = response.error
+            prefix = "non-determinism: " if e.non_determinism else ""
+            outcome.error = f"{prefix}{e.message}"
+            if e.retry_after_ms:
+                outcome.retry_after = e.retry_after_ms / 1000
+            outcome.pause = e.pause
+            return True
+        elif kind == "end":
+            outcome.error = partition.on_end(live, attempt)
+            return True
+        else:
+            outcome.error = "protocol violation: an empty message from the endpoint"
+        return outcome.error is not None
+
+
+class _Outcome:
+    """How an attempt ended, when it did not end well."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self.retry_after: float | None = None
+        self.pause = False

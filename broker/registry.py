@@ -129,6 +129,11 @@ class Registry:
         candidate[deployment.id] = deployment
         self._rebuild(candidate)
 
+    def remove(self, deployment_id: str) -> None:
+        """Drops a deployment; its services route to the next newest that hosts them."""
+        remaining = {k: v for k, v in self._deployments.items() if k != deployment_id}
+        self._rebuild(remaining)
+
     def check(self, deployment: Deployment) -> None:
         """Validates a deployment's services without adding it.
 

@@ -37,6 +37,13 @@ def arg_parser(
         type=str.upper,
         help="logging level (default INFO)",
     )
+    parser.add_argument(
+        "--request-response",
+        action="store_true",
+        default=os.environ.get("DURABLE_REQUEST_RESPONSE", "") == "1",
+        help="ask the broker to drive this endpoint with one unary call per attempt "
+        "(as FaaS platforms run handlers) instead of a stream",
+    )
     return parser
 
 
@@ -51,4 +58,4 @@ def serve(servicers: Sequence[durable.Servicer], args: argparse.Namespace) -> No
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    durable.serve(list(servicers), args.listen)
+    durable.serve(list(servicers), args.listen, request_response=args.request_response)

@@ -18,6 +18,11 @@ def put(batch: Batch, record: Deployment) -> None:
     batch.put(keys.DEPLOYMENTS + keys.part(record.id), record.SerializeToString())
 
 
+def delete(batch: Batch, deployment_id: str) -> None:
+    """Removes the deployment."""
+    batch.delete(keys.DEPLOYMENTS + keys.part(deployment_id))
+
+
 def scan(kv: KV) -> Iterator[Deployment]:
     """Every deployment."""
     for _, raw in kv.scan(keys.DEPLOYMENTS):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -51,8 +51,9 @@ def _files(services: Iterable[Service]) -> descriptor_pb2.FileDescriptorSet:
 
 
 class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
-    def __init__(self, services: Sequence[Service]) -> None:
+    def __init__(self, services: Sequence[Service], request_response: bool = False) -> None:
         self._services = {s.name: s for s in services}
+        self._request_response = request_response
 
     async def Discover(
         self, request: protocol_pb2.DiscoverRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -61,6 +62,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             services=sorted(self._services),
             files=_files(self._services.values()),
             protocol_version=PROTOCOL_VERSION,
+            request_response=self._request_response,
             retry_policies=[
                 protocol_pb2.HandlerRetryPolicy(
                     service=s.name, method=h.name, policy=h.retry_policy.to_proto()
@@ -71,31 +73,29 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             ],
         )
 
-    async def Invoke(
-        self,
-        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest],
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[protocol_pb2.InvokeResponse]:
-        first = await anext(request_iterator, None)
-        if first is None or not first.HasField("start"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start"
-            )
-            return
-        start = first.start
+    def _attempt(
+        self, start: protocol_pb2.StartMessage
+    ) -> tuple[
+        Runtime,
+        asyncio.Queue[protocol_pb2.InvokeResponse],
+        Callable[[], Coroutine[Any, Any, None]],
+    ]:
+        """A runtime for the attempt, its outgoing queue, and the handler to execute."""
+        outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
+        runtime = Runtime(start, outgoing.put_nowait)
         service = self._services.get(start.service)
         handler = service.handlers.get(start.method) if service else None
         if service is None or handler is None:
-            yield protocol_pb2.InvokeResponse(
-                error=protocol_pb2.ErrorMessage(
-                    code=grpc.StatusCode.UNIMPLEMENTED.value[0],
-                    message=f"this endpoint has no handler {start.service}/{start.method}",
-                    entry_index=-1,
-                )
+            runtime.machine.fail(
+                grpc.StatusCode.UNIMPLEMENTED.value[0],
+                f"this endpoint has no handler {start.service}/{start.method}",
             )
-            return
-        outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
-        runtime = Runtime(start, outgoing.put_nowait)
+            runtime.flush()
+
+            async def nothing() -> None:
+                pass
+
+            return runtime, outgoing, nothing
         ctx: Context
         if service.kind == "workflow":
             ctx = WorkflowSharedContext(runtime) if handler.shared else WorkflowContext(runtime)
@@ -114,13 +114,28 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
                 )
             return response.SerializeToString()
 
+        return runtime, outgoing, lambda: runtime.execute(run_handler)
+
+    async def Invoke(
+        self,
+        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[protocol_pb2.InvokeResponse]:
+        first = await anext(request_iterator, None)
+        if first is None or not first.HasField("start"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start"
+            )
+            return
+        runtime, outgoing, execute = self._attempt(first.start)
+
         async def read_completions() -> None:
             async for message in request_iterator:
                 if message.HasField("completion"):
                     runtime.on_completion(message.completion)
             runtime.on_input_closed()
 
-        handler_task = asyncio.create_task(runtime.execute(run_handler))
+        handler_task = asyncio.create_task(execute())
         reader_task = asyncio.create_task(read_completions())
         try:
             while True:
@@ -133,15 +148,37 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             if not handler_task.done():
                 handler_task.cancel()
 
+    async def InvokeOnce(
+        self, request: protocol_pb2.InvokeRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> protocol_pb2.InvokeOnceResponse:
+        if not request.HasField("start"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "InvokeOnce takes a start")
+        runtime, outgoing, execute = self._attempt(request.start)
+        # Nothing more will arrive: any await that is not complete suspends at once.
+        runtime.input_closed = True
+        await execute()
+        reply = protocol_pb2.InvokeOnceResponse()
+        while not outgoing.empty():
+            message = outgoing.get_nowait()
+            reply.messages.append(message)
+            if message.WhichOneof("message") in _TERMINAL:
+                break
+        return reply
+
 
 async def create_server(
-    services: Sequence[Service | Servicer], address: str = "127.0.0.1:0"
+    services: Sequence[Service | Servicer],
+    address: str = "127.0.0.1:0",
+    *,
+    request_response: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """A started gRPC server hosting the services; returns it and its bound port.
 
     Args:
         services: `durable.Service`s or instances of generated `Servicer` subclasses.
         address: `host:port`; port 0 picks a free one.
+        request_response: Ask the broker to drive this endpoint with one unary call per
+            attempt (as FaaS platforms run handlers) instead of a stream.
     """
     bound = [s if isinstance(s, Service) else Service.from_servicer(s) for s in services]
     server = grpc.aio.server(
@@ -152,7 +189,9 @@ async def create_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(_Endpoint(bound), server)
+    protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(
+        _Endpoint(bound, request_response), server
+    )
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -161,9 +200,11 @@ async def create_server(
     return server, port
 
 
-async def serve_async(services: Sequence[Service | Servicer], address: str) -> None:
+async def serve_async(
+    services: Sequence[Service | Servicer], address: str, *, request_response: bool = False
+) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight attempts for up to 5 s."""
-    server, port = await create_server(services, address)
+    server, port = await create_server(services, address, request_response=request_response)
     host = address.rsplit(":", 1)[0]
     log.info("service endpoint listening on %s:%d", host, port)
     stop = asyncio.Event()
@@ -174,6 +215,14 @@ async def serve_async(services: Sequence[Service | Servicer], address: str) -> N
     await server.stop(5)
 
 
-def serve(services: Sequence[Service | Servicer], address: str = "127.0.0.1:9080") -> None:
-    """Runs a service endpoint hosting `services` on `address` until SIGTERM/SIGINT."""
-    asyncio.run(serve_async(services, address))
+def serve(
+    services: Sequence[Service | Servicer],
+    address: str = "127.0.0.1:9080",
+    *,
+    request_response: bool = False,
+) -> None:
+    """Runs a service endpoint hosting `services` on `address` until SIGTERM/SIGINT.
+
+    With `request_response`, the broker drives it with one unary call per attempt.
+    """
+    asyncio.run(serve_async(services, address, request_response=request_response))

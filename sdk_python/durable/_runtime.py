@@ -60,7 +60,9 @@ class Runtime:
         self._blocked_since = 0.0
         self._side_effects = 0
         self._timer: asyncio.TimerHandle | None = None
-        self._input_closed = False
+        # Set when nothing more will arrive in this attempt (stream closed, or a
+        # request/response attempt): blocking awaits then suspend at once.
+        self.input_closed = False
 
     # Steps proposed by the context.
 
@@ -69,7 +71,7 @@ class Runtime:
         if self.done:
             raise Suspended()
         index = self.machine.propose(entry)
-        self._flush()
+        self.flush()
         return index
 
     def propose_run_result(self, index: int, result: Result) -> None:
@@ -77,53 +79,66 @@ class Runtime:
         if self.done:
             raise Suspended()
         self.machine.propose_run_result(index, result)
-        self._flush()
+        self.flush()
 
     async def await_any(self, indexes: list[int]) -> int:
         """Waits until one of the entries is completed; returns the first completed
-        one in the order given."""
+        one in the order given. A suspension names all of them."""
         while True:
             for index in indexes:
                 if self.machine.result(index) is not None:
                     return index
-            waits = [asyncio.ensure_future(self.await_entry(i)) for i in indexes]
+            waiters = self._block(indexes)
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for w in waits:
-                    w.cancel()
-                # Surface a suspension (or other failure) from the finished waits.
-                for w in waits:
-                    if w.done() and not w.cancelled() and w.exception() is not None:
+                # Shielded: the waiters are shared with other awaits of the same entries.
+                await asyncio.wait(
+                    [asyncio.shield(w) for w in waiters], return_when=asyncio.FIRST_COMPLETED
+                )
+                for w in waiters:
+                    if w.done() and w.exception() is not None:
                         raise w.exception()  # type: ignore[misc]
+            finally:
+                self._unblock(indexes)
 
     async def await_entry(self, index: int) -> Result:
         """Waits until the entry is completed, suspending if it takes too long."""
         result = self.machine.result(index)
         if result is not None:
             return result
-        if self.done:
-            raise Suspended()
-        waiter = self._waiters.get(index)
-        if waiter is None:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters[index] = waiter
-        if not self._blocked:
-            self._blocked_since = asyncio.get_running_loop().time()
-        self._blocked[index] += 1
-        if self._input_closed:
-            self._suspend()
-        self._arm()
+        (waiter,) = self._block([index])
         try:
-            # Shielded: one waiter serves every await of the entry, and a cancelled
-            # awaiter (a lost race) must not cancel it for the others.
             return await asyncio.shield(waiter)
         finally:
+            self._unblock([index])
+
+    def _block(self, indexes: list[int]) -> list[asyncio.Future[Result]]:
+        """Marks the handler blocked on the entries; returns their waiters."""
+        if self.done:
+            raise Suspended()
+        loop = asyncio.get_running_loop()
+        waiters = []
+        for index in indexes:
+            waiter = self._waiters.get(index)
+            if waiter is None:
+                waiter = loop.create_future()
+                self._waiters[index] = waiter
+            waiters.append(waiter)
+        if not self._blocked:
+            self._blocked_since = loop.time()
+        for index in indexes:
+            self._blocked[index] += 1
+        if self.input_closed:
+            self._suspend()
+        self._arm()
+        return waiters
+
+    def _unblock(self, indexes: list[int]) -> None:
+        for index in indexes:
             self._blocked[index] -= 1
             if self._blocked[index] <= 0:
                 del self._blocked[index]
-            # Still blocked on other entries (a gather): keep the suspension timer armed.
-            self._arm()
+        # Still blocked on other entries (a gather): keep the suspension timer armed.
+        self._arm()
 
     def side_effect_started(self) -> None:
         """A `ctx.run` function runs: never suspend under it."""
@@ -145,7 +160,7 @@ class Runtime:
 
     def on_input_closed(self) -> None:
         """The broker closed its side: nothing more will arrive in this attempt."""
-        self._input_closed = True
+        self.input_closed = True
         if self._blocked and not self._side_effects:
             self._suspend()
 
@@ -191,13 +206,14 @@ class Runtime:
             if not self.done:
                 self.machine.fail(grpc.StatusCode.UNKNOWN.value[0], f"{type(e).__name__}: {e}")
         finally:
-            self._flush()
+            self.flush()
             self.done = True
             self._cancel_timer()
 
     # Internals.
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Hands queued messages to `send`."""
         for message in self.machine.drain():
             if message.WhichOneof("message") in _TERMINAL:
                 self.done = True
@@ -226,7 +242,7 @@ class Runtime:
         if self.done:
             return
         self.machine.suspend(list(self._blocked))
-        self._flush()
+        self.flush()
         self._cancel_timer()
         for waiter in self._waiters.values():
             if not waiter.done():
