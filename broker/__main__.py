@@ -7,11 +7,14 @@ import logging
 import signal
 import sys
 
+from durable import tracing
+
 from .config import Settings, parse_args
 from .server import Broker
 
 
 async def _main(settings: Settings) -> None:
+    tracing.configure("broker")
     broker = Broker(settings)
     await broker.start()
     stop = asyncio.Event()
@@ -21,6 +24,7 @@ async def _main(settings: Settings) -> None:
     await stop.wait()
     logging.getLogger("broker").info("shutting down")
     await broker.stop()
+    tracing.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from .. import tracing
 from ..storage import Batch, state
 from . import commands
 from .model import Invocation, Live, Status, failure
@@ -84,6 +85,7 @@ def _kill(p: Partition, batch: Batch, live: Live) -> None:
             if child is not None:
                 _kill(p, batch, child)
     attempt, live.attempt = live.attempt, None
+    tracing.end_attempt(live, error="killed")
     if attempt is not None:
         attempt.close()
         if attempt.task is not None:

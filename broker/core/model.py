@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from ..invoker import Attempt
 
 Invocation = invocation_pb2.Invocation
@@ -44,6 +46,11 @@ class Live:
     attempt: Attempt | None = None
     # Where the invocation sits in its key's inbox, while it waits there.
     inbox_seq: int | None = None
+    # Open tracing spans (only when tracing is on; lost, not reopened, on restart).
+    span: Span | None = None
+    attempt_span: Span | None = None
+    # The traceparent of the step being journaled: a callee's parent span.
+    step_traceparent: str = ""
 
     @property
     def id(self) -> str:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from durable.v1 import journal_pb2, protocol_pb2
 
 from .. import registry as reg
+from .. import tracing
 from ..config import Settings
 from ..storage import (
     Batch,
@@ -222,6 +223,7 @@ class Partition:
             record, [Entry(input=journal_pb2.InputCommand(request=request, headers=headers))]
         )
         self.live[live.id] = live
+        tracing.start_invocation(live, traceparent)
         journal.put(batch, live.id, 0, live.journal[0])
         ident = self._ident(record)
         if ident is not None:
@@ -295,7 +297,7 @@ class Partition:
             state=state.load(self.kv, record.service, record.key) if record.key else {},
             suspend_after_ms=int(self.settings.suspend_after * 1000),
             random_seed=record.random_seed,
-            traceparent=record.traceparent,
+            traceparent=tracing.start_attempt(live),
         )
         log.debug("invocation %s attempt %d starting", record.id, record.attempts)
         # Rides in the group the attempt's start barrier waits for anyway: no extra fsync.
@@ -322,6 +324,7 @@ class Partition:
         if kind not in commands.SDK_COMPLETED:
             stored.ClearField("result")
         batch = Batch()
+        live.step_traceparent = tracing.step(live, index, stored)
         try:
             result = commands.apply(self, batch, live, index, stored)
         except commands.ProtocolViolation as e:
@@ -364,6 +367,7 @@ class Partition:
         if not waiting_on:
             return "protocol violation: suspended waiting on nothing"
         live.attempt = None
+        tracing.end_attempt(live, suspended_on=sorted(waiting_on))
         batch = Batch()
         if any(live.journal[i].HasField("result") for i in waiting_on):
             # Completed while the suspension was in flight: go on at once.
@@ -383,6 +387,7 @@ class Partition:
         if live.record.status != Status.COMPLETED:
             return "protocol violation: the attempt ended without an output entry"
         live.attempt = None
+        tracing.end_attempt(live)
         return None
 
     def on_attempt_failed(
@@ -399,6 +404,7 @@ class Partition:
         if live.attempt is not attempt:
             return
         live.attempt = None
+        tracing.end_attempt(live, error=message)
         if live.record.status == Status.COMPLETED:
             return
         if pause:
@@ -488,7 +494,7 @@ class Partition:
             key=key,
             request=call.request,
             headers={},
-            traceparent=live.record.traceparent,
+            traceparent=live.step_traceparent,
             caller=(live.id, index),
         )
         call.invocation_id = child.id
@@ -514,7 +520,7 @@ class Partition:
             key=key,
             request=send.request,
             headers={},
-            traceparent=live.record.traceparent,
+            traceparent=live.step_traceparent,
             invoke_at_ms=send.invoke_at_ms,
         )
         send.invocation_id = child.id
@@ -629,6 +635,7 @@ class Partition:
         retry = self._retries.pop(live.id, None)
         if retry is not None:
             retry.cancel()
+        tracing.end_invocation(live, result)
         outcome = "failed" if result.HasField("failure") else "succeeded"
         log.info("invocation %s %s after %d attempt(s)", live.id, outcome, record.attempts)
         batch.then(lambda: self._finish(live, result))

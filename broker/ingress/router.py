@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 
 from .. import registry as reg
+from .. import tracing
 from ..core.partition import Partition, UnknownInvocation
 
 log = logging.getLogger("broker.ingress")
@@ -71,22 +72,25 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
         headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
         idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
-        invocation_id, result_future = self._partition.invoke(
-            service,
-            method,
-            key,
-            body,
-            headers,
-            idempotency_key=idempotency_key,
-            traceparent=headers.get("traceparent", ""),
-        )
-        await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
-        try:
-            # Shielded: a caller that goes away must not cancel the invocation.
-            result = await asyncio.shield(result_future)
-        except UnknownInvocation:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"invocation {invocation_id} not found")
-            raise AssertionError("unreachable") from None
+        with tracing.ingress(service, method, headers.get("traceparent", "")) as traceparent:
+            invocation_id, result_future = self._partition.invoke(
+                service,
+                method,
+                key,
+                body,
+                headers,
+                idempotency_key=idempotency_key,
+                traceparent=traceparent,
+            )
+            await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
+            try:
+                # Shielded: a caller that goes away must not cancel the invocation.
+                result = await asyncio.shield(result_future)
+            except UnknownInvocation:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"invocation {invocation_id} not found"
+                )
+                raise AssertionError("unreachable") from None
         if result.HasField("failure"):
             await context.abort(status_of(result.failure.code), result.failure.message)
         return result.value

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from typing import Any
 
 import grpc
 from google.protobuf import descriptor, descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import trace
 
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
+from . import tracing
 from ._context import (
     Context,
     ObjectContext,
@@ -21,10 +24,12 @@ from ._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
+from ._errors import Suspended
 from ._runtime import Runtime
 from ._service import Service, Servicer
 
 log = logging.getLogger("durable")
+_tracer = trace.get_tracer("durable.sdk")
 
 PROTOCOL_VERSION = 1
 # Journals travel in one start message; let them be large.
@@ -48,6 +53,34 @@ def _files(services: Iterable[Service]) -> descriptor_pb2.FileDescriptorSet:
     for s in services:
         visit(s.descriptor.file)
     return out
+
+
+@contextlib.contextmanager
+def _handler_span(start: protocol_pb2.StartMessage) -> Iterator[None]:
+    """The handler runs inside a span under its attempt's, so its own spans nest."""
+    if not tracing.enabled():
+        yield
+        return
+    with _tracer.start_as_current_span(
+        f"handler {start.service}/{start.method}",
+        context=tracing.context_from(start.traceparent),
+        attributes={
+            "durable.invocation_id": start.invocation_id,
+            "durable.attempt": start.attempt,
+            "durable.replayed_entries": len(start.journal),
+        },
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield
+        except Suspended:
+            span.add_event("suspended")
+            raise
+        except Exception as e:
+            span.record_exception(e)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, str(e)))
+            raise
 
 
 class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
@@ -106,7 +139,8 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
         async def run_handler() -> bytes:
             request = handler.input_type.FromString(runtime.machine.input.request)
-            response = await handler.fn(ctx, request)
+            with _handler_span(start):
+                response = await handler.fn(ctx, request)
             if not isinstance(response, handler.output_type):
                 raise TypeError(
                     f"{start.service}/{start.method} returned {type(response).__name__}, "
@@ -204,6 +238,8 @@ async def serve_async(
     services: Sequence[Service | Servicer], address: str, *, request_response: bool = False
 ) -> None:
     """Serves until SIGTERM or SIGINT, then drains in-flight attempts for up to 5 s."""
+    names = [s.name if isinstance(s, Service) else s.SERVICE_DESCRIPTOR.full_name for s in services]
+    tracing.configure(",".join(names))
     server, port = await create_server(services, address, request_response=request_response)
     host = address.rsplit(":", 1)[0]
     log.info("service endpoint listening on %s:%d", host, port)
@@ -213,6 +249,7 @@ async def serve_async(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await server.stop(5)
+    tracing.shutdown()
 
 
 def serve(

@@ -1,0 +1,74 @@
+"""OpenTelemetry set-up shared by the broker and service endpoints.
+
+Tracing is on when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (e.g. Jaeger's OTLP port,
+`http://127.0.0.1:4317`): spans are exported over OTLP gRPC in batches. Otherwise
+nothing is configured and every tracing call in the broker and SDK is skipped.
+
+A handler's own spans need nothing special: it runs inside its attempt's span, so
+`opentelemetry.trace.get_tracer(__name__).start_as_current_span(...)` nests under it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from opentelemetry import context, trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+_propagator = TraceContextTextMapPropagator()
+_provider: object | None = None
+
+
+def enabled() -> bool:
+    """Whether spans are being exported."""
+    return _provider is not None
+
+
+def configure(service_name: str) -> bool:
+    """Installs an OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+
+    Returns:
+        Whether tracing is now enabled.
+    """
+    global _provider
+    if _provider is not None:
+        return True
+    if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        return False
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}
+        )
+    )
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return True
+
+
+def shutdown() -> None:
+    """Flushes spans still buffered (call before the process exits)."""
+    if _provider is not None:
+        _provider.shutdown()  # type: ignore[attr-defined]
+
+
+def traceparent(span: trace.Span) -> str:
+    """The W3C `traceparent` of a span, to carry its context across processes."""
+    carrier: dict[str, str] = {}
+    _propagator.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent", "")
+
+
+def context_from(traceparent_header: str) -> context.Context | None:
+    """The context a `traceparent` header names, or None when empty or invalid."""
+    if not traceparent_header:
+        return None
+    ctx = _propagator.extract({"traceparent": traceparent_header})
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        return None
+    return ctx

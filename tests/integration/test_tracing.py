@@ -1,0 +1,190 @@
+"""Traces: one saga, exported over OTLP by the broker and all four services, forms
+one tree; a caller's traceparent is continued."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from trips import trips_pb2
+
+from tests.support import Cluster, free_port, wait_for
+
+
+class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP gRPC trace receiver that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.spans: list[tuple[str, object]] = []  # (service.name, Span)
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        with self.lock:
+            for resource_spans in request.resource_spans:
+                name = next(
+                    (
+                        a.value.string_value
+                        for a in resource_spans.resource.attributes
+                        if a.key == "service.name"
+                    ),
+                    "?",
+                )
+                for scope in resource_spans.scope_spans:
+                    for span in scope.spans:
+                        self.spans.append((name, span))
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def trace(self, trace_id: bytes) -> list[tuple[str, object]]:
+        with self.lock:
+            return [(n, s) for n, s in self.spans if s.trace_id == trace_id]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[tuple[_Receiver, str]]:
+    servicer = _Receiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    yield servicer, f"http://127.0.0.1:{port}"
+    server.stop(None)
+
+
+@pytest.fixture(scope="module")
+def traced_cluster(
+    receiver: tuple[_Receiver, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Cluster]:
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver[1])
+    mp.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    try:
+        with Cluster(Path(tmp_path_factory.mktemp("traced"))) as cluster:
+            yield cluster
+    finally:
+        mp.undo()
+
+
+def _attr(span: object, key: str) -> object:
+    for a in span.attributes:  # type: ignore[attr-defined]
+        if a.key == key:
+            v = a.value
+            return v.string_value or v.int_value
+    return None
+
+
+def _one_trace(receiver: _Receiver, invocation_id: str) -> tuple[bytes, list[tuple[str, object]]]:
+    def invocation_span() -> object | None:
+        with receiver.lock:
+            return next(
+                (
+                    s
+                    for _, s in receiver.spans
+                    if s.name.startswith("invocation trips.Trips/Reserve")  # type: ignore[attr-defined]
+                    and _attr(s, "durable.invocation_id") == invocation_id
+                ),
+                None,
+            )
+
+    root = wait_for(invocation_span, timeout=20, message="the saga's invocation span")
+    trace_id: bytes = root.trace_id  # type: ignore[attr-defined]
+    return trace_id, receiver.trace(trace_id)
+
+
+def test_a_saga_is_one_trace_across_every_service(
+    traced_cluster: Cluster, receiver: tuple[_Receiver, str]
+) -> None:
+    response, call = traced_cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(), timeout=30
+    )
+    assert response.status == "success"
+    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    trace_id, _ = _one_trace(receiver[0], invocation_id)
+
+    wanted = {"broker", "flights.Flights", "cars.Cars", "payments.Payments", "trips.Trips"}
+
+    def complete() -> list[tuple[str, object]] | None:
+        spans = receiver[0].trace(trace_id)
+        handlers = {n for n, s in spans if s.name.startswith("handler ")}  # type: ignore[attr-defined]
+        return spans if wanted <= {n for n, _ in spans} and len(handlers) >= 4 else None
+
+    spans = wait_for(complete, timeout=20, message="spans from the broker and all four services")
+    by_id = {s.span_id: (n, s) for n, s in spans}  # type: ignore[attr-defined]
+    names = [s.name for _, s in spans]  # type: ignore[attr-defined]
+    # One ingress span is the root; every other span's parent is in the same trace.
+    roots = [s for _, s in spans if not s.parent_span_id]  # type: ignore[attr-defined]
+    assert [r.name for r in roots] == ["ingress trips.Trips/Reserve"]  # type: ignore[attr-defined]
+    for _, s in spans:
+        if s.parent_span_id:  # type: ignore[attr-defined]
+            assert s.parent_span_id in by_id, f"{s.name} has a parent outside the trace"  # type: ignore[attr-defined]
+    for step in (
+        "call flights.Flights/Reserve",
+        "call cars.Cars/Reserve",
+        "call payments.Payments/Process",
+        "run 'notify success'",
+        "set_state 'booking'",
+    ):
+        assert step in names, f"no span {step!r} in {sorted(set(names))}"
+    # A callee's invocation hangs under the caller's call step, and its handler under
+    # its attempt, in the service's own process.
+    flights_invocation = next(
+        s
+        for _, s in spans
+        if s.name == "invocation flights.Flights/Reserve"  # type: ignore[attr-defined]
+    )
+    parent_name = by_id[flights_invocation.parent_span_id][1].name  # type: ignore[attr-defined]
+    assert parent_name == "call flights.Flights/Reserve"
+    handler = next(
+        (n, s)
+        for n, s in spans
+        if s.name == "handler flights.Flights/Reserve"  # type: ignore[attr-defined]
+    )
+    assert handler[0] == "flights.Flights"
+    attempt = by_id[handler[1].parent_span_id][1]  # type: ignore[attr-defined]
+    assert attempt.name.startswith("attempt ")  # type: ignore[attr-defined]
+    assert _attr(attempt, "durable.attempt") is not None
+
+
+def test_a_callers_traceparent_is_continued(
+    traced_cluster: Cluster, receiver: tuple[_Receiver, str]
+) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    parent = f"00-{trace_id}-00f067aa0ba902b7-01"
+    _, call = traced_cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(), metadata=(("traceparent", parent),), timeout=30
+    )
+    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    got, spans = _one_trace(receiver[0], invocation_id)
+    assert got.hex() == trace_id
+    ingress = next(s for _, s in spans if s.name == "ingress trips.Trips/Reserve")  # type: ignore[attr-defined]
+    assert ingress.parent_span_id.hex() == "00f067aa0ba902b7"  # type: ignore[attr-defined]
+
+
+def test_retries_show_as_failed_attempts(
+    traced_cluster: Cluster, receiver: tuple[_Receiver, str]
+) -> None:
+    _, call = traced_cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(run_type="flakyPayment"), timeout=30
+    )
+    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    trace_id, _ = _one_trace(receiver[0], invocation_id)
+
+    def failed_attempts() -> list[object] | None:
+        spans = receiver[0].trace(trace_id)
+        failed = [
+            s
+            for _, s in spans
+            if s.name.startswith("attempt ") and s.status.code == 2  # type: ignore[attr-defined]
+        ]
+        return failed if len(failed) >= 2 else None
+
+    failed = wait_for(failed_attempts, timeout=20, message="two failed payment attempts")
+    assert any("payment gateway unavailable" in s.status.message for s in failed)  # type: ignore[attr-defined]
