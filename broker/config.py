@@ -37,6 +37,8 @@ class Settings:
     retention: float = 24 * 3600.0
     max_payload_bytes: int = 4 * 1024 * 1024
     fsync: bool = True
+    # host:port of the Prometheus endpoint; None = off.
+    metrics: str | None = None
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
@@ -91,6 +93,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=_env("BROKER_NO_FSYNC", "") == "1",
         help="skip fsync (benchmarks of the rest only; not durable against power loss)",
     )
+    p.add_argument(
+        "--metrics",
+        default=_env("BROKER_METRICS", ""),
+        help="serve Prometheus metrics at http://ADDRESS/metrics (off by default)",
+    )
     a = p.parse_args(argv)
     return Settings(
         ingress=a.ingress,
@@ -104,4 +111,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         retention=a.retention,
         max_payload_bytes=a.max_payload_bytes,
         fsync=not a.no_fsync,
+        metrics=a.metrics or None,
     )

@@ -10,6 +10,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2, ingress_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from . import metrics
 from .admin import AdminServicer
 from .config import Settings
 from .core.partition import Partition
@@ -35,9 +36,11 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kv = open_kv(settings.data_dir)
-        self.committer = Committer(self.kv, sync=settings.fsync)
+        self.committer = Committer(self.kv, sync=settings.fsync, observe=self._observe_commit)
         self.registry = Registry()
         self.partition = Partition(self.kv, self.committer, self.registry, settings)
+        self.metrics = self.partition.metrics
+        self._metrics_server: asyncio.Server | None = None
         self.invoker = Invoker(self.registry, self.committer)
         self.invoker.partition = self.partition
         self.partition.invoker = self.invoker
@@ -103,6 +106,8 @@ class Broker:
         await admin.start()
         self._servers = [ingress, admin]
         self._purger = asyncio.create_task(self._purge_loop())
+        if self.settings.metrics:
+            self._metrics_server = await metrics.serve(self.metrics, self.settings.metrics)
         log.info(
             "broker ready: ingress 127.0.0.1:%d, admin 127.0.0.1:%d, data %s",
             self.ingress_port,
@@ -114,11 +119,18 @@ class Broker:
         """Stops accepting calls, lets journal writes finish, closes storage."""
         if self._purger is not None:
             self._purger.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
         await self.timers.stop()
         await self.invoker.close()
         await self.committer.drain()
         self.kv.close()
+
+    def _observe_commit(self, batches: int, sync_seconds: float) -> None:
+        self.metrics.batch_size.observe(batches)
+        if self.settings.fsync:
+            self.metrics.fsync_seconds.observe(sync_seconds)
 
     async def _add_health(self, server: grpc.aio.Server) -> None:
         servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]

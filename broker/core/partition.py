@@ -21,6 +21,7 @@ from durable.v1 import journal_pb2, protocol_pb2
 from .. import registry as reg
 from .. import tracing
 from ..config import Settings
+from ..metrics import Metrics
 from ..storage import (
     Batch,
     Committer,
@@ -84,6 +85,7 @@ class Partition:
             collections.defaultdict(list)
         )
         self._promises_pending: dict[tuple[str, str, str], Result] = {}
+        self.metrics = Metrics()
         self.invoker: Invoker
         self.timers: TimerQueue
 
@@ -224,6 +226,7 @@ class Partition:
         )
         self.live[live.id] = live
         tracing.start_invocation(live, traceparent)
+        self.metrics.count("started", service)
         journal.put(batch, live.id, 0, live.journal[0])
         ident = self._ident(record)
         if ident is not None:
@@ -375,6 +378,7 @@ class Partition:
         else:
             live.record.status = Status.SUSPENDED
             live.record.waiting_on[:] = sorted(waiting_on)
+            self.metrics.count("suspended", live.record.service)
             log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
         self.save(batch, live)
         self.committer.submit(batch)
@@ -436,6 +440,7 @@ class Partition:
             self.committer.submit(batch)
             return
         delay = retry_after if retry_after is not None else self._delay(policy, record.attempts)
+        self.metrics.count("retried", record.service)
         record.status = Status.BACKING_OFF
         record.last_error = message
         record.next_retry_at_ms = now_ms() + int(delay * 1000)
@@ -637,6 +642,10 @@ class Partition:
             retry.cancel()
         tracing.end_invocation(live, result)
         outcome = "failed" if result.HasField("failure") else "succeeded"
+        self.metrics.count("failed" if result.HasField("failure") else "completed", record.service)
+        self.metrics.invocation_seconds.observe(
+            (now_ms() - record.created_at_ms) / 1000, record.service
+        )
         log.info("invocation %s %s after %d attempt(s)", live.id, outcome, record.attempts)
         batch.then(lambda: self._finish(live, result))
 

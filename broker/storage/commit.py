@@ -43,9 +43,16 @@ class Committer:
         sync: False skips fsync (tests only); durability then rests on the OS.
     """
 
-    def __init__(self, kv: KV, sync: bool = True) -> None:
+    def __init__(
+        self,
+        kv: KV,
+        sync: bool = True,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
         self._kv = kv
         self._sync = sync
+        # Told (batches in the group, fsync seconds) after each group commit.
+        self._observe = observe
         self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
@@ -78,13 +85,15 @@ class Committer:
         while self._pending:
             group, self._pending = self._pending, []
             puts = [p for batch, _ in group for p in batch.puts]
+            synced = 0.0
             try:
                 if puts:
                     self._kv.write(puts)
                     if self._sync:
                         started = time.perf_counter()
                         await loop.run_in_executor(None, self._kv.sync)
-                        self.sync_seconds += time.perf_counter() - started
+                        synced = time.perf_counter() - started
+                        self.sync_seconds += synced
             except Exception as e:  # a failed write must not be acknowledged
                 log.critical("journal write failed: %r", e)
                 for _, future in group:
@@ -93,6 +102,8 @@ class Committer:
                 continue
             self.groups += 1
             self.batches += len(group)
+            if self._observe is not None and puts:
+                self._observe(len(group), synced)
             for batch, future in group:
                 for action in batch.after:
                     try:

@@ -1,0 +1,127 @@
+"""Prometheus metrics in the text exposition format, served on an opt-in port.
+
+`--metrics 127.0.0.1:9092` serves `GET /metrics`. Counters and histograms live in
+memory and restart from zero with the broker, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import collections
+import logging
+
+log = logging.getLogger("broker.metrics")
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Histogram:
+    """Cumulative buckets, a sum and a count, per label value."""
+
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts: dict[str, list[int]] = collections.defaultdict(
+            lambda: [0] * (len(buckets) + 1)
+        )
+        self.sums: dict[str, float] = collections.defaultdict(float)
+
+    def observe(self, value: float, label: str = "") -> None:
+        """Records one observation."""
+        self.counts[label][bisect.bisect_left(self.buckets, value)] += 1
+        self.sums[label] += value
+
+    def render(self, name: str, label_name: str) -> list[str]:
+        """The histogram's exposition lines."""
+        lines = []
+        for label, counts in sorted(self.counts.items()):
+            prefix = f'{label_name}="{label}",' if label_name else ""
+            cumulative = 0
+            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
+                cumulative += count
+                le = "+Inf" if bound == float("inf") else f"{bound:g}"
+                lines.append(f'{name}_bucket{{{prefix}le="{le}"}} {cumulative}')
+            labels = f"{{{prefix.rstrip(',')}}}" if prefix else ""
+            lines.append(f"{name}_sum{labels} {self.sums[label]:.6f}")
+            lines.append(f"{name}_count{labels} {cumulative}")
+        return lines
+
+
+class Metrics:
+    """Everything the broker counts."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, collections.Counter[str]] = {
+            name: collections.Counter()
+            for name in ("started", "completed", "failed", "suspended", "retried")
+        }
+        self.invocation_seconds = Histogram(_LATENCY_BUCKETS)
+        self.batch_size = Histogram(_SIZE_BUCKETS)
+        self.fsync_seconds = Histogram(_LATENCY_BUCKETS)
+
+    def count(self, event: str, service: str) -> None:
+        """Adds one to `durable_invocations_<event>_total{service}`."""
+        self.counters[event][service] += 1
+
+    def render(self) -> str:
+        """The whole exposition, as Prometheus scrapes it."""
+        lines: list[str] = []
+        help_text = {
+            "started": "Invocations accepted.",
+            "completed": "Invocations completed successfully.",
+            "failed": "Invocations completed with a terminal failure.",
+            "suspended": "Suspensions (a handler waiting with no stream open).",
+            "retried": "Attempts that failed transiently and were scheduled again.",
+        }
+        for event, counter in self.counters.items():
+            name = f"durable_invocations_{event}_total"
+            lines += [f"# HELP {name} {help_text[event]}", f"# TYPE {name} counter"]
+            lines += [f'{name}{{service="{s}"}} {n}' for s, n in sorted(counter.items())]
+        for name, hist, label, text in (
+            (
+                "durable_invocation_duration_seconds",
+                self.invocation_seconds,
+                "service",
+                "From acceptance to completion.",
+            ),
+            ("durable_journal_batch_steps", self.batch_size, "", "Batches per group commit."),
+            ("durable_journal_fsync_seconds", self.fsync_seconds, "", "WAL fsync latency."),
+        ):
+            lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
+            lines += hist.render(name, label)
+        return "\n".join(lines) + "\n"
+
+
+async def serve(metrics: Metrics, address: str) -> asyncio.Server:
+    """Serves `GET /metrics` on `address` (HTTP/1.1, one response per connection)."""
+    host, _, port = address.rpartition(":")
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if path.split(b"?")[0] == b"/metrics":
+                body, status = metrics.render().encode(), b"200 OK"
+                kind = b"text/plain; version=0.0.4"
+            else:
+                body, status, kind = b"try /metrics\n", b"404 Not Found", b"text/plain"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + kind
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host, int(port))
+    log.info("metrics on http://%s/metrics", address)
+    return server
