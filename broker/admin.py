@@ -59,7 +59,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
         try:
             discovered: protocol_pb2.DiscoverResponse = await self._invoker.stub(uri).Discover(  # type: ignore[misc]
-                protocol_pb2.DiscoverRequest(), timeout=10
+                protocol_pb2.DiscoverRequest(), timeout=10, metadata=self._invoker.metadata
             )
         except grpc.aio.AioRpcError as e:
             await context.abort(

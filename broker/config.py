@@ -39,6 +39,10 @@ class Settings:
     fsync: bool = True
     # host:port of the Prometheus endpoint; None = off.
     metrics: str | None = None
+    admin_token: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    endpoint_secret: str | None = None
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
@@ -98,7 +102,21 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=_env("BROKER_METRICS", ""),
         help="serve Prometheus metrics at http://ADDRESS/metrics (off by default)",
     )
+    p.add_argument(
+        "--admin-token",
+        default=_env("BROKER_ADMIN_TOKEN", ""),
+        help="require `authorization: Bearer TOKEN` on admin calls",
+    )
+    p.add_argument("--tls-cert", default=_env("BROKER_TLS_CERT", ""), help="PEM certificate")
+    p.add_argument("--tls-key", default=_env("BROKER_TLS_KEY", ""), help="PEM private key")
+    p.add_argument(
+        "--endpoint-secret",
+        default=_env("BROKER_ENDPOINT_SECRET", ""),
+        help="shared secret sent to service endpoints (x-durable-secret)",
+    )
     a = p.parse_args(argv)
+    if bool(a.tls_cert) != bool(a.tls_key):
+        p.error("--tls-cert and --tls-key go together")
     return Settings(
         ingress=a.ingress,
         admin=a.admin,
@@ -112,4 +130,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_payload_bytes=a.max_payload_bytes,
         fsync=not a.no_fsync,
         metrics=a.metrics or None,
+        admin_token=a.admin_token or None,
+        tls_cert=a.tls_cert or None,
+        tls_key=a.tls_key or None,
+        endpoint_secret=a.endpoint_secret or None,
     )

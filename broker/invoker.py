@@ -17,6 +17,7 @@ from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 from .core.model import Live, Result
 from .registry import Registry
+from .security import ENDPOINT_SECRET_HEADER
 from .storage import Committer
 
 if TYPE_CHECKING:
@@ -64,9 +65,15 @@ class Attempt:
 class Invoker:
     """Opens attempt streams; keeps one channel per endpoint."""
 
-    def __init__(self, registry: Registry, committer: Committer) -> None:
+    def __init__(
+        self, registry: Registry, committer: Committer, endpoint_secret: str | None = None
+    ) -> None:
         self._registry = registry
         self._committer = committer
+        # Sent with every call to an endpoint, for endpoints that require it.
+        self.metadata: tuple[tuple[str, str], ...] = (
+            ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
+        )
         self._stubs: dict[str, protocol_pb2_grpc.ServiceEndpointStub] = {}
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: set[asyncio.Task[None]] = set()
@@ -118,7 +125,7 @@ class Invoker:
             if deployment.request_response:
                 await attempt.ready
                 reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
-                    protocol_pb2.InvokeRequest(start=start)
+                    protocol_pb2.InvokeRequest(start=start), metadata=self.metadata
                 )
                 messages = list(reply.messages)
                 for response in messages:
@@ -135,7 +142,10 @@ class Invoker:
                         yield message
 
                 # The generated stubs are typed for the sync API; this is a grpc.aio channel.
-                call = self.stub(deployment.uri).Invoke(requests())  # type: ignore[arg-type]
+                call = self.stub(deployment.uri).Invoke(
+                    requests(),  # type: ignore[arg-type]
+                    metadata=self.metadata,
+                )
                 async for response in call:
                     if self._handle(live, attempt, response, outcome):
                         break

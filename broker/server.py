@@ -10,7 +10,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2, ingress_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from . import metrics
+from . import metrics, security
 from .admin import AdminServicer
 from .config import Settings
 from .core.partition import Partition
@@ -41,7 +41,7 @@ class Broker:
         self.partition = Partition(self.kv, self.committer, self.registry, settings)
         self.metrics = self.partition.metrics
         self._metrics_server: asyncio.Server | None = None
-        self.invoker = Invoker(self.registry, self.committer)
+        self.invoker = Invoker(self.registry, self.committer, settings.endpoint_secret)
         self.invoker.partition = self.partition
         self.partition.invoker = self.invoker
         self.timers = TimerQueue(self.partition.on_timer)
@@ -87,8 +87,13 @@ class Broker:
         ingress.add_generic_rpc_handlers(
             (IngressRouter(self.partition, self.registry, self.settings.max_payload_bytes),)
         )
-        self.ingress_port = ingress.add_insecure_port(self.settings.ingress)
-        admin = grpc.aio.server(options=options)
+        self.ingress_port = self._bind(ingress, self.settings.ingress)
+        interceptors = (
+            [security.TokenInterceptor(self.settings.admin_token)]
+            if self.settings.admin_token
+            else []
+        )
+        admin = grpc.aio.server(options=options, interceptors=interceptors)
         await self._add_health(admin)
         admin_pb2_grpc.add_AdminServicer_to_server(
             AdminServicer(self.partition, self.registry, self.invoker), admin
@@ -101,7 +106,7 @@ class Broker:
             ),
             admin,
         )
-        self.admin_port = admin.add_insecure_port(self.settings.admin)
+        self.admin_port = self._bind(admin, self.settings.admin)
         await ingress.start()
         await admin.start()
         self._servers = [ingress, admin]
@@ -126,6 +131,12 @@ class Broker:
         await self.invoker.close()
         await self.committer.drain()
         self.kv.close()
+
+    def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        if self.settings.tls_cert and self.settings.tls_key:
+            creds = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
+            return server.add_secure_port(address, creds)
+        return server.add_insecure_port(address)
 
     def _observe_commit(self, batches: int, sync_seconds: float) -> None:
         self.metrics.batch_size.observe(batches)

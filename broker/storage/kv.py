@@ -10,6 +10,10 @@ from typing import Protocol
 import rocksdict
 
 
+class StorageError(Exception):
+    """The store cannot be opened or written; the message says what to do."""
+
+
 class KV(Protocol):
     """What the tables need from storage. One writer: the broker's committer."""
 
@@ -75,10 +79,22 @@ class RocksKV:
     """
 
     def __init__(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot create the data dir {path}: {e.strerror}") from e
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
-        self._db = rocksdict.Rdict(path, options)
+        try:
+            self._db = rocksdict.Rdict(path, options)
+        except Exception as e:
+            text = str(e)
+            if "lock" in text.lower():
+                raise StorageError(
+                    f"the data dir {path} is in use by another broker (its RocksDB lock is "
+                    "held); stop that broker or pass another --data-dir"
+                ) from e
+            raise StorageError(f"cannot open the data dir {path}: {text}") from e
         self._unsynced = rocksdict.WriteOptions()
         self._unsynced.sync = False
 

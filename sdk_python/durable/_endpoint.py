@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
+import os
 import signal
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from typing import Any
 
 import grpc
@@ -32,6 +42,7 @@ log = logging.getLogger("durable")
 _tracer = trace.get_tracer("durable.sdk")
 
 PROTOCOL_VERSION = 1
+SECRET_HEADER = "x-durable-secret"
 # Journals travel in one start message; let them be large.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _TERMINAL = ("end", "suspension", "error")
@@ -200,11 +211,42 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         return reply
 
 
+class _SecretInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Serves the broker protocol only to callers with the shared secret."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret.encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if not details.method.startswith("/durable.v1.ServiceEndpoint/"):
+            return await continuation(details)
+        given = str(dict(details.invocation_metadata or ()).get(SECRET_HEADER, "")).encode()
+        if hmac.compare_digest(given, self._secret):
+            return await continuation(details)
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "this endpoint requires the broker's shared secret (--endpoint-secret)",
+            )
+
+        if details.method.endswith("/Invoke"):
+            return grpc.stream_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
 async def create_server(
     services: Sequence[Service | Servicer],
     address: str = "127.0.0.1:0",
     *,
     request_response: bool = False,
+    secret: str | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """A started gRPC server hosting the services; returns it and its bound port.
 
@@ -213,7 +255,10 @@ async def create_server(
         address: `host:port`; port 0 picks a free one.
         request_response: Ask the broker to drive this endpoint with one unary call per
             attempt (as FaaS platforms run handlers) instead of a stream.
+        secret: Serve only a broker that sends this shared secret (default: the
+            `DURABLE_ENDPOINT_SECRET` environment variable; none when unset).
     """
+    secret = secret if secret is not None else os.environ.get("DURABLE_ENDPOINT_SECRET") or None
     bound = [s if isinstance(s, Service) else Service.from_servicer(s) for s in services]
     server = grpc.aio.server(
         options=[
@@ -221,7 +266,8 @@ async def create_server(
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             # Fail loudly when the port is taken instead of silently sharing it.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
+        interceptors=[_SecretInterceptor(secret)] if secret else [],
     )
     protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(
         _Endpoint(bound, request_response), server

@@ -1,0 +1,60 @@
+"""Access control: the admin token, TLS credentials, and the endpoint shared secret.
+
+* `--admin-token` (`BROKER_ADMIN_TOKEN`): every admin call but health checks must carry
+  `authorization: Bearer <token>`; others get UNAUTHENTICATED.
+* `--tls-cert`/`--tls-key`: the ingress and admin ports serve TLS only.
+* `--endpoint-secret` (`BROKER_ENDPOINT_SECRET`): sent to service endpoints as
+  `x-durable-secret`, so an endpoint started with the same secret serves only us.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+ENDPOINT_SECRET_HEADER = "x-durable-secret"
+# Health checks and the schema (reflection) stay open; they reveal no data.
+_OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Rejects calls without the bearer token (health checks stay open)."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        method: str = handler_call_details.method
+        if method.startswith(_OPEN):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self._expected):
+            return await continuation(handler_call_details)
+        return _deny(method)
+
+
+def _deny(method: str) -> grpc.RpcMethodHandler[Any, Any]:
+    async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        await context.abort(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{method} needs the admin token: pass --token or set BROKER_ADMIN_TOKEN",
+        )
+
+    handler: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(abort)
+    return handler
+
+
+def server_credentials(cert_path: str, key_path: str) -> grpc.ServerCredentials:
+    """TLS credentials from PEM files."""
+    with open(key_path, "rb") as k, open(cert_path, "rb") as c:
+        return grpc.ssl_server_credentials([(k.read(), c.read())])

@@ -1,0 +1,183 @@
+"""Operating faults and access control: a second broker on one data dir, a corrupted
+data dir, SIGTERM, the admin token, the endpoint secret, TLS."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from durable.v1 import admin_pb2, admin_pb2_grpc
+from flights import flights_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.support import PYTHON, ROOT, Cluster, Process, free_port, wait_healthy
+
+
+def _broker(tmp: Path, *extra: str, data: Path | None = None) -> tuple[Process, str, str]:
+    ingress, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    args = [PYTHON, "-m", "broker", "--data-dir", str(data or tmp / "data")]
+    args += ["--ingress", ingress, "--admin", admin, *extra]
+    return Process("broker", args, tmp / f"broker-{free_port()}.log"), ingress, admin
+
+
+def _run_to_exit(tmp: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "broker", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_second_broker_on_the_same_data_dir_refuses_to_start(tmp_path: Path) -> None:
+    first, _, admin = _broker(tmp_path)
+    first.start()
+    try:
+        wait_healthy(admin, time.monotonic() + 30, first)
+        data = str(tmp_path / "data")
+        ports = ["--ingress", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"]
+        second = _run_to_exit(tmp_path, "--data-dir", data, *ports)
+        assert second.returncode == 1
+        assert "in use by another broker" in second.stderr
+        # The first one is unharmed.
+        wait_healthy(admin, time.monotonic() + 5, first)
+    finally:
+        first.terminate()
+
+
+def test_a_corrupted_data_dir_gives_a_clear_error_and_no_start(tmp_path: Path) -> None:
+    broker, _, admin = _broker(tmp_path)
+    broker.start()
+    wait_healthy(admin, time.monotonic() + 30, broker)
+    broker.terminate()
+    (tmp_path / "data" / "CURRENT").write_text("garbage")
+    ports = ["--ingress", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"]
+    result = _run_to_exit(tmp_path, "--data-dir", str(tmp_path / "data"), *ports)
+    assert result.returncode == 1
+    assert "cannot open the data dir" in result.stderr
+    assert "Corruption" in result.stderr
+    assert "broker ready" not in result.stderr
+
+
+def test_sigterm_shuts_down_promptly_and_cleanly(tmp_path: Path) -> None:
+    with Cluster(tmp_path) as cluster:
+        started = time.monotonic()
+        assert cluster.broker.popen is not None
+        cluster.broker.popen.send_signal(signal.SIGTERM)
+        code = cluster.broker.popen.wait(timeout=15)
+        assert code == 0
+        assert time.monotonic() - started < 10
+        assert "shutting down" in cluster.broker.log_path.read_text()
+        # And it comes back on the same data dir.
+        cluster.start_broker()
+
+
+def test_the_admin_token_is_required_when_set(tmp_path: Path) -> None:
+    broker, ingress, admin = _broker(tmp_path, "--admin-token", "s3cret")
+    broker.start()
+    try:
+        wait_healthy(admin, time.monotonic() + 30, broker)  # health stays open
+        with grpc.insecure_channel(admin) as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+            with pytest.raises(grpc.RpcError) as denied:
+                stub.ListServices(admin_pb2.ListServicesRequest(), timeout=10)
+            assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "admin token" in (denied.value.details() or "")
+            with pytest.raises(grpc.RpcError) as wrong:
+                stub.ListServices(
+                    admin_pb2.ListServicesRequest(),
+                    metadata=(("authorization", "Bearer nope"),),
+                    timeout=10,
+                )
+            assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            stub.ListServices(
+                admin_pb2.ListServicesRequest(),
+                metadata=(("authorization", "Bearer s3cret"),),
+                timeout=10,
+            )
+        # The ingress never exposes admin operations.
+        with grpc.insecure_channel(ingress) as channel:
+            with pytest.raises(grpc.RpcError) as missing:
+                admin_pb2_grpc.AdminStub(channel).ListServices(
+                    admin_pb2.ListServicesRequest(),
+                    metadata=(("authorization", "Bearer s3cret"),),
+                    timeout=10,
+                )
+            assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        broker.terminate()
+
+
+def test_endpoints_can_require_the_brokers_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURABLE_ENDPOINT_SECRET", "shared")
+    cluster = Cluster(tmp_path, broker_args=["--endpoint-secret", "shared"], services=("flights",))
+    with cluster:
+        reply = cluster.flights.Reserve(flights_pb2.ReserveRequest(trip_id="t1"), timeout=30)
+        assert reply.state == "reserved"
+        # Anyone else is turned away by the endpoint itself.
+        from durable.v1 import protocol_pb2, protocol_pb2_grpc
+
+        with grpc.insecure_channel(cluster.service_addresses["flights"]) as channel:
+            with pytest.raises(grpc.RpcError) as denied:
+                protocol_pb2_grpc.ServiceEndpointStub(channel).Discover(
+                    protocol_pb2.DiscoverRequest(), timeout=10
+                )
+            assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    # A broker with another secret cannot register it.
+    monkeypatch.setenv("DURABLE_ENDPOINT_SECRET", "other")
+    with pytest.raises(grpc.RpcError) as refused:
+        Cluster(
+            tmp_path / "b", broker_args=["--endpoint-secret", "shared"], services=("flights",)
+        ).start()
+    assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "PERMISSION_DENIED" in (refused.value.details() or "")
+
+
+def test_tls_on_ingress_and_admin(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    broker, ingress, admin = _broker(tmp_path, "--tls-cert", str(cert), "--tls-key", str(key))
+    broker.start()
+    try:
+        creds = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        for address in (ingress, admin):
+            deadline = time.monotonic() + 30
+            while True:
+                broker.check_alive()
+                with grpc.secure_channel(address, creds) as channel:
+                    try:
+                        health_pb2_grpc.HealthStub(channel).Check(
+                            health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True
+                        )
+                        break
+                    except grpc.RpcError:
+                        assert time.monotonic() < deadline, broker.log_tail()
+            with grpc.insecure_channel(address) as plain:
+                with pytest.raises(grpc.RpcError):
+                    health_pb2_grpc.HealthStub(plain).Check(
+                        health_pb2.HealthCheckRequest(), timeout=2
+                    )
+    finally:
+        broker.terminate()
+
+
+def test_tls_flags_go_together(tmp_path: Path) -> None:
+    result = _run_to_exit(tmp_path, "--tls-cert", "x.pem")
+    assert result.returncode == 2
+    assert "--tls-cert and --tls-key go together" in result.stderr
+    assert os.path.exists(ROOT)
