@@ -39,6 +39,11 @@ class Settings:
     fsync: bool = True
     # host:port of the Prometheus endpoint; None = off.
     metrics: str | None = None
+    # Limits (each failure is terminal, RESOURCE_EXHAUSTED, with a message saying which).
+    max_journal_entries: int = 10_000
+    max_state_bytes: int = 16 * 1024 * 1024
+    # Attempts in flight per deployment; the rest wait in line (0 = no limit).
+    max_concurrency: int = 0
     admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -103,6 +108,23 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="serve Prometheus metrics at http://ADDRESS/metrics (off by default)",
     )
     p.add_argument(
+        "--max-journal-entries",
+        type=int,
+        default=int(_env("BROKER_MAX_JOURNAL_ENTRIES", str(d.max_journal_entries))),
+    )
+    p.add_argument(
+        "--max-state-bytes",
+        type=int,
+        default=int(_env("BROKER_MAX_STATE_BYTES", str(d.max_state_bytes))),
+        help="state per virtual-object key",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=int(_env("BROKER_MAX_CONCURRENCY", "0")),
+        help="attempts in flight per deployment; more wait in line (0 = no limit)",
+    )
+    p.add_argument(
         "--admin-token",
         default=_env("BROKER_ADMIN_TOKEN", ""),
         help="require `authorization: Bearer TOKEN` on admin calls",
@@ -130,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_payload_bytes=a.max_payload_bytes,
         fsync=not a.no_fsync,
         metrics=a.metrics or None,
+        max_journal_entries=a.max_journal_entries,
+        max_state_bytes=a.max_state_bytes,
+        max_concurrency=a.max_concurrency,
         admin_token=a.admin_token or None,
         tls_cert=a.tls_cert or None,
         tls_key=a.tls_key or None,

@@ -8,6 +8,7 @@ endpoint proposes back into the partition. It decides nothing itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import grpc
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 from .core.model import Live, Result
-from .registry import Registry
+from .registry import Deployment, Registry
 from .security import ENDPOINT_SECRET_HEADER
 from .storage import Committer
 
@@ -66,10 +67,17 @@ class Invoker:
     """Opens attempt streams; keeps one channel per endpoint."""
 
     def __init__(
-        self, registry: Registry, committer: Committer, endpoint_secret: str | None = None
+        self,
+        registry: Registry,
+        committer: Committer,
+        endpoint_secret: str | None = None,
+        max_concurrency: int = 0,
     ) -> None:
         self._registry = registry
         self._committer = committer
+        # Per deployment: attempts beyond the limit wait here, in arrival order.
+        self._max_concurrency = max_concurrency
+        self._slots: dict[str, asyncio.Semaphore] = {}
         # Sent with every call to an endpoint, for endpoints that require it.
         self.metadata: tuple[tuple[str, str], ...] = (
             ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
@@ -120,6 +128,24 @@ class Invoker:
             )
             return
         outcome = _Outcome()
+        slot: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+        if self._max_concurrency > 0:
+            slot = self._slots.setdefault(deployment.id, asyncio.Semaphore(self._max_concurrency))
+        async with slot:
+            await self._attempt(live, attempt, start, deployment, outcome)
+        if outcome.error:
+            self.partition.on_attempt_failed(
+                live, attempt, outcome.error, outcome.retry_after, pause=outcome.pause
+            )
+
+    async def _attempt(
+        self,
+        live: Live,
+        attempt: Attempt,
+        start: protocol_pb2.StartMessage,
+        deployment: Deployment,
+        outcome: _Outcome,
+    ) -> None:
         call: Any = None
         try:
             if deployment.request_response:
@@ -160,10 +186,6 @@ class Invoker:
             attempt.close()
             if call is not None:
                 call.cancel()
-        if outcome.error:
-            self.partition.on_attempt_failed(
-                live, attempt, outcome.error, outcome.retry_after, pause=outcome.pause
-            )
 
     def _handle(
         self,

@@ -41,7 +41,9 @@ class Broker:
         self.partition = Partition(self.kv, self.committer, self.registry, settings)
         self.metrics = self.partition.metrics
         self._metrics_server: asyncio.Server | None = None
-        self.invoker = Invoker(self.registry, self.committer, settings.endpoint_secret)
+        self.invoker = Invoker(
+            self.registry, self.committer, settings.endpoint_secret, settings.max_concurrency
+        )
         self.invoker.partition = self.partition
         self.partition.invoker = self.invoker
         self.timers = TimerQueue(self.partition.on_timer)

@@ -33,6 +33,10 @@ class ProtocolViolation(Exception):
     """The endpoint proposed something the protocol forbids."""
 
 
+class LimitExceeded(Exception):
+    """The entry would break a configured limit; the invocation fails terminally."""
+
+
 def awakeable_id(invocation_id: str, index: int) -> str:
     """`awk_` + URL-safe encoding of (invocation, entry)."""
     raw = f"{invocation_id}:{index}".encode()
@@ -82,6 +86,9 @@ def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> R
             raise ProtocolViolation(f"{kind} is only allowed in exclusive handlers")
         if kind == "set_state":
             s = entry.set_state
+            too_big = p.state_limit_error(live, s.key, s.value)
+            if too_big is not None:
+                raise LimitExceeded(too_big)
             state.put(batch, record.service, record.key, s.key, s.value)
         elif kind == "clear_state":
             state.delete(batch, record.service, record.key, entry.clear_state.key)

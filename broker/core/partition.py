@@ -55,6 +55,7 @@ log = logging.getLogger("broker.core")
 
 _ABORTED = 10
 _UNKNOWN = 2
+_RESOURCE_EXHAUSTED = 8
 
 
 class UnknownInvocation(LookupError):
@@ -322,6 +323,14 @@ class Partition:
             )
         kind = entry.WhichOneof("command")
         log.debug("invocation %s step %d: %s", live.id, index, kind)
+        if index >= self.settings.max_journal_entries and kind != "output":
+            self._fail_terminally(
+                live,
+                f"journal limit reached: {live.record.service}/{live.record.method} proposed "
+                f"entry {index}, the limit is {self.settings.max_journal_entries} entries "
+                "(--max-journal-entries)",
+            )
+            return None
         stored = Entry()
         stored.CopyFrom(entry)
         if kind not in commands.SDK_COMPLETED:
@@ -332,6 +341,9 @@ class Partition:
             result = commands.apply(self, batch, live, index, stored)
         except commands.ProtocolViolation as e:
             return f"protocol violation: {e}"
+        except commands.LimitExceeded as e:
+            self._fail_terminally(live, str(e))
+            return None
         live.journal.append(stored)
         if result is not None:
             stored.result.CopyFrom(result)
@@ -342,6 +354,41 @@ class Partition:
         self.save(batch, live)
         self.committer.submit(batch)
         return None
+
+    def _fail_terminally(self, live: Live, message: str) -> None:
+        """Ends the invocation with RESOURCE_EXHAUSTED: retrying would hit the same limit."""
+        log.warning("invocation %s: %s", live.id, message)
+        attempt, live.attempt = live.attempt, None
+        tracing.end_attempt(live, error=message)
+        if attempt is not None:
+            attempt.close()
+            if attempt.task is not None:
+                attempt.task.cancel()
+        batch = Batch()
+        self.complete(batch, live, failure(_RESOURCE_EXHAUSTED, message))
+        self.save(batch, live)
+        self.committer.submit(batch)
+
+    def state_limit_error(self, live: Live, name: str, value: bytes) -> str | None:
+        """Why setting `name` would take the object's state over its limit, if it would."""
+        r = live.record
+        sizes = {k: len(k) + len(v) for k, v in state.load(self.kv, r.service, r.key).items()}
+        # Writes of this invocation not yet applied to storage count too.
+        for e in live.journal:
+            if e.HasField("set_state"):
+                sizes[e.set_state.key] = len(e.set_state.key) + len(e.set_state.value)
+            elif e.HasField("clear_state"):
+                sizes.pop(e.clear_state.key, None)
+            elif e.HasField("clear_all_state"):
+                sizes.clear()
+        sizes[name] = len(name) + len(value)
+        total = sum(sizes.values())
+        if total <= self.settings.max_state_bytes:
+            return None
+        return (
+            f"state limit reached: {r.service} key {r.key!r} would hold {total} bytes, "
+            f"over the {self.settings.max_state_bytes}-byte limit (--max-state-bytes)"
+        )
 
     def on_run_result(self, live: Live, attempt: Attempt, index: int, result: Result) -> str | None:
         """A side effect's outcome: journal it, then let the handler see it."""
