@@ -149,7 +149,7 @@ class Invoker:
         call: Any = None
         try:
             if deployment.request_response:
-                await attempt.ready
+                await self._ready(attempt, start)
                 reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
                     protocol_pb2.InvokeRequest(start=start), metadata=self.metadata
                 )
@@ -162,7 +162,7 @@ class Invoker:
             else:
 
                 async def requests() -> AsyncIterator[protocol_pb2.InvokeRequest]:
-                    await attempt.ready
+                    await self._ready(attempt, start)
                     yield protocol_pb2.InvokeRequest(start=start)
                     while (message := await attempt.queue.get()) is not None:
                         yield message
@@ -185,7 +185,24 @@ class Invoker:
         finally:
             attempt.close()
             if call is not None:
-                call.cancel()
+                await self._finish(call, clean=outcome.error is None)
+
+    async def _finish(self, call: Any, clean: bool) -> None:
+        """Ends the stream: after a clean end, let it complete (both sides are done; a
+        cancel would cost grpc a formatted traceback); otherwise cancel it."""
+        if clean:
+            try:
+                await asyncio.wait_for(call.code(), timeout=5)
+                return
+            except (TimeoutError, asyncio.CancelledError, grpc.aio.AioRpcError):
+                pass
+        call.cancel()
+
+    async def _ready(self, attempt: Attempt, start: protocol_pb2.StartMessage) -> None:
+        """Waits until the journal the start carries is durable, then adds the state."""
+        await attempt.ready
+        if start.key:
+            start.state.update(self.partition.current_state(start.service, start.key))
 
     def _handle(
         self,

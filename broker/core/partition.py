@@ -122,6 +122,10 @@ class Partition:
         self.committer.submit(batch)
         return live.id, self.attach(live.id)
 
+    def current_state(self, service: str, key: str) -> dict[str, bytes]:
+        """An object's state as stored (after a barrier: every queued write included)."""
+        return state.load(self.kv, service, key)
+
     def lock_holder(self, service: str, key: str) -> str | None:
         """The invocation holding an object's key, if any."""
         return self._locks.get((service, key))
@@ -255,7 +259,7 @@ class Partition:
                 return
             self._locks[lock] = live.id
         live.record.status = Status.RUNNING
-        batch.then(lambda: self._start_attempt(live))
+        batch.once_queued(lambda: self._start_attempt(live))
 
     def _release(self, batch: Batch, lock: tuple[str, str]) -> None:
         """Frees a key and hands it to the next invocation in its inbox."""
@@ -271,7 +275,7 @@ class Partition:
             self._locks[lock] = next_id
             nxt.record.status = Status.RUNNING
             self.save(batch, nxt)
-            batch.then(lambda nxt=nxt: self._start_attempt(nxt))  # type: ignore[misc]
+            batch.once_queued(lambda nxt=nxt: self._start_attempt(nxt))  # type: ignore[misc]
             break
         if queue is not None and not queue:
             self._inboxes.pop(lock, None)
@@ -298,13 +302,14 @@ class Partition:
             key=record.key,
             attempt=record.attempts,
             journal=live.journal,
-            state=state.load(self.kv, record.service, record.key) if record.key else {},
             suspend_after_ms=int(self.settings.suspend_after * 1000),
             random_seed=record.random_seed,
             traceparent=tracing.start_attempt(live),
         )
         log.debug("invocation %s attempt %d starting", record.id, record.attempts)
         # Rides in the group the attempt's start barrier waits for anyway: no extra fsync.
+        # The object's state is read by the invoker once that barrier passed, so it
+        # includes every write queued before (a previous holder's last ones).
         batch = Batch()
         self.save(batch, live)
         self.committer.submit(batch)
@@ -421,7 +426,7 @@ class Partition:
         batch = Batch()
         if any(live.journal[i].HasField("result") for i in waiting_on):
             # Completed while the suspension was in flight: go on at once.
-            batch.then(lambda: self._start_attempt(live))
+            batch.once_queued(lambda: self._start_attempt(live))
         else:
             live.record.status = Status.SUSPENDED
             live.record.waiting_on[:] = sorted(waiting_on)

@@ -18,6 +18,7 @@ class Batch:
     def __init__(self) -> None:
         self.puts: list[tuple[bytes, bytes | None]] = []
         self.after: list[Callable[[], None]] = []
+        self.queued: list[Callable[[], None]] = []
 
     def put(self, key: bytes, value: bytes) -> None:
         """Sets `key` to `value`."""
@@ -30,6 +31,11 @@ class Batch:
     def then(self, action: Callable[[], None]) -> None:
         """Runs `action` once the batch is durable (actions run in commit order)."""
         self.after.append(action)
+
+    def once_queued(self, action: Callable[[], None]) -> None:
+        """Runs `action` right after the batch is queued: for work that orders itself
+        behind the batch (a barrier) instead of waiting a whole commit round for it."""
+        self.queued.append(action)
 
 
 class Committer:
@@ -65,6 +71,8 @@ class Committer:
         self._pending.append((batch, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
+        for action in batch.queued:
+            action()
         return future
 
     async def commit(self, batch: Batch) -> None:
@@ -82,6 +90,8 @@ class Committer:
 
     async def _flush_loop(self) -> None:
         loop = asyncio.get_running_loop()
+        # Let the events already on the loop add their batches to this first group.
+        await asyncio.sleep(0)
         while self._pending:
             group, self._pending = self._pending, []
             puts = [p for batch, _ in group for p in batch.puts]

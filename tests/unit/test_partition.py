@@ -74,19 +74,25 @@ def make_registry() -> Registry:
 
 
 class FakeInvoker:
-    """Records every start; the attempt it hands out is ready at once."""
+    """Like the real invoker, "sends" a start (records it, with the object's state)
+    only once the journal it carries is durable."""
 
     def __init__(self) -> None:
         self.starts: list[protocol_pb2.StartMessage] = []
+        self.partition: Partition
 
     def start(self, live: Live, start: protocol_pb2.StartMessage) -> Attempt:
-        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        ready.set_result(None)
-        attempt = Attempt(start.attempt, ready)
+        attempt = Attempt(start.attempt, self.partition.committer.barrier())
         live.attempt = attempt
         copy = protocol_pb2.StartMessage()
         copy.CopyFrom(start)
-        self.starts.append(copy)
+
+        def sent(_: object) -> None:
+            if copy.key:
+                copy.state.update(self.partition.current_state(copy.service, copy.key))
+            self.starts.append(copy)
+
+        attempt.ready.add_done_callback(sent)
         return attempt
 
     def started(self, invocation_id: str) -> list[protocol_pb2.StartMessage]:
@@ -106,7 +112,9 @@ def make_partition(kv: KV | None = None, **settings: Any) -> Partition:
     options: dict[str, Any] = {"data_dir": None, "retry_initial": 0.01}
     options.update(settings)
     partition = Partition(kv, Committer(kv, sync=False), make_registry(), Settings(**options))
-    partition.invoker = FakeInvoker()  # type: ignore[assignment]
+    fake = FakeInvoker()
+    fake.partition = partition
+    partition.invoker = fake  # type: ignore[assignment]
     partition.timers = FakeTimers()  # type: ignore[assignment]
     return partition
 
