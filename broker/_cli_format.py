@@ -11,7 +11,7 @@ import difflib
 import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import grpc
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
@@ -64,11 +64,9 @@ def status_name(status: int) -> str:
     return name.lower().replace("_", "-")
 
 
-def parse_status(name: str) -> invocation_pb2.InvocationStatus:
+def parse_status(name: str) -> invocation_pb2.InvocationStatus.ValueType:
     """Map a CLI status name (``backing-off``) to its ``InvocationStatus`` enum value."""
-    number = invocation_pb2.InvocationStatus.Value(name.strip().upper().replace("-", "_"))
-    # The generated stubs type Value() as plain int; the number is a valid enum value here.
-    return cast(invocation_pb2.InvocationStatus, number)
+    return invocation_pb2.InvocationStatus.Value(name.strip().upper().replace("-", "_"))
 
 
 def code_name(code: int) -> str:
@@ -202,16 +200,37 @@ def format_deployments(resp: admin_pb2.ListDeploymentsResponse) -> str:
     if not resp.deployments:
         return "no deployments registered"
     rows = [
-        [d.id, d.uri, ", ".join(d.services) or "-", format_timestamp(d.created_at_ms)]
+        [
+            d.id,
+            d.uri,
+            d.mode or "-",
+            str(d.in_flight),
+            ", ".join(d.services) or "-",
+            format_timestamp(d.created_at_ms),
+        ]
         for d in resp.deployments
     ]
-    return format_table(["ID", "URI", "SERVICES", "CREATED"], rows)
+    return format_table(["ID", "URI", "MODE", "IN FLIGHT", "SERVICES", "CREATED"], rows)
+
+
+def format_removed_deployment(deployment_id: str, in_flight: int) -> str:
+    """Confirmation printed after ``deployments remove``."""
+    line = f"removed deployment {deployment_id}"
+    if in_flight:
+        line += (
+            f" ({in_flight} invocation{'s' if in_flight != 1 else ''} still in flight on it "
+            "will fail their attempts until it is registered again)"
+        )
+    return line
 
 
 def format_deployment(dep: admin_pb2.Deployment) -> str:
     """Confirmation printed after ``deployments register``."""
     services = ", ".join(dep.services) or "(none)"
-    return f"registered deployment {dep.id} at {dep.uri}\nservices: {services}"
+    text = f"registered deployment {dep.id} at {dep.uri}\nservices: {services}"
+    if dep.mode:
+        text += f"\nmode: {dep.mode}"
+    return text
 
 
 def format_services(resp: admin_pb2.ListServicesResponse) -> str:
@@ -233,12 +252,20 @@ def find_service(resp: admin_pb2.ListServicesResponse, name: str) -> admin_pb2.S
 
 
 def suggest_services(resp: admin_pb2.ListServicesResponse, name: str) -> list[str]:
-    """Registered service names ``name`` may have meant: ``Counter`` -> ``playground.Counter``."""
+    """Registered service names ``name`` may have meant: ``Counter`` -> ``playground.Counter``.
+
+    Compares the part after the package (case-insensitively), then whole names closely.
+    """
     names = [svc.name for svc in resp.services]
-    wanted = name.lower()
-    by_suffix = [n for n in names if n.lower().rpartition(".")[2] == wanted.rpartition(".")[2]]
-    close = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
-    return list(dict.fromkeys(by_suffix + close))
+    by_short: dict[str, list[str]] = {}
+    for full in names:
+        by_short.setdefault(full.rpartition(".")[2].lower(), []).append(full)
+    short = name.rpartition(".")[2].lower()
+    found = list(by_short.get(short, []))
+    for close in difflib.get_close_matches(short, list(by_short), n=3, cutoff=0.75):
+        found += by_short[close]
+    found += difflib.get_close_matches(name, names, n=3, cutoff=0.85)
+    return list(dict.fromkeys(found))
 
 
 def format_service(svc: admin_pb2.Service, deployment_uri: str = "") -> str:
@@ -382,10 +409,10 @@ def entry_result(entry: journal_pb2.JournalEntry, limit: int | None = None) -> s
     if kind == "get_state_keys" and result.WhichOneof("kind") == "value":
         keys = state_keys_of(result.value)
         if keys is not None:
-            rendered = "keys " + json.dumps(keys, ensure_ascii=False)
-            if limit is not None and len(rendered) > limit:
-                rendered = rendered[:limit] + f"... ({len(keys)} keys)"
-            return rendered
+            listed = json.dumps(keys, ensure_ascii=False)
+            if limit is not None and len(listed) > limit:
+                listed = listed[:limit] + f"... ({len(keys)} keys)"
+            return "keys " + listed
     return format_result(result, limit, json_value=kind in JSON_VALUED_COMMANDS)
 
 
@@ -410,7 +437,8 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
         fields.append(("caller", f"{inv.caller.invocation_id} entry {inv.caller.entry_index}"))
     if inv.waiting_on:
         fields.append(("waiting on", "entries " + ", ".join(str(i) for i in inv.waiting_on)))
-    if inv.next_retry_at_ms:
+    # Only meaningful while backing off (a paused invocation waits for an operator instead).
+    if inv.next_retry_at_ms and inv.status == invocation_pb2.BACKING_OFF:
         fields.append(("next retry", format_timestamp(inv.next_retry_at_ms)))
     if inv.invoke_at_ms:
         fields.append(("invoke at", format_timestamp(inv.invoke_at_ms)))

@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     register = verb(dep_verbs, "register", "register a service endpoint", _register_deployment)
     register.add_argument("uri", help="the endpoint's address, e.g. http://127.0.0.1:9101")
     verb(dep_verbs, "list", "list registered deployments", _list_deployments)
+    remove = verb(
+        dep_verbs,
+        "remove",
+        "remove a deployment (refused while invocations that began on it run)",
+        _remove_deployment,
+    )
+    remove.add_argument("deployment_id", metavar="ID", help="a deployment id (dp_...)")
+    remove.add_argument(
+        "--force",
+        action="store_true",
+        help="remove it even with invocations in flight (they fail until it is registered again)",
+    )
 
     services = groups.add_parser("services", help="list and describe services")
     svc_verbs = services.add_subparsers(dest="verb", required=True, metavar="VERB")
@@ -276,6 +288,16 @@ def _list_deployments(
     return resp, fmt.format_deployments(resp)
 
 
+def _remove_deployment(
+    stub: Any, args: argparse.Namespace, timeout: float
+) -> tuple[JsonOutput, str]:
+    req = admin_pb2.RemoveDeploymentRequest(deployment_id=args.deployment_id, force=args.force)
+    resp: admin_pb2.RemoveDeploymentResponse = stub.RemoveDeployment(req, timeout=timeout)
+    out = fmt.message_to_json(resp)
+    out["deployment_id"] = args.deployment_id
+    return out, fmt.format_removed_deployment(args.deployment_id, resp.in_flight)
+
+
 def _list_services(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListServicesRequest()
     resp: admin_pb2.ListServicesResponse = stub.ListServices(req, timeout=timeout)
@@ -309,7 +331,7 @@ def _list_invocations(
 ) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListInvocationsRequest(service=args.service, key=args.key, limit=args.limit)
     if args.status:
-        req.status = fmt.parse_status(args.status)  # type: ignore[assignment]
+        req.status = fmt.parse_status(args.status)
     resp: admin_pb2.ListInvocationsResponse = stub.ListInvocations(req, timeout=timeout)
     return resp, fmt.format_invocations(resp)
 

@@ -1,11 +1,17 @@
-"""Unit tests of brokerctl's pure formatting helpers (no broker, no network)."""
+"""Unit tests of brokerctl's pure formatting helpers and its argument parsing (no broker,
+no network)."""
 
 from __future__ import annotations
+
+import base64
+import json
+from typing import Any
 
 import pytest
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 
 from broker import _cli_format as fmt
+from broker import cli
 
 NOW_MS = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
 
@@ -18,6 +24,7 @@ NOW_MS = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
         (invocation_pb2.SUSPENDED, "suspended"),
         (invocation_pb2.BACKING_OFF, "backing-off"),
         (invocation_pb2.COMPLETED, "completed"),
+        (invocation_pb2.PAUSED, "paused"),
         (invocation_pb2.INVOCATION_STATUS_UNSPECIFIED, "unspecified"),
     ],
 )
@@ -33,6 +40,10 @@ def test_every_cli_status_choice_round_trips() -> None:
     for choice in fmt.STATUS_CHOICES:
         assert fmt.status_name(fmt.parse_status(choice)) == choice
     assert fmt.parse_status("backing-off") == invocation_pb2.BACKING_OFF
+    assert fmt.parse_status("paused") == invocation_pb2.PAUSED
+    # Every status the broker knows can be filtered on (except the unset value).
+    known = set(invocation_pb2.InvocationStatus.values()) - {0}
+    assert {fmt.parse_status(c) for c in fmt.STATUS_CHOICES} == known
 
 
 def test_code_name() -> None:
@@ -253,3 +264,442 @@ def test_format_describe_shows_key_and_optional_context() -> None:
     assert "waiting on:      entries 4, 5" in out
     assert "result:          -" in out
     assert out.endswith("journal (0 entries):")
+
+
+def test_format_describe_shows_next_retry_only_while_backing_off() -> None:
+    inv = invocation_pb2.Invocation(
+        id="inv_r", status=invocation_pb2.BACKING_OFF, next_retry_at_ms=NOW_MS
+    )
+    out = fmt.format_describe(admin_pb2.DescribeInvocationResponse(invocation=inv))
+    assert "next retry:" in out and "2023-11-14T22:13:20.123Z" in out
+    inv.status = invocation_pb2.PAUSED
+    out = fmt.format_describe(admin_pb2.DescribeInvocationResponse(invocation=inv))
+    assert "status:     paused" in out
+    assert "next retry" not in out
+
+
+def test_format_describe_shows_a_pending_cancellation() -> None:
+    inv = invocation_pb2.Invocation(id="inv_c", status=invocation_pb2.RUNNING, cancel_pending=True)
+    out = fmt.format_describe(admin_pb2.DescribeInvocationResponse(invocation=inv))
+    assert "cancellation: requested, delivered at its next await" in out
+
+
+# -- JSON values ------------------------------------------------------------------------
+
+
+def test_parse_json_is_strict() -> None:
+    assert fmt.parse_json('{"a": [1, null]}') == {"a": [1, None]}
+    assert fmt.parse_json(b'"x"') == "x"
+    for bad in ("NaN", "-Infinity", "{a: 1}", "", "'single'", "[1,]"):
+        with pytest.raises(ValueError):
+            fmt.parse_json(bad)
+    with pytest.raises(ValueError):
+        fmt.parse_json(b"\xff")
+
+
+def test_json_text_keeps_single_line_json_as_written() -> None:
+    assert fmt.json_text(b"42") == "42"
+    assert fmt.json_text(b"1.50") == "1.50"
+    assert fmt.json_text(b'{"ok": true}') == '{"ok": true}'
+    assert fmt.json_text('  "café" '.encode()) == '"café"'
+    assert fmt.json_text(b'{\n  "a": 1\n}') == '{"a": 1}'
+    assert fmt.json_text(b"sent") is None
+    assert fmt.json_text(b"\x0a\x02t1") is None
+    assert fmt.json_text(b"") is None
+
+
+def test_format_json_bytes_falls_back_and_truncates() -> None:
+    assert fmt.format_json_bytes(b'"undone"') == '"undone"'
+    assert fmt.format_json_bytes(b"null") == "null"
+    assert fmt.format_json_bytes(b"sent") == '"sent"'
+    assert fmt.format_json_bytes(b"\x08\x01") == "0x0801"
+    assert fmt.format_json_bytes(b"[1, 2, 3, 4]", limit=5) == "[1, 2... (12 bytes)"
+
+
+def test_format_result_json_value_only_when_asked() -> None:
+    result = journal_pb2.Result(value=b'{"n": 1}')
+    assert fmt.format_result(result) == 'value "{\\"n\\": 1}"'
+    assert fmt.format_result(result, json_value=True) == 'value {"n": 1}'
+    failure = journal_pb2.Result(failure=journal_pb2.Failure(code=10, message="no"))
+    assert fmt.format_result(failure, json_value=True) == "failure code ABORTED: no"
+
+
+# -- the journal's commands -------------------------------------------------------------
+
+
+def _entry(**fields: Any) -> journal_pb2.JournalEntry:
+    return journal_pb2.JournalEntry(**fields)
+
+
+def _value(data: bytes) -> journal_pb2.Result:
+    return journal_pb2.Result(value=data)
+
+
+def test_entry_details_of_the_newer_commands() -> None:
+    awk = _entry(awakeable=journal_pb2.AwakeableCommand(awakeable_id="awk_abc"))
+    assert fmt.entry_details(awk) == "id awk_abc"
+    assert fmt.entry_details(_entry(awakeable=journal_pb2.AwakeableCommand())) == (
+        "id (not yet assigned)"
+    )
+    complete = _entry(
+        complete_awakeable=journal_pb2.CompleteAwakeableCommand(
+            awakeable_id="awk_x", completion=_value(b'{"ok": true}')
+        )
+    )
+    assert fmt.entry_details(complete) == 'awk_x <- value {"ok": true}'
+    rejected = _entry(
+        complete_awakeable=journal_pb2.CompleteAwakeableCommand(
+            awakeable_id="awk_y",
+            completion=journal_pb2.Result(failure=journal_pb2.Failure(code=10, message="nope")),
+        )
+    )
+    assert fmt.entry_details(rejected) == "awk_y <- failure code ABORTED: nope"
+    get = _entry(get_promise=journal_pb2.GetPromiseCommand(name="verified"))
+    assert fmt.entry_details(get) == 'name "verified"'
+    peek = _entry(peek_promise=journal_pb2.PeekPromiseCommand(name="verified"))
+    assert fmt.entry_details(peek) == 'name "verified"'
+    resolve = _entry(
+        complete_promise=journal_pb2.CompletePromiseCommand(name="done", completion=_value(b"7"))
+    )
+    assert fmt.entry_details(resolve) == 'name "done" <- value 7'
+    attach = _entry(attach=journal_pb2.AttachCommand(invocation_id="inv_t"))
+    assert fmt.entry_details(attach) == "-> inv_t"
+    output = _entry(get_output=journal_pb2.GetOutputCommand(invocation_id="inv_u"))
+    assert fmt.entry_details(output) == "-> inv_u"
+    assert fmt.entry_details(_entry(get_state_keys=journal_pb2.GetStateKeysCommand())) == ""
+    clear_all = _entry(clear_all_state=journal_pb2.ClearAllStateCommand())
+    assert fmt.entry_details(clear_all) == "every key"
+    assert fmt.entry_kind(clear_all) == "clear_all_state"
+
+
+def test_set_state_details_show_json_values() -> None:
+    entry = _entry(set_state=journal_pb2.SetStateCommand(key="total", value=b"5"))
+    assert fmt.entry_details(entry) == 'key "total" = 5'
+    entry = _entry(set_state=journal_pb2.SetStateCommand(key="s", value=b'"verified"'))
+    assert fmt.entry_details(entry) == 'key "s" = "verified"'
+
+
+def test_entry_result_decodes_json_only_for_json_valued_commands() -> None:
+    # b"85" is valid JSON, but also the protobuf encoding of field 7 = 53: a call's result
+    # is a protobuf message and stays a byte string.
+    run = _entry(run=journal_pb2.RunCommand(name="n"), result=_value(b"85"))
+    assert fmt.entry_result(run) == "value 85"
+    call = _entry(call=journal_pb2.CallCommand(service="s.S", method="M"), result=_value(b"85"))
+    assert fmt.entry_result(call) == 'value "85"'
+    awk = _entry(awakeable=journal_pb2.AwakeableCommand(), result=_value(b'{"a": [1]}'))
+    assert fmt.entry_result(awk) == 'value {"a": [1]}'
+    state = _entry(get_state=journal_pb2.GetStateCommand(key="k"), result=_value(b"true"))
+    assert fmt.entry_result(state) == "value true"
+    promise = _entry(get_promise=journal_pb2.GetPromiseCommand(name="p"), result=_value(b'"c"'))
+    assert fmt.entry_result(promise) == 'value "c"'
+    peek = _entry(
+        peek_promise=journal_pb2.PeekPromiseCommand(name="p"),
+        result=journal_pb2.Result(empty=journal_pb2.Empty()),
+    )
+    assert fmt.entry_result(peek) == "empty"
+    # Not JSON after all (written by something else): shown as bytes, never dropped.
+    odd = _entry(run=journal_pb2.RunCommand(name="n"), result=_value(b"\xff\x00"))
+    assert fmt.entry_result(odd) == "value 0xff00"
+    assert fmt.entry_result(_entry(run=journal_pb2.RunCommand(name="n"))) == "-"
+
+
+def test_entry_result_of_get_state_keys_lists_the_names() -> None:
+    keys = journal_pb2.StateKeys(keys=["by-5", "total"]).SerializeToString()
+    entry = _entry(get_state_keys=journal_pb2.GetStateKeysCommand(), result=_value(keys))
+    assert fmt.entry_result(entry) == 'keys ["by-5", "total"]'
+    many = journal_pb2.StateKeys(keys=[f"name-{i}" for i in range(20)]).SerializeToString()
+    entry = _entry(get_state_keys=journal_pb2.GetStateKeysCommand(), result=_value(many))
+    # The limit applies to the list's text, as it does to values.
+    assert fmt.entry_result(entry, limit=20) == 'keys ["name-0", "name-1",... (20 keys)'
+    garbage = _entry(get_state_keys=journal_pb2.GetStateKeysCommand(), result=_value(b"\xff"))
+    assert fmt.entry_result(garbage) == "value 0xff"
+
+
+def _workflow_describe() -> admin_pb2.DescribeInvocationResponse:
+    keys = journal_pb2.StateKeys(keys=["status"]).SerializeToString()
+    return admin_pb2.DescribeInvocationResponse(
+        invocation=invocation_pb2.Invocation(
+            id="inv_w", service="p.Signup", method="Run", key="u1", status=invocation_pb2.SUSPENDED
+        ),
+        journal=[
+            _entry(input=journal_pb2.InputCommand(request=b"\x0a\x02u1")),
+            _entry(set_state=journal_pb2.SetStateCommand(key="status", value=b'"waiting"')),
+            _entry(
+                awakeable=journal_pb2.AwakeableCommand(awakeable_id="awk_1"),
+                result=_value(b'{"ok": true}'),
+            ),
+            _entry(get_promise=journal_pb2.GetPromiseCommand(name="verified")),
+            _entry(
+                complete_promise=journal_pb2.CompletePromiseCommand(
+                    name="other", completion=_value(b"[1, 2]")
+                ),
+                result=journal_pb2.Result(empty=journal_pb2.Empty()),
+            ),
+            _entry(get_state_keys=journal_pb2.GetStateKeysCommand(), result=_value(keys)),
+            _entry(attach=journal_pb2.AttachCommand(invocation_id="inv_t"), result=_value(b"85")),
+            _entry(run=journal_pb2.RunCommand(name="effect"), result=_value(b"not json")),
+        ],
+    )
+
+
+def test_format_describe_renders_the_newer_commands() -> None:
+    out = fmt.format_describe(_workflow_describe())
+    journal = out.split("\n\n")[1].splitlines()
+    assert journal[0] == "journal (8 entries):"
+    rows = [line.split(None, 2) for line in journal[2:]]
+    assert [(r[0], r[1]) for r in rows] == [
+        ("0", "input"),
+        ("1", "set_state"),
+        ("2", "awakeable"),
+        ("3", "get_promise"),
+        ("4", "complete_promise"),
+        ("5", "get_state_keys"),
+        ("6", "attach"),
+        ("7", "run"),
+    ]
+    lines = [line.strip() for line in journal[2:]]
+    assert 'key "status" = "waiting"' in lines[1] and lines[1].endswith("-")
+    assert "id awk_1" in lines[2] and lines[2].endswith('value {"ok": true}')
+    assert 'name "verified"' in lines[3] and lines[3].endswith("-")
+    assert 'name "other" <- value [1, 2]' in lines[4] and lines[4].endswith("empty")
+    assert lines[5].endswith('keys ["status"]')
+    assert "-> inv_t" in lines[6] and lines[6].endswith('value "85"')
+    assert 'name "effect"' in lines[7] and lines[7].endswith('value "not json"')
+
+
+def test_describe_to_json_adds_decoded_values() -> None:
+    out = fmt.describe_to_json(_workflow_describe())
+    # Still the proto JSON mapping: field names as in the .proto, bytes as base64.
+    assert out["invocation"]["id"] == "inv_w"
+    assert out["invocation"]["status"] == "SUSPENDED"
+    journal = out["journal"]
+    assert len(journal) == 8
+    assert journal[0]["input"]["request"] == base64.b64encode(b"\x0a\x02u1").decode()
+    assert "value_json" not in journal[0]["input"]
+    assert journal[1]["set_state"]["value_json"] == "waiting"
+    assert journal[1]["set_state"]["value"] == base64.b64encode(b'"waiting"').decode()
+    assert journal[2]["awakeable"]["awakeable_id"] == "awk_1"
+    assert journal[2]["result"]["value_json"] == {"ok": True}
+    assert journal[3] == {"get_promise": {"name": "verified"}}
+    assert journal[4]["complete_promise"]["completion"]["value_json"] == [1, 2]
+    assert journal[4]["result"] == {"empty": {}}
+    assert journal[5]["result"]["state_keys"] == ["status"]
+    assert "value_json" not in journal[6]["result"]  # a protobuf response, not JSON
+    assert "value_json" not in journal[7]["result"]  # not valid JSON
+    json.dumps(out)  # serializable as is
+
+
+# -- services ---------------------------------------------------------------------------
+
+
+def _services() -> admin_pb2.ListServicesResponse:
+    return admin_pb2.ListServicesResponse(
+        services=[
+            admin_pb2.Service(
+                name="playground.Counter",
+                kind="virtual_object",
+                deployment_id="dp_1",
+                key_field="name",
+                handlers=[
+                    admin_pb2.Handler(
+                        name="Add",
+                        input_type="playground.AddRequest",
+                        output_type="playground.Reply",
+                    ),
+                    admin_pb2.Handler(
+                        name="Get",
+                        input_type="playground.CounterRef",
+                        output_type="playground.Reply",
+                        shared=True,
+                    ),
+                ],
+            ),
+            admin_pb2.Service(name="playground.Waiter", kind="service", deployment_id="dp_1"),
+        ]
+    )
+
+
+def test_find_and_suggest_services() -> None:
+    services = _services()
+    found = fmt.find_service(services, "playground.Counter")
+    assert found is not None and found.key_field == "name"
+    assert fmt.find_service(services, "Counter") is None
+    assert fmt.suggest_services(services, "Counter") == ["playground.Counter"]
+    assert fmt.suggest_services(services, "playground.Countr") == ["playground.Counter"]
+    assert fmt.suggest_services(services, "counter") == ["playground.Counter"]
+    assert fmt.suggest_services(services, "Countr") == ["playground.Counter"]
+    assert fmt.suggest_services(services, "zzz") == []
+
+
+def test_format_service() -> None:
+    svc = _services().services[0]
+    out = fmt.format_service(svc, "http://127.0.0.1:9110")
+    head, handlers = out.split("\n\n")
+    assert head.splitlines() == [
+        "service:    playground.Counter",
+        "kind:       virtual_object",
+        "deployment: dp_1 (http://127.0.0.1:9110)",
+        "key field:  name",
+    ]
+    lines = handlers.splitlines()
+    assert lines[0] == "handlers (2):"
+    assert lines[1].split() == ["HANDLER", "INPUT", "OUTPUT", "SHARED"]
+    assert lines[2].split() == ["Add", "playground.AddRequest", "playground.Reply", "-"]
+    assert lines[3].split() == ["Get", "playground.CounterRef", "playground.Reply", "shared"]
+    plain = fmt.format_service(_services().services[1])
+    assert "deployment: dp_1\n" in plain and "key field:  -" in plain
+    assert plain.endswith("handlers (0):")
+
+
+# -- operator actions -------------------------------------------------------------------
+
+
+def test_format_invocation_action() -> None:
+    running = invocation_pb2.Invocation(id="inv_a", status=invocation_pb2.RUNNING)
+    assert fmt.format_invocation_action("resume", running) == "resumed inv_a: status running"
+    running.cancel_pending = True
+    assert fmt.format_invocation_action("cancel", running) == (
+        "cancelled inv_a: status running (the cancellation is delivered at its next await)"
+    )
+    killed = invocation_pb2.Invocation(
+        id="inv_b",
+        status=invocation_pb2.COMPLETED,
+        result=journal_pb2.Result(
+            failure=journal_pb2.Failure(code=10, message="invocation killed")
+        ),
+    )
+    assert fmt.format_invocation_action("kill", killed) == (
+        "killed inv_b: status completed (failure code ABORTED: invocation killed)"
+    )
+
+
+def test_format_completion() -> None:
+    assert fmt.format_completion("awakeable awk_1", _value(b'{"ok": true}')) == (
+        'resolved awakeable awk_1 with {"ok": true}'
+    )
+    assert fmt.format_completion("awakeable awk_1", _value(b"")) == (
+        "resolved awakeable awk_1 with null"
+    )
+    rejected = journal_pb2.Result(failure=journal_pb2.Failure(message="bounced"))
+    assert fmt.format_completion("promise 'p'", rejected) == "rejected promise 'p': bounced"
+
+
+# -- state ------------------------------------------------------------------------------
+
+
+def test_format_state_is_a_sorted_table_of_json_values() -> None:
+    state = {"total": b"5", "by-5": b"true", "label": b'{"a": "x y"}'}
+    lines = fmt.format_state("p.Counter", "c1", state).splitlines()
+    assert lines[0].split() == ["NAME", "VALUE"]
+    assert lines[1:] == ["by-5   true", 'label  {"a": "x y"}', "total  5"]
+    assert fmt.format_state("p.Counter", "c1", {}) == "no state for p.Counter key 'c1'"
+    long = fmt.format_state("p.Counter", "c1", {"big": json.dumps("x" * 100).encode()})
+    assert long.splitlines()[1].endswith("... (102 bytes)")
+
+
+def test_format_state_value_is_the_whole_json_text() -> None:
+    assert fmt.format_state_value(json.dumps("x" * 100).encode()) == json.dumps("x" * 100)
+    assert fmt.format_state_value(b"\xff") == "0xff"
+
+
+def test_state_to_json_decodes_values() -> None:
+    state = {"total": b"5", "label": b'"hi"', "odd": b"\xff"}
+    assert fmt.state_to_json("p.Counter", "c1", state) == {
+        "service": "p.Counter",
+        "key": "c1",
+        "state": {"label": "hi", "total": 5},
+        "raw_state": {"odd": "/w=="},
+    }
+
+
+# -- the command line (parsing only: these fail before any connection) -------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["awakeables", "resolve", "awk_1", "hello"],
+        ["awakeables", "resolve", "awk_1", "NaN"],
+        ["promises", "resolve", "p.Signup", "u1", "verified", "{bad"],
+        ["state", "set", "p.Counter", "c1", "total", "forty"],
+        ["state", "set", "p.Counter", "c1", "total"],
+        ["invocations", "list", "--status", "sleeping"],
+        ["invocations", "cancel"],
+        ["services", "describe"],
+        ["deployments", "remove"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--admin", "127.0.0.1:1", *argv]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "usage: brokerctl" in err
+
+
+def test_invalid_json_message_says_how_to_quote(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["awakeables", "resolve", "awk_1", "hello"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "argument JSON: not valid JSON: 'hello'" in err
+    assert "quote strings" in err
+
+
+def test_parser_defaults_and_json_after_the_verb() -> None:
+    parser = cli.build_parser()
+    args = parser.parse_args(["awakeables", "resolve", "awk_1"])
+    assert args.value == b"null" and args.json is False
+    args = parser.parse_args(["awakeables", "resolve", "awk_1", ' {"a": 1} ', "--json"])
+    assert args.value == b'{"a": 1}' and args.json is True
+    args = parser.parse_args(["--json", "invocations", "kill", "inv_1"])
+    assert args.json is True and args.invocation_id == "inv_1"
+    args = parser.parse_args(["awakeables", "reject", "awk_1"])
+    assert args.reason == "rejected"
+    args = parser.parse_args(["state", "set", "p.C", "k", "total", "-5"])
+    assert args.value == b"-5"
+    args = parser.parse_args(["state", "get", "p.C", "k"])
+    assert args.name is None
+    args = parser.parse_args(["invocations", "list", "--status", "paused"])
+    assert args.status == "paused"
+    args = parser.parse_args(["deployments", "remove", "dp_1", "--force"])
+    assert args.deployment_id == "dp_1" and args.force is True
+
+
+# -- deployments ------------------------------------------------------------------------
+
+
+def test_format_deployments_table() -> None:
+    resp = admin_pb2.ListDeploymentsResponse(
+        deployments=[
+            admin_pb2.Deployment(
+                id="dp_1",
+                uri="http://127.0.0.1:9101",
+                services=["flights.Flights"],
+                created_at_ms=NOW_MS,
+                mode="request_response",
+                in_flight=2,
+            )
+        ]
+    )
+    header, row = fmt.format_deployments(resp).splitlines()
+    assert header.split() == ["ID", "URI", "MODE", "IN", "FLIGHT", "SERVICES", "CREATED"]
+    assert row.split() == [
+        "dp_1",
+        "http://127.0.0.1:9101",
+        "request_response",
+        "2",
+        "flights.Flights",
+        "2023-11-14T22:13:20.123Z",
+    ]
+
+
+def test_format_deployment_and_removal() -> None:
+    dep = admin_pb2.Deployment(id="dp_1", uri="http://h:1", services=["a.A", "b.B"], mode="stream")
+    assert fmt.format_deployment(dep).splitlines() == [
+        "registered deployment dp_1 at http://h:1",
+        "services: a.A, b.B",
+        "mode: stream",
+    ]
+    assert fmt.format_removed_deployment("dp_1", 0) == "removed deployment dp_1"
+    assert fmt.format_removed_deployment("dp_1", 1) == (
+        "removed deployment dp_1 (1 invocation still in flight on it will fail their "
+        "attempts until it is registered again)"
+    )
+    assert "(3 invocations still" in fmt.format_removed_deployment("dp_1", 3)
