@@ -470,7 +470,12 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
 # -- operator actions -------------------------------------------------------------------
 
 # What each invocation action did, as the confirmation line says it.
-_ACTION_VERBS = {"cancel": "cancelled", "kill": "killed", "resume": "resumed"}
+_ACTION_VERBS = {
+    "cancel": "cancelled",
+    "kill": "killed",
+    "pause": "paused",
+    "resume": "resumed",
+}
 
 
 def format_invocation_action(action: str, inv: invocation_pb2.Invocation) -> str:

@@ -192,6 +192,14 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.InvocationResponse:
         return await self._control(context, request.invocation_id, control.kill)
 
+    async def PauseInvocation(
+        self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.InvocationResponse:
+        async def pause(p: Partition, invocation_id: str) -> invocation_pb2.Invocation:
+            return control.pause(p, invocation_id)
+
+        return await self._control(context, request.invocation_id, pause)
+
     async def ResumeInvocation(
         self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.InvocationResponse:

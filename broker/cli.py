@@ -54,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the broker's admin API address (default: $BROKER_ADMIN or %(default)s)",
     )
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("BROKER_ADMIN_TOKEN") or None,
+        help="the broker's admin token, when it requires one (default: $BROKER_ADMIN_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("BROKER_TLS_CA") or None,
+        metavar="PEM",
+        help="connect with TLS, trusting this CA certificate (default: $BROKER_TLS_CA)",
+    )
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
     parser.add_argument(
         "--timeout",
@@ -122,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
             _cancel_invocation,
         ),
         ("kill", "stop an invocation now, without compensation", _kill_invocation),
+        (
+            "pause",
+            "pause an invocation: abandon its attempt, start none until it is resumed",
+            _pause_invocation,
+        ),
         (
             "resume",
             "resume a paused invocation, or retry a backing-off one now",
@@ -356,6 +372,7 @@ def _invocation_action(method: str, action: str) -> Handler:
 _cancel_invocation = _invocation_action("CancelInvocation", "cancel")
 _kill_invocation = _invocation_action("KillInvocation", "kill")
 _resume_invocation = _invocation_action("ResumeInvocation", "resume")
+_pause_invocation = _invocation_action("PauseInvocation", "pause")
 
 
 def _resolve_awakeable(
@@ -503,10 +520,36 @@ def _unreachable_message(admin: str) -> str:
     )
 
 
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
+    """Adds `authorization: Bearer TOKEN` to every call on a plain-text channel."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        metadata = [*(details.metadata or ()), self._header]
+        return continuation(details._replace(metadata=metadata), request)
+
+
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    if args.tls_ca:
+        with open(args.tls_ca, "rb") as f:
+            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+        if args.token:
+            creds = grpc.composite_channel_credentials(
+                creds, grpc.access_token_call_credentials(args.token)
+            )
+        return grpc.secure_channel(args.admin, creds)
+    channel = grpc.insecure_channel(args.admin)
+    if args.token:
+        return grpc.intercept_channel(channel, _TokenInterceptor(args.token))
+    return channel
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute a parsed command against the admin API and print its output."""
     handler: Handler = args.handler
-    with grpc.insecure_channel(args.admin) as channel:
+    with _channel(args) as channel:
         try:
             wait_for_channel(channel, args.timeout)
         except BrokerUnreachable:

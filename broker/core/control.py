@@ -94,6 +94,16 @@ def _kill(p: Partition, batch: Batch, live: Live) -> None:
     p.save(batch, live)
 
 
+def pause(p: Partition, invocation_id: str) -> Invocation:
+    """Parks a started invocation until an operator resumes it."""
+    live = _live(p, invocation_id)
+    if live.record.status == Status.PENDING:
+        raise NotAllowed(f"invocation {invocation_id} has not started; cancel it instead")
+    if live.record.status != Status.PAUSED:
+        p.pause(live)
+    return live.record
+
+
 def resume(p: Partition, invocation_id: str) -> Invocation:
     """Retries a paused (or backing-off) invocation now."""
     live = _live(p, invocation_id)

@@ -466,6 +466,7 @@ class Partition:
         if pause:
             live.record.status = Status.PAUSED
             live.record.last_error = message
+            live.record.next_retry_at_ms = 0
             log.warning("invocation %s paused: %s", live.id, message)
             batch = Batch()
             self.save(batch, live)
@@ -481,6 +482,7 @@ class Partition:
             record.last_error = message
             if policy.on_max_attempts == policy.PAUSE:
                 record.status = Status.PAUSED
+                record.next_retry_at_ms = 0
                 log.warning("invocation %s paused after %d attempts", live.id, record.attempts)
             else:
                 self.complete(
@@ -524,6 +526,24 @@ class Partition:
         if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
             live.record.status = Status.BACKING_OFF
             self._start_attempt(live)
+
+    def pause(self, live: Live) -> None:
+        """Parks an invocation: its attempt (if any) is abandoned, nothing resumes it
+        until `resume`. Its journal is kept, so it goes on where it stopped."""
+        retry = self._retries.pop(live.id, None)
+        if retry is not None:
+            retry.cancel()
+        attempt, live.attempt = live.attempt, None
+        tracing.end_attempt(live, error="paused")
+        if attempt is not None:
+            attempt.close()
+            if attempt.task is not None:
+                attempt.task.cancel()
+        live.record.status = Status.PAUSED
+        live.record.next_retry_at_ms = 0
+        batch = Batch()
+        self.save(batch, live)
+        self.committer.submit(batch)
 
     def _retry(self, live: Live) -> None:
         self._retries.pop(live.id, None)
@@ -603,6 +623,8 @@ class Partition:
         """Completes an awakeable; returns why not when it cannot be."""
         parsed = commands.parse_awakeable_id(awakeable_id)
         live = self.live.get(parsed[0]) if parsed else None
+        if parsed is not None and live is None and self.completed(parsed[0]) is not None:
+            return f"awakeable {awakeable_id} was already completed (its invocation ended)"
         if parsed is None or live is None or parsed[1] >= len(live.journal):
             return f"no pending awakeable {awakeable_id!r}"
         entry = live.journal[parsed[1]]

@@ -181,3 +181,27 @@ def test_tls_flags_go_together(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--tls-cert and --tls-key go together" in result.stderr
     assert os.path.exists(ROOT)
+
+
+def test_brokerctl_sends_the_token(tmp_path: Path) -> None:
+    broker, _, admin = _broker(tmp_path, "--admin-token", "s3cret")
+    brokerctl = str(Path(PYTHON).parent / "brokerctl")
+    broker.start()
+    try:
+        wait_healthy(admin, time.monotonic() + 30, broker)
+        run = [brokerctl, "--admin", admin, "--json", "services", "list"]
+        denied = subprocess.run(run, capture_output=True, text=True, timeout=30)
+        assert denied.returncode == 1
+        assert "UNAUTHENTICATED" in denied.stderr
+        allowed = subprocess.run(
+            run, capture_output=True, text=True, timeout=30,
+            env={**os.environ, "BROKER_ADMIN_TOKEN": "s3cret"},
+        )  # fmt: skip
+        assert allowed.returncode == 0, allowed.stderr
+        flag = subprocess.run(
+            [brokerctl, "--admin", admin, "--token", "s3cret", "services", "list"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert flag.returncode == 0, flag.stderr
+    finally:
+        broker.terminate()
