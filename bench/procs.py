@@ -1,0 +1,326 @@
+"""The processes under test: start them on free ports, wait until they serve, register
+them with the broker, read their CPU time, and stop them all, whatever happens.
+
+Every child runs in its own process group (a Ctrl-C reaches only the benchmark, which then
+stops the children in order: SIGTERM, then SIGKILL after a timeout) and asks the kernel to
+SIGTERM it should the benchmark itself die without cleaning up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType, TracebackType
+
+import grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+ROOT = Path(__file__).resolve().parents[1]
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+LOG_TAIL_LINES = 20
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PR_SET_PDEATHSIG = 1
+# Reconnect quickly while a server is still binding its port (gRPC's default starts at 1 s).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class BenchError(Exception):
+    """A process failed to start, to become ready or to register, or died."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP reached the benchmark: stop everything and exit."""
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now (all held open while choosing)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of process `pid` so far, from /proc/<pid>/stat.
+
+    Returns 0.0 for a process that is gone (its time is then lost, not guessed).
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # utime and stime are fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all CPUs spent busy (not idle, not waiting on I/O) so far, from /proc/stat."""
+    try:
+        first = Path("/proc/stat").read_text().splitlines()[0].split()
+    except OSError:
+        return 0.0
+    # cpu user nice system idle iowait irq softirq steal guest guest_nice; guest time is
+    # already counted in user and nice.
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of process `pid` (0 once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    # Minimal work between fork and exec: one prctl call through the already-loaded libc.
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclasses.dataclass
+class Proc:
+    """A child process of the benchmark.
+
+    Attributes:
+        name: What it is, e.g. `broker`, `trips`.
+        role: Whose CPU it counts as: `broker` or `service`.
+        address: Its gRPC address (the ingress for the broker).
+        popen: The process.
+        log: Where its stdout and stderr go.
+    """
+
+    name: str
+    role: str
+    address: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.popen.pid
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last `lines` lines of its log."""
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def broker_supports(flag: str) -> bool:
+    """Whether this checkout's `python -m broker --help` lists `flag`."""
+    out = subprocess.run(
+        [sys.executable, "-m", "broker", "--help"], cwd=ROOT, capture_output=True, check=False
+    )
+    return flag.encode() in out.stdout
+
+
+def scrape_metrics(address: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The broker's Prometheus counters named in `names`, each summed over its labels.
+
+    Returns `metric:<name>` keys; nothing (an empty dict) if the endpoint does not answer.
+    """
+    try:
+        with urllib.request.urlopen(f"http://{address}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    out = dict.fromkeys((f"metric:{n}" for n in names), 0.0)
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        sample, _, value = line.rpartition(" ")
+        name = sample.split("{", 1)[0]
+        if name in names:
+            out[f"metric:{name}"] += float(value)
+    return out
+
+
+class Cluster:
+    """The children of one benchmark run; a context manager that always stops them.
+
+    Args:
+        workdir: Holds each child's log and data; must exist.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.procs: list[Proc] = []
+        # Set once the broker serves Prometheus metrics: where, and which counters to read.
+        self.metrics_address: str | None = None
+        self.metric_names: tuple[str, ...] = ()
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def spawn(self, name: str, role: str, address: str, args: list[str]) -> Proc:
+        """Starts `python <args>` as child `name`, serving gRPC on `address`."""
+        log = self.workdir / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing would measure the exporter
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                [sys.executable, *args],
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                process_group=0,
+                preexec_fn=_die_with_parent,
+            )
+        proc = Proc(name, role, address, popen, log)
+        self.procs.append(proc)
+        return proc
+
+    def check_alive(self) -> None:
+        """Raises `BenchError` (with its log's tail) if any child has exited."""
+        for p in self.procs:
+            code = p.popen.poll()
+            if code is not None:
+                raise BenchError(
+                    f"{p.name} (pid {p.pid}) exited with code {code}; log {p.log}:\n{p.tail()}"
+                )
+
+    def wait_ready(self, proc: Proc, address: str | None = None) -> None:
+        """Polls `grpc.health.v1.Health/Check` on `address` (default the proc's) until SERVING."""
+        address = address or proc.address
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        last = "no answer yet"
+        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                self.check_alive()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BenchError(
+                        f"{proc.name} not ready on {address} after {STARTUP_TIMEOUT_S:.0f} s "
+                        f"({last}); log {proc.log}:\n{proc.tail()}"
+                    )
+                try:
+                    response = stub.Check(
+                        health_pb2.HealthCheckRequest(),
+                        timeout=min(1.0, remaining),
+                        wait_for_ready=True,
+                    )
+                except grpc.RpcError as e:
+                    last = f"{e.code().name}: {e.details()}"
+                    continue
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+                time.sleep(0.05)
+
+    def register(self, admin: str, uris: list[str]) -> None:
+        """Registers each endpoint with the broker's admin API."""
+        with grpc.insecure_channel(admin) as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+            for uri in uris:
+                try:
+                    stub.RegisterDeployment(
+                        admin_pb2.RegisterDeploymentRequest(uri=uri), timeout=30
+                    )
+                except grpc.RpcError as e:
+                    raise BenchError(
+                        f"registering {uri} failed: {e.code().name}: {e.details()}"
+                    ) from e
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds used so far: by role, `client` for this process, and `other` for every
+        other process on the machine (other load skews the figures; the report shows it)."""
+        machine = machine_busy_seconds()
+        totals: dict[str, float] = {"client": cpu_seconds(os.getpid())}
+        for p in self.procs:
+            totals[p.role] = totals.get(p.role, 0.0) + cpu_seconds(p.pid)
+        totals["other"] = machine - sum(totals.values())
+        return totals
+
+    def probe(self) -> dict[str, float]:
+        """`cpu()` plus the broker's counters, when it serves metrics."""
+        totals = self.cpu()
+        if self.metrics_address is not None:
+            totals.update(scrape_metrics(self.metrics_address, self.metric_names))
+        return totals
+
+    def stop(self) -> None:
+        """SIGTERM every live child, newest first, then SIGKILL what outlives the timeout.
+
+        Ctrl-C is ignored meanwhile, so a second one cannot leave children behind.
+        """
+        with _signals_ignored():
+            live = [p for p in reversed(self.procs) if p.popen.poll() is None]
+            for p in live:
+                with contextlib.suppress(ProcessLookupError):
+                    p.popen.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for p in live:
+                try:
+                    p.popen.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    print(f"{p.name} (pid {p.pid}) ignored SIGTERM; killing it", file=sys.stderr)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(p.pid, signal.SIGKILL)
+                    p.popen.wait()
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    previous = {
+        sig: signal.signal(sig, signal.SIG_IGN)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C raises KeyboardInterrupt (even when started with SIGINT ignored, as background
+    jobs of scripts are); SIGTERM and SIGHUP raise `Interrupted`."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _interrupt)

@@ -1,0 +1,422 @@
+"""The tables `make bench` prints, the reference figures of issue #6 and the JSON results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.run import Point
+
+# Restate 1.7.12 + Python SDK 1.2.0 on a 2-core CI-class machine, load generator included,
+# median of uncontended runs: (scenario, concurrency) -> (calls/s, p50 ms). From issue #6;
+# nothing here is measured by this benchmark.
+REFERENCE: dict[tuple[str, int], tuple[float, float]] = {
+    ("trivial", 1): (168.0, 5.5),
+    ("trivial", 16): (457.0, 35.0),
+    ("trivial", 64): (606.0, 104.0),
+    ("saga", 1): (20.7, 47.0),
+    ("saga", 16): (45.6, 347.0),
+    ("saga", 64): (65.3, 956.0),
+}
+REFERENCE_NOTES = (
+    "Restate server ~1 core + Python service ~0.7 core under load: ~28 ms CPU per saga in all",
+    "plain non-durable Python HTTP handler: ~2,100 calls/s at concurrency 1 (p50 0.44 ms)",
+    "plain gRPC unary call, Python client to Python server: ~1,900 calls/s at concurrency 8",
+    "fsync of a small append: ~0.2 ms; RocksDB batch fsync'd for 64 steps: ~55,000 steps/s",
+)
+# Average cores used by other processes during the windows above which the report warns.
+CONTENTION_WARN_CORES = 0.15
+
+
+def _ms(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.2f}" if ms < 10 else f"{ms:.1f}" if ms < 100 else f"{ms:.0f}"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+
+
+def _ratio(value: float) -> str:
+    if math.isnan(value) or math.isinf(value):
+        return "-"
+    return f"{value:.2f}x" if value < 10 else f"{value:.1f}x"
+
+
+def _service_role(point: Point) -> str:
+    return "service" if point.scenario.through_broker else "direct"
+
+
+def _per_call_ms(point: Point, role: str) -> float:
+    ok = point.window.ok
+    return point.window.deltas.get(role, 0.0) * 1000 / ok if ok else math.nan
+
+
+def _cores(point: Point, role: str) -> float:
+    w = point.window
+    return w.deltas.get(role, 0.0) / w.seconds if w.seconds > 0 else math.nan
+
+
+def _floor(points: Sequence[Point], concurrency: int) -> Point | None:
+    return next(
+        (p for p in points if p.scenario.name == "direct" and p.concurrency == concurrency), None
+    )
+
+
+def _ratios(points: Sequence[Point], point: Point) -> tuple[float, float]:
+    """(throughput / floor throughput, p50 / floor p50) at the same concurrency."""
+    floor = _floor(points, point.concurrency)
+    if floor is None or not point.scenario.through_broker:
+        return math.nan, math.nan
+    thr = point.window.throughput / floor.window.throughput if floor.window.ok else math.nan
+    p50 = (
+        point.window.percentile(0.5) / floor.window.percentile(0.5) if floor.window.ok else math.nan
+    )
+    return thr, p50
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    """Columns padded to fit; the first `left` columns left-aligned, the rest right."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """One line with the settings in force."""
+    return (
+        f"settings: fsync {'on' if settings['fsync'] else 'OFF (not durable)'}, "
+        f"suspend-after {settings['suspend_after']}, group commit {settings['group_commit']}, "
+        f"payload {settings['payload_bytes']} B, warm-up {settings['warmup_s']:g} s, "
+        f"window {settings['duration_s']:g} s per point, {settings['cpus']} CPUs, "
+        f"Python {settings['python']}, grpcio {settings['grpcio']}"
+    )
+
+
+def progress_line(point: Point) -> str:
+    """One line per point, printed as soon as it is measured."""
+    w = point.window
+    return (
+        f"  {point.scenario.name:<12} c={point.concurrency:<4} {_rate(w.throughput):>7}/s  "
+        f"p50 {_ms(w.percentile(0.5))} ms  p99 {_ms(w.percentile(0.99))} ms  "
+        f"errors {sum(w.errors.values())}"
+    )
+
+
+def main_table(points: Sequence[Point]) -> str:
+    """Every point: throughput, latency, errors, CPU per call, cores busy, ratio to the floor."""
+    header = [
+        "scenario", "conc", "calls/s", "p50 ms", "p90 ms", "p99 ms", "errors",
+        "CPU ms/call broker", "services", "client",
+        "cores b/s/c", "other", "thr vs floor", "p50 vs floor",
+    ]  # fmt: skip
+    rows = []
+    for p in points:
+        w = p.window
+        svc = _service_role(p)
+        thr, p50 = _ratios(points, p)
+        name = p.scenario.name
+        if p.scenario.invocations > 1:
+            name += f" ({p.scenario.invocations} inv)"
+        rows.append(
+            [
+                name,
+                str(p.concurrency),
+                _rate(w.throughput),
+                _ms(w.percentile(0.5)),
+                _ms(w.percentile(0.9)),
+                _ms(w.percentile(0.99)),
+                str(sum(w.errors.values())) + (f" +{w.unfinished} hung" if w.unfinished else ""),
+                "-" if not p.scenario.through_broker else f"{_per_call_ms(p, 'broker'):.2f}",
+                f"{_per_call_ms(p, svc):.2f}",
+                f"{_per_call_ms(p, 'client'):.2f}",
+                "/".join(
+                    "-"
+                    if (r == "broker" and not p.scenario.through_broker)
+                    else f"{_cores(p, r):.2f}"
+                    for r in ("broker", svc, "client")
+                ),
+                f"{max(0.0, _cores(p, 'other')):.2f}",
+                "floor" if not p.scenario.through_broker else _ratio(thr),
+                "floor" if not p.scenario.through_broker else _ratio(p50),
+            ]
+        )
+    return _table(header, rows)
+
+
+def journal_table(points: Sequence[Point]) -> str:
+    """The journal scenario per step: does cost grow linearly with journal length?"""
+    header = [
+        "scenario", "conc", "steps", "calls/s", "steps/s", "p50 ms/call",
+        "p50 ms/step", "p99 ms/step", "CPU us/step broker", "services",
+    ]  # fmt: skip
+    rows = []
+    for p in points:
+        n = p.scenario.steps
+        if not n:
+            continue
+        w = p.window
+        steps_done = w.ok * n
+        rows.append(
+            [
+                p.scenario.name,
+                str(p.concurrency),
+                str(n),
+                _rate(w.throughput),
+                _rate(w.throughput * n),
+                _ms(w.percentile(0.5)),
+                f"{w.percentile(0.5) * 1000 / n:.3f}",
+                f"{w.percentile(0.99) * 1000 / n:.3f}",
+                f"{w.deltas.get('broker', 0.0) * 1e6 / steps_done:.0f}" if steps_done else "-",
+                f"{w.deltas.get('service', 0.0) * 1e6 / steps_done:.0f}" if steps_done else "-",
+            ]
+        )
+    return _table(header, rows) if rows else ""
+
+
+def commit_table(points: Sequence[Point]) -> str:
+    """Group commit as the broker saw it (its `/metrics`), for the points through it."""
+    header = [
+        "scenario", "conc", "invocations/call", "fsync groups/s", "groups/call",
+        "batches/group", "mean fsync ms",
+    ]  # fmt: skip
+    rows = []
+    for p in points:
+        d = p.window.deltas
+        groups = d.get("metric:durable_journal_batch_steps_count")
+        if not p.scenario.through_broker or groups is None:
+            continue
+        ok, batches = p.window.ok, d.get("metric:durable_journal_batch_steps_sum", 0.0)
+        syncs = d.get("metric:durable_journal_fsync_seconds_count", 0.0)
+        sync_s = d.get("metric:durable_journal_fsync_seconds_sum", 0.0)
+        started = d.get("metric:durable_invocations_started_total", 0.0)
+        rows.append(
+            [
+                p.scenario.name,
+                str(p.concurrency),
+                f"{started / ok:.2f}" if ok else "-",
+                _rate(groups / p.window.seconds),
+                f"{groups / ok:.2f}" if ok else "-",
+                f"{batches / groups:.1f}" if groups else "-",
+                f"{sync_s * 1000 / syncs:.3f}" if syncs else "-",
+            ]
+        )
+    if not rows:
+        return ""
+    return (
+        "Group commit, from the broker's /metrics during each window (a group = one RocksDB\n"
+        "write + one fsync; batches/group = how many state-machine batches shared it)\n\n"
+        + _table(header, rows)
+    )
+
+
+def reference_section(points: Sequence[Point]) -> str:
+    """Issue #6's Restate figures next to ours, clearly marked as not measured here."""
+    header = [
+        "scenario", "conc", "Restate calls/s", "Restate p50 ms", "ours calls/s", "ours p50 ms",
+        "ours/Restate thr",
+    ]  # fmt: skip
+    rows = []
+    for (name, conc), (ref_thr, ref_p50) in REFERENCE.items():
+        ours = next((p for p in points if p.scenario.name == name and p.concurrency == conc), None)
+        rows.append(
+            [
+                name,
+                str(conc),
+                _rate(ref_thr),
+                f"{ref_p50:g}",
+                _rate(ours.window.throughput) if ours else "not run",
+                _ms(ours.window.percentile(0.5)) if ours else "-",
+                _ratio(ours.window.throughput / ref_thr) if ours else "-",
+            ]
+        )
+    lines = [
+        "Restate 1.7.12 reference (from issue #6): NOT measured here. Restate 1.7.12 (Rust) +",
+        "Python SDK 1.2.0 on a 2-core CI-class machine, load generator included; copied from",
+        "the issue for comparison only. 'ours' columns are this run.",
+        "",
+        _table(header, rows),
+        "",
+        *(f"  reference: {n}" for n in REFERENCE_NOTES),
+    ]
+    return "\n".join(lines)
+
+
+def _find(points: Sequence[Point], name: str, conc: int) -> Point | None:
+    return next((p for p in points if p.scenario.name == name and p.concurrency == conc), None)
+
+
+def targets_section(points: Sequence[Point]) -> str:
+    """Issue #6's targets against this run (a report, never a failure)."""
+    checks: list[tuple[str, str, Point | None, bool]] = []
+
+    def add(label: str, name: str, conc: int, measured: str, met: bool) -> None:
+        p = _find(points, name, conc)
+        checks.append((label, measured if p else "not run", p, met if p else False))
+
+    def p50(name: str, conc: int) -> float:
+        p = _find(points, name, conc)
+        return p.window.percentile(0.5) * 1000 if p else math.nan
+
+    def p99(name: str, conc: int) -> float:
+        p = _find(points, name, conc)
+        return p.window.percentile(0.99) * 1000 if p else math.nan
+
+    def thr(name: str, conc: int) -> float:
+        p = _find(points, name, conc)
+        return p.window.throughput if p else math.nan
+
+    add(
+        "saga p50 at concurrency 1 <= 20 ms",
+        "saga",
+        1,
+        f"{p50('saga', 1):.1f} ms",
+        p50("saga", 1) <= 20,
+    )
+    add(
+        "saga >= 150/s at concurrency 64, p99 < 1 s",
+        "saga",
+        64,
+        f"{thr('saga', 64):.1f}/s, p99 {p99('saga', 64):.0f} ms",
+        thr("saga", 64) >= 150 and p99("saga", 64) < 1000,
+    )
+    add(
+        "trivial p50 at concurrency 1 <= 3 ms",
+        "trivial",
+        1,
+        f"{p50('trivial', 1):.2f} ms",
+        p50("trivial", 1) <= 3,
+    )
+    add(
+        "trivial >= 1,200/s at concurrency 64",
+        "trivial",
+        64,
+        f"{thr('trivial', 64):.0f}/s",
+        thr("trivial", 64) >= 1200,
+    )
+    rows = [
+        [label, measured, "-" if p is None else ("met" if met else "MISSED")]
+        for label, measured, p, met in checks
+    ]
+    return "Targets of issue #6 (reported, not enforced)\n\n" + _table(
+        ["target", "this run", "status"], rows, left=2
+    )
+
+
+def _errors(points: Sequence[Point]) -> str:
+    lines = []
+    for p in points:
+        for kind, count in p.window.errors.most_common():
+            sample = p.window.error_samples.get(kind, "")
+            lines.append(f"  {p.scenario.name} c={p.concurrency}: {count} x {kind}: {sample[:160]}")
+        if p.window.unfinished:
+            lines.append(
+                f"  {p.scenario.name} c={p.concurrency}: {p.window.unfinished} calls still "
+                "running after the drain timeout"
+            )
+    return "Errors\n" + "\n".join(lines) if lines else ""
+
+
+def contention_warning(points: Sequence[Point]) -> str:
+    """A warning when other processes kept the machine busy during the windows."""
+    seconds = sum(p.window.seconds for p in points)
+    other = sum(max(0.0, p.window.deltas.get("other", 0.0)) for p in points)
+    if not seconds or other / seconds < CONTENTION_WARN_CORES:
+        return ""
+    worst = max(points, key=lambda p: _cores(p, "other"))
+    return (
+        f"WARNING: other processes kept {other / seconds:.2f} cores busy on average during the "
+        f"windows (up to {_cores(worst, 'other'):.2f} at {worst.scenario.name} "
+        f"c={worst.concurrency}); these figures understate an uncontended run."
+    )
+
+
+def render(points: Sequence[Point], settings: dict[str, Any], partial: bool = False) -> str:
+    """Everything printed after the run."""
+    title = "Results" + (" (PARTIAL: the run did not finish)" if partial else "")
+    sections = [
+        f"{title}\n{settings_line(settings)}\n"
+        "calls/s and latency are per client call; a saga call is 6 durable invocations. "
+        "CPU ms/call = CPU seconds used\nby the process(es) during the window / calls "
+        "completed in it; 'cores b/s/c' = CPU seconds / window seconds (broker/services/client);\n"
+        "'other' = cores busy with anything else on the machine (contention: figures are only\n"
+        "comparable when it is near 0). The floor is `direct`: the same handler over plain gRPC,\n"
+        "no broker, at the same concurrency.",
+        main_table(points),
+        contention_warning(points),
+        journal_table(points),
+        commit_table(points),
+        _errors(points),
+        reference_section(points),
+        targets_section(points),
+    ]
+    return "\n\n".join(s for s in sections if s)
+
+
+def to_json(
+    points: Sequence[Point], settings: dict[str, Any], elapsed: float, complete: bool
+) -> dict[str, Any]:
+    """The results as a JSON-ready dict."""
+
+    def nan_none(x: float) -> float | None:
+        return None if math.isnan(x) or math.isinf(x) else x
+
+    out = []
+    for p in points:
+        w = p.window
+        svc = _service_role(p)
+        thr, p50 = _ratios(points, p)
+        out.append(
+            {
+                "scenario": p.scenario.name,
+                "through_broker": p.scenario.through_broker,
+                "invocations_per_call": p.scenario.invocations,
+                "steps_per_call": p.scenario.steps,
+                "concurrency": p.concurrency,
+                "window_s": w.seconds,
+                "calls": w.ok,
+                "throughput_per_s": w.throughput,
+                "latency_ms": {
+                    q: nan_none(w.percentile(v) * 1000)
+                    for q, v in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+                },
+                "errors": dict(w.errors),
+                "error_samples": w.error_samples,
+                "unfinished": w.unfinished,
+                "cpu_s": {k: v for k, v in w.deltas.items() if not k.startswith("metric:")},
+                "broker_metrics": {
+                    k[7:]: v for k, v in w.deltas.items() if k.startswith("metric:")
+                },
+                "cpu_s_per_call": {
+                    "broker": nan_none(_per_call_ms(p, "broker") / 1000),
+                    "services": nan_none(_per_call_ms(p, svc) / 1000),
+                    "client": nan_none(_per_call_ms(p, "client") / 1000),
+                },
+                "vs_floor": {"throughput": nan_none(thr), "p50": nan_none(p50)},
+            }
+        )
+    return {
+        "complete": complete,
+        "elapsed_s": elapsed,
+        "settings": settings,
+        "results": out,
+        "reference_not_measured_here": {
+            "source": "issue #6: Restate 1.7.12 + Python SDK 1.2.0, 2-core machine",
+            "points": [
+                {"scenario": s, "concurrency": c, "throughput_per_s": t, "p50_ms": m}
+                for (s, c), (t, m) in REFERENCE.items()
+            ],
+            "notes": list(REFERENCE_NOTES),
+        },
+    }

@@ -1,0 +1,368 @@
+"""`python -m bench`: flags, the processes under test, the scenarios, the measured points."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
+from trips import trips_pb2, trips_pb2_grpc
+
+from bench import report
+from bench.load import BadResponse, Call, Window, closed_loop
+from bench.procs import (
+    BenchError,
+    Cluster,
+    Interrupted,
+    broker_supports,
+    free_ports,
+    install_signal_handlers,
+)
+
+DEFAULT_JSON = Path(".data/bench/results.json")
+WORK_ROOT = Path(".data/bench")
+ALL_SCENARIOS = ("direct", "trivial", "saga", "journal")
+CALL_TIMEOUT_S = 30.0
+DRAIN_TIMEOUT_S = 30.0
+# Large enough for any payload the flags allow; the broker enforces its own limit.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+DEMO_SERVICES = ("flights", "cars", "payments", "trips")
+# The broker's counters read around each window, when it serves metrics (`--metrics`).
+BROKER_METRICS = (
+    "durable_invocations_started_total",
+    "durable_journal_batch_steps_count",
+    "durable_journal_batch_steps_sum",
+    "durable_journal_fsync_seconds_count",
+    "durable_journal_fsync_seconds_sum",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """One kind of call to measure.
+
+    Attributes:
+        name: As printed, e.g. `saga` or `journal-100`.
+        through_broker: False for the floor (a plain gRPC server, no broker).
+        invocations: Durable invocations per call (the saga makes 6).
+        steps: `ctx.run` steps per call (the journal scenario), else 0.
+        make: Builds the call from the ingress and direct channels.
+    """
+
+    name: str
+    through_broker: bool
+    invocations: int
+    steps: int
+    make: Callable[[grpc.aio.Channel, grpc.aio.Channel], Call]
+
+
+@dataclasses.dataclass
+class Point:
+    """One measured scenario at one concurrency."""
+
+    scenario: Scenario
+    concurrency: int
+    window: Window
+
+
+def _echo(payload: bytes, via_broker: bool) -> Callable[[grpc.aio.Channel, grpc.aio.Channel], Call]:
+    request = benchsvc_pb2.EchoRequest(payload=payload)
+
+    def make(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
+        stub = benchsvc_pb2_grpc.BenchStub(ingress if via_broker else direct)
+
+        async def call(timeout: float) -> None:
+            response = await stub.Echo(request, timeout=timeout)
+            if len(response.payload) != len(payload):
+                raise BadResponse(f"echoed {len(response.payload)} bytes of {len(payload)}")
+
+        return call
+
+    return make
+
+
+def _saga(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
+    stub = trips_pb2_grpc.TripsStub(ingress)
+    request = trips_pb2.ReserveTripRequest(
+        **{"from": "BER"}, to="LIS", date="2026-07-01", amount_cents=45000
+    )
+
+    async def call(timeout: float) -> None:
+        response = await stub.Reserve(request, timeout=timeout)
+        if response.status != "success":
+            raise BadResponse(f"saga status {response.status!r}")
+
+    return call
+
+
+def _journal(steps: int) -> Callable[[grpc.aio.Channel, grpc.aio.Channel], Call]:
+    request = benchsvc_pb2.StepsRequest(steps=steps)
+
+    def make(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
+        stub = benchsvc_pb2_grpc.BenchStub(ingress)
+
+        async def call(timeout: float) -> None:
+            response = await stub.Steps(request, timeout=timeout)
+            if response.steps != steps:
+                raise BadResponse(f"ran {response.steps} steps of {steps}")
+
+        return call
+
+    return make
+
+
+def scenarios(names: list[str], payload: bytes, journal_steps: list[int]) -> list[Scenario]:
+    """The scenarios to run, the floor first (every other one is reported against it)."""
+    out: list[Scenario] = []
+    if "direct" in names:
+        out.append(Scenario("direct", False, 0, 0, _echo(payload, via_broker=False)))
+    if "trivial" in names:
+        out.append(Scenario("trivial", True, 1, 0, _echo(payload, via_broker=True)))
+    if "saga" in names:
+        out.append(Scenario("saga", True, 6, 0, _saga))
+    if "journal" in names:
+        out.extend(Scenario(f"journal-{n}", True, 1, n, _journal(n)) for n in journal_steps)
+    return out
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from e
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    return values
+
+
+def _scenario_list(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(ALL_SCENARIOS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown scenarios {unknown}; choose from {', '.join(ALL_SCENARIOS)}"
+        )
+    return names
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The benchmark's flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="Throughput, latency and CPU of the broker against a plain gRPC floor.",
+    )
+    p.add_argument(
+        "--scenarios",
+        type=_scenario_list,
+        default=list(ALL_SCENARIOS),
+        help=f"comma-separated, from {','.join(ALL_SCENARIOS)} (default all)",
+    )
+    p.add_argument(
+        "--concurrency", type=_int_list, default=[1, 16, 64], help="clients (default 1,16,64)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=5.0, help="measured seconds per point (default 5)"
+    )
+    p.add_argument("--warmup", type=float, default=1.0, help="seconds before each window (1)")
+    p.add_argument(
+        "--journal-steps",
+        type=_int_list,
+        default=[10, 100],
+        help="ctx.run steps per call in the journal scenario (default 10,100)",
+    )
+    p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size (default 64)")
+    p.add_argument("--no-fsync", action="store_true", help="run the broker with --no-fsync")
+    p.add_argument(
+        "--suspend-after", default="1s", help="the broker's --suspend-after (default 1s)"
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        help=f"where to write the results (default {DEFAULT_JSON})",
+    )
+    p.add_argument(
+        "--keep", action="store_true", help="keep the run's data and logs under .data/bench"
+    )
+    args = p.parse_args(argv)
+    if args.duration <= 0 or args.warmup < 0 or args.payload_bytes < 0:
+        p.error("--duration must be positive, --warmup and --payload-bytes not negative")
+    return args
+
+
+@dataclasses.dataclass
+class Addresses:
+    """Where the processes under test listen."""
+
+    ingress: str
+    admin: str
+    direct: str
+
+
+def start(cluster: Cluster, args: argparse.Namespace, names: list[str]) -> Addresses:
+    """Starts the broker and the services the scenarios need, readies and registers them."""
+    services: list[str] = []
+    if "trivial" in names or "journal" in names:
+        services.append("bench")
+    if "saga" in names:
+        services.extend(DEMO_SERVICES)
+    ports = free_ports(4 + len(services))
+    host = "127.0.0.1"
+    ingress, admin, direct, metrics = (f"{host}:{p}" for p in ports[:4])
+    service_addresses = {s: f"{host}:{p}" for s, p in zip(services, ports[4:], strict=True)}
+
+    # Spawn everything first (children fork before this process starts any gRPC thread).
+    broker_args = [
+        "-m", "broker",
+        "--data-dir", str(cluster.workdir / "broker"),
+        "--ingress", ingress,
+        "--admin", admin,
+        "--suspend-after", args.suspend_after,
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    if args.no_fsync:
+        broker_args.append("--no-fsync")
+    if broker_supports("--metrics"):
+        broker_args += ["--metrics", metrics]
+        cluster.metrics_address, cluster.metric_names = metrics, BROKER_METRICS
+    broker = cluster.spawn("broker", "broker", ingress, broker_args)
+    procs = []
+    for name, address in service_addresses.items():
+        module = "bench.service" if name == "bench" else f"services.{name}"
+        extra = ["--log-level", "WARNING"]
+        if name == "trips":
+            extra += ["--notification-log", str(cluster.workdir / "trips-notifications.log")]
+        procs.append(
+            cluster.spawn(name, "service", address, ["-m", module, "--listen", address, *extra])
+        )
+    direct_proc = None
+    if "direct" in names:
+        direct_proc = cluster.spawn(
+            "direct", "direct", direct, ["-m", "bench.direct", "--listen", direct]
+        )
+
+    cluster.wait_ready(broker, ingress)
+    cluster.wait_ready(broker, admin)
+    for proc in procs:
+        cluster.wait_ready(proc)
+    if direct_proc is not None:
+        cluster.wait_ready(direct_proc)
+    cluster.register(admin, [f"http://{a}" for a in service_addresses.values()])
+    return Addresses(ingress, admin, direct)
+
+
+async def measure(
+    cluster: Cluster,
+    addresses: Addresses,
+    plan: list[Scenario],
+    args: argparse.Namespace,
+    points: list[Point],
+) -> None:
+    """Measures every scenario at every concurrency, appending to `points` as it goes."""
+    async with (
+        grpc.aio.insecure_channel(addresses.ingress, options=CHANNEL_OPTIONS) as ingress,
+        grpc.aio.insecure_channel(addresses.direct, options=CHANNEL_OPTIONS) as direct,
+    ):
+        calls = {s.name: s.make(ingress, direct) for s in plan}
+        # One call of each first: a scenario that cannot work fails the run at once.
+        for s in plan:
+            try:
+                await calls[s.name](CALL_TIMEOUT_S)
+            except (grpc.aio.AioRpcError, BadResponse) as e:
+                detail = (
+                    f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else e
+                )
+                raise BenchError(f"scenario {s.name}: the first call failed: {detail}") from e
+        for s in plan:
+            for concurrency in args.concurrency:
+                cluster.check_alive()
+                window = await closed_loop(
+                    calls[s.name],
+                    concurrency=concurrency,
+                    warmup=args.warmup,
+                    duration=args.duration,
+                    probe=cluster.probe,
+                    call_timeout=CALL_TIMEOUT_S,
+                    drain_timeout=DRAIN_TIMEOUT_S,
+                )
+                point = Point(s, concurrency, window)
+                points.append(point)
+                print(report.progress_line(point), file=sys.stderr, flush=True)
+        cluster.check_alive()
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings in force, as printed and written to JSON."""
+    return {
+        "fsync": not args.no_fsync,
+        "suspend_after": args.suspend_after,
+        "group_commit": "broker default (adaptive: one fsync per group of queued batches)",
+        "payload_bytes": args.payload_bytes,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "concurrency": args.concurrency,
+        "journal_steps": args.journal_steps,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark; returns the exit code (0, 1 on failure, 130 when interrupted)."""
+    args = parse_args(argv)
+    started = time.monotonic()
+    install_signal_handlers()
+    plan = scenarios(args.scenarios, os.urandom(args.payload_bytes), args.journal_steps)
+    WORK_ROOT.mkdir(parents=True, exist_ok=True)
+    # Under the repository, not /tmp: the journal's fsyncs must hit the real disk, and /tmp
+    # is a tmpfs on many machines.
+    workdir = Path(tempfile.mkdtemp(prefix="run-", dir=WORK_ROOT))
+    points: list[Point] = []
+    code = 0
+    the_settings = settings(args)
+    print(report.settings_line(the_settings), flush=True)
+    try:
+        with Cluster(workdir) as cluster:
+            addresses = start(cluster, args, args.scenarios)
+            print(f"processes ready after {time.monotonic() - started:.1f} s", flush=True)
+            asyncio.run(measure(cluster, addresses, plan, args, points))
+    except (KeyboardInterrupt, Interrupted) as e:
+        print(f"\ninterrupted ({type(e).__name__}); all processes stopped", file=sys.stderr)
+        code = 130
+    except BenchError as e:
+        print(f"bench failed: {e}", file=sys.stderr)
+        code = 1
+    finally:
+        # Kept when asked to, or when a failure may need its logs; an interrupt needs none.
+        if code != 1 and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            print(f"data and logs kept in {workdir}", file=sys.stderr)
+
+    elapsed = time.monotonic() - started
+    if points:
+        print()
+        print(report.render(points, the_settings, partial=code != 0))
+        results = report.to_json(points, the_settings, elapsed, complete=code == 0)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    print(f"total elapsed {elapsed:.1f} s")
+    return code
