@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import durable
 import grpc
@@ -11,22 +10,10 @@ from cars import cars_pb2
 from cars.cars_durable import CarsServicer
 
 from services import _common
+from services._records import Record, confirm
 
-# The state key holding {"state": ..., "booking_id": ...}.
-BOOKING = "booking"
-
-
-async def _load(ctx: durable.ObjectSharedContext) -> dict[str, Any]:
-    booking: dict[str, Any] = await ctx.get(BOOKING, {})
-    return booking
-
-
-def _status(ctx: durable.ObjectSharedContext, booking: dict[str, Any]) -> cars_pb2.BookingStatus:
-    return cars_pb2.BookingStatus(
-        trip_id=ctx.key,
-        state=booking.get("state", ""),
-        booking_id=booking.get("booking_id", ""),
-    )
+# One record per trip, in the object's state: {"state": ..., "booking_id": ...}.
+BOOKINGS = Record("booking", cars_pb2.BookingStatus, {"state": "", "booking_id": ""})
 
 
 class Cars(CarsServicer):
@@ -43,44 +30,25 @@ class Cars(CarsServicer):
                 grpc.StatusCode.FAILED_PRECONDITION,
             )
         # ctx.uuid4() is seeded by the invocation, so a replay gets the same id.
-        booking = {"state": "reserved", "booking_id": str(ctx.uuid4())}
-        ctx.set(BOOKING, booking)
-        return _status(ctx, booking)
+        return BOOKINGS.save(ctx, {"state": "reserved", "booking_id": str(ctx.uuid4())})
 
     async def Confirm(
         self, ctx: durable.ObjectContext, request: cars_pb2.ConfirmRequest
     ) -> cars_pb2.BookingStatus:
         """Makes a reserved booking final; fails terminally when `request.fail` is set."""
-        if request.fail:
-            raise durable.TerminalError(
-                f"car confirmation failed for trip {ctx.key}: the rental company rejected it",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
-        booking = await _load(ctx)
-        state = booking.get("state", "")
-        if state not in ("reserved", "confirmed"):
-            raise durable.TerminalError(
-                f"car of trip {ctx.key} cannot be confirmed: it is {state or 'not reserved'}",
-                grpc.StatusCode.FAILED_PRECONDITION,
-            )
-        booking["state"] = "confirmed"
-        ctx.set(BOOKING, booking)
-        return _status(ctx, booking)
+        return await confirm(ctx, BOOKINGS, "car", request.fail, "the rental company")
 
     async def Cancel(
         self, ctx: durable.ObjectContext, request: cars_pb2.TripRef
     ) -> cars_pb2.BookingStatus:
         """Releases the booking whatever its state: a compensation, so it never fails."""
-        booking = await _load(ctx)
-        booking["state"] = "cancelled"
-        ctx.set(BOOKING, booking)
-        return _status(ctx, booking)
+        return await BOOKINGS.update(ctx, state="cancelled")
 
     async def Get(
         self, ctx: durable.ObjectSharedContext, request: cars_pb2.TripRef
     ) -> cars_pb2.BookingStatus:
         """The booking's state, or an empty state when the trip is unknown."""
-        return _status(ctx, await _load(ctx))
+        return await BOOKINGS.get(ctx)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import uuid
 from collections.abc import Sequence
-from typing import Any
 
 import durable
 import grpc
@@ -13,9 +12,14 @@ from payments import payments_pb2
 from payments.payments_durable import PaymentsServicer
 
 from services import _common
+from services._records import Record
 
-# The state key holding {"state": ..., "payment_id": ..., "amount_cents": ...}.
-PAYMENT = "payment"
+# One record per trip, in the object's state.
+PAYMENTS = Record(
+    "payment",
+    payments_pb2.PaymentStatus,
+    {"state": "", "payment_id": "", "amount_cents": 0},
+)
 # A flaky charge fails this many times per trip before the gateway accepts it.
 FLAKY_FAILURES = 2
 
@@ -34,22 +38,6 @@ def _charge(trip_id: str, flaky: bool) -> str:
     return str(uuid.uuid4())
 
 
-async def _load(ctx: durable.ObjectSharedContext) -> dict[str, Any]:
-    payment: dict[str, Any] = await ctx.get(PAYMENT, {})
-    return payment
-
-
-def _status(
-    ctx: durable.ObjectSharedContext, payment: dict[str, Any]
-) -> payments_pb2.PaymentStatus:
-    return payments_pb2.PaymentStatus(
-        trip_id=ctx.key,
-        state=payment.get("state", ""),
-        payment_id=payment.get("payment_id", ""),
-        amount_cents=payment.get("amount_cents", 0),
-    )
-
-
 class Payments(PaymentsServicer):
     """`payments.Payments`: charge and refund the payment of one trip."""
 
@@ -64,28 +52,22 @@ class Payments(PaymentsServicer):
         trip_id, flaky = ctx.key, request.flaky
         # The charge runs once: its payment id is journaled and replayed, never recharged.
         payment_id: str = await ctx.run("charge", lambda: _charge(trip_id, flaky))
-        payment = {
-            "state": "processed",
-            "payment_id": payment_id,
-            "amount_cents": request.amount_cents,
-        }
-        ctx.set(PAYMENT, payment)
-        return _status(ctx, payment)
+        return PAYMENTS.save(
+            ctx,
+            {"state": "processed", "payment_id": payment_id, "amount_cents": request.amount_cents},
+        )
 
     async def Refund(
         self, ctx: durable.ObjectContext, request: payments_pb2.TripRef
     ) -> payments_pb2.PaymentStatus:
         """Gives the money back whatever the state: a compensation, so it never fails."""
-        payment = await _load(ctx)
-        payment["state"] = "refunded"
-        ctx.set(PAYMENT, payment)
-        return _status(ctx, payment)
+        return await PAYMENTS.update(ctx, state="refunded")
 
     async def Get(
         self, ctx: durable.ObjectSharedContext, request: payments_pb2.TripRef
     ) -> payments_pb2.PaymentStatus:
         """The payment's state, or an empty state when the trip is unknown."""
-        return _status(ctx, await _load(ctx))
+        return await PAYMENTS.get(ctx)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
