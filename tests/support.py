@@ -23,10 +23,11 @@ from typing import Any, TypeVar
 
 import grpc
 from cars import cars_pb2_grpc
-from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
+from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2_grpc, invocation_pb2, journal_pb2
 from flights import flights_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from payments import payments_pb2_grpc
+from playground import playground_pb2_grpc
 from trips import trips_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +35,9 @@ PYTHON = sys.executable
 BIN = Path(sys.executable).parent
 GRPCURL = BIN / "grpcurl"
 SERVICES = ("flights", "cars", "payments", "trips")
+# The playground process (`python -m services.playground`): not started unless asked for,
+# e.g. `Cluster(tmp, services=("playground",))` or `services=(*SERVICES, PLAYGROUND)`.
+PLAYGROUND = "playground"
 # The gRPC service each demo process hosts, as the ingress serves it.
 SERVICE_NAMES = {
     "flights": "flights.Flights",
@@ -41,6 +45,13 @@ SERVICE_NAMES = {
     "payments": "payments.Payments",
     "trips": "trips.Trips",
 }
+# The services the playground process hosts.
+PLAYGROUND_SERVICES = (
+    "playground.Waiter",
+    "playground.Counter",
+    "playground.Signup",
+    "playground.Flaky",
+)
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
 # Reconnect quickly after a process restarts (gRPC's default backoff starts at 1 s and grows).
@@ -98,6 +109,12 @@ def wait_for(
             detail = f" (last error: {last_error})" if last_error else ""
             raise TestTimeout(f"timed out after {timeout:.1f} s waiting for {what}{detail}")
         time.sleep(interval)  # polling interval, not synchronisation: the deadline decides
+
+
+def invocation_id_of(call: Any) -> str:
+    """The `invocation-id` response metadata of a finished call (from `.with_call`)."""
+    value = dict(call.initial_metadata()).get("invocation-id", "")
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def trip_id_of(response: Any) -> str:
@@ -248,7 +265,8 @@ class Cluster:
         tmp: A directory for the broker's data, the logs and the notification log.
         suspend_after: The broker's `--suspend-after`.
         broker_args: More broker flags, e.g. `["--max-payload-bytes", "1024"]`.
-        services: Which demo services to start (all four by default).
+        services: Which demo services to start (all four by default); add `PLAYGROUND`
+            to also start `python -m services.playground`.
     """
 
     def __init__(
@@ -334,6 +352,15 @@ class Cluster:
         process.start()
         wait_healthy(self.service_addresses[name], time.monotonic() + STARTUP_TIMEOUT_S, process)
 
+    def ensure_running(self) -> None:
+        """Starts again whichever of the processes is not running (e.g. after a test that
+        killed one failed before restarting it), so a shared cluster serves the next test."""
+        if not self.broker.alive:
+            self.start_broker()
+        for name, process in self.services.items():
+            if not process.alive:
+                self.start_service(name)
+
     def close(self) -> None:
         """Stops every process (SIGTERM, SIGKILL as a last resort) and the channels.
 
@@ -403,6 +430,31 @@ class Cluster:
         """`payments.Payments` through the ingress."""
         return payments_pb2_grpc.PaymentsStub(self.ingress_channel)
 
+    @property
+    def ingress_api(self) -> ingress_pb2_grpc.IngressStub:
+        """`durable.v1.Ingress` (Attach, GetOutput) on the ingress port."""
+        return ingress_pb2_grpc.IngressStub(self.ingress_channel)
+
+    @property
+    def waiter(self) -> playground_pb2_grpc.WaiterStub:
+        """`playground.Waiter` through the ingress (needs the `PLAYGROUND` process)."""
+        return playground_pb2_grpc.WaiterStub(self.ingress_channel)
+
+    @property
+    def counter(self) -> playground_pb2_grpc.CounterStub:
+        """`playground.Counter` through the ingress."""
+        return playground_pb2_grpc.CounterStub(self.ingress_channel)
+
+    @property
+    def signup(self) -> playground_pb2_grpc.SignupStub:
+        """`playground.Signup` through the ingress."""
+        return playground_pb2_grpc.SignupStub(self.ingress_channel)
+
+    @property
+    def flaky(self) -> playground_pb2_grpc.FlakyStub:
+        """`playground.Flaky` through the ingress."""
+        return playground_pb2_grpc.FlakyStub(self.ingress_channel)
+
     # -- the admin API ------------------------------------------------------------------
 
     def invocations(
@@ -433,6 +485,105 @@ class Cluster:
     def invocation(self, invocation_id: str) -> invocation_pb2.Invocation:
         """One invocation's record."""
         return self.describe(invocation_id).invocation
+
+    def by_idempotency_key(
+        self, service: str, key: str, method: str = ""
+    ) -> list[invocation_pb2.Invocation]:
+        """The invocations of `service` (and `method`) started with idempotency key `key`."""
+        return [
+            i for i in self.invocations(service=service, method=method) if i.idempotency_key == key
+        ]
+
+    def journal_kinds(self, invocation_id: str) -> list[str]:
+        """The command of each journal entry, e.g. `["input", "sleep", "output"]`."""
+        return [str(e.WhichOneof("command")) for e in self.describe(invocation_id).journal]
+
+    def journal_entries(self, invocation_id: str, kind: str) -> list[journal_pb2.JournalEntry]:
+        """The journal entries of `invocation_id` whose command is `kind` (e.g. "sleep")."""
+        return [e for e in self.describe(invocation_id).journal if e.WhichOneof("command") == kind]
+
+    def awakeable_id(self, invocation_id: str) -> str:
+        """The id of the awakeable `invocation_id` journaled ("" while there is none)."""
+        entries = self.journal_entries(invocation_id, "awakeable")
+        return entries[0].awakeable.awakeable_id if entries else ""
+
+    def wait_status(
+        self, invocation_id: str, status: int | str, timeout: float = 30.0
+    ) -> invocation_pb2.Invocation:
+        """Waits until the invocation has `status` (the enum or its name); returns its record."""
+        name = status if isinstance(status, str) else Status.Name(Status.ValueType(status))
+        wanted = Status.Value(name.upper().replace("-", "_"))
+
+        def reached() -> invocation_pb2.Invocation | None:
+            record = self.invocation(invocation_id)
+            return record if record.status == wanted else None
+
+        record = self.wait_for(
+            reached,
+            timeout=timeout,
+            message=lambda: f"{invocation_id} to be {name}: {self.describe(invocation_id)}",
+        )
+        assert record is not None
+        return record
+
+    def cancel(self, invocation_id: str) -> invocation_pb2.Invocation:
+        """CancelInvocation."""
+        response = self.admin.CancelInvocation(
+            admin_pb2.InvocationRequest(invocation_id=invocation_id), timeout=10
+        )
+        return response.invocation
+
+    def kill(self, invocation_id: str) -> invocation_pb2.Invocation:
+        """KillInvocation."""
+        response = self.admin.KillInvocation(
+            admin_pb2.InvocationRequest(invocation_id=invocation_id), timeout=10
+        )
+        return response.invocation
+
+    def resume(self, invocation_id: str) -> invocation_pb2.Invocation:
+        """ResumeInvocation."""
+        response = self.admin.ResumeInvocation(
+            admin_pb2.InvocationRequest(invocation_id=invocation_id), timeout=10
+        )
+        return response.invocation
+
+    def resolve_awakeable(self, awakeable_id: str, value: Any = None) -> None:
+        """ResolveAwakeable with `value` encoded as JSON."""
+        self.admin.ResolveAwakeable(
+            admin_pb2.ResolveAwakeableRequest(
+                awakeable_id=awakeable_id, value=json.dumps(value).encode()
+            ),
+            timeout=10,
+        )
+
+    def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
+        """RejectAwakeable."""
+        self.admin.RejectAwakeable(
+            admin_pb2.RejectAwakeableRequest(awakeable_id=awakeable_id, reason=reason), timeout=10
+        )
+
+    def complete_promise(
+        self,
+        service: str,
+        key: str,
+        name: str,
+        value: Any = None,
+        rejection: str | None = None,
+    ) -> None:
+        """CompletePromise: resolves with `value` (as JSON), or rejects with `rejection`."""
+        request = admin_pb2.CompletePromiseRequest(service=service, key=key, name=name)
+        if rejection is not None:
+            request.rejection = rejection
+        else:
+            request.value = json.dumps(value).encode()
+        self.admin.CompletePromise(request, timeout=10)
+
+    def state(self, service: str, key: str) -> dict[str, Any]:
+        """GetState, each value decoded from JSON."""
+        response = self.admin.GetState(
+            admin_pb2.GetStateRequest(service=service, key=key), timeout=10
+        )
+        return {name: json.loads(value) for name, value in response.state.items()}
 
     def wait_for(
         self,
