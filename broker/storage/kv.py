@@ -85,6 +85,12 @@ class RocksKV:
             raise StorageError(f"cannot create the data dir {path}: {e.strerror}") from e
         options = rocksdict.Options(raw_mode=True)
         options.create_if_missing(True)
+        # Small memtables and a bounded WAL: purged invocations leave the disk within
+        # minutes (flush, then compaction drops the deleted keys) instead of piling up
+        # in a 64 MB memtable's log first.
+        options.set_write_buffer_size(8 * 1024 * 1024)
+        options.set_max_total_wal_size(32 * 1024 * 1024)
+        options.set_keep_log_file_num(3)
         try:
             self._db = rocksdict.Rdict(path, options)
         except Exception as e:
