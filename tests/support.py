@@ -275,9 +275,12 @@ class Cluster:
         suspend_after: str = "1s",
         broker_args: Sequence[str] = (),
         services: Sequence[str] = SERVICES,
+        service_args: Sequence[str] = (),
     ) -> None:
         self.tmp = tmp
         self.suspend_after = suspend_after
+        # More flags for every service, e.g. ["--request-response"].
+        self.service_args = list(service_args)
         self.data_dir = tmp / "broker-data"
         self.log_dir = tmp / "logs"
         self.notification_log = tmp / "trips" / "notifications.log"
@@ -296,7 +299,7 @@ class Cluster:
         self._admin_channel: grpc.Channel | None = None
 
     def _service_args(self, name: str, address: str) -> list[str]:
-        args = [PYTHON, "-m", f"services.{name}", "--listen", address]
+        args = [PYTHON, "-m", f"services.{name}", "--listen", address, *self.service_args]
         if name == "trips":
             args += ["--notification-log", str(self.notification_log)]
         return args

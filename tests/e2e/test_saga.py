@@ -27,7 +27,14 @@ from tests.support import (
     trip_id_of,
 )
 
-pytestmark = pytest.mark.parametrize("cluster", ["1s", "0"], indirect=True)
+# Streams with suspension after 1 s, suspension at every await, and every service in
+# request/response mode (one unary call per attempt, as FaaS platforms run handlers).
+pytestmark = pytest.mark.parametrize(
+    "cluster",
+    ["1s", "0", {"suspend_after": "1s", "service_args": ["--request-response"]}],
+    ids=["stream", "suspend-always", "request-response"],
+    indirect=True,
+)
 
 CLIENTS = ["stub", "grpcurl"]
 CALL_TIMEOUT_S = 60.0
@@ -154,3 +161,14 @@ def test_flaky_payment_is_retried_and_the_trip_succeeds(cluster: Cluster, client
     assert processes[0].attempts >= 3, processes[0]
     records = cluster.notifications(outcome.trip_id)
     assert [r["status"] for r in records] == ["success"], records
+
+
+def test_the_endpoints_run_in_the_mode_asked_for(cluster: Cluster) -> None:
+    from durable.v1 import admin_pb2
+
+    modes = {
+        d.mode
+        for d in cluster.admin.ListDeployments(admin_pb2.ListDeploymentsRequest()).deployments
+    }
+    wanted = "request_response" if "--request-response" in cluster.service_args else "stream"
+    assert modes == {wanted}
