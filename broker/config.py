@@ -44,6 +44,9 @@ class Settings:
     max_state_bytes: int = 16 * 1024 * 1024
     # Attempts in flight per deployment; the rest wait in line (0 = no limit).
     max_concurrency: int = 0
+    # An attempt whose endpoint sends nothing for this long is abandoned and retried
+    # (a hung handler or stream); long side effects must finish within it.
+    inactivity_timeout: float = 600.0
     admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -125,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="attempts in flight per deployment; more wait in line (0 = no limit)",
     )
     p.add_argument(
+        "--inactivity-timeout",
+        type=parse_duration,
+        default=parse_duration(_env("BROKER_INACTIVITY_TIMEOUT", "10m")),
+        help="abandon (and retry) an attempt whose endpoint sends nothing this long",
+    )
+    p.add_argument(
         "--admin-token",
         default=_env("BROKER_ADMIN_TOKEN", ""),
         help="require `authorization: Bearer TOKEN` on admin calls",
@@ -155,6 +164,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_journal_entries=a.max_journal_entries,
         max_state_bytes=a.max_state_bytes,
         max_concurrency=a.max_concurrency,
+        inactivity_timeout=a.inactivity_timeout,
         admin_token=a.admin_token or None,
         tls_cert=a.tls_cert or None,
         tls_key=a.tls_key or None,

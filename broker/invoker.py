@@ -72,11 +72,13 @@ class Invoker:
         committer: Committer,
         endpoint_secret: str | None = None,
         max_concurrency: int = 0,
+        inactivity_timeout: float = 600.0,
     ) -> None:
         self._registry = registry
         self._committer = committer
         # Per deployment: attempts beyond the limit wait here, in arrival order.
         self._max_concurrency = max_concurrency
+        self._inactivity_timeout = inactivity_timeout
         self._slots: dict[str, asyncio.Semaphore] = {}
         # Sent with every call to an endpoint, for endpoints that require it.
         self.metadata: tuple[tuple[str, str], ...] = (
@@ -151,7 +153,9 @@ class Invoker:
             if deployment.request_response:
                 await self._ready(attempt, start)
                 reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
-                    protocol_pb2.InvokeRequest(start=start), metadata=self.metadata
+                    protocol_pb2.InvokeRequest(start=start),
+                    metadata=self.metadata,
+                    timeout=self._inactivity_timeout,
                 )
                 messages = list(reply.messages)
                 for response in messages:
@@ -172,11 +176,23 @@ class Invoker:
                     requests(),  # type: ignore[arg-type]
                     metadata=self.metadata,
                 )
-                async for response in call:
+                responses = aiter(call)
+                while True:
+                    try:
+                        response = await asyncio.wait_for(
+                            anext(responses), timeout=self._inactivity_timeout
+                        )
+                    except StopAsyncIteration:
+                        outcome.error = "the endpoint closed the stream before ending the attempt"
+                        break
+                    except TimeoutError:
+                        outcome.error = (
+                            f"the endpoint sent nothing for {self._inactivity_timeout:g}s "
+                            "(--inactivity-timeout); attempt abandoned"
+                        )
+                        break
                     if self._handle(live, attempt, response, outcome):
                         break
-                else:
-                    outcome.error = "the endpoint closed the stream before ending the attempt"
         except grpc.aio.AioRpcError as e:
             outcome.error = f"call to {deployment.uri} failed: {e.code().name}: {e.details()}"
         except Exception as e:
@@ -208,11 +224,17 @@ class Invoker:
         self,
         live: Live,
         attempt: Attempt,
-        response: protocol_pb2.InvokeResponse,
+        response: protocol_pb2.InvokeResponse | None,
         outcome: _Outcome,
     ) -> bool:
         """Feeds one message to the partition; True when the attempt is over."""
         partition = self.partition
+        if response is None:  # grpc.aio hands over None for a frame it cannot parse
+            outcome.error = (
+                "protocol violation: the endpoint sent a frame that does not parse as an "
+                "InvokeResponse"
+            )
+            return True
         kind = response.WhichOneof("message")
         if kind == "entry":
             outcome.error = partition.on_entry(

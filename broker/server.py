@@ -42,7 +42,11 @@ class Broker:
         self.metrics = self.partition.metrics
         self._metrics_server: asyncio.Server | None = None
         self.invoker = Invoker(
-            self.registry, self.committer, settings.endpoint_secret, settings.max_concurrency
+            self.registry,
+            self.committer,
+            settings.endpoint_secret,
+            settings.max_concurrency,
+            settings.inactivity_timeout,
         )
         self.invoker.partition = self.partition
         self.partition.invoker = self.invoker
