@@ -7,10 +7,10 @@ STAMP := $(VENV)/.installed
 GEN_STAMP := gen/.generated
 PROTO_INCLUDE = $$($(VPY) -c 'import grpc_tools, os; print(os.path.join(os.path.dirname(grpc_tools.__file__), "_proto"))')
 DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
-DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto)
+DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run test test-unit lint fmt verify bench clean
+.PHONY: setup proto run test test-unit lint fmt verify bench chaos clean
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -64,6 +64,11 @@ verify: lint test
 
 bench: setup
 	$(VPY) -m bench $(BENCH_ARGS)
+
+# The verification runner: random programs under crashes, checked against the model.
+CHAOS_ARGS ?= --programs 500 --duration 120 --faults broker,service,stream
+chaos: setup
+	$(VPY) -m tests.chaos.runner $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) gen sdk_python/durable/v1 .data

@@ -64,6 +64,12 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request of {len(body)} bytes exceeds the {self._max_payload}-byte limit",
             )
+        if not self._partition.committer.healthy:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "the broker cannot write its journal right now "
+                f"({self._partition.committer.last_error}); retry later",
+            )
         try:
             _, _, key = reg.resolve(self._registry, service, method, body)
         except reg.BadRequest as e:
@@ -82,6 +88,9 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 idempotency_key=idempotency_key,
                 traceparent=traceparent,
             )
+            # The id is an acknowledgement: hand it out only once the invocation (or the
+            # one this call attached to) is durable, so it still names it after a crash.
+            await asyncio.shield(self._partition.committer.barrier())
             await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
             try:
                 # Shielded: a caller that goes away must not cancel the invocation.

@@ -1,0 +1,1 @@
+"""The verification runner's test service: handlers that interpret generated programs."""

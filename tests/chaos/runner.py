@@ -1,0 +1,375 @@
+"""The verification runner: random programs under crashes, checked against a model.
+
+    python -m tests.chaos.runner --seed 7 --programs 200 --duration 60 \
+        --faults broker,service,stream
+
+From the seed it generates programs for `chaos.Counters` (increments of shared counters,
+nested calls and sends three levels deep, sleeps, side effects that succeed, fail once or
+are slow, awakeables resolved by a sibling invocation, terminal errors recovered from) and
+the model of their effects: every program's outcome and every counter's final value. It
+starts a real broker and the chaos service (`python -m services.chaos`) on free ports,
+submits each program on its own key with its own idempotency key (at most `--concurrency`
+at a time, spread over `--duration`), and meanwhile SIGKILLs and restarts the broker and
+the service and breaks the streams between them at seeded random moments. A client whose
+call fails retries with the same idempotency key until it gets an answer.
+
+At the end, once no invocation is pending, running, suspended or backing off, it checks
+that every program answered its expected outcome exactly once, that every program, Add,
+Resolve and Fail has exactly one invocation with the right result, that each program's
+handler changed its state exactly once, and that every counter equals the model: nothing
+lost, nothing applied twice. On failure it prints the seed, the mismatches and the records
+and journals of the invocations involved, keeps the logs, and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from chaos import chaos_pb2 as pb
+from chaos import chaos_pb2_grpc
+
+from tests.chaos.runner_check import (
+    ClientResult,
+    Verdict,
+    dump,
+    report_problems,
+    verify,
+    wait_quiescent,
+)
+from tests.chaos.runner_cluster import ChaosCluster
+from tests.chaos.runner_faults import KINDS, FaultInjector, TcpProxy, schedule
+from tests.chaos.runner_model import Model, generate
+
+# Quick retries, so that invocations whose endpoint was down resume soon after it is back.
+BROKER_ARGS = ("--log-level", "INFO", "--retry-initial", "50ms", "--retry-max", "1s")
+SUSPEND_AFTER_CHOICES = ("0", "100ms", "1s")
+# One try of a client's call; it retries (same idempotency key) until its deadline.
+ATTEMPT_TIMEOUT_S = 20.0
+RETRY_PAUSE_S = 0.2
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """What to run. Everything random derives from `seed`."""
+
+    seed: int
+    programs: int = 200
+    # Seconds over which programs are submitted and faults injected.
+    duration: float = 60.0
+    faults: tuple[str, ...] = KINDS
+    # Mean seconds between two faults.
+    fault_interval: float = 5.0
+    concurrency: int = 16
+    counters: int = 10
+    # Seconds the clients (then the invocations) get after `duration` to finish.
+    settle: float = 120.0
+    # The broker's --suspend-after; empty: chosen by the seed.
+    suspend_after: str = ""
+    # Serve the chaos service with --request-response (one unary call per attempt).
+    request_response: bool = False
+
+    def effective_suspend_after(self) -> str:
+        """The --suspend-after of the run (seeded unless given)."""
+        return self.suspend_after or random.Random(f"{self.seed}-config").choice(
+            SUSPEND_AFTER_CHOICES
+        )
+
+    def command(self) -> str:
+        """The command line that replays this run."""
+        faults = ",".join(self.faults) or "none"
+        return (
+            f"python -m tests.chaos.runner --seed {self.seed} --programs {self.programs} "
+            f"--duration {self.duration:g} --faults {faults} "
+            f"--fault-interval {self.fault_interval:g} --concurrency {self.concurrency} "
+            f"--counters {self.counters} --suspend-after {self.effective_suspend_after()}"
+            + (" --request-response" if self.request_response else "")
+        )
+
+
+@dataclasses.dataclass
+class Report:
+    """The outcome of a run and its printable report."""
+
+    passed: bool
+    text: str
+    faults: Counter[str]
+    elapsed: float
+    invocations: int
+
+
+# Called once every invocation finished, before the checks (the runner's own tests use it
+# to break something on purpose and see the checks catch it).
+Tamper = Callable[[ChaosCluster, Model], None]
+
+
+def run(options: Options, workdir: Path, tamper: Tamper | None = None) -> Report:
+    """Runs the programs of `options.seed` under faults in `workdir`; checks the result."""
+    began = time.monotonic()
+    model = generate(options.seed, options.programs, options.counters)
+    faults = schedule(options.seed, options.faults, options.duration, options.fault_interval)
+    cluster = ChaosCluster(
+        workdir,
+        options.effective_suspend_after(),
+        BROKER_ARGS,
+        request_response=options.request_response,
+    )
+    proxy: TcpProxy | None = None
+    verdict = Verdict()
+    dumped = ""
+    results: dict[str, ClientResult] = {}
+    injector: FaultInjector | None = None
+    try:
+        cluster.start_broker()
+        cluster.start_service()
+        endpoint = cluster.service_address
+        if "stream" in options.faults:
+            proxy = TcpProxy(endpoint).start()
+            endpoint = proxy.address
+        cluster.register(f"http://{endpoint}")
+
+        started = time.monotonic()
+        deadline = started + options.duration + options.settle
+        injector = FaultInjector(cluster, proxy, faults).start()
+        results = _submit(model, cluster, options, started, deadline)
+        injector.stop()
+        if injector.error is not None:
+            verdict.problems.append(f"fault injection failed: {injector.error!r}")
+        verdict.problems += injector.unexpected_exits
+
+        stuck = wait_quiescent(cluster, timeout=max(10.0, deadline - time.monotonic()))
+        if tamper is not None:
+            tamper(cluster, model)
+        checked = verify(model, results, cluster)
+        verdict.problems += checked.problems
+        verdict.suspects.update(checked.suspects)
+        verdict.invocations = checked.invocations
+        verdict.retried = checked.retried
+        verdict.max_attempts = checked.max_attempts
+        if stuck:
+            verdict.problems.insert(0, f"{len(stuck)} invocations still active at the deadline")
+        if not verdict.passed:
+            dumped = dump(cluster, verdict.suspects.items())
+    except Exception:  # the run itself broke (e.g. a process did not restart): a failure
+        verdict.problems.append(f"the run was aborted:\n{traceback.format_exc()}")
+    finally:
+        if injector is not None:
+            injector.stop(watch=False)
+        verdict.problems += [f"unclean shutdown: {e}" for e in cluster.close()]
+        if proxy is not None:
+            proxy.close()
+    elapsed = time.monotonic() - began
+    if not verdict.passed:
+        dumped += "\n" + cluster.log_tails(30)
+    text = _report(options, model, injector, results, verdict, dumped, elapsed, workdir)
+    injected = injector.injected if injector is not None else Counter[str]()
+    return Report(verdict.passed, text, injected, elapsed, verdict.invocations)
+
+
+def _submit(
+    model: Model, cluster: ChaosCluster, options: Options, started: float, deadline: float
+) -> dict[str, ClientResult]:
+    """Submits every root program, spread over the duration, and waits for every answer."""
+    stub = chaos_pb2_grpc.CountersStub(cluster.ingress_channel)
+    spacing = options.duration / max(1, len(model.roots))
+    results = {root.key: ClientResult(root.key) for root in model.roots}
+    with ThreadPoolExecutor(options.concurrency, thread_name_prefix="chaos-client") as pool:
+        for index, root in enumerate(model.roots):
+            pool.submit(
+                _client,
+                stub,
+                root,
+                model.idempotency_key(root.key),
+                results[root.key],
+                started,
+                started + index * spacing,
+                deadline,
+            )
+    return results
+
+
+def invocation_id_of(call: grpc.Call) -> str:
+    """The `invocation-id` response metadata of a call ("" if it has none)."""
+    for key, value in call.initial_metadata() or ():
+        if key == "invocation-id":
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return ""
+
+
+def _client(
+    stub: chaos_pb2_grpc.CountersStub,
+    program: pb.Program,
+    idempotency_key: str,
+    result: ClientResult,
+    started: float,
+    start_at: float,
+    deadline: float,
+) -> None:
+    """Calls Execute until it answers (same idempotency key every time) or the deadline."""
+    time.sleep(max(0.0, start_at - time.monotonic()))  # paced submission
+    first_try = time.monotonic()
+    metadata = (("idempotency-key", idempotency_key),)
+    while (timeout := min(ATTEMPT_TIMEOUT_S, deadline - time.monotonic())) > 0:
+        result.attempts += 1
+        began = time.monotonic() - started
+        try:
+            outcome, call = stub.Execute.with_call(
+                program, metadata=metadata, timeout=timeout, wait_for_ready=True
+            )
+        except grpc.RpcError as e:
+            code = e.code().name if e.code() is not None else "?"
+            result.errors[code] = result.errors.get(code, 0) + 1
+            result.last_error = f"{code}: {e.details()}"
+            invocation_id = invocation_id_of(e) if isinstance(e, grpc.Call) else ""
+            result.record_try(began, time.monotonic() - started, code, invocation_id)
+            time.sleep(RETRY_PAUSE_S)  # between retries of a failed call
+            continue
+        except Exception as e:  # not a gRPC failure: record it, do not hide it
+            result.last_error = f"client error: {e!r}"
+            return
+        result.outcome = outcome
+        result.record_try(began, time.monotonic() - started, "OK", invocation_id_of(call))
+        result.latency = time.monotonic() - first_try
+        return
+
+
+def _report(
+    options: Options,
+    model: Model,
+    injector: FaultInjector | None,
+    results: dict[str, ClientResult],
+    verdict: Verdict,
+    dumped: str,
+    elapsed: float,
+    workdir: Path,
+) -> str:
+    injected = injector.injected if injector is not None else Counter[str]()
+    errors: Counter[str] = Counter()
+    for result in results.values():
+        errors.update(result.errors)
+    answered = [r for r in results.values() if r.outcome is not None]
+    latencies = sorted(r.latency for r in answered) or [0.0]
+    faults = ", ".join(f"{kind} {n}" for kind, n in sorted(injected.items())) or "none"
+    retried = ", ".join(f"{code} {n}" for code, n in errors.most_common()) or "none"
+    lines = [
+        f"chaos: seed {options.seed} · suspend-after {options.effective_suspend_after()} · "
+        f"faults {','.join(options.faults) or 'none'} every ~{options.fault_interval:g} s · "
+        f"{'request/response' if options.request_response else 'stream'} endpoint",
+        f"  programs: {model.describe()}",
+        f"  counters: {sum(model.adds.values())} increments of {len(model.counter_keys)} keys",
+        f"  faults injected: {sum(injected.values())} ({faults})",
+        f"  clients: {len(answered)}/{len(model.roots)} answered · "
+        f"{sum(r.attempts for r in results.values())} calls (failed tries: {retried}) · "
+        f"latency median {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s",
+        f"  invocations: {verdict.invocations} (model {model.expected_invocations}), "
+        f"{verdict.retried} retried (at most {verdict.max_attempts} attempts) · "
+        f"elapsed {elapsed:.1f} s",
+    ]
+    if injector is not None and injector.log:
+        lines.append("  fault log:")
+        lines += [f"    {entry}" for entry in injector.log]
+    if verdict.passed:
+        lines.append("PASS")
+        return "\n".join(lines)
+    lines += [
+        f"FAIL: {len(verdict.problems)} problems (seed {options.seed})",
+        report_problems(verdict.problems),
+    ]
+    if dumped:
+        lines += ["stuck or wrong invocations:", dumped]
+    lines += [
+        f"logs and data: {workdir}",
+        f"replay: {options.command()}",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None, bool]:
+    """Options, the work directory (None: a temporary one) and whether to keep it."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.chaos.runner",
+        description="Random programs under crashes, checked against a model.",
+    )
+    parser.add_argument("--seed", type=int, help="replays a run (default: a random seed)")
+    parser.add_argument("--programs", type=int, default=200, help="root programs (default 200)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=60.0,
+        help="seconds over which programs are submitted and faults injected (default 60)",
+    )
+    parser.add_argument(
+        "--faults",
+        default=",".join(KINDS),
+        help=f"comma-separated kinds among {', '.join(KINDS)}, or none (default: all)",
+    )
+    parser.add_argument(
+        "--fault-interval", type=float, default=5.0, help="mean seconds between faults"
+    )
+    parser.add_argument("--concurrency", type=int, default=16, help="programs in flight at most")
+    parser.add_argument("--counters", type=int, default=10, help="shared counter keys")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=120.0,
+        help="seconds after the duration for every program to finish (default 120)",
+    )
+    parser.add_argument(
+        "--suspend-after", default="", help="the broker's --suspend-after (default: seeded)"
+    )
+    parser.add_argument(
+        "--request-response",
+        action="store_true",
+        help="serve the chaos service in request/response mode instead of streams",
+    )
+    parser.add_argument("--workdir", type=Path, help="data and logs here (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    kinds = tuple(k for k in args.faults.split(",") if k and k != "none")
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    options = Options(
+        seed=seed,
+        programs=args.programs,
+        duration=args.duration,
+        faults=kinds,
+        fault_interval=args.fault_interval,
+        concurrency=args.concurrency,
+        counters=args.counters,
+        settle=args.settle,
+        suspend_after=args.suspend_after,
+        request_response=args.request_response,
+    )
+    return options, args.workdir, args.keep
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs once; 0 when every check passed, 1 otherwise."""
+    options, workdir, keep = parse_args(argv)
+    print(f"chaos: seed {options.seed} · {options.programs} programs · {options.duration:g} s")
+    print(f"  replay: {options.command()}", flush=True)
+    temporary = workdir is None
+    path = workdir or Path(tempfile.mkdtemp(prefix=f"chaos-{options.seed}-"))
+    report = run(options, path)
+    print(report.text, flush=True)
+    if report.passed and temporary and not keep:
+        shutil.rmtree(path, ignore_errors=True)
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

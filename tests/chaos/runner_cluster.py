@@ -1,0 +1,142 @@
+"""The processes of a verification run: one broker and the chaos service, on free ports.
+
+Built on the stable core of `tests/support.py` (`Process`, `wait_healthy`, `free_port`):
+the broker and `python -m services.chaos`, each logging to `<workdir>/logs/`, the broker's
+data in `<workdir>/broker-data`, killed and restarted on the same ports and data dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
+
+from tests.support import (
+    CHANNEL_OPTIONS,
+    PYTHON,
+    STARTUP_TIMEOUT_S,
+    Process,
+    free_port,
+    wait_healthy,
+)
+
+
+class ChaosCluster:
+    """The broker and the chaos service.
+
+    Args:
+        workdir: Data and logs go here.
+        suspend_after: The broker's `--suspend-after`.
+        broker_args: More broker flags.
+        request_response: Serve the chaos service with `--request-response`.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        suspend_after: str,
+        broker_args: Sequence[str],
+        request_response: bool = False,
+    ) -> None:
+        self.workdir = workdir
+        self.data_dir = workdir / "broker-data"
+        self.ingress = f"127.0.0.1:{free_port()}"
+        self.admin_address = f"127.0.0.1:{free_port()}"
+        self.service_address = f"127.0.0.1:{free_port()}"
+        broker = [PYTHON, "-m", "broker", "--data-dir", str(self.data_dir)]
+        broker += ["--ingress", self.ingress, "--admin", self.admin_address]
+        broker += ["--suspend-after", suspend_after, *broker_args]
+        self.broker = Process("broker", broker, workdir / "logs" / "broker.log")
+        service = [PYTHON, "-m", "services.chaos", "--listen", self.service_address]
+        if request_response:
+            service.append("--request-response")
+        self.service = Process("chaos", service, workdir / "logs" / "chaos.log")
+        self._ingress_channel: grpc.Channel | None = None
+        self._admin_channel: grpc.Channel | None = None
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start_broker(self) -> None:
+        """Starts the broker (same ports, same data dir) and waits until it serves."""
+        self.broker.start()
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        wait_healthy(self.ingress, deadline, self.broker)
+        wait_healthy(self.admin_address, deadline, self.broker)
+
+    def kill_broker(self) -> None:
+        """SIGKILLs the broker."""
+        self.broker.kill()
+
+    def start_service(self) -> None:
+        """Starts the chaos service on its port and waits until it serves."""
+        self.service.start()
+        wait_healthy(self.service_address, time.monotonic() + STARTUP_TIMEOUT_S, self.service)
+
+    def kill_service(self) -> None:
+        """SIGKILLs the chaos service."""
+        self.service.kill()
+
+    def close(self) -> list[str]:
+        """Stops both processes (SIGTERM); returns what did not shut down cleanly."""
+        errors: list[str] = []
+        for channel in (self._ingress_channel, self._admin_channel):
+            if channel is not None:
+                channel.close()
+        self._ingress_channel = self._admin_channel = None
+        for process in (self.service, self.broker):
+            try:
+                code = process.terminate()
+            except AssertionError as e:
+                errors.append(str(e))
+                continue
+            if code not in (None, 0, -15):
+                errors.append(f"{process.name} exited with {code} on SIGTERM")
+        return errors
+
+    def log_tails(self, lines: int = 40) -> str:
+        """The tail of both logs."""
+        return "\n".join(p.log_tail(lines) for p in (self.broker, self.service))
+
+    # -- clients --------------------------------------------------------------------------
+
+    @property
+    def ingress_channel(self) -> grpc.Channel:
+        """A channel to the ingress (reconnects quickly after a broker restart)."""
+        if self._ingress_channel is None:
+            self._ingress_channel = grpc.insecure_channel(self.ingress, options=CHANNEL_OPTIONS)
+        return self._ingress_channel
+
+    @property
+    def admin(self) -> admin_pb2_grpc.AdminStub:
+        """The admin API."""
+        if self._admin_channel is None:
+            self._admin_channel = grpc.insecure_channel(self.admin_address, options=CHANNEL_OPTIONS)
+        return admin_pb2_grpc.AdminStub(self._admin_channel)
+
+    def register(self, uri: str) -> None:
+        """Registers the endpoint at `uri`."""
+        self.admin.RegisterDeployment(admin_pb2.RegisterDeploymentRequest(uri=uri), timeout=30)
+
+    def invocations(self, status: int = 0, limit: int = 0) -> list[invocation_pb2.Invocation]:
+        """ListInvocations (every status unless `status`)."""
+        request = admin_pb2.ListInvocationsRequest(status=status, limit=limit)  # type: ignore[arg-type]
+        return list(self.admin.ListInvocations(request, timeout=30).invocations)
+
+    def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
+        """DescribeInvocation: the record and its journal."""
+        request = admin_pb2.DescribeInvocationRequest(invocation_id=invocation_id)
+        response: admin_pb2.DescribeInvocationResponse = self.admin.DescribeInvocation(
+            request, timeout=10
+        )
+        return response
+
+    def state(self, service: str, key: str) -> dict[str, Any]:
+        """GetState, each value decoded from JSON."""
+        request = admin_pb2.GetStateRequest(service=service, key=key)
+        response = self.admin.GetState(request, timeout=10)
+        return {name: json.loads(value) for name, value in response.state.items()}

@@ -1,0 +1,289 @@
+"""Faults for the verification runner: a seeded schedule, the thread that injects it, and a
+TCP proxy between the broker and the service whose connections can be broken.
+
+Kinds of fault:
+- `broker`: SIGKILL the broker, leave it down a moment, start it on the same data dir.
+- `service`: SIGKILL the service process, leave it down a moment, start it again.
+- `stream`: wait until an attempt is running, then either reset every connection between
+  the broker and the service at the proxy (both processes live on; the streams break) or
+  SIGKILL the service in the middle of that attempt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import select
+import socket
+import struct
+import threading
+import time
+from collections import Counter
+
+from durable.v1 import admin_pb2
+
+from tests.chaos.runner_cluster import ChaosCluster
+from tests.support import Status
+
+KINDS = ("broker", "service", "stream")
+# How long a stream fault waits for a running attempt before it breaks the streams anyway.
+RUNNING_WAIT_S = 3.0
+# How often the processes are checked for exits the runner did not cause.
+WATCH_INTERVAL_S = 0.25
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """One planned fault: `at` seconds into the run, down for `downtime` seconds."""
+
+    at: float
+    kind: str
+    downtime: float
+    # For stream faults: "reset" (break the connections) or "kill" (SIGKILL the service).
+    variant: str = ""
+
+    @property
+    def label(self) -> str:
+        """The kind, and the variant of a stream fault: `stream/reset`."""
+        return f"{self.kind}/{self.variant}" if self.variant else self.kind
+
+
+def schedule(seed: int, kinds: tuple[str, ...], duration: float, interval: float) -> list[Fault]:
+    """Faults at seeded random moments of `[0, duration)`, `interval` s apart on average."""
+    if not kinds or interval <= 0:
+        return []
+    rng = random.Random(f"{seed}-faults")
+    faults: list[Fault] = []
+    at = rng.uniform(0.3, 1.0) * interval
+    while at < duration:
+        kind = rng.choice(kinds)
+        variant = rng.choice(["reset", "kill"]) if kind == "stream" else ""
+        faults.append(Fault(at=at, kind=kind, downtime=rng.uniform(0.0, 1.5), variant=variant))
+        at += rng.uniform(0.5, 1.5) * interval
+    return faults
+
+
+class FaultInjector:
+    """Runs a fault schedule against a cluster in a background thread, and watches the
+    processes: one that exits without being killed by the schedule is recorded in
+    `unexpected_exits` (a failure of the run) and started again.
+
+    Args:
+        cluster: The broker and the chaos service.
+        proxy: The proxy the broker reaches the service through (needed for stream resets).
+        faults: The schedule, in order of `at`.
+    """
+
+    def __init__(self, cluster: ChaosCluster, proxy: TcpProxy | None, faults: list[Fault]) -> None:
+        self.cluster = cluster
+        self.proxy = proxy
+        self.faults = faults
+        self.injected: Counter[str] = Counter()
+        self.log: list[str] = []
+        self.error: BaseException | None = None
+        self.unexpected_exits: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fault-injector", daemon=True)
+        self._start = 0.0
+
+    def start(self) -> FaultInjector:
+        """Starts injecting; `at` counts from now."""
+        self._start = time.monotonic()
+        self._thread.start()
+        return self
+
+    def stop(self, watch: bool = True) -> None:
+        """Stops injecting and watching (a fault under way completes: its processes are
+        restarted), then (with `watch`) checks the processes one last time."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if watch:
+            self.watch()
+
+    def watch(self) -> None:
+        """Records and restarts a process that exited on its own."""
+        elapsed = time.monotonic() - self._start
+        for process, restart in (
+            (self.cluster.broker, self.cluster.start_broker),
+            (self.cluster.service, self.cluster.start_service),
+        ):
+            code = process.popen.poll() if process.popen is not None else None
+            if code is None:
+                continue
+            # Exit code 0 after "shutting down": it got SIGTERM/SIGINT, not from the runner.
+            self.unexpected_exits.append(
+                f"{elapsed:6.1f}s {process.name} exited on its own with code {code}\n"
+                + process.log_tail(15)
+            )
+            restart()
+
+    def _run(self) -> None:
+        try:
+            for fault in self.faults:
+                if self._sleep_watching(self._start + fault.at):
+                    return
+                self._inject(fault)
+            self._sleep_watching(float("inf"))
+        except BaseException as e:  # reported by the runner as a failure of the run
+            self.error = e
+
+    def _sleep_watching(self, until: float) -> bool:
+        """Watches the processes until `until` (monotonic); True when told to stop."""
+        while not self._stop.wait(min(WATCH_INTERVAL_S, max(0.0, until - time.monotonic()))):
+            self.watch()
+            if time.monotonic() >= until:
+                return False
+        return True
+
+    def _inject(self, fault: Fault) -> None:
+        elapsed = time.monotonic() - self._start
+        if fault.kind == "broker":
+            self.cluster.kill_broker()
+            time.sleep(fault.downtime)  # the broker stays down this long (seeded)
+            self.cluster.start_broker()
+            note = f"down {fault.downtime:.2f}s"
+        elif fault.kind == "service":
+            self._kill_service(fault.downtime)
+            note = f"down {fault.downtime:.2f}s"
+        elif fault.kind == "stream":
+            running = self._wait_running()
+            if fault.variant == "reset" and self.proxy is not None:
+                note = f"{self.proxy.reset()} connections reset during {running}"
+            else:
+                self._kill_service(fault.downtime)
+                note = f"service killed during {running}"
+        else:
+            raise ValueError(f"unknown fault kind {fault.kind!r}")
+        self.log.append(f"{elapsed:6.1f}s {fault.label}: {note}")
+        self.injected[fault.label] += 1
+
+    def _kill_service(self, downtime: float) -> None:
+        self.cluster.kill_service()
+        time.sleep(downtime)  # the service stays down this long (seeded)
+        self.cluster.start_service()
+
+    def _wait_running(self) -> str:
+        """The id of an invocation with an attempt in flight ("nothing running" if none
+        showed up within `RUNNING_WAIT_S`)."""
+        deadline = time.monotonic() + RUNNING_WAIT_S
+        request = admin_pb2.ListInvocationsRequest(status=Status.RUNNING, limit=1)
+        while time.monotonic() < deadline and not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                running = self.cluster.admin.ListInvocations(request, timeout=2).invocations
+                if running:
+                    return str(running[0].id)
+            time.sleep(0.05)  # polling for a running attempt, with a deadline
+        return "nothing running"
+
+
+class TcpProxy:
+    """Forwards connections on `127.0.0.1:<port>` to `target`; `reset()` breaks them all.
+
+    Args:
+        target: host:port of the service endpoint.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._pairs: list[_Pair] = []
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept, name="chaos-proxy", daemon=True)
+
+    @property
+    def address(self) -> str:
+        """host:port the broker should use for the service."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> TcpProxy:
+        """Starts accepting connections."""
+        self._thread.start()
+        return self
+
+    def reset(self) -> int:
+        """Aborts every open connection (RST to both sides); returns how many there were."""
+        with self._lock:
+            pairs, self._pairs = self._pairs, []
+        for pair in pairs:
+            pair.close(abort=True)
+        return len(pairs)
+
+    def close(self) -> None:
+        """Stops accepting and aborts every connection."""
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        self.reset()
+        self._thread.join(timeout=5)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                readable, _, _ = select.select([self._listener], [], [], 0.1)
+                if not readable:
+                    continue
+                client, _ = self._listener.accept()
+            except (OSError, ValueError):
+                return  # closed
+            try:
+                upstream = socket.create_connection(self.target, timeout=1.0)
+            except OSError:
+                _abort(client)  # the service is down: the broker sees a broken connection
+                continue
+            pair = _Pair(client, upstream)
+            with self._lock:
+                self._pairs = [p for p in self._pairs if not p.closed] + [pair]
+            pair.start()
+
+
+class _Pair:
+    """Two connected sockets, pumped both ways by two threads."""
+
+    def __init__(self, downstream: socket.socket, upstream: socket.socket) -> None:
+        self.sockets = (downstream, upstream)
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        for source, sink in (self.sockets, self.sockets[::-1]):
+            source.settimeout(None)
+            threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while not self.closed:
+                readable, _, _ = select.select([source], [], [], 0.1)
+                if not readable:
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except (OSError, ValueError):
+            pass  # closed under us, or reset by a peer
+        self.close(abort=False)
+
+    def close(self, abort: bool) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        for sock in self.sockets:
+            if abort:
+                _abort(sock)
+            else:
+                with contextlib.suppress(OSError):
+                    sock.close()
+
+
+def _abort(sock: socket.socket) -> None:
+    """Closes with SO_LINGER 0: the peer gets a RST, not an orderly FIN."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.close()

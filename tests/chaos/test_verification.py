@@ -1,0 +1,87 @@
+"""The verification runner, bounded for CI: random programs while the broker and the
+service are SIGKILLed and the streams between them broken; every program answers once,
+every counter equals the model. `make chaos` runs the same thing for longer.
+
+Two runs: a fixed seed, and a fresh random seed each time (in the test id and the report:
+replay a failure with the `replay:` command it prints). A third run breaks things on
+purpose after the programs finished, to show the checks catch what they claim to.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from chaos import chaos_pb2_grpc
+from durable.v1 import admin_pb2
+
+from tests.chaos.runner import Options, run
+from tests.chaos.runner_cluster import ChaosCluster
+from tests.chaos.runner_faults import schedule
+from tests.chaos.runner_model import Model, generate
+
+FIXED_SEED = 20_241_126
+RANDOM_SEED = random.SystemRandom().randrange(1, 2**31)
+
+
+@pytest.mark.parametrize(
+    "seed",
+    [FIXED_SEED, RANDOM_SEED],
+    ids=[f"fixed-seed-{FIXED_SEED}", f"random-seed-{RANDOM_SEED}"],
+)
+def test_programs_survive_crashes(
+    seed: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 40 programs over 12 s with a fault every ~2.5 s: about 15-20 s on 2 cores.
+    options = Options(seed=seed, programs=40, duration=12.0, fault_interval=2.5, settle=60.0)
+    report = run(options, tmp_path)
+    print(report.text)
+    # One line in the test output, passed or not: the seed, to replay the run.
+    with capsys.disabled():
+        verdict = "passed" if report.passed else "FAILED"
+        print(
+            f"\nchaos run {verdict}: seed {seed}, {sum(report.faults.values())} faults, "
+            f"{report.invocations} invocations, {report.elapsed:.0f} s "
+            f"(replay: {options.command()})"
+        )
+    assert report.passed, report.text
+    assert sum(report.faults.values()) >= 2, report.text
+
+
+def test_checks_catch_a_program_applied_twice_and_a_lost_increment(tmp_path: Path) -> None:
+    tampered: list[str] = []
+
+    def tamper(cluster: ChaosCluster, model: Model) -> None:
+        # Take 1 off a counter (an increment lost), then run the first program again under
+        # a new idempotency key (applied twice).
+        counter = sorted(model.adds)[0]
+        state = cluster.state("chaos.Counters", counter)
+        request = admin_pb2.SetStateRequest(
+            service="chaos.Counters",
+            key=counter,
+            name="value",
+            value=str(state["value"] - 1).encode(),
+        )
+        cluster.admin.SetState(request, timeout=10)
+        tampered.append(counter)
+        counters = chaos_pb2_grpc.CountersStub(cluster.ingress_channel)
+        counters.Execute(model.roots[0], metadata=(("idempotency-key", "again"),), timeout=30)
+
+    options = Options(seed=FIXED_SEED, programs=6, duration=1.0, faults=(), settle=30.0)
+    report = run(options, tmp_path, tamper=tamper)
+    assert not report.passed, report.text
+    root = f"p{FIXED_SEED}-0"
+    assert f"{root} (root): 2 Execute invocations" in report.text, report.text
+    assert f"{root}: state 'executions' is 2" in report.text, report.text
+    assert f"counter {tampered[0]}: value" in report.text, report.text
+    assert f"replay: python -m tests.chaos.runner --seed {FIXED_SEED}" in report.text
+    assert "stuck or wrong invocations:" in report.text, report.text
+
+
+def test_the_fault_schedule_and_programs_replay_from_the_seed() -> None:
+    assert generate(7, 20, 5).roots == generate(7, 20, 5).roots
+    assert generate(7, 20, 5).roots != generate(8, 20, 5).roots
+    kinds = ("broker", "service", "stream")
+    assert schedule(7, kinds, 30, 3) == schedule(7, kinds, 30, 3)
+    assert schedule(7, (), 30, 3) == []
