@@ -64,6 +64,9 @@ class Committer:
         self.groups = 0
         self.batches = 0
         self.sync_seconds = 0.0
+        # False while writes fail (e.g. a full disk); they are retried until they succeed.
+        self.healthy = True
+        self.last_error = ""
 
     def submit(self, batch: Batch) -> asyncio.Future[None]:
         """Queues `batch`; the future resolves once it is durable and its actions ran."""
@@ -89,27 +92,12 @@ class Committer:
             await asyncio.shield(self._task)
 
     async def _flush_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         # Let the events already on the loop add their batches to this first group.
         await asyncio.sleep(0)
         while self._pending:
             group, self._pending = self._pending, []
             puts = [p for batch, _ in group for p in batch.puts]
-            synced = 0.0
-            try:
-                if puts:
-                    self._kv.write(puts)
-                    if self._sync:
-                        started = time.perf_counter()
-                        await loop.run_in_executor(None, self._kv.sync)
-                        synced = time.perf_counter() - started
-                        self.sync_seconds += synced
-            except Exception as e:  # a failed write must not be acknowledged
-                log.critical("journal write failed: %r", e)
-                for _, future in group:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
+            synced = await self._write_until_durable(puts) if puts else 0.0
             self.groups += 1
             self.batches += len(group)
             if self._observe is not None and puts:
@@ -122,3 +110,40 @@ class Committer:
                         log.exception("post-commit action failed")
                 if not future.done():
                     future.set_result(None)
+
+    async def _write_until_durable(self, puts: list[tuple[bytes, bytes | None]]) -> float:
+        """Writes and syncs one group, retrying until it is durable; returns fsync seconds.
+
+        A failed write (a full disk, an I/O error) is never acknowledged and never
+        dropped: the group waits, the store is reopened if it needs to be, and the write is
+        tried again with backoff. Writes are idempotent puts and deletes, so retrying one
+        that half succeeded is safe. Meanwhile `healthy` is False, which the ingress reads
+        to turn new work away.
+        """
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while True:
+            try:
+                self._kv.write(puts)
+                synced = 0.0
+                if self._sync:
+                    started = time.perf_counter()
+                    await loop.run_in_executor(None, self._kv.sync)
+                    synced = time.perf_counter() - started
+                    self.sync_seconds += synced
+                if not self.healthy:
+                    log.warning("journal writes succeed again")
+                self.healthy = True
+                self.last_error = ""
+                return synced
+            except Exception as e:
+                if self.healthy:
+                    log.critical("journal write failed, retrying until it succeeds: %s", e)
+                self.healthy = False
+                self.last_error = str(e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                try:
+                    self._kv.recover()
+                except Exception as reopen_error:
+                    log.error("reopening the journal store failed: %s", reopen_error)

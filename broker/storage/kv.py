@@ -29,6 +29,9 @@ class KV(Protocol):
     def sync(self) -> None:
         """Makes every write so far durable (fsync). Called off the event loop."""
 
+    def recover(self) -> None:
+        """Gets the store writable again after a failed write (e.g. reopens it)."""
+
     def close(self) -> None:
         """Releases the store."""
 
@@ -66,6 +69,9 @@ class MemoryKV:
     def sync(self) -> None:
         pass
 
+    def recover(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -91,6 +97,7 @@ class RocksKV:
         options.set_write_buffer_size(8 * 1024 * 1024)
         options.set_max_total_wal_size(32 * 1024 * 1024)
         options.set_keep_log_file_num(3)
+        self._path, self._options = path, options
         try:
             self._db = rocksdict.Rdict(path, options)
         except Exception as e:
@@ -127,6 +134,15 @@ class RocksKV:
 
     def sync(self) -> None:
         self._db.flush_wal(True)
+
+    def recover(self) -> None:
+        # After a failed write RocksDB refuses all writes until it is reopened; reopening
+        # replays the WAL, so what was durable stays.
+        try:
+            self._db.close()
+        except Exception:
+            pass
+        self._db = rocksdict.Rdict(self._path, self._options)
 
     def close(self) -> None:
         self._db.flush_wal(True)

@@ -571,43 +571,45 @@ class FailingKV(MemoryKV):
         if self.fail_sync:
             raise OSError("fsync failed")
 
+    recovered = 0
+
+    def recover(self) -> None:
+        self.recovered += 1
+
 
 @pytest.mark.parametrize(
     ("fail_write", "fail_sync", "sync"),
     [(True, False, False), (True, False, True), (False, True, True)],
     ids=["write-nosync", "write-sync", "sync"],
 )
-def test_failed_write_fails_the_futures(fail_write: bool, fail_sync: bool, sync: bool) -> None:
+def test_a_failed_write_is_retried_until_durable_never_acknowledged_early(
+    fail_write: bool, fail_sync: bool, sync: bool
+) -> None:
     kv = FailingKV(fail_write=fail_write, fail_sync=fail_sync)
     ran: list[int] = []
 
-    async def main() -> tuple[list[BaseException | None], Committer]:
+    async def main() -> None:
         committer = Committer(kv, sync=sync)
         futures = [
             committer.submit(_batch(b"k%d" % i, functools.partial(ran.append, i))) for i in range(5)
         ]
-        results = await asyncio.gather(*futures, return_exceptions=True)
-        return [r if isinstance(r, BaseException) else None for r in results], committer
-
-    errors, committer = asyncio.run(main())
-    assert all(isinstance(e, OSError) for e in errors)
-    assert ran == []  # no action runs for an unacknowledged write
-    assert committer.groups == 0 and committer.batches == 0
-
-
-def test_committer_recovers_after_a_failed_write() -> None:
-    kv = FailingKV()
-
-    async def main() -> None:
-        committer = Committer(kv, sync=False)
-        with pytest.raises(OSError):
-            await committer.submit(_batch(b"lost"))
-        kv.fail_write = False
-        await committer.submit(_batch(b"kept"))
+        # While the store refuses writes nothing is acknowledged and no action runs.
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+        assert not any(f.done() for f in futures)
+        assert ran == []
+        assert not committer.healthy
+        assert committer.last_error in ("disk full", "fsync failed")
+        assert kv.recovered >= 1  # the store was asked to get writable again
+        # Space returns: the same group is written, then acknowledged, in order.
+        kv.fail_write = kv.fail_sync = False
+        await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+        assert committer.healthy
+        assert committer.groups == 1 and committer.batches == 5
 
     asyncio.run(main())
-    assert kv.get(b"lost") is None
-    assert kv.get(b"kept") == b"v"
+    assert ran == [0, 1, 2, 3, 4]
+    assert all(kv.get(b"k%d" % i) == b"v" for i in range(5))
 
 
 def test_failing_action_does_not_block_the_rest() -> None:
