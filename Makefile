@@ -52,13 +52,13 @@ test-unit: setup
 	$(VPY) -m pytest tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check broker sdk_python services tests
-	$(VENV)/bin/ruff format --check broker sdk_python services tests
-	$(VENV)/bin/mypy broker sdk_python/durable
+	$(VENV)/bin/ruff check broker sdk_python services tests bench
+	$(VENV)/bin/ruff format --check broker sdk_python services tests bench
+	$(VENV)/bin/mypy broker sdk_python/durable services bench
 
 fmt: setup
-	$(VENV)/bin/ruff check --fix broker sdk_python services tests
-	$(VENV)/bin/ruff format broker sdk_python services tests
+	$(VENV)/bin/ruff check --fix broker sdk_python services tests bench
+	$(VENV)/bin/ruff format broker sdk_python services tests bench
 
 verify: lint test
 
