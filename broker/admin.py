@@ -258,7 +258,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         result: journal_pb2.Result,
     ) -> admin_pb2.ResolveAwakeableResponse:
         batch = Batch()
-        problem = self._partition.complete_awakeable(batch, awakeable_id, result)
+        problem = self._partition.waits.complete_awakeable(batch, awakeable_id, result)
         if problem is not None:
             code = (
                 grpc.StatusCode.FAILED_PRECONDITION
@@ -291,7 +291,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 )
             result = journal_pb2.Result(value=value)
         batch = Batch()
-        if not self._partition.complete_promise(
+        if not self._partition.waits.complete_promise(
             batch, request.service, request.key, request.name, result
         ):
             await context.abort(

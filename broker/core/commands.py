@@ -105,11 +105,11 @@ def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> R
         entry.awakeable.awakeable_id = awakeable_id(live.id, index)
     elif kind == "complete_awakeable":
         c = entry.complete_awakeable
-        p.complete_awakeable(batch, c.awakeable_id, c.completion)
+        p.waits.complete_awakeable(batch, c.awakeable_id, c.completion)
     elif kind in ("get_promise", "peek_promise", "complete_promise"):
         return _promise(p, batch, live, index, entry)
     elif kind == "attach":
-        return p.journal_attach(live, index, entry.attach.invocation_id)
+        return p.waits.attach(live, index, entry.attach.invocation_id)
     elif kind == "get_output":
         target = entry.get_output.invocation_id
         if target in p.live:
@@ -129,15 +129,15 @@ def _promise(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -
     kind = entry.WhichOneof("command")
     if kind == "get_promise":
         name = entry.get_promise.name
-        done = p.promise(record.service, record.key, name)
+        done = p.waits.promise(record.service, record.key, name)
         if done is None:
-            p.wait_for_promise(record.service, record.key, name, live.id, index)
+            p.waits.wait_for_promise(record.service, record.key, name, (live.id, index))
         return done
     if kind == "peek_promise":
-        done = p.promise(record.service, record.key, entry.peek_promise.name)
+        done = p.waits.promise(record.service, record.key, entry.peek_promise.name)
         return done if done is not None else Result(empty=journal_pb2.Empty())
     c = entry.complete_promise
-    if not p.complete_promise(batch, record.service, record.key, c.name, c.completion):
+    if not p.waits.complete_promise(batch, record.service, record.key, c.name, c.completion):
         return failure(FAILED_PRECONDITION, f"promise {c.name!r} was already completed")
     return Result(empty=journal_pb2.Empty())
 

@@ -13,7 +13,6 @@ import asyncio
 import collections
 import logging
 import secrets
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from durable.v1 import journal_pb2, protocol_pb2
@@ -29,12 +28,11 @@ from ..storage import (
     inbox,
     invocations,
     journal,
-    promises,
     state,
     timers,
 )
 from ..storage.kv import KV
-from . import commands
+from . import commands, recovery
 from .model import (
     Entry,
     Invocation,
@@ -46,6 +44,7 @@ from .model import (
     new_invocation_id,
     now_ms,
 )
+from .waits import Waits
 
 if TYPE_CHECKING:
     from ..invoker import Attempt, Invoker
@@ -81,11 +80,7 @@ class Partition:
         self._waiters: dict[str, list[asyncio.Future[Result]]] = collections.defaultdict(list)
         self._idempotent: dict[tuple[str, str, str, str], str] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
-        self._attach_waiters: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
-        self._promise_waiters: dict[tuple[str, str, str], list[tuple[str, int]]] = (
-            collections.defaultdict(list)
-        )
-        self._promises_pending: dict[tuple[str, str, str], Result] = {}
+        self.waits = Waits(self)
         self.metrics = Metrics()
         self.invoker: Invoker
         self.timers: TimerQueue
@@ -563,7 +558,7 @@ class Partition:
             existing = self._existing((call.service, call.method, key, ""))
             if existing is not None:
                 call.invocation_id = existing
-                return self.journal_attach(live, index, existing)
+                return self.waits.attach(live, index, existing)
         child = self._create(
             batch,
             service=call.service,
@@ -602,70 +597,12 @@ class Partition:
         )
         send.invocation_id = child.id
 
-    def journal_attach(self, live: Live, index: int, target: str) -> Result | None:
-        """Completes entry `index` with `target`'s result, now or when it completes."""
-        if target in self.live:
-            self._attach_waiters[target].append((live.id, index))
-            return None
-        done = self.completed(target)
-        return done if done is not None else failure(5, f"no invocation {target!r}")
-
     def completed(self, invocation_id: str) -> Result | None:
         """The result of a completed, retained invocation; None otherwise."""
         record = invocations.get(self.kv, invocation_id)
         if record is None or record.status != Status.COMPLETED:
             return None
         return record.result
-
-    # ---- Awakeables and promises
-
-    def complete_awakeable(self, batch: Batch, awakeable_id: str, result: Result) -> str | None:
-        """Completes an awakeable; returns why not when it cannot be."""
-        parsed = commands.parse_awakeable_id(awakeable_id)
-        live = self.live.get(parsed[0]) if parsed else None
-        if parsed is not None and live is None and self.completed(parsed[0]) is not None:
-            return f"awakeable {awakeable_id} was already completed (its invocation ended)"
-        if parsed is None or live is None or parsed[1] >= len(live.journal):
-            return f"no pending awakeable {awakeable_id!r}"
-        entry = live.journal[parsed[1]]
-        if not entry.HasField("awakeable"):
-            return f"no pending awakeable {awakeable_id!r}"
-        if entry.HasField("result"):
-            return f"awakeable {awakeable_id} was already completed"
-        self.complete_entry(batch, live, parsed[1], result)
-        return None
-
-    def promise(self, service: str, key: str, name: str) -> Result | None:
-        """A durable promise's result, or None while it is pending."""
-        pending = self._promises_pending.get((service, key, name))
-        if pending is not None:
-            return pending
-        return promises.get(self.kv, service, key, name)
-
-    def wait_for_promise(self, service: str, key: str, name: str, inv: str, index: int) -> None:
-        """Completes entry `index` of `inv` when the promise is completed."""
-        self._promise_waiters[(service, key, name)].append((inv, index))
-
-    def complete_promise(
-        self, batch: Batch, service: str, key: str, name: str, result: Result
-    ) -> bool:
-        """Completes a durable promise once; False when it was already completed."""
-        if self.promise(service, key, name) is not None:
-            return False
-        ident = (service, key, name)
-        promises.put(batch, service, key, name, result)
-        # Visible at once to later reads, even before the batch reaches storage.
-        self._promises_pending[ident] = result
-
-        def applied() -> None:
-            self._promises_pending.pop(ident, None)
-
-        batch.then(applied)
-        for invocation_id, index in self._promise_waiters.pop(ident, []):
-            waiter = self.live.get(invocation_id)
-            if waiter is not None:
-                self.complete_entry(batch, waiter, index, result)
-        return True
 
     # ---- Completion
 
@@ -701,10 +638,7 @@ class Partition:
             parent = self.live.get(record.caller.invocation_id)
             if parent is not None:
                 self.complete_entry(batch, parent, record.caller.entry_index, result)
-        for waiter_id, index in self._attach_waiters.pop(live.id, []):
-            waiter = self.live.get(waiter_id)
-            if waiter is not None:
-                self.complete_entry(batch, waiter, index, result)
+        self.waits.invocation_completed(batch, live.id, result)
         if live.inbox_seq is not None:
             self._inboxes[live.lock_key].remove((live.inbox_seq, live.id))
             inbox.delete(batch, *live.lock_key, live.inbox_seq)
@@ -747,58 +681,17 @@ class Partition:
                 self.save(batch, live)
         self.committer.submit(batch)
 
-    # ---- Recovery
+    # ---- Recovery and retention
 
     def recover(self) -> None:
         """Rebuilds the in-memory view from storage and restarts what was in flight."""
-        for record in invocations.scan(self.kv):
-            if record.status == Status.COMPLETED:
-                continue
-            live = Live(record, journal.load(self.kv, record.id))
-            self.live[record.id] = live
-            if record.idempotency_key:
-                ident = (record.service, record.method, record.key, record.idempotency_key)
-                self._idempotent[ident] = record.id
-            if record.exclusive and record.status != Status.PENDING:
-                self._locks[live.lock_key] = record.id
-        batch = Batch()
-        for live in list(self.live.values()):
-            self._index_waits(batch, live)
-        for service, key, seq, invocation_id in inbox.scan(self.kv):
-            self._inboxes[(service, key)].append((seq, invocation_id))
-            self._inbox_seq = max(self._inbox_seq, seq)
-            if invocation_id in self.live:
-                self.live[invocation_id].inbox_seq = seq
-        for due, timer in timers.scan(self.kv):
-            self.timers.add(due, timer.invocation_id, timer.entry_index)
-        for live in list(self.live.values()):
-            status = live.record.status
-            if status in (Status.RUNNING, Status.BACKING_OFF):
-                batch.then(lambda live=live: self._start_attempt(live))  # type: ignore[misc]
-            elif status == Status.SUSPENDED and any(
-                live.journal[i].HasField("result") for i in live.record.waiting_on
-            ):
-                batch.then(lambda live=live: self._start_attempt(live))  # type: ignore[misc]
-        for lock in list(self._inboxes):
-            if lock not in self._locks:
-                self._release(batch, lock)
-        log.info("recovered %d in-flight invocation(s)", len(self.live))
-        self.committer.submit(batch)
+        recovery.recover(self)
+
+    def purge_expired(self) -> int:
+        """Deletes completed invocations whose retention ended; returns how many."""
+        return recovery.purge_expired(self)
 
     # ---- Helpers
-
-    def _index_waits(self, batch: Batch, live: Live) -> None:
-        """After a restart: who waits on which promise or invocation."""
-        r = live.record
-        for index, entry in enumerate(live.journal):
-            if entry.HasField("result"):
-                continue
-            if entry.HasField("get_promise"):
-                self.wait_for_promise(r.service, r.key, entry.get_promise.name, live.id, index)
-            elif entry.HasField("attach"):
-                result = self.journal_attach(live, index, entry.attach.invocation_id)
-                if result is not None:
-                    self.complete_entry(batch, live, index, result)
 
     def _touch(self, live: Live) -> None:
         live.record.journal_length = len(live.journal)
@@ -808,29 +701,3 @@ class Partition:
         live.record.modified_at_ms = now_ms()
         self._touch(live)
         invocations.put(batch, live.record)
-
-    def purge_expired(self) -> int:
-        """Deletes completed invocations whose retention ended; returns how many."""
-        batch = Batch()
-        count = 0
-        for at, invocation_id in list(invocations.expired(self.kv, now_ms())):
-            record = invocations.get(self.kv, invocation_id)
-            invocations.unschedule_expiry(batch, at, invocation_id)
-            if record is None or record.status != Status.COMPLETED:
-                continue
-            journal.delete(batch, invocation_id, record.journal_length)
-            invocations.delete(batch, invocation_id)
-            ident = self._ident(record)
-            if ident is not None:
-                idempotency.delete(batch, *ident)
-            if commands.is_workflow_run(self.registry, record.service, record.method):
-                promises.delete_all(self.kv, batch, record.service, record.key)
-                for name in state.load(self.kv, record.service, record.key):
-                    state.delete(batch, record.service, record.key, name)
-            count += 1
-        if batch.puts:
-            self.committer.submit(batch)
-        return count
-
-
-Callback = Callable[[], None]

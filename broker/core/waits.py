@@ -1,0 +1,117 @@
+"""Entries completed by something other than their own step: awakeables (by whoever
+holds the id), durable promises (by any handler of the workflow, or an operator), and
+attached invocations (when they end)."""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING
+
+from ..storage import Batch, promises
+from . import commands
+from .model import Live, Result, failure
+
+if TYPE_CHECKING:
+    from .partition import Partition
+
+NOT_FOUND = 5
+
+Waiter = tuple[str, int]  # (invocation id, journal index)
+
+
+class Waits:
+    """Who waits on which awakeable, promise or invocation; completes them."""
+
+    def __init__(self, partition: Partition) -> None:
+        self._p = partition
+        self._attachers: dict[str, list[Waiter]] = collections.defaultdict(list)
+        self._promise_waiters: dict[tuple[str, str, str], list[Waiter]] = collections.defaultdict(
+            list
+        )
+        # Promises completed in batches not yet written: visible to reads at once.
+        self._promises_pending: dict[tuple[str, str, str], Result] = {}
+
+    # ---- Attached invocations
+
+    def attach(self, live: Live, index: int, target: str) -> Result | None:
+        """Completes entry `index` with `target`'s result, now or when it completes."""
+        if target in self._p.live:
+            self._attachers[target].append((live.id, index))
+            return None
+        done = self._p.completed(target)
+        return done if done is not None else failure(NOT_FOUND, f"no invocation {target!r}")
+
+    def invocation_completed(self, batch: Batch, invocation_id: str, result: Result) -> None:
+        """Hands an invocation's result to everyone attached to it."""
+        self._complete(batch, self._attachers.pop(invocation_id, []), result)
+
+    # ---- Awakeables
+
+    def complete_awakeable(self, batch: Batch, awakeable_id: str, result: Result) -> str | None:
+        """Completes an awakeable; returns why not when it cannot be."""
+        p = self._p
+        parsed = commands.parse_awakeable_id(awakeable_id)
+        live = p.live.get(parsed[0]) if parsed else None
+        if parsed is not None and live is None and p.completed(parsed[0]) is not None:
+            return f"awakeable {awakeable_id} was already completed (its invocation ended)"
+        if parsed is None or live is None or parsed[1] >= len(live.journal):
+            return f"no pending awakeable {awakeable_id!r}"
+        entry = live.journal[parsed[1]]
+        if not entry.HasField("awakeable"):
+            return f"no pending awakeable {awakeable_id!r}"
+        if entry.HasField("result"):
+            return f"awakeable {awakeable_id} was already completed"
+        p.complete_entry(batch, live, parsed[1], result)
+        return None
+
+    # ---- Durable promises
+
+    def promise(self, service: str, key: str, name: str) -> Result | None:
+        """A durable promise's result, or None while it is pending."""
+        pending = self._promises_pending.get((service, key, name))
+        if pending is not None:
+            return pending
+        return promises.get(self._p.kv, service, key, name)
+
+    def wait_for_promise(self, service: str, key: str, name: str, waiter: Waiter) -> None:
+        """Completes the waiter's entry when the promise is completed."""
+        self._promise_waiters[(service, key, name)].append(waiter)
+
+    def complete_promise(
+        self, batch: Batch, service: str, key: str, name: str, result: Result
+    ) -> bool:
+        """Completes a durable promise once; False when it was already completed."""
+        if self.promise(service, key, name) is not None:
+            return False
+        ident = (service, key, name)
+        promises.put(batch, service, key, name, result)
+        self._promises_pending[ident] = result
+
+        def applied() -> None:
+            self._promises_pending.pop(ident, None)
+
+        batch.then(applied)
+        self._complete(batch, self._promise_waiters.pop(ident, []), result)
+        return True
+
+    # ---- After a restart
+
+    def index(self, batch: Batch, live: Live) -> None:
+        """Re-registers what a recovered invocation waits on (completing what is done)."""
+        r = live.record
+        for index, entry in enumerate(live.journal):
+            if entry.HasField("result"):
+                continue
+            if entry.HasField("get_promise"):
+                name = entry.get_promise.name
+                self.wait_for_promise(r.service, r.key, name, (live.id, index))
+            elif entry.HasField("attach"):
+                result = self.attach(live, index, entry.attach.invocation_id)
+                if result is not None:
+                    self._p.complete_entry(batch, live, index, result)
+
+    def _complete(self, batch: Batch, waiters: list[Waiter], result: Result) -> None:
+        for invocation_id, index in waiters:
+            waiter = self._p.live.get(invocation_id)
+            if waiter is not None:
+                self._p.complete_entry(batch, waiter, index, result)
