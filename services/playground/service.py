@@ -61,6 +61,16 @@ class Waiter(WaiterServicer):
         return pb.Reply(text="chained", number=reply.number)
 
 
+    async def Later(self, ctx: durable.Context, request: pb.SleepRequest) -> pb.Reply:
+        WaiterClient(ctx).send(delay=request.millis / 1000).Sleep(pb.SleepRequest(millis=1))
+        return pb.Reply(text="sent")
+
+    async def Follow(self, ctx: durable.Context, request: pb.FollowRequest) -> pb.Reply:
+        peeked = await ctx.get_output(request.invocation_id, pb.Reply)
+        reply = await ctx.attach(request.invocation_id, pb.Reply)
+        return pb.Reply(text=reply.text, items=["running" if peeked is None else "ready"])
+
+
 class Counter(CounterServicer):
     """A counter per key."""
 
