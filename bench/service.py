@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 
 import durable
 from benchsvc import benchsvc_pb2 as pb
@@ -44,7 +45,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    durable.serve([Bench()], args.listen)
+    # DURABLE_REQUEST_RESPONSE=1 asks the broker for one unary call per attempt.
+    durable.serve(
+        [Bench()],
+        args.listen,
+        request_response=os.environ.get("DURABLE_REQUEST_RESPONSE", "") == "1",
+    )
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ class Settings:
     # An attempt whose endpoint sends nothing for this long is abandoned and retried
     # (a hung handler or stream); long side effects must finish within it.
     inactivity_timeout: float = 600.0
+    # First attempts of fresh invocations go as one unary call; see Invoker._unary.
+    unary_first: bool = True
     admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -134,6 +136,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="abandon (and retry) an attempt whose endpoint sends nothing this long",
     )
     p.add_argument(
+        "--no-unary-first",
+        action="store_true",
+        default=_env("BROKER_NO_UNARY_FIRST", "") == "1",
+        help="always drive streaming endpoints over a stream, first attempts included",
+    )
+    p.add_argument(
         "--admin-token",
         default=_env("BROKER_ADMIN_TOKEN", ""),
         help="require `authorization: Bearer TOKEN` on admin calls",
@@ -165,6 +173,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_state_bytes=a.max_state_bytes,
         max_concurrency=a.max_concurrency,
         inactivity_timeout=a.inactivity_timeout,
+        unary_first=not a.no_unary_first,
         admin_token=a.admin_token or None,
         tls_cert=a.tls_cert or None,
         tls_key=a.tls_key or None,

@@ -73,12 +73,15 @@ class Invoker:
         endpoint_secret: str | None = None,
         max_concurrency: int = 0,
         inactivity_timeout: float = 600.0,
+        unary_first: bool = True,
     ) -> None:
         self._registry = registry
         self._committer = committer
         # Per deployment: attempts beyond the limit wait here, in arrival order.
         self._max_concurrency = max_concurrency
         self._inactivity_timeout = inactivity_timeout
+        self._unary_first = unary_first
+        self._no_unary: set[str] = set()
         self._slots: dict[str, asyncio.Semaphore] = {}
         # Sent with every call to an endpoint, for endpoints that require it.
         self.metadata: tuple[tuple[str, str], ...] = (
@@ -150,7 +153,7 @@ class Invoker:
     ) -> None:
         call: Any = None
         try:
-            if deployment.request_response:
+            if self._unary(deployment, start):
                 await self._ready(attempt, start)
                 reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
                     protocol_pb2.InvokeRequest(start=start),
@@ -194,6 +197,8 @@ class Invoker:
                     if self._handle(live, attempt, response, outcome):
                         break
         except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNIMPLEMENTED and not deployment.request_response:
+                self._no_unary.add(deployment.id)  # an endpoint that only streams
             outcome.error = f"call to {deployment.uri} failed: {e.code().name}: {e.details()}"
         except Exception as e:
             log.exception("invocation %s: attempt crashed", live.id)
@@ -202,6 +207,23 @@ class Invoker:
             attempt.close()
             if call is not None:
                 await self._finish(call, clean=outcome.error is None)
+
+    def _unary(self, deployment: Deployment, start: protocol_pb2.StartMessage) -> bool:
+        """Whether this attempt is one unary InvokeOnce rather than a stream.
+
+        Request/response endpoints always are. With unary-first, so is the first attempt
+        of a fresh invocation on a streaming endpoint: most handlers (a state update, a
+        quick reply) finish in it at a fraction of a stream's cost, and one that must wait
+        simply suspends and continues on a stream.
+        """
+        if deployment.request_response:
+            return True
+        return (
+            self._unary_first
+            and deployment.id not in self._no_unary
+            and start.attempt == 1
+            and len(start.journal) == 1
+        )
 
     async def _finish(self, call: Any, clean: bool) -> None:
         """Ends the stream: after a clean end, let it complete (both sides are done; a

@@ -47,6 +47,7 @@ class Broker:
             settings.endpoint_secret,
             settings.max_concurrency,
             settings.inactivity_timeout,
+            settings.unary_first,
         )
         self.invoker.partition = self.partition
         self.partition.invoker = self.invoker

@@ -88,7 +88,10 @@ def assert_booked_once(cluster: Cluster, trip_id: str) -> None:
 def test_trips_service_killed_while_saga_waits(
     make_cluster: MakeCluster, suspend_after: str
 ) -> None:
-    cluster = make_cluster(suspend_after=suspend_after, broker_args=BROKER_ARGS)
+    # Streams from the first attempt, so that with 30 s the handler is still running
+    # (holding its stream) when it is killed, not suspended after a unary first attempt.
+    args = [*BROKER_ARGS, "--no-unary-first"]
+    cluster = make_cluster(suspend_after=suspend_after, broker_args=args)
     key = f"kill-trips-{uuid.uuid4()}"
     pending, trips_id = hold_saga_on_flights(cluster, key)
     try:

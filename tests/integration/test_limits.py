@@ -42,7 +42,8 @@ def test_state_over_its_limit_fails_terminally(tmp_path: Path) -> None:
 
 
 def test_attempts_over_the_concurrency_limit_wait_in_line(tmp_path: Path) -> None:
-    args = ["--max-concurrency", "1", "--suspend-after", "30s"]
+    # Streams from the first attempt: each sleeping handler then holds its slot.
+    args = ["--max-concurrency", "1", "--suspend-after", "30s", "--no-unary-first"]
     with Cluster(tmp_path, broker_args=args, services=(PLAYGROUND,)) as cluster:
         results: list[str] = []
         errors: list[BaseException] = []
