@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -179,23 +179,24 @@ class Invoker:
                     requests(),  # type: ignore[arg-type]
                     metadata=self.metadata,
                 )
-                responses = aiter(call)
-                while True:
-                    try:
-                        response = await asyncio.wait_for(
-                            anext(responses), timeout=self._inactivity_timeout
-                        )
-                    except StopAsyncIteration:
+                # A watchdog rather than a timeout per read: it costs nothing per message.
+                watchdog = _Watchdog(self._inactivity_timeout, call.cancel)
+                try:
+                    async for response in call:
+                        watchdog.reset()
+                        if self._handle(live, attempt, response, outcome):
+                            break
+                    else:
                         outcome.error = "the endpoint closed the stream before ending the attempt"
-                        break
-                    except TimeoutError:
-                        outcome.error = (
-                            f"the endpoint sent nothing for {self._inactivity_timeout:g}s "
-                            "(--inactivity-timeout); attempt abandoned"
-                        )
-                        break
-                    if self._handle(live, attempt, response, outcome):
-                        break
+                except (asyncio.CancelledError, grpc.aio.AioRpcError):
+                    if not watchdog.fired:
+                        raise
+                    outcome.error = (
+                        f"the endpoint sent nothing for {self._inactivity_timeout:g}s "
+                        "(--inactivity-timeout); attempt abandoned"
+                    )
+                finally:
+                    watchdog.stop()
         except grpc.aio.AioRpcError as e:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED and not deployment.request_response:
                 self._no_unary.add(deployment.id)  # an endpoint that only streams
@@ -284,6 +285,38 @@ class Invoker:
         else:
             outcome.error = "protocol violation: an empty message from the endpoint"
         return outcome.error is not None
+
+
+class _Watchdog:
+    """Calls `expire` unless reset within `timeout` seconds.
+
+    A reset only records the time; the one timer re-arms itself for what is left, so
+    each message costs an attribute write, not a timer.
+    """
+
+    def __init__(self, timeout: float, expire: Callable[[], object]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout
+        self._expire = expire
+        self._last = self._loop.time()
+        self.fired = False
+        self._handle = self._loop.call_later(timeout, self._check)
+
+    def _check(self) -> None:
+        left = self._last + self._timeout - self._loop.time()
+        if left > 0:
+            self._handle = self._loop.call_later(left, self._check)
+            return
+        self.fired = True
+        self._expire()
+
+    def reset(self) -> None:
+        """Restarts the countdown."""
+        self._last = self._loop.time()
+
+    def stop(self) -> None:
+        """Stops watching."""
+        self._handle.cancel()
 
 
 class _Outcome:

@@ -333,12 +333,18 @@ class Partition:
             return None
         stored = Entry()
         stored.CopyFrom(entry)
+        # A side effect that finished before its entry left arrives with its outcome:
+        # journaled together, and acknowledged like a separate run result would be.
+        ran: Result | None = None
+        if kind == "run" and stored.HasField("result"):
+            ran = Result()
+            ran.CopyFrom(stored.result)
         if kind not in commands.SDK_COMPLETED:
             stored.ClearField("result")
         batch = Batch()
         live.step_traceparent = tracing.step(live, index, stored)
         try:
-            result = commands.apply(self, batch, live, index, stored)
+            result = commands.apply(self, batch, live, index, stored) or ran
         except commands.ProtocolViolation as e:
             return f"protocol violation: {e}"
         except commands.LimitExceeded as e:

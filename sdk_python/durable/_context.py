@@ -115,7 +115,7 @@ class Context:
         invocation, as the policy says), otherwise by failing the attempt, which the
         broker retries with backoff.
         """
-        index = self._runtime.propose(Entry(run=journal_pb2.RunCommand(name=name)))
+        index = self._runtime.propose(Entry(run=journal_pb2.RunCommand(name=name)), hold=True)
         # Replayed with a result: reuse it. Journaled without one (the last attempt ended
         # before its result was durable): run it again, the at-least-once case.
         if self._runtime.machine.result(index) is None:

@@ -117,7 +117,15 @@ class ReplayMachine:
         self._journal[index].result.CopyFrom(result)
 
     def propose_run_result(self, index: int, result: Result) -> None:
-        """Queues a side effect's outcome; the broker completes the entry once it is durable."""
+        """Queues a side effect's outcome; the broker completes the entry once it is durable.
+
+        If the run's entry has not left yet, the outcome rides in it: one message, one
+        commit.
+        """
+        for message in self._outbox:
+            if message.HasField("entry") and message.entry.index == index:
+                message.entry.entry.result.CopyFrom(result)
+                return
         self._outbox.append(
             protocol_pb2.InvokeResponse(
                 run_result=protocol_pb2.RunResultMessage(entry_index=index, result=result)

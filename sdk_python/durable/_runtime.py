@@ -66,12 +66,17 @@ class Runtime:
 
     # Steps proposed by the context.
 
-    def propose(self, entry: Entry) -> int:
-        """Journals a step (or matches it against the replayed journal)."""
+    def propose(self, entry: Entry, *, hold: bool = False) -> int:
+        """Journals a step (or matches it against the replayed journal).
+
+        With `hold`, the step is only queued: it leaves with the next message, so a side
+        effect's entry and its result reach the broker together and share one commit.
+        """
         if self.done:
             raise Suspended()
         index = self.machine.propose(entry)
-        self.flush()
+        if not hold:
+            self.flush()
         return index
 
     def propose_run_result(self, index: int, result: Result) -> None:

@@ -135,10 +135,14 @@ def test_endpoints_can_require_the_brokers_secret(
 
     # A broker with another secret cannot register it.
     monkeypatch.setenv("DURABLE_ENDPOINT_SECRET", "other")
-    with pytest.raises(grpc.RpcError) as refused:
-        Cluster(
-            tmp_path / "b", broker_args=["--endpoint-secret", "shared"], services=("flights",)
-        ).start()
+    other = Cluster(
+        tmp_path / "b", broker_args=["--endpoint-secret", "shared"], services=("flights",)
+    )
+    try:
+        with pytest.raises(grpc.RpcError) as refused:
+            other.start()
+    finally:
+        other.close()
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "PERMISSION_DENIED" in (refused.value.details() or "")
 

@@ -277,14 +277,14 @@ def test_run_on_fresh_journal_runs_once_and_waits_for_durability() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(runtime.execute(handler))
-        await until(has(sent, "run_result"))
+        await until(lambda: ran(sent))
         await asyncio.sleep(0.01)
         # The handler only sees the result once the broker made it durable.
         assert not task.done() and got == []
-        run_result = sent[1].run_result
+        proposed = sent[0].entry
         runtime.on_completion(
             protocol_pb2.CompletionMessage(
-                entry_index=run_result.entry_index, result=run_result.result
+                entry_index=proposed.index, result=proposed.entry.result
             )
         )
         await asyncio.wait_for(task, 5)
@@ -293,13 +293,18 @@ def test_run_on_fresh_journal_runs_once_and_waits_for_durability() -> None:
 
     assert calls == [1]
     assert got == [{"payment_id": "pay_1", "amount": 42}]
-    assert kinds(sent) == ["entry", "run_result", "entry", "end"]
+    # The run's entry waited for its outcome and carries it: one message, one commit.
+    assert kinds(sent) == ["entry", "entry", "end"]
     assert sent[0].entry.index == 1
     assert sent[0].entry.entry.run.name == "pay"
-    assert sent[1].run_result.entry_index == 1
-    assert json.loads(sent[1].run_result.result.value) == {"payment_id": "pay_1", "amount": 42}
-    assert sent[2].entry.index == 2
-    assert sent[2].entry.entry.WhichOneof("command") == "output"
+    assert json.loads(sent[0].entry.entry.result.value) == {"payment_id": "pay_1", "amount": 42}
+    assert sent[1].entry.index == 2
+    assert sent[1].entry.entry.WhichOneof("command") == "output"
+
+
+def ran(sent: list[protocol_pb2.InvokeResponse]) -> bool:
+    """Whether a run's entry has left with its outcome (they travel together)."""
+    return any(m.HasField("entry") and m.entry.entry.HasField("result") for m in sent)
 
 
 def test_run_with_async_fn() -> None:
@@ -315,16 +320,16 @@ def test_run_with_async_fn() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(runtime.execute(handler))
-        await until(has(sent, "run_result"))
+        await until(lambda: ran(sent))
         runtime.on_completion(
-            protocol_pb2.CompletionMessage(entry_index=1, result=sent[1].run_result.result)
+            protocol_pb2.CompletionMessage(entry_index=1, result=sent[0].entry.entry.result)
         )
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
 
-    assert json.loads(sent[1].run_result.result.value) == "fetched"
-    assert sent[2].entry.entry.result.value == b"fetched"
+    assert json.loads(sent[0].entry.entry.result.value) == "fetched"
+    assert sent[1].entry.entry.result.value == b"fetched"
 
 
 def test_run_with_zero_suspend_after_suspends_on_its_own_result() -> None:
@@ -337,8 +342,9 @@ def test_run_with_zero_suspend_after_suspends_on_its_own_result() -> None:
 
     asyncio.run(runtime.execute(handler))
 
-    assert kinds(sent) == ["entry", "run_result", "suspension"]
-    assert list(sent[2].suspension.waiting_on) == [1]
+    assert kinds(sent) == ["entry", "suspension"]
+    assert sent[0].entry.entry.HasField("result")
+    assert list(sent[1].suspension.waiting_on) == [1]
 
 
 def test_replayed_run_returns_journaled_value_without_calling_fn() -> None:
@@ -406,26 +412,26 @@ def test_run_terminal_error_is_journaled_and_raised_after_completion() -> None:
 
     async def main() -> None:
         task = asyncio.create_task(runtime.execute(handler))
-        await until(has(sent, "run_result"))
+        await until(lambda: ran(sent))
         await asyncio.sleep(0.01)
         assert not task.done() and seen == []
         runtime.on_completion(
-            protocol_pb2.CompletionMessage(entry_index=1, result=sent[1].run_result.result)
+            protocol_pb2.CompletionMessage(entry_index=1, result=sent[0].entry.entry.result)
         )
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
 
     assert calls == [1]
-    failure = sent[1].run_result.result
+    failure = sent[0].entry.entry.result
     assert failure.WhichOneof("kind") == "failure"
     assert failure.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert failure.failure.message == "card declined"
     assert len(seen) == 1
     assert seen[0].message == "card declined"
     assert seen[0].status_code == grpc.StatusCode.FAILED_PRECONDITION
-    assert kinds(sent) == ["entry", "run_result", "entry", "end"]
-    output = sent[2].entry.entry
+    assert kinds(sent) == ["entry", "entry", "end"]
+    output = sent[1].entry.entry
     assert output.WhichOneof("command") == "output"
     assert output.result.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
     assert output.result.failure.message == "card declined"
@@ -727,18 +733,22 @@ def test_input_closed_does_not_suspend_under_a_side_effect() -> None:
             return b"unreachable"
 
         task = asyncio.create_task(runtime.execute(handler))
-        await until(lambda: len(sent) == 2)
+        await until(lambda: len(sent) == 1)
+        await asyncio.sleep(0.01)  # the side effect is running now
         runtime.on_input_closed()
         await asyncio.sleep(0.01)
-        assert kinds(sent) == ["entry", "entry"]
+        # No suspension under the running side effect; its entry waits for its result,
+        # so that both reach the broker together.
+        assert kinds(sent) == ["entry"]
         gate.set()
         await asyncio.wait_for(task, 5)
 
     asyncio.run(main())
 
-    # The side effect's outcome is still sent, then the handler suspends on both entries.
-    assert kinds(sent) == ["entry", "entry", "run_result", "suspension"]
-    assert list(sent[3].suspension.waiting_on) == [1, 2]
+    # The side effect's entry and outcome are sent, then the handler suspends on both.
+    assert kinds(sent) == ["entry", "entry", "suspension"]
+    assert sent[1].entry.entry.run.name == "pay" and sent[1].entry.entry.HasField("result")
+    assert list(sent[2].suspension.waiting_on) == [1, 2]
 
 
 # Suspension while blocked on several entries.
