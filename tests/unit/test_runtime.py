@@ -283,9 +283,7 @@ def test_run_on_fresh_journal_runs_once_and_waits_for_durability() -> None:
         assert not task.done() and got == []
         proposed = sent[0].entry
         runtime.on_completion(
-            protocol_pb2.CompletionMessage(
-                entry_index=proposed.index, result=proposed.entry.result
-            )
+            protocol_pb2.CompletionMessage(entry_index=proposed.index, result=proposed.entry.result)
         )
         await asyncio.wait_for(task, 5)
 
