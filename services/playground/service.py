@@ -60,7 +60,6 @@ class Waiter(WaiterServicer):
             raise durable.TerminalError(f"chain stopped: {e.message}; compensated", e.code) from e
         return pb.Reply(text="chained", number=reply.number)
 
-
     async def Later(self, ctx: durable.Context, request: pb.SleepRequest) -> pb.Reply:
         WaiterClient(ctx).send(delay=request.millis / 1000).Sleep(pb.SleepRequest(millis=1))
         return pb.Reply(text="sent")
