@@ -230,13 +230,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.ResolveAwakeableRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.ResolveAwakeableResponse:
-        value = request.value or b"null"
-        try:
-            json.loads(value)
-        except ValueError as e:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}"
-            )
+        value = await _json(context, request.value or b"null")
         return await self._complete_awakeable(
             context, request.awakeable_id, journal_pb2.Result(value=value)
         )
@@ -282,14 +276,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if request.HasField("rejection"):
             result = failure(_ABORTED, request.rejection)
         else:
-            value = request.value or b"null"
-            try:
-                json.loads(value)
-            except ValueError as e:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}"
-                )
-            result = journal_pb2.Result(value=value)
+            result = journal_pb2.Result(value=await _json(context, request.value or b"null"))
         batch = Batch()
         if not self._partition.waits.complete_promise(
             batch, request.service, request.key, request.name, result
@@ -318,12 +305,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key and name are required")
         value = request.value if request.HasField("value") else None
         if value is not None:
-            try:
-                json.loads(value)
-            except ValueError as e:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}"
-                )
+            await _json(context, value)
         try:
             current = await control.set_state(
                 self._partition, request.service, request.key, request.name, value
@@ -340,6 +322,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"{service!r} is not a registered virtual object or workflow",
             )
+
+
+async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> bytes:
+    """`value` if it is JSON (what the SDK decodes); INVALID_ARGUMENT otherwise."""
+    try:
+        json.loads(value)
+    except ValueError as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}")
+    return value
 
 
 def _deployment(record: reg.Deployment, in_flight: int = 0) -> admin_pb2.Deployment:

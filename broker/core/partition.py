@@ -553,18 +553,29 @@ class Partition:
 
     # ---- Journal commands with effects elsewhere
 
+    def _target(self, service: str, method: str, request: bytes) -> tuple[str, str | None]:
+        """The callee's key, and the running or retained invocation a workflow's run
+        handler already has for that key (a second submission joins it).
+
+        Raises:
+            registry.BadRequest: no such target, or the request lacks its key.
+        """
+        _, _, key = reg.resolve(self.registry, service, method, request)
+        existing = None
+        if commands.is_workflow_run(self.registry, service, method):
+            existing = self._existing((service, method, key, ""))
+        return key, existing
+
     def journal_call(self, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
         """Starts the callee of a call entry (or fails the entry if it cannot exist)."""
         call = entry.call
         try:
-            _, _, key = reg.resolve(self.registry, call.service, call.method, call.request)
+            key, existing = self._target(call.service, call.method, call.request)
         except reg.BadRequest as e:
             return failure(e.code, e.message)
-        if commands.is_workflow_run(self.registry, call.service, call.method):
-            existing = self._existing((call.service, call.method, key, ""))
-            if existing is not None:
-                call.invocation_id = existing
-                return self.waits.attach(live, index, existing)
+        if existing is not None:
+            call.invocation_id = existing
+            return self.waits.attach(live, index, existing)
         child = self._create(
             batch,
             service=call.service,
@@ -582,15 +593,13 @@ class Partition:
         """Starts (now or at its time) the target of a one-way send."""
         send = entry.send
         try:
-            _, _, key = reg.resolve(self.registry, send.service, send.method, send.request)
+            key, existing = self._target(send.service, send.method, send.request)
         except reg.BadRequest as e:
             log.warning("invocation %s: one-way send dropped: %s", live.id, e.message)
             return
-        if commands.is_workflow_run(self.registry, send.service, send.method):
-            existing = self._existing((send.service, send.method, key, ""))
-            if existing is not None:
-                send.invocation_id = existing
-                return
+        if existing is not None:
+            send.invocation_id = existing
+            return
         child = self._create(
             batch,
             service=send.service,
