@@ -100,7 +100,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def _in_flight(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for live in self._partition.live.values():
-            d = live.record.deployment_id
+            d = live.snapshot().deployment_id
             if d:
                 counts[d] = counts.get(d, 0) + 1
         return counts

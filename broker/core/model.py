@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
@@ -37,20 +37,81 @@ def failure(code: int, message: str) -> Result:
     return Result(failure=journal_pb2.Failure(code=code, message=message))
 
 
-@dataclasses.dataclass(eq=False)
 class Live:
-    """An invocation the broker is still driving: its record, journal and attempt."""
+    """An invocation the broker is still driving: its record, journal and attempt.
 
-    record: Invocation
-    journal: list[Entry]
-    attempt: Attempt | None = None
-    # Where the invocation sits in its key's inbox, while it waits there.
-    inbox_seq: int | None = None
-    # Open tracing spans (only when tracing is on; lost, not reopened, on restart).
-    span: Span | None = None
-    attempt_span: Span | None = None
-    # The traceparent of the step being journaled: a callee's parent span.
-    step_traceparent: str = ""
+    A suspended invocation's journal can be dropped from memory (`evict`) and is read
+    back from storage on first use, so that waiting costs the broker little.
+    """
+
+    __slots__ = (
+        "_journal",
+        "_loader",
+        "_record",
+        "_record_bytes",
+        "attempt",
+        "attempt_span",
+        "inbox_seq",
+        "span",
+        "step_traceparent",
+        "version",
+    )
+
+    def __init__(
+        self,
+        record: Invocation,
+        journal: list[Entry],
+        loader: Callable[[str], list[Entry]] | None = None,
+    ) -> None:
+        self._record: Invocation | None = record
+        self._record_bytes = b""
+        self._journal: list[Entry] | None = journal
+        self._loader = loader
+        self.attempt: Attempt | None = None
+        # Where the invocation sits in its key's inbox, while it waits there.
+        self.inbox_seq: int | None = None
+        # Open tracing spans (only when tracing is on; lost, not reopened, on restart).
+        self.span: Span | None = None
+        self.attempt_span: Span | None = None
+        # The traceparent of the step being journaled: a callee's parent span.
+        self.step_traceparent = ""
+        # Bumped on every write of this invocation: eviction checks nothing is pending.
+        self.version = 0
+
+    @property
+    def record(self) -> Invocation:
+        """The invocation's record (kept serialized while evicted: a few hundred bytes)."""
+        if self._record is None:
+            self._record = Invocation.FromString(self._record_bytes)
+            self._record_bytes = b""
+        return self._record
+
+    def snapshot(self) -> Invocation:
+        """The record, for reading only: an evicted one stays packed."""
+        if self._record is None:
+            return Invocation.FromString(self._record_bytes)
+        return self._record
+
+    @property
+    def journal(self) -> list[Entry]:
+        """The journal, read back from storage if it was evicted."""
+        if self._journal is None:
+            assert self._loader is not None, "evicted without a loader"
+            self._journal = self._loader(self.record.id)
+        return self._journal
+
+    def evict(self) -> None:
+        """Drops the journal from memory (storage has all of it) and packs the record."""
+        if self._loader is not None:
+            self._journal = None
+            if self._record is not None:
+                self._record_bytes = self._record.SerializeToString()
+                self._record = None
+
+    @property
+    def evicted(self) -> bool:
+        """Whether the journal is out of memory right now."""
+        return self._journal is None
 
     @property
     def id(self) -> str:

@@ -173,6 +173,9 @@ class Partition:
         live = self.live.get(invocation_id)
         if live is not None:
             self._touch(live)
+            # Reading an evicted invocation must not pull it back into memory.
+            if live.evicted:
+                return live.snapshot(), journal.load(self.kv, invocation_id)
             return live.record, list(live.journal)
         record = invocations.get(self.kv, invocation_id)
         if record is None:
@@ -182,9 +185,9 @@ class Partition:
     def records(self) -> list[Invocation]:
         """Every retained invocation's record, live ones as they are now."""
         out = {r.id: r for r in invocations.scan(self.kv)}
-        for live in self.live.values():
+        for invocation_id, live in self.live.items():
             self._touch(live)
-            out[live.id] = live.record
+            out[invocation_id] = live.snapshot()
         return list(out.values())
 
     # ---- Creation and scheduling
@@ -222,7 +225,9 @@ class Partition:
         if caller is not None:
             record.caller.invocation_id, record.caller.entry_index = caller
         live = Live(
-            record, [Entry(input=journal_pb2.InputCommand(request=request, headers=headers))]
+            record,
+            [Entry(input=journal_pb2.InputCommand(request=request, headers=headers))],
+            self._load_journal,
         )
         self.live[live.id] = live
         tracing.start_invocation(live, traceparent)
@@ -434,6 +439,9 @@ class Partition:
             self.metrics.count("suspended", live.record.service)
             log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
         self.save(batch, live)
+        if live.record.status == Status.SUSPENDED:
+            version = live.version
+            batch.then(lambda: self._evict(live, version))
         self.committer.submit(batch)
         return None
 
@@ -709,10 +717,26 @@ class Partition:
     # ---- Helpers
 
     def _touch(self, live: Live) -> None:
-        live.record.journal_length = len(live.journal)
+        if not live.evicted:  # an evicted invocation has not changed since it was written
+            live.record.journal_length = len(live.journal)
+
+    def _load_journal(self, invocation_id: str) -> list[Entry]:
+        return journal.load(self.kv, invocation_id)
+
+    def _evict(self, live: Live, version: int) -> None:
+        """Drops a suspended invocation's journal from memory, if nothing about it was
+        written since it suspended (so storage holds all of it)."""
+        if (
+            self.live.get(live.id) is live
+            and live.version == version
+            and live.attempt is None
+            and live.record.status == Status.SUSPENDED
+        ):
+            live.evict()
 
     def save(self, batch: Batch, live: Live) -> None:
         """Writes the invocation's record."""
         live.record.modified_at_ms = now_ms()
+        live.version += 1
         self._touch(live)
         invocations.put(batch, live.record)

@@ -21,7 +21,7 @@ def recover(p: Partition) -> None:
     for record in invocations.scan(p.kv):
         if record.status == Status.COMPLETED:
             continue
-        live = Live(record, journal.load(p.kv, record.id))
+        live = Live(record, journal.load(p.kv, record.id), p._load_journal)
         p.live[record.id] = live
         ident = p._ident(record)
         if ident is not None:
@@ -46,6 +46,9 @@ def recover(p: Partition) -> None:
             live.journal[i].HasField("result") for i in live.record.waiting_on
         ):
             batch.then(lambda live=live: p._start_attempt(live))  # type: ignore[misc]
+        elif status == Status.SUSPENDED:
+            # Still waiting: its journal need not stay in memory.
+            batch.then(lambda live=live, v=live.version: p._evict(live, v))  # type: ignore[misc]
     for lock in list(p._inboxes):
         if lock not in p._locks:
             p._release(batch, lock)

@@ -506,6 +506,52 @@ def test_suspension_on_incomplete_sleep_resumes_on_timer() -> None:
     run(main)
 
 
+def test_a_suspended_journal_leaves_memory_and_comes_back_whole() -> None:
+    async def main() -> None:
+        p = make_partition()
+        inv_id, _ = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+        await settle(p)
+        due = 5_000_000_000_000
+        propose(p, inv_id, Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=due)))
+        await settle(p)
+        live = p.live[inv_id]
+        assert p.on_suspension(live, live.attempt, [1]) is None  # type: ignore[arg-type]
+        await settle(p)
+        assert live.evicted  # waiting costs no journal in memory
+        # Reading it (describe) does not bring it back.
+        _, entries = p.record(inv_id)
+        assert [e.WhichOneof("command") for e in entries] == ["input", "sleep"]
+        assert live.evicted
+        # Completing the wait reads it back and resumes with everything.
+        p.on_timer(due, inv_id, 1)
+        await settle(p)
+        assert not live.evicted
+        start = invoker(p).started(inv_id)[-1]
+        assert [e.WhichOneof("command") for e in start.journal] == ["input", "sleep"]
+        assert start.journal[1].result.HasField("empty")
+
+    run(main)
+
+
+def test_a_write_after_suspending_keeps_the_journal_in_memory() -> None:
+    async def main() -> None:
+        p = make_partition()
+        inv_id, _ = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+        await settle(p)
+        due = 5_000_000_000_000
+        propose(p, inv_id, Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=due)))
+        await settle(p)
+        live = p.live[inv_id]
+        assert p.on_suspension(live, live.attempt, [1]) is None  # type: ignore[arg-type]
+        # The timer fires before the suspension is durable: its write is still pending
+        # when the eviction would run, so the journal must stay.
+        p.on_timer(due, inv_id, 1)
+        await settle(p)
+        assert live.journal[1].result.HasField("empty")
+
+    run(main)
+
+
 def test_suspended_parent_resumes_when_child_completes() -> None:
     async def main() -> None:
         p = make_partition()
