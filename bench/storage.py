@@ -75,9 +75,9 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
                 await asyncio.sleep(args.interval)
                 cluster.check_alive()
                 now = time.monotonic()
-                retained = len(
-                    stub.ListInvocations(admin_pb2.ListInvocationsRequest(), timeout=30).invocations
-                )
+                retained = stub.ListInvocations(
+                    admin_pb2.ListInvocationsRequest(limit=1), timeout=30
+                ).total
                 rate = (done[0] - last_calls) / (now - last_t)
                 last_calls, last_t = done[0], now
                 size = dir_bytes(workdir / "broker") / 1e6

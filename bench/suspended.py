@@ -25,9 +25,9 @@ COMPLETED = invocation_pb2.InvocationStatus.COMPLETED
 
 
 async def _count(admin: admin_pb2_grpc.AdminStub, status: int) -> int:
-    request = admin_pb2.ListInvocationsRequest(status=status)  # type: ignore[arg-type]
+    request = admin_pb2.ListInvocationsRequest(status=status, limit=1)  # type: ignore[arg-type]
     response = await admin.ListInvocations(request, timeout=120)  # type: ignore[misc]
-    return len(response.invocations)
+    return int(response.total)
 
 
 async def _until(admin: admin_pb2_grpc.AdminStub, status: int, count: int, limit: float) -> None:

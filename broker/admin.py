@@ -30,6 +30,8 @@ from .invoker import Invoker, endpoint_address
 from .storage import Batch, deployments, state
 
 _ABORTED = 10
+# Invocations listed when the request sets no limit: a response must fit in a message.
+DEFAULT_LIST_LIMIT = 1000
 
 log = logging.getLogger("broker.admin")
 
@@ -164,9 +166,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             and (not request.key or r.key == request.key)
         ]
         records.sort(key=lambda r: (r.created_at_ms, r.id), reverse=True)
-        if request.limit:
-            records = records[: request.limit]
-        return admin_pb2.ListInvocationsResponse(invocations=records)
+        return admin_pb2.ListInvocationsResponse(
+            invocations=records[: request.limit or DEFAULT_LIST_LIMIT], total=len(records)
+        )
 
     async def DescribeInvocation(
         self,

@@ -119,7 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     inv_list.add_argument("--service", default="", help="only this service (e.g. trips.Trips)")
     inv_list.add_argument("--key", default="", help="only this virtual object / workflow key")
     inv_list.add_argument(
-        "--limit", type=_non_negative_int, default=0, help="at most N invocations (0: no limit)"
+        "--limit",
+        type=_non_negative_int,
+        default=0,
+        help="at most N invocations, newest first (default: the broker's 1000)",
     )
     describe = verb(
         inv_verbs, "describe", "show one invocation and its journal", _describe_invocation

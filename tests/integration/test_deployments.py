@@ -102,3 +102,16 @@ def test_unknown_deployment_cannot_be_removed(tmp_path: Path) -> None:
                 admin_pb2.RemoveDeploymentRequest(deployment_id="dp_nope"), timeout=10
             )
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_listing_is_bounded_and_reports_the_total(tmp_path: Path) -> None:
+    with Cluster(tmp_path, services=(PLAYGROUND,)) as cluster:
+        for _ in range(3):
+            cluster.waiter.Sleep(playground_pb2.SleepRequest(millis=1), timeout=30)
+        listed = cluster.admin.ListInvocations(
+            admin_pb2.ListInvocationsRequest(service="playground.Waiter", limit=2), timeout=10
+        )
+        assert len(listed.invocations) == 2
+        assert listed.total == 3
+        newest_first = [i.created_at_ms for i in listed.invocations]
+        assert newest_first == sorted(newest_first, reverse=True)
