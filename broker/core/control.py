@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import tracing
 from ..storage import Batch, state
 from . import commands
 from .model import Invocation, Live, Status, failure
@@ -84,12 +83,7 @@ def _kill(p: Partition, batch: Batch, live: Live) -> None:
             child = p.live.get(entry.call.invocation_id)
             if child is not None:
                 _kill(p, batch, child)
-    attempt, live.attempt = live.attempt, None
-    tracing.end_attempt(live, error="killed")
-    if attempt is not None:
-        attempt.close()
-        if attempt.task is not None:
-            attempt.task.cancel()
+    p.abandon_attempt(live, "killed")
     p.complete(batch, live, failure(ABORTED, "invocation killed"))
     p.save(batch, live)
 

@@ -366,15 +366,20 @@ class Partition:
         self.committer.submit(batch)
         return None
 
-    def _fail_terminally(self, live: Live, message: str) -> None:
-        """Ends the invocation with RESOURCE_EXHAUSTED: retrying would hit the same limit."""
-        log.warning("invocation %s: %s", live.id, message)
+    def abandon_attempt(self, live: Live, reason: str) -> None:
+        """Stops the running attempt, if any: its stream is cancelled and whatever it
+        still sends is ignored (the partition no longer knows it)."""
         attempt, live.attempt = live.attempt, None
-        tracing.end_attempt(live, error=message)
+        tracing.end_attempt(live, error=reason)
         if attempt is not None:
             attempt.close()
             if attempt.task is not None:
                 attempt.task.cancel()
+
+    def _fail_terminally(self, live: Live, message: str) -> None:
+        """Ends the invocation with RESOURCE_EXHAUSTED: retrying would hit the same limit."""
+        log.warning("invocation %s: %s", live.id, message)
+        self.abandon_attempt(live, message)
         batch = Batch()
         self.complete(batch, live, failure(_RESOURCE_EXHAUSTED, message))
         self.save(batch, live)
@@ -542,12 +547,7 @@ class Partition:
         retry = self._retries.pop(live.id, None)
         if retry is not None:
             retry.cancel()
-        attempt, live.attempt = live.attempt, None
-        tracing.end_attempt(live, error="paused")
-        if attempt is not None:
-            attempt.close()
-            if attempt.task is not None:
-                attempt.task.cancel()
+        self.abandon_attempt(live, "paused")
         live.record.status = Status.PAUSED
         live.record.next_retry_at_ms = 0
         batch = Batch()
