@@ -98,11 +98,10 @@ class Partition:
         traceparent: str = "",
     ) -> tuple[str, asyncio.Future[Result]]:
         """Starts (or, by idempotency key, finds) an invocation; returns its id and result."""
-        if idempotency_key or commands.is_workflow_run(self.registry, service, method):
-            # A workflow's run handler runs once per key: a second submission attaches.
-            existing = self._existing((service, method, key, idempotency_key))
-            if existing is not None:
-                return existing, self.attach(existing)
+        ident = self._identity(service, method, key, idempotency_key)
+        existing = self._existing(ident) if ident is not None else None
+        if existing is not None:
+            return existing, self.attach(existing)
         batch = Batch()
         live = self._create(
             batch,
@@ -128,13 +127,18 @@ class Partition:
     def _existing(self, ident: tuple[str, str, str, str]) -> str | None:
         return self._idempotent.get(ident) or idempotency.get(self.kv, *ident)
 
+    def _identity(
+        self, service: str, method: str, key: str, idempotency_key: str
+    ) -> tuple[str, str, str, str] | None:
+        """What makes two submissions the same invocation: an idempotency key, or (a
+        workflow's run handler runs once per key) the workflow's key alone."""
+        if idempotency_key or commands.is_workflow_run(self.registry, service, method):
+            return (service, method, key, idempotency_key)
+        return None
+
     def _ident(self, record: Invocation) -> tuple[str, str, str, str] | None:
         """The idempotency identity of an invocation, if it has one."""
-        if record.idempotency_key or commands.is_workflow_run(
-            self.registry, record.service, record.method
-        ):
-            return (record.service, record.method, record.key, record.idempotency_key)
-        return None
+        return self._identity(record.service, record.method, record.key, record.idempotency_key)
 
     def output(self, invocation_id: str) -> Result | None:
         """The result if completed, None while running.
@@ -569,10 +573,8 @@ class Partition:
             registry.BadRequest: no such target, or the request lacks its key.
         """
         _, _, key = reg.resolve(self.registry, service, method, request)
-        existing = None
-        if commands.is_workflow_run(self.registry, service, method):
-            existing = self._existing((service, method, key, ""))
-        return key, existing
+        ident = self._identity(service, method, key, "")
+        return key, self._existing(ident) if ident is not None else None
 
     def journal_call(self, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
         """Starts the callee of a call entry (or fails the entry if it cannot exist)."""
