@@ -100,7 +100,8 @@ def settings_line(settings: dict[str, Any]) -> str:
         f"suspend-after {settings['suspend_after']}, group commit {settings['group_commit']}, "
         f"payload {settings['payload_bytes']} B, warm-up {settings['warmup_s']:g} s, "
         f"window {settings['duration_s']:g} s per point, {settings['cpus']} CPUs, "
-        f"Python {settings['python']}, grpcio {settings['grpcio']}"
+        f"Python {settings['python']}, grpcio {settings['grpcio']}, "
+        f"event loop {settings.get('event_loop', 'asyncio')}"
     )
 
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
+from durable import _loop
 from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
 from playground import playground_pb2, playground_pb2_grpc
 
@@ -131,7 +132,7 @@ def main() -> None:
     base = ROOT / ".data" / "bench"
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base, prefix="suspended-") as workdir:
-        asyncio.run(_run(args, Path(workdir)))
+        _loop.run(_run(args, Path(workdir)))
 
 
 if __name__ == "__main__":
