@@ -77,6 +77,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             files=discovered.files,
             retry_policies=list(discovered.retry_policies),
             request_response=discovered.request_response,
+            multiplex=discovered.multiplex,
             created_at_ms=existing.created_at_ms if existing else now_ms(),
         )
         try:

@@ -49,6 +49,8 @@ class Settings:
     inactivity_timeout: float = 600.0
     # First attempts of fresh invocations go as one unary call; see Invoker._unary.
     unary_first: bool = True
+    # Streaming attempts to endpoints that offer it share one Multiplex stream.
+    multiplex: bool = True
     admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -142,6 +144,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="always drive streaming endpoints over a stream, first attempts included",
     )
     p.add_argument(
+        "--no-multiplex",
+        action="store_true",
+        default=_env("BROKER_NO_MULTIPLEX", "") == "1",
+        help="open a stream per attempt even to endpoints that serve Multiplex",
+    )
+    p.add_argument(
         "--admin-token",
         default=_env("BROKER_ADMIN_TOKEN", ""),
         help="require `authorization: Bearer TOKEN` on admin calls",
@@ -174,6 +182,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         max_concurrency=a.max_concurrency,
         inactivity_timeout=a.inactivity_timeout,
         unary_first=not a.no_unary_first,
+        multiplex=not a.no_multiplex,
         admin_token=a.admin_token or None,
         tls_cert=a.tls_cert or None,
         tls_key=a.tls_key or None,

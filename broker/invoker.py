@@ -17,6 +17,7 @@ import grpc
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 from .core.model import Live, Result
+from .multiplex import Connection
 from .registry import Deployment, Registry
 from .security import ENDPOINT_SECRET_HEADER
 from .storage import Committer
@@ -46,15 +47,27 @@ class Attempt:
         self.queue: asyncio.Queue[protocol_pb2.InvokeRequest | None] = asyncio.Queue()
         self.closed = False
         self.task: asyncio.Task[None] | None = None
+        # Once set, completions go straight to the stream instead of the queue.
+        self._sink: Callable[[protocol_pb2.InvokeRequest], object] | None = None
 
     def send_completion(self, index: int, result: Result) -> None:
         """Queues a completion for the endpoint (ignored once the attempt ended)."""
         if not self.closed:
-            self.queue.put_nowait(
-                protocol_pb2.InvokeRequest(
-                    completion=protocol_pb2.CompletionMessage(entry_index=index, result=result)
-                )
+            message = protocol_pb2.InvokeRequest(
+                completion=protocol_pb2.CompletionMessage(entry_index=index, result=result)
             )
+            if self._sink is not None:
+                self._sink(message)
+            else:
+                self.queue.put_nowait(message)
+
+    def forward_to(self, sink: Callable[[protocol_pb2.InvokeRequest], object]) -> None:
+        """Sends what is queued, and every later completion, to `sink`."""
+        while not self.queue.empty():
+            message = self.queue.get_nowait()
+            if message is not None:
+                sink(message)
+        self._sink = sink
 
     def close(self) -> None:
         """Ends the request stream."""
@@ -74,6 +87,7 @@ class Invoker:
         max_concurrency: int = 0,
         inactivity_timeout: float = 600.0,
         unary_first: bool = True,
+        multiplex: bool = True,
     ) -> None:
         self._registry = registry
         self._committer = committer
@@ -81,6 +95,8 @@ class Invoker:
         self._max_concurrency = max_concurrency
         self._inactivity_timeout = inactivity_timeout
         self._unary_first = unary_first
+        self._multiplex = multiplex
+        self._connections: dict[str, Connection] = {}
         self._no_unary: set[str] = set()
         self._slots: dict[str, asyncio.Semaphore] = {}
         # Sent with every call to an endpoint, for endpoints that require it.
@@ -122,6 +138,8 @@ class Invoker:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for connection in self._connections.values():
+            connection.close()
         for channel in self._channels:
             await channel.close(None)
 
@@ -153,7 +171,9 @@ class Invoker:
     ) -> None:
         call: Any = None
         try:
-            if self._unary(deployment, start):
+            if self._multiplex and deployment.multiplex and not deployment.request_response:
+                await self._multiplexed(live, attempt, start, deployment, outcome)
+            elif self._unary(deployment, start):
                 await self._ready(attempt, start)
                 reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
                     protocol_pb2.InvokeRequest(start=start),
@@ -208,6 +228,74 @@ class Invoker:
             attempt.close()
             if call is not None:
                 await self._finish(call, clean=outcome.error is None)
+
+    def _connection(self, deployment: Deployment) -> Connection:
+        """The deployment's multiplexed stream, opened anew if the last one ended."""
+        connection = self._connections.get(deployment.id)
+        if connection is None or connection.closed or connection.uri != deployment.uri:
+            connection = Connection(
+                self.stub(deployment.uri), deployment.uri, self.metadata, MAX_MESSAGE_BYTES
+            )
+            self._connections[deployment.id] = connection
+        return connection
+
+    async def _multiplexed(
+        self,
+        live: Live,
+        attempt: Attempt,
+        start: protocol_pb2.StartMessage,
+        deployment: Deployment,
+        outcome: _Outcome,
+    ) -> None:
+        """Drives the attempt over the deployment's shared stream.
+
+        Messages are handled as the stream's reader delivers them, so an attempt costs
+        one wake-up of this coroutine at its end, not one per message.
+        """
+        await self._ready(attempt, start)
+        connection = self._connection(deployment)
+        over = asyncio.get_running_loop().create_future()
+        ended_by_endpoint = False
+
+        def finish(error: str | None = None) -> None:
+            if error is not None and outcome.error is None:
+                outcome.error = error
+            if not over.done():
+                over.set_result(None)
+
+        def receive(message: protocol_pb2.InvokeResponse | str) -> None:
+            nonlocal ended_by_endpoint
+            if over.done():
+                return
+            if isinstance(message, str):
+                finish(message)
+                return
+            watchdog.reset()
+            try:
+                if self._handle(live, attempt, message, outcome):
+                    ended_by_endpoint = message.WhichOneof("message") in _TERMINAL
+                    finish()
+            except Exception as e:
+                log.exception("invocation %s: attempt crashed", live.id)
+                finish(f"broker error driving the attempt: {e!r}")
+
+        watchdog = _Watchdog(
+            self._inactivity_timeout,
+            lambda: finish(
+                f"the endpoint sent nothing for {self._inactivity_timeout:g}s "
+                "(--inactivity-timeout); attempt abandoned"
+            ),
+        )
+        attempt_id = connection.open(receive)
+        try:
+            refused = connection.send(attempt_id, protocol_pb2.InvokeRequest(start=start))
+            if refused is not None:
+                finish(refused)
+            attempt.forward_to(lambda m: connection.send(attempt_id, m))
+            await over
+        finally:
+            watchdog.stop()
+            connection.release(attempt_id, abandon=not ended_by_endpoint)
 
     def _unary(self, deployment: Deployment, start: protocol_pb2.StartMessage) -> bool:
         """Whether this attempt is one unary InvokeOnce rather than a stream.
@@ -317,6 +405,9 @@ class _Watchdog:
     def stop(self) -> None:
         """Stops watching."""
         self._handle.cancel()
+
+
+_TERMINAL = ("end", "suspension", "error")
 
 
 class _Outcome:

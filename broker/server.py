@@ -48,6 +48,7 @@ class Broker:
             settings.max_concurrency,
             settings.inactivity_timeout,
             settings.unary_first,
+            settings.multiplex,
         )
         self.invoker.partition = self.partition
         self.partition.invoker = self.invoker

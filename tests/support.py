@@ -73,11 +73,22 @@ class TestTimeout(AssertionError):
     __test__ = False  # not a test class, whatever pytest's name heuristics say
 
 
+# Ports this process has handed out: the kernel may offer a just-closed port again, and
+# a cluster whose admin port equals a service's port fails to start.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now, never the same one
+    twice in one test run."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free port on 127.0.0.1 that this run has not used yet")
 
 
 def wait_for(

@@ -26,7 +26,7 @@ from opentelemetry import trace
 
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
-from . import tracing
+from . import _loop, tracing
 from ._context import (
     Context,
     ObjectContext,
@@ -35,6 +35,7 @@ from ._context import (
     WorkflowSharedContext,
 )
 from ._errors import Suspended
+from ._multiplex import TERMINAL, Multiplexer
 from ._runtime import Runtime
 from ._service import Service, Servicer
 
@@ -45,7 +46,6 @@ PROTOCOL_VERSION = 1
 SECRET_HEADER = "x-durable-secret"
 # Journals travel in one start message; let them be large.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_TERMINAL = ("end", "suspension", "error")
 
 
 def _files(services: Iterable[Service]) -> descriptor_pb2.FileDescriptorSet:
@@ -98,6 +98,8 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
     def __init__(self, services: Sequence[Service], request_response: bool = False) -> None:
         self._services = {s.name: s for s in services}
         self._request_response = request_response
+        self._multiplexers: set[Multiplexer] = set()
+        self._draining = False
 
     async def Discover(
         self, request: protocol_pb2.DiscoverRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -107,6 +109,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             files=_files(self._services.values()),
             protocol_version=PROTOCOL_VERSION,
             request_response=self._request_response,
+            multiplex=True,
             retry_policies=[
                 protocol_pb2.HandlerRetryPolicy(
                     service=s.name, method=h.name, policy=h.retry_policy.to_proto()
@@ -118,15 +121,12 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         )
 
     def _attempt(
-        self, start: protocol_pb2.StartMessage
-    ) -> tuple[
-        Runtime,
-        asyncio.Queue[protocol_pb2.InvokeResponse],
-        Callable[[], Coroutine[Any, Any, None]],
-    ]:
-        """A runtime for the attempt, its outgoing queue, and the handler to execute."""
-        outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
-        runtime = Runtime(start, outgoing.put_nowait)
+        self,
+        start: protocol_pb2.StartMessage,
+        send: Callable[[protocol_pb2.InvokeResponse], None],
+    ) -> tuple[Runtime, Callable[[], Coroutine[Any, Any, None]]]:
+        """A runtime for the attempt (sending through `send`) and the handler to execute."""
+        runtime = Runtime(start, send)
         service = self._services.get(start.service)
         handler = service.handlers.get(start.method) if service else None
         if service is None or handler is None:
@@ -139,7 +139,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             async def nothing() -> None:
                 pass
 
-            return runtime, outgoing, nothing
+            return runtime, nothing
         ctx: Context
         if service.kind == "workflow":
             ctx = WorkflowSharedContext(runtime) if handler.shared else WorkflowContext(runtime)
@@ -159,7 +159,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
                 )
             return response.SerializeToString()
 
-        return runtime, outgoing, lambda: runtime.execute(run_handler)
+        return runtime, lambda: runtime.execute(run_handler)
 
     async def Invoke(
         self,
@@ -172,7 +172,8 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start"
             )
             return
-        runtime, outgoing, execute = self._attempt(first.start)
+        outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
+        runtime, execute = self._attempt(first.start, outgoing.put_nowait)
 
         async def read_completions() -> None:
             async for message in request_iterator:
@@ -186,7 +187,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             while True:
                 message = await outgoing.get()
                 yield message
-                if message.WhichOneof("message") in _TERMINAL:
+                if message.WhichOneof("message") in TERMINAL:
                     break
         finally:
             reader_task.cancel()
@@ -198,7 +199,8 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
     ) -> protocol_pb2.InvokeOnceResponse:
         if not request.HasField("start"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "InvokeOnce takes a start")
-        runtime, outgoing, execute = self._attempt(request.start)
+        outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
+        runtime, execute = self._attempt(request.start, outgoing.put_nowait)
         # Nothing more will arrive: any await that is not complete suspends at once.
         runtime.input_closed = True
         await execute()
@@ -206,9 +208,35 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         while not outgoing.empty():
             message = outgoing.get_nowait()
             reply.messages.append(message)
-            if message.WhichOneof("message") in _TERMINAL:
+            if message.WhichOneof("message") in TERMINAL:
                 break
         return reply
+
+    async def Multiplex(
+        self,
+        request_iterator: AsyncIterator[protocol_pb2.MultiplexRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
+        mux = Multiplexer(self._attempt, draining=self._draining)
+        self._multiplexers.add(mux)
+        reader = asyncio.create_task(mux.read(request_iterator))
+        try:
+            async for frame in mux.frames():
+                yield frame
+        finally:
+            reader.cancel()
+            mux.stop_all()
+            self._multiplexers.discard(mux)
+
+    async def drain(self, timeout: float) -> None:
+        """Lets attempts on multiplexed streams finish (for up to `timeout` seconds),
+        refusing new ones, then ends the streams so the broker goes elsewhere."""
+        self._draining = True
+        for mux in self._multiplexers:
+            mux.drain()
+        done = [mux.ended.wait() for mux in self._multiplexers]
+        if done:
+            await asyncio.wait([asyncio.ensure_future(d) for d in done], timeout=timeout)
 
 
 class _SecretInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -236,7 +264,7 @@ class _SecretInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 "this endpoint requires the broker's shared secret (--endpoint-secret)",
             )
 
-        if details.method.endswith("/Invoke"):
+        if details.method.endswith(("/Invoke", "/Multiplex")):
             return grpc.stream_stream_rpc_method_handler(deny)
         return grpc.unary_unary_rpc_method_handler(deny)
 
@@ -269,9 +297,19 @@ async def create_server(
         ],
         interceptors=[_SecretInterceptor(secret)] if secret else [],
     )
-    protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(
-        _Endpoint(bound, request_response), server
-    )
+    endpoint = _Endpoint(bound, request_response)
+    protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(endpoint, server)
+    plain_stop = server.stop
+
+    async def stop(grace: float | None = None) -> None:
+        # grpc's stop refuses new calls and gives running ones `grace` seconds, but a
+        # multiplexed stream never ends by itself: drain it within the same grace.
+        stopping = asyncio.ensure_future(plain_stop(grace))
+        if grace:
+            await endpoint.drain(grace)
+        await stopping
+
+    server.stop = stop  # type: ignore[method-assign]
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -308,4 +346,4 @@ def serve(
 
     With `request_response`, the broker drives it with one unary call per attempt.
     """
-    asyncio.run(serve_async(services, address, request_response=request_response))
+    _loop.run(serve_async(services, address, request_response=request_response))

@@ -1,0 +1,128 @@
+"""One long-lived `Multiplex` stream to a deployment, shared by all its attempts.
+
+Opening a gRPC stream per attempt costs both processes more than the attempt's own
+messages do. Here each deployment gets one stream; attempts are told apart by an id,
+and whatever is queued when the stream is ready to write goes out as one frame.
+
+A connection knows nothing of invocations: it carries messages for attempt ids and
+tells each attempt's receiver when the stream is gone. The invoker decides the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from durable.v1 import protocol_pb2, protocol_pb2_grpc
+
+log = logging.getLogger("broker.invoker")
+
+# A frame is bounded so that one large journal does not delay everything queued
+# behind it, and so that a frame always fits the message size limit.
+FRAME_BYTES = 4 * 1024 * 1024
+
+# A receiver gets each message the endpoint sends for its attempt, or a string saying
+# why the stream ended underneath it.
+Receiver = Callable[[protocol_pb2.InvokeResponse | str], None]
+
+
+class Connection:
+    """A `Multiplex` stream and the attempts riding on it."""
+
+    def __init__(
+        self,
+        stub: protocol_pb2_grpc.ServiceEndpointStub,
+        uri: str,
+        metadata: tuple[tuple[str, str], ...],
+        max_message_bytes: int,
+    ) -> None:
+        self.uri = uri
+        self._max_message_bytes = max_message_bytes
+        self._receivers: dict[int, Receiver] = {}
+        self._ids = itertools.count(1)
+        self._outgoing: asyncio.Queue[protocol_pb2.AttemptRequest | None] = asyncio.Queue()
+        self.closed = False
+        # The generated stubs are typed for the sync API; this is a grpc.aio channel.
+        self._call: Any = stub.Multiplex(self._frames(), metadata=metadata)  # type: ignore[arg-type]
+        self._reader = asyncio.create_task(self._read())
+
+    def open(self, receiver: Receiver) -> int:
+        """Registers an attempt; returns its id on this stream."""
+        attempt_id = next(self._ids)
+        self._receivers[attempt_id] = receiver
+        return attempt_id
+
+    def send(self, attempt_id: int, message: protocol_pb2.InvokeRequest) -> str | None:
+        """Queues a message for the endpoint; returns why it cannot go, if it cannot."""
+        if self.closed:
+            return f"the stream to {self.uri} is closed"
+        item = protocol_pb2.AttemptRequest(attempt_id=attempt_id, message=message)
+        if item.ByteSize() > self._max_message_bytes - 64:
+            return (
+                f"a message of {item.ByteSize()} bytes exceeds the {self._max_message_bytes} "
+                "byte limit of the endpoint stream"
+            )
+        self._outgoing.put_nowait(item)
+        return None
+
+    def release(self, attempt_id: int, abandon: bool) -> None:
+        """Forgets an attempt; with `abandon`, tells the endpoint to stop its handler."""
+        if self._receivers.pop(attempt_id, None) is not None and abandon and not self.closed:
+            abandon_item = protocol_pb2.AttemptRequest(attempt_id=attempt_id, abandon=True)
+            self._outgoing.put_nowait(abandon_item)
+
+    def close(self) -> None:
+        """Ends the stream; attempts still on it are told so."""
+        if not self.closed:
+            self._call.cancel()
+            self._reader.cancel()
+            self._shut(f"the stream to {self.uri} was closed by the broker")
+
+    async def _frames(self) -> AsyncIterator[protocol_pb2.MultiplexRequest]:
+        queue = self._outgoing
+        while (item := await queue.get()) is not None:
+            frame = protocol_pb2.MultiplexRequest(items=[item])
+            size = item.ByteSize()
+            while not queue.empty() and size < FRAME_BYTES:
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    yield frame
+                    return
+                frame.items.append(nxt)
+                size += nxt.ByteSize()
+            yield frame
+
+    async def _read(self) -> None:
+        reason = f"the endpoint at {self.uri} ended the multiplexed stream"
+        try:
+            async for frame in self._call:
+                if frame is None:  # grpc.aio hands over None for a frame it cannot parse
+                    reason = (
+                        "protocol violation: the endpoint sent a frame that does not parse "
+                        "as a MultiplexResponse"
+                    )
+                    break
+                for item in frame.items:
+                    receiver = self._receivers.get(item.attempt_id)
+                    if receiver is not None:
+                        receiver(item.message)
+        except grpc.aio.AioRpcError as e:
+            reason = f"call to {self.uri} failed: {e.code().name}: {e.details()}"
+        except asyncio.CancelledError:
+            reason = f"the stream to {self.uri} was closed by the broker"
+        except Exception as e:  # a receiver that raised: never leave attempts hanging
+            log.exception("multiplexed stream to %s: reader crashed", self.uri)
+            reason = f"broker error reading the stream to {self.uri}: {e!r}"
+        self._call.cancel()
+        self._shut(reason)
+
+    def _shut(self, reason: str) -> None:
+        self.closed = True
+        self._outgoing.put_nowait(None)
+        receivers, self._receivers = self._receivers, {}
+        for receiver in receivers.values():
+            receiver(reason)

@@ -1,0 +1,134 @@
+"""The endpoint's side of a Multiplex stream: many attempts, one stream, one outbox.
+
+The broker keeps one such stream per deployment and tags every item with an attempt
+id. Each attempt runs as on its own stream; what the attempts send is queued and goes
+out as one frame when the stream is ready to write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+import grpc
+
+from durable.v1 import protocol_pb2
+
+from ._runtime import Runtime
+
+# An attempt ends with the first of these it sends.
+TERMINAL = ("end", "suspension", "error")
+
+Send = Callable[[protocol_pb2.InvokeResponse], None]
+StartAttempt = Callable[
+    [protocol_pb2.StartMessage, Send], tuple[Runtime, Callable[[], Coroutine[Any, Any, None]]]
+]
+
+
+class Multiplexer:
+    """Runs the attempts one Multiplex stream carries."""
+
+    def __init__(self, start_attempt: StartAttempt, draining: bool = False) -> None:
+        self._start_attempt = start_attempt
+        # Attempts that may still send: from their start until their terminal message.
+        self._running: dict[int, Runtime | None] = {}
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._outbox: asyncio.Queue[protocol_pb2.AttemptResponse | None] = asyncio.Queue()
+        self._draining = draining
+        self.ended = asyncio.Event()
+
+    async def read(self, frames: AsyncIterator[protocol_pb2.MultiplexRequest]) -> None:
+        """Dispatches what the broker sends until it ends the stream."""
+        try:
+            async for frame in frames:
+                for item in frame.items:
+                    self._dispatch(item)
+        finally:
+            self._end()
+
+    async def frames(self) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
+        """Frames to send: everything queued when the stream is ready to write."""
+        outbox = self._outbox
+        while (item := await outbox.get()) is not None:
+            frame = protocol_pb2.MultiplexResponse(items=[item])
+            while not outbox.empty():
+                nxt = outbox.get_nowait()
+                if nxt is None:
+                    yield frame
+                    return
+                frame.items.append(nxt)
+            yield frame
+
+    def drain(self) -> None:
+        """Refuses new attempts; ends the stream once the running ones have ended."""
+        self._draining = True
+        if not self._running:
+            self._end()
+
+    def stop_all(self) -> None:
+        """The stream is gone: no attempt on it can report anything any more."""
+        self._running.clear()
+        for task in list(self._tasks.values()):
+            task.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        if not self.ended.is_set():
+            self.ended.set()
+            self._outbox.put_nowait(None)
+
+    def _dispatch(self, item: protocol_pb2.AttemptRequest) -> None:
+        attempt_id = item.attempt_id
+        if item.abandon:
+            self._running.pop(attempt_id, None)
+            task = self._tasks.get(attempt_id)
+            if task is not None:
+                task.cancel()
+            self._end_if_drained()
+            return
+        kind = item.message.WhichOneof("message")
+        if kind == "start":
+            if attempt_id in self._running or attempt_id in self._tasks:
+                return  # a repeated start would fork the attempt; the first one stands
+            if self._draining:
+                self._refuse(attempt_id)
+                return
+            self._running[attempt_id] = None
+            runtime, execute = self._start_attempt(
+                item.message.start, lambda m: self._send(attempt_id, m)
+            )
+            if attempt_id in self._running:
+                self._running[attempt_id] = runtime
+            task = asyncio.create_task(execute())
+            self._tasks[attempt_id] = task
+            task.add_done_callback(lambda _: self._tasks.pop(attempt_id, None))
+        elif kind == "completion":
+            waiting = self._running.get(attempt_id)
+            if waiting is not None:
+                waiting.on_completion(item.message.completion)
+
+    def _refuse(self, attempt_id: int) -> None:
+        error = protocol_pb2.ErrorMessage(
+            code=grpc.StatusCode.UNAVAILABLE.value[0],
+            message="the endpoint is shutting down",
+        )
+        self._outbox.put_nowait(
+            protocol_pb2.AttemptResponse(
+                attempt_id=attempt_id, message=protocol_pb2.InvokeResponse(error=error)
+            )
+        )
+
+    def _send(self, attempt_id: int, message: protocol_pb2.InvokeResponse) -> None:
+        if attempt_id not in self._running or self.ended.is_set():
+            return  # abandoned by the broker, or already ended: nobody listens
+        self._outbox.put_nowait(
+            protocol_pb2.AttemptResponse(attempt_id=attempt_id, message=message)
+        )
+        if message.WhichOneof("message") in TERMINAL:
+            self._running.pop(attempt_id, None)
+            self._end_if_drained()
+
+    def _end_if_drained(self) -> None:
+        if self._draining and not self._running:
+            self._end()
