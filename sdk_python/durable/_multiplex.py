@@ -8,6 +8,7 @@ out as one frame when the stream is ready to write.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
@@ -16,6 +17,8 @@ import grpc
 from durable.v1 import protocol_pb2
 
 from ._runtime import Runtime
+
+log = logging.getLogger("durable")
 
 # An attempt ends with the first of these it sends.
 TERMINAL = ("end", "suspension", "error")
@@ -37,13 +40,21 @@ class Multiplexer:
         self._outbox: asyncio.Queue[protocol_pb2.AttemptResponse | None] = asyncio.Queue()
         self._draining = draining
         self.ended = asyncio.Event()
+        self._end_if_drained()
 
     async def read(self, frames: AsyncIterator[protocol_pb2.MultiplexRequest]) -> None:
         """Dispatches what the broker sends until it ends the stream."""
         try:
             async for frame in frames:
                 for item in frame.items:
-                    self._dispatch(item)
+                    try:
+                        self._dispatch(item)
+                    except Exception as e:
+                        # One bad item fails its own attempt, never the whole stream.
+                        log.exception(
+                            "attempt %d: cannot take the broker's message", item.attempt_id
+                        )
+                        self._fail(item.attempt_id, f"the endpoint rejected a message: {e}")
         finally:
             self._end()
 
@@ -92,7 +103,7 @@ class Multiplexer:
             if attempt_id in self._running or attempt_id in self._tasks:
                 return  # a repeated start would fork the attempt; the first one stands
             if self._draining:
-                self._refuse(attempt_id)
+                self._fail(attempt_id, "the endpoint is shutting down")
                 return
             self._running[attempt_id] = None
             runtime, execute = self._start_attempt(
@@ -108,16 +119,21 @@ class Multiplexer:
             if waiting is not None:
                 waiting.on_completion(item.message.completion)
 
-    def _refuse(self, attempt_id: int) -> None:
+    def _fail(self, attempt_id: int, message: str) -> None:
+        """Ends an attempt with a retryable error and stops its handler, if it runs."""
+        self._running.pop(attempt_id, None)
+        task = self._tasks.get(attempt_id)
+        if task is not None:
+            task.cancel()
         error = protocol_pb2.ErrorMessage(
-            code=grpc.StatusCode.UNAVAILABLE.value[0],
-            message="the endpoint is shutting down",
+            code=grpc.StatusCode.UNAVAILABLE.value[0], message=message
         )
         self._outbox.put_nowait(
             protocol_pb2.AttemptResponse(
                 attempt_id=attempt_id, message=protocol_pb2.InvokeResponse(error=error)
             )
         )
+        self._end_if_drained()
 
     def _send(self, attempt_id: int, message: protocol_pb2.InvokeResponse) -> None:
         if attempt_id not in self._running or self.ended.is_set():
