@@ -95,7 +95,8 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
                   "(it holds nothing for suspended invocations)")  # fmt: skip
 
             listed = await admin.ListInvocations(
-                admin_pb2.ListInvocationsRequest(status=SUSPENDED),
+                # All of them: the listing's default limit is 1000.
+                admin_pb2.ListInvocationsRequest(status=SUSPENDED, limit=args.count),
                 timeout=120,
             )
             ids = [i.id for i in listed.invocations]
