@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import secrets
 from typing import TYPE_CHECKING
@@ -78,8 +79,11 @@ class Partition:
         )
         self._inbox_seq = 0
         self._waiters: dict[str, list[asyncio.Future[Result]]] = collections.defaultdict(list)
+        # Identities whose idempotency row is queued but not yet written.
         self._idempotent: dict[tuple[str, str, str, str], str] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        # One bound method shared by every Live (a fresh one each would cost 64 bytes).
+        self.journal_loader = self._load_journal
         self.waits = Waits(self)
         self.metrics = Metrics()
         self.invoker: Invoker
@@ -127,6 +131,10 @@ class Partition:
     def _existing(self, ident: tuple[str, str, str, str]) -> str | None:
         return self._idempotent.get(ident) or idempotency.get(self.kv, *ident)
 
+    def _forget_identity(self, ident: tuple[str, str, str, str], invocation_id: str) -> None:
+        if self._idempotent.get(ident) == invocation_id:
+            del self._idempotent[ident]
+
     def _identity(
         self, service: str, method: str, key: str, idempotency_key: str
     ) -> tuple[str, str, str, str] | None:
@@ -169,6 +177,16 @@ class Partition:
         else:
             future.set_result(record.result)
         return future
+
+    def detach(self, invocation_id: str, future: asyncio.Future[Result]) -> None:
+        """Forgets a waiter whose caller went away (the invocation goes on): thousands
+        of abandoned callers must not pin a future each until their invocations end."""
+        waiters = self._waiters.get(invocation_id)
+        if waiters is not None:
+            with contextlib.suppress(ValueError):
+                waiters.remove(future)
+            if not waiters:
+                del self._waiters[invocation_id]
 
     # ---- Reading
 
@@ -231,7 +249,7 @@ class Partition:
         live = Live(
             record,
             [Entry(input=journal_pb2.InputCommand(request=request, headers=headers))],
-            self._load_journal,
+            self.journal_loader,
         )
         self.live[live.id] = live
         tracing.start_invocation(live, traceparent)
@@ -239,8 +257,11 @@ class Partition:
         journal.put(batch, live.id, 0, live.journal[0])
         ident = self._ident(record)
         if ident is not None:
+            # Only until the batch is written: from then on the table answers, and a
+            # suspended invocation keeps no index entry in memory.
             self._idempotent[ident] = live.id
             idempotency.put(batch, *ident, live.id)
+            batch.then(lambda: self._forget_identity(ident, live.id))
         if invoke_at_ms > now:
             timers.put(batch, invoke_at_ms, live.id, -1)
             batch.then(lambda: self.timers.add(invoke_at_ms, live.id, -1))

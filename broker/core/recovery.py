@@ -21,11 +21,8 @@ def recover(p: Partition) -> None:
     for record in invocations.scan(p.kv):
         if record.status == Status.COMPLETED:
             continue
-        live = Live(record, journal.load(p.kv, record.id), p._load_journal)
+        live = Live(record, journal.load(p.kv, record.id), p.journal_loader)
         p.live[record.id] = live
-        ident = p._ident(record)
-        if ident is not None:
-            p._idempotent[ident] = record.id
         if record.exclusive and record.status != Status.PENDING:
             p._locks[live.lock_key] = record.id
     batch = Batch()

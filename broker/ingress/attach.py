@@ -42,8 +42,12 @@ class IngressServicer(ingress_pb2_grpc.IngressServicer):
         self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingress_pb2.Output:
         invocation_id = await self._target(request, context)
+        waiting = self._partition.attach(invocation_id)
         try:
-            result = await asyncio.shield(self._partition.attach(invocation_id))
+            result = await asyncio.shield(waiting)
+        except asyncio.CancelledError:
+            self._partition.detach(invocation_id, waiting)
+            raise
         except UnknownInvocation:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no invocation {invocation_id!r}")
             raise AssertionError("unreachable") from None

@@ -88,13 +88,17 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 idempotency_key=idempotency_key,
                 traceparent=traceparent,
             )
-            # The id is an acknowledgement: hand it out only once the invocation (or the
-            # one this call attached to) is durable, so it still names it after a crash.
-            await asyncio.shield(self._partition.committer.barrier())
-            await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
             try:
+                # The id is an acknowledgement: hand it out only once the invocation (or
+                # the one this call attached to) is durable, so it still names it after a
+                # crash.
+                await asyncio.shield(self._partition.committer.barrier())
+                await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
                 # Shielded: a caller that goes away must not cancel the invocation.
                 result = await asyncio.shield(result_future)
+            except asyncio.CancelledError:
+                self._partition.detach(invocation_id, result_future)
+                raise
             except UnknownInvocation:
                 await context.abort(
                     grpc.StatusCode.NOT_FOUND, f"invocation {invocation_id} not found"
