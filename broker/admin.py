@@ -128,6 +128,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         deployments.delete(batch, request.deployment_id)
         await self._partition.committer.commit(batch)
         self._registry.remove(request.deployment_id)
+        self._partition.invoker.forget(request.deployment_id)
         log.info("removed deployment %s (%d in flight)", request.deployment_id, in_flight)
         return admin_pb2.RemoveDeploymentResponse(in_flight=in_flight)
 
@@ -161,7 +162,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ListInvocationsResponse:
         records = [
             r
-            for r in self._partition.records()
+            for r in self._partition.records(request.status)
             if (not request.status or r.status == request.status)
             and (not request.service or r.service == request.service)
             and (not request.key or r.key == request.key)

@@ -133,6 +133,13 @@ class Invoker:
         attempt.task.add_done_callback(self._tasks.discard)
         return attempt
 
+    def forget(self, deployment_id: str) -> None:
+        """Lets go of a removed deployment's multiplexed stream: it closes once the
+        attempts still on it (after a forced removal) have ended."""
+        connection = self._connections.pop(deployment_id, None)
+        if connection is not None:
+            connection.retire()
+
     async def close(self) -> None:
         """Abandons in-flight attempts (they resume after a restart) and closes channels."""
         for task in list(self._tasks):

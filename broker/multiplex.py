@@ -46,6 +46,7 @@ class Connection:
         self._ids = itertools.count(1)
         self._outgoing: asyncio.Queue[protocol_pb2.AttemptRequest | None] = asyncio.Queue()
         self.closed = False
+        self._retired = False
         # The generated stubs are typed for the sync API; this is a grpc.aio channel.
         self._call: Any = stub.Multiplex(self._frames(), metadata=metadata)  # type: ignore[arg-type]
         self._reader = asyncio.create_task(self._read())
@@ -74,6 +75,14 @@ class Connection:
         if self._receivers.pop(attempt_id, None) is not None and abandon and not self.closed:
             abandon_item = protocol_pb2.AttemptRequest(attempt_id=attempt_id, abandon=True)
             self._outgoing.put_nowait(abandon_item)
+        if self._retired and not self._receivers:
+            self.close()
+
+    def retire(self) -> None:
+        """Ends the stream once the attempts on it have ended (its deployment is gone)."""
+        self._retired = True
+        if not self._receivers:
+            self.close()
 
     def close(self) -> None:
         """Ends the stream; attempts still on it are told so."""

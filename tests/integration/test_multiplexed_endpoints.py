@@ -22,7 +22,7 @@ import durable
 import grpc
 import pytest
 from durable._endpoint import _files
-from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
+from durable.v1 import admin_pb2, invocation_pb2, journal_pb2, protocol_pb2
 from flights import flights_pb2
 from playground import playground_pb2
 
@@ -112,6 +112,8 @@ class _MultiplexEndpoint:
         self._lock = threading.Lock()
         self.multiplex_calls = 0
         self.attempt_ids: list[int] = []
+        # Set when a Multiplex call ends (the broker let go of the stream).
+        self.stream_ended = threading.Event()
 
         def discover(request: bytes, context: Any) -> bytes:
             return protocol_pb2.DiscoverResponse(
@@ -138,6 +140,7 @@ class _MultiplexEndpoint:
     ) -> Iterator[bytes]:
         with self._lock:
             self.multiplex_calls += 1
+        context.add_callback(self.stream_ended.set)
         outgoing: queue.Queue[bytes | None] = queue.Queue()
 
         def read() -> None:
@@ -274,6 +277,29 @@ def test_concurrent_invocations_share_one_multiplex_stream(tmp_path: Path) -> No
             records = cluster.invocations(service="playground.Waiter")
             assert len(records) == count
             assert all(r.status == Status.COMPLETED and r.attempts == 1 for r in records)
+        finally:
+            cluster.close()
+
+
+def test_removing_a_deployment_closes_its_stream(tmp_path: Path) -> None:
+    with _MultiplexEndpoint(stranger_then_answer) as endpoint:
+        cluster = _cluster(tmp_path, endpoint)
+        try:
+            reply = cluster.waiter.Sleep(playground_pb2.SleepRequest(millis=3), timeout=30)
+            assert reply.number == 3
+            assert endpoint.multiplex_calls == 1
+            assert not endpoint.stream_ended.is_set()
+            [deployment] = [
+                d
+                for d in cluster.admin.ListDeployments(
+                    admin_pb2.ListDeploymentsRequest(), timeout=10
+                ).deployments
+                if d.uri == f"http://{endpoint.address}"
+            ]
+            cluster.admin.RemoveDeployment(
+                admin_pb2.RemoveDeploymentRequest(deployment_id=deployment.id), timeout=10
+            )
+            assert endpoint.stream_ended.wait(timeout=10), "the stream stayed open"
         finally:
             cluster.close()
 
