@@ -204,9 +204,14 @@ class Partition:
             raise UnknownInvocation(invocation_id)
         return record, journal.load(self.kv, invocation_id)
 
-    def records(self) -> list[Invocation]:
-        """Every retained invocation's record, live ones as they are now."""
-        out = {r.id: r for r in invocations.scan(self.kv)}
+    def records(self, status: int = 0) -> list[Invocation]:
+        """Every retained invocation's record (or those with `status`), live ones as they
+        are now. Every invocation that has not completed is live, so only listing
+        completed ones (or all) reads the table."""
+        if status and status != Status.COMPLETED:
+            out = {}
+        else:
+            out = {r.id: r for r in invocations.scan(self.kv)}
         for invocation_id, live in self.live.items():
             self._touch(live)
             out[invocation_id] = live.snapshot()
