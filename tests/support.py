@@ -320,14 +320,22 @@ class Cluster:
     def start(self) -> Cluster:
         """Starts every process, waits until each is healthy, registers the services."""
         LIVE_CLUSTERS.append(self)
-        self.start_broker()
-        for name in self.services:
-            self.services[name].start()
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        for name, process in self.services.items():
-            wait_healthy(self.service_addresses[name], deadline, process)
-        for address in self.service_addresses.values():
-            self.register(f"http://{address}")
+        try:
+            self.start_broker()
+            for name in self.services:
+                self.services[name].start()
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            for name, process in self.services.items():
+                wait_healthy(self.service_addresses[name], deadline, process)
+            for address in self.service_addresses.values():
+                self.register(f"http://{address}")
+        except BaseException as e:
+            # `with Cluster(...)` never reaches __exit__ when start fails: stop what did
+            # start, or it outlives the test run; the logs say why it failed.
+            with contextlib.suppress(BaseException):
+                self.close()
+            e.add_note(self.log_tails(60))
+            raise
         return self
 
     def register(self, uri: str) -> admin_pb2.Deployment:
