@@ -47,7 +47,8 @@ class Settings:
     # An attempt whose endpoint sends nothing for this long is abandoned and retried
     # (a hung handler or stream); long side effects must finish within it.
     inactivity_timeout: float = 600.0
-    # First attempts of fresh invocations go as one unary call; see Invoker._unary.
+    # First attempts of fresh invocations on endpoints that do not multiplex go as one
+    # unary call; see Invoker._unary.
     unary_first: bool = True
     # Streaming attempts to endpoints that offer it share one Multiplex stream.
     multiplex: bool = True
@@ -141,7 +142,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "--no-unary-first",
         action="store_true",
         default=_env("BROKER_NO_UNARY_FIRST", "") == "1",
-        help="always drive streaming endpoints over a stream, first attempts included",
+        help="drive endpoints that do not multiplex over a stream per attempt, first "
+        "attempts included (not one unary call first)",
     )
     p.add_argument(
         "--no-multiplex",
