@@ -115,7 +115,9 @@ class ChaosCluster:
     def admin(self) -> admin_pb2_grpc.AdminStub:
         """The admin API."""
         if self._admin_channel is None:
-            self._admin_channel = grpc.insecure_channel(self.admin_address, options=CHANNEL_OPTIONS)
+            # Every invocation of a long run in one listing: allow a large reply.
+            options = [*CHANNEL_OPTIONS, ("grpc.max_receive_message_length", 256 * 1024 * 1024)]
+            self._admin_channel = grpc.insecure_channel(self.admin_address, options=options)
         return admin_pb2_grpc.AdminStub(self._admin_channel)
 
     def register(self, uri: str) -> None:
@@ -123,8 +125,9 @@ class ChaosCluster:
         self.admin.RegisterDeployment(admin_pb2.RegisterDeploymentRequest(uri=uri), timeout=30)
 
     def invocations(self, status: int = 0, limit: int = 0) -> list[invocation_pb2.Invocation]:
-        """ListInvocations (every status unless `status`)."""
-        request = admin_pb2.ListInvocationsRequest(status=status, limit=limit)  # type: ignore[arg-type]
+        """ListInvocations (every status unless `status`): all of them unless `limit`
+        (the API lists 1000 when asked for no limit; a run makes more)."""
+        request = admin_pb2.ListInvocationsRequest(status=status, limit=limit or 10_000_000)  # type: ignore[arg-type]
         return list(self.admin.ListInvocations(request, timeout=30).invocations)
 
     def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
