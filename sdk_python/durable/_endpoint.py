@@ -232,11 +232,13 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         """Lets attempts on multiplexed streams finish (for up to `timeout` seconds),
         refusing new ones, then ends the streams so the broker goes elsewhere."""
         self._draining = True
-        for mux in self._multiplexers:
+        for mux in list(self._multiplexers):
             mux.drain()
-        done = [mux.ended.wait() for mux in self._multiplexers]
-        if done:
-            await asyncio.wait([asyncio.ensure_future(d) for d in done], timeout=timeout)
+        waits = [asyncio.ensure_future(mux.ended.wait()) for mux in self._multiplexers]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+            for wait in pending:  # past the grace period: grpc's stop cancels the calls
+                wait.cancel()
 
 
 class _SecretInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
