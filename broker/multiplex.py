@@ -2,7 +2,8 @@
 
 Opening a gRPC stream per attempt costs both processes more than the attempt's own
 messages do. Here each deployment gets one stream; attempts are told apart by an id,
-and whatever is queued when the stream is ready to write goes out as one frame.
+and whatever is queued when the stream is ready to write goes out as one frame
+(`durable._framing`, shared with the endpoint's side).
 
 A connection knows nothing of invocations: it carries messages for attempt ids and
 tells each attempt's receiver when the stream is gone. The invoker decides the rest.
@@ -13,17 +14,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
+from durable._framing import frames
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 log = logging.getLogger("broker.invoker")
-
-# A frame is bounded so that one large journal does not delay everything queued
-# behind it, and so that a frame always fits the message size limit.
-FRAME_BYTES = 4 * 1024 * 1024
 
 # A receiver gets each message the endpoint sends for its attempt, or a string saying
 # why the stream ended underneath it.
@@ -44,11 +42,15 @@ class Connection:
         self._max_message_bytes = max_message_bytes
         self._receivers: dict[int, Receiver] = {}
         self._ids = itertools.count(1)
-        self._outgoing: asyncio.Queue[protocol_pb2.AttemptRequest | None] = asyncio.Queue()
+        # Items with their sizes, for frames().
+        self._outgoing: asyncio.Queue[tuple[protocol_pb2.AttemptRequest, int] | None] = (
+            asyncio.Queue()
+        )
         self.closed = False
         self._retired = False
         # The generated stubs are typed for the sync API; this is a grpc.aio channel.
-        self._call: Any = stub.Multiplex(self._frames(), metadata=metadata)  # type: ignore[arg-type]
+        requests = frames(self._outgoing, lambda items: protocol_pb2.MultiplexRequest(items=items))
+        self._call: Any = stub.Multiplex(requests, metadata=metadata)  # type: ignore[arg-type]
         self._reader = asyncio.create_task(self._read())
 
     def open(self, receiver: Receiver) -> int:
@@ -62,19 +64,20 @@ class Connection:
         if self.closed:
             return f"the stream to {self.uri} is closed"
         item = protocol_pb2.AttemptRequest(attempt_id=attempt_id, message=message)
-        if item.ByteSize() > self._max_message_bytes - 64:
+        size = item.ByteSize()
+        if size > self._max_message_bytes - 64:
             return (
-                f"a message of {item.ByteSize()} bytes exceeds the {self._max_message_bytes} "
+                f"a message of {size} bytes exceeds the {self._max_message_bytes} "
                 "byte limit of the endpoint stream"
             )
-        self._outgoing.put_nowait(item)
+        self._outgoing.put_nowait((item, size))
         return None
 
     def release(self, attempt_id: int, abandon: bool) -> None:
         """Forgets an attempt; with `abandon`, tells the endpoint to stop its handler."""
         if self._receivers.pop(attempt_id, None) is not None and abandon and not self.closed:
             abandon_item = protocol_pb2.AttemptRequest(attempt_id=attempt_id, abandon=True)
-            self._outgoing.put_nowait(abandon_item)
+            self._outgoing.put_nowait((abandon_item, abandon_item.ByteSize()))
         if self._retired and not self._receivers:
             self.close()
 
@@ -90,20 +93,6 @@ class Connection:
             self._call.cancel()
             self._reader.cancel()
             self._shut(f"the stream to {self.uri} was closed by the broker")
-
-    async def _frames(self) -> AsyncIterator[protocol_pb2.MultiplexRequest]:
-        queue = self._outgoing
-        while (item := await queue.get()) is not None:
-            frame = protocol_pb2.MultiplexRequest(items=[item])
-            size = item.ByteSize()
-            while not queue.empty() and size < FRAME_BYTES:
-                nxt = queue.get_nowait()
-                if nxt is None:
-                    yield frame
-                    return
-                frame.items.append(nxt)
-                size += nxt.ByteSize()
-            yield frame
 
     async def _read(self) -> None:
         reason = f"the endpoint at {self.uri} ended the multiplexed stream"

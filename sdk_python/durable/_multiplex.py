@@ -16,6 +16,7 @@ import grpc
 
 from durable.v1 import protocol_pb2
 
+from ._framing import frames
 from ._runtime import Runtime
 
 log = logging.getLogger("durable")
@@ -37,7 +38,10 @@ class Multiplexer:
         # Attempts that may still send: from their start until their terminal message.
         self._running: dict[int, Runtime | None] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._outbox: asyncio.Queue[protocol_pb2.AttemptResponse | None] = asyncio.Queue()
+        # Items with their sizes, for frames().
+        self._outbox: asyncio.Queue[tuple[protocol_pb2.AttemptResponse, int] | None] = (
+            asyncio.Queue()
+        )
         self._draining = draining
         self.ended = asyncio.Event()
         self._end_if_drained()
@@ -58,24 +62,14 @@ class Multiplexer:
         finally:
             self._end()
 
-    async def frames(self) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
+    def frames(self) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
         """Frames to send: everything queued when the stream is ready to write."""
-        outbox = self._outbox
-        while (item := await outbox.get()) is not None:
-            frame = protocol_pb2.MultiplexResponse(items=[item])
-            while not outbox.empty():
-                nxt = outbox.get_nowait()
-                if nxt is None:
-                    yield frame
-                    return
-                frame.items.append(nxt)
-            yield frame
+        return frames(self._outbox, lambda items: protocol_pb2.MultiplexResponse(items=items))
 
     def drain(self) -> None:
         """Refuses new attempts; ends the stream once the running ones have ended."""
         self._draining = True
-        if not self._running:
-            self._end()
+        self._end_if_drained()
 
     def stop_all(self) -> None:
         """The stream is gone: no attempt on it can report anything any more."""
@@ -92,10 +86,7 @@ class Multiplexer:
     def _dispatch(self, item: protocol_pb2.AttemptRequest) -> None:
         attempt_id = item.attempt_id
         if item.abandon:
-            self._running.pop(attempt_id, None)
-            task = self._tasks.get(attempt_id)
-            if task is not None:
-                task.cancel()
+            self._stop(attempt_id)
             self._end_if_drained()
             return
         kind = item.message.WhichOneof("message")
@@ -119,28 +110,33 @@ class Multiplexer:
             if waiting is not None:
                 waiting.on_completion(item.message.completion)
 
-    def _fail(self, attempt_id: int, message: str) -> None:
-        """Ends an attempt with a retryable error and stops its handler, if it runs."""
+    def _stop(self, attempt_id: int) -> None:
+        """Stops an attempt's handler, if it runs; nothing it sends goes out any more."""
         self._running.pop(attempt_id, None)
         task = self._tasks.get(attempt_id)
         if task is not None:
             task.cancel()
+
+    def _fail(self, attempt_id: int, message: str) -> None:
+        """Ends an attempt with a retryable error and stops its handler, if it runs."""
+        self._stop(attempt_id)
         error = protocol_pb2.ErrorMessage(
             code=grpc.StatusCode.UNAVAILABLE.value[0], message=message
         )
-        self._outbox.put_nowait(
+        self._queue(
             protocol_pb2.AttemptResponse(
                 attempt_id=attempt_id, message=protocol_pb2.InvokeResponse(error=error)
             )
         )
         self._end_if_drained()
 
+    def _queue(self, item: protocol_pb2.AttemptResponse) -> None:
+        self._outbox.put_nowait((item, item.ByteSize()))
+
     def _send(self, attempt_id: int, message: protocol_pb2.InvokeResponse) -> None:
         if attempt_id not in self._running or self.ended.is_set():
             return  # abandoned by the broker, or already ended: nobody listens
-        self._outbox.put_nowait(
-            protocol_pb2.AttemptResponse(attempt_id=attempt_id, message=message)
-        )
+        self._queue(protocol_pb2.AttemptResponse(attempt_id=attempt_id, message=message))
         if message.WhichOneof("message") in TERMINAL:
             self._running.pop(attempt_id, None)
             self._end_if_drained()
