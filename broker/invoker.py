@@ -239,7 +239,7 @@ class Invoker:
     def _connection(self, deployment: Deployment) -> Connection:
         """The deployment's multiplexed stream, opened anew if the last one ended."""
         connection = self._connections.get(deployment.id)
-        if connection is None or connection.closed or connection.uri != deployment.uri:
+        if connection is None or connection.closed:
             connection = Connection(
                 self.stub(deployment.uri), deployment.uri, self.metadata, MAX_MESSAGE_BYTES
             )
@@ -262,7 +262,6 @@ class Invoker:
         await self._ready(attempt, start)
         connection = self._connection(deployment)
         over = asyncio.get_running_loop().create_future()
-        ended_by_endpoint = False
 
         def finish(error: str | None = None) -> None:
             if error is not None and outcome.error is None:
@@ -271,7 +270,6 @@ class Invoker:
                 over.set_result(None)
 
         def receive(message: protocol_pb2.InvokeResponse | str) -> None:
-            nonlocal ended_by_endpoint
             if over.done():
                 return
             if isinstance(message, str):
@@ -280,7 +278,6 @@ class Invoker:
             watchdog.reset()
             try:
                 if self._handle(live, attempt, message, outcome):
-                    ended_by_endpoint = message.WhichOneof("message") in _TERMINAL
                     finish()
             except Exception as e:
                 log.exception("invocation %s: attempt crashed", live.id)
@@ -302,7 +299,7 @@ class Invoker:
             await over
         finally:
             watchdog.stop()
-            connection.release(attempt_id, abandon=not ended_by_endpoint)
+            connection.release(attempt_id, abandon=not outcome.ended_by_endpoint)
 
     def _unary(self, deployment: Deployment, start: protocol_pb2.StartMessage) -> bool:
         """Whether this attempt is one unary InvokeOnce rather than a stream.
@@ -365,6 +362,7 @@ class Invoker:
             outcome.error = partition.on_suspension(
                 live, attempt, list(response.suspension.waiting_on)
             )
+            outcome.ended_by_endpoint = True
             return True
         elif kind == "error":
             e = response.error
@@ -373,9 +371,11 @@ class Invoker:
             if e.retry_after_ms:
                 outcome.retry_after = e.retry_after_ms / 1000
             outcome.pause = e.pause
+            outcome.ended_by_endpoint = True
             return True
         elif kind == "end":
             outcome.error = partition.on_end(live, attempt)
+            outcome.ended_by_endpoint = True
             return True
         else:
             outcome.error = "protocol violation: an empty message from the endpoint"
@@ -414,9 +414,6 @@ class _Watchdog:
         self._handle.cancel()
 
 
-_TERMINAL = ("end", "suspension", "error")
-
-
 class _Outcome:
     """How an attempt ended, when it did not end well."""
 
@@ -424,3 +421,6 @@ class _Outcome:
         self.error: str | None = None
         self.retry_after: float | None = None
         self.pause = False
+        # The endpoint sent its last message for the attempt (end, suspension, error):
+        # it needs no word to stop.
+        self.ended_by_endpoint = False
