@@ -16,7 +16,7 @@ import grpc
 
 from durable.v1 import protocol_pb2
 
-from ._framing import frames
+from ._framing import frames as packed_frames
 from ._runtime import Runtime
 
 log = logging.getLogger("durable")
@@ -64,7 +64,9 @@ class Multiplexer:
 
     def frames(self) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
         """Frames to send: everything queued when the stream is ready to write."""
-        return frames(self._outbox, lambda items: protocol_pb2.MultiplexResponse(items=items))
+        return packed_frames(
+            self._outbox, lambda items: protocol_pb2.MultiplexResponse(items=items)
+        )
 
     def drain(self) -> None:
         """Refuses new attempts; ends the stream once the running ones have ended."""
