@@ -58,6 +58,12 @@ _UNKNOWN = 2
 _RESOURCE_EXHAUSTED = 8
 
 
+def _after_output(what: str) -> str:
+    """Anything an attempt sends after its output would change a result that callers
+    may already hold (and rerun effects of a finished invocation): refused, unapplied."""
+    return f"protocol violation: {what} after the invocation's output; ignored"
+
+
 class UnknownInvocation(LookupError):
     """No invocation with that id (or it was purged)."""
 
@@ -351,6 +357,8 @@ class Partition:
         """The handler proposed its next journal entry."""
         if live.attempt is not attempt:
             return None
+        if live.record.status == Status.COMPLETED:
+            return _after_output(f"entry {index} proposed")
         if index != len(live.journal):
             return (
                 f"protocol violation: entry {index} proposed, but the journal has "
@@ -440,6 +448,8 @@ class Partition:
         """A side effect's outcome: journal it, then let the handler see it."""
         if live.attempt is not attempt:
             return None
+        if live.record.status == Status.COMPLETED:
+            return _after_output(f"run result for entry {index} sent")
         if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
             return f"protocol violation: run result for entry {index}, which is not a run"
         batch = Batch()
@@ -451,6 +461,8 @@ class Partition:
         """The handler waits on entries not completed yet; its stream closes."""
         if live.attempt is not attempt:
             return None
+        if live.record.status == Status.COMPLETED:
+            return _after_output("suspension sent")
         for i in waiting_on:
             if i >= len(live.journal) or live.journal[i].WhichOneof("command") not in (
                 *commands.AWAITABLE,
@@ -506,6 +518,13 @@ class Partition:
         live.attempt = None
         tracing.end_attempt(live, error=message)
         if live.record.status == Status.COMPLETED:
+            # Its output is durable and stands; what the attempt did after it is dropped.
+            log.warning(
+                "invocation %s: attempt %d after its output: %s",
+                live.id,
+                live.record.attempts,
+                message,
+            )
             return
         if pause:
             live.record.status = Status.PAUSED
