@@ -187,12 +187,17 @@ class Invoker:
                     metadata=self.metadata,
                     timeout=self._inactivity_timeout,
                 )
-                messages = list(reply.messages)
-                for response in messages:
-                    if self._handle(live, attempt, response, outcome):
-                        break
+                if reply is None:  # grpc.aio hands over None for a reply it cannot parse
+                    outcome.error = (
+                        "protocol violation: the endpoint's InvokeOnce reply does not parse "
+                        "as an InvokeOnceResponse"
+                    )
                 else:
-                    outcome.error = "the endpoint's reply did not end the attempt"
+                    for response in reply.messages:
+                        if self._handle(live, attempt, response, outcome):
+                            break
+                    else:
+                        outcome.error = "the endpoint's reply did not end the attempt"
             else:
 
                 async def requests() -> AsyncIterator[protocol_pb2.InvokeRequest]:

@@ -20,7 +20,8 @@ from google.protobuf import descriptor as _descriptor
 
 from tests.support import free_port
 
-Script = Callable[[protocol_pb2.StartMessage], Sequence[protocol_pb2.InvokeResponse]]
+# Messages to send, or raw bytes sent as the whole reply (or frame) to break the framing.
+Script = Callable[[protocol_pb2.StartMessage], Sequence[protocol_pb2.InvokeResponse] | bytes]
 TRANSPORTS = ("request-response", "stream", "multiplex")
 
 
@@ -86,26 +87,35 @@ class FakeEndpoint:
 
     def _invoke_once(self, request: protocol_pb2.InvokeRequest, context: Any) -> bytes:
         messages = self._script(request.start)
+        if isinstance(messages, bytes):
+            return messages
         return protocol_pb2.InvokeOnceResponse(messages=messages).SerializeToString()
 
     def _invoke(
         self, requests: Iterator[protocol_pb2.InvokeRequest], context: Any
     ) -> Iterator[bytes]:
-        start = next(requests).start
-        for message in self._script(start):
+        messages = self._script(next(requests).start)
+        if isinstance(messages, bytes):
+            yield messages
+            return
+        for message in messages:
             yield message.SerializeToString()
 
     def _multiplex(
         self, requests: Iterator[protocol_pb2.MultiplexRequest], context: Any
     ) -> Iterator[bytes]:
         for frame in requests:
-            items = [
-                protocol_pb2.AttemptResponse(attempt_id=item.attempt_id, message=message)
-                for item in frame.items
-                if item.message.HasField("start")
-                for message in self._script(item.message.start)
-            ]
-            if items:
+            for item in frame.items:
+                if not item.message.HasField("start"):
+                    continue
+                messages = self._script(item.message.start)
+                if isinstance(messages, bytes):
+                    yield messages
+                    continue
+                items = [
+                    protocol_pb2.AttemptResponse(attempt_id=item.attempt_id, message=message)
+                    for message in messages
+                ]
                 yield protocol_pb2.MultiplexResponse(items=items).SerializeToString()
 
     def __enter__(self) -> FakeEndpoint:

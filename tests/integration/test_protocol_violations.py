@@ -19,6 +19,7 @@ from flights import flights_pb2
 from playground import playground_pb2
 from playground.playground_durable import WaiterServicer
 
+from tests.fake_endpoint import TRANSPORTS, FakeEndpoint
 from tests.support import Cluster, free_port, wait_for
 
 Status = invocation_pb2.InvocationStatus
@@ -177,3 +178,35 @@ def test_a_replay_that_diverges_is_reported_and_retried_not_accepted() -> None:
         finally:
             call.cancel()
     assert threading.active_count() >= 1
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_reply_that_does_not_parse_is_a_violation_on_every_transport(
+    tmp_path: Path, transport: str
+) -> None:
+    with (
+        FakeEndpoint([WAITER], lambda start: b"\xff\xff\xff\xff", transport) as endpoint,
+        Cluster(tmp_path, broker_args=["--retry-initial", "200ms"], services=()) as cluster,
+    ):
+        cluster.register(endpoint.uri)
+        future = cluster.waiter.Sleep.future(playground_pb2.SleepRequest(millis=1), timeout=60)
+        try:
+            record = cluster.wait_for(
+                lambda: next(
+                    (
+                        i
+                        for i in cluster.invocations(service=WAITER.full_name)
+                        if i.status == Status.BACKING_OFF and i.attempts >= 2
+                    ),
+                    None,
+                ),
+                timeout=30,
+                message="the invocation to back off",
+            )
+            assert "protocol violation" in record.last_error
+            assert "does not parse" in record.last_error
+            assert cluster.journal_kinds(record.id) == ["input"]
+            # Reported as the endpoint's fault, not as a crash of the broker's own code.
+            assert "attempt crashed" not in (tmp_path / "logs" / "broker.log").read_text()
+        finally:
+            future.cancel()
