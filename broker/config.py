@@ -153,8 +153,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     p.add_argument(
         "--admin-token",
-        default=_env("BROKER_ADMIN_TOKEN", ""),
-        help="require `authorization: Bearer TOKEN` on admin calls",
+        default=os.environ.get("BROKER_ADMIN_TOKEN"),
+        help="require `authorization: Bearer TOKEN` on admin calls (not empty)",
     )
     p.add_argument("--tls-cert", default=_env("BROKER_TLS_CERT", ""), help="PEM certificate")
     p.add_argument("--tls-key", default=_env("BROKER_TLS_KEY", ""), help="PEM private key")
@@ -164,6 +164,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="shared secret sent to service endpoints (x-durable-secret)",
     )
     a = p.parse_args(argv)
+    if a.admin_token is not None and not a.admin_token.strip():
+        # An empty token would silently mean "no access control" to whoever set it.
+        p.error(
+            "--admin-token (BROKER_ADMIN_TOKEN) is empty: give a token, or leave both "
+            "unset to serve the admin API without one"
+        )
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
     return Settings(

@@ -24,7 +24,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Rejects calls without the bearer token (health checks stay open)."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        if not token:
+            raise ValueError("the admin token must not be empty")
+        self._expected = token.encode()
 
     async def intercept_service(
         self,
@@ -37,10 +39,16 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if method.startswith(_OPEN):
             return await continuation(handler_call_details)
         metadata = dict(handler_call_details.invocation_metadata or ())
-        given = str(metadata.get("authorization", "")).encode()
-        if hmac.compare_digest(given, self._expected):
+        if hmac.compare_digest(_bearer(str(metadata.get("authorization", ""))), self._expected):
             return await continuation(handler_call_details)
         return _deny(method)
+
+
+def _bearer(authorization: str) -> bytes:
+    """The credentials of a `Bearer` authorization; the scheme is case-insensitive and
+    may be followed by any run of spaces (RFC 7235)."""
+    scheme, _, credentials = authorization.strip().partition(" ")
+    return credentials.strip().encode() if scheme.lower() == "bearer" else b""
 
 
 def _deny(method: str) -> grpc.RpcMethodHandler[Any, Any]:

@@ -97,11 +97,20 @@ def test_the_admin_token_is_required_when_set(tmp_path: Path) -> None:
                     timeout=10,
                 )
             assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            stub.ListServices(
-                admin_pb2.ListServicesRequest(),
-                metadata=(("authorization", "Bearer s3cret"),),
-                timeout=10,
-            )
+            with pytest.raises(grpc.RpcError) as other_scheme:
+                stub.ListServices(
+                    admin_pb2.ListServicesRequest(),
+                    metadata=(("authorization", "Basic s3cret"),),
+                    timeout=10,
+                )
+            assert other_scheme.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            # The scheme is case-insensitive and may be followed by several spaces.
+            for authorization in ("Bearer s3cret", "bearer s3cret", "BEARER   s3cret"):
+                stub.ListServices(
+                    admin_pb2.ListServicesRequest(),
+                    metadata=(("authorization", authorization),),
+                    timeout=10,
+                )
         # The ingress never exposes admin operations.
         with grpc.insecure_channel(ingress) as channel:
             with pytest.raises(grpc.RpcError) as missing:
@@ -113,6 +122,21 @@ def test_the_admin_token_is_required_when_set(tmp_path: Path) -> None:
             assert missing.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         broker.terminate()
+
+
+def test_an_empty_admin_token_is_refused_not_taken_as_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    ports = ["--ingress", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"]
+    flag = _run_to_exit(tmp_path, "--data-dir", str(data), *ports, "--admin-token", "")
+    assert flag.returncode == 2
+    assert "--admin-token (BROKER_ADMIN_TOKEN) is empty" in flag.stderr
+    monkeypatch.setenv("BROKER_ADMIN_TOKEN", " ")
+    env = _run_to_exit(tmp_path, "--data-dir", str(data), *ports)
+    assert env.returncode == 2
+    assert "is empty" in env.stderr
+    assert not data.exists()  # refused before anything was written
 
 
 def test_endpoints_can_require_the_brokers_secret(
