@@ -527,6 +527,19 @@ def state_to_json(service: str, key: str, state: Mapping[str, bytes]) -> dict[st
     return {"service": service, "key": key, "state": decoded, "raw_state": raw}
 
 
+def state_change_to_json(change: admin_pb2.SetStateResponse) -> dict[str, Any]:
+    """The ``--json`` form of a ``state set`` or ``state clear``: what changed, and how
+    many values and bytes the object holds after it."""
+    out: dict[str, Any] = {"service": change.service, "key": change.key, "name": change.name}
+    if change.HasField("value"):
+        out["value"] = parse_json(change.value)
+    else:
+        out["cleared"] = True
+    out["values"] = change.values
+    out["bytes"] = change.bytes
+    return out
+
+
 # -- --json renderings ------------------------------------------------------------------
 
 

@@ -277,6 +277,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"{request.service!r} is not a registered workflow"
             )
+        await _check_key(context, request.service, request.key)
+        await _check_key(context, request.service, request.name)
         if request.HasField("rejection"):
             result = failure(_ABORTED, request.rejection)
         else:
@@ -297,27 +299,41 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStateResponse:
         await self._keyed(request.service, context)
+        await _check_key(context, request.service, request.key)
         return admin_pb2.GetStateResponse(
             state=state.load(self._partition.kv, request.service, request.key)
         )
 
     async def SetState(
         self, request: admin_pb2.SetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> admin_pb2.GetStateResponse:
+    ) -> admin_pb2.SetStateResponse:
         await self._keyed(request.service, context)
         if not request.key or not request.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key and name are required")
+        await _check_key(context, request.service, request.key)
         value = request.value if request.HasField("value") else None
         if value is not None:
             await _json(context, value)
         try:
-            current = await control.set_state(
+            after = await control.set_state(
                 self._partition, request.service, request.key, request.name, value
             )
         except control.NotAllowed as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
             raise AssertionError("unreachable") from None
-        return admin_pb2.GetStateResponse(state=current)
+        except control.TooLarge as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            raise AssertionError("unreachable") from None
+        # What changed, not the whole state: a large state must not fail the answer
+        # to a write that was applied.
+        return admin_pb2.SetStateResponse(
+            service=request.service,
+            key=request.key,
+            name=request.name,
+            value=value,
+            values=len(after),
+            bytes=state.size(after),
+        )
 
     async def _keyed(self, service: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         target = self._registry.service(service)
@@ -328,11 +344,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             )
 
 
+async def _check_key(context: grpc.aio.ServicerContext[Any, Any], service: str, key: str) -> None:
+    """INVALID_ARGUMENT for a key (or promise name) longer than storage can hold."""
+    try:
+        reg.check_key(service, key)
+    except reg.BadRequest as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+
+
 async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> bytes:
     """`value` if it is JSON (what the SDK decodes); INVALID_ARGUMENT otherwise."""
     try:
         json.loads(value)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:  # RecursionError: nested past any use
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}")
     return value
 

@@ -463,17 +463,17 @@ def _set_state(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Jso
     req = admin_pb2.SetStateRequest(
         service=args.service, key=args.key, name=args.name, value=args.value
     )
-    resp: admin_pb2.GetStateResponse = stub.SetState(req, timeout=timeout)
+    resp: admin_pb2.SetStateResponse = stub.SetState(req, timeout=timeout)
     human = f"set {args.name!r} of {args.service} key {args.key!r} to {args.value.decode()}"
-    return fmt.state_to_json(args.service, args.key, resp.state), human
+    return fmt.state_change_to_json(resp), human
 
 
 def _clear_state(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[JsonOutput, str]:
     # No value: the admin API clears the state value.
     req = admin_pb2.SetStateRequest(service=args.service, key=args.key, name=args.name)
-    resp: admin_pb2.GetStateResponse = stub.SetState(req, timeout=timeout)
+    resp: admin_pb2.SetStateResponse = stub.SetState(req, timeout=timeout)
     human = f"cleared {args.name!r} of {args.service} key {args.key!r}"
-    return fmt.state_to_json(args.service, args.key, resp.state), human
+    return fmt.state_change_to_json(resp), human
 
 
 def wait_for_channel(channel: grpc.Channel, timeout: float) -> None:

@@ -14,6 +14,8 @@ from durable.v1 import ingress_pb2, journal_pb2, options_pb2, protocol_pb2, stor
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
+from .storage import keys
+
 Deployment = storage_pb2.DeploymentRecord
 
 KIND_NAMES = {
@@ -272,4 +274,20 @@ def resolve(
                 f"missing key: {service} is keyed by the field {m.key_field!r} of "
                 f"{m.input_type.DESCRIPTOR.full_name}, which must be set",
             )
+        check_key(service, key)
     return svc, m, key
+
+
+def check_key(service: str, key: str) -> None:
+    """Refuses an object or workflow key that storage cannot hold.
+
+    Raises:
+        BadRequest: INVALID_ARGUMENT naming the limit.
+    """
+    size = len(key.encode())
+    if size > keys.MAX_PART_BYTES:
+        raise BadRequest(
+            3,
+            f"the key of {service} is {size} bytes long, over the limit of "
+            f"{keys.MAX_PART_BYTES} bytes",
+        )

@@ -110,17 +110,33 @@ def resume(p: Partition, invocation_id: str) -> Invocation:
     return live.record
 
 
+class TooLarge(Exception):
+    """The edit would take the object's state over --max-state-bytes."""
+
+
 async def set_state(
     p: Partition, service: str, key: str, name: str, value: bytes | None
 ) -> dict[str, bytes]:
-    """Edits one state value of an object no exclusive handler holds right now."""
+    """Edits one state value of an object no exclusive handler holds right now, within
+    the same limit handlers have; returns the state after the edit.
+
+    Raises:
+        NotAllowed: an exclusive handler holds the key.
+        TooLarge: the edit would take the state over --max-state-bytes.
+    """
     holder = p.lock_holder(service, key)
     if holder is not None:
         raise NotAllowed(f"{service} key {key!r} is held by invocation {holder}; try again later")
+    values = state.load(p.kv, service, key)
     batch = Batch()
     if value is None:
+        values.pop(name, None)
         state.delete(batch, service, key, name)
     else:
+        values[name] = value
+        too_big = p.state_over_limit(service, key, values)
+        if too_big is not None:
+            raise TooLarge(too_big)
         state.put(batch, service, key, name, value)
     await p.committer.commit(batch)
-    return state.load(p.kv, service, key)
+    return values

@@ -29,6 +29,7 @@ from ..storage import (
     inbox,
     invocations,
     journal,
+    keys,
     state,
     timers,
 )
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker.core")
 
+_INVALID_ARGUMENT = 3
 _ABORTED = 10
 _UNKNOWN = 2
 _RESOURCE_EXHAUSTED = 8
@@ -393,6 +395,10 @@ class Partition:
         except commands.LimitExceeded as e:
             self._fail_terminally(live, str(e))
             return None
+        except keys.KeyTooLong as e:
+            # The handler named something storage cannot key: retrying changes nothing.
+            self._fail_terminally(live, f"entry {index} ({kind}): {e}", _INVALID_ARGUMENT)
+            return None
         live.journal.append(stored)
         if result is not None:
             stored.result.CopyFrom(result)
@@ -414,33 +420,38 @@ class Partition:
             if attempt.task is not None:
                 attempt.task.cancel()
 
-    def _fail_terminally(self, live: Live, message: str) -> None:
-        """Ends the invocation with RESOURCE_EXHAUSTED: retrying would hit the same limit."""
+    def _fail_terminally(self, live: Live, message: str, code: int = _RESOURCE_EXHAUSTED) -> None:
+        """Ends the invocation with `code` (by default RESOURCE_EXHAUSTED: retrying would
+        hit the same limit)."""
         log.warning("invocation %s: %s", live.id, message)
         self.abandon_attempt(live, message)
         batch = Batch()
-        self.complete(batch, live, failure(_RESOURCE_EXHAUSTED, message))
+        self.complete(batch, live, failure(code, message))
         self.save(batch, live)
         self.committer.submit(batch)
 
     def state_limit_error(self, live: Live, name: str, value: bytes) -> str | None:
         """Why setting `name` would take the object's state over its limit, if it would."""
         r = live.record
-        sizes = {k: len(k) + len(v) for k, v in state.load(self.kv, r.service, r.key).items()}
+        values = state.load(self.kv, r.service, r.key)
         # Writes of this invocation not yet applied to storage count too.
         for e in live.journal:
             if e.HasField("set_state"):
-                sizes[e.set_state.key] = len(e.set_state.key) + len(e.set_state.value)
+                values[e.set_state.key] = e.set_state.value
             elif e.HasField("clear_state"):
-                sizes.pop(e.clear_state.key, None)
+                values.pop(e.clear_state.key, None)
             elif e.HasField("clear_all_state"):
-                sizes.clear()
-        sizes[name] = len(name) + len(value)
-        total = sum(sizes.values())
+                values.clear()
+        values[name] = value
+        return self.state_over_limit(r.service, r.key, values)
+
+    def state_over_limit(self, service: str, key: str, values: dict[str, bytes]) -> str | None:
+        """Why an object holding `values` would be over --max-state-bytes, if it would."""
+        total = state.size(values)
         if total <= self.settings.max_state_bytes:
             return None
         return (
-            f"state limit reached: {r.service} key {r.key!r} would hold {total} bytes, "
+            f"state limit reached: {service} key {key!r} would hold {total} bytes, "
             f"over the {self.settings.max_state_bytes}-byte limit (--max-state-bytes)"
         )
 

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 from durable.v1 import ingress_pb2, ingress_pb2_grpc
 
+from .. import registry as reg
 from ..core.partition import Partition, UnknownInvocation
 from .router import status_of
 
@@ -23,6 +24,10 @@ class IngressServicer(ingress_pb2_grpc.IngressServicer):
     ) -> str:
         if request.HasField("idempotent"):
             t = request.idempotent
+            try:
+                reg.check_key(t.service, t.key)
+            except reg.BadRequest as e:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
             found = self._partition.find(t.service, t.method, t.key, t.idempotency_key)
             if found is None:
                 await context.abort(

@@ -15,11 +15,22 @@ DEPLOYMENTS = b"dp"
 EXPIRY = b"ex"
 
 
+# The longest part a key can hold (its length is stored in two bytes): the limit on
+# object and workflow keys, and on the names stored in keys (promises).
+MAX_PART_BYTES = 0xFFFF
+
+
+class KeyTooLong(ValueError):
+    """A key part over `MAX_PART_BYTES`: the request is at fault, never storage."""
+
+
 def part(value: str | bytes) -> bytes:
     """A length-prefixed part: sorts by length first, never ambiguous."""
     raw = value.encode() if isinstance(value, str) else value
-    if len(raw) > 0xFFFF:
-        raise ValueError("key part longer than 65535 bytes")
+    if len(raw) > MAX_PART_BYTES:
+        raise KeyTooLong(
+            f"a key or name of {len(raw)} bytes is over the {MAX_PART_BYTES}-byte limit"
+        )
     return struct.pack(">H", len(raw)) + raw
 
 

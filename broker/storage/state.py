@@ -25,3 +25,8 @@ def load(kv: KV, service: str, key: str) -> dict[str, bytes]:
     """Every state value of the object."""
     prefix = _prefix(service, key)
     return {k[len(prefix) :].decode(): v for k, v in kv.scan(prefix)}
+
+
+def size(values: dict[str, bytes]) -> int:
+    """What state counts against --max-state-bytes: every name plus its value."""
+    return sum(len(name) + len(value) for name, value in values.items())

@@ -648,17 +648,27 @@ def test_state_get_set_clear(playground: Playground) -> None:
     assert missing.stderr.startswith("error: NOT_FOUND:") and "'nothing'" in missing.stderr
 
     after_set = ok_json(admin, "state", "set", "playground.Counter", key, "total", "42")
-    assert after_set["state"] == {"total": 42, "by-5": True}
+    # What changed, and the size of the state after it (each name plus its JSON value).
+    assert after_set == {
+        "service": "playground.Counter",
+        "key": key,
+        "name": "total",
+        "value": 42,
+        "values": 2,
+        "bytes": len("total") + len("42") + len("by-5") + len("true"),
+    }
     assert playground.counter.Get(pg.CounterRef(name=key), timeout=30).number == 42
     label = ok_json(admin, "state", "set", "playground.Counter", key, "label", '{"a": [1, "x"]}')
-    assert label["state"]["label"] == {"a": [1, "x"]}
+    assert label["value"] == {"a": [1, "x"]} and label["values"] == 3
     negative = ok_json(admin, "state", "set", "playground.Counter", key, "total", "-3")
-    assert negative["state"]["total"] == -3
+    assert negative["value"] == -3
     label_text = brokerctl(admin, "state", "get", "playground.Counter", key, "label")
     assert json.loads(label_text.stdout) == {"a": [1, "x"]}
 
     after_clear = ok_json(admin, "state", "clear", "playground.Counter", key, "by-5")
-    assert after_clear["state"] == {"total": -3, "label": {"a": [1, "x"]}}
+    assert after_clear["cleared"] is True and after_clear["values"] == 2
+    after_state = ok_json(admin, "state", "get", "playground.Counter", key)["state"]
+    assert after_state == {"total": -3, "label": {"a": [1, "x"]}}
     keys = playground.counter.Keys(pg.CounterRef(name=key), timeout=30)
     assert sorted(keys.items) == ["label", "total"]
 
@@ -692,7 +702,7 @@ def test_state_set_is_refused_while_an_exclusive_handler_holds_the_key(
     with pytest.raises(grpc.RpcError):
         call.result(timeout=60)
     after = ok_json(admin, "state", "set", "playground.Counter", key, "total", "1")
-    assert after["state"] == {"total": 1}
+    assert after["value"] == 1 and after["values"] == 1
 
 
 # -- exit codes ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from durable.v1 import admin_pb2, ingress_pb2
 from playground import playground_pb2
 from trips import trips_pb2
 
@@ -64,3 +65,70 @@ def test_attempts_over_the_concurrency_limit_wait_in_line(tmp_path: Path) -> Non
         assert not errors and results == ["slept", "slept"]
         # One attempt at a time: the second could not start before the first ended.
         assert time.monotonic() - started >= 1.4
+
+
+def test_admin_state_writes_obey_the_state_limit(tmp_path: Path) -> None:
+    args = ["--max-state-bytes", "64"]
+    with Cluster(tmp_path, broker_args=args, services=(PLAYGROUND,)) as cluster:
+
+        def set_state(name: str, value: bytes) -> admin_pb2.SetStateResponse:
+            request = admin_pb2.SetStateRequest(
+                service="playground.Counter", key="c", name=name, value=value
+            )
+            return cluster.admin.SetState(request, timeout=10)
+
+        first = set_state("a", b'"' + b"x" * 40 + b'"')
+        assert (first.values, first.bytes) == (1, 1 + 42)
+        with pytest.raises(grpc.RpcError) as refused:
+            set_state("b", b'"' + b"y" * 40 + b'"')
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "over the 64-byte limit (--max-state-bytes)" in (refused.value.details() or "")
+        assert set(cluster.state("playground.Counter", "c")) == {"a"}  # unchanged
+        # Handlers on the key keep working.
+        add = playground_pb2.AddRequest(name="c", amount=1)
+        assert cluster.counter.Add(add, timeout=30).number == 1
+
+
+KEY_LIMIT = 65535
+
+
+def test_keys_over_the_storage_limit_are_refused_up_front(tmp_path: Path) -> None:
+    with Cluster(tmp_path, services=(PLAYGROUND,)) as cluster:
+        over = "k" * (KEY_LIMIT + 1)
+        calls = {
+            "object": lambda: cluster.counter.Add(
+                playground_pb2.AddRequest(name=over, amount=1), timeout=30
+            ),
+            "workflow": lambda: cluster.signup.Run(
+                playground_pb2.SignupRequest(user="u" * 70_000), timeout=30
+            ),
+            "get state": lambda: cluster.admin.GetState(
+                admin_pb2.GetStateRequest(service="playground.Counter", key=over), timeout=10
+            ),
+            "set state": lambda: cluster.admin.SetState(
+                admin_pb2.SetStateRequest(
+                    service="playground.Counter", key=over, name="n", value=b"1"
+                ),
+                timeout=10,
+            ),
+            "attach": lambda: cluster.ingress_api.Attach(
+                ingress_pb2.AttachRequest(
+                    idempotent=ingress_pb2.IdempotentTarget(
+                        service="playground.Counter", method="Add", key=over, idempotency_key="i"
+                    )
+                ),
+                timeout=10,
+            ),
+        }
+        for what, call in calls.items():
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
+            assert f"over the limit of {KEY_LIMIT} bytes" in (refused.value.details() or ""), what
+        assert cluster.invocations() == []  # nothing was journaled
+
+        # A key at the limit works end to end.
+        at_limit = "k" * KEY_LIMIT
+        added = cluster.counter.Add(playground_pb2.AddRequest(name=at_limit, amount=3), timeout=30)
+        assert added.number == 3
+        assert cluster.state("playground.Counter", at_limit)["total"] == 3

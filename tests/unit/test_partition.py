@@ -930,3 +930,37 @@ def test_record_and_records() -> None:
             p.record("inv_missing")
 
     run(main)
+
+
+def test_a_name_storage_cannot_key_fails_the_invocation_not_the_broker() -> None:
+    async def main() -> None:
+        p = make_partition()
+        parent_id, result = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+        await settle(p)
+        live = p.live[parent_id]
+        assert live.attempt is not None
+        huge = Entry(attach=journal_pb2.AttachCommand(invocation_id="inv_" + "x" * 70_000))
+        assert p.on_entry(live, live.attempt, 1, huge) is None
+        await settle(p)
+        failure = (await result).failure
+        assert failure.code == 3  # INVALID_ARGUMENT: retrying would change nothing
+        assert "entry 1 (attach)" in failure.message and "65535-byte limit" in failure.message
+        assert [e.WhichOneof("command") for e in journal.load(p.kv, parent_id)] == ["input"]
+
+    run(main)
+
+
+def test_a_call_with_a_key_over_the_limit_fails_the_entry() -> None:
+    async def main() -> None:
+        p = make_partition()
+        parent_id, _ = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+        await settle(p)
+        attempt = p.live[parent_id].attempt
+        propose(p, parent_id, call_flight("t" * 65_536))
+        await settle(p)
+        [completion] = completions(attempt)
+        assert completion.result.failure.code == 3
+        assert "over the limit of 65535 bytes" in completion.result.failure.message
+        assert len(p.live) == 1  # no child
+
+    run(main)
