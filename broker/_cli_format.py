@@ -218,8 +218,9 @@ def format_removed_deployment(deployment_id: str, in_flight: int) -> str:
     line = f"removed deployment {deployment_id}"
     if in_flight:
         line += (
-            f" ({in_flight} invocation{'s' if in_flight != 1 else ''} still in flight on it "
-            "will fail their attempts until it is registered again)"
+            f" ({in_flight} invocation{'s' if in_flight != 1 else ''} still in flight on it: "
+            "their attempts fail and back off until its URI is registered again, which "
+            "gives the endpoint this id back and resumes them there)"
         )
     return line
 

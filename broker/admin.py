@@ -1,12 +1,14 @@
 """The admin API: deployments, services and invocations, for operators and brokerctl.
 
-Status codes: NOT_FOUND for an unknown invocation id; INVALID_ARGUMENT for a malformed
-request or an endpoint whose services cannot be served (the message says why);
-UNAVAILABLE when the endpoint to register cannot be reached.
+Status codes: NOT_FOUND for an unknown invocation or deployment id; INVALID_ARGUMENT for
+a malformed request or an endpoint whose services cannot be served (the message says
+why); registration's others (UNAVAILABLE, FAILED_PRECONDITION) are listed in
+`broker.registration`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -19,14 +21,14 @@ from durable.v1 import (
     admin_pb2_grpc,
     invocation_pb2,
     journal_pb2,
-    protocol_pb2,
 )
 
+from . import endpoint_uri, registration
 from . import registry as reg
 from .core import control
 from .core.model import failure, now_ms
 from .core.partition import Partition, UnknownInvocation
-from .invoker import Invoker, endpoint_address
+from .invoker import Invoker
 from .storage import Batch, deployments, state
 
 _ABORTED = 10
@@ -45,50 +47,91 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._partition = partition
         self._registry = registry
         self._invoker = invoker
+        self._deployments_lock = asyncio.Lock()
 
     async def RegisterDeployment(
         self,
         request: admin_pb2.RegisterDeploymentRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.Deployment:
-        uri = request.uri.strip()
-        address = endpoint_address(uri)
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"not an endpoint URI: {request.uri!r} (expected http://HOST:PORT)",
-            )
         try:
-            discovered: protocol_pb2.DiscoverResponse = await self._invoker.stub(uri).Discover(  # type: ignore[misc]
-                protocol_pb2.DiscoverRequest(), timeout=10, metadata=self._invoker.metadata
-            )
-        except grpc.aio.AioRpcError as e:
+            record = await self._register(request.uri)
+        except registration.Refused as e:
+            await context.abort(e.code, e.message)
+            raise AssertionError("unreachable") from None
+        except Exception as e:  # a bug of ours: say so, rather than UNKNOWN
+            log.exception("registering %.200s failed", request.uri)
             await context.abort(
-                grpc.StatusCode.UNAVAILABLE,
-                f"cannot discover the endpoint at {uri}: {e.code().name}: {e.details()}",
+                grpc.StatusCode.INTERNAL,
+                f"the broker failed to register the endpoint ({type(e).__name__}: "
+                f"{str(e)[:500]}); its log has the details",
             )
             raise AssertionError("unreachable") from None
-        existing = self._registry.by_uri(uri)
-        record = reg.Deployment(
-            id=existing.id if existing else "dp_" + secrets.token_hex(8),
-            uri=uri,
-            services=list(discovered.services),
-            files=discovered.files,
-            retry_policies=list(discovered.retry_policies),
-            request_response=discovered.request_response,
-            multiplex=discovered.multiplex,
-            created_at_ms=existing.created_at_ms if existing else now_ms(),
-        )
-        try:
-            self._registry.add(record)
-        except reg.RegistrationError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cannot register {uri}: {e}")
-        batch = Batch()
-        deployments.put(batch, record)
-        await self._partition.committer.commit(batch)
-        log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
         return _deployment(record)
+
+    async def _register(self, raw_uri: str) -> reg.Deployment:
+        """Discovers, checks and durably registers the endpoint at `raw_uri`.
+
+        Raises:
+            registration.Refused: with the status to answer (see `broker.registration`).
+        """
+        uri = registration.canonical_uri(raw_uri)
+        discovered = await registration.discover(self._invoker, uri)
+        # One registration or removal at a time: two of the same URI must not both
+        # decide that it is new.
+        async with self._deployments_lock:
+            existing = self._registry.by_uri(uri)
+            # A URI registered again after its deployment was removed takes the old id
+            # back, so that invocations still pinned to it (a forced removal) resume.
+            retired = None if existing else deployments.retired_id(self._partition.kv, uri)
+            record = reg.Deployment(
+                id=existing.id if existing else retired or "dp_" + secrets.token_hex(8),
+                uri=uri,
+                services=list(discovered.services),
+                files=discovered.files,
+                retry_policies=list(discovered.retry_policies),
+                request_response=discovered.request_response,
+                multiplex=discovered.multiplex,
+                created_at_ms=existing.created_at_ms if existing else now_ms(),
+            )
+            try:
+                built = self._registry.prepare(record)
+            except reg.ProtocolViolation as e:
+                raise registration.Refused(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"protocol violation by the endpoint at {uri}: {e}",
+                ) from None
+            except reg.RegistrationError as e:
+                raise registration.Refused(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"cannot register {uri}: {e}"
+                ) from None
+            batch = Batch()
+            deployments.put(batch, record)
+            if retired:
+                deployments.unretire(batch, uri)
+            try:
+                await self._partition.committer.commit(batch)
+            except Exception as e:  # the registration is not durable: nothing changed
+                raise registration.Refused(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"the broker cannot write the registration of {uri} to its journal "
+                    f"({e}); retry later",
+                ) from None
+            self._registry.install(built)
+        if retired:
+            self._retry_pinned(record.id)
+        log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
+        return record
+
+    def _retry_pinned(self, deployment_id: str) -> None:
+        """Retries now the invocations that backed off while their deployment was gone,
+        rather than after what may be minutes of backoff."""
+        for live in list(self._partition.live.values()):
+            if (
+                live.record.deployment_id == deployment_id
+                and live.record.status == Status.BACKING_OFF
+            ):
+                self._partition.resume(live)
 
     async def ListDeployments(
         self, request: admin_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -113,21 +156,25 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         request: admin_pb2.RemoveDeploymentRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.RemoveDeploymentResponse:
-        if self._registry.deployment(request.deployment_id) is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"no deployment {request.deployment_id!r}"
-            )
-        in_flight = self._in_flight().get(request.deployment_id, 0)
-        if in_flight and not request.force:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"deployment {request.deployment_id} has {in_flight} invocation(s) in flight; "
-                "wait for them to finish, or force the removal",
-            )
-        batch = Batch()
-        deployments.delete(batch, request.deployment_id)
-        await self._partition.committer.commit(batch)
-        self._registry.remove(request.deployment_id)
+        async with self._deployments_lock:
+            record = self._registry.deployment(request.deployment_id)
+            if record is None:
+                await context.abort(
+                    grpc.StatusCode.NOT_FOUND, f"no deployment {request.deployment_id!r}"
+                )
+                raise AssertionError("unreachable")
+            in_flight = self._in_flight().get(request.deployment_id, 0)
+            if in_flight and not request.force:
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"deployment {request.deployment_id} has {in_flight} invocation(s) in "
+                    "flight; wait for them to finish, or force the removal",
+                )
+            batch = Batch()
+            deployments.delete(batch, request.deployment_id)
+            deployments.retire(batch, endpoint_uri.comparable(record.uri), request.deployment_id)
+            await self._partition.committer.commit(batch)
+            self._registry.remove(request.deployment_id)
         self._partition.invoker.forget(request.deployment_id)
         log.info("removed deployment %s (%d in flight)", request.deployment_id, in_flight)
         return admin_pb2.RemoveDeploymentResponse(in_flight=in_flight)

@@ -86,20 +86,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     deployments = groups.add_parser("deployments", help="register and list deployments")
     dep_verbs = deployments.add_subparsers(dest="verb", required=True, metavar="VERB")
-    register = verb(dep_verbs, "register", "register a service endpoint", _register_deployment)
-    register.add_argument("uri", help="the endpoint's address, e.g. http://127.0.0.1:9101")
+    register = verb(
+        dep_verbs,
+        "register",
+        "register a service endpoint (again: refresh its services; after a removal: take "
+        "back its old id, resuming the invocations still pinned to it)",
+        _register_deployment,
+    )
+    register.add_argument(
+        "uri",
+        help="the endpoint's address, e.g. http://127.0.0.1:9101 (also 127.0.0.1:9101 or "
+        "dns:///127.0.0.1:9101: one endpoint, one deployment, shown as http://HOST:PORT)",
+    )
     verb(dep_verbs, "list", "list registered deployments", _list_deployments)
     remove = verb(
         dep_verbs,
         "remove",
-        "remove a deployment (refused while invocations that began on it run)",
+        "remove a deployment (refused while invocations that began on it are in flight, "
+        "unless --force)",
         _remove_deployment,
     )
     remove.add_argument("deployment_id", metavar="ID", help="a deployment id (dp_...)")
     remove.add_argument(
         "--force",
         action="store_true",
-        help="remove it even with invocations in flight (they fail until it is registered again)",
+        help="remove it even with invocations in flight: their attempts fail and back off "
+        "until the same URI is registered again, which takes back this id and resumes them",
     )
 
     services = groups.add_parser("services", help="list and describe services")

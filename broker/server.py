@@ -10,7 +10,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2, ingress_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from . import metrics, security
+from . import endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .config import Settings
 from .core.partition import Partition
@@ -62,6 +62,8 @@ class Broker:
     async def start(self) -> None:
         """Recovers from storage and starts serving."""
         for record in deployments.scan(self.kv):
+            # Stored before URIs were checked: shown and dialled in the one form.
+            record.uri = endpoint_uri.comparable(record.uri)
             try:
                 self.registry.add(record)
             except ValueError as e:

@@ -550,7 +550,8 @@ class Partition:
 
     def _backoff(self, live: Live, message: str, retry_after: float | None = None) -> None:
         record = live.record
-        policy = self.registry.retry_policy(record.service, record.method)
+        # The pinned deployment's policy: a newer version's must not cut this one short.
+        policy = self.registry.retry_policy(record.service, record.method, record.deployment_id)
         if policy is not None and policy.max_attempts and record.attempts >= policy.max_attempts:
             batch = Batch()
             record.last_error = message

@@ -62,3 +62,5 @@ def read_u64(key: bytes, offset: int) -> int:
 
 
 PROMISES = b"pr"
+# Removed deployments, by canonical URI: a re-registration there takes the old id back.
+RETIRED_DEPLOYMENTS = b"rd"

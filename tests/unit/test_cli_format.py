@@ -699,7 +699,8 @@ def test_format_deployment_and_removal() -> None:
     ]
     assert fmt.format_removed_deployment("dp_1", 0) == "removed deployment dp_1"
     assert fmt.format_removed_deployment("dp_1", 1) == (
-        "removed deployment dp_1 (1 invocation still in flight on it will fail their "
-        "attempts until it is registered again)"
+        "removed deployment dp_1 (1 invocation still in flight on it: their attempts fail "
+        "and back off until its URI is registered again, which gives the endpoint this id "
+        "back and resumes them there)"
     )
     assert "(3 invocations still" in fmt.format_removed_deployment("dp_1", 3)

@@ -1,0 +1,106 @@
+"""Registering an endpoint: its URI checked, its discovery answer fetched and checked.
+
+Every way a registration can fail maps to a status a person can act on:
+  INVALID_ARGUMENT     the URI is not one the broker can dial (too long, no port, a
+                       port out of range, a path, an unsupported scheme); a service
+                       that cannot be served as declared (see `registry.check`)
+  UNAVAILABLE          the endpoint cannot be reached, or refused the call (the
+                       details carry its status); the broker cannot write its journal
+  FAILED_PRECONDITION  something answers there but breaks the protocol: it does not
+                       serve Discover, its answer does not parse, names no services,
+                       speaks another protocol version, or sends descriptors that do
+                       not build
+"""
+
+from __future__ import annotations
+
+import grpc
+from durable.v1 import protocol_pb2
+
+from . import endpoint_uri
+from .invoker import Invoker
+
+# The service protocol version this broker speaks (`DiscoverResponse.protocol_version`).
+PROTOCOL_VERSION = 1
+DISCOVER_TIMEOUT_S = 10.0
+
+
+class Refused(Exception):
+    """A registration the broker turns down, with the status to answer."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def canonical_uri(raw: str) -> str:
+    """The URI in the one form the broker stores and compares.
+
+    Raises:
+        Refused: INVALID_ARGUMENT, saying what is wrong with it.
+    """
+    try:
+        return endpoint_uri.canonical(raw)
+    except endpoint_uri.BadUri as e:
+        raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+
+async def discover(invoker: Invoker, uri: str) -> protocol_pb2.DiscoverResponse:
+    """Asks the endpoint at `uri` (canonical) what it hosts; checks the answer's shape.
+
+    Raises:
+        Refused: UNAVAILABLE when it cannot be reached or refuses the call,
+            FAILED_PRECONDITION when its answer breaks the protocol.
+    """
+    try:
+        reply: protocol_pb2.DiscoverResponse | None = await invoker.stub(uri).Discover(  # type: ignore[misc]
+            protocol_pb2.DiscoverRequest(), timeout=DISCOVER_TIMEOUT_S, metadata=invoker.metadata
+        )
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+            raise Refused(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the server at {uri} does not serve durable.v1.ServiceEndpoint/Discover "
+                f"({e.details()}): is it a durable service endpoint (durable.serve)?",
+            ) from None
+        raise Refused(
+            grpc.StatusCode.UNAVAILABLE,
+            f"cannot discover the endpoint at {uri}: {e.code().name}: {e.details()}",
+        ) from None
+    return check_reply(uri, reply)
+
+
+def check_reply(
+    uri: str, reply: protocol_pb2.DiscoverResponse | None
+) -> protocol_pb2.DiscoverResponse:
+    """`reply` if it is a well-formed discovery answer.
+
+    Raises:
+        Refused: FAILED_PRECONDITION naming the endpoint and what is wrong.
+    """
+
+    def violation(what: str) -> Refused:
+        return Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"protocol violation by the endpoint at {uri}: {what}",
+        )
+
+    # grpc.aio hands over None for a reply it cannot parse.
+    if reply is None:
+        raise violation("its Discover reply does not parse as a durable.v1.DiscoverResponse")
+    if reply.protocol_version == 0:
+        raise violation(
+            "its Discover reply names no protocol version (an empty or foreign message); "
+            "is it a durable service endpoint?"
+        )
+    if reply.protocol_version != PROTOCOL_VERSION:
+        raise violation(
+            f"it speaks service protocol version {reply.protocol_version}; this broker "
+            f"speaks {PROTOCOL_VERSION} (upgrade the SDK or the broker)"
+        )
+    if not reply.services:
+        raise violation("its Discover reply lists no services")
+    if not reply.files.file:
+        raise violation("its Discover reply carries no descriptor files")
+    return reply

@@ -1,0 +1,1 @@
+"""Endpoint programs that tests start as processes (`python -m tests.endpoints.NAME`)."""
