@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CodegenError", "generate", "main"]
+__all__ = ["CodegenError", "export_protos", "generate", "main"]
 
 
 class CodegenError(Exception):
@@ -41,14 +41,17 @@ class CodegenError(Exception):
         self.exit_code = exit_code
 
 
-def _durable_protos(into: Path) -> None:
+def export_protos(into: str | os.PathLike[str]) -> list[Path]:
     """Copies the SDK's shipped `durable/v1/*.proto` to `into/durable/v1/`.
 
-    A private include root holding only these files, rather than the directory the SDK is
-    installed in (site-packages), so protoc sees no other package's `.proto` files.
+    `generate` uses a private copy as an include root holding only these files, rather
+    than the directory the SDK is installed in (site-packages), so protoc sees no other
+    package's `.proto` files. Tools that need them inside your repository (`buf`) get
+    them with `python -m durable.codegen --export-protos DIR`.
+
+    Returns:
+        The files written.
     """
-    target = into / "durable" / "v1"
-    target.mkdir(parents=True)
     shipped = importlib.resources.files("durable.v1")
     names = [r.name for r in shipped.iterdir() if r.name.endswith(".proto")]
     if "options.proto" not in names:
@@ -56,8 +59,11 @@ def _durable_protos(into: Path) -> None:
             "this durable-sdk installation has no durable/v1/options.proto "
             f"(looked in {shipped}); reinstall the SDK, or run `make proto` in a checkout"
         )
+    target = Path(into) / "durable" / "v1"
+    target.mkdir(parents=True, exist_ok=True)
     for name in names:
         (target / name).write_bytes(shipped.joinpath(name).read_bytes())
+    return [target / name for name in sorted(names)]
 
 
 def _plugin_wrapper(into: Path) -> Path:
@@ -142,7 +148,7 @@ def generate(
     well_known = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
     with tempfile.TemporaryDirectory(prefix="durable-codegen-") as tmp:
         shipped = Path(tmp) / "include"
-        _durable_protos(shipped)
+        export_protos(shipped)
         plugin = _plugin_wrapper(Path(tmp))
         args = ["grpc_tools.protoc"]
         args += [f"--proto_path={i}" for i in [*include_dirs, shipped, well_known]]
@@ -178,11 +184,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out",
-        required=True,
         metavar="OUT_DIR",
         help="where the modules go (created when missing); put it on PYTHONPATH",
     )
-    parser.add_argument("files", nargs="+", metavar="FILE.proto", help="the files to generate")
+    parser.add_argument(
+        "--export-protos",
+        metavar="DIR",
+        help="only copy the SDK's durable/v1/*.proto to DIR/durable/v1 (for buf) and exit",
+    )
+    parser.add_argument("files", nargs="*", metavar="FILE.proto", help="the files to generate")
     return parser
 
 
@@ -193,7 +203,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         0 on success, 1 when protoc rejected a file, 2 for a usage error (a missing file,
         a file outside every `-I`).
     """
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.export_protos:
+        try:
+            written = export_protos(args.export_protos)
+        except CodegenError as e:
+            print(f"durable.codegen: {e}", file=sys.stderr)
+            return e.exit_code
+        print(f"durable.codegen: wrote {len(written)} file(s) to {written[0].parent}")
+        return 0
+    if not args.out or not args.files:
+        parser.error("give --out OUT_DIR and at least one FILE.proto (or --export-protos DIR)")
     try:
         generate(args.files, args.out, args.includes or ["."])
     except CodegenError as e:

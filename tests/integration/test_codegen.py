@@ -122,3 +122,19 @@ def test_proto_that_does_not_compile_shows_protocs_message(project: Path) -> Non
     assert result.returncode == 1
     assert 'shop/broken.proto:3:13: "strin" is not defined.' in result.stderr
     assert "protoc failed" in result.stderr
+
+
+def test_export_protos_copies_the_shipped_durable_protos(tmp_path: Path) -> None:
+    result = codegen(tmp_path, "--export-protos", "third_party")
+    assert result.returncode == 0, result.stderr
+    exported = tmp_path / "third_party" / "durable" / "v1"
+    shipped = support.ROOT / "proto" / "durable" / "v1"
+    assert sorted(p.name for p in exported.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    options = (exported / "options.proto").read_text()
+    assert options == (shipped / "options.proto").read_text()
+
+
+def test_without_out_or_files_it_says_what_to_give(tmp_path: Path) -> None:
+    result = codegen(tmp_path, "-I", "proto")
+    assert result.returncode == 2
+    assert "give --out OUT_DIR and at least one FILE.proto" in result.stderr
