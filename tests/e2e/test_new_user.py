@@ -195,7 +195,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     _check(project.run("python3", "-m", "venv", str(venv)), "python3 -m venv")
     wheel_files = sorted(str(w) for w in wheels.glob("*.whl"))
     assert len(wheel_files) == 2, wheel_files
-    install = project.run(project.python, "-m", "pip", "install", "-q", *wheel_files, "pytest")
+    # This run's pytest release: already in pip's cache, and the same behaviour.
+    pytest_pin = f"pytest=={pytest.__version__}"
+    install = project.run(project.python, "-m", "pip", "install", "-q", *wheel_files, pytest_pin)
     _check(install, "pip install")
     (root / "proto" / "shop").mkdir(parents=True)
     (root / "proto" / "shop" / "shop.proto").write_text(SHOP_PROTO)
