@@ -10,16 +10,21 @@ DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
 DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run test test-unit lint fmt verify bench chaos clean
+.PHONY: setup proto run test test-unit lint fmt verify bench chaos dist clean
 
 setup: $(STAMP) $(GEN_STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py sdk_python/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[dev]'
-	# Generated demo contracts live in gen/ (one import root for every component).
-	echo "$(CURDIR)/gen" > $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/durable_broker_gen.pth
+	# The SDK and the broker are two distributions; one pip run resolves the broker's
+	# pin of the SDK to this checkout's. Uninstall first: in a venv made before the split,
+	# removing the old single distribution would delete the SDK's new protoc-gen-durable.
+	$(VPY) -m pip uninstall -q -y durable-broker durable-sdk 2>/dev/null
+	$(VPY) -m pip install -q -e ./sdk_python -e '.[dev]'
+	# Generated demo contracts live in gen/ (one import root for every component); the
+	# demo services (never installed) import from the repository root.
+	printf '%s\n' "$(CURDIR)/gen" "$(CURDIR)" > $$($(VPY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/durable_broker_gen.pth
 	touch $@
 
 # Broker protocol -> sdk_python/durable/v1 (it ships with the SDK); demo contracts -> gen/.
@@ -30,6 +35,8 @@ $(GEN_STAMP): $(STAMP) $(DURABLE_PROTOS) $(DEMO_PROTOS) $(wildcard sdk_python/du
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=sdk_python \
 		--plugin=protoc-gen-mypy_grpc=$(VENV)/bin/protoc-gen-mypy_grpc --mypy_grpc_out=sdk_python $(DURABLE_PROTOS)
 	touch sdk_python/durable/v1/__init__.py
+	# Shipped with the SDK: users' contracts import durable/v1/options.proto from it.
+	cp $(DURABLE_PROTOS) sdk_python/durable/v1/
 	$(VPY) -m grpc_tools.protoc -I proto -I $(PROTO_INCLUDE) \
 		--python_out=gen --grpc_python_out=gen \
 		--plugin=protoc-gen-mypy=$(VENV)/bin/protoc-gen-mypy --mypy_out=gen \
@@ -52,13 +59,13 @@ test-unit: setup
 	$(VPY) -m pytest tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check broker sdk_python services tests bench
-	$(VENV)/bin/ruff format --check broker sdk_python services tests bench
-	$(VENV)/bin/mypy broker sdk_python/durable services bench
+	$(VENV)/bin/ruff check broker sdk_python services tests bench tools setup.py
+	$(VENV)/bin/ruff format --check broker sdk_python services tests bench tools setup.py
+	$(VENV)/bin/mypy broker sdk_python/durable services bench tools
 
 fmt: setup
-	$(VENV)/bin/ruff check --fix broker sdk_python services tests bench
-	$(VENV)/bin/ruff format broker sdk_python services tests bench
+	$(VENV)/bin/ruff check --fix broker sdk_python services tests bench tools setup.py
+	$(VENV)/bin/ruff format broker sdk_python services tests bench tools setup.py
 
 verify: lint test
 
@@ -70,5 +77,10 @@ CHAOS_ARGS ?= --programs 500 --duration 120 --faults broker,service,stream
 chaos: setup
 	$(VPY) -m tests.chaos.runner $(CHAOS_ARGS)
 
+# The SDK and broker wheels and sdists, built out of tree (tools/dist.py stages a copy).
+DIST_DIR ?= dist
+dist: setup
+	$(VPY) tools/dist.py --outdir $(DIST_DIR)
+
 clean:
-	rm -rf $(VENV) gen sdk_python/durable/v1 .data
+	rm -rf $(VENV) gen sdk_python/durable/v1 .data dist

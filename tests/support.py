@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,12 +148,25 @@ class Process:
         name: Shown in messages and reports.
         args: The command line.
         log_path: Appended to, so a restarted process keeps the previous run's log.
+        cwd: The working directory (default: the repository root, where `python -m
+            services.x` finds the demo; a process that must not see this checkout, such
+            as an installed broker in a user's project, gets its own).
+        env: The whole environment (default: this process's when it starts).
     """
 
-    def __init__(self, name: str, args: Sequence[str], log_path: Path) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        cwd: Path | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.args = list(args)
         self.log_path = log_path
+        self.cwd = cwd or ROOT
+        self.env = dict(env) if env is not None else None
         self.popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
@@ -165,8 +178,8 @@ class Process:
             log.flush()
             self.popen = subprocess.Popen(
                 self.args,
-                cwd=ROOT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                cwd=self.cwd,
+                env={**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"},
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

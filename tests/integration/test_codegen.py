@@ -1,0 +1,140 @@
+"""`python -m durable.codegen` in a folder of the user's own, outside this repository.
+
+Runs the real command (protoc from grpcio-tools, the real plugin) with no virtualenv on
+`PATH` and no `-I` into this checkout: `durable/v1/options.proto` must come from the SDK.
+The installed-wheel variant of the same path is `tests/e2e/test_new_user.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests import support
+
+SHOP_PROTO = """\
+syntax = "proto3";
+package shop;
+import "durable/v1/options.proto";
+import "google/protobuf/empty.proto";
+import "shop/money.proto";
+
+service Cart {
+  option (durable.v1.service_kind) = VIRTUAL_OBJECT;
+  rpc Add(AddRequest) returns (money.Cents);
+  rpc Clear(CartRef) returns (google.protobuf.Empty);
+}
+message AddRequest { string cart_id = 1 [(durable.v1.key) = true]; int64 cents = 2; }
+message CartRef { string cart_id = 1 [(durable.v1.key) = true]; }
+"""
+MONEY_PROTO = """\
+syntax = "proto3";
+package money;
+message Cents { int64 cents = 1; }
+"""
+
+
+def codegen(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs the command as a user would, with a `PATH` that has no virtualenv on it."""
+    entries = os.environ.get("PATH", "").split(os.pathsep)
+    path = os.pathsep.join(p for p in entries if not p.startswith(str(support.ROOT)))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    return subprocess.run(
+        [sys.executable, "-m", "durable.codegen", *args],
+        cwd=cwd,
+        env={**env, "PATH": path},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A user's repository: `proto/shop/shop.proto` and `proto/shop/money.proto`."""
+    (tmp_path / "proto" / "shop").mkdir(parents=True)
+    (tmp_path / "proto" / "shop" / "shop.proto").write_text(SHOP_PROTO)
+    (tmp_path / "proto" / "shop" / "money.proto").write_text(MONEY_PROTO)
+    return tmp_path
+
+
+def test_lays_out_modules_by_path_under_the_include(project: Path) -> None:
+    result = codegen(
+        project, "-I", "proto", "--out", "gen/py", "proto/shop/shop.proto", "proto/shop/money.proto"
+    )
+    assert result.returncode == 0, result.stderr
+    out = project / "gen" / "py"
+    for name in ("shop_pb2.py", "shop_pb2.pyi", "shop_pb2_grpc.py", "shop_durable.py"):
+        assert (out / "shop" / name).is_file(), name
+    assert (out / "shop" / "money_pb2.py").is_file()
+    # No service in money.proto: no durable stubs for it.
+    assert not (out / "shop" / "money_durable.py").exists()
+    assert (out / "shop" / "__init__.py").is_file()
+    assert not (out / "__init__.py").exists(), "the out dir is an import root, not a package"
+    durable_module = (out / "shop" / "shop_durable.py").read_text()
+    assert "class CartServicer(durable.Servicer)" in durable_module
+    assert "durable.ObjectContext" in durable_module
+
+
+def test_generated_modules_import_with_out_dir_on_the_path(project: Path) -> None:
+    assert codegen(project, "-I", "proto", "--out", "gen", "proto/shop/shop.proto").returncode == 0
+    assert codegen(project, "-I", "proto", "--out", "gen", "proto/shop/money.proto").returncode == 0
+    check = (
+        "from shop import shop_durable, shop_pb2; "
+        "assert shop_durable.CartServicer.SERVICE_DESCRIPTOR.full_name == 'shop.Cart'; "
+        "print(shop_pb2.AddRequest(cart_id='c').cart_id)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(project / "gen")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "c"
+
+
+def test_missing_file_is_a_usage_error(project: Path) -> None:
+    result = codegen(project, "-I", "proto", "--out", "gen", "proto/shop/nope.proto")
+    assert result.returncode == 2
+    assert "proto/shop/nope.proto: no such file" in result.stderr
+    assert not (project / "gen").exists(), "nothing is written when the input is wrong"
+
+
+def test_file_outside_every_include_says_which_include_to_add(project: Path) -> None:
+    (project / "elsewhere").mkdir()
+    result = codegen(project, "-I", "elsewhere", "--out", "gen", "proto/shop/shop.proto")
+    assert result.returncode == 2
+    assert "is not inside any -I directory (elsewhere)" in result.stderr
+
+
+def test_proto_that_does_not_compile_shows_protocs_message(project: Path) -> None:
+    (project / "proto" / "shop" / "broken.proto").write_text(
+        'syntax = "proto3";\npackage shop;\nmessage X { strin name = 1; }\n'
+    )
+    result = codegen(project, "-I", "proto", "--out", "gen", "proto/shop/broken.proto")
+    assert result.returncode == 1
+    assert 'shop/broken.proto:3:13: "strin" is not defined.' in result.stderr
+    assert "protoc failed" in result.stderr
+
+
+def test_export_protos_copies_the_shipped_durable_protos(tmp_path: Path) -> None:
+    result = codegen(tmp_path, "--export-protos", "third_party")
+    assert result.returncode == 0, result.stderr
+    exported = tmp_path / "third_party" / "durable" / "v1"
+    shipped = support.ROOT / "proto" / "durable" / "v1"
+    assert sorted(p.name for p in exported.iterdir()) == sorted(p.name for p in shipped.iterdir())
+    options = (exported / "options.proto").read_text()
+    assert options == (shipped / "options.proto").read_text()
+
+
+def test_without_out_or_files_it_says_what_to_give(tmp_path: Path) -> None:
+    result = codegen(tmp_path, "-I", "proto")
+    assert result.returncode == 2
+    assert "give --out OUT_DIR and at least one FILE.proto" in result.stderr
