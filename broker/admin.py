@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -28,7 +28,7 @@ from . import registry as reg
 from .core import control
 from .core.model import failure, now_ms
 from .core.partition import Partition, UnknownInvocation
-from .invoker import Invoker
+from .driver import Driver
 from .storage import Batch, deployments, state
 
 _ABORTED = 10
@@ -43,10 +43,11 @@ Status = invocation_pb2.InvocationStatus
 class AdminServicer(admin_pb2_grpc.AdminServicer):
     """Implements `durable.v1.Admin`."""
 
-    def __init__(self, partition: Partition, registry: reg.Registry, invoker: Invoker) -> None:
-        self._partition = partition
+    def __init__(self, driver: Driver, registry: reg.Registry) -> None:
+        self._driver = driver
+        self._partition = driver.partition
         self._registry = registry
-        self._invoker = invoker
+        self._invoker = driver.invoker
         self._deployments_lock = asyncio.Lock()
 
     async def RegisterDeployment(
@@ -110,7 +111,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             if retired:
                 deployments.unretire(batch, uri)
             try:
-                await self._partition.committer.commit(batch)
+                await self._driver.committer.commit(batch)
             except Exception as e:  # the registration is not durable: nothing changed
                 raise registration.Refused(
                     grpc.StatusCode.UNAVAILABLE,
@@ -131,7 +132,7 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 live.record.deployment_id == deployment_id
                 and live.record.status == Status.BACKING_OFF
             ):
-                self._partition.resume(live)
+                self._driver.apply(self._partition.resume, live)
 
     async def ListDeployments(
         self, request: admin_pb2.ListDeploymentsRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -173,9 +174,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             batch = Batch()
             deployments.delete(batch, request.deployment_id)
             deployments.retire(batch, endpoint_uri.comparable(record.uri), request.deployment_id)
-            await self._partition.committer.commit(batch)
+            await self._driver.committer.commit(batch)
             self._registry.remove(request.deployment_id)
-        self._partition.invoker.forget(request.deployment_id)
+        self._invoker.forget(request.deployment_id)
         log.info("removed deployment %s (%d in flight)", request.deployment_id, in_flight)
         return admin_pb2.RemoveDeploymentResponse(in_flight=in_flight)
 
@@ -246,27 +247,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def PauseInvocation(
         self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.InvocationResponse:
-        async def pause(p: Partition, invocation_id: str) -> invocation_pb2.Invocation:
-            return control.pause(p, invocation_id)
-
-        return await self._control(context, request.invocation_id, pause)
+        return await self._control(context, request.invocation_id, control.pause)
 
     async def ResumeInvocation(
         self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.InvocationResponse:
-        async def resume(p: Partition, invocation_id: str) -> invocation_pb2.Invocation:
-            return control.resume(p, invocation_id)
-
-        return await self._control(context, request.invocation_id, resume)
+        return await self._control(context, request.invocation_id, control.resume)
 
     async def _control(
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         invocation_id: str,
-        action: Callable[[Partition, str], Awaitable[invocation_pb2.Invocation]],
+        action: Callable[[Partition, str], invocation_pb2.Invocation],
     ) -> admin_pb2.InvocationResponse:
         try:
-            record = await action(self._partition, invocation_id)
+            record = await self._driver.commit(action, self._partition, invocation_id)
         except UnknownInvocation:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no invocation {invocation_id!r}")
             raise AssertionError("unreachable") from None
@@ -302,8 +297,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         awakeable_id: str,
         result: journal_pb2.Result,
     ) -> admin_pb2.ResolveAwakeableResponse:
-        batch = Batch()
-        problem = self._partition.waits.complete_awakeable(batch, awakeable_id, result)
+        problem = await self._driver.commit(
+            control.complete_awakeable, self._partition, awakeable_id, result
+        )
         if problem is not None:
             code = (
                 grpc.StatusCode.FAILED_PRECONDITION
@@ -311,7 +307,6 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 else grpc.StatusCode.NOT_FOUND
             )
             await context.abort(code, problem)
-        await self._partition.committer.commit(batch)
         return admin_pb2.ResolveAwakeableResponse()
 
     async def CompletePromise(
@@ -330,16 +325,19 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             result = failure(_ABORTED, request.rejection)
         else:
             result = journal_pb2.Result(value=await _json(context, request.value or b"null"))
-        batch = Batch()
-        if not self._partition.waits.complete_promise(
-            batch, request.service, request.key, request.name, result
+        if not await self._driver.commit(
+            control.complete_promise,
+            self._partition,
+            request.service,
+            request.key,
+            request.name,
+            result,
         ):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 f"promise {request.name!r} of {request.service} {request.key!r} "
                 "was already completed",
             )
-        await self._partition.committer.commit(batch)
         return admin_pb2.CompletePromiseResponse()
 
     async def GetState(
@@ -362,8 +360,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         if value is not None:
             await _json(context, value)
         try:
-            after = await control.set_state(
-                self._partition, request.service, request.key, request.name, value
+            after = await self._driver.commit(
+                control.set_state,
+                self._partition,
+                request.service,
+                request.key,
+                request.name,
+                value,
             )
         except control.NotAllowed as e:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))

@@ -1,29 +1,35 @@
 """The invoker: one bidirectional stream to a service endpoint per attempt.
 
 It sends the start message (with the journal) once everything the journal shows is
-durable, forwards completions as the partition releases them, and feeds what the
-endpoint proposes back into the partition. It decides nothing itself.
+durable, forwards completions as the partition releases them, and reports what the
+endpoint did (`core.events`) through the one callback it is given. It decides nothing
+itself and knows nothing of the partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
-from .core.model import Live, Result
+from .core.actions import StartAttempt
+from .core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
+from .core.model import Result
 from .multiplex import Connection
 from .registry import Deployment, Registry
 from .security import ENDPOINT_SECRET_HEADER
-from .storage import Committer
 
-if TYPE_CHECKING:
-    from .core.partition import Partition
+# Told what an attempt did: (invocation id, attempt number, event); answers why the
+# event fails the attempt, if it does.
+Report = Callable[[str, int, AttemptEvent], str | None]
+# An object's state as stored, read once the attempt's start barrier passed.
+ReadState = Callable[[str, str], dict[str, bytes]]
 
 log = logging.getLogger("broker.invoker")
 
@@ -77,12 +83,21 @@ class Attempt:
 
 
 class Invoker:
-    """Opens attempt streams; keeps one channel per endpoint."""
+    """Opens attempt streams; keeps one channel per endpoint.
+
+    Args:
+        registry: Where an attempt's deployment is looked up.
+        barrier: A future of "everything submitted so far is durable".
+        report: Where what the endpoint did goes.
+        read_state: The object's state, added to a keyed attempt's start.
+    """
 
     def __init__(
         self,
         registry: Registry,
-        committer: Committer,
+        barrier: Callable[[], asyncio.Future[None]],
+        report: Report,
+        read_state: ReadState,
         endpoint_secret: str | None = None,
         max_concurrency: int = 0,
         inactivity_timeout: float = 600.0,
@@ -90,7 +105,11 @@ class Invoker:
         multiplex: bool = True,
     ) -> None:
         self._registry = registry
-        self._committer = committer
+        self._barrier = barrier
+        self._report = report
+        self._read_state = read_state
+        # The attempt running now, by invocation id.
+        self._attempts: dict[str, Attempt] = {}
         # Per deployment: attempts beyond the limit wait here, in arrival order.
         self._max_concurrency = max_concurrency
         self._inactivity_timeout = inactivity_timeout
@@ -106,7 +125,6 @@ class Invoker:
         self._stubs: dict[str, protocol_pb2_grpc.ServiceEndpointStub] = {}
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self.partition: Partition
 
     def stub(self, uri: str) -> protocol_pb2_grpc.ServiceEndpointStub:
         """The (cached) stub for an endpoint."""
@@ -124,14 +142,34 @@ class Invoker:
             self._stubs[uri] = stub
         return stub
 
-    def start(self, live: Live, start: protocol_pb2.StartMessage) -> Attempt:
+    def start(self, action: StartAttempt) -> None:
         """Begins an attempt; the stream opens once the journal it carries is durable."""
-        attempt = Attempt(start.attempt, self._committer.barrier())
-        live.attempt = attempt
-        attempt.task = asyncio.create_task(self._run(live, attempt, start))
+        attempt = Attempt(action.attempt, self._barrier())
+        self._attempts[action.invocation_id] = attempt
+        attempt.task = asyncio.create_task(
+            self._run(action.invocation_id, attempt, action.start, action.deployment_id)
+        )
         self._tasks.add(attempt.task)
         attempt.task.add_done_callback(self._tasks.discard)
-        return attempt
+
+    def _current(self, invocation_id: str, number: int) -> Attempt | None:
+        attempt = self._attempts.get(invocation_id)
+        return attempt if attempt is not None and attempt.number == number else None
+
+    def send_completion(self, invocation_id: str, number: int, index: int, result: Result) -> None:
+        """Hands a durable completion to attempt `number` (dropped if it has ended)."""
+        attempt = self._current(invocation_id, number)
+        if attempt is not None:
+            attempt.send_completion(index, result)
+
+    def abandon(self, invocation_id: str, number: int) -> None:
+        """Stops attempt `number` now: its stream is cancelled."""
+        attempt = self._current(invocation_id, number)
+        if attempt is not None:
+            del self._attempts[invocation_id]
+            attempt.close()
+            if attempt.task is not None:
+                attempt.task.cancel()
 
     def forget(self, deployment_id: str) -> None:
         """Lets go of a removed deployment's multiplexed stream: it closes once the
@@ -150,27 +188,37 @@ class Invoker:
         for channel in self._channels:
             await channel.close(None)
 
-    async def _run(self, live: Live, attempt: Attempt, start: protocol_pb2.StartMessage) -> None:
-        deployment = self._registry.deployment(live.record.deployment_id)
-        if deployment is None:
-            self.partition.on_attempt_failed(
-                live, attempt, f"deployment {live.record.deployment_id} is not registered"
-            )
-            return
-        outcome = _Outcome()
-        slot: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
-        if self._max_concurrency > 0:
-            slot = self._slots.setdefault(deployment.id, asyncio.Semaphore(self._max_concurrency))
-        async with slot:
-            await self._attempt(live, attempt, start, deployment, outcome)
-        if outcome.error:
-            self.partition.on_attempt_failed(
-                live, attempt, outcome.error, outcome.retry_after, pause=outcome.pause
-            )
+    async def _run(
+        self,
+        invocation_id: str,
+        attempt: Attempt,
+        start: protocol_pb2.StartMessage,
+        deployment_id: str,
+    ) -> None:
+        try:
+            deployment = self._registry.deployment(deployment_id)
+            if deployment is None:
+                failed = Failed(f"deployment {deployment_id} is not registered")
+                self._report(invocation_id, attempt.number, failed)
+                return
+            outcome = _Outcome()
+            slot: contextlib.AbstractAsyncContextManager[Any] = contextlib.nullcontext()
+            if self._max_concurrency > 0:
+                slot = self._slots.setdefault(
+                    deployment.id, asyncio.Semaphore(self._max_concurrency)
+                )
+            async with slot:
+                await self._attempt(invocation_id, attempt, start, deployment, outcome)
+            if outcome.error:
+                failed = Failed(outcome.error, outcome.retry_after, outcome.pause)
+                self._report(invocation_id, attempt.number, failed)
+        finally:
+            if self._attempts.get(invocation_id) is attempt:
+                del self._attempts[invocation_id]
 
     async def _attempt(
         self,
-        live: Live,
+        invocation_id: str,
         attempt: Attempt,
         start: protocol_pb2.StartMessage,
         deployment: Deployment,
@@ -179,7 +227,7 @@ class Invoker:
         call: Any = None
         try:
             if self._multiplex and deployment.multiplex and not deployment.request_response:
-                await self._multiplexed(live, attempt, start, deployment, outcome)
+                await self._multiplexed(invocation_id, attempt, start, deployment, outcome)
             elif self._unary(deployment, start):
                 await self._ready(attempt, start)
                 reply = await self.stub(deployment.uri).InvokeOnce(  # type: ignore[misc]
@@ -194,7 +242,7 @@ class Invoker:
                     )
                 else:
                     for response in reply.messages:
-                        if self._handle(live, attempt, response, outcome):
+                        if self._handle(invocation_id, attempt, response, outcome):
                             break
                     else:
                         outcome.error = "the endpoint's reply did not end the attempt"
@@ -216,7 +264,7 @@ class Invoker:
                 try:
                     async for response in call:
                         watchdog.reset()
-                        if self._handle(live, attempt, response, outcome):
+                        if self._handle(invocation_id, attempt, response, outcome):
                             break
                     else:
                         outcome.error = "the endpoint closed the stream before ending the attempt"
@@ -234,7 +282,7 @@ class Invoker:
                 self._no_unary.add(deployment.id)  # an endpoint that only streams
             outcome.error = f"call to {deployment.uri} failed: {e.code().name}: {e.details()}"
         except Exception as e:
-            log.exception("invocation %s: attempt crashed", live.id)
+            log.exception("invocation %s: attempt crashed", invocation_id)
             outcome.error = f"broker error driving the attempt: {e!r}"
         finally:
             attempt.close()
@@ -253,7 +301,7 @@ class Invoker:
 
     async def _multiplexed(
         self,
-        live: Live,
+        invocation_id: str,
         attempt: Attempt,
         start: protocol_pb2.StartMessage,
         deployment: Deployment,
@@ -282,10 +330,10 @@ class Invoker:
                 return
             watchdog.reset()
             try:
-                if self._handle(live, attempt, message, outcome):
+                if self._handle(invocation_id, attempt, message, outcome):
                     finish()
             except Exception as e:
-                log.exception("invocation %s: attempt crashed", live.id)
+                log.exception("invocation %s: attempt crashed", invocation_id)
                 finish(f"broker error driving the attempt: {e!r}")
 
         watchdog = _Watchdog(
@@ -338,35 +386,31 @@ class Invoker:
         """Waits until the journal the start carries is durable, then adds the state."""
         await attempt.ready
         if start.key:
-            start.state.update(self.partition.current_state(start.service, start.key))
+            start.state.update(self._read_state(start.service, start.key))
 
     def _handle(
         self,
-        live: Live,
+        invocation_id: str,
         attempt: Attempt,
         response: protocol_pb2.InvokeResponse | None,
         outcome: _Outcome,
     ) -> bool:
-        """Feeds one message to the partition; True when the attempt is over."""
-        partition = self.partition
+        """Reports one message of the endpoint's; True when the attempt is over."""
         if response is None:  # grpc.aio hands over None for a frame it cannot parse
             outcome.error = (
                 "protocol violation: the endpoint sent a frame that does not parse as an "
                 "InvokeResponse"
             )
             return True
+        report = functools.partial(self._report, invocation_id, attempt.number)
         kind = response.WhichOneof("message")
         if kind == "entry":
-            outcome.error = partition.on_entry(
-                live, attempt, response.entry.index, response.entry.entry
-            )
+            outcome.error = report(Proposed(response.entry.index, response.entry.entry))
         elif kind == "run_result":
             r = response.run_result
-            outcome.error = partition.on_run_result(live, attempt, r.entry_index, r.result)
+            outcome.error = report(RanResult(r.entry_index, r.result))
         elif kind == "suspension":
-            outcome.error = partition.on_suspension(
-                live, attempt, list(response.suspension.waiting_on)
-            )
+            outcome.error = report(Suspended(tuple(response.suspension.waiting_on)))
             outcome.ended_by_endpoint = True
             return True
         elif kind == "error":
@@ -379,7 +423,7 @@ class Invoker:
             outcome.ended_by_endpoint = True
             return True
         elif kind == "end":
-            outcome.error = partition.on_end(live, attempt)
+            outcome.error = report(Ended())
             outcome.ended_by_endpoint = True
             return True
         else:

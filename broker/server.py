@@ -14,11 +14,10 @@ from . import endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .config import Settings
 from .core.partition import Partition
+from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
-from .invoker import Invoker
 from .registry import Registry
-from .storage import Committer, deployments, open_kv
-from .timers import TimerQueue
+from .storage import deployments, open_kv
 
 log = logging.getLogger("broker")
 
@@ -36,24 +35,12 @@ class Broker:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.kv = open_kv(settings.data_dir)
-        self.committer = Committer(self.kv, sync=settings.fsync, observe=self._observe_commit)
         self.registry = Registry()
-        self.partition = Partition(self.kv, self.committer, self.registry, settings)
+        self.partition = Partition(self.kv, self.registry, settings)
         self.metrics = self.partition.metrics
         self._metrics_server: asyncio.Server | None = None
-        self.invoker = Invoker(
-            self.registry,
-            self.committer,
-            settings.endpoint_secret,
-            settings.max_concurrency,
-            settings.inactivity_timeout,
-            settings.unary_first,
-            settings.multiplex,
-        )
-        self.invoker.partition = self.partition
-        self.partition.invoker = self.invoker
-        self.timers = TimerQueue(self.partition.on_timer)
-        self.partition.timers = self.timers
+        self.driver = Driver(self.partition, self.kv, settings, observe=self._observe_commit)
+        self.committer = self.driver.committer
         self.ingress_port = 0
         self.admin_port = 0
         self._servers: list[grpc.aio.Server] = []
@@ -68,8 +55,7 @@ class Broker:
                 self.registry.add(record)
             except ValueError as e:
                 log.error("stored deployment %s no longer loads: %s", record.id, e)
-        self.partition.recover()
-        self.timers.start()
+        self.driver.start()
         options = [
             ("grpc.max_receive_message_length", self.settings.max_payload_bytes),
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -93,9 +79,9 @@ class Broker:
                 ),
             )
         )
-        ingress_pb2_grpc.add_IngressServicer_to_server(IngressServicer(self.partition), ingress)
+        ingress_pb2_grpc.add_IngressServicer_to_server(IngressServicer(self.driver), ingress)
         ingress.add_generic_rpc_handlers(
-            (IngressRouter(self.partition, self.registry, self.settings.max_payload_bytes),)
+            (IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes),)
         )
         self.ingress_port = self._bind(ingress, self.settings.ingress)
         interceptors = (
@@ -105,9 +91,7 @@ class Broker:
         )
         admin = grpc.aio.server(options=options, interceptors=interceptors)
         await self._add_health(admin)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.partition, self.registry, self.invoker), admin
-        )
+        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.driver, self.registry), admin)
         reflection.enable_server_reflection(
             (
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -137,9 +121,7 @@ class Broker:
         if self._metrics_server is not None:
             self._metrics_server.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        await self.timers.stop()
-        await self.invoker.close()
-        await self.committer.drain()
+        await self.driver.stop()
         self.kv.close()
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
@@ -162,6 +144,6 @@ class Broker:
         interval = max(1.0, min(self.settings.retention / 4, 60.0))
         while True:
             await asyncio.sleep(interval)
-            purged = self.partition.purge_expired()
+            purged = self.driver.apply(self.partition.purge_expired)
             if purged:
                 log.info("purged %d expired invocation(s)", purged)

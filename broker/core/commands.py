@@ -12,16 +12,13 @@ from typing import TYPE_CHECKING
 
 from durable.v1 import journal_pb2
 
-from .. import registry as reg
+from ..codes import CANCELLED, FAILED_PRECONDITION, NOT_FOUND
 from ..storage import Batch, state, timers
+from . import actions
 from .model import Entry, Live, Result, Status, failure
 
 if TYPE_CHECKING:
     from .partition import Partition
-
-CANCELLED = 1
-NOT_FOUND = 5
-FAILED_PRECONDITION = 9
 
 # Entries a handler awaits: the ones a pending cancellation is delivered through.
 AWAITABLE = ("call", "sleep", "awakeable", "get_promise", "attach")
@@ -77,7 +74,7 @@ def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> R
     elif kind == "sleep":
         due = entry.sleep.wake_up_at_ms
         timers.put(batch, due, live.id, index)
-        batch.then(lambda: p.timers.add(due, live.id, index))
+        batch.then(actions.ArmTimer(due, live.id, index))
     elif kind in ("get_state", "get_state_keys"):
         if not record.key or not entry.HasField("result"):
             raise ProtocolViolation(f"{kind} outside a keyed handler or without its result")
@@ -140,15 +137,6 @@ def _promise(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -
     if not p.waits.complete_promise(batch, record.service, record.key, c.name, c.completion):
         return failure(FAILED_PRECONDITION, f"promise {c.name!r} was already completed")
     return Result(empty=journal_pb2.Empty())
-
-
-def is_workflow_run(registry: reg.Registry, service: str, method: str) -> bool:
-    """Whether `service/method` is a workflow's run handler (runs once per key)."""
-    target = registry.service(service)
-    if target is None or target.kind != "workflow":
-        return False
-    m = target.methods.get(method)
-    return m is not None and not m.shared
 
 
 def status_name(status: int) -> str:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ..codes import ABORTED, CANCELLED
 from ..storage import Batch, state
 from . import commands
-from .model import Invocation, Live, Status, failure
+from .model import Invocation, Live, Result, Status, failure
 
 if TYPE_CHECKING:
     from .partition import Partition
-
-CANCELLED = 1
-ABORTED = 10
 
 
 class NotAllowed(Exception):
@@ -31,7 +29,7 @@ def _live(p: Partition, invocation_id: str) -> Live:
     raise NotAllowed(f"invocation {invocation_id} already completed")
 
 
-async def cancel(p: Partition, invocation_id: str) -> Invocation:
+def cancel(p: Partition, invocation_id: str) -> Invocation:
     """Cancels an invocation and, through it, the calls it is waiting on.
 
     The handler sees a terminal CANCELLED error at its next await: every entry it waits
@@ -41,7 +39,7 @@ async def cancel(p: Partition, invocation_id: str) -> Invocation:
     live = _live(p, invocation_id)
     batch = Batch()
     _cancel(p, batch, live)
-    await p.committer.commit(batch)
+    p.submit(batch)
     return live.record
 
 
@@ -68,12 +66,12 @@ def _cancel(p: Partition, batch: Batch, live: Live) -> None:
     p.save(batch, live)
 
 
-async def kill(p: Partition, invocation_id: str) -> Invocation:
+def kill(p: Partition, invocation_id: str) -> Invocation:
     """Stops an invocation now, and the calls it waits on; no compensation runs."""
     live = _live(p, invocation_id)
     batch = Batch()
     _kill(p, batch, live)
-    await p.committer.commit(batch)
+    p.submit(batch)
     return live.record
 
 
@@ -83,7 +81,7 @@ def _kill(p: Partition, batch: Batch, live: Live) -> None:
             child = p.live.get(entry.call.invocation_id)
             if child is not None:
                 _kill(p, batch, child)
-    p.abandon_attempt(live, "killed")
+    p.abandon_attempt(batch, live, "killed")
     p.complete(batch, live, failure(ABORTED, "invocation killed"))
     p.save(batch, live)
 
@@ -114,7 +112,7 @@ class TooLarge(Exception):
     """The edit would take the object's state over --max-state-bytes."""
 
 
-async def set_state(
+def set_state(
     p: Partition, service: str, key: str, name: str, value: bytes | None
 ) -> dict[str, bytes]:
     """Edits one state value of an object no exclusive handler holds right now, within
@@ -138,5 +136,23 @@ async def set_state(
         if too_big is not None:
             raise TooLarge(too_big)
         state.put(batch, service, key, name, value)
-    await p.committer.commit(batch)
+    p.submit(batch)
     return values
+
+
+def complete_awakeable(p: Partition, awakeable_id: str, result: Result) -> str | None:
+    """Completes an awakeable (from outside any handler); returns why not if it cannot."""
+    batch = Batch()
+    problem = p.waits.complete_awakeable(batch, awakeable_id, result)
+    if problem is None:
+        p.submit(batch)
+    return problem
+
+
+def complete_promise(p: Partition, service: str, key: str, name: str, result: Result) -> bool:
+    """Completes a workflow's durable promise once; False if it was already completed."""
+    batch = Batch()
+    done = p.waits.complete_promise(batch, service, key, name, result)
+    if done:
+        p.submit(batch)
+    return done

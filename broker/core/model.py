@@ -13,8 +13,6 @@ from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from ..invoker import Attempt
-
 Invocation = invocation_pb2.Invocation
 Entry = journal_pb2.JournalEntry
 Result = journal_pb2.Result
@@ -67,7 +65,8 @@ class Live:
         self._record_bytes = b""
         self._journal: list[Entry] | None = journal
         self._loader = loader
-        self.attempt: Attempt | None = None
+        # The number of the attempt running now; 0 while none is.
+        self.attempt = 0
         # Where the invocation sits in its key's inbox, while it waits there.
         self.inbox_seq: int | None = None
         # Open tracing spans (only when tracing is on; lost, not reopened, on restart).

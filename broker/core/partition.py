@@ -1,40 +1,30 @@
 """The broker's state machine for one partition of invocations (today: all of them).
 
-Every change goes through here. Each event (a new invocation, a proposed journal entry,
-a completion, a suspension, a failed attempt, a fired timer) updates the in-memory view
-at once, writes the same change into one `Batch`, and defers its effects (starting an
-attempt, answering a caller, sending a completion) to `Batch.then`, which runs only
-once the batch is durable. The invoker, ingress and timers only feed events in.
+Every change goes through here, and nothing here does I/O or needs an event loop. Each
+event (a new invocation, what an endpoint did in an attempt, a fired timer, an operator's
+action) updates the in-memory view at once and writes the same change into a `Batch`,
+with the actions that must follow (`actions.py`) attached to it as data. The batches
+wait in `take()` for the driver (`driver.py`), which makes them durable in order and
+carries their actions out: it is the only seam to the invoker, the clocks and callers.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import logging
 import secrets
-from typing import TYPE_CHECKING
 
 from durable.v1 import journal_pb2, protocol_pb2
 
+from .. import codes, tracing
 from .. import registry as reg
-from .. import tracing
 from ..config import Settings
 from ..metrics import Metrics
-from ..storage import (
-    Batch,
-    Committer,
-    idempotency,
-    inbox,
-    invocations,
-    journal,
-    keys,
-    state,
-    timers,
-)
+from ..storage import Batch, inbox, invocations, journal, keys, state, timers
 from ..storage.kv import KV
-from . import commands, recovery
+from . import actions, commands, recovery
+from .dedup import Dedup
+from .events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
+from .locks import KeyLocks, Lock
 from .model import (
     Entry,
     Invocation,
@@ -48,16 +38,7 @@ from .model import (
 )
 from .waits import Waits
 
-if TYPE_CHECKING:
-    from ..invoker import Attempt, Invoker
-    from ..timers import TimerQueue
-
 log = logging.getLogger("broker.core")
-
-_INVALID_ARGUMENT = 3
-_ABORTED = 10
-_UNKNOWN = 2
-_RESOURCE_EXHAUSTED = 8
 
 
 def _after_output(what: str) -> str:
@@ -71,31 +52,37 @@ class UnknownInvocation(LookupError):
 
 
 class Partition:
-    """Owns every invocation's lifecycle, key locks and the journal writes."""
+    """Owns every invocation's lifecycle, key locks and the journal writes.
 
-    def __init__(
-        self, kv: KV, committer: Committer, registry: reg.Registry, settings: Settings
-    ) -> None:
+    Args:
+        kv: The store, read directly; writes only ever go out as batches.
+        registry: The deployed services.
+        settings: Limits, retry and retention settings.
+    """
+
+    def __init__(self, kv: KV, registry: reg.Registry, settings: Settings) -> None:
         self.kv = kv
-        self.committer = committer
         self.registry = registry
         self.settings = settings
         self.live: dict[str, Live] = {}
-        self._locks: dict[tuple[str, str], str] = {}
-        self._inboxes: dict[tuple[str, str], collections.deque[tuple[int, str]]] = (
-            collections.defaultdict(collections.deque)
-        )
-        self._inbox_seq = 0
-        self._waiters: dict[str, list[asyncio.Future[Result]]] = collections.defaultdict(list)
-        # Identities whose idempotency row is queued but not yet written.
-        self._idempotent: dict[tuple[str, str, str, str], str] = {}
-        self._retries: dict[str, asyncio.TimerHandle] = {}
-        # One bound method shared by every Live (a fresh one each would cost 64 bytes).
-        self.journal_loader = self._load_journal
+        self.locks = KeyLocks()
+        self.dedup = Dedup(kv, registry)
         self.waits = Waits(self)
         self.metrics = Metrics()
-        self.invoker: Invoker
-        self.timers: TimerQueue
+        # One bound method shared by every Live (a fresh one each would cost 64 bytes).
+        self.journal_loader = self._load_journal
+        self._out: list[Batch] = []
+
+    # ---- The seam to the driver
+
+    def submit(self, batch: Batch) -> None:
+        """Emits a batch: it becomes durable, and its actions run, in emission order."""
+        self._out.append(batch)
+
+    def take(self) -> list[Batch]:
+        """The batches emitted since the last call, oldest first."""
+        out, self._out = self._out, []
+        return out
 
     # ---- Ingress
 
@@ -108,12 +95,12 @@ class Partition:
         headers: dict[str, str],
         idempotency_key: str = "",
         traceparent: str = "",
-    ) -> tuple[str, asyncio.Future[Result]]:
-        """Starts (or, by idempotency key, finds) an invocation; returns its id and result."""
-        ident = self._identity(service, method, key, idempotency_key)
-        existing = self._existing(ident) if ident is not None else None
+    ) -> str:
+        """Starts an invocation, or finds the one its identity names; returns its id."""
+        ident = self.dedup.identity(service, method, key, idempotency_key)
+        existing = self.dedup.find(ident) if ident is not None else None
         if existing is not None:
-            return existing, self.attach(existing)
+            return existing
         batch = Batch()
         live = self._create(
             batch,
@@ -125,8 +112,8 @@ class Partition:
             idempotency_key=idempotency_key,
             traceparent=traceparent,
         )
-        self.committer.submit(batch)
-        return live.id, self.attach(live.id)
+        self.submit(batch)
+        return live.id
 
     def current_state(self, service: str, key: str) -> dict[str, bytes]:
         """An object's state as stored (after a barrier: every queued write included)."""
@@ -134,27 +121,7 @@ class Partition:
 
     def lock_holder(self, service: str, key: str) -> str | None:
         """The invocation holding an object's key, if any."""
-        return self._locks.get((service, key))
-
-    def _existing(self, ident: tuple[str, str, str, str]) -> str | None:
-        return self._idempotent.get(ident) or idempotency.get(self.kv, *ident)
-
-    def _forget_identity(self, ident: tuple[str, str, str, str], invocation_id: str) -> None:
-        if self._idempotent.get(ident) == invocation_id:
-            del self._idempotent[ident]
-
-    def _identity(
-        self, service: str, method: str, key: str, idempotency_key: str
-    ) -> tuple[str, str, str, str] | None:
-        """What makes two submissions the same invocation: an idempotency key, or (a
-        workflow's run handler runs once per key) the workflow's key alone."""
-        if idempotency_key or commands.is_workflow_run(self.registry, service, method):
-            return (service, method, key, idempotency_key)
-        return None
-
-    def _ident(self, record: Invocation) -> tuple[str, str, str, str] | None:
-        """The idempotency identity of an invocation, if it has one."""
-        return self._identity(record.service, record.method, record.key, record.idempotency_key)
+        return self.locks.holder((service, key))
 
     def output(self, invocation_id: str) -> Result | None:
         """The result if completed, None while running.
@@ -171,30 +138,14 @@ class Partition:
 
     def find(self, service: str, method: str, key: str, idempotency_key: str) -> str | None:
         """The invocation bound to an idempotency key (or a workflow's key)."""
-        return self._existing((service, method, key, idempotency_key))
+        return self.dedup.find((service, method, key, idempotency_key))
 
-    def attach(self, invocation_id: str) -> asyncio.Future[Result]:
-        """A future of the invocation's result (immediate if it already completed)."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        if invocation_id in self.live:
-            self._waiters[invocation_id].append(future)
-            return future
+    def completed(self, invocation_id: str) -> Result | None:
+        """The result of a completed, retained invocation; None otherwise."""
         record = invocations.get(self.kv, invocation_id)
         if record is None or record.status != Status.COMPLETED:
-            future.set_exception(UnknownInvocation(invocation_id))
-        else:
-            future.set_result(record.result)
-        return future
-
-    def detach(self, invocation_id: str, future: asyncio.Future[Result]) -> None:
-        """Forgets a waiter whose caller went away (the invocation goes on): thousands
-        of abandoned callers must not pin a future each until their invocations end."""
-        waiters = self._waiters.get(invocation_id)
-        if waiters is not None:
-            with contextlib.suppress(ValueError):
-                waiters.remove(future)
-            if not waiters:
-                del self._waiters[invocation_id]
+            return None
+        return record.result
 
     # ---- Reading
 
@@ -268,16 +219,12 @@ class Partition:
         tracing.start_invocation(live, traceparent)
         self.metrics.count("started", service)
         journal.put(batch, live.id, 0, live.journal[0])
-        ident = self._ident(record)
+        ident = self.dedup.of(record)
         if ident is not None:
-            # Only until the batch is written: from then on the table answers, and a
-            # suspended invocation keeps no index entry in memory.
-            self._idempotent[ident] = live.id
-            idempotency.put(batch, *ident, live.id)
-            batch.then(lambda: self._forget_identity(ident, live.id))
+            self.dedup.bind(batch, ident, live.id)
         if invoke_at_ms > now:
             timers.put(batch, invoke_at_ms, live.id, -1)
-            batch.then(lambda: self.timers.add(invoke_at_ms, live.id, -1))
+            batch.then(actions.ArmTimer(invoke_at_ms, live.id, -1))
         else:
             self._enqueue(batch, live)
         self.save(batch, live)
@@ -288,51 +235,47 @@ class Partition:
         """Runs the invocation now, or queues it behind the holder of its key."""
         if live.record.exclusive:
             lock = live.lock_key
-            if lock in self._locks or self._inboxes.get(lock):
-                self._inbox_seq += 1
-                live.inbox_seq = self._inbox_seq
-                self._inboxes[lock].append((self._inbox_seq, live.id))
-                inbox.put(batch, *lock, self._inbox_seq, live.id)
+            if self.locks.busy(lock):
+                live.inbox_seq = self.locks.wait(lock, live.id)
+                inbox.put(batch, *lock, live.inbox_seq, live.id)
                 live.record.status = Status.PENDING
                 return
-            self._locks[lock] = live.id
+            self.locks.hold(lock, live.id)
         live.record.status = Status.RUNNING
-        batch.once_queued(lambda: self._start_attempt(live))
+        self.start_attempt(batch, live)
 
-    def _release(self, batch: Batch, lock: tuple[str, str]) -> None:
+    def release(self, batch: Batch, lock: Lock) -> None:
         """Frees a key and hands it to the next invocation in its inbox."""
-        self._locks.pop(lock, None)
-        queue = self._inboxes.get(lock)
-        while queue:
-            seq, next_id = queue.popleft()
+        while (head := self.locks.release(lock)) is not None:
+            seq, next_id = head
             inbox.delete(batch, *lock, seq)
             nxt = self.live.get(next_id)
             if nxt is None:
                 continue
             nxt.inbox_seq = None
-            self._locks[lock] = next_id
+            self.locks.hold(lock, next_id)
             nxt.record.status = Status.RUNNING
             self.save(batch, nxt)
-            batch.once_queued(lambda nxt=nxt: self._start_attempt(nxt))  # type: ignore[misc]
-            break
-        if queue is not None and not queue:
-            self._inboxes.pop(lock, None)
-
-    def _start_attempt(self, live: Live) -> None:
-        if self.live.get(live.id) is not live or live.attempt is not None:
+            self.start_attempt(batch, nxt)
             return
-        if live.record.status not in (Status.RUNNING, Status.BACKING_OFF, Status.SUSPENDED):
+
+    def start_attempt(self, batch: Batch, live: Live) -> None:
+        """Opens the next attempt of a running, backing-off or suspended invocation."""
+        if self.live.get(live.id) is not live or live.attempt:
             return
         record = live.record
+        if record.status not in (Status.RUNNING, Status.BACKING_OFF, Status.SUSPENDED):
+            return
         if not record.deployment_id:
             target = self.registry.service(record.service)
             if target is None:
-                self._backoff(live, f"service {record.service} is not registered")
+                self._backoff(batch, live, f"service {record.service} is not registered")
                 return
             record.deployment_id = target.deployment_id
         record.attempts += 1
         record.status = Status.RUNNING
         record.ClearField("waiting_on")
+        live.attempt = record.attempts
         start = protocol_pb2.StartMessage(
             invocation_id=record.id,
             service=record.service,
@@ -345,20 +288,33 @@ class Partition:
             traceparent=tracing.start_attempt(live),
         )
         log.debug("invocation %s attempt %d starting", record.id, record.attempts)
-        # Rides in the group the attempt's start barrier waits for anyway: no extra fsync.
-        # The object's state is read by the invoker once that barrier passed, so it
-        # includes every write queued before (a previous holder's last ones).
-        batch = Batch()
         self.save(batch, live)
-        self.committer.submit(batch)
-        self.invoker.start(live, start)
+        # The invoker sends the start once everything queued before it is durable, and
+        # reads the object's state then (so it includes a previous holder's last writes).
+        batch.now(actions.StartAttempt(record.id, record.attempts, record.deployment_id, start))
 
-    # ---- Events from an attempt (return an error text to fail the attempt)
+    # ---- What an endpoint did in an attempt
 
-    def on_entry(self, live: Live, attempt: Attempt, index: int, entry: Entry) -> str | None:
-        """The handler proposed its next journal entry."""
-        if live.attempt is not attempt:
+    def on_attempt(self, invocation_id: str, attempt: int, event: AttemptEvent) -> str | None:
+        """Applies one event of an attempt; returns why it fails the attempt, if it does.
+        Events of an attempt that is no longer current change nothing."""
+        live = self.live.get(invocation_id)
+        if live is None or live.attempt != attempt:
             return None
+        match event:
+            case Proposed(index, entry):
+                return self._on_entry(live, index, entry)
+            case RanResult(index, result):
+                return self._on_run_result(live, index, result)
+            case Suspended(waiting_on):
+                return self._on_suspension(live, list(waiting_on))
+            case Ended():
+                return self._on_end(live)
+            case Failed(message, retry_after, pause):
+                self._on_failed(live, message, retry_after, pause)
+                return None
+
+    def _on_entry(self, live: Live, index: int, entry: Entry) -> str | None:
         if live.record.status == Status.COMPLETED:
             return _after_output(f"entry {index} proposed")
         if index != len(live.journal):
@@ -397,38 +353,114 @@ class Partition:
             return None
         except keys.KeyTooLong as e:
             # The handler named something storage cannot key: retrying changes nothing.
-            self._fail_terminally(live, f"entry {index} ({kind}): {e}", _INVALID_ARGUMENT)
+            self._fail_terminally(live, f"entry {index} ({kind}): {e}", codes.INVALID_ARGUMENT)
             return None
         live.journal.append(stored)
         if result is not None:
             stored.result.CopyFrom(result)
-            batch.then(lambda: self._deliver(live, index, result))
+            self._deliver(batch, live, index, result)
         journal.put(batch, live.id, index, stored)
         if kind == "output":
             self.complete(batch, live, stored.result)
         self.save(batch, live)
-        self.committer.submit(batch)
+        self.submit(batch)
         return None
 
-    def abandon_attempt(self, live: Live, reason: str) -> None:
+    def _on_run_result(self, live: Live, index: int, result: Result) -> str | None:
+        """A side effect's outcome: journal it, then let the handler see it."""
+        if live.record.status == Status.COMPLETED:
+            return _after_output(f"run result for entry {index} sent")
+        if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
+            return f"protocol violation: run result for entry {index}, which is not a run"
+        batch = Batch()
+        self.complete_entry(batch, live, index, result)
+        self.submit(batch)
+        return None
+
+    def _on_suspension(self, live: Live, waiting_on: list[int]) -> str | None:
+        """The handler waits on entries not completed yet; its stream closes."""
+        if live.record.status == Status.COMPLETED:
+            return _after_output("suspension sent")
+        for i in waiting_on:
+            if i >= len(live.journal) or live.journal[i].WhichOneof("command") not in (
+                *commands.AWAITABLE,
+                "run",
+                "peek_promise",
+                "complete_promise",
+                "get_output",
+            ):
+                return f"protocol violation: suspended on entry {i}, which cannot complete"
+        if not waiting_on:
+            return "protocol violation: suspended waiting on nothing"
+        live.attempt = 0
+        tracing.end_attempt(live, suspended_on=sorted(waiting_on))
+        batch = Batch()
+        if any(live.journal[i].HasField("result") for i in waiting_on):
+            # Completed while the suspension was in flight: go on at once.
+            self.start_attempt(batch, live)
+        else:
+            live.record.status = Status.SUSPENDED
+            live.record.waiting_on[:] = sorted(waiting_on)
+            self.metrics.count("suspended", live.record.service)
+            log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
+        self.save(batch, live)
+        if live.record.status == Status.SUSPENDED:
+            batch.then(actions.Evict(live.id, live.version))
+        self.submit(batch)
+        return None
+
+    def _on_end(self, live: Live) -> str | None:
+        """The handler ended its attempt; it must have proposed its output first."""
+        if live.record.status != Status.COMPLETED:
+            return "protocol violation: the attempt ended without an output entry"
+        live.attempt = 0
+        tracing.end_attempt(live)
+        return None
+
+    def _on_failed(self, live: Live, message: str, retry_after: float | None, pause: bool) -> None:
+        """The attempt failed transiently: retry, or park the invocation when the
+        handler asked to pause."""
+        live.attempt = 0
+        tracing.end_attempt(live, error=message)
+        if live.record.status == Status.COMPLETED:
+            # Its output is durable and stands; what the attempt did after it is dropped.
+            log.warning(
+                "invocation %s: attempt %d after its output: %s",
+                live.id,
+                live.record.attempts,
+                message,
+            )
+            return
+        batch = Batch()
+        if pause:
+            live.record.status = Status.PAUSED
+            live.record.last_error = message
+            live.record.next_retry_at_ms = 0
+            log.warning("invocation %s paused: %s", live.id, message)
+            self.save(batch, live)
+        else:
+            self._backoff(batch, live, message, retry_after)
+        self.submit(batch)
+
+    def abandon_attempt(self, batch: Batch, live: Live, reason: str) -> None:
         """Stops the running attempt, if any: its stream is cancelled and whatever it
         still sends is ignored (the partition no longer knows it)."""
-        attempt, live.attempt = live.attempt, None
+        attempt, live.attempt = live.attempt, 0
         tracing.end_attempt(live, error=reason)
-        if attempt is not None:
-            attempt.close()
-            if attempt.task is not None:
-                attempt.task.cancel()
+        if attempt:
+            batch.now(actions.AbandonAttempt(live.id, attempt, reason))
 
-    def _fail_terminally(self, live: Live, message: str, code: int = _RESOURCE_EXHAUSTED) -> None:
+    def _fail_terminally(
+        self, live: Live, message: str, code: int = codes.RESOURCE_EXHAUSTED
+    ) -> None:
         """Ends the invocation with `code` (by default RESOURCE_EXHAUSTED: retrying would
         hit the same limit)."""
         log.warning("invocation %s: %s", live.id, message)
-        self.abandon_attempt(live, message)
         batch = Batch()
+        self.abandon_attempt(batch, live, message)
         self.complete(batch, live, failure(code, message))
         self.save(batch, live)
-        self.committer.submit(batch)
+        self.submit(batch)
 
     def state_limit_error(self, live: Live, name: str, value: bytes) -> str | None:
         """Why setting `name` would take the object's state over its limit, if it would."""
@@ -455,105 +487,14 @@ class Partition:
             f"over the {self.settings.max_state_bytes}-byte limit (--max-state-bytes)"
         )
 
-    def on_run_result(self, live: Live, attempt: Attempt, index: int, result: Result) -> str | None:
-        """A side effect's outcome: journal it, then let the handler see it."""
-        if live.attempt is not attempt:
-            return None
-        if live.record.status == Status.COMPLETED:
-            return _after_output(f"run result for entry {index} sent")
-        if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
-            return f"protocol violation: run result for entry {index}, which is not a run"
-        batch = Batch()
-        self.complete_entry(batch, live, index, result)
-        self.committer.submit(batch)
-        return None
+    # ---- Retries
 
-    def on_suspension(self, live: Live, attempt: Attempt, waiting_on: list[int]) -> str | None:
-        """The handler waits on entries not completed yet; its stream closes."""
-        if live.attempt is not attempt:
-            return None
-        if live.record.status == Status.COMPLETED:
-            return _after_output("suspension sent")
-        for i in waiting_on:
-            if i >= len(live.journal) or live.journal[i].WhichOneof("command") not in (
-                *commands.AWAITABLE,
-                "run",
-                "peek_promise",
-                "complete_promise",
-                "get_output",
-            ):
-                return f"protocol violation: suspended on entry {i}, which cannot complete"
-        if not waiting_on:
-            return "protocol violation: suspended waiting on nothing"
-        live.attempt = None
-        tracing.end_attempt(live, suspended_on=sorted(waiting_on))
-        batch = Batch()
-        if any(live.journal[i].HasField("result") for i in waiting_on):
-            # Completed while the suspension was in flight: go on at once.
-            batch.once_queued(lambda: self._start_attempt(live))
-        else:
-            live.record.status = Status.SUSPENDED
-            live.record.waiting_on[:] = sorted(waiting_on)
-            self.metrics.count("suspended", live.record.service)
-            log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
-        self.save(batch, live)
-        if live.record.status == Status.SUSPENDED:
-            version = live.version
-            batch.then(lambda: self._evict(live, version))
-        self.committer.submit(batch)
-        return None
-
-    def on_end(self, live: Live, attempt: Attempt) -> str | None:
-        """The handler ended its attempt; it must have proposed its output first."""
-        if live.attempt is not attempt:
-            return None
-        if live.record.status != Status.COMPLETED:
-            return "protocol violation: the attempt ended without an output entry"
-        live.attempt = None
-        tracing.end_attempt(live)
-        return None
-
-    def on_attempt_failed(
-        self,
-        live: Live,
-        attempt: Attempt,
-        message: str,
-        retry_after: float | None = None,
-        *,
-        pause: bool = False,
+    def _backoff(
+        self, batch: Batch, live: Live, message: str, retry_after: float | None = None
     ) -> None:
-        """The attempt failed transiently (handler error, crash, broken stream): retry,
-        or park the invocation when the handler asked to pause."""
-        if live.attempt is not attempt:
-            return
-        live.attempt = None
-        tracing.end_attempt(live, error=message)
-        if live.record.status == Status.COMPLETED:
-            # Its output is durable and stands; what the attempt did after it is dropped.
-            log.warning(
-                "invocation %s: attempt %d after its output: %s",
-                live.id,
-                live.record.attempts,
-                message,
-            )
-            return
-        if pause:
-            live.record.status = Status.PAUSED
-            live.record.last_error = message
-            live.record.next_retry_at_ms = 0
-            log.warning("invocation %s paused: %s", live.id, message)
-            batch = Batch()
-            self.save(batch, live)
-            self.committer.submit(batch)
-            return
-        self._backoff(live, message, retry_after)
-
-    def _backoff(self, live: Live, message: str, retry_after: float | None = None) -> None:
         record = live.record
-        # The pinned deployment's policy: a newer version's must not cut this one short.
         policy = self.registry.retry_policy(record.service, record.method, record.deployment_id)
         if policy is not None and policy.max_attempts and record.attempts >= policy.max_attempts:
-            batch = Batch()
             record.last_error = message
             if policy.on_max_attempts == policy.PAUSE:
                 record.status = Status.PAUSED
@@ -563,10 +504,9 @@ class Partition:
                 self.complete(
                     batch,
                     live,
-                    failure(_UNKNOWN, f"gave up after {record.attempts} attempts: {message}"),
+                    failure(codes.UNKNOWN, f"gave up after {record.attempts} attempts: {message}"),
                 )
             self.save(batch, live)
-            self.committer.submit(batch)
             return
         delay = retry_after if retry_after is not None else self._delay(policy, record.attempts)
         self.metrics.count("retried", record.service)
@@ -580,11 +520,8 @@ class Partition:
             delay,
             message,
         )
-        batch = Batch()
         self.save(batch, live)
-        self.committer.submit(batch)
-        handle = asyncio.get_running_loop().call_later(delay, self._retry, live)
-        self._retries[live.id] = handle
+        batch.now(actions.ScheduleRetry(live.id, delay))
 
     def _delay(self, policy: RetryPolicy | None, attempts: int) -> float:
         if policy is None:
@@ -593,32 +530,33 @@ class Partition:
         cap = policy.max_interval_ms / 1000 if policy.max_interval_ms else self.settings.retry_max
         return float(min(delay, cap))
 
+    def on_retry_due(self, invocation_id: str) -> None:
+        """A backing-off invocation's delay is over: its next attempt starts."""
+        live = self.live.get(invocation_id)
+        if live is not None and live.record.status == Status.BACKING_OFF:
+            batch = Batch()
+            self.start_attempt(batch, live)
+            self.submit(batch)
+
     def resume(self, live: Live) -> None:
         """Retries a paused or backing-off invocation now."""
-        retry = self._retries.pop(live.id, None)
-        if retry is not None:
-            retry.cancel()
+        batch = Batch()
+        batch.now(actions.CancelRetry(live.id))
         if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
             live.record.status = Status.BACKING_OFF
-            self._start_attempt(live)
+            self.start_attempt(batch, live)
+        self.submit(batch)
 
     def pause(self, live: Live) -> None:
         """Parks an invocation: its attempt (if any) is abandoned, nothing resumes it
         until `resume`. Its journal is kept, so it goes on where it stopped."""
-        retry = self._retries.pop(live.id, None)
-        if retry is not None:
-            retry.cancel()
-        self.abandon_attempt(live, "paused")
+        batch = Batch()
+        batch.now(actions.CancelRetry(live.id))
+        self.abandon_attempt(batch, live, "paused")
         live.record.status = Status.PAUSED
         live.record.next_retry_at_ms = 0
-        batch = Batch()
         self.save(batch, live)
-        self.committer.submit(batch)
-
-    def _retry(self, live: Live) -> None:
-        self._retries.pop(live.id, None)
-        if live.record.status == Status.BACKING_OFF:
-            self._start_attempt(live)
+        self.submit(batch)
 
     # ---- Journal commands with effects elsewhere
 
@@ -630,8 +568,8 @@ class Partition:
             registry.BadRequest: no such target, or the request lacks its key.
         """
         _, _, key = reg.resolve(self.registry, service, method, request)
-        ident = self._identity(service, method, key, "")
-        return key, self._existing(ident) if ident is not None else None
+        ident = self.dedup.identity(service, method, key, "")
+        return key, self.dedup.find(ident) if ident is not None else None
 
     def journal_call(self, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
         """Starts the callee of a call entry (or fails the entry if it cannot exist)."""
@@ -679,38 +617,33 @@ class Partition:
         )
         send.invocation_id = child.id
 
-    def completed(self, invocation_id: str) -> Result | None:
-        """The result of a completed, retained invocation; None otherwise."""
-        record = invocations.get(self.kv, invocation_id)
-        if record is None or record.status != Status.COMPLETED:
-            return None
-        return record.result
-
     # ---- Completion
 
     def complete_entry(self, batch: Batch, live: Live, index: int, result: Result) -> None:
-        """Records an entry's result; delivers it once durable."""
+        """Records an entry's result; the handler sees it once it is durable."""
         entry = live.journal[index]
         if entry.HasField("result"):
             return  # already completed: a duplicate delivery
         entry.result.CopyFrom(result)
         journal.put(batch, live.id, index, entry)
         self.save(batch, live)
-        batch.then(lambda: self._deliver(live, index, result))
+        self._deliver(batch, live, index, result)
 
-    def _deliver(self, live: Live, index: int, result: Result) -> None:
-        """After a completion is durable: hand it to the running attempt, or resume."""
-        if self.live.get(live.id) is not live:
-            return
-        if live.attempt is not None:
-            live.attempt.send_completion(index, result)
+    def _deliver(self, batch: Batch, live: Live, index: int, result: Result) -> None:
+        """Hands a completed entry to the running attempt, or resumes the invocation if
+        it suspended waiting on it. (An attempt that suspends before the completion
+        reaches it finds the result in the journal and restarts at once.)"""
+        if live.attempt:
+            batch.then(actions.SendCompletion(live.id, live.attempt, index, result))
         elif live.record.status == Status.SUSPENDED and index in live.record.waiting_on:
             log.info("invocation %s resumed by entry %d", live.id, index)
-            self._start_attempt(live)
+            self.start_attempt(batch, live)
 
     def complete(self, batch: Batch, live: Live, result: Result) -> None:
         """Completes the invocation: answer its caller, free its key, retain its result."""
         record = live.record
+        if record.status == Status.BACKING_OFF:
+            batch.now(actions.CancelRetry(live.id))
         record.status = Status.COMPLETED
         record.result.CopyFrom(result)
         record.ClearField("waiting_on")
@@ -722,14 +655,11 @@ class Partition:
                 self.complete_entry(batch, parent, record.caller.entry_index, result)
         self.waits.invocation_completed(batch, live.id, result)
         if live.inbox_seq is not None:
-            self._inboxes[live.lock_key].remove((live.inbox_seq, live.id))
+            self.locks.leave(live.lock_key, live.inbox_seq, live.id)
             inbox.delete(batch, *live.lock_key, live.inbox_seq)
             live.inbox_seq = None
-        if record.exclusive and self._locks.get(live.lock_key) == live.id:
-            self._release(batch, live.lock_key)
-        retry = self._retries.pop(live.id, None)
-        if retry is not None:
-            retry.cancel()
+        if record.exclusive and self.locks.holder(live.lock_key) == live.id:
+            self.release(batch, live.lock_key)
         tracing.end_invocation(live, result)
         outcome = "failed" if result.HasField("failure") else "succeeded"
         self.metrics.count("failed" if result.HasField("failure") else "completed", record.service)
@@ -737,16 +667,15 @@ class Partition:
             (now_ms() - record.created_at_ms) / 1000, record.service
         )
         log.info("invocation %s %s after %d attempt(s)", live.id, outcome, record.attempts)
-        batch.then(lambda: self._finish(live, result))
+        batch.then(actions.AnswerCallers(live.id, result))
 
-    def _finish(self, live: Live, result: Result) -> None:
-        self.live.pop(live.id, None)
-        ident = self._ident(live.record)
-        if ident is not None:
-            self._idempotent.pop(ident, None)
-        for waiter in self._waiters.pop(live.id, []):
-            if not waiter.done():
-                waiter.set_result(result)
+    def finished(self, invocation_id: str) -> None:
+        """The invocation's completion is durable: storage answers for it from now on."""
+        live = self.live.pop(invocation_id, None)
+        if live is not None:
+            ident = self.dedup.of(live.record)
+            if ident is not None:
+                self.dedup.forget(ident)
 
     # ---- Timers
 
@@ -761,7 +690,7 @@ class Partition:
             elif live.record.status == Status.PENDING:
                 self._enqueue(batch, live)
                 self.save(batch, live)
-        self.committer.submit(batch)
+        self.submit(batch)
 
     # ---- Recovery and retention
 
@@ -773,22 +702,24 @@ class Partition:
         """Deletes completed invocations whose retention ended; returns how many."""
         return recovery.purge_expired(self)
 
-    # ---- Helpers
+    # ---- Memory
 
-    def _touch(self, live: Live) -> None:
-        if not live.evicted:  # an evicted invocation has not changed since it was written
-            live.record.journal_length = len(live.journal)
+    def adopt(self, record: Invocation, entries: list[Entry]) -> Live:
+        """Takes back an in-flight invocation read from storage (after a restart)."""
+        live = Live(record, entries, self.journal_loader)
+        self.live[record.id] = live
+        if record.exclusive and record.status != Status.PENDING:
+            self.locks.hold(live.lock_key, record.id)
+        return live
 
-    def _load_journal(self, invocation_id: str) -> list[Entry]:
-        return journal.load(self.kv, invocation_id)
-
-    def _evict(self, live: Live, version: int) -> None:
+    def evict(self, invocation_id: str, version: int) -> None:
         """Drops a suspended invocation's journal from memory, if nothing about it was
         written since it suspended (so storage holds all of it)."""
+        live = self.live.get(invocation_id)
         if (
-            self.live.get(live.id) is live
+            live is not None
             and live.version == version
-            and live.attempt is None
+            and not live.attempt
             and live.record.status == Status.SUSPENDED
         ):
             live.evict()
@@ -799,3 +730,10 @@ class Partition:
         live.version += 1
         self._touch(live)
         invocations.put(batch, live.record)
+
+    def _touch(self, live: Live) -> None:
+        if not live.evicted:  # an evicted invocation has not changed since it was written
+            live.record.journal_length = len(live.journal)
+
+    def _load_journal(self, invocation_id: str) -> list[Entry]:
+        return journal.load(self.kv, invocation_id)

@@ -7,14 +7,13 @@ from __future__ import annotations
 import collections
 from typing import TYPE_CHECKING
 
+from ..codes import NOT_FOUND
 from ..storage import Batch, promises
-from . import commands
+from . import actions, commands
 from .model import Live, Result, failure
 
 if TYPE_CHECKING:
     from .partition import Partition
-
-NOT_FOUND = 5
 
 Waiter = tuple[str, int]  # (invocation id, journal index)
 
@@ -86,13 +85,13 @@ class Waits:
         ident = (service, key, name)
         promises.put(batch, service, key, name, result)
         self._promises_pending[ident] = result
-
-        def applied() -> None:
-            self._promises_pending.pop(ident, None)
-
-        batch.then(applied)
+        batch.then(actions.PromiseWritten(service, key, name))
         self._complete(batch, self._promise_waiters.pop(ident, []), result)
         return True
+
+    def promise_written(self, service: str, key: str, name: str) -> None:
+        """A completed promise is durable: reads go to storage from now on."""
+        self._promises_pending.pop((service, key, name), None)
 
     # ---- After a restart
 

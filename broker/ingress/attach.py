@@ -9,15 +9,17 @@ import grpc
 from durable.v1 import ingress_pb2, ingress_pb2_grpc
 
 from .. import registry as reg
-from ..core.partition import Partition, UnknownInvocation
+from ..core.partition import UnknownInvocation
+from ..driver import Driver
 from .router import status_of
 
 
 class IngressServicer(ingress_pb2_grpc.IngressServicer):
     """Attach (wait for the result) and GetOutput (read it if ready)."""
 
-    def __init__(self, partition: Partition) -> None:
-        self._partition = partition
+    def __init__(self, driver: Driver) -> None:
+        self._driver = driver
+        self._partition = driver.partition
 
     async def _target(
         self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -47,11 +49,11 @@ class IngressServicer(ingress_pb2_grpc.IngressServicer):
         self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingress_pb2.Output:
         invocation_id = await self._target(request, context)
-        waiting = self._partition.attach(invocation_id)
+        waiting = self._driver.attach(invocation_id)
         try:
             result = await asyncio.shield(waiting)
         except asyncio.CancelledError:
-            self._partition.detach(invocation_id, waiting)
+            self._driver.detach(invocation_id, waiting)
             raise
         except UnknownInvocation:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no invocation {invocation_id!r}")

@@ -21,7 +21,8 @@ import grpc
 
 from .. import registry as reg
 from .. import tracing
-from ..core.partition import Partition, UnknownInvocation
+from ..core.partition import UnknownInvocation
+from ..driver import Driver
 
 log = logging.getLogger("broker.ingress")
 
@@ -42,8 +43,8 @@ def status_of(code: int) -> grpc.StatusCode:
 class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler: any registered method, raw bytes, answered from the journal."""
 
-    def __init__(self, partition: Partition, registry: reg.Registry, max_payload: int) -> None:
-        self._partition = partition
+    def __init__(self, driver: Driver, registry: reg.Registry, max_payload: int) -> None:
+        self._driver = driver
         self._registry = registry
         self._max_payload = max_payload
 
@@ -64,11 +65,11 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"request of {len(body)} bytes exceeds the {self._max_payload}-byte limit",
             )
-        if not self._partition.committer.healthy:
+        if not self._driver.committer.healthy:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 "the broker cannot write its journal right now "
-                f"({self._partition.committer.last_error}); retry later",
+                f"({self._driver.committer.last_error}); retry later",
             )
         try:
             _, _, key = reg.resolve(self._registry, service, method, body)
@@ -79,7 +80,7 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
         idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
         with tracing.ingress(service, method, headers.get("traceparent", "")) as traceparent:
-            invocation_id, result_future = self._partition.invoke(
+            invocation_id, result_future = self._driver.invoke(
                 service,
                 method,
                 key,
@@ -92,12 +93,12 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 # The id is an acknowledgement: hand it out only once the invocation (or
                 # the one this call attached to) is durable, so it still names it after a
                 # crash.
-                await asyncio.shield(self._partition.committer.barrier())
+                await asyncio.shield(self._driver.committer.barrier())
                 await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
                 # Shielded: a caller that goes away must not cancel the invocation.
                 result = await asyncio.shield(result_future)
             except asyncio.CancelledError:
-                self._partition.detach(invocation_id, result_future)
+                self._driver.detach(invocation_id, result_future)
                 raise
             except UnknownInvocation:
                 await context.abort(

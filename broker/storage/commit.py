@@ -15,12 +15,20 @@ log = logging.getLogger("broker.storage")
 
 
 class Batch:
-    """Writes that become durable together, and what to do once they are."""
+    """Writes that become durable together, and the actions that follow them.
+
+    Actions are data (`broker.core.actions`); storage only keeps them in order and hands
+    them to the committer's `carry_out` once the writes are durable. `urgent` ones are
+    handed over as soon as the batch is queued: work that orders itself behind the batch
+    (a barrier) or must not wait for it.
+    """
+
+    __slots__ = ("actions", "puts", "urgent")
 
     def __init__(self) -> None:
         self.puts: list[tuple[bytes, bytes | None]] = []
-        self.after: list[Callable[[], None]] = []
-        self.queued: list[Callable[[], None]] = []
+        self.actions: list[object] = []
+        self.urgent: list[object] = []
 
     def put(self, key: bytes, value: bytes) -> None:
         """Sets `key` to `value`."""
@@ -30,14 +38,13 @@ class Batch:
         """Removes `key`."""
         self.puts.append((key, None))
 
-    def then(self, action: Callable[[], None]) -> None:
-        """Runs `action` once the batch is durable (actions run in commit order)."""
-        self.after.append(action)
+    def then(self, action: object) -> None:
+        """Carries `action` out once the batch is durable (in commit order)."""
+        self.actions.append(action)
 
-    def once_queued(self, action: Callable[[], None]) -> None:
-        """Runs `action` right after the batch is queued: for work that orders itself
-        behind the batch (a barrier) instead of waiting a whole commit round for it."""
-        self.queued.append(action)
+    def now(self, action: object) -> None:
+        """Carries `action` out as soon as the batch is queued."""
+        self.urgent.append(action)
 
 
 class _SyncThread:
@@ -104,8 +111,11 @@ class Committer:
         kv: KV,
         sync: bool = True,
         observe: Callable[[int, float], None] | None = None,
+        carry_out: Callable[[list[object]], None] | None = None,
     ) -> None:
         self._kv = kv
+        # Given each batch's actions: urgent ones when it is queued, the rest once durable.
+        self._carry_out = carry_out
         self._syncer = _SyncThread(kv.sync)
         self._sync = sync
         # Told (batches in the group, fsync seconds) after each group commit.
@@ -125,8 +135,8 @@ class Committer:
         self._pending.append((batch, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
-        for action in batch.queued:
-            action()
+        if batch.urgent:
+            self._hand_over(batch.urgent)
         return future
 
     async def commit(self, batch: Batch) -> None:
@@ -154,13 +164,18 @@ class Committer:
             if self._observe is not None and puts:
                 self._observe(len(group), synced)
             for batch, future in group:
-                for action in batch.after:
+                if batch.actions:
                     try:
-                        action()
+                        self._hand_over(batch.actions)
                     except Exception:
                         log.exception("post-commit action failed")
                 if not future.done():
                     future.set_result(None)
+
+    def _hand_over(self, actions: list[object]) -> None:
+        if self._carry_out is None:
+            raise RuntimeError("a batch with actions, but the committer has no carry_out")
+        self._carry_out(actions)
 
     async def _write_until_durable(self, puts: list[tuple[bytes, bytes | None]]) -> float:
         """Writes and syncs one group, retrying until it is durable; returns fsync seconds.

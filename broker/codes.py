@@ -1,0 +1,35 @@
+"""The gRPC status codes the broker itself gives results and callers, by number.
+
+Journaled failures carry a numeric code (`durable.v1.Failure.code`) so that storage does
+not depend on grpc's enum; these names keep the numbers in one place.
+
+  CANCELLED            an invocation cancelled by an operator (its handler sees it)
+  UNKNOWN              an invocation that gave up after its retry policy's attempts
+  INVALID_ARGUMENT     a call the broker refuses before journaling (bad body, key)
+  NOT_FOUND            attaching to, or reading, an invocation that does not exist
+  RESOURCE_EXHAUSTED   a journal or state limit reached: retrying cannot help
+  FAILED_PRECONDITION  a durable promise completed twice
+  ABORTED              an invocation killed by an operator; a rejected promise
+  UNIMPLEMENTED        an unknown service or method
+"""
+
+from __future__ import annotations
+
+import grpc
+
+CANCELLED = 1
+UNKNOWN = 2
+INVALID_ARGUMENT = 3
+NOT_FOUND = 5
+RESOURCE_EXHAUSTED = 8
+FAILED_PRECONDITION = 9
+ABORTED = 10
+UNIMPLEMENTED = 12
+
+
+def grpc_status(code: int) -> grpc.StatusCode:
+    """The `grpc.StatusCode` with numeric value `code` (UNKNOWN for no such code)."""
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return grpc.StatusCode.UNKNOWN

@@ -1,0 +1,47 @@
+"""What an endpoint did in an attempt, as the invoker reports it to the partition."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from durable.v1 import journal_pb2
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Proposed:
+    """The handler proposed its next journal entry."""
+
+    index: int
+    entry: journal_pb2.JournalEntry
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class RanResult:
+    """A side effect's outcome, for a run entry already journaled."""
+
+    index: int
+    result: journal_pb2.Result
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Suspended:
+    """The handler waits on entries not completed yet; its attempt is over."""
+
+    waiting_on: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ended:
+    """The handler ended its attempt (after its output)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Failed:
+    """The attempt failed transiently: a handler error, a crash, a broken stream."""
+
+    message: str
+    retry_after: float | None = None
+    pause: bool = False
+
+
+AttemptEvent = Proposed | RanResult | Suspended | Ended | Failed

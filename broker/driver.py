@@ -1,0 +1,207 @@
+"""The one seam between the partition's state machine and the world around it.
+
+Events come in here (a call from the ingress, what an endpoint did, a timer, an operator's
+action); the driver applies each to the partition, makes the batches it emits durable in
+order (group commit), and carries out their actions: attempts go to the invoker, timers
+to the timer queue, retries to the loop's clock, results to the callers waiting for them.
+It composes the invoker and the timer queue itself, handing them its own entry points,
+so nothing is wired after construction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from .config import Settings
+from .core import actions
+from .core.events import AttemptEvent
+from .core.model import Result, Status
+from .core.partition import Partition, UnknownInvocation
+from .invoker import Invoker
+from .storage import Committer, invocations
+from .storage.kv import KV
+from .timers import TimerQueue
+
+log = logging.getLogger("broker")
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Driver:
+    """Applies events to the partition and carries out what follows.
+
+    Args:
+        partition: The state machine.
+        kv: Its store, which the committer writes.
+        settings: fsync, limits and the invoker's settings.
+        observe: Told (batches, fsync seconds) after each group commit.
+    """
+
+    def __init__(
+        self,
+        partition: Partition,
+        kv: KV,
+        settings: Settings,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.partition = partition
+        self.committer = Committer(
+            kv, sync=settings.fsync, observe=observe, carry_out=self._carry_out
+        )
+        self.invoker = Invoker(
+            partition.registry,
+            self.committer.barrier,
+            self.on_attempt,
+            partition.current_state,
+            settings.endpoint_secret,
+            settings.max_concurrency,
+            settings.inactivity_timeout,
+            settings.unary_first,
+            settings.multiplex,
+        )
+        self.timers = TimerQueue(self.on_timer)
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
+
+    # ---- Applying events
+
+    def apply(self, event: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Applies `event` (a partition method) and queues the batches it emitted."""
+        result = event(*args, **kwargs)
+        self._submit()
+        return result
+
+    async def commit(self, event: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Applies `event` and waits until what it wrote is durable."""
+        result = event(*args, **kwargs)
+        last = self._submit()
+        await (last if last is not None else self.committer.barrier())
+        return result
+
+    def _submit(self) -> asyncio.Future[None] | None:
+        last = None
+        for batch in self.partition.take():
+            last = self.committer.submit(batch)
+        return last
+
+    def on_attempt(self, invocation_id: str, attempt: int, event: AttemptEvent) -> str | None:
+        """What an endpoint did in an attempt (the invoker's report)."""
+        return self.apply(self.partition.on_attempt, invocation_id, attempt, event)
+
+    def on_timer(self, due_ms: int, invocation_id: str, entry_index: int) -> None:
+        """A durable timer is due."""
+        self.apply(self.partition.on_timer, due_ms, invocation_id, entry_index)
+
+    def _retry_due(self, invocation_id: str) -> None:
+        self._retries.pop(invocation_id, None)
+        self.apply(self.partition.on_retry_due, invocation_id)
+
+    # ---- Callers
+
+    def invoke(
+        self,
+        service: str,
+        method: str,
+        key: str,
+        request: bytes,
+        headers: dict[str, str],
+        idempotency_key: str = "",
+        traceparent: str = "",
+    ) -> tuple[str, asyncio.Future[Result]]:
+        """Starts (or, by identity, finds) an invocation; returns its id and result."""
+        invocation_id = self.apply(
+            self.partition.invoke,
+            service,
+            method,
+            key,
+            request,
+            headers,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+        )
+        return invocation_id, self.attach(invocation_id)
+
+    def attach(self, invocation_id: str) -> asyncio.Future[Result]:
+        """A future of the invocation's result (immediate if it already completed)."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        if invocation_id in self.partition.live:
+            self._waiters.setdefault(invocation_id, []).append(future)
+            return future
+        record = invocations.get(self.partition.kv, invocation_id)
+        if record is None or record.status != Status.COMPLETED:
+            future.set_exception(UnknownInvocation(invocation_id))
+        else:
+            future.set_result(record.result)
+        return future
+
+    def detach(self, invocation_id: str, future: asyncio.Future[Result]) -> None:
+        """Forgets a waiter whose caller went away (the invocation goes on): thousands
+        of abandoned callers must not pin a future each until their invocations end."""
+        waiters = self._waiters.get(invocation_id)
+        if waiters is not None:
+            with contextlib.suppress(ValueError):
+                waiters.remove(future)
+            if not waiters:
+                del self._waiters[invocation_id]
+
+    # ---- Carrying out actions
+
+    def _carry_out(self, batch_actions: list[object]) -> None:
+        for action in batch_actions:
+            match action:
+                case actions.StartAttempt():
+                    self.invoker.start(action)
+                case actions.SendCompletion(invocation_id, attempt, index, result):
+                    self.invoker.send_completion(invocation_id, attempt, index, result)
+                case actions.AbandonAttempt(invocation_id, attempt, _):
+                    self.invoker.abandon(invocation_id, attempt)
+                case actions.ArmTimer(due_ms, invocation_id, entry_index):
+                    self.timers.add(due_ms, invocation_id, entry_index)
+                case actions.ScheduleRetry(invocation_id, delay):
+                    self._cancel_retry(invocation_id)
+                    loop = asyncio.get_running_loop()
+                    self._retries[invocation_id] = loop.call_later(
+                        delay, self._retry_due, invocation_id
+                    )
+                case actions.CancelRetry(invocation_id):
+                    self._cancel_retry(invocation_id)
+                case actions.AnswerCallers(invocation_id, result):
+                    self.partition.finished(invocation_id)
+                    for waiter in self._waiters.pop(invocation_id, []):
+                        if not waiter.done():
+                            waiter.set_result(result)
+                case actions.IdentityWritten(identity, invocation_id):
+                    self.partition.dedup.written(identity, invocation_id)
+                case actions.PromiseWritten(service, key, name):
+                    self.partition.waits.promise_written(service, key, name)
+                case actions.Evict(invocation_id, version):
+                    self.partition.evict(invocation_id, version)
+                case _:
+                    raise TypeError(f"unknown action {action!r}")
+
+    def _cancel_retry(self, invocation_id: str) -> None:
+        handle = self._retries.pop(invocation_id, None)
+        if handle is not None:
+            handle.cancel()
+
+    # ---- Lifecycle
+
+    def start(self) -> None:
+        """Recovers the partition from storage and starts the clocks."""
+        self.apply(self.partition.recover)
+        self.timers.start()
+
+    async def stop(self) -> None:
+        """Stops the clocks and the attempts (they resume after a restart), then lets the
+        queued writes finish."""
+        for handle in self._retries.values():
+            handle.cancel()
+        self._retries.clear()
+        await self.timers.stop()
+        await self.invoker.close()
+        await self.committer.drain()
