@@ -13,6 +13,8 @@ import dataclasses
 from durable.v1 import ingress_pb2, journal_pb2, options_pb2, protocol_pb2, storage_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
+from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 Deployment = storage_pb2.DeploymentRecord
 
@@ -188,7 +190,14 @@ class Registry:
         ordered = sorted(deployments.values(), key=lambda d: (d.created_at_ms, d.id))
         pool = descriptor_pool.DescriptorPool()
         added: set[str] = set()
-        for own in (journal_pb2.DESCRIPTOR, ingress_pb2.DESCRIPTOR):
+        # The ingress's own services (health and reflection included, so that grpcurl can
+        # resolve `grpc.health.v1.Health/Check` as on any gRPC server) come first.
+        for own in (
+            journal_pb2.DESCRIPTOR,
+            ingress_pb2.DESCRIPTOR,
+            health_pb2.DESCRIPTOR,
+            reflection_pb2.DESCRIPTOR,
+        ):
             own_file = descriptor_pb2.FileDescriptorProto()
             own.CopyToProto(own_file)
             added.add(own_file.name)
