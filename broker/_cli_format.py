@@ -31,6 +31,9 @@ STATUS_CHOICES: tuple[str, ...] = (
     "completed",
 )
 
+# Refinements of `completed` that `invocations list --status` also accepts: how it ended.
+OUTCOME_CHOICES: tuple[str, ...] = ("succeeded", "failed")
+
 # Journal commands whose values (results, or the value they carry) are JSON written by the
 # SDK: side effects, state, awakeables and durable promises. Calls, attach/get_output, the
 # input and the output carry serialized protobuf messages instead, which are never
@@ -67,6 +70,36 @@ def status_name(status: int) -> str:
 def parse_status(name: str) -> invocation_pb2.InvocationStatus.ValueType:
     """Map a CLI status name (``backing-off``) to its ``InvocationStatus`` enum value."""
     return invocation_pb2.InvocationStatus.Value(name.strip().upper().replace("-", "_"))
+
+
+def parse_status_filter(
+    name: str,
+) -> tuple[invocation_pb2.InvocationStatus.ValueType, admin_pb2.InvocationOutcome.ValueType]:
+    """The (status, outcome) filter a CLI ``--status`` means: ``failed`` is completed with a
+    failure, ``succeeded`` completed with a response, the rest a status of any outcome."""
+    cleaned = name.strip().lower()
+    if cleaned == "succeeded":
+        return invocation_pb2.COMPLETED, admin_pb2.OUTCOME_SUCCEEDED
+    if cleaned == "failed":
+        return invocation_pb2.COMPLETED, admin_pb2.OUTCOME_FAILED
+    return parse_status(cleaned), admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED
+
+
+def outcome_of(inv: invocation_pb2.Invocation) -> tuple[str, str]:
+    """How a completed invocation ended: ``("succeeded", "")``, ``("failed", CODE_NAME)``,
+    or ``("", "")`` while it has no result."""
+    kind = inv.result.WhichOneof("kind") if inv.HasField("result") else None
+    if kind is None:
+        return "", ""
+    if kind == "failure":
+        return "failed", code_name(inv.result.failure.code)
+    return "succeeded", ""
+
+
+def format_outcome(inv: invocation_pb2.Invocation) -> str:
+    """``succeeded``, ``failed NOT_FOUND``, or ``-`` while the invocation has no result."""
+    outcome, code = outcome_of(inv)
+    return f"{outcome} {code}".strip() or "-"
 
 
 def code_name(code: int) -> str:
@@ -308,6 +341,7 @@ def format_invocations(resp: admin_pb2.ListInvocationsResponse) -> str:
         [
             inv.id,
             status_name(inv.status),
+            format_outcome(inv),
             f"{inv.service}/{inv.method}",
             inv.key or "-",
             str(inv.attempts),
@@ -317,8 +351,27 @@ def format_invocations(resp: admin_pb2.ListInvocationsResponse) -> str:
         ]
         for inv in resp.invocations
     ]
-    headers = ["ID", "STATUS", "TARGET", "KEY", "ATTEMPTS", "CREATED", "MODIFIED", "LAST ERROR"]
+    headers = [
+        "ID",
+        "STATUS",
+        "OUTCOME",
+        "TARGET",
+        "KEY",
+        "ATTEMPTS",
+        "CREATED",
+        "MODIFIED",
+        "LAST ERROR",
+    ]
     return format_table(headers, rows)
+
+
+def invocations_to_json(resp: admin_pb2.ListInvocationsResponse) -> dict[str, Any]:
+    """``invocations list --json``: the proto JSON mapping, and for each invocation its
+    ``outcome`` (``succeeded``, ``failed`` or empty) and ``failure_code`` (a code name)."""
+    out = message_to_json(resp)
+    for inv, inv_json in zip(resp.invocations, out.get("invocations", []), strict=True):
+        inv_json["outcome"], inv_json["failure_code"] = outcome_of(inv)
+    return out
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -160,10 +160,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListInvocations(
         self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListInvocationsResponse:
+        status = request.status
+        outcome = request.outcome
+        if outcome:
+            if status and status != Status.COMPLETED:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "an outcome filter applies to completed invocations only; "
+                    f"it cannot be combined with status {Status.Name(status)}",
+                )
+            status = Status.COMPLETED
         records = [
             r
-            for r in self._partition.records(request.status)
-            if (not request.status or r.status == request.status)
+            for r in self._partition.records(status)
+            if (not status or r.status == status)
+            and (not outcome or _outcome(r) == outcome)
             and (not request.service or r.service == request.service)
             and (not request.key or r.key == request.key)
         ]
@@ -335,6 +346,14 @@ async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> by
     except ValueError as e:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}")
     return value
+
+
+def _outcome(record: invocation_pb2.Invocation) -> int:
+    """How a completed invocation ended (unspecified while it has no result)."""
+    kind = record.result.WhichOneof("kind") if record.HasField("result") else None
+    if kind is None:
+        return admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED
+    return admin_pb2.OUTCOME_FAILED if kind == "failure" else admin_pb2.OUTCOME_SUCCEEDED
 
 
 def _deployment(record: reg.Deployment, in_flight: int = 0) -> admin_pb2.Deployment:

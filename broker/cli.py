@@ -115,7 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     invocations = groups.add_parser("invocations", help="inspect and steer invocations")
     inv_verbs = invocations.add_subparsers(dest="verb", required=True, metavar="VERB")
     inv_list = verb(inv_verbs, "list", "list invocations, newest first", _list_invocations)
-    inv_list.add_argument("--status", choices=fmt.STATUS_CHOICES, help="only this status")
+    inv_list.add_argument(
+        "--status",
+        choices=(*fmt.STATUS_CHOICES, *fmt.OUTCOME_CHOICES),
+        help="only this status; succeeded and failed are completed ones that ended so",
+    )
     inv_list.add_argument("--service", default="", help="only this service (e.g. trips.Trips)")
     inv_list.add_argument("--key", default="", help="only this virtual object / workflow key")
     inv_list.add_argument(
@@ -350,9 +354,9 @@ def _list_invocations(
 ) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListInvocationsRequest(service=args.service, key=args.key, limit=args.limit)
     if args.status:
-        req.status = fmt.parse_status(args.status)
+        req.status, req.outcome = fmt.parse_status_filter(args.status)
     resp: admin_pb2.ListInvocationsResponse = stub.ListInvocations(req, timeout=timeout)
-    return resp, fmt.format_invocations(resp)
+    return fmt.invocations_to_json(resp), fmt.format_invocations(resp)
 
 
 def _describe_invocation(

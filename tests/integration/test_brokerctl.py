@@ -22,6 +22,7 @@ import pytest
 from durable.v1 import invocation_pb2
 from playground import playground_pb2 as pg
 from playground import playground_pb2_grpc as pg_grpc
+from trips import trips_pb2
 
 from tests import support
 
@@ -380,6 +381,38 @@ def test_invocations_list_filters_and_describe(playground: Playground) -> None:
     listing = brokerctl(admin, "invocations", "list", "--key", key)
     assert listing.returncode == 0
     assert invocation_id in listing.stdout and "completed" in listing.stdout
+
+
+def test_invocations_list_shows_and_filters_the_outcome(playground: Playground) -> None:
+    trips = playground.cluster.trips
+    _, call = trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)
+    succeeded_id = support.invocation_id_of(call)
+    with pytest.raises(grpc.RpcError) as failed_call:
+        trips.Reserve(trips_pb2.ReserveTripRequest(run_type="failPayment"), timeout=60)
+    assert failed_call.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    failed_id = support.invocation_id_of(failed_call.value)
+    admin = playground.admin
+    args = ("invocations", "list", "--service", "trips.Trips")
+
+    failed = ok_json(admin, *args, "--status", "failed")
+    assert failed_id in [i["id"] for i in failed["invocations"]]
+    assert succeeded_id not in [i["id"] for i in failed["invocations"]]
+    assert {(i["outcome"], i["failure_code"]) for i in failed["invocations"]} == {
+        ("failed", "FAILED_PRECONDITION")
+    }
+    succeeded = ok_json(admin, *args, "--status", "succeeded")
+    assert succeeded_id in [i["id"] for i in succeeded["invocations"]]
+    assert failed_id not in [i["id"] for i in succeeded["invocations"]]
+    assert {i["outcome"] for i in succeeded["invocations"]} == {"succeeded"}
+    # `completed` keeps meaning both.
+    completed = {i["id"] for i in ok_json(admin, *args, "--status", "completed")["invocations"]}
+    assert {succeeded_id, failed_id} <= completed
+
+    table = brokerctl(admin, *args)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
+    assert "completed  failed FAILED_PRECONDITION" in rows[failed_id], rows[failed_id]
+    assert "completed  succeeded" in rows[succeeded_id], rows[succeeded_id]
 
 
 def test_cancel_runs_compensation_and_cancels_the_callee(playground: Playground) -> None:

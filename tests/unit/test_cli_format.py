@@ -141,10 +141,13 @@ def test_format_invocations_row() -> None:
         ]
     )
     header, row = fmt.format_invocations(resp).splitlines()
-    assert header.split() == "ID STATUS TARGET KEY ATTEMPTS CREATED MODIFIED LAST ERROR".split()
-    assert row.split()[:7] == [
+    assert header.split() == (
+        "ID STATUS OUTCOME TARGET KEY ATTEMPTS CREATED MODIFIED LAST ERROR".split()
+    )
+    assert row.split()[:8] == [
         "inv_a",
         "backing-off",
+        "-",
         "flights.Flights/Reserve",
         "trip-1",
         "3",
@@ -152,6 +155,44 @@ def test_format_invocations_row() -> None:
         "2023-11-14T22:13:20.123Z",
     ]
     assert row.endswith("connection reset by peer")
+
+
+def test_outcome_of_completed_invocations() -> None:
+    ok = invocation_pb2.Invocation(
+        status=invocation_pb2.COMPLETED, result=journal_pb2.Result(value=b"\x08\x01")
+    )
+    failed = invocation_pb2.Invocation(
+        status=invocation_pb2.COMPLETED,
+        result=journal_pb2.Result(failure=journal_pb2.Failure(code=9, message="no")),
+    )
+    running = invocation_pb2.Invocation(status=invocation_pb2.RUNNING)
+    assert [fmt.format_outcome(i) for i in (ok, failed, running)] == [
+        "succeeded",
+        "failed FAILED_PRECONDITION",
+        "-",
+    ]
+    listed = fmt.invocations_to_json(
+        admin_pb2.ListInvocationsResponse(invocations=[ok, failed, running])
+    )
+    assert [(i["outcome"], i["failure_code"]) for i in listed["invocations"]] == [
+        ("succeeded", ""),
+        ("failed", "FAILED_PRECONDITION"),
+        ("", ""),
+    ]
+
+
+def test_status_filter_refines_completed_by_outcome() -> None:
+    assert fmt.parse_status_filter("failed") == (invocation_pb2.COMPLETED, admin_pb2.OUTCOME_FAILED)
+    assert fmt.parse_status_filter("succeeded") == (
+        invocation_pb2.COMPLETED,
+        admin_pb2.OUTCOME_SUCCEEDED,
+    )
+    assert fmt.parse_status_filter("completed") == (
+        invocation_pb2.COMPLETED,
+        admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED,
+    )
+    args = cli.build_parser().parse_args(["invocations", "list", "--status", "failed"])
+    assert args.status == "failed"
 
 
 def _describe_response() -> admin_pb2.DescribeInvocationResponse:
