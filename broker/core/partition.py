@@ -62,6 +62,18 @@ class UnknownInvocation(LookupError):
     """No invocation with that id (or it was purged)."""
 
 
+class IdempotencyConflict(ValueError):
+    """An idempotency key already used with a different request body.
+
+    Args:
+        invocation_id: The invocation the key is bound to.
+    """
+
+    def __init__(self, invocation_id: str) -> None:
+        super().__init__(invocation_id)
+        self.invocation_id = invocation_id
+
+
 class Partition:
     """Owns every invocation's lifecycle, key locks and the journal writes."""
 
@@ -80,7 +92,7 @@ class Partition:
         self._inbox_seq = 0
         self._waiters: dict[str, list[asyncio.Future[Result]]] = collections.defaultdict(list)
         # Identities whose idempotency row is queued but not yet written.
-        self._idempotent: dict[tuple[str, str, str, str], str] = {}
+        self._idempotent: dict[tuple[str, str, str, str], idempotency.Binding] = {}
         self._retries: dict[str, asyncio.TimerHandle] = {}
         # One bound method shared by every Live (a fresh one each would cost 64 bytes).
         self.journal_loader = self._load_journal
@@ -101,11 +113,22 @@ class Partition:
         idempotency_key: str = "",
         traceparent: str = "",
     ) -> tuple[str, asyncio.Future[Result]]:
-        """Starts (or, by idempotency key, finds) an invocation; returns its id and result."""
+        """Starts (or, by idempotency key, finds) an invocation; returns its id and result.
+
+        Raises:
+            IdempotencyConflict: the idempotency key was used with another request body.
+        """
         ident = self._identity(service, method, key, idempotency_key)
-        existing = self._existing(ident) if ident is not None else None
-        if existing is not None:
-            return existing, self.attach(existing)
+        bound = self._binding(ident) if ident is not None else None
+        if bound is not None:
+            # Rows stored before digests existed have none and match any request.
+            if (
+                idempotency_key
+                and bound.request_digest
+                and bound.request_digest != idempotency.request_digest(request)
+            ):
+                raise IdempotencyConflict(bound.invocation_id)
+            return bound.invocation_id, self.attach(bound.invocation_id)
         batch = Batch()
         live = self._create(
             batch,
@@ -128,11 +151,16 @@ class Partition:
         """The invocation holding an object's key, if any."""
         return self._locks.get((service, key))
 
+    def _binding(self, ident: tuple[str, str, str, str]) -> idempotency.Binding | None:
+        return self._idempotent.get(ident) or idempotency.lookup(self.kv, *ident)
+
     def _existing(self, ident: tuple[str, str, str, str]) -> str | None:
-        return self._idempotent.get(ident) or idempotency.get(self.kv, *ident)
+        bound = self._binding(ident)
+        return None if bound is None else bound.invocation_id
 
     def _forget_identity(self, ident: tuple[str, str, str, str], invocation_id: str) -> None:
-        if self._idempotent.get(ident) == invocation_id:
+        bound = self._idempotent.get(ident)
+        if bound is not None and bound.invocation_id == invocation_id:
             del self._idempotent[ident]
 
     def _identity(
@@ -264,8 +292,9 @@ class Partition:
         if ident is not None:
             # Only until the batch is written: from then on the table answers, and a
             # suspended invocation keeps no index entry in memory.
-            self._idempotent[ident] = live.id
-            idempotency.put(batch, *ident, live.id)
+            digest = idempotency.request_digest(request) if idempotency_key else b""
+            self._idempotent[ident] = idempotency.Binding(live.id, digest)
+            idempotency.put(batch, *ident, live.id, digest)
             batch.then(lambda: self._forget_identity(ident, live.id))
         if invoke_at_ms > now:
             timers.put(batch, invoke_at_ms, live.id, -1)
