@@ -165,7 +165,12 @@ class Invoker:
             await self._attempt(live, attempt, start, deployment, outcome)
         if outcome.error:
             self.partition.on_attempt_failed(
-                live, attempt, outcome.error, outcome.retry_after, pause=outcome.pause
+                live,
+                attempt,
+                outcome.error,
+                outcome.retry_after,
+                pause=outcome.pause,
+                non_determinism=outcome.non_determinism,
             )
 
     async def _attempt(
@@ -366,11 +371,13 @@ class Invoker:
             return True
         elif kind == "error":
             e = response.error
-            prefix = "non-determinism: " if e.non_determinism else ""
+            marked = e.non_determinism and not e.message.startswith("non-determinism")
+            prefix = "non-determinism: " if marked else ""
             outcome.error = f"{prefix}{e.message}"
             if e.retry_after_ms:
                 outcome.retry_after = e.retry_after_ms / 1000
             outcome.pause = e.pause
+            outcome.non_determinism = e.non_determinism
             outcome.ended_by_endpoint = True
             return True
         elif kind == "end":
@@ -421,6 +428,7 @@ class _Outcome:
         self.error: str | None = None
         self.retry_after: float | None = None
         self.pause = False
+        self.non_determinism = False
         # The endpoint sent its last message for the attempt (end, suspension, error):
         # it needs no word to stop.
         self.ended_by_endpoint = False

@@ -56,6 +56,7 @@ log = logging.getLogger("broker.core")
 _ABORTED = 10
 _UNKNOWN = 2
 _RESOURCE_EXHAUSTED = 8
+_INTERNAL = 13
 
 
 class UnknownInvocation(LookupError):
@@ -527,14 +528,25 @@ class Partition:
         retry_after: float | None = None,
         *,
         pause: bool = False,
+        non_determinism: bool = False,
     ) -> None:
         """The attempt failed transiently (handler error, crash, broken stream): retry,
-        or park the invocation when the handler asked to pause."""
+        or park the invocation when the handler asked to pause. A replay that diverged
+        from the journal is retried too (a fixed deployment can recover it), unless
+        `non_determinism_terminal` is set: then the invocation fails with INTERNAL."""
         if live.attempt is not attempt:
             return
         live.attempt = None
         tracing.end_attempt(live, error=message)
         if live.record.status == Status.COMPLETED:
+            return
+        if non_determinism and self.settings.non_determinism_terminal:
+            log.warning("invocation %s failed: %s", live.id, message)
+            batch = Batch()
+            live.record.last_error = message
+            self.complete(batch, live, failure(_INTERNAL, message))
+            self.save(batch, live)
+            self.committer.submit(batch)
             return
         if pause:
             live.record.status = Status.PAUSED

@@ -712,6 +712,30 @@ def test_failed_attempt_backs_off_then_retries() -> None:
     run(main)
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_non_determinism_is_retried_unless_configured_terminal(terminal: bool) -> None:
+    message = "non-determinism at journal entry 1: the journal has sleep, but ... run"
+
+    async def main() -> None:
+        p = make_partition(non_determinism_terminal=terminal)
+        inv_id, result = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+        await settle(p)
+        live = p.live[inv_id]
+        p.on_attempt_failed(live, live.attempt, message, non_determinism=True)  # type: ignore[arg-type]
+        await settle(p)
+        record = stored(p, inv_id)
+        assert record.last_error == message
+        if terminal:
+            assert record.status == Status.COMPLETED
+            assert (record.result.failure.code, record.result.failure.message) == (13, message)
+            assert (await result).failure.message == message
+        else:
+            # Production: retried with backoff, so a fixed deployment can recover it.
+            assert record.status == Status.BACKING_OFF
+
+    run(main)
+
+
 def test_failure_after_output_does_not_retry() -> None:
     async def main() -> None:
         p = make_partition()
