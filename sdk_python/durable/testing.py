@@ -71,8 +71,9 @@ with `INTERNAL` and the message `non-determinism at journal entry N: the journal
 <journaled command>, but the handler proposed <replayed command>`, so the call your test
 made raises instead of passing on a lucky retry (`broker_settings=
 {"non_determinism_terminal": False}` restores retrying). Give your calls a `timeout=`
-all the same, so that a handler waiting on something that never comes fails the test. Pass `suspend_after=1.0`
-(the broker's own default) to test handlers that stay in memory while they wait.
+all the same, so that a handler waiting on something that never comes fails the test.
+Pass `suspend_after=1.0` (the broker's own default) to test handlers that stay in memory
+while they wait.
 
 This module imports the broker (`broker.server`) when an environment starts; importing
 `durable` alone never does.
