@@ -23,11 +23,12 @@ from durable.v1 import (
 )
 
 from . import registry as reg
+from . import rendering
 from .core import control
 from .core.model import failure, now_ms
 from .core.partition import Partition, UnknownInvocation
 from .invoker import Invoker, endpoint_address
-from .storage import Batch, deployments, state
+from .storage import Batch, deployments, invocations, state
 
 _ABORTED = 10
 # Invocations listed when the request sets no limit: a response must fit in a message.
@@ -195,7 +196,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.NOT_FOUND, f"no invocation {request.invocation_id!r}"
             )
             raise AssertionError("unreachable") from None
-        return admin_pb2.DescribeInvocationResponse(invocation=record, journal=journal)
+        rendered, result_json = rendering.render(self._registry, record, journal, self._lookup)
+        return admin_pb2.DescribeInvocationResponse(
+            invocation=record, journal=journal, rendered=rendered, result_json=result_json
+        )
+
+    def _lookup(self, invocation_id: str) -> invocation_pb2.Invocation | None:
+        live = self._partition.live.get(invocation_id)
+        if live is not None:
+            return live.snapshot()
+        return invocations.get(self._partition.kv, invocation_id)
 
     async def CancelInvocation(
         self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]

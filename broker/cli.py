@@ -9,7 +9,9 @@ response in the proto3 JSON mapping (field names as in the ``.proto``), or, for 
 response carries no information (resolving an awakeable), a small object saying what was
 done. Values the SDK stores as JSON appear decoded: ``state`` verbs print them as JSON
 values, and ``invocations describe`` adds ``value_json`` next to each base64 JSON value of
-its journal. Errors go to stderr as ``error: CODE: message``.
+its journal, and ``request_json`` / ``value_json`` next to the protobuf requests, results
+and outputs whose message types the broker knows. Its human output shows those as JSON
+too (``--hex`` shows the bytes). Errors go to stderr as ``error: CODE: message``.
 """
 
 from __future__ import annotations
@@ -132,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
         inv_verbs, "describe", "show one invocation and its journal", _describe_invocation
     )
     describe.add_argument("invocation_id", metavar="ID", help="an invocation id (inv_...)")
+    describe.add_argument(
+        "--hex",
+        action="store_true",
+        help="show requests, results and outputs as bytes (hex), not as JSON",
+    )
     for name, help_, handler in (
         (
             "cancel",
@@ -364,7 +371,7 @@ def _describe_invocation(
 ) -> tuple[JsonOutput, str]:
     req = admin_pb2.DescribeInvocationRequest(invocation_id=args.invocation_id)
     resp: admin_pb2.DescribeInvocationResponse = stub.DescribeInvocation(req, timeout=timeout)
-    return fmt.describe_to_json(resp), fmt.format_describe(resp)
+    return fmt.describe_to_json(resp), fmt.format_describe(resp, hex_payloads=args.hex)
 
 
 def _invocation_action(method: str, action: str) -> Handler:

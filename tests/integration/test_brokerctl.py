@@ -415,6 +415,35 @@ def test_invocations_list_shows_and_filters_the_outcome(playground: Playground) 
     assert "completed  succeeded" in rows[succeeded_id], rows[succeeded_id]
 
 
+def test_invocations_describe_shows_payloads_as_json(playground: Playground) -> None:
+    response, call = playground.cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(run_type=""), timeout=60
+    )
+    invocation_id = support.invocation_id_of(call)
+    trip_id = support.trip_id_of(response)
+    admin = playground.admin
+
+    human = brokerctl(admin, "invocations", "describe", invocation_id)
+    assert human.returncode == 0, human.stderr
+    result_line = next(ln for ln in human.stdout.splitlines() if ln.startswith("result:"))
+    assert f'"tripId": "{trip_id}"' in result_line, human.stdout
+    call_lines = [ln for ln in human.stdout.splitlines() if " call " in ln]
+    reserve = next(ln for ln in call_lines if "flights.Flights/Reserve" in ln)
+    assert f'Reserve {{"tripId": "{trip_id}"}} -> inv_' in reserve, reserve
+    assert f'value {{"tripId": "{trip_id}", "state": "res' in reserve, reserve
+    output = next(ln for ln in human.stdout.splitlines() if " output " in ln)
+    assert '"status": "success"' in output, output
+
+    hexed = brokerctl(admin, "invocations", "describe", invocation_id, "--hex")
+    assert hexed.returncode == 0, hexed.stderr
+    assert '"tripId"' not in hexed.stdout and "value 0x" in hexed.stdout, hexed.stdout
+
+    described = ok_json(admin, "invocations", "describe", invocation_id)
+    assert described["invocation"]["result"]["value_json"]["tripId"] == trip_id
+    (first_call, *_) = _entries(described, "call")
+    assert first_call["call"]["request_json"]["tripId"] == trip_id
+
+
 def test_cancel_runs_compensation_and_cancels_the_callee(playground: Playground) -> None:
     admin = playground.admin
     call, chain_id = playground.start_call(

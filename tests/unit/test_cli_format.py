@@ -744,3 +744,44 @@ def test_format_deployment_and_removal() -> None:
         "attempts until it is registered again)"
     )
     assert "(3 invocations still" in fmt.format_removed_deployment("dp_1", 3)
+
+
+def _rendered_response() -> admin_pb2.DescribeInvocationResponse:
+    resp = _describe_response()
+    resp.rendered.extend([admin_pb2.RenderedEntry() for _ in resp.journal])
+    resp.rendered[0].request_json = '{"runType": "x"}'
+    resp.rendered[1].request_json = '{"tripId": "t1"}'
+    resp.rendered[1].result_json = '{"state": "reserved"}'
+    return resp
+
+
+def test_format_describe_shows_rendered_payloads_as_json() -> None:
+    lines = fmt.format_describe(_rendered_response()).splitlines()
+    input_line = next(line for line in lines if " input " in line)
+    call_line = next(line for line in lines if " call " in line)
+    assert 'request {"runType": "x"}' in input_line, input_line
+    assert 'flights.Flights/Reserve {"tripId": "t1"} -> inv_f' in call_line, call_line
+    assert call_line.endswith('value {"state": "reserved"}'), call_line
+
+
+def test_format_describe_hex_keeps_the_bytes() -> None:
+    lines = fmt.format_describe(_rendered_response(), hex_payloads=True).splitlines()
+    call_line = next(line for line in lines if " call " in line)
+    assert call_line.endswith("value 0x0801"), call_line
+    assert "request 3 bytes" in next(line for line in lines if " input " in line)
+    # Without renderings (an older broker, an unknown type) it is hex as well.
+    assert fmt.format_describe(_describe_response()) == fmt.format_describe(
+        _rendered_response(), hex_payloads=True
+    )
+
+
+def test_describe_to_json_folds_in_the_renderings() -> None:
+    resp = _rendered_response()
+    resp.invocation.result.value = b"\x0a\x02ok"
+    resp.result_json = '{"status": "ok"}'
+    out = fmt.describe_to_json(resp)
+    assert "rendered" not in out and "result_json" not in out
+    assert out["invocation"]["result"]["value_json"] == {"status": "ok"}
+    assert out["journal"][0]["input"]["request_json"] == {"runType": "x"}
+    assert out["journal"][1]["call"]["request_json"] == {"tripId": "t1"}
+    assert out["journal"][1]["result"]["value_json"] == {"state": "reserved"}
