@@ -112,13 +112,13 @@ def _check_ports() -> None:
     for what, address, variable in PORTS:
         problem = _port_problem(address)
         if problem is not None:
-            taken.append(f"{address} ({what}, {variable}): {problem}")
+            taken.append(f"  {address} ({what}, {variable}): {problem}\n")
     if taken:
         raise DemoError(
-            "cannot start the demo, "
-            + "; ".join(taken)
-            + ". Is another `make run` still running? Stop it, or move the ports with "
-            "the variables named, e.g. BROKER_INGRESS=127.0.0.1:9190 make run"
+            "cannot start the demo:\n"
+            + "".join(taken)
+            + "Is another `make run` still running? Stop it, or move the ports with the "
+            "variables named, e.g. BROKER_INGRESS=127.0.0.1:9190 make run"
         )
 
 
