@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 import pytest
-from durable.v1 import invocation_pb2
+from durable.v1 import admin_pb2, invocation_pb2
 from playground import playground_pb2 as pg
 from playground import playground_pb2_grpc as pg_grpc
 from trips import trips_pb2
@@ -413,6 +413,17 @@ def test_invocations_list_shows_and_filters_the_outcome(playground: Playground) 
     rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
     assert "completed  failed FAILED_PRECONDITION" in rows[failed_id], rows[failed_id]
     assert "completed  succeeded" in rows[succeeded_id], rows[succeeded_id]
+
+    # An outcome refines COMPLETED only: with another status the admin API says so.
+    with pytest.raises(grpc.RpcError) as refused:
+        playground.cluster.admin.ListInvocations(
+            admin_pb2.ListInvocationsRequest(
+                status=invocation_pb2.RUNNING, outcome=admin_pb2.OUTCOME_FAILED
+            ),
+            timeout=10,
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "completed invocations only" in (refused.value.details() or "")
 
 
 def test_invocations_describe_shows_payloads_as_json(playground: Playground) -> None:
