@@ -367,10 +367,11 @@ async def serve_async(
     host = address.rsplit(":", 1)[0]
     mode = "request/response" if request_response else "streaming"
     started = f"durable endpoint listening on {host}:{port} ({mode}), serving {', '.join(names)}"
-    if log.hasHandlers():
+    if log.hasHandlers() and log.isEnabledFor(logging.INFO):
         log.info("%s", started)
     else:
-        # Logging is not set up (a user's own script): still say where it listens, once.
+        # Logging is not set up (a user's own script), or set to say less than this:
+        # still say where it listens, once.
         print(started, file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
