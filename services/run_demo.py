@@ -205,7 +205,7 @@ A booking's state (the tripId from a response; also cars.Cars/Get, payments.Paym
 What the ingress serves:
   {grpcurl} {INGRESS} list
 Operate the broker: {_shown(BIN / "brokerctl")} --help
-Notifications: {_shown(ROOT / NOTIFICATION_LOG)}
+Notifications: {_shown(ROOT / os.environ.get("TRIPS_NOTIFICATION_LOG", NOTIFICATION_LOG))}
 
 Press Ctrl-C to stop everything.
 """

@@ -2,7 +2,7 @@
 starts, and a hangup (the terminal closed) stops every child instead of orphaning them.
 
 Every address is moved to a free port with the variables the demo reads, and the data
-dir to the test's temporary directory, so a developer's own `make run` is not disturbed.
+dir and the trips notification log to the test's temporary directory, so a developer's own `make run` is not disturbed.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ VARIABLES = (
 def _demo_env(tmp_path: Path) -> dict[str, str]:
     env = {name: f"127.0.0.1:{free_port()}" for name in VARIABLES}
     env["BROKER_DATA_DIR"] = str(tmp_path / "broker")
+    env["TRIPS_NOTIFICATION_LOG"] = str(tmp_path / "trips" / "notifications.log")
     return env
 
 
