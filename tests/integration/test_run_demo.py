@@ -2,7 +2,8 @@
 starts, and a hangup (the terminal closed) stops every child instead of orphaning them.
 
 Every address is moved to a free port with the variables the demo reads, and the data
-dir and the trips notification log to the test's temporary directory, so a developer's own `make run` is not disturbed.
+dir and the trips notification log to the test's temporary directory, so a developer's
+own `make run` is not disturbed.
 """
 
 from __future__ import annotations
