@@ -31,6 +31,9 @@ STATUS_CHOICES: tuple[str, ...] = (
     "completed",
 )
 
+# Refinements of `completed` that `invocations list --status` also accepts: how it ended.
+OUTCOME_CHOICES: tuple[str, ...] = ("succeeded", "failed")
+
 # Journal commands whose values (results, or the value they carry) are JSON written by the
 # SDK: side effects, state, awakeables and durable promises. Calls, attach/get_output, the
 # input and the output carry serialized protobuf messages instead, which are never
@@ -67,6 +70,36 @@ def status_name(status: int) -> str:
 def parse_status(name: str) -> invocation_pb2.InvocationStatus.ValueType:
     """Map a CLI status name (``backing-off``) to its ``InvocationStatus`` enum value."""
     return invocation_pb2.InvocationStatus.Value(name.strip().upper().replace("-", "_"))
+
+
+def parse_status_filter(
+    name: str,
+) -> tuple[invocation_pb2.InvocationStatus.ValueType, admin_pb2.InvocationOutcome.ValueType]:
+    """The (status, outcome) filter a CLI ``--status`` means: ``failed`` is completed with a
+    failure, ``succeeded`` completed with a response, the rest a status of any outcome."""
+    cleaned = name.strip().lower()
+    if cleaned == "succeeded":
+        return invocation_pb2.COMPLETED, admin_pb2.OUTCOME_SUCCEEDED
+    if cleaned == "failed":
+        return invocation_pb2.COMPLETED, admin_pb2.OUTCOME_FAILED
+    return parse_status(cleaned), admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED
+
+
+def outcome_of(inv: invocation_pb2.Invocation) -> tuple[str, str]:
+    """How a completed invocation ended: ``("succeeded", "")``, ``("failed", CODE_NAME)``,
+    or ``("", "")`` while it has no result."""
+    kind = inv.result.WhichOneof("kind") if inv.HasField("result") else None
+    if kind is None:
+        return "", ""
+    if kind == "failure":
+        return "failed", code_name(inv.result.failure.code)
+    return "succeeded", ""
+
+
+def format_outcome(inv: invocation_pb2.Invocation) -> str:
+    """``succeeded``, ``failed NOT_FOUND``, or ``-`` while the invocation has no result."""
+    outcome, code = outcome_of(inv)
+    return f"{outcome} {code}".strip() or "-"
 
 
 def code_name(code: int) -> str:
@@ -309,6 +342,7 @@ def format_invocations(resp: admin_pb2.ListInvocationsResponse) -> str:
         [
             inv.id,
             status_name(inv.status),
+            format_outcome(inv),
             f"{inv.service}/{inv.method}",
             inv.key or "-",
             str(inv.attempts),
@@ -318,8 +352,27 @@ def format_invocations(resp: admin_pb2.ListInvocationsResponse) -> str:
         ]
         for inv in resp.invocations
     ]
-    headers = ["ID", "STATUS", "TARGET", "KEY", "ATTEMPTS", "CREATED", "MODIFIED", "LAST ERROR"]
+    headers = [
+        "ID",
+        "STATUS",
+        "OUTCOME",
+        "TARGET",
+        "KEY",
+        "ATTEMPTS",
+        "CREATED",
+        "MODIFIED",
+        "LAST ERROR",
+    ]
     return format_table(headers, rows)
+
+
+def invocations_to_json(resp: admin_pb2.ListInvocationsResponse) -> dict[str, Any]:
+    """``invocations list --json``: the proto JSON mapping, and for each invocation its
+    ``outcome`` (``succeeded``, ``failed`` or empty) and ``failure_code`` (a code name)."""
+    out = message_to_json(resp)
+    for inv, inv_json in zip(resp.invocations, out.get("invocations", []), strict=True):
+        inv_json["outcome"], inv_json["failure_code"] = outcome_of(inv)
+    return out
 
 
 def _truncate(text: str, limit: int) -> str:
@@ -332,21 +385,42 @@ def entry_kind(entry: journal_pb2.JournalEntry) -> str:
     return entry.WhichOneof("command") or "unknown"
 
 
-def entry_details(entry: journal_pb2.JournalEntry) -> str:
-    """One-line description of what a journal entry's command asked for."""
+def _cut(text: str, data: bytes, limit: int | None) -> str:
+    """Rendered JSON cut at `limit` characters, saying where the whole of it is."""
+    if limit is not None and len(text) > limit:
+        return f"{text[:limit]}... (protobuf, {len(data)} bytes; whole in --json)"
+    return text
+
+
+def entry_details(
+    entry: journal_pb2.JournalEntry, rendered: admin_pb2.RenderedEntry | None = None
+) -> str:
+    """One-line description of what a journal entry's command asked for.
+
+    With `rendered` (the broker's JSON of the entry's payloads), requests are shown as
+    JSON; otherwise the input shows its size and calls their target only.
+    """
     kind = entry.WhichOneof("command")
+    request_json = rendered.request_json if rendered is not None else ""
     if kind == "input":
         cmd_in = entry.input
-        details = f"request {len(cmd_in.request)} bytes"
+        if request_json:
+            details = "request " + _cut(request_json, cmd_in.request, _CELL_VALUE_LIMIT)
+        else:
+            details = f"request {len(cmd_in.request)} bytes"
         if cmd_in.headers:
             details += ", headers " + ", ".join(sorted(cmd_in.headers))
         return details
     if kind == "call":
         call = entry.call
-        return f"{call.service}/{call.method} -> {call.invocation_id or '(not yet assigned)'}"
+        request = " " + _cut(request_json, call.request, _CELL_VALUE_LIMIT) if request_json else ""
+        callee = call.invocation_id or "(not yet assigned)"
+        return f"{call.service}/{call.method}{request} -> {callee}"
     if kind == "send":
         send = entry.send
-        details = f"{send.service}/{send.method} -> {send.invocation_id or '(not yet assigned)'}"
+        request = " " + _cut(request_json, send.request, _CELL_VALUE_LIMIT) if request_json else ""
+        callee = send.invocation_id or "(not yet assigned)"
+        details = f"{send.service}/{send.method}{request} -> {callee}"
         if send.invoke_at_ms:
             details += f" at {format_timestamp(send.invoke_at_ms)}"
         return details
@@ -397,16 +471,23 @@ def state_keys_of(data: bytes) -> list[str] | None:
     return list(keys.keys)
 
 
-def entry_result(entry: journal_pb2.JournalEntry, limit: int | None = None) -> str:
+def entry_result(
+    entry: journal_pb2.JournalEntry,
+    limit: int | None = None,
+    rendered: admin_pb2.RenderedEntry | None = None,
+) -> str:
     """The entry's result as shown in the journal table; ``-`` while it has none.
 
-    JSON-valued commands show their values as JSON text, and ``get_state_keys`` shows the
-    names it returned rather than their protobuf encoding.
+    JSON-valued commands show their values as JSON text, ``get_state_keys`` shows the
+    names it returned rather than their protobuf encoding, and a protobuf value the broker
+    rendered (``rendered``) shows as that JSON.
     """
     if not entry.HasField("result"):
         return "-"
     kind = entry.WhichOneof("command")
     result = entry.result
+    if rendered is not None and rendered.result_json and result.WhichOneof("kind") == "value":
+        return "value " + _cut(rendered.result_json, result.value, limit)
     if kind == "get_state_keys" and result.WhichOneof("kind") == "value":
         keys = state_keys_of(result.value)
         if keys is not None:
@@ -417,9 +498,22 @@ def entry_result(entry: journal_pb2.JournalEntry, limit: int | None = None) -> s
     return format_result(result, limit, json_value=kind in JSON_VALUED_COMMANDS)
 
 
-def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
-    """Full human rendering of one invocation: its record, then its journal entry by entry."""
+def format_describe(resp: admin_pb2.DescribeInvocationResponse, hex_payloads: bool = False) -> str:
+    """Full human rendering of one invocation: its record, then its journal entry by entry.
+
+    Protobuf payloads are shown as the JSON the broker rendered with the method's types,
+    where it could; with ``hex_payloads`` (or where it could not) as bytes, in hex.
+    """
     inv = resp.invocation
+    rendered: list[admin_pb2.RenderedEntry | None] = [None] * len(resp.journal)
+    if not hex_payloads and len(resp.rendered) == len(resp.journal):
+        rendered = list(resp.rendered)
+    if inv.HasField("result") and resp.result_json and not hex_payloads:
+        result = "value " + resp.result_json
+    elif inv.HasField("result"):
+        result = format_result(inv.result)
+    else:
+        result = "-"
     fields: list[tuple[str, str]] = [
         ("invocation", inv.id),
         ("status", status_name(inv.status)),
@@ -429,7 +523,7 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
         ("last error", inv.last_error or "-"),
         ("created", format_timestamp(inv.created_at_ms)),
         ("modified", format_timestamp(inv.modified_at_ms)),
-        ("result", format_result(inv.result) if inv.HasField("result") else "-"),
+        ("result", result),
     ]
     # Optional context, shown only when set so the common case stays short.
     if inv.idempotency_key:
@@ -458,8 +552,8 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse) -> str:
             [
                 str(index),
                 entry_kind(entry),
-                entry_details(entry) or "-",
-                entry_result(entry, _CELL_VALUE_LIMIT),
+                entry_details(entry, rendered[index]) or "-",
+                entry_result(entry, _CELL_VALUE_LIMIT, rendered[index]),
             ]
             for index, entry in enumerate(resp.journal)
         ]
@@ -562,10 +656,22 @@ def describe_to_json(resp: admin_pb2.DescribeInvocationResponse) -> dict[str, An
     ``get_state_keys`` result as ``state_keys``.
     """
     out = message_to_json(resp)
-    for entry, entry_json in zip(resp.journal, out.get("journal", []), strict=True):
+    # The broker's JSON renderings are folded in next to the bytes they render.
+    out.pop("rendered", None)
+    result_json = out.pop("result_json", "")
+    if result_json and "result" in out.get("invocation", {}):
+        _add_json(out["invocation"]["result"], result_json.encode())
+    rendered = list(resp.rendered) if len(resp.rendered) == len(resp.journal) else []
+    for index, (entry, entry_json) in enumerate(
+        zip(resp.journal, out.get("journal", []), strict=True)
+    ):
         kind = entry.WhichOneof("command")
         if kind is None:
             continue
+        if rendered and rendered[index].request_json and kind in ("input", "call", "send"):
+            _add_json(entry_json[kind], rendered[index].request_json.encode(), "request_json")
+        if rendered and rendered[index].result_json and "result" in entry_json:
+            _add_json(entry_json["result"], rendered[index].result_json.encode())
         if entry.HasField("result") and entry.result.WhichOneof("kind") == "value":
             if kind in JSON_VALUED_COMMANDS:
                 _add_json(entry_json["result"], entry.result.value)
@@ -582,8 +688,8 @@ def describe_to_json(resp: admin_pb2.DescribeInvocationResponse) -> dict[str, An
     return out
 
 
-def _add_json(target: dict[str, Any], data: bytes) -> None:
+def _add_json(target: dict[str, Any], data: bytes, key: str = "value_json") -> None:
     try:
-        target["value_json"] = parse_json(data)
+        target[key] = parse_json(data)
     except ValueError:
         pass

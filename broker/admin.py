@@ -23,13 +23,13 @@ from durable.v1 import (
     journal_pb2,
 )
 
-from . import endpoint_uri, registration
+from . import endpoint_uri, registration, rendering
 from . import registry as reg
 from .core import control
 from .core.model import failure, now_ms
 from .core.partition import Partition, UnknownInvocation
 from .driver import Driver
-from .storage import Batch, deployments, state
+from .storage import Batch, deployments, invocations, state
 
 _ABORTED = 10
 # Invocations listed when the request sets no limit: a response must fit in a message.
@@ -208,10 +208,21 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     async def ListInvocations(
         self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListInvocationsResponse:
+        status = request.status
+        outcome = request.outcome
+        if outcome:
+            if status and status != Status.COMPLETED:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "an outcome filter applies to completed invocations only; "
+                    f"it cannot be combined with status {Status.Name(status)}",
+                )
+            status = Status.COMPLETED
         records = [
             r
-            for r in self._partition.records(request.status)
-            if (not request.status or r.status == request.status)
+            for r in self._partition.records(status)
+            if (not status or r.status == status)
+            and (not outcome or _outcome(r) == outcome)
             and (not request.service or r.service == request.service)
             and (not request.key or r.key == request.key)
         ]
@@ -232,7 +243,16 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.NOT_FOUND, f"no invocation {request.invocation_id!r}"
             )
             raise AssertionError("unreachable") from None
-        return admin_pb2.DescribeInvocationResponse(invocation=record, journal=journal)
+        rendered, result_json = rendering.render(self._registry, record, journal, self._lookup)
+        return admin_pb2.DescribeInvocationResponse(
+            invocation=record, journal=journal, rendered=rendered, result_json=result_json
+        )
+
+    def _lookup(self, invocation_id: str) -> invocation_pb2.Invocation | None:
+        live = self._partition.live.get(invocation_id)
+        if live is not None:
+            return live.snapshot()
+        return invocations.get(self._partition.kv, invocation_id)
 
     async def CancelInvocation(
         self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -409,6 +429,14 @@ async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> by
     except (ValueError, RecursionError) as e:  # RecursionError: nested past any use
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}")
     return value
+
+
+def _outcome(record: invocation_pb2.Invocation) -> int:
+    """How a completed invocation ended (unspecified while it has no result)."""
+    kind = record.result.WhichOneof("kind") if record.HasField("result") else None
+    if kind is None:
+        return admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED
+    return admin_pb2.OUTCOME_FAILED if kind == "failure" else admin_pb2.OUTCOME_SUCCEEDED
 
 
 def _deployment(record: reg.Deployment, in_flight: int = 0) -> admin_pb2.Deployment:

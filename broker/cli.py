@@ -9,7 +9,9 @@ response in the proto3 JSON mapping (field names as in the ``.proto``), or, for 
 response carries no information (resolving an awakeable), a small object saying what was
 done. Values the SDK stores as JSON appear decoded: ``state`` verbs print them as JSON
 values, and ``invocations describe`` adds ``value_json`` next to each base64 JSON value of
-its journal. Errors go to stderr as ``error: CODE: message``.
+its journal, and ``request_json`` / ``value_json`` next to the protobuf requests, results
+and outputs whose message types the broker knows. Its human output shows those as JSON
+too (``--hex`` shows the bytes). Errors go to stderr as ``error: CODE: message``.
 """
 
 from __future__ import annotations
@@ -127,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     invocations = groups.add_parser("invocations", help="inspect and steer invocations")
     inv_verbs = invocations.add_subparsers(dest="verb", required=True, metavar="VERB")
     inv_list = verb(inv_verbs, "list", "list invocations, newest first", _list_invocations)
-    inv_list.add_argument("--status", choices=fmt.STATUS_CHOICES, help="only this status")
+    inv_list.add_argument(
+        "--status",
+        choices=(*fmt.STATUS_CHOICES, *fmt.OUTCOME_CHOICES),
+        help="only this status; succeeded and failed are completed ones that ended so",
+    )
     inv_list.add_argument("--service", default="", help="only this service (e.g. trips.Trips)")
     inv_list.add_argument("--key", default="", help="only this virtual object / workflow key")
     inv_list.add_argument(
@@ -140,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
         inv_verbs, "describe", "show one invocation and its journal", _describe_invocation
     )
     describe.add_argument("invocation_id", metavar="ID", help="an invocation id (inv_...)")
+    describe.add_argument(
+        "--hex",
+        action="store_true",
+        help="show requests, results and outputs as bytes (hex), not as JSON",
+    )
     for name, help_, handler in (
         (
             "cancel",
@@ -362,9 +373,9 @@ def _list_invocations(
 ) -> tuple[JsonOutput, str]:
     req = admin_pb2.ListInvocationsRequest(service=args.service, key=args.key, limit=args.limit)
     if args.status:
-        req.status = fmt.parse_status(args.status)
+        req.status, req.outcome = fmt.parse_status_filter(args.status)
     resp: admin_pb2.ListInvocationsResponse = stub.ListInvocations(req, timeout=timeout)
-    return resp, fmt.format_invocations(resp)
+    return fmt.invocations_to_json(resp), fmt.format_invocations(resp)
 
 
 def _describe_invocation(
@@ -372,7 +383,7 @@ def _describe_invocation(
 ) -> tuple[JsonOutput, str]:
     req = admin_pb2.DescribeInvocationRequest(invocation_id=args.invocation_id)
     resp: admin_pb2.DescribeInvocationResponse = stub.DescribeInvocation(req, timeout=timeout)
-    return fmt.describe_to_json(resp), fmt.format_describe(resp)
+    return fmt.describe_to_json(resp), fmt.format_describe(resp, hex_payloads=args.hex)
 
 
 def _invocation_action(method: str, action: str) -> Handler:

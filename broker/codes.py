@@ -11,6 +11,7 @@ not depend on grpc's enum; these names keep the numbers in one place.
   FAILED_PRECONDITION  a durable promise completed twice
   ABORTED              an invocation killed by an operator; a rejected promise
   UNIMPLEMENTED        an unknown service or method
+  INTERNAL             a replay that diverged, where divergence is terminal (tests)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
 ABORTED = 10
 UNIMPLEMENTED = 12
+INTERNAL = 13
 
 
 def grpc_status(code: int) -> grpc.StatusCode:

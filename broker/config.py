@@ -52,6 +52,10 @@ class Settings:
     unary_first: bool = True
     # Streaming attempts to endpoints that offer it share one Multiplex stream.
     multiplex: bool = True
+    # A non-determinism report from the SDK ends the invocation with INTERNAL instead of
+    # being retried. Off in production (a fixed deployment can then recover it); on in
+    # `durable.testing`, so a test sees the divergence instead of a retry that may pass.
+    non_determinism_terminal: bool = False
     admin_token: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None

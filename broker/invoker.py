@@ -210,7 +210,9 @@ class Invoker:
             async with slot:
                 await self._attempt(invocation_id, attempt, start, deployment, outcome)
             if outcome.error:
-                failed = Failed(outcome.error, outcome.retry_after, outcome.pause)
+                failed = Failed(
+                    outcome.error, outcome.retry_after, outcome.pause, outcome.non_determinism
+                )
                 self._report(invocation_id, attempt.number, failed)
         finally:
             if self._attempts.get(invocation_id) is attempt:
@@ -415,11 +417,13 @@ class Invoker:
             return True
         elif kind == "error":
             e = response.error
-            prefix = "non-determinism: " if e.non_determinism else ""
+            marked = e.non_determinism and not e.message.startswith("non-determinism")
+            prefix = "non-determinism: " if marked else ""
             outcome.error = f"{prefix}{e.message}"
             if e.retry_after_ms:
                 outcome.retry_after = e.retry_after_ms / 1000
             outcome.pause = e.pause
+            outcome.non_determinism = e.non_determinism
             outcome.ended_by_endpoint = True
             return True
         elif kind == "end":
@@ -470,6 +474,7 @@ class _Outcome:
         self.error: str | None = None
         self.retry_after: float | None = None
         self.pause = False
+        self.non_determinism = False
         # The endpoint sent its last message for the attempt (end, suspension, error):
         # it needs no word to stop.
         self.ended_by_endpoint = False

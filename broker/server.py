@@ -70,7 +70,8 @@ class Broker:
                     {
                         "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
                             DynamicReflection(
-                                self.registry, extra=(INGRESS_SERVICE,)
+                                self.registry,
+                                extra=(INGRESS_SERVICE, _HEALTH, reflection.SERVICE_NAME),
                             ).ServerReflectionInfo,
                             request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
                             response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,

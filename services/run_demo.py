@@ -1,16 +1,24 @@
 """`make run`: the broker and the four demo services, registered and ready to call.
 
 Starts every process, waits until each answers gRPC health checks, registers the
-services with the broker's admin API, prints how to call them, and on Ctrl-C or SIGTERM
-stops them all (SIGTERM, then SIGKILL after 10 s). If any process dies on its own, it
-says so, stops the rest and exits non-zero.
+services with the broker's admin API, prints how to call them, and on Ctrl-C, SIGTERM
+or SIGHUP (the terminal closed) stops them all (SIGTERM, then SIGKILL after 10 s). If any
+process dies on its own, it says so, stops the rest and exits non-zero.
+
+Every port is checked before anything starts: a port already in use (another `make run`
+still running, say) is named with the variable that moves it, and nothing is started.
+Addresses come from the variables the processes read themselves: `BROKER_INGRESS`,
+`BROKER_ADMIN`, `BROKER_DATA_DIR`, `BROKER_METRICS` (off unless set), `FLIGHTS_LISTEN`,
+`CARS_LISTEN`, `PAYMENTS_LISTEN`, `TRIPS_LISTEN`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,12 +37,21 @@ BIN = Path(sys.executable).parent
 INGRESS = os.environ.get("BROKER_INGRESS", "127.0.0.1:9090")
 ADMIN = os.environ.get("BROKER_ADMIN", "127.0.0.1:9091")
 DATA_DIR = os.environ.get("BROKER_DATA_DIR", ".data/broker")
+# The broker reads BROKER_METRICS itself; it is here only so its port is checked too.
+METRICS = os.environ.get("BROKER_METRICS", "")
 # (module under services/, its address); the same variables the services read.
 SERVICES = [
     ("flights", os.environ.get("FLIGHTS_LISTEN", "127.0.0.1:9101")),
     ("cars", os.environ.get("CARS_LISTEN", "127.0.0.1:9102")),
     ("payments", os.environ.get("PAYMENTS_LISTEN", "127.0.0.1:9103")),
     ("trips", os.environ.get("TRIPS_LISTEN", "127.0.0.1:9104")),
+]
+# What listens where, and the variable that moves it.
+PORTS = [
+    ("the broker's ingress", INGRESS, "BROKER_INGRESS"),
+    ("the broker's admin API", ADMIN, "BROKER_ADMIN"),
+    *([("the broker's metrics", METRICS, "BROKER_METRICS")] if METRICS else []),
+    *((name, address, f"{name.upper()}_LISTEN") for name, address in SERVICES),
 ]
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
@@ -62,6 +79,47 @@ class Child:
     name: str
     addresses: list[str]
     process: subprocess.Popen[bytes]
+
+
+def _port_problem(address: str) -> str | None:
+    """Why `address` (host:port) cannot be listened on right now, or None if it can.
+
+    Binds and releases a socket with SO_REUSEADDR, as the gRPC servers do, so a port
+    left in TIME_WAIT by the previous run passes and one with a listener does not.
+    """
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return f"{address!r} is not HOST:PORT"
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or "0.0.0.0", int(port), type=socket.SOCK_STREAM
+        )
+    except OSError as e:
+        return f"cannot resolve {host!r}: {e}"
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                return e.strerror or str(e)
+    return None
+
+
+def _check_ports() -> None:
+    """Raises `DemoError` naming every port that is taken, before anything starts."""
+    taken = []
+    for what, address, variable in PORTS:
+        problem = _port_problem(address)
+        if problem is not None:
+            taken.append(f"  {address} ({what}, {variable}): {problem}\n")
+    if taken:
+        raise DemoError(
+            "cannot start the demo:\n"
+            + "".join(taken)
+            + "Is another `make run` still running? Stop it, or move the ports with the "
+            "variables named, e.g. BROKER_INGRESS=127.0.0.1:9190 make run"
+        )
 
 
 def _spawn(name: str, args: list[str], addresses: list[str]) -> Child:
@@ -147,7 +205,7 @@ A booking's state (the tripId from a response; also cars.Cars/Get, payments.Paym
 What the ingress serves:
   {grpcurl} {INGRESS} list
 Operate the broker: {_shown(BIN / "brokerctl")} --help
-Notifications: {_shown(ROOT / NOTIFICATION_LOG)}
+Notifications: {_shown(ROOT / os.environ.get("TRIPS_NOTIFICATION_LOG", NOTIFICATION_LOG))}
 
 Press Ctrl-C to stop everything.
 """
@@ -163,7 +221,10 @@ def _stop_all(children: list[Child]) -> None:
         try:
             child.process.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            print(f"{child.name} did not stop in {STOP_TIMEOUT_S:.0f} s: killing it", flush=True)
+            with contextlib.suppress(OSError):
+                print(
+                    f"{child.name} did not stop in {STOP_TIMEOUT_S:.0f} s: killing it", flush=True
+                )
             child.process.kill()
             child.process.wait()
 
@@ -173,11 +234,15 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
-    """Runs the demo until Ctrl-C/SIGTERM (exit 0) or until a process fails (exit 1)."""
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
+    """Runs the demo until Ctrl-C/SIGTERM/SIGHUP (exit 0) or until a process fails (exit 1)."""
+    # SIGHUP too: a closed terminal must not leave the children (each in its own process
+    # group, so the hangup does not reach them) holding the ports and the data dir lock.
+    stop_signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    for sig in stop_signals:
+        signal.signal(sig, _on_signal)
     children: list[Child] = []
     try:
+        _check_ports()
         broker_args = ["-m", "broker", "--ingress", INGRESS, "--admin", ADMIN]
         children.append(_spawn("broker", [*broker_args, "--data-dir", DATA_DIR], [INGRESS, ADMIN]))
         for name, address in SERVICES:
@@ -193,15 +258,18 @@ def main() -> int:
             _check_alive(children)
             time.sleep(WATCH_INTERVAL_S)
     except Stop as e:
-        print(f"\n{e}: stopping the demo", flush=True)
+        # After a hangup the terminal may be gone: a failed print must not skip the stop.
+        with contextlib.suppress(OSError):
+            print(f"\n{e}: stopping the demo", flush=True)
         return 0
     except DemoError as e:
-        print(f"error: {e}; stopping the demo", file=sys.stderr, flush=True)
+        tail = "; stopping the demo" if children else "; nothing was started"
+        print(f"error: {e}{tail}", file=sys.stderr, flush=True)
         return 1
     finally:
         # A second Ctrl-C must not cut the shutdown short; it is bounded by the grace period.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in stop_signals:
+            signal.signal(sig, signal.SIG_IGN)
         _stop_all(children)
 
 

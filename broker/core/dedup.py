@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from .. import registry as reg
 from ..storage import Batch, idempotency
+from ..storage.idempotency import Binding
 from ..storage.kv import KV
 from . import actions
 from .model import Invocation
@@ -32,7 +33,7 @@ class Dedup:
     def __init__(self, kv: KV, registry: reg.Registry) -> None:
         self._kv = kv
         self._registry = registry
-        self._unwritten: dict[Identity, str] = {}
+        self._unwritten: dict[Identity, Binding] = {}
 
     def identity(
         self, service: str, method: str, key: str, idempotency_key: str
@@ -46,20 +47,28 @@ class Dedup:
         """The identity of a stored invocation, if it has one."""
         return self.identity(record.service, record.method, record.key, record.idempotency_key)
 
+    def binding(self, identity: Identity) -> Binding | None:
+        """What the identity is bound to, if anything."""
+        return self._unwritten.get(identity) or idempotency.lookup(self._kv, *identity)
+
     def find(self, identity: Identity) -> str | None:
         """The invocation bound to the identity, if any."""
-        return self._unwritten.get(identity) or idempotency.get(self._kv, *identity)
+        bound = self.binding(identity)
+        return None if bound is None else bound.invocation_id
 
-    def bind(self, batch: Batch, identity: Identity, invocation_id: str) -> None:
-        """Binds the identity to the invocation in `batch`."""
-        self._unwritten[identity] = invocation_id
-        idempotency.put(batch, *identity, invocation_id)
+    def bind(self, batch: Batch, identity: Identity, invocation_id: str, request: bytes) -> None:
+        """Binds the identity to the invocation in `batch`; an idempotency key also
+        remembers a digest of the request, so its reuse for another one is refused."""
+        digest = idempotency.request_digest(request) if identity[3] else b""
+        self._unwritten[identity] = Binding(invocation_id, digest)
+        idempotency.put(batch, *identity, invocation_id, digest)
         batch.then(actions.IdentityWritten(identity, invocation_id))
 
     def written(self, identity: Identity, invocation_id: str) -> None:
         """The binding is durable: storage answers from now on (a suspended invocation
         keeps nothing here)."""
-        if self._unwritten.get(identity) == invocation_id:
+        bound = self._unwritten.get(identity)
+        if bound is not None and bound.invocation_id == invocation_id:
             del self._unwritten[identity]
 
     def forget(self, identity: Identity) -> None:

@@ -42,6 +42,8 @@ class Failed:
     message: str
     retry_after: float | None = None
     pause: bool = False
+    # The SDK's replay diverged from the journal.
+    non_determinism: bool = False
 
 
 AttemptEvent = Proposed | RanResult | Suspended | Ended | Failed

@@ -19,7 +19,7 @@ from .. import codes, tracing
 from .. import registry as reg
 from ..config import Settings
 from ..metrics import Metrics
-from ..storage import Batch, inbox, invocations, journal, keys, state, timers
+from ..storage import Batch, idempotency, inbox, invocations, journal, keys, state, timers
 from ..storage.kv import KV
 from . import actions, commands, recovery
 from .dedup import Dedup
@@ -49,6 +49,18 @@ def _after_output(what: str) -> str:
 
 class UnknownInvocation(LookupError):
     """No invocation with that id (or it was purged)."""
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key already used with a different request body.
+
+    Args:
+        invocation_id: The invocation the key is bound to.
+    """
+
+    def __init__(self, invocation_id: str) -> None:
+        super().__init__(invocation_id)
+        self.invocation_id = invocation_id
 
 
 class Partition:
@@ -96,11 +108,22 @@ class Partition:
         idempotency_key: str = "",
         traceparent: str = "",
     ) -> str:
-        """Starts an invocation, or finds the one its identity names; returns its id."""
+        """Starts an invocation, or finds the one its identity names; returns its id.
+
+        Raises:
+            IdempotencyConflict: the idempotency key was used with another request body.
+        """
         ident = self.dedup.identity(service, method, key, idempotency_key)
-        existing = self.dedup.find(ident) if ident is not None else None
-        if existing is not None:
-            return existing
+        bound = self.dedup.binding(ident) if ident is not None else None
+        if bound is not None:
+            # Rows stored before digests existed have none and match any request.
+            if (
+                idempotency_key
+                and bound.request_digest
+                and bound.request_digest != idempotency.request_digest(request)
+            ):
+                raise IdempotencyConflict(bound.invocation_id)
+            return bound.invocation_id
         batch = Batch()
         live = self._create(
             batch,
@@ -221,7 +244,7 @@ class Partition:
         journal.put(batch, live.id, 0, live.journal[0])
         ident = self.dedup.of(record)
         if ident is not None:
-            self.dedup.bind(batch, ident, live.id)
+            self.dedup.bind(batch, ident, live.id, request)
         if invoke_at_ms > now:
             timers.put(batch, invoke_at_ms, live.id, -1)
             batch.then(actions.ArmTimer(invoke_at_ms, live.id, -1))
@@ -310,8 +333,8 @@ class Partition:
                 return self._on_suspension(live, list(waiting_on))
             case Ended():
                 return self._on_end(live)
-            case Failed(message, retry_after, pause):
-                self._on_failed(live, message, retry_after, pause)
+            case Failed(message, retry_after, pause, non_determinism):
+                self._on_failed(live, message, retry_after, pause, non_determinism)
                 return None
 
     def _on_entry(self, live: Live, index: int, entry: Entry) -> str | None:
@@ -417,9 +440,18 @@ class Partition:
         tracing.end_attempt(live)
         return None
 
-    def _on_failed(self, live: Live, message: str, retry_after: float | None, pause: bool) -> None:
+    def _on_failed(
+        self,
+        live: Live,
+        message: str,
+        retry_after: float | None,
+        pause: bool,
+        non_determinism: bool,
+    ) -> None:
         """The attempt failed transiently: retry, or park the invocation when the
-        handler asked to pause."""
+        handler asked to pause. A replay that diverged from the journal is retried too
+        (a fixed deployment can recover it), unless `non_determinism_terminal` is set:
+        then the invocation fails with INTERNAL."""
         live.attempt = 0
         tracing.end_attempt(live, error=message)
         if live.record.status == Status.COMPLETED:
@@ -432,7 +464,12 @@ class Partition:
             )
             return
         batch = Batch()
-        if pause:
+        if non_determinism and self.settings.non_determinism_terminal:
+            log.warning("invocation %s failed: %s", live.id, message)
+            live.record.last_error = message
+            self.complete(batch, live, failure(codes.INTERNAL, message))
+            self.save(batch, live)
+        elif pause:
             live.record.status = Status.PAUSED
             live.record.last_error = message
             live.record.next_retry_at_ms = 0

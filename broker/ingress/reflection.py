@@ -7,7 +7,9 @@ from typing import Any, TypeVar
 
 from durable.v1 import ingress_pb2
 from google.protobuf import descriptor, descriptor_pb2, descriptor_pool
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import _async as reflection
+from grpc_reflection.v1alpha import reflection_pb2
 
 from .. import registry as reg
 
@@ -15,7 +17,9 @@ T = TypeVar("T")
 
 
 def _own_pool() -> descriptor_pool.DescriptorPool:
-    """The broker's own ingress API (and what it imports), served beside the services."""
+    """The broker's own ingress API, health and reflection (and what they import), served
+    beside the services, so that grpcurl resolves `grpc.health.v1.Health/Check` as on
+    any gRPC server."""
     pool = descriptor_pool.DescriptorPool()
 
     def add(f: descriptor.FileDescriptor) -> None:
@@ -28,7 +32,8 @@ def _own_pool() -> descriptor_pool.DescriptorPool:
             f.CopyToProto(proto)
             pool.AddSerializedFile(proto.SerializeToString())
 
-    add(ingress_pb2.DESCRIPTOR)
+    for own in (ingress_pb2.DESCRIPTOR, health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        add(own)
     return pool
 
 

@@ -6,6 +6,7 @@ Status codes (documented for callers):
                       without its key
   RESOURCE_EXHAUSTED  the body is larger than the payload limit
   NOT_FOUND           attaching to an invocation that does not exist (idempotency)
+  FAILED_PRECONDITION the idempotency key was already used with a different request
   any code            a handler's `TerminalError` code, with its message
 Nothing is journaled for a rejected call.
 """
@@ -21,7 +22,7 @@ import grpc
 
 from .. import registry as reg
 from .. import tracing
-from ..core.partition import UnknownInvocation
+from ..core.partition import IdempotencyConflict, UnknownInvocation
 from ..driver import Driver
 
 log = logging.getLogger("broker.ingress")
@@ -80,15 +81,27 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
         idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
         with tracing.ingress(service, method, headers.get("traceparent", "")) as traceparent:
-            invocation_id, result_future = self._driver.invoke(
-                service,
-                method,
-                key,
-                body,
-                headers,
-                idempotency_key=idempotency_key,
-                traceparent=traceparent,
-            )
+            try:
+                invocation_id, result_future = self._driver.invoke(
+                    service,
+                    method,
+                    key,
+                    body,
+                    headers,
+                    idempotency_key=idempotency_key,
+                    traceparent=traceparent,
+                )
+            except IdempotencyConflict as e:
+                # As payment APIs do: a key names one request; silently answering another
+                # request with the first one's result would hide a client bug.
+                await context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"idempotency key {idempotency_key!r} was already used for "
+                    f"{service}/{method} with a different request (invocation "
+                    f"{e.invocation_id}); send the same request to get its result, or use "
+                    "a new key for a new request",
+                )
+                raise AssertionError("unreachable") from None
             try:
                 # The id is an acknowledgement: hand it out only once the invocation (or
                 # the one this call attached to) is durable, so it still names it after a

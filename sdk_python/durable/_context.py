@@ -13,10 +13,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
+import grpc
 from google.protobuf.message import Message
 
 from durable.v1 import journal_pb2
 
+from . import _serde
 from ._errors import PauseInvocation, TerminalError
 from ._futures import DurableFuture
 from ._machine import Entry, Result
@@ -93,6 +95,26 @@ class Context:
     async def run(
         self,
         name: str,
+        fn: Callable[[], Awaitable[M]],
+        *,
+        retry_policy: RetryPolicy | None = None,
+        type: type[M],
+    ) -> M: ...
+
+    @overload
+    async def run(
+        self,
+        name: str,
+        fn: Callable[[], M],
+        *,
+        retry_policy: RetryPolicy | None = None,
+        type: type[M],
+    ) -> M: ...
+
+    @overload
+    async def run(
+        self,
+        name: str,
         fn: Callable[[], Awaitable[T]],
         *,
         retry_policy: RetryPolicy | None = None,
@@ -104,16 +126,23 @@ class Context:
     ) -> T: ...
 
     async def run(
-        self, name: str, fn: Callable[[], Any], *, retry_policy: RetryPolicy | None = None
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        *,
+        retry_policy: RetryPolicy | None = None,
+        type: type[Message] | None = None,
     ) -> Any:
         """Runs a side effect once and journals its result.
 
         On replay the journaled result is returned and `fn` is not called again. The
-        result must be JSON-serializable. A `TerminalError` raised by `fn` is journaled
-        too. Any other exception is retried: by `retry_policy` inside this attempt when
-        given (then, once attempts are exhausted, the run fails terminally or pauses the
-        invocation, as the policy says), otherwise by failing the attempt, which the
-        broker retries with backoff.
+        result must be a JSON value, or a protobuf message of the class given as `type`
+        (then it is returned as that message, on replay too); anything else fails the
+        run at once with a terminal `INTERNAL` error naming the result's type. A
+        `TerminalError` raised by `fn` is journaled too. Any other exception is retried:
+        by `retry_policy` inside this attempt when given (then, once attempts are
+        exhausted, the run fails terminally or pauses the invocation, as the policy
+        says), otherwise by failing the attempt, which the broker retries with backoff.
         """
         index = self._runtime.propose(Entry(run=journal_pb2.RunCommand(name=name)), hold=True)
         # Replayed with a result: reuse it. Journaled without one (the last attempt ended
@@ -121,17 +150,22 @@ class Context:
         if self._runtime.machine.result(index) is None:
             self._runtime.side_effect_started()
             try:
-                outcome = await self._attempt_run(name, fn, retry_policy)
+                outcome = await self._attempt_run(name, fn, retry_policy, type)
             finally:
                 self._runtime.side_effect_ended()
             self._runtime.propose_run_result(index, outcome)
+        what = f"the result of run {name!r}"
         future: DurableFuture[Any] = DurableFuture(
-            self._runtime, index, lambda r: json.loads(r.value)
+            self._runtime, index, lambda r: _serde.decode(r.value, type, what)
         )
         return await future
 
     async def _attempt_run(
-        self, name: str, fn: Callable[[], Any], policy: RetryPolicy | None
+        self,
+        name: str,
+        fn: Callable[[], Any],
+        policy: RetryPolicy | None,
+        message_type: type[Message] | None,
     ) -> Result:
         attempt = 0
         while True:
@@ -140,7 +174,7 @@ class Context:
                 value = fn()
                 if inspect.isawaitable(value):
                     value = await value
-                return Result(value=json.dumps(value).encode())
+                return Result(value=_run_result(name, value, message_type))
             except TerminalError as e:
                 return failure(e.code, e.message)
             except Exception as e:
@@ -176,7 +210,8 @@ class Context:
 
     def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
         """Completes another invocation's awakeable with a JSON-serializable value."""
-        self._complete_awakeable(awakeable_id, Result(value=json.dumps(value).encode()))
+        raw = _serde.encode(value, f"the value for awakeable {awakeable_id}")
+        self._complete_awakeable(awakeable_id, Result(value=raw))
 
     def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
         """Fails another invocation's awakeable: its await raises `TerminalError(reason)`."""
@@ -229,6 +264,21 @@ class Context:
         return int(time.time() * 1000)
 
 
+def _run_result(name: str, value: Any, message_type: type[Message] | None) -> bytes:
+    """A run's result as journaled; `TerminalError` when it cannot be (see `_serde`)."""
+    what = f"the result of run {name!r}"
+    if isinstance(value, Message) and not isinstance(value, message_type or ()):
+        # Without `type=` a replay would return a dict where the first run returned a
+        # message: refuse rather than let the two differ.
+        hint = f"pass type={type(value).__name__}" if message_type is None else "fix the type"
+        raise TerminalError(
+            f"cannot journal {what}: it is a {value.DESCRIPTOR.full_name} message but "
+            f"type={message_type.__name__ if message_type else None}; {hint}",
+            grpc.StatusCode.INTERNAL,
+        )
+    return _serde.encode(value, what)
+
+
 class ObjectSharedContext(Context):
     """A shared handler of a virtual object: its key and read-only state."""
 
@@ -237,8 +287,23 @@ class ObjectSharedContext(Context):
         """The virtual object's key."""
         return self._runtime.start.key
 
-    async def get(self, name: str, default: Any = None) -> Any:
-        """The state value `name` (JSON), or `default` when it is not set."""
+    @overload
+    async def get(self, name: str, default: Any = None) -> Any: ...
+
+    @overload
+    async def get(self, name: str, default: None = None, *, type: type[M]) -> M | None: ...
+
+    @overload
+    async def get(self, name: str, default: M, *, type: type[M]) -> M: ...
+
+    async def get(
+        self, name: str, default: Any = None, *, type: type[Message] | None = None
+    ) -> Any:
+        """The state value `name`, or `default` when it is not set.
+
+        Values are JSON values, or, with `type=TheMessage`, the protobuf message that
+        `set` stored (a stored value that is not one raises a terminal `INTERNAL` error).
+        """
         raw = self._runtime.state.get(name)
         result = Result(value=raw) if raw is not None else Result(empty=journal_pb2.Empty())
         index = self._runtime.propose(
@@ -247,7 +312,7 @@ class ObjectSharedContext(Context):
         journaled = self._runtime.machine.result(index)
         if journaled is None or not journaled.HasField("value"):
             return default
-        return json.loads(journaled.value)
+        return _serde.decode(journaled.value, type, f"state value {name!r}")
 
     async def state_keys(self) -> list[str]:
         """The names of the object's state values."""
@@ -272,8 +337,13 @@ class ObjectContext(ObjectSharedContext):
         self._runtime.state.clear()
 
     def set(self, name: str, value: Any) -> None:
-        """Sets the state value `name` to `value` (JSON-serializable)."""
-        raw = json.dumps(value).encode()
+        """Sets the state value `name` to `value`: a JSON value or a protobuf message
+        (read it back with `get(name, type=TheMessage)`).
+
+        Raises:
+            TerminalError: INTERNAL when `value` is neither, naming its type.
+        """
+        raw = _serde.encode(value, f"state value {name!r}")
         self._runtime.propose(Entry(set_state=journal_pb2.SetStateCommand(key=name, value=raw)))
         self._runtime.state[name] = raw
 
@@ -312,7 +382,7 @@ class DurablePromise:
 
     async def resolve(self, value: Any) -> None:
         """Resolves the promise; raises `TerminalError` if it was already completed."""
-        await self._complete(Result(value=json.dumps(value).encode()))
+        await self._complete(Result(value=_serde.encode(value, f"promise {self.name!r}")))
 
     async def reject(self, reason: str) -> None:
         """Rejects the promise: awaiting it raises `TerminalError(reason)`."""

@@ -8,6 +8,8 @@ import hmac
 import logging
 import os
 import signal
+import socket
+import sys
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -315,9 +317,44 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    port = server.add_insecure_port(address)
+    # Checked first so that a taken port is one clear error, not grpc's log line as well.
+    _check_bindable(address)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise ListenError(
+            f"cannot listen on {address}: the port is in use or the address is not local "
+            f"(grpc: {e})"
+        ) from None
     await server.start()
     return server, port
+
+
+class ListenError(OSError):
+    """The endpoint's address cannot be bound (the port is taken, or not a local address)."""
+
+
+def _check_bindable(address: str) -> None:
+    """Raises `ListenError` when `address` (host:port) cannot be bound right now.
+
+    Binds and releases a socket with SO_REUSEADDR, as grpc does, so a port held only in
+    TIME_WAIT passes and one with a listener fails. Port 0 always passes.
+    """
+    host, _, port_text = address.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if not port_text.isdigit() or int(port_text) == 0:
+        return  # grpc reports malformed addresses itself; port 0 picks a free port
+    try:
+        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
+    except OSError:
+        return  # an unresolvable host: grpc's own error says so
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                raise ListenError(f"cannot listen on {address}: {e.strerror}") from None
 
 
 async def serve_async(
@@ -328,7 +365,14 @@ async def serve_async(
     tracing.configure(",".join(names))
     server, port = await create_server(services, address, request_response=request_response)
     host = address.rsplit(":", 1)[0]
-    log.info("service endpoint listening on %s:%d", host, port)
+    mode = "request/response" if request_response else "streaming"
+    started = f"durable endpoint listening on {host}:{port} ({mode}), serving {', '.join(names)}"
+    if log.hasHandlers() and log.isEnabledFor(logging.INFO):
+        log.info("%s", started)
+    else:
+        # Logging is not set up (a user's own script), or set to say less than this:
+        # still say where it listens, once.
+        print(started, file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -347,5 +391,11 @@ def serve(
     """Runs a service endpoint hosting `services` on `address` until SIGTERM/SIGINT.
 
     With `request_response`, the broker drives it with one unary call per attempt.
+    Prints (or logs, when logging is set up) one line saying where it listens. When the
+    address cannot be bound, prints one line saying so and exits with status 1.
     """
-    _loop.run(serve_async(services, address, request_response=request_response))
+    try:
+        _loop.run(serve_async(services, address, request_response=request_response))
+    except ListenError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None

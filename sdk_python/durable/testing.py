@@ -65,10 +65,15 @@ of servicers (they share one endpoint, one deployment)::
 at *every* await of a result the broker must deliver (a call to another service, a
 sleep, an awakeable), and is re-invoked and replayed from its journal once the result is
 in. Code that does not replay deterministically therefore diverges in your tests, not
-only after a crash in production: the broker retries the attempt and the invocation's
-`last_error` (see `describe`) reads `non-determinism at journal entry ...`. Give your
-calls a `timeout=` so that such a test fails instead of waiting. Pass `suspend_after=1.0`
-(the broker's own default) to test handlers that stay in memory while they wait.
+only after a crash in production. In production the broker retries such an attempt (a
+fixed deployment can then recover the invocation); here the invocation fails at once
+with `INTERNAL` and the message `non-determinism at journal entry N: the journal has
+<journaled command>, but the handler proposed <replayed command>`, so the call your test
+made raises instead of passing on a lucky retry (`broker_settings=
+{"non_determinism_terminal": False}` restores retrying). Give your calls a `timeout=`
+all the same, so that a handler waiting on something that never comes fails the test.
+Pass `suspend_after=1.0` (the broker's own default) to test handlers that stay in memory
+while they wait.
 
 This module imports the broker (`broker.server`) when an environment starts; importing
 `durable` alone never does.
@@ -145,12 +150,15 @@ def _new_broker(data_dir: str | None, suspend_after: float, extra: Mapping[str, 
             f"broker setting(s) {clashing} are set by DurableTestEnvironment itself; "
             "use its `storage` and `suspend_after` arguments"
         )
+    # A divergent replay fails the invocation (and so the test's call) instead of being
+    # retried until a replay happens to match.
+    options = {"non_determinism_terminal": True, **extra}
     settings = config.Settings(
         ingress=f"{_HOST}:0",
         admin=f"{_HOST}:0",
         data_dir=data_dir,
         suspend_after=suspend_after,
-        **extra,
+        **options,
     )
     broker: _Broker = server.Broker(settings)
     return broker

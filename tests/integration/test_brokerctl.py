@@ -19,9 +19,10 @@ from typing import Any
 
 import grpc
 import pytest
-from durable.v1 import invocation_pb2
+from durable.v1 import admin_pb2, invocation_pb2
 from playground import playground_pb2 as pg
 from playground import playground_pb2_grpc as pg_grpc
+from trips import trips_pb2
 
 from tests import support
 
@@ -380,6 +381,78 @@ def test_invocations_list_filters_and_describe(playground: Playground) -> None:
     listing = brokerctl(admin, "invocations", "list", "--key", key)
     assert listing.returncode == 0
     assert invocation_id in listing.stdout and "completed" in listing.stdout
+
+
+def test_invocations_list_shows_and_filters_the_outcome(playground: Playground) -> None:
+    trips = playground.cluster.trips
+    _, call = trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)
+    succeeded_id = support.invocation_id_of(call)
+    with pytest.raises(grpc.RpcError) as failed_call:
+        trips.Reserve(trips_pb2.ReserveTripRequest(run_type="failPayment"), timeout=60)
+    assert failed_call.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+    failed_id = support.invocation_id_of(failed_call.value)
+    admin = playground.admin
+    args = ("invocations", "list", "--service", "trips.Trips")
+
+    failed = ok_json(admin, *args, "--status", "failed")
+    assert failed_id in [i["id"] for i in failed["invocations"]]
+    assert succeeded_id not in [i["id"] for i in failed["invocations"]]
+    assert {(i["outcome"], i["failure_code"]) for i in failed["invocations"]} == {
+        ("failed", "FAILED_PRECONDITION")
+    }
+    succeeded = ok_json(admin, *args, "--status", "succeeded")
+    assert succeeded_id in [i["id"] for i in succeeded["invocations"]]
+    assert failed_id not in [i["id"] for i in succeeded["invocations"]]
+    assert {i["outcome"] for i in succeeded["invocations"]} == {"succeeded"}
+    # `completed` keeps meaning both.
+    completed = {i["id"] for i in ok_json(admin, *args, "--status", "completed")["invocations"]}
+    assert {succeeded_id, failed_id} <= completed
+
+    table = brokerctl(admin, *args)
+    assert table.returncode == 0, table.stderr
+    rows = {line.split()[0]: line for line in table.stdout.splitlines()[1:]}
+    assert "completed  failed FAILED_PRECONDITION" in rows[failed_id], rows[failed_id]
+    assert "completed  succeeded" in rows[succeeded_id], rows[succeeded_id]
+
+    # An outcome refines COMPLETED only: with another status the admin API says so.
+    with pytest.raises(grpc.RpcError) as refused:
+        playground.cluster.admin.ListInvocations(
+            admin_pb2.ListInvocationsRequest(
+                status=invocation_pb2.RUNNING, outcome=admin_pb2.OUTCOME_FAILED
+            ),
+            timeout=10,
+        )
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "completed invocations only" in (refused.value.details() or "")
+
+
+def test_invocations_describe_shows_payloads_as_json(playground: Playground) -> None:
+    response, call = playground.cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(run_type=""), timeout=60
+    )
+    invocation_id = support.invocation_id_of(call)
+    trip_id = support.trip_id_of(response)
+    admin = playground.admin
+
+    human = brokerctl(admin, "invocations", "describe", invocation_id)
+    assert human.returncode == 0, human.stderr
+    result_line = next(ln for ln in human.stdout.splitlines() if ln.startswith("result:"))
+    assert f'"tripId": "{trip_id}"' in result_line, human.stdout
+    call_lines = [ln for ln in human.stdout.splitlines() if " call " in ln]
+    reserve = next(ln for ln in call_lines if "flights.Flights/Reserve" in ln)
+    assert f'Reserve {{"tripId": "{trip_id}"}} -> inv_' in reserve, reserve
+    assert f'value {{"tripId": "{trip_id}", "state": "res' in reserve, reserve
+    output = next(ln for ln in human.stdout.splitlines() if " output " in ln)
+    assert '"status": "success"' in output, output
+
+    hexed = brokerctl(admin, "invocations", "describe", invocation_id, "--hex")
+    assert hexed.returncode == 0, hexed.stderr
+    assert '"tripId"' not in hexed.stdout and "value 0x" in hexed.stdout, hexed.stdout
+
+    described = ok_json(admin, "invocations", "describe", invocation_id)
+    assert described["invocation"]["result"]["value_json"]["tripId"] == trip_id
+    (first_call, *_) = _entries(described, "call")
+    assert first_call["call"]["request_json"]["tripId"] == trip_id
 
 
 def test_cancel_runs_compensation_and_cancels_the_callee(playground: Playground) -> None:

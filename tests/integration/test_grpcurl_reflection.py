@@ -117,3 +117,20 @@ def test_idempotency_key_is_scoped_to_the_method(cluster: Cluster) -> None:
         ("flights.Flights", "Get"),
         ("trips.Trips", "Reserve"),
     ], with_key
+
+
+def test_ingress_reflection_lists_health_and_reflection(cluster: Cluster) -> None:
+    listed = cluster.grpcurl("-plaintext", cluster.ingress, "list")
+
+    assert listed.returncode == 0, listed.stderr
+    names = set(listed.stdout.split())
+    assert {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names, (
+        listed.stdout
+    )
+
+
+def test_health_check_through_grpcurl_on_the_ingress(cluster: Cluster) -> None:
+    result = cluster.grpcurl("-plaintext", cluster.ingress, "grpc.health.v1.Health/Check")
+
+    assert result.returncode == 0, result.stderr
+    assert grpcurl_json(result.stdout) == {"status": "SERVING"}, result.stdout

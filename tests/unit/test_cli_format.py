@@ -141,10 +141,13 @@ def test_format_invocations_row() -> None:
         ]
     )
     header, row = fmt.format_invocations(resp).splitlines()
-    assert header.split() == "ID STATUS TARGET KEY ATTEMPTS CREATED MODIFIED LAST ERROR".split()
-    assert row.split()[:7] == [
+    assert header.split() == (
+        "ID STATUS OUTCOME TARGET KEY ATTEMPTS CREATED MODIFIED LAST ERROR".split()
+    )
+    assert row.split()[:8] == [
         "inv_a",
         "backing-off",
+        "-",
         "flights.Flights/Reserve",
         "trip-1",
         "3",
@@ -152,6 +155,44 @@ def test_format_invocations_row() -> None:
         "2023-11-14T22:13:20.123Z",
     ]
     assert row.endswith("connection reset by peer")
+
+
+def test_outcome_of_completed_invocations() -> None:
+    ok = invocation_pb2.Invocation(
+        status=invocation_pb2.COMPLETED, result=journal_pb2.Result(value=b"\x08\x01")
+    )
+    failed = invocation_pb2.Invocation(
+        status=invocation_pb2.COMPLETED,
+        result=journal_pb2.Result(failure=journal_pb2.Failure(code=9, message="no")),
+    )
+    running = invocation_pb2.Invocation(status=invocation_pb2.RUNNING)
+    assert [fmt.format_outcome(i) for i in (ok, failed, running)] == [
+        "succeeded",
+        "failed FAILED_PRECONDITION",
+        "-",
+    ]
+    listed = fmt.invocations_to_json(
+        admin_pb2.ListInvocationsResponse(invocations=[ok, failed, running])
+    )
+    assert [(i["outcome"], i["failure_code"]) for i in listed["invocations"]] == [
+        ("succeeded", ""),
+        ("failed", "FAILED_PRECONDITION"),
+        ("", ""),
+    ]
+
+
+def test_status_filter_refines_completed_by_outcome() -> None:
+    assert fmt.parse_status_filter("failed") == (invocation_pb2.COMPLETED, admin_pb2.OUTCOME_FAILED)
+    assert fmt.parse_status_filter("succeeded") == (
+        invocation_pb2.COMPLETED,
+        admin_pb2.OUTCOME_SUCCEEDED,
+    )
+    assert fmt.parse_status_filter("completed") == (
+        invocation_pb2.COMPLETED,
+        admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED,
+    )
+    args = cli.build_parser().parse_args(["invocations", "list", "--status", "failed"])
+    assert args.status == "failed"
 
 
 def _describe_response() -> admin_pb2.DescribeInvocationResponse:
@@ -704,3 +745,44 @@ def test_format_deployment_and_removal() -> None:
         "back and resumes them there)"
     )
     assert "(3 invocations still" in fmt.format_removed_deployment("dp_1", 3)
+
+
+def _rendered_response() -> admin_pb2.DescribeInvocationResponse:
+    resp = _describe_response()
+    resp.rendered.extend([admin_pb2.RenderedEntry() for _ in resp.journal])
+    resp.rendered[0].request_json = '{"runType": "x"}'
+    resp.rendered[1].request_json = '{"tripId": "t1"}'
+    resp.rendered[1].result_json = '{"state": "reserved"}'
+    return resp
+
+
+def test_format_describe_shows_rendered_payloads_as_json() -> None:
+    lines = fmt.format_describe(_rendered_response()).splitlines()
+    input_line = next(line for line in lines if " input " in line)
+    call_line = next(line for line in lines if " call " in line)
+    assert 'request {"runType": "x"}' in input_line, input_line
+    assert 'flights.Flights/Reserve {"tripId": "t1"} -> inv_f' in call_line, call_line
+    assert call_line.endswith('value {"state": "reserved"}'), call_line
+
+
+def test_format_describe_hex_keeps_the_bytes() -> None:
+    lines = fmt.format_describe(_rendered_response(), hex_payloads=True).splitlines()
+    call_line = next(line for line in lines if " call " in line)
+    assert call_line.endswith("value 0x0801"), call_line
+    assert "request 3 bytes" in next(line for line in lines if " input " in line)
+    # Without renderings (an older broker, an unknown type) it is hex as well.
+    assert fmt.format_describe(_describe_response()) == fmt.format_describe(
+        _rendered_response(), hex_payloads=True
+    )
+
+
+def test_describe_to_json_folds_in_the_renderings() -> None:
+    resp = _rendered_response()
+    resp.invocation.result.value = b"\x0a\x02ok"
+    resp.result_json = '{"status": "ok"}'
+    out = fmt.describe_to_json(resp)
+    assert "rendered" not in out and "result_json" not in out
+    assert out["invocation"]["result"]["value_json"] == {"status": "ok"}
+    assert out["journal"][0]["input"]["request_json"] == {"runType": "x"}
+    assert out["journal"][1]["call"]["request_json"] == {"tripId": "t1"}
+    assert out["journal"][1]["result"]["value_json"] == {"state": "reserved"}

@@ -19,10 +19,19 @@ from trips import trips_pb2
 
 from broker.config import Settings
 from broker.core.model import Live
-from broker.core.partition import Partition, UnknownInvocation
+from broker.core.partition import IdempotencyConflict, Partition, UnknownInvocation
 from broker.invoker import Attempt
 from broker.registry import Registry
-from broker.storage import Committer, MemoryKV, idempotency, inbox, invocations, journal, keys
+from broker.storage import (
+    Batch,
+    Committer,
+    MemoryKV,
+    idempotency,
+    inbox,
+    invocations,
+    journal,
+    keys,
+)
 from broker.storage import timers as timer_table
 from broker.storage.kv import KV
 
@@ -703,6 +712,30 @@ def test_failed_attempt_backs_off_then_retries() -> None:
     run(main)
 
 
+@pytest.mark.parametrize("terminal", [False, True])
+def test_non_determinism_is_retried_unless_configured_terminal(terminal: bool) -> None:
+    message = "non-determinism at journal entry 1: the journal has sleep, but ... run"
+
+    async def main() -> None:
+        p = make_partition(non_determinism_terminal=terminal)
+        inv_id, result = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+        await settle(p)
+        live = p.live[inv_id]
+        p.on_attempt_failed(live, live.attempt, message, non_determinism=True)  # type: ignore[arg-type]
+        await settle(p)
+        record = stored(p, inv_id)
+        assert record.last_error == message
+        if terminal:
+            assert record.status == Status.COMPLETED
+            assert (record.result.failure.code, record.result.failure.message) == (13, message)
+            assert (await result).failure.message == message
+        else:
+            # Production: retried with backoff, so a fixed deployment can recover it.
+            assert record.status == Status.BACKING_OFF
+
+    run(main)
+
+
 def test_failure_after_output_does_not_retry() -> None:
     async def main() -> None:
         p = make_partition()
@@ -747,6 +780,59 @@ def test_idempotency_key_returns_the_same_invocation() -> None:
         assert len(invoker(p).started(first)) == 1
 
     run(main)
+
+
+def test_idempotency_key_with_another_request_is_refused() -> None:
+    async def main() -> None:
+        p = make_partition()
+        first, _ = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, idempotency_key="k-1")
+        with pytest.raises(IdempotencyConflict) as conflict:
+            p.invoke(TRIPS, "Reserve", "", trip_request("b"), {}, idempotency_key="k-1")
+        assert conflict.value.invocation_id == first
+        # While the row is only queued, and once it is written, the same request attaches.
+        again, _ = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, idempotency_key="k-1")
+        assert again == first
+        await settle(p)
+        with pytest.raises(IdempotencyConflict):
+            p.invoke(TRIPS, "Reserve", "", trip_request("b"), {}, idempotency_key="k-1")
+        again, _ = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, idempotency_key="k-1")
+        assert again == first
+        assert len(p.records()) == 1
+
+    run(main)
+
+
+def test_idempotency_digest_survives_recovery_and_old_rows_match_any_request() -> None:
+    kv = MemoryKV()
+    ids: dict[str, str] = {}
+
+    async def before_crash() -> None:
+        p = make_partition(kv)
+        ids["new"], _ = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, "k-new")
+        ids["old"], _ = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, "k-old")
+        await settle(p)
+        propose(p, ids["new"], output(b"done"))
+        await settle(p)
+        # Rewrite one row as a broker before request digests stored it: the id alone.
+        batch = Batch()
+        batch.put(idempotency._key(TRIPS, "Reserve", "", "k-old"), ids["old"].encode())
+        p.committer.submit(batch)
+        await settle(p)
+
+    run(before_crash)
+
+    async def after_crash() -> None:
+        p = make_partition(kv)
+        p.recover()
+        await settle(p)
+        with pytest.raises(IdempotencyConflict):
+            p.invoke(TRIPS, "Reserve", "", trip_request("b"), {}, idempotency_key="k-new")
+        same, result = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, "k-new")
+        assert same == ids["new"] and (await result).value == b"done"
+        old, _ = p.invoke(TRIPS, "Reserve", "", trip_request("b"), {}, idempotency_key="k-old")
+        assert old == ids["old"]
+
+    run(after_crash)
 
 
 # ---- Recovery

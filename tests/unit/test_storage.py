@@ -405,6 +405,19 @@ def test_idempotency_table(kv: KV) -> None:
     assert idempotency.get(kv, "s", "m", "", "idem-1") == "inv_2"
 
 
+def test_idempotency_table_keeps_the_request_digest(kv: KV) -> None:
+    digest = idempotency.request_digest(b"request")
+    batch = Batch()
+    idempotency.put(batch, "s", "m", "", "with", "inv_1", digest)
+    # A row as stored before digests existed: the invocation id alone.
+    batch.put(idempotency._key("s", "m", "", "old"), b"inv_2")
+    write(kv, batch)
+    assert idempotency.lookup(kv, "s", "m", "", "with") == idempotency.Binding("inv_1", digest)
+    assert idempotency.get(kv, "s", "m", "", "with") == "inv_1"
+    assert idempotency.lookup(kv, "s", "m", "", "old") == idempotency.Binding("inv_2", b"")
+    assert idempotency.lookup(kv, "s", "m", "", "none") is None
+
+
 def test_deployments_table(kv: KV) -> None:
     batch = Batch()
     for n in (2, 1):

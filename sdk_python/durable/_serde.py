@@ -1,0 +1,71 @@
+"""How state values, `run` results, awakeable and promise values are journaled.
+
+Every value is stored as JSON so that the broker, `brokerctl state` and the admin API
+can show and edit it: JSON values as they are, protobuf messages in the proto3 JSON
+mapping (read back as messages by passing their class as `type=`). Anything else fails
+at once with a `TerminalError` naming its type: retrying cannot make it serializable.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from ._errors import TerminalError
+
+M = TypeVar("M", bound=Message)
+
+ACCEPTED = (
+    "JSON values (dict with str keys, list, str, int, float, bool, None) "
+    "or protobuf messages (read back with type=TheMessage)"
+)
+
+
+def encode(value: Any, what: str) -> bytes:
+    """`value` as journaled JSON bytes.
+
+    Args:
+        value: A JSON value or a protobuf message.
+        what: What the value is, for the error message, e.g. `state value 'cart'`.
+
+    Raises:
+        TerminalError: INTERNAL, naming the value's type and what is accepted.
+    """
+    if isinstance(value, Message):
+        return json_format.MessageToJson(value, indent=None).encode()
+    try:
+        return json.dumps(value).encode()
+    except (TypeError, ValueError) as e:
+        raise TerminalError(
+            f"cannot journal {what}: a {_type_name(value)} cannot be encoded ({e}); "
+            f"accepted are {ACCEPTED}",
+            grpc.StatusCode.INTERNAL,
+        ) from None
+
+
+def decode(raw: bytes, message_type: type[M] | None, what: str) -> Any:
+    """Journaled JSON bytes as a JSON value, or as a `message_type` message when given.
+
+    Raises:
+        TerminalError: INTERNAL when the JSON is not a `message_type`.
+    """
+    if message_type is None:
+        return json.loads(raw)
+    try:
+        return json_format.Parse(raw, message_type(), ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise TerminalError(
+            f"{what} is not a {message_type.DESCRIPTOR.full_name}: {e}",
+            grpc.StatusCode.INTERNAL,
+        ) from None
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
