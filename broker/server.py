@@ -35,7 +35,7 @@ class Broker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.kv = open_kv(settings.data_dir)
+        self.kv = open_kv(settings.data_dir, settings.accept_data_loss)
         self.committer = Committer(self.kv, sync=settings.fsync, observe=self._observe_commit)
         self.registry = Registry()
         self.partition = Partition(self.kv, self.committer, self.registry, settings)
