@@ -58,6 +58,8 @@ class Broker:
         self.admin_port = 0
         self._servers: list[grpc.aio.Server] = []
         self._purger: asyncio.Task[None] | None = None
+        # Seconds between purges of expired invocations.
+        self.purge_interval = max(1.0, min(settings.retention / 4, 60.0))
 
     async def start(self) -> None:
         """Recovers from storage and starts serving."""
@@ -157,9 +159,23 @@ class Broker:
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
 
     async def _purge_loop(self) -> None:
-        interval = max(1.0, min(self.settings.retention / 4, 60.0))
+        failing = False
         while True:
-            await asyncio.sleep(interval)
-            purged = self.partition.purge_expired()
+            await asyncio.sleep(self.purge_interval)
+            try:
+                purged = self.partition.purge_expired()
+                # Wait until the deletions are durable: while writes fail (a full disk)
+                # the next round would queue the same deletions again and again.
+                await self.committer.barrier()
+            except Exception as e:
+                # The store is unavailable (e.g. reopening after a full disk): a purge is
+                # never urgent, the next round tries again. Said once per outage.
+                if not failing:
+                    log.error("purging expired invocations failed, retrying: %s", e)
+                failing = True
+                continue
+            if failing:
+                log.warning("purging expired invocations works again")
+                failing = False
             if purged:
                 log.info("purged %d expired invocation(s)", purged)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from collections.abc import Iterator
 from typing import Protocol
@@ -10,6 +11,8 @@ from typing import Protocol
 import rocksdict
 
 from . import highwater, integrity
+
+log = logging.getLogger("broker.storage")
 
 
 class StorageError(Exception):
@@ -217,6 +220,9 @@ class RocksKV:
         try:
             db.flush_wal(True)
             sequence = int(db.latest_sequence_number())
+        except Exception as e:
+            # E.g. a full disk: what was acknowledged was fsynced already.
+            log.error("cannot fsync the journal on close (unacknowledged writes are lost): %s", e)
         finally:
             db.close()
             self._mark.close(sequence)
