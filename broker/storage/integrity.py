@@ -110,8 +110,9 @@ def _replay(
     if where is None:
         # Not the log (the MANIFEST, CURRENT, a table file...): opening up to the damage
         # would not help, only a backup does.
+        hint = "" if "Corruption" in text else "if another broker uses it, stop that one; "
         raise IntegrityError(
-            f"cannot open the data dir {path}: {text}; restore it from a backup"
+            f"cannot open the data dir {path}: {text}; {hint}restore it from a backup"
         ) from None
     raise IntegrityError(f"the journal in {path} is damaged ({text}) {where}; {_RESTORE}")
 

@@ -124,4 +124,10 @@ def scan(directory: str) -> list[WalFile]:
         names = sorted(n for n in os.listdir(directory) if n.endswith(".log"))
     except FileNotFoundError:
         return []
-    return [read(os.path.join(directory, n)) for n in names]
+    found: list[WalFile] = []
+    for name in names:
+        try:
+            found.append(read(os.path.join(directory, name)))
+        except FileNotFoundError:
+            continue  # deleted since the listing (a broker that still runs flushed it)
+    return found
