@@ -15,6 +15,7 @@ from .admin import AdminServicer
 from .config import Settings
 from .core.partition import Partition
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
+from .interceptors import StorageErrors
 from .invoker import Invoker
 from .registry import Registry
 from .storage import Committer, deployments, open_kv
@@ -75,7 +76,7 @@ class Broker:
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
-        ingress = grpc.aio.server(options=options)
+        ingress = grpc.aio.server(options=options, interceptors=[StorageErrors()])
         await self._add_health(ingress)
         ingress.add_generic_rpc_handlers(
             (
@@ -98,11 +99,12 @@ class Broker:
             (IngressRouter(self.partition, self.registry, self.settings.max_payload_bytes),)
         )
         self.ingress_port = self._bind(ingress, self.settings.ingress)
-        interceptors = (
+        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
             [security.TokenInterceptor(self.settings.admin_token)]
             if self.settings.admin_token
             else []
         )
+        interceptors.append(StorageErrors())
         admin = grpc.aio.server(options=options, interceptors=interceptors)
         await self._add_health(admin)
         admin_pb2_grpc.add_AdminServicer_to_server(

@@ -155,7 +155,16 @@ class RocksKV:
         return db
 
     def get(self, key: bytes) -> bytes | None:
-        value = self._handle().get(key)
+        try:
+            value = self._handle().get(key)
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            if "Corruption" not in str(e):
+                raise
+            raise StorageError(
+                f"the data dir {self._path} is damaged ({e}); restore it from a backup"
+            ) from None
         return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:

@@ -144,6 +144,11 @@ def test_purging_resumes_after_the_store_could_not_be_reopened(
         # write fails, and so does every reopen: the store stays closed.
         more = [add.future(pb.AddRequest(name="n", amount=1), timeout=120) for _ in range(50)]
         cluster.wait_for(lambda: "reopening the journal store failed" in log(), timeout=60)
+        # Reads fail cleanly meanwhile: UNAVAILABLE, saying why.
+        with pytest.raises(grpc.RpcError) as refused:
+            cluster.invocations(status="COMPLETED", service="playground.Counter")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        assert "closed after a failed reopen" in (refused.value.details() or "")
         # The outage lasts a few rounds of the purger (every second with a 4 s
         # retention), which used to die on the closed store and never come back.
         closed_at = time.monotonic()
