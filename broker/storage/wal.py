@@ -87,6 +87,8 @@ def read(path: str) -> WalFile:
         header = _RECYCLABLE_HEADER if kind in _RECYCLABLE or kind in _RECYCLABLE_META else _HEADER
         end = pos + header + length
         if kind == 0 and length == 0:  # preallocated, never written
+            if fragment is None and not data[pos:].strip(b"\0"):
+                complete = size  # zeros to the end: room, not a torn record
             break
         if header + length > left:
             if end > size:

@@ -116,3 +116,13 @@ def test_an_unreadable_mark_refuses(tmp_path: Path) -> None:
     (image / highwater.FILE).write_bytes(b"\xff\xfe")
     with pytest.raises(StorageError, match="does not hold a sequence number"):
         RocksKV(str(image))
+
+
+def test_zeros_after_the_last_record_are_room_not_a_torn_tail(tmp_path: Path) -> None:
+    image = _crash_image(tmp_path)
+    log = _log(image)
+    with log.open("ab") as f:
+        f.write(b"\0" * 5000)  # as a preallocating file system may leave it
+    (found,) = wal.scan(str(image))
+    assert found.tail_bytes == 0 and len(found.batches) == 50
+    assert _keys(image) == 50
