@@ -174,3 +174,6 @@ def test_purging_resumes_after_the_store_could_not_be_reopened(
         # Said once per outage, not once per retry.
         assert text.count("reopening the journal store failed") == 1
         assert text.count("purging expired invocations failed") <= 1
+        # The failed reopens left nothing that a later start mistakes for damage.
+        cluster.restart_broker(kill=True)
+        assert "damaged" not in log() and "missing acknowledged" not in log()
