@@ -88,6 +88,9 @@ def check(path: str, options: rocksdict.Options, accept_data_loss: bool) -> Chec
             )
         return Checked(mark, [], None)
     wals = wal.scan(path)
+    missing = wal.hole(wals)
+    if missing is not None and not accept_data_loss:
+        raise IntegrityError(f"{missing} (in {path}); {_RESTORE}")
     recovered = _replay(path, options, wals, accept_data_loss)
     if mark is not None and recovered < mark and not accept_data_loss:
         raise IntegrityError(

@@ -11,6 +11,7 @@ complete record. Format: rocksdb/db/log_format.h and db/write_batch.cc.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 
 _BLOCK = 32 * 1024
@@ -36,6 +37,7 @@ class WalFile:
             or records the walk could not follow (see `unreadable_at`).
         unreadable_at: Offset of a record header that makes no sense (a damaged log),
             or None.
+        first_sequence: The first sequence number of the first complete batch, or None.
     """
 
     name: str
@@ -43,6 +45,12 @@ class WalFile:
     batches: list[tuple[int, int]]
     complete_bytes: int
     unreadable_at: int | None = None
+    first_sequence: int | None = None
+
+    @property
+    def cut_short(self) -> bool:
+        """Whether the file ends in something other than a complete record."""
+        return self.tail_bytes > 0 or self.unreadable_at is not None
 
     @property
     def tail_bytes(self) -> int:
@@ -73,6 +81,7 @@ def read(path: str) -> WalFile:
     head = b""  # its first bytes, enough for the batch header
     pos = 0
     unreadable: int | None = None
+    first_sequence: int | None = None
     while pos < size:
         left = _BLOCK - pos % _BLOCK
         if left < _HEADER:  # the writer pads the end of a block with zeros
@@ -107,6 +116,8 @@ def read(path: str) -> WalFile:
             if len(head) == _BATCH_HEADER:
                 first = int.from_bytes(head[:8], "little")
                 count = int.from_bytes(head[8:12], "little")
+                if not batches:
+                    first_sequence = first
                 batches.append((fragment, first + max(count, 1) - 1))
             fragment = None
             complete = end
@@ -117,7 +128,7 @@ def read(path: str) -> WalFile:
             if fragment is None:
                 complete = end
         pos = end
-    return WalFile(os.path.basename(path), size, batches, complete, unreadable)
+    return WalFile(os.path.basename(path), size, batches, complete, unreadable, first_sequence)
 
 
 def scan(directory: str) -> list[WalFile]:
@@ -133,3 +144,25 @@ def scan(directory: str) -> list[WalFile]:
         except FileNotFoundError:
             continue  # deleted since the listing (a broker that still runs flushed it)
     return found
+
+
+def hole(wals: list[WalFile]) -> str | None:
+    """Says where writes are missing between two logs, or None.
+
+    Sequence numbers run on from one log to the next. A log that ends in a torn or
+    unreadable record while the next one starts further on was cut short, and RocksDB
+    replays around the hole (`tolerate_corrupted_tail_records` forgives an incomplete
+    tail in every log, not only the newest). A log that ends cleanly is not judged: an
+    obsolete one may be left over from before a flush.
+    """
+    with_batches = [w for w in wals if w.batches]
+    for earlier, later in itertools.pairwise(with_batches):
+        last = earlier.batches[-1][1]
+        if earlier.cut_short and later.first_sequence is not None:
+            if later.first_sequence > last + 1:
+                return (
+                    f"the write-ahead log {earlier.name} was cut short: it ends at write "
+                    f"{last} but the next log, {later.name}, starts at write "
+                    f"{later.first_sequence}; the writes in between are missing"
+                )
+    return None

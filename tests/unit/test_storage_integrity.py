@@ -126,3 +126,22 @@ def test_zeros_after_the_last_record_are_room_not_a_torn_tail(tmp_path: Path) ->
     (found,) = wal.scan(str(image))
     assert found.tail_bytes == 0 and len(found.batches) == 50
     assert _keys(image) == 50
+
+
+def _walfile(name: str, first: int, last: int, tail: int = 0) -> wal.WalFile:
+    batches = [(i * 10, seq) for i, seq in enumerate(range(first, last + 1))]
+    size = len(batches) * 10 + tail
+    return wal.WalFile(name, size, batches, size - tail, None, first)
+
+
+def test_a_log_cut_short_before_a_newer_one_is_a_hole() -> None:
+    # RocksDB's tail tolerance covers every log: an older log cut short replays "fine"
+    # and the newer one goes on after the hole (seen with two live logs after a
+    # SIGKILL during a memtable switch, the older one truncated to half).
+    cut = [_walfile("000100.log", 1, 40, tail=5), _walfile("000102.log", 60, 70)]
+    assert "000100.log was cut short" in (wal.hole(cut) or "")
+    # An ordinary crash: the newest log is torn, or the next one goes straight on.
+    assert wal.hole([_walfile("000100.log", 1, 40), _walfile("000102.log", 41, 50, tail=7)]) is None
+    assert wal.hole([_walfile("000100.log", 1, 40, tail=5), _walfile("000102.log", 41, 50)]) is None
+    # A leftover obsolete log that ends cleanly is not judged.
+    assert wal.hole([_walfile("000090.log", 1, 20), _walfile("000102.log", 41, 50)]) is None
