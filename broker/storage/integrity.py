@@ -182,7 +182,13 @@ def _report_accepted(checked: Checked, sequence: int) -> None:
         recovered,
         dropped,
         f" ({files})" if files else "",
-        f"{gone} fsynced write(s) are gone (the high-water mark was {checked.mark})"
-        if gone > 0
-        else "the high-water mark was not passed",
+        _against_mark(checked.mark, gone),
     )
+
+
+def _against_mark(mark: int | None, gone: int) -> str:
+    if mark is None:
+        return "no high-water mark tells how many of them were fsynced"
+    if gone > 0:
+        return f"{gone} fsynced write(s) are gone (the high-water mark was {mark})"
+    return f"every write up to the high-water mark ({mark}) is there"
