@@ -60,6 +60,9 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     endpoint_secret: str | None = None
+    # Open a data dir whose journal lost acknowledged writes (a damaged, truncated or
+    # deleted write-ahead log) with what is left, instead of refusing to start.
+    accept_data_loss: bool = False
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
@@ -167,6 +170,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=_env("BROKER_ENDPOINT_SECRET", ""),
         help="shared secret sent to service endpoints (x-durable-secret)",
     )
+    p.add_argument(
+        "--accept-data-loss",
+        action="store_true",
+        default=_env("BROKER_ACCEPT_DATA_LOSS", "") == "1",
+        help="start on a data dir whose journal lost acknowledged writes (a damaged, "
+        "truncated or deleted write-ahead log) with what is left, and log what was lost; "
+        "without it such a data dir stops the broker",
+    )
     a = p.parse_args(argv)
     if a.admin_token is not None and not a.admin_token.strip():
         # An empty token would silently mean "no access control" to whoever set it.
@@ -199,4 +210,5 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         tls_cert=a.tls_cert or None,
         tls_key=a.tls_key or None,
         endpoint_secret=a.endpoint_secret or None,
+        accept_data_loss=a.accept_data_loss,
     )

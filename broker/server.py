@@ -16,6 +16,7 @@ from .config import Settings
 from .core.partition import Partition
 from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
+from .interceptors import StorageErrors
 from .registry import Registry
 from .storage import deployments, open_kv
 
@@ -34,7 +35,7 @@ class Broker:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.kv = open_kv(settings.data_dir)
+        self.kv = open_kv(settings.data_dir, settings.accept_data_loss)
         self.registry = Registry()
         self.partition = Partition(self.kv, self.registry, settings)
         self.metrics = self.partition.metrics
@@ -45,6 +46,8 @@ class Broker:
         self.admin_port = 0
         self._servers: list[grpc.aio.Server] = []
         self._purger: asyncio.Task[None] | None = None
+        # Seconds between purges of expired invocations.
+        self.purge_interval = max(1.0, min(settings.retention / 4, 60.0))
 
     async def start(self) -> None:
         """Recovers from storage and starts serving."""
@@ -61,7 +64,7 @@ class Broker:
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.so_reuseport", 0),
         ]
-        ingress = grpc.aio.server(options=options)
+        ingress = grpc.aio.server(options=options, interceptors=[StorageErrors()])
         await self._add_health(ingress)
         ingress.add_generic_rpc_handlers(
             (
@@ -85,11 +88,12 @@ class Broker:
             (IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes),)
         )
         self.ingress_port = self._bind(ingress, self.settings.ingress)
-        interceptors = (
+        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
             [security.TokenInterceptor(self.settings.admin_token)]
             if self.settings.admin_token
             else []
         )
+        interceptors.append(StorageErrors())
         admin = grpc.aio.server(options=options, interceptors=interceptors)
         await self._add_health(admin)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.driver, self.registry), admin)
@@ -142,9 +146,23 @@ class Broker:
         health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
 
     async def _purge_loop(self) -> None:
-        interval = max(1.0, min(self.settings.retention / 4, 60.0))
+        failing = False
         while True:
-            await asyncio.sleep(interval)
-            purged = self.driver.apply(self.partition.purge_expired)
+            await asyncio.sleep(self.purge_interval)
+            try:
+                purged = self.driver.apply(self.partition.purge_expired)
+                # Wait until the deletions are durable: while writes fail (a full disk)
+                # the next round would queue the same deletions again and again.
+                await self.committer.barrier()
+            except Exception as e:
+                # The store is unavailable (e.g. reopening after a full disk): a purge is
+                # never urgent, the next round tries again. Said once per outage.
+                if not failing:
+                    log.error("purging expired invocations failed, retrying: %s", e)
+                failing = True
+                continue
+            if failing:
+                log.warning("purging expired invocations works again")
+                failing = False
             if purged:
                 log.info("purged %d expired invocation(s)", purged)

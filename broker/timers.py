@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from collections.abc import Callable
 
 FireFn = Callable[[int, str, int], None]
+
+log = logging.getLogger("broker.timers")
+
+# How soon a timer that could not fire is tried again.
+RETRY_S = 1.0
 
 
 class TimerQueue:
@@ -42,12 +48,30 @@ class TimerQueue:
                 pass
 
     async def _loop(self) -> None:
+        failing = False
         while True:
             self._changed.clear()
             now = int(time.time() * 1000)
+            deferred: list[tuple[int, str, int]] = []
             while self._heap and self._heap[0][0] <= now:
-                self._fire(*heapq.heappop(self._heap))
+                timer = heapq.heappop(self._heap)
+                try:
+                    self._fire(*timer)
+                except Exception as e:
+                    # The store is unavailable (e.g. reopening after a full disk): the
+                    # timer stays (in storage too) and fires once it can. Said once.
+                    if not failing:
+                        log.error("firing a due timer failed, retrying: %s", e)
+                    failing = True
+                    deferred.append(timer)
+            if failing and not deferred:
+                log.warning("due timers fire again")
+                failing = False
             wait = (self._heap[0][0] - now) / 1000 if self._heap else None
+            if deferred:
+                wait = RETRY_S if wait is None else min(wait, RETRY_S)
+                for timer in deferred:
+                    heapq.heappush(self._heap, timer)
             try:
                 await asyncio.wait_for(self._changed.wait(), timeout=wait)
             except TimeoutError:

@@ -5,6 +5,15 @@ reused), then big-endian, length-prefixed parts so that keys sort the way scans 
 """
 
 from .commit import Batch, Committer
-from .kv import KV, MemoryKV, RocksKV, StorageError, open_kv
+from .kv import KV, MemoryKV, RocksKV, StorageError, StoreUnavailable, open_kv
 
-__all__ = ["KV", "Batch", "Committer", "MemoryKV", "RocksKV", "StorageError", "open_kv"]
+__all__ = [
+    "KV",
+    "Batch",
+    "Committer",
+    "MemoryKV",
+    "RocksKV",
+    "StorageError",
+    "StoreUnavailable",
+    "open_kv",
+]

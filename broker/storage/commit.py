@@ -187,6 +187,7 @@ class Committer:
         to turn new work away.
         """
         delay = 0.05
+        reopen_failed = False
         while True:
             try:
                 self._kv.write(puts)
@@ -211,4 +212,7 @@ class Committer:
                 try:
                     self._kv.recover()
                 except Exception as reopen_error:
-                    log.error("reopening the journal store failed: %s", reopen_error)
+                    # Once per outage, not every retry; the next round tries again.
+                    if not reopen_failed:
+                        log.error("reopening the journal store failed: %s", reopen_error)
+                    reopen_failed = True

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from collections.abc import Iterator
 from typing import Protocol
 
 import rocksdict
+
+from . import highwater, integrity
+
+log = logging.getLogger("broker.storage")
 
 
 class StorageError(Exception):
@@ -76,15 +81,23 @@ class MemoryKV:
         pass
 
 
+class StoreUnavailable(StorageError):
+    """The store is closed: a reopen failed (e.g. on a full disk); `recover` tries again."""
+
+
 class RocksKV:
     """RocksDB through rocksdict, in raw (bytes) mode.
 
     Writes go to the WAL unsynced on the event loop; `sync` flushes and fsyncs the
     WAL. rocksdict holds the GIL through a synced write, so syncing separately (in a
     thread) is what keeps the loop responsive and lets many steps share one fsync.
+
+    Opening checks the data dir first (`integrity`): damaged or missing journal data
+    refuses to open unless `accept_data_loss`, which opens what is left and reports the
+    loss. Each fsync advances the high-water mark (`highwater`) that later opens check.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, accept_data_loss: bool = False) -> None:
         try:
             os.makedirs(path, exist_ok=True)
         except OSError as e:
@@ -97,31 +110,86 @@ class RocksKV:
         options.set_write_buffer_size(8 * 1024 * 1024)
         options.set_max_total_wal_size(32 * 1024 * 1024)
         options.set_keep_log_file_num(3)
+        options.set_wal_recovery_mode(integrity.recovery_mode(accept_data_loss))
         self._path, self._options = path, options
         try:
-            self._db = rocksdict.Rdict(path, options)
+            checked = integrity.check(path, options, accept_data_loss)
+        except integrity.IntegrityError as e:
+            raise StorageError(str(e)) from None
+        db = self._open()
+        self._db: rocksdict.Rdict | None = db
+        sequence = int(db.latest_sequence_number())
+        integrity.report(checked, sequence, accept_data_loss)
+        mark = checked.mark
+        if accept_data_loss:
+            # What is left is the journal now: later starts measure against it.
+            try:
+                highwater.write(path, sequence)
+            except OSError as e:
+                db.close()
+                raise StorageError(f"cannot write {highwater.FILE} in {path}: {e}") from e
+            mark = sequence
+        self._mark = highwater.HighWater(path, mark)
+        self._unsynced = rocksdict.WriteOptions()
+        self._unsynced.sync = False
+
+    def _open(self) -> rocksdict.Rdict:
+        try:
+            return rocksdict.Rdict(self._path, self._options)
         except Exception as e:
             text = str(e)
             if "lock" in text.lower():
                 raise StorageError(
-                    f"the data dir {path} is in use by another broker (its RocksDB lock is "
-                    "held); stop that broker or pass another --data-dir"
-                ) from e
-            raise StorageError(f"cannot open the data dir {path}: {text}") from e
-        self._unsynced = rocksdict.WriteOptions()
-        self._unsynced.sync = False
+                    f"the data dir {self._path} is in use by another broker (its RocksDB lock "
+                    "is held); stop that broker or pass another --data-dir"
+                ) from None
+            raise StorageError(f"cannot open the data dir {self._path}: {text}") from None
+
+    def _handle(self) -> rocksdict.Rdict:
+        db = self._db
+        if db is None:
+            raise StoreUnavailable(
+                f"the journal store in {self._path} is closed after a failed reopen; "
+                "the broker keeps trying to reopen it"
+            )
+        return db
 
     def get(self, key: bytes) -> bytes | None:
-        value = self._db.get(key)
+        try:
+            value = self._handle().get(key)
+        except StoreUnavailable:
+            raise
+        except Exception as e:
+            if "Corruption" not in str(e):
+                raise
+            raise StorageError(
+                f"the data dir {self._path} is damaged ({e}); restore it from a backup"
+            ) from None
         return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        for key, value in self._db.items(from_key=max(prefix, start or b"")):
+        db = self._handle()
+        seek = max(prefix, start or b"")
+        last: bytes | None = None
+        for key, value in db.items(from_key=seek):
             # raw_mode: keys and values are always bytes.
             assert isinstance(key, bytes) and isinstance(value, bytes)
             if not key.startswith(prefix):
-                return
+                return  # it got past the prefix, so it read everything before it
+            last = key
             yield key, value
+        # `items()` also ends early, without a word, at a damaged block: a scan that
+        # silently stops short (start-up recovery, a purge) would lose invocations.
+        # Seek past what it read once more and ask the iterator why it stops.
+        it = db.iter()
+        it.seek(seek if last is None else last + b"\0")
+        if not it.valid():
+            try:
+                it.status()
+            except Exception as e:
+                raise StorageError(
+                    f"the data dir {self._path} is damaged ({e}); restore it from a backup"
+                ) from None
 
     def write(self, puts: list[tuple[bytes, bytes | None]]) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -130,25 +198,45 @@ class RocksKV:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        self._db.write(batch, self._unsynced)
+        self._handle().write(batch, self._unsynced)
 
     def sync(self) -> None:
-        self._db.flush_wal(True)
+        db = self._handle()
+        # Read before the fsync: every write up to here is in the log the fsync covers.
+        sequence = int(db.latest_sequence_number())
+        db.flush_wal(True)
+        self._mark.synced(sequence)
 
     def recover(self) -> None:
         # After a failed write RocksDB refuses all writes until it is reopened; reopening
-        # replays the WAL, so what was durable stays.
-        try:
-            self._db.close()
-        except Exception:
-            pass
-        self._db = rocksdict.Rdict(self._path, self._options)
+        # replays the WAL, so what was durable stays. A reopen that fails (the disk is
+        # still full) leaves no handle: reads fail with StoreUnavailable and the next
+        # call tries again.
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except Exception:
+                pass
+        self._db = self._open()
 
     def close(self) -> None:
-        self._db.flush_wal(True)
-        self._db.close()
+        db, self._db = self._db, None
+        if db is None:
+            self._mark.close(None)
+            return
+        sequence: int | None = None
+        try:
+            db.flush_wal(True)
+            sequence = int(db.latest_sequence_number())
+        except Exception as e:
+            # E.g. a full disk: what was acknowledged was fsynced already.
+            log.error("cannot fsync the journal on close (unacknowledged writes are lost): %s", e)
+        finally:
+            db.close()
+            self._mark.close(sequence)
 
 
-def open_kv(data_dir: str | None) -> KV:
-    """RocksDB in `data_dir`, or memory when it is None."""
-    return MemoryKV() if data_dir is None else RocksKV(data_dir)
+def open_kv(data_dir: str | None, accept_data_loss: bool = False) -> KV:
+    """RocksDB in `data_dir` (see `RocksKV` for `accept_data_loss`), or memory when None."""
+    return MemoryKV() if data_dir is None else RocksKV(data_dir, accept_data_loss)

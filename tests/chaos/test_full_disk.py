@@ -6,25 +6,27 @@ privilege to mount (root in a container that allows it, as here and in CI).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from playground import playground_pb2 as pb
 from trips import trips_pb2
 
-from tests.support import Cluster, wait_for
+from tests.support import PLAYGROUND, Cluster, wait_for
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    disk = tmp_path / "disk"
-    disk.mkdir()
+@contextlib.contextmanager
+def _tmpfs(path: Path, options: str) -> Iterator[Path]:
+    path.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)],
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
         capture_output=True,
         text=True,
         check=False,
@@ -32,9 +34,23 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
     try:
-        yield disk
+        yield path
     finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    with _tmpfs(tmp_path / "disk", "size=24m") as disk:
+        yield disk
+
+
+@pytest.fixture
+def few_files_disk(tmp_path: Path) -> Iterator[Path]:
+    """A small tmpfs that also holds few files: once they are used up, RocksDB cannot
+    reopen the store (every open creates a new log and MANIFEST)."""
+    with _tmpfs(tmp_path / "disk", "size=24m,nr_inodes=400") as disk:
+        yield disk
 
 
 def _fill(disk: Path) -> Path:
@@ -93,3 +109,71 @@ def test_a_full_disk_backs_off_new_work_and_loses_nothing(small_disk: Path, tmp_
         trips = cluster.invocations(service="trips.Trips")
         assert len(trips) == 3
         assert all(t.status == 5 and t.result.HasField("value") for t in trips)
+
+
+def _use_up_files(disk: Path) -> list[Path]:
+    """Creates empty files until no more fit; returns them."""
+    made: list[Path] = []
+    while True:
+        path = disk / f"inode-{len(made)}"
+        try:
+            path.touch()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+            return made
+        made.append(path)
+
+
+def test_purging_resumes_after_the_store_could_not_be_reopened(
+    few_files_disk: Path, tmp_path: Path
+) -> None:
+    data = few_files_disk / "broker"
+    args = ["--data-dir", str(data), "--retention", "4s"]
+    args += ["--retry-initial", "100ms", "--retry-max", "500ms"]
+    with Cluster(tmp_path / "cluster", broker_args=args, services=(PLAYGROUND,)) as cluster:
+        add = cluster.counter.Add
+        for _ in range(20):
+            add(pb.AddRequest(name="n", amount=1), timeout=30)
+
+        def log() -> str:
+            return cluster.broker.log_path.read_text(errors="replace")
+
+        filler = _fill(few_files_disk)
+        files = _use_up_files(few_files_disk)
+        # More calls, and the purge of the first ones, fill what space is left; then a
+        # write fails, and so does every reopen: the store stays closed.
+        more = [add.future(pb.AddRequest(name="n", amount=1), timeout=120) for _ in range(50)]
+        cluster.wait_for(lambda: "reopening the journal store failed" in log(), timeout=60)
+        # Reads fail cleanly meanwhile: UNAVAILABLE, saying why.
+        with pytest.raises(grpc.RpcError) as refused:
+            cluster.invocations(status="COMPLETED", service="playground.Counter")
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        assert "closed after a failed reopen" in (refused.value.details() or "")
+        # The outage lasts a few rounds of the purger (every second with a 4 s
+        # retention), which used to die on the closed store and never come back.
+        closed_at = time.monotonic()
+        wait_for(lambda: time.monotonic() - closed_at > 3.0, message="three purge rounds")
+
+        os.remove(filler)
+        for path in files:
+            path.unlink()
+        for future in more:
+            try:
+                future.result(timeout=90)
+            except grpc.RpcError as e:  # turned away while the disk was full
+                assert e.code() == grpc.StatusCode.UNAVAILABLE, e
+        # Completed after the outage: only a purger that still runs removes these.
+        for _ in range(5):
+            add(pb.AddRequest(name="n", amount=1), timeout=30)
+        cluster.wait_for(
+            lambda: not cluster.invocations(service="playground.Counter"),
+            timeout=60,
+            message=lambda: f"the expired invocations to be purged: {cluster.invocations()}",
+        )
+        text = log()
+        # Said once per outage, not once per retry.
+        assert text.count("reopening the journal store failed") == 1
+        assert text.count("purging expired invocations failed") <= 1
+        # The failed reopens left nothing that a later start mistakes for damage.
+        cluster.restart_broker(kill=True)
+        assert "damaged" not in log() and "missing acknowledged" not in log()
