@@ -26,8 +26,8 @@ from durable.v1 import (
 from . import endpoint_uri, registration, rendering
 from . import registry as reg
 from .core import control
-from .core.model import failure, now_ms
-from .core.partition import Partition, UnknownInvocation
+from .core.model import UnknownInvocation, failure, now_ms
+from .core.partition import Partition
 from .driver import Driver
 from .storage import Batch, deployments, invocations, state
 

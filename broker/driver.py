@@ -19,8 +19,8 @@ from typing import ParamSpec, TypeVar
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
-from .core.model import Result, Status
-from .core.partition import Partition, UnknownInvocation
+from .core.model import Result, Status, UnknownInvocation
+from .core.partition import Partition
 from .invoker import Invoker
 from .storage import Committer, invocations
 from .storage.kv import KV

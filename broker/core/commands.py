@@ -7,18 +7,13 @@ is already resolved, an output that is ready), or None when it completes later.
 
 from __future__ import annotations
 
-import base64
-from typing import TYPE_CHECKING
-
 from durable.v1 import journal_pb2
 
 from ..codes import CANCELLED, FAILED_PRECONDITION, NOT_FOUND
 from ..storage import Batch, state, timers
 from . import actions
-from .model import Entry, Live, Result, Status, failure
-
-if TYPE_CHECKING:
-    from .partition import Partition
+from .model import Entry, Live, Result, Status, awakeable_id, failure
+from .ports import PartitionOps
 
 # Entries a handler awaits: the ones a pending cancellation is delivered through.
 AWAITABLE = ("call", "sleep", "awakeable", "get_promise", "attach")
@@ -34,26 +29,7 @@ class LimitExceeded(Exception):
     """The entry would break a configured limit; the invocation fails terminally."""
 
 
-def awakeable_id(invocation_id: str, index: int) -> str:
-    """`awk_` + URL-safe encoding of (invocation, entry)."""
-    raw = f"{invocation_id}:{index}".encode()
-    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def parse_awakeable_id(awakeable_id: str) -> tuple[str, int] | None:
-    """(invocation id, entry index) of an awakeable id, or None if malformed."""
-    if not awakeable_id.startswith("awk_"):
-        return None
-    body = awakeable_id[4:]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-        invocation_id, _, index = raw.rpartition(":")
-        return (invocation_id, int(index)) if invocation_id.startswith("inv_") else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
+def apply(p: PartitionOps, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
     """Performs the entry's effects; returns its immediate result, if any.
 
     Raises:
@@ -83,7 +59,7 @@ def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> R
             raise ProtocolViolation(f"{kind} is only allowed in exclusive handlers")
         if kind == "set_state":
             s = entry.set_state
-            too_big = p.state_limit_error(live, s.key, s.value)
+            too_big = state_limit_error(p, live, s.key, s.value)
             if too_big is not None:
                 raise LimitExceeded(too_big)
             state.put(batch, record.service, record.key, s.key, s.value)
@@ -118,7 +94,7 @@ def apply(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> R
     return None
 
 
-def _promise(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
+def _promise(p: PartitionOps, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
     record = live.record
     target = p.registry.service(record.service)
     if target is None or target.kind != "workflow":
@@ -142,3 +118,32 @@ def _promise(p: Partition, batch: Batch, live: Live, index: int, entry: Entry) -
 def status_name(status: int) -> str:
     """Lower-case status, for messages."""
     return str(Status.Name(status)).lower().replace("_", "-")  # type: ignore[arg-type]
+
+
+def state_limit_error(p: PartitionOps, live: Live, name: str, value: bytes) -> str | None:
+    """Why setting `name` would take the object's state over its limit, if it would."""
+    r = live.record
+    values = state.load(p.kv, r.service, r.key)
+    # Writes of this invocation not yet applied to storage count too.
+    for e in live.journal:
+        if e.HasField("set_state"):
+            values[e.set_state.key] = e.set_state.value
+        elif e.HasField("clear_state"):
+            values.pop(e.clear_state.key, None)
+        elif e.HasField("clear_all_state"):
+            values.clear()
+    values[name] = value
+    return state_over_limit(p, r.service, r.key, values)
+
+
+def state_over_limit(
+    p: PartitionOps, service: str, key: str, values: dict[str, bytes]
+) -> str | None:
+    """Why an object holding `values` would be over --max-state-bytes, if it would."""
+    total = state.size(values)
+    if total <= p.settings.max_state_bytes:
+        return None
+    return (
+        f"state limit reached: {service} key {key!r} would hold {total} bytes, "
+        f"over the {p.settings.max_state_bytes}-byte limit (--max-state-bytes)"
+    )

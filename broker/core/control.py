@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..codes import ABORTED, CANCELLED
 from ..storage import Batch, state
 from . import commands
-from .model import Invocation, Live, Result, Status, failure
-
-if TYPE_CHECKING:
-    from .partition import Partition
+from .model import Invocation, Live, Result, Status, UnknownInvocation, failure
+from .ports import PartitionOps
 
 
 class NotAllowed(Exception):
     """The action does not apply to the invocation in its current state."""
 
 
-def _live(p: Partition, invocation_id: str) -> Live:
-    from .partition import UnknownInvocation
-
+def _live(p: PartitionOps, invocation_id: str) -> Live:
     live = p.live.get(invocation_id)
     if live is not None:
         return live
@@ -29,7 +23,7 @@ def _live(p: Partition, invocation_id: str) -> Live:
     raise NotAllowed(f"invocation {invocation_id} already completed")
 
 
-def cancel(p: Partition, invocation_id: str) -> Invocation:
+def cancel(p: PartitionOps, invocation_id: str) -> Invocation:
     """Cancels an invocation and, through it, the calls it is waiting on.
 
     The handler sees a terminal CANCELLED error at its next await: every entry it waits
@@ -43,7 +37,7 @@ def cancel(p: Partition, invocation_id: str) -> Invocation:
     return live.record
 
 
-def _cancel(p: Partition, batch: Batch, live: Live) -> None:
+def _cancel(p: PartitionOps, batch: Batch, live: Live) -> None:
     cancelled = failure(CANCELLED, "invocation cancelled")
     if live.record.status == Status.PENDING:
         # Never started: nothing to compensate.
@@ -66,7 +60,7 @@ def _cancel(p: Partition, batch: Batch, live: Live) -> None:
     p.save(batch, live)
 
 
-def kill(p: Partition, invocation_id: str) -> Invocation:
+def kill(p: PartitionOps, invocation_id: str) -> Invocation:
     """Stops an invocation now, and the calls it waits on; no compensation runs."""
     live = _live(p, invocation_id)
     batch = Batch()
@@ -75,7 +69,7 @@ def kill(p: Partition, invocation_id: str) -> Invocation:
     return live.record
 
 
-def _kill(p: Partition, batch: Batch, live: Live) -> None:
+def _kill(p: PartitionOps, batch: Batch, live: Live) -> None:
     for entry in live.journal:
         if entry.HasField("call") and not entry.HasField("result"):
             child = p.live.get(entry.call.invocation_id)
@@ -86,7 +80,7 @@ def _kill(p: Partition, batch: Batch, live: Live) -> None:
     p.save(batch, live)
 
 
-def pause(p: Partition, invocation_id: str) -> Invocation:
+def pause(p: PartitionOps, invocation_id: str) -> Invocation:
     """Parks a started invocation until an operator resumes it."""
     live = _live(p, invocation_id)
     if live.record.status == Status.PENDING:
@@ -96,7 +90,7 @@ def pause(p: Partition, invocation_id: str) -> Invocation:
     return live.record
 
 
-def resume(p: Partition, invocation_id: str) -> Invocation:
+def resume(p: PartitionOps, invocation_id: str) -> Invocation:
     """Retries a paused (or backing-off) invocation now."""
     live = _live(p, invocation_id)
     if live.record.status not in (Status.PAUSED, Status.BACKING_OFF):
@@ -113,7 +107,7 @@ class TooLarge(Exception):
 
 
 def set_state(
-    p: Partition, service: str, key: str, name: str, value: bytes | None
+    p: PartitionOps, service: str, key: str, name: str, value: bytes | None
 ) -> dict[str, bytes]:
     """Edits one state value of an object no exclusive handler holds right now, within
     the same limit handlers have; returns the state after the edit.
@@ -132,7 +126,7 @@ def set_state(
         state.delete(batch, service, key, name)
     else:
         values[name] = value
-        too_big = p.state_over_limit(service, key, values)
+        too_big = commands.state_over_limit(p, service, key, values)
         if too_big is not None:
             raise TooLarge(too_big)
         state.put(batch, service, key, name, value)
@@ -140,7 +134,7 @@ def set_state(
     return values
 
 
-def complete_awakeable(p: Partition, awakeable_id: str, result: Result) -> str | None:
+def complete_awakeable(p: PartitionOps, awakeable_id: str, result: Result) -> str | None:
     """Completes an awakeable (from outside any handler); returns why not if it cannot."""
     batch = Batch()
     problem = p.waits.complete_awakeable(batch, awakeable_id, result)
@@ -149,7 +143,7 @@ def complete_awakeable(p: Partition, awakeable_id: str, result: Result) -> str |
     return problem
 
 
-def complete_promise(p: Partition, service: str, key: str, name: str, result: Result) -> bool:
+def complete_promise(p: PartitionOps, service: str, key: str, name: str, result: Result) -> bool:
     """Completes a workflow's durable promise once; False if it was already completed."""
     batch = Batch()
     done = p.waits.complete_promise(batch, service, key, name, result)

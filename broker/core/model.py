@@ -30,9 +30,44 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def awakeable_id(invocation_id: str, index: int) -> str:
+    """`awk_` + URL-safe encoding of (invocation, entry)."""
+    raw = f"{invocation_id}:{index}".encode()
+    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def parse_awakeable_id(awakeable_id: str) -> tuple[str, int] | None:
+    """(invocation id, entry index) of an awakeable id, or None if malformed."""
+    if not awakeable_id.startswith("awk_"):
+        return None
+    body = awakeable_id[4:]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+        invocation_id, _, index = raw.rpartition(":")
+        return (invocation_id, int(index)) if invocation_id.startswith("inv_") else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
 def failure(code: int, message: str) -> Result:
     """A failed result."""
     return Result(failure=journal_pb2.Failure(code=code, message=message))
+
+
+class UnknownInvocation(LookupError):
+    """No invocation with that id (or it was purged)."""
+
+
+class IdempotencyConflict(ValueError):
+    """An idempotency key already used with a different request body.
+
+    Args:
+        invocation_id: The invocation the key is bound to.
+    """
+
+    def __init__(self, invocation_id: str) -> None:
+        super().__init__(invocation_id)
+        self.invocation_id = invocation_id
 
 
 class Live:

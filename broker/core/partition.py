@@ -15,23 +15,24 @@ import secrets
 
 from durable.v1 import journal_pb2, protocol_pb2
 
-from .. import codes, tracing
 from .. import registry as reg
+from .. import tracing
 from ..config import Settings
 from ..metrics import Metrics
-from ..storage import Batch, idempotency, inbox, invocations, journal, keys, state, timers
+from ..storage import Batch, idempotency, inbox, invocations, journal, state, timers
 from ..storage.kv import KV
-from . import actions, commands, recovery
+from . import actions, attempts, recovery, retries
 from .dedup import Dedup
 from .events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .locks import KeyLocks, Lock
 from .model import (
     Entry,
+    IdempotencyConflict,
     Invocation,
     Live,
     Result,
-    RetryPolicy,
     Status,
+    UnknownInvocation,
     failure,
     new_invocation_id,
     now_ms,
@@ -39,28 +40,6 @@ from .model import (
 from .waits import Waits
 
 log = logging.getLogger("broker.core")
-
-
-def _after_output(what: str) -> str:
-    """Anything an attempt sends after its output would change a result that callers
-    may already hold (and rerun effects of a finished invocation): refused, unapplied."""
-    return f"protocol violation: {what} after the invocation's output; ignored"
-
-
-class UnknownInvocation(LookupError):
-    """No invocation with that id (or it was purged)."""
-
-
-class IdempotencyConflict(ValueError):
-    """An idempotency key already used with a different request body.
-
-    Args:
-        invocation_id: The invocation the key is bound to.
-    """
-
-    def __init__(self, invocation_id: str) -> None:
-        super().__init__(invocation_id)
-        self.invocation_id = invocation_id
 
 
 class Partition:
@@ -79,7 +58,7 @@ class Partition:
         self.live: dict[str, Live] = {}
         self.locks = KeyLocks()
         self.dedup = Dedup(kv, registry)
-        self.waits = Waits(self)
+        self.waits = Waits(kv, self.live, self.completed, self.complete_entry)
         self.metrics = Metrics()
         # One bound method shared by every Live (a fresh one each would cost 64 bytes).
         self.journal_loader = self._load_journal
@@ -292,7 +271,7 @@ class Partition:
         if not record.deployment_id:
             target = self.registry.service(record.service)
             if target is None:
-                self._backoff(batch, live, f"service {record.service} is not registered")
+                retries.backoff(self, batch, live, f"service {record.service} is not registered")
                 return
             record.deployment_id = target.deployment_id
         record.attempts += 1
@@ -326,158 +305,16 @@ class Partition:
             return None
         match event:
             case Proposed(index, entry):
-                return self._on_entry(live, index, entry)
+                return attempts.on_entry(self, live, index, entry)
             case RanResult(index, result):
-                return self._on_run_result(live, index, result)
+                return attempts.on_run_result(self, live, index, result)
             case Suspended(waiting_on):
-                return self._on_suspension(live, list(waiting_on))
+                return attempts.on_suspension(self, live, list(waiting_on))
             case Ended():
-                return self._on_end(live)
+                return attempts.on_end(self, live)
             case Failed(message, retry_after, pause, non_determinism):
-                self._on_failed(live, message, retry_after, pause, non_determinism)
+                attempts.on_failed(self, live, message, retry_after, pause, non_determinism)
                 return None
-
-    def _on_entry(self, live: Live, index: int, entry: Entry) -> str | None:
-        if live.record.status == Status.COMPLETED:
-            return _after_output(f"entry {index} proposed")
-        if index != len(live.journal):
-            return (
-                f"protocol violation: entry {index} proposed, but the journal has "
-                f"{len(live.journal)} entries"
-            )
-        kind = entry.WhichOneof("command")
-        log.debug("invocation %s step %d: %s", live.id, index, kind)
-        if index >= self.settings.max_journal_entries and kind != "output":
-            self._fail_terminally(
-                live,
-                f"journal limit reached: {live.record.service}/{live.record.method} proposed "
-                f"entry {index}, the limit is {self.settings.max_journal_entries} entries "
-                "(--max-journal-entries)",
-            )
-            return None
-        stored = Entry()
-        stored.CopyFrom(entry)
-        # A side effect that finished before its entry left arrives with its outcome:
-        # journaled together, and acknowledged like a separate run result would be.
-        ran: Result | None = None
-        if kind == "run" and stored.HasField("result"):
-            ran = Result()
-            ran.CopyFrom(stored.result)
-        if kind not in commands.SDK_COMPLETED:
-            stored.ClearField("result")
-        batch = Batch()
-        live.step_traceparent = tracing.step(live, index, stored)
-        try:
-            result = commands.apply(self, batch, live, index, stored) or ran
-        except commands.ProtocolViolation as e:
-            return f"protocol violation: {e}"
-        except commands.LimitExceeded as e:
-            self._fail_terminally(live, str(e))
-            return None
-        except keys.KeyTooLong as e:
-            # The handler named something storage cannot key: retrying changes nothing.
-            self._fail_terminally(live, f"entry {index} ({kind}): {e}", codes.INVALID_ARGUMENT)
-            return None
-        live.journal.append(stored)
-        if result is not None:
-            stored.result.CopyFrom(result)
-            self._deliver(batch, live, index, result)
-        journal.put(batch, live.id, index, stored)
-        if kind == "output":
-            self.complete(batch, live, stored.result)
-        self.save(batch, live)
-        self.submit(batch)
-        return None
-
-    def _on_run_result(self, live: Live, index: int, result: Result) -> str | None:
-        """A side effect's outcome: journal it, then let the handler see it."""
-        if live.record.status == Status.COMPLETED:
-            return _after_output(f"run result for entry {index} sent")
-        if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
-            return f"protocol violation: run result for entry {index}, which is not a run"
-        batch = Batch()
-        self.complete_entry(batch, live, index, result)
-        self.submit(batch)
-        return None
-
-    def _on_suspension(self, live: Live, waiting_on: list[int]) -> str | None:
-        """The handler waits on entries not completed yet; its stream closes."""
-        if live.record.status == Status.COMPLETED:
-            return _after_output("suspension sent")
-        for i in waiting_on:
-            if i >= len(live.journal) or live.journal[i].WhichOneof("command") not in (
-                *commands.AWAITABLE,
-                "run",
-                "peek_promise",
-                "complete_promise",
-                "get_output",
-            ):
-                return f"protocol violation: suspended on entry {i}, which cannot complete"
-        if not waiting_on:
-            return "protocol violation: suspended waiting on nothing"
-        live.attempt = 0
-        tracing.end_attempt(live, suspended_on=sorted(waiting_on))
-        batch = Batch()
-        if any(live.journal[i].HasField("result") for i in waiting_on):
-            # Completed while the suspension was in flight: go on at once.
-            self.start_attempt(batch, live)
-        else:
-            live.record.status = Status.SUSPENDED
-            live.record.waiting_on[:] = sorted(waiting_on)
-            self.metrics.count("suspended", live.record.service)
-            log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
-        self.save(batch, live)
-        if live.record.status == Status.SUSPENDED:
-            batch.then(actions.Evict(live.id, live.version))
-        self.submit(batch)
-        return None
-
-    def _on_end(self, live: Live) -> str | None:
-        """The handler ended its attempt; it must have proposed its output first."""
-        if live.record.status != Status.COMPLETED:
-            return "protocol violation: the attempt ended without an output entry"
-        live.attempt = 0
-        tracing.end_attempt(live)
-        return None
-
-    def _on_failed(
-        self,
-        live: Live,
-        message: str,
-        retry_after: float | None,
-        pause: bool,
-        non_determinism: bool,
-    ) -> None:
-        """The attempt failed transiently: retry, or park the invocation when the
-        handler asked to pause. A replay that diverged from the journal is retried too
-        (a fixed deployment can recover it), unless `non_determinism_terminal` is set:
-        then the invocation fails with INTERNAL."""
-        live.attempt = 0
-        tracing.end_attempt(live, error=message)
-        if live.record.status == Status.COMPLETED:
-            # Its output is durable and stands; what the attempt did after it is dropped.
-            log.warning(
-                "invocation %s: attempt %d after its output: %s",
-                live.id,
-                live.record.attempts,
-                message,
-            )
-            return
-        batch = Batch()
-        if non_determinism and self.settings.non_determinism_terminal:
-            log.warning("invocation %s failed: %s", live.id, message)
-            live.record.last_error = message
-            self.complete(batch, live, failure(codes.INTERNAL, message))
-            self.save(batch, live)
-        elif pause:
-            live.record.status = Status.PAUSED
-            live.record.last_error = message
-            live.record.next_retry_at_ms = 0
-            log.warning("invocation %s paused: %s", live.id, message)
-            self.save(batch, live)
-        else:
-            self._backoff(batch, live, message, retry_after)
-        self.submit(batch)
 
     def abandon_attempt(self, batch: Batch, live: Live, reason: str) -> None:
         """Stops the running attempt, if any: its stream is cancelled and whatever it
@@ -487,113 +324,19 @@ class Partition:
         if attempt:
             batch.now(actions.AbandonAttempt(live.id, attempt, reason))
 
-    def _fail_terminally(
-        self, live: Live, message: str, code: int = codes.RESOURCE_EXHAUSTED
-    ) -> None:
-        """Ends the invocation with `code` (by default RESOURCE_EXHAUSTED: retrying would
-        hit the same limit)."""
-        log.warning("invocation %s: %s", live.id, message)
-        batch = Batch()
-        self.abandon_attempt(batch, live, message)
-        self.complete(batch, live, failure(code, message))
-        self.save(batch, live)
-        self.submit(batch)
-
-    def state_limit_error(self, live: Live, name: str, value: bytes) -> str | None:
-        """Why setting `name` would take the object's state over its limit, if it would."""
-        r = live.record
-        values = state.load(self.kv, r.service, r.key)
-        # Writes of this invocation not yet applied to storage count too.
-        for e in live.journal:
-            if e.HasField("set_state"):
-                values[e.set_state.key] = e.set_state.value
-            elif e.HasField("clear_state"):
-                values.pop(e.clear_state.key, None)
-            elif e.HasField("clear_all_state"):
-                values.clear()
-        values[name] = value
-        return self.state_over_limit(r.service, r.key, values)
-
-    def state_over_limit(self, service: str, key: str, values: dict[str, bytes]) -> str | None:
-        """Why an object holding `values` would be over --max-state-bytes, if it would."""
-        total = state.size(values)
-        if total <= self.settings.max_state_bytes:
-            return None
-        return (
-            f"state limit reached: {service} key {key!r} would hold {total} bytes, "
-            f"over the {self.settings.max_state_bytes}-byte limit (--max-state-bytes)"
-        )
-
     # ---- Retries
-
-    def _backoff(
-        self, batch: Batch, live: Live, message: str, retry_after: float | None = None
-    ) -> None:
-        record = live.record
-        policy = self.registry.retry_policy(record.service, record.method, record.deployment_id)
-        if policy is not None and policy.max_attempts and record.attempts >= policy.max_attempts:
-            record.last_error = message
-            if policy.on_max_attempts == policy.PAUSE:
-                record.status = Status.PAUSED
-                record.next_retry_at_ms = 0
-                log.warning("invocation %s paused after %d attempts", live.id, record.attempts)
-            else:
-                self.complete(
-                    batch,
-                    live,
-                    failure(codes.UNKNOWN, f"gave up after {record.attempts} attempts: {message}"),
-                )
-            self.save(batch, live)
-            return
-        delay = retry_after if retry_after is not None else self._delay(policy, record.attempts)
-        self.metrics.count("retried", record.service)
-        record.status = Status.BACKING_OFF
-        record.last_error = message
-        record.next_retry_at_ms = now_ms() + int(delay * 1000)
-        log.warning(
-            "invocation %s attempt %d failed, retrying in %.2fs: %s",
-            live.id,
-            record.attempts,
-            delay,
-            message,
-        )
-        self.save(batch, live)
-        batch.now(actions.ScheduleRetry(live.id, delay))
-
-    def _delay(self, policy: RetryPolicy | None, attempts: int) -> float:
-        if policy is None:
-            return self.settings.backoff(attempts)
-        delay = (policy.initial_interval_ms / 1000) * (policy.factor or 2.0) ** max(attempts - 1, 0)
-        cap = policy.max_interval_ms / 1000 if policy.max_interval_ms else self.settings.retry_max
-        return float(min(delay, cap))
 
     def on_retry_due(self, invocation_id: str) -> None:
         """A backing-off invocation's delay is over: its next attempt starts."""
-        live = self.live.get(invocation_id)
-        if live is not None and live.record.status == Status.BACKING_OFF:
-            batch = Batch()
-            self.start_attempt(batch, live)
-            self.submit(batch)
+        retries.on_retry_due(self, invocation_id)
 
     def resume(self, live: Live) -> None:
         """Retries a paused or backing-off invocation now."""
-        batch = Batch()
-        batch.now(actions.CancelRetry(live.id))
-        if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
-            live.record.status = Status.BACKING_OFF
-            self.start_attempt(batch, live)
-        self.submit(batch)
+        retries.resume(self, live)
 
     def pause(self, live: Live) -> None:
-        """Parks an invocation: its attempt (if any) is abandoned, nothing resumes it
-        until `resume`. Its journal is kept, so it goes on where it stopped."""
-        batch = Batch()
-        batch.now(actions.CancelRetry(live.id))
-        self.abandon_attempt(batch, live, "paused")
-        live.record.status = Status.PAUSED
-        live.record.next_retry_at_ms = 0
-        self.save(batch, live)
-        self.submit(batch)
+        """Parks an invocation until `resume`; its journal is kept."""
+        retries.pause(self, live)
 
     # ---- Journal commands with effects elsewhere
 
@@ -664,9 +407,9 @@ class Partition:
         entry.result.CopyFrom(result)
         journal.put(batch, live.id, index, entry)
         self.save(batch, live)
-        self._deliver(batch, live, index, result)
+        self.deliver(batch, live, index, result)
 
-    def _deliver(self, batch: Batch, live: Live, index: int, result: Result) -> None:
+    def deliver(self, batch: Batch, live: Live, index: int, result: Result) -> None:
         """Hands a completed entry to the running attempt, or resumes the invocation if
         it suspended waiting on it. (An attempt that suspends before the completion
         reaches it finds the result in the journal and restarts at once.)"""

@@ -4,20 +4,17 @@ purging completed invocations once their retention ends."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ..storage import Batch, inbox, invocations, journal, promises, state, timers
 from . import actions
 from .dedup import is_workflow_run
 from .model import Status, now_ms
-
-if TYPE_CHECKING:
-    from .partition import Partition
+from .ports import PartitionOps
 
 log = logging.getLogger("broker.core")
 
 
-def recover(p: Partition) -> None:
+def recover(p: PartitionOps) -> None:
     """Rebuilds the in-memory view from storage and restarts what was in flight, in one
     batch: its actions re-arm the timers and resume the attempts."""
     for record in invocations.scan(p.kv):
@@ -48,7 +45,7 @@ def recover(p: Partition) -> None:
     p.submit(batch)
 
 
-def purge_expired(p: Partition) -> int:
+def purge_expired(p: PartitionOps) -> int:
     """Deletes completed invocations whose retention ended; returns how many."""
     batch = Batch()
     count = 0

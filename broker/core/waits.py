@@ -5,24 +5,41 @@ attached invocations (when they end)."""
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from ..codes import NOT_FOUND
 from ..storage import Batch, promises
-from . import actions, commands
-from .model import Live, Result, failure
-
-if TYPE_CHECKING:
-    from .partition import Partition
+from ..storage.kv import KV
+from . import actions
+from .model import Live, Result, failure, parse_awakeable_id
 
 Waiter = tuple[str, int]  # (invocation id, journal index)
 
 
-class Waits:
-    """Who waits on which awakeable, promise or invocation; completes them."""
+CompleteEntry = Callable[[Batch, Live, int, Result], None]
 
-    def __init__(self, partition: Partition) -> None:
-        self._p = partition
+
+class Waits:
+    """Who waits on which awakeable, promise or invocation; completes them.
+
+    Args:
+        kv: The store (completed promises and invocations are read from it).
+        live: The partition's invocations in flight, by id.
+        completed: The result of a completed, retained invocation, or None.
+        complete_entry: Records an entry's result (the partition's own).
+    """
+
+    def __init__(
+        self,
+        kv: KV,
+        live: dict[str, Live],
+        completed: Callable[[str], Result | None],
+        complete_entry: CompleteEntry,
+    ) -> None:
+        self._kv = kv
+        self._live = live
+        self._completed = completed
+        self._complete_entry = complete_entry
         self._attachers: dict[str, list[Waiter]] = collections.defaultdict(list)
         self._promise_waiters: dict[tuple[str, str, str], list[Waiter]] = collections.defaultdict(
             list
@@ -34,10 +51,10 @@ class Waits:
 
     def attach(self, live: Live, index: int, target: str) -> Result | None:
         """Completes entry `index` with `target`'s result, now or when it completes."""
-        if target in self._p.live:
+        if target in self._live:
             self._attachers[target].append((live.id, index))
             return None
-        done = self._p.completed(target)
+        done = self._completed(target)
         return done if done is not None else failure(NOT_FOUND, f"no invocation {target!r}")
 
     def invocation_completed(self, batch: Batch, invocation_id: str, result: Result) -> None:
@@ -48,10 +65,9 @@ class Waits:
 
     def complete_awakeable(self, batch: Batch, awakeable_id: str, result: Result) -> str | None:
         """Completes an awakeable; returns why not when it cannot be."""
-        p = self._p
-        parsed = commands.parse_awakeable_id(awakeable_id)
-        live = p.live.get(parsed[0]) if parsed else None
-        if parsed is not None and live is None and p.completed(parsed[0]) is not None:
+        parsed = parse_awakeable_id(awakeable_id)
+        live = self._live.get(parsed[0]) if parsed else None
+        if parsed is not None and live is None and self._completed(parsed[0]) is not None:
             return f"awakeable {awakeable_id} was already completed (its invocation ended)"
         if parsed is None or live is None or parsed[1] >= len(live.journal):
             return f"no pending awakeable {awakeable_id!r}"
@@ -60,7 +76,7 @@ class Waits:
             return f"no pending awakeable {awakeable_id!r}"
         if entry.HasField("result"):
             return f"awakeable {awakeable_id} was already completed"
-        p.complete_entry(batch, live, parsed[1], result)
+        self._complete_entry(batch, live, parsed[1], result)
         return None
 
     # ---- Durable promises
@@ -70,7 +86,7 @@ class Waits:
         pending = self._promises_pending.get((service, key, name))
         if pending is not None:
             return pending
-        return promises.get(self._p.kv, service, key, name)
+        return promises.get(self._kv, service, key, name)
 
     def wait_for_promise(self, service: str, key: str, name: str, waiter: Waiter) -> None:
         """Completes the waiter's entry when the promise is completed."""
@@ -107,10 +123,10 @@ class Waits:
             elif entry.HasField("attach"):
                 result = self.attach(live, index, entry.attach.invocation_id)
                 if result is not None:
-                    self._p.complete_entry(batch, live, index, result)
+                    self._complete_entry(batch, live, index, result)
 
     def _complete(self, batch: Batch, waiters: list[Waiter], result: Result) -> None:
         for invocation_id, index in waiters:
-            waiter = self._p.live.get(invocation_id)
+            waiter = self._live.get(invocation_id)
             if waiter is not None:
-                self._p.complete_entry(batch, waiter, index, result)
+                self._complete_entry(batch, waiter, index, result)

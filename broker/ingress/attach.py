@@ -9,7 +9,7 @@ import grpc
 from durable.v1 import ingress_pb2, ingress_pb2_grpc
 
 from .. import registry as reg
-from ..core.partition import UnknownInvocation
+from ..core.model import UnknownInvocation
 from ..driver import Driver
 from .router import status_of
 

@@ -22,7 +22,7 @@ import grpc
 
 from .. import registry as reg
 from .. import tracing
-from ..core.partition import IdempotencyConflict, UnknownInvocation
+from ..core.model import IdempotencyConflict, UnknownInvocation
 from ..driver import Driver
 
 log = logging.getLogger("broker.ingress")
