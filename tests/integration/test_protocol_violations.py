@@ -156,7 +156,9 @@ def test_a_replay_that_diverges_is_reported_and_retried_not_accepted() -> None:
     from durable.testing import DurableTestEnvironment
     from playground import playground_pb2_grpc
 
-    with DurableTestEnvironment([_Diverging()], suspend_after=60) as env:
+    # Production behaviour: a divergence is retried (a fixed deployment can recover it).
+    retried = {"non_determinism_terminal": False}
+    with DurableTestEnvironment([_Diverging()], suspend_after=60, broker_settings=retried) as env:
         stub = playground_pb2_grpc.WaiterStub(env.channel())
         call = stub.Sleep.future(playground_pb2.SleepRequest(millis=1), timeout=60)
         try:
