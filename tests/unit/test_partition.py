@@ -20,7 +20,7 @@ from trips import trips_pb2
 
 from broker import codes
 from broker.config import Settings
-from broker.core import actions, recovery
+from broker.core import actions, control, recovery
 from broker.core.events import Ended, Failed, Proposed, RanResult, Suspended
 from broker.core.partition import IdempotencyConflict, Partition, UnknownInvocation
 from broker.registry import Registry
@@ -32,6 +32,7 @@ from broker.storage import (
     invocations,
     journal,
     keys,
+    state,
 )
 from broker.storage import timers as timer_table
 from broker.storage.kv import KV
@@ -982,3 +983,219 @@ def test_record_and_records() -> None:
     assert {r.id for r in p.records(Status.RUNNING)} == {live_id}
     with pytest.raises(UnknownInvocation):
         p.record("inv_missing")
+
+
+# ---- What the pure shape shows: which batch carries what, and when
+
+
+def test_a_completion_resumes_its_suspended_invocation_in_the_batch_that_writes_it() -> None:
+    p = make_partition()
+    inv_id = start_trip(p)
+    propose(p, inv_id, sleep())
+    commit(p)
+    assert attempt_event(p, inv_id, Suspended((1,))) is None
+    commit(p)
+
+    p.on_timer(DUE, inv_id, 1)
+    [batch] = p.take()
+    completed = Entry()
+    completed.CopyFrom(p.live[inv_id].journal[1])
+    assert completed.result.HasField("empty")
+    expected = Batch()
+    journal.put(expected, inv_id, 1, completed)
+    timer_table.delete(expected, DUE, inv_id, 1)
+    written = dict(batch.puts)
+    assert all(written[k] == v for k, v in expected.puts)
+    # The start goes out with the write (the invoker waits for it to be durable) rather
+    # than in a second batch after it: one commit round per resumption.
+    [resumed] = of_type(batch.urgent, actions.StartAttempt)
+    assert (resumed.invocation_id, resumed.attempt) == (inv_id, 2)
+    assert resumed.start.journal[1] == completed
+    assert completions(batch.actions, inv_id) == []
+
+
+def test_a_completion_reaches_a_running_attempt_only_once_durable() -> None:
+    p = make_partition()
+    inv_id = start_trip(p)
+    propose(p, inv_id, Entry(run=journal_pb2.RunCommand(name="pay")))
+    commit(p)
+    assert p.on_attempt(inv_id, 1, RanResult(1, Result(value=b"paid"))) is None
+    [batch] = p.take()
+    assert batch.urgent == []
+    assert batch.actions == [actions.SendCompletion(inv_id, 1, 1, Result(value=b"paid"))]
+    assert not journal.load(p.kv, inv_id)[1].HasField("result")
+    apply(p, batch)
+    assert journal.load(p.kv, inv_id)[1].result.value == b"paid"
+    # A second delivery of the same result changes nothing and sends nothing.
+    assert p.on_attempt(inv_id, 1, RanResult(1, Result(value=b"other"))) is None
+    assert all(not (b.puts or b.urgent or b.actions) for b in p.take())
+    assert journal.load(p.kv, inv_id)[1].result.value == b"paid"
+
+
+def test_events_of_an_attempt_that_was_replaced_emit_nothing() -> None:
+    p = make_partition()
+    inv_id = start_trip(p)
+    assert p.on_attempt(inv_id, 1, Failed("boom")) is None
+    commit(p)
+    # No attempt runs while backing off: attempt 1 is stale already.
+    assert p.on_attempt(inv_id, 1, Proposed(1, output())) is None
+    assert p.take() == []
+    p.on_retry_due(inv_id)
+    commit(p)
+    for event in (
+        Proposed(1, output()),
+        RanResult(1, Result(value=b"x")),
+        Suspended((1,)),
+        Ended(),
+        Failed("late"),
+    ):
+        assert p.on_attempt(inv_id, 1, event) is None
+    assert p.take() == []
+    live = p.live[inv_id]
+    assert (live.attempt, live.record.status, len(live.journal)) == (2, Status.RUNNING, 1)
+
+
+def test_kill_abandons_the_attempt_at_once_and_kills_the_calls_it_waits_on() -> None:
+    p = make_partition()
+    parent_id = start_trip(p)
+    propose(p, parent_id, call_flight("t1"))
+    commit(p)
+    child_id = p.live[parent_id].journal[1].call.invocation_id
+
+    control.kill(p, parent_id)
+    [batch] = p.take()
+    # Abandoning is urgent: the stream is cancelled before the kill is even durable.
+    assert sorted((a.invocation_id, a.attempt) for a in batch.urgent) == sorted(
+        [(parent_id, 1), (child_id, 1)]
+    )
+    assert all(isinstance(a, actions.AbandonAttempt) for a in batch.urgent)
+    apply(p, batch)
+    for inv_id in (parent_id, child_id):
+        [answer] = answers(batch.actions, inv_id)
+        assert answer.failure.code == codes.ABORTED
+        assert stored(p, inv_id).status == Status.COMPLETED
+    assert p.live == {}
+    assert p.lock_holder(FLIGHTS, "t1") is None
+    # The killed attempts' late events change nothing.
+    assert p.on_attempt(parent_id, 1, Failed("stream cancelled")) is None
+    assert p.take() == []
+
+
+def test_cancel_completes_what_the_handler_awaits_and_cancels_its_calls() -> None:
+    p = make_partition()
+    parent_id = start_trip(p)
+    propose(p, parent_id, call_flight("t1"))
+    commit(p)
+    child_id = p.live[parent_id].journal[1].call.invocation_id
+
+    control.cancel(p, parent_id)
+    found = commit(p)
+    # The parent runs on, to compensate: it hears the cancellation as its call's result.
+    [completion] = completions(found, parent_id)
+    assert (completion.index, completion.result.failure.code) == (1, codes.CANCELLED)
+    assert answers(found, parent_id) == []
+    assert of_type(found, actions.AbandonAttempt) == []
+    assert p.live[parent_id].record.status == Status.RUNNING
+    # The child waits on nothing: it hears it at its next await.
+    assert p.live[child_id].record.cancel_pending
+    propose(p, child_id, sleep())
+    assert p.live[child_id].journal[1].result.failure.code == codes.CANCELLED
+
+
+def test_pause_then_resume_goes_on_where_it_stopped() -> None:
+    p = make_partition()
+    inv_id = start_trip(p)
+    propose(p, inv_id, Entry(run=journal_pb2.RunCommand(name="pay")))
+    assert p.on_attempt(inv_id, 1, RanResult(1, Result(value=b"paid"))) is None
+    commit(p)
+
+    control.pause(p, inv_id)
+    [batch] = p.take()
+    assert batch.urgent == [
+        actions.CancelRetry(inv_id),
+        actions.AbandonAttempt(inv_id, 1, "paused"),
+    ]
+    apply(p, batch)
+    assert stored(p, inv_id).status == Status.PAUSED
+    # Nothing wakes a paused invocation but an operator: not its old attempt, not a retry.
+    assert p.on_attempt(inv_id, 1, Failed("stream cancelled")) is None
+    p.on_retry_due(inv_id)
+    assert p.take() == []
+    control.pause(p, inv_id)  # pausing again is a no-op
+    assert p.take() == []
+
+    control.resume(p, inv_id)
+    [batch] = p.take()
+    [cancel, resumed] = batch.urgent
+    assert cancel == actions.CancelRetry(inv_id)
+    assert isinstance(resumed, actions.StartAttempt) and resumed.attempt == 2
+    assert resumed.start.journal[1].result.value == b"paid"
+    apply(p, batch)
+    assert stored(p, inv_id).status == Status.RUNNING
+    with pytest.raises(control.NotAllowed, match="only paused or backing-off"):
+        control.resume(p, inv_id)
+
+
+def test_pausing_a_pending_invocation_is_refused() -> None:
+    p = make_partition()
+    start(p, FLIGHTS, "Reserve", "t1", reserve_request("t1"))
+    queued = p.invoke(FLIGHTS, "Reserve", "t1", reserve_request("t1"), {})
+    commit(p)
+    with pytest.raises(control.NotAllowed, match="has not started"):
+        control.pause(p, queued)
+    assert p.take() == []
+
+
+def test_recovery_is_one_batch_of_timers_and_attempts() -> None:
+    kv = MemoryKV()
+    p = make_partition(kv)
+    sleeping = start_trip(p, "a")
+    running = start_trip(p, "b")
+    propose(p, sleeping, sleep())
+    assert attempt_event(p, sleeping, Suspended((1,))) is None
+    commit(p)
+
+    p = make_partition(kv)
+    p.recover()
+    [batch] = p.take()
+    [resumed] = of_type(batch.urgent, actions.StartAttempt)
+    assert (resumed.invocation_id, resumed.attempt) == (running, 2)
+    assert actions.ArmTimer(DUE, sleeping, 1) in batch.actions
+    assert of_type(batch.urgent, actions.ArmTimer) == []  # armed once storage agrees
+
+
+def test_a_follower_applying_the_same_batches_holds_the_same_store() -> None:
+    """A replica applies every batch's writes and drops the actions: the batches alone
+    carry the state, nothing the partition does on the side."""
+    leader = make_partition()
+    follower = MemoryKV()
+
+    def replicate() -> list[Action]:
+        batches = commit_batches(leader)
+        for batch in batches:
+            follower.write(batch.puts)
+        return [a for b in batches for a in (*b.urgent, *b.actions)]  # type: ignore[misc]
+
+    parent = leader.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k")
+    holder = leader.invoke(FLIGHTS, "Reserve", "t9", reserve_request("t9"), {})
+    waiter = leader.invoke(FLIGHTS, "Confirm", "t9", b"", {})
+    replicate()
+    propose(leader, parent, call_flight("t1"))
+    propose(leader, parent, sleep())
+    propose(leader, parent, Entry(awakeable=journal_pb2.AwakeableCommand()))
+    replicate()
+    awakeable_id = leader.live[parent].journal[3].awakeable.awakeable_id
+    assert attempt_event(leader, parent, Suspended((1, 2, 3))) is None
+    propose(leader, holder, Entry(set_state=journal_pb2.SetStateCommand(key="s", value=b"v")))
+    propose(leader, holder, output())
+    assert attempt_event(leader, waiter, Failed("boom")) is None
+    replicate()
+    leader.on_retry_due(waiter)
+    leader.on_timer(DUE, parent, 2)
+    assert control.complete_awakeable(leader, awakeable_id, Result(value=b"a")) is None
+    control.kill(leader, parent)
+    replicate()
+
+    assert list(follower.scan(b"")) == list(leader.kv.scan(b""))
+    assert stored_in(follower, parent).result.failure.code == codes.ABORTED
+    assert state.load(follower, FLIGHTS, "t9") == {"s": b"v"}
