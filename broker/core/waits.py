@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ..codes import NOT_FOUND
 from ..storage import Batch, promises
 from . import actions, commands
-from .model import Live, Result, failure
+from .model import Live, Result, Status, failure
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -51,7 +51,12 @@ class Waits:
         p = self._p
         parsed = commands.parse_awakeable_id(awakeable_id)
         live = p.live.get(parsed[0]) if parsed else None
-        if parsed is not None and live is None and p.completed(parsed[0]) is not None:
+        if parsed is not None and (
+            # A completed invocation stays live until its completion is durable.
+            live.record.status == Status.COMPLETED
+            if live is not None
+            else p.completed(parsed[0]) is not None
+        ):
             return f"awakeable {awakeable_id} was already completed (its invocation ended)"
         if parsed is None or live is None or parsed[1] >= len(live.journal):
             return f"no pending awakeable {awakeable_id!r}"

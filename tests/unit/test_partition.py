@@ -1146,6 +1146,46 @@ def test_pausing_a_pending_invocation_is_refused() -> None:
     assert p.take() == []
 
 
+@pytest.mark.parametrize("operation", ["cancel", "kill", "pause", "resume"])
+def test_an_invocation_whose_output_is_queued_counts_as_completed(operation: str) -> None:
+    """Until its completion is durable a completed invocation is still in `p.live`:
+    an operator's action then must not overwrite the result its callers get (kill) or
+    store it as paused (which recovery would take back as in flight)."""
+    p = make_partition()
+    inv_id = start_trip(p)
+    propose(p, inv_id, output(b"ok"))
+    with pytest.raises(control.NotAllowed, match="already completed"):
+        getattr(control, operation)(p, inv_id)
+    found = commit(p)
+    assert [r.value for r in answers(found, inv_id)] == [b"ok"]
+    record = stored(p, inv_id)
+    assert (record.status, record.result.value) == (Status.COMPLETED, b"ok")
+    # Once it is durable, the same answer.
+    with pytest.raises(control.NotAllowed, match="already completed"):
+        getattr(control, operation)(p, inv_id)
+    # And a restart finds nothing in flight.
+    q = make_partition(p.kv)
+    q.recover()
+    assert q.live == {}
+
+
+def test_an_awakeable_of_an_invocation_whose_output_is_queued_is_refused() -> None:
+    p = make_partition()
+    inv_id = start_trip(p)
+    propose(p, inv_id, Entry(awakeable=journal_pb2.AwakeableCommand()))
+    commit(p)
+    awakeable_id = p.live[inv_id].journal[1].awakeable.awakeable_id
+    propose(p, inv_id, output(b"ok"))  # the handler returned without awaiting it
+    problem = control.complete_awakeable(p, awakeable_id, Result(value=b"late"))
+    assert problem is not None and "its invocation ended" in problem
+    found = commit(p)
+    assert completions(found, inv_id) == []
+    assert not journal.load(p.kv, inv_id)[1].HasField("result")
+    # The same answer once the completion is durable.
+    problem = control.complete_awakeable(p, awakeable_id, Result(value=b"late"))
+    assert problem is not None and "its invocation ended" in problem
+
+
 def test_recovery_is_one_batch_of_timers_and_attempts() -> None:
     kv = MemoryKV()
     p = make_partition(kv)
