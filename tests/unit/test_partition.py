@@ -10,7 +10,7 @@ The registry is built from the demo services' descriptors.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pytest
 from durable.v1 import invocation_pb2, journal_pb2, storage_pb2
@@ -21,7 +21,7 @@ from trips import trips_pb2
 from broker import codes
 from broker.config import Settings
 from broker.core import actions, control, recovery
-from broker.core.events import Ended, Failed, Proposed, RanResult, Suspended
+from broker.core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from broker.core.partition import IdempotencyConflict, Partition, UnknownInvocation
 from broker.registry import Registry
 from broker.storage import (
@@ -142,7 +142,12 @@ def commit_batches(p: Partition) -> list[Batch]:
 
 def commit(p: Partition) -> list[Action]:
     """Every action of every batch committed now, urgent ones first within a batch."""
-    return [a for b in commit_batches(p) for a in (*b.urgent, *b.actions)]  # type: ignore[misc]
+    return actions_of(commit_batches(p))
+
+
+def actions_of(batches: Iterable[Batch]) -> list[Action]:
+    # Storage types a batch's actions as objects; the partition only attaches Actions.
+    return cast("list[Action]", [a for b in batches for a in (*b.urgent, *b.actions)])
 
 
 def of_type(found: Iterable[object], kind: type[A]) -> list[A]:
@@ -172,7 +177,7 @@ def propose(p: Partition, invocation_id: str, entry: Entry) -> int:
     return index
 
 
-def attempt_event(p: Partition, invocation_id: str, event: Any) -> str | None:
+def attempt_event(p: Partition, invocation_id: str, event: AttemptEvent) -> str | None:
     """An event of the invocation's current attempt."""
     return p.on_attempt(invocation_id, p.live[invocation_id].attempt, event)
 
@@ -1065,10 +1070,9 @@ def test_kill_abandons_the_attempt_at_once_and_kills_the_calls_it_waits_on() -> 
     control.kill(p, parent_id)
     [batch] = p.take()
     # Abandoning is urgent: the stream is cancelled before the kill is even durable.
-    assert sorted((a.invocation_id, a.attempt) for a in batch.urgent) == sorted(
-        [(parent_id, 1), (child_id, 1)]
-    )
-    assert all(isinstance(a, actions.AbandonAttempt) for a in batch.urgent)
+    abandoned = of_type(batch.urgent, actions.AbandonAttempt)
+    assert len(abandoned) == len(batch.urgent)
+    assert {(a.invocation_id, a.attempt) for a in abandoned} == {(parent_id, 1), (child_id, 1)}
     apply(p, batch)
     for inv_id in (parent_id, child_id):
         [answer] = answers(batch.actions, inv_id)
@@ -1214,7 +1218,7 @@ def test_a_follower_applying_the_same_batches_holds_the_same_store() -> None:
         batches = commit_batches(leader)
         for batch in batches:
             follower.write(batch.puts)
-        return [a for b in batches for a in (*b.urgent, *b.actions)]  # type: ignore[misc]
+        return actions_of(batches)
 
     parent = leader.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k")
     holder = leader.invoke(FLIGHTS, "Reserve", "t9", reserve_request("t9"), {})
@@ -1239,3 +1243,49 @@ def test_a_follower_applying_the_same_batches_holds_the_same_store() -> None:
     assert list(follower.scan(b"")) == list(leader.kv.scan(b""))
     assert stored_in(follower, parent).result.failure.code == codes.ABORTED
     assert state.load(follower, FLIGHTS, "t9") == {"s": b"v"}
+
+
+def test_an_attempt_can_ask_to_pause_or_to_be_retried_later() -> None:
+    p = make_partition()
+    paused = start_trip(p, "a")
+    assert p.on_attempt(paused, 1, Failed("needs a fix", pause=True)) is None
+    assert commit(p) == []  # parked: no retry is scheduled
+    assert stored(p, paused).status == Status.PAUSED
+    assert stored(p, paused).last_error == "needs a fix"
+
+    later = start_trip(p, "b")
+    assert p.on_attempt(later, 1, Failed("busy", retry_after=2.5)) is None
+    assert commit(p) == [actions.ScheduleRetry(later, 2.5)]
+
+
+def test_cancel_and_kill_reach_a_suspended_invocation() -> None:
+    p = make_partition()
+    cancelled = start_trip(p, "a")
+    killed = start_trip(p, "b")
+    for inv_id in (cancelled, killed):
+        propose(p, inv_id, sleep())
+        assert attempt_event(p, inv_id, Suspended((1,))) is None
+    commit(p)
+    assert p.live[killed].evicted
+
+    # Cancelling completes the sleep it waits on, which resumes it in the same batch.
+    control.cancel(p, cancelled)
+    [batch] = p.take()
+    [resumed] = of_type(batch.urgent, actions.StartAttempt)
+    assert resumed.attempt == 2
+    assert resumed.start.journal[1].result.failure.code == codes.CANCELLED
+    apply(p, batch)
+    # Killing one with no attempt abandons nothing; its journal is read back to find
+    # the calls it waits on.
+    control.kill(p, killed)
+    [batch] = p.take()
+    assert batch.urgent == []
+    apply(p, batch)
+    [answer] = answers(batch.actions, killed)
+    assert answer.failure.code == codes.ABORTED
+    # Their timers still fire, and change nothing but their own row.
+    for inv_id in (cancelled, killed):
+        p.on_timer(DUE, inv_id, 1)
+    assert commit(p) == []
+    assert list(timer_table.scan(p.kv)) == []
+    assert p.live[cancelled].journal[1].result.failure.code == codes.CANCELLED
