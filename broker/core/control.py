@@ -15,10 +15,12 @@ class NotAllowed(Exception):
 
 def _live(p: PartitionOps, invocation_id: str) -> Live:
     live = p.live.get(invocation_id)
-    if live is not None:
+    # A completed invocation stays live until its completion is durable; acting on it
+    # then would overwrite a result its callers may already hold (kill), or store a
+    # finished invocation as paused, which recovery would take back as in flight.
+    if live is not None and live.record.status != Status.COMPLETED:
         return live
-    record = p.completed(invocation_id)
-    if record is None:
+    if live is None and p.completed(invocation_id) is None:
         raise UnknownInvocation(invocation_id)
     raise NotAllowed(f"invocation {invocation_id} already completed")
 

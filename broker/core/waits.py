@@ -11,7 +11,7 @@ from ..codes import NOT_FOUND
 from ..storage import Batch, promises
 from ..storage.kv import KV
 from . import actions
-from .model import Live, Result, failure, parse_awakeable_id
+from .model import Live, Result, Status, failure, parse_awakeable_id
 
 Waiter = tuple[str, int]  # (invocation id, journal index)
 
@@ -67,7 +67,12 @@ class Waits:
         """Completes an awakeable; returns why not when it cannot be."""
         parsed = parse_awakeable_id(awakeable_id)
         live = self._live.get(parsed[0]) if parsed else None
-        if parsed is not None and live is None and self._completed(parsed[0]) is not None:
+        if parsed is not None and (
+            # A completed invocation stays live until its completion is durable.
+            live.record.status == Status.COMPLETED
+            if live is not None
+            else self._completed(parsed[0]) is not None
+        ):
             return f"awakeable {awakeable_id} was already completed (its invocation ended)"
         if parsed is None or live is None or parsed[1] >= len(live.journal):
             return f"no pending awakeable {awakeable_id!r}"
