@@ -14,6 +14,7 @@ import collections
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from durable.v1 import journal_pb2, protocol_pb2
@@ -94,6 +95,9 @@ class Partition:
         self.journal_loader = self._load_journal
         self.waits = Waits(self)
         self.metrics = Metrics()
+        # Called with each record once its completion is durable (the admin API's index
+        # of completed invocations keeps itself current this way).
+        self.completion_listeners: list[Callable[[Invocation], None]] = []
         self.invoker: Invoker
         self.timers: TimerQueue
 
@@ -131,6 +135,10 @@ class Partition:
     def current_state(self, service: str, key: str) -> dict[str, bytes]:
         """An object's state as stored (after a barrier: every queued write included)."""
         return state.load(self.kv, service, key)
+
+    def inbox(self, service: str, key: str) -> list[str]:
+        """The invocations queued for an object's key, first in line first."""
+        return [invocation_id for _, invocation_id in self._inboxes.get((service, key), ())]
 
     def lock_holder(self, service: str, key: str) -> str | None:
         """The invocation holding an object's key, if any."""
@@ -741,6 +749,8 @@ class Partition:
 
     def _finish(self, live: Live, result: Result) -> None:
         self.live.pop(live.id, None)
+        for listener in self.completion_listeners:
+            listener(live.record)
         ident = self._ident(live.record)
         if ident is not None:
             self._idempotent.pop(ident, None)
