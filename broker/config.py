@@ -56,6 +56,10 @@ class Settings:
     tls_cert: str | None = None
     tls_key: str | None = None
     endpoint_secret: str | None = None
+    # host:port of the web console; None = off.
+    console: str | None = None
+    # A Jaeger UI's base URL, for links from the console to an invocation's trace.
+    jaeger_ui: str | None = None
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
@@ -163,6 +167,17 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default=_env("BROKER_ENDPOINT_SECRET", ""),
         help="shared secret sent to service endpoints (x-durable-secret)",
     )
+    p.add_argument(
+        "--console",
+        default=_env("BROKER_CONSOLE", ""),
+        help="serve the web console at http://ADDRESS/ (off by default; same token and "
+        "TLS as the admin API)",
+    )
+    p.add_argument(
+        "--jaeger-ui",
+        default=_env("BROKER_JAEGER_UI", ""),
+        help="Jaeger UI base URL, e.g. http://127.0.0.1:16686: the console links traces",
+    )
     a = p.parse_args(argv)
     if a.admin_token is not None and not a.admin_token.strip():
         # An empty token would silently mean "no access control" to whoever set it.
@@ -195,4 +210,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         tls_cert=a.tls_cert or None,
         tls_key=a.tls_key or None,
         endpoint_secret=a.endpoint_secret or None,
+        console=a.console or None,
+        jaeger_ui=a.jaeger_ui.rstrip("/") or None,
     )

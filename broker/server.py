@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from . import endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .config import Settings
+from .console import Console, start_console
 from .core.partition import Partition
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
 from .invoker import Invoker
@@ -58,6 +59,8 @@ class Broker:
         self.admin_port = 0
         self._servers: list[grpc.aio.Server] = []
         self._purger: asyncio.Task[None] | None = None
+        self._indexer: asyncio.Task[None] | None = None
+        self.console: Console | None = None
 
     async def start(self) -> None:
         """Recovers from storage and starts serving."""
@@ -105,9 +108,8 @@ class Broker:
         )
         admin = grpc.aio.server(options=options, interceptors=interceptors)
         await self._add_health(admin)
-        admin_pb2_grpc.add_AdminServicer_to_server(
-            AdminServicer(self.partition, self.registry, self.invoker), admin
-        )
+        self.admin_servicer = AdminServicer(self.partition, self.registry, self.invoker)
+        admin_pb2_grpc.add_AdminServicer_to_server(self.admin_servicer, admin)
         reflection.enable_server_reflection(
             (
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -121,6 +123,9 @@ class Broker:
         await admin.start()
         self._servers = [ingress, admin]
         self._purger = asyncio.create_task(self._purge_loop())
+        self._indexer = asyncio.create_task(self.admin_servicer.index_completed())
+        if self.settings.console:
+            self.console = await start_console(self)
         if self.settings.metrics:
             self._metrics_server = await metrics.serve(self.metrics, self.settings.metrics)
         log.info(
@@ -134,6 +139,10 @@ class Broker:
         """Stops accepting calls, lets journal writes finish, closes storage."""
         if self._purger is not None:
             self._purger.cancel()
+        if self._indexer is not None:
+            self._indexer.cancel()
+        if self.console is not None:
+            await self.console.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
