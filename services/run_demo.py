@@ -29,6 +29,8 @@ BIN = Path(sys.executable).parent
 INGRESS = os.environ.get("BROKER_INGRESS", "127.0.0.1:9090")
 ADMIN = os.environ.get("BROKER_ADMIN", "127.0.0.1:9091")
 DATA_DIR = os.environ.get("BROKER_DATA_DIR", ".data/broker")
+# The web console (the broker serves it; off unless the flag is given).
+CONSOLE = os.environ.get("BROKER_CONSOLE", "127.0.0.1:9093")
 # (module under services/, its address); the same variables the services read.
 SERVICES = [
     ("flights", os.environ.get("FLIGHTS_LISTEN", "127.0.0.1:9101")),
@@ -135,6 +137,7 @@ def _usage() -> str:
     call = f"{grpcurl} -d"
     return f"""
 The holiday demo is running: ingress {INGRESS}, admin {ADMIN}.
+Console: http://{CONSOLE}/
 
 Book a trip:
   {call} '{{}}' {INGRESS} trips.Trips/Reserve
@@ -178,7 +181,7 @@ def main() -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     children: list[Child] = []
     try:
-        broker_args = ["-m", "broker", "--ingress", INGRESS, "--admin", ADMIN]
+        broker_args = ["-m", "broker", "--ingress", INGRESS, "--admin", ADMIN, "--console", CONSOLE]
         children.append(_spawn("broker", [*broker_args, "--data-dir", DATA_DIR], [INGRESS, ADMIN]))
         for name, address in SERVICES:
             args = ["-m", f"services.{name}", "--listen", address]
