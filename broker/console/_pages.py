@@ -220,7 +220,7 @@ async def invocation_rows(console: Console, query: Mapping[str, str]) -> tuple[S
                 r.attempts,
                 when(r.created_at_ms),
                 duration(took),
-                h('<span class="err">{e}</span>', e=error[:160]),
+                h('<span class="err">{e}</span>', e=error[:300]),
             ]
         )
     first = request.offset + 1 if rows else 0

@@ -162,7 +162,7 @@ def test_find_a_failed_saga_and_read_its_timeline(
     assert browser.find_elements(By.CSS_SELECTOR, "li.k-input pre"), "the request, decoded"
     assert '"run_type": "failPayment"' in text
     _shot(browser, "invocation")
-    browser.execute_script("document.getElementById('tl').scrollIntoView()")
+    browser.execute_script("document.getElementById('entry-3').scrollIntoView()")
     _shot(browser, "invocation-timeline")
 
     browser.set_window_size(390, 844)  # a phone
@@ -225,13 +225,15 @@ def test_resolve_an_awakeable_with_a_json_editor(
         "the awakeable listed",
     )[0]
     editor = row.find_element(By.CSS_SELECTOR, "textarea[data-json]")
+    editor.send_keys('{"approved": true, "by": "console"}')
+    _shot(browser, "awaiting")
+    editor.clear()
     editor.send_keys("{not json")
     assert "Not valid JSON" in row.find_element(By.CSS_SELECTOR, ".json-error").text
     row.find_element(By.XPATH, ".//button[text()='Resolve']").click()
     assert not future.done(), "an invalid value is not sent"
     editor.clear()
     editor.send_keys('{"approved": true, "by": "console"}')
-    _shot(browser, "awaiting")
     row.find_element(By.XPATH, ".//button[text()='Resolve']").click()
     assert json.loads(future.result(timeout=60).text) == {"approved": True, "by": "console"}
     _until(browser, lambda: "resolved" in _text(browser), "the confirmation")
