@@ -123,7 +123,12 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
 
     async def invocation(request: web.Request) -> web.StreamResponse:
         invocation_id = request.match_info["id"]
-        body = await _invocation.page(console, invocation_id, request.query.get("done", ""))
+        raw = request.query.get("start", "0")
+        if not raw.isdigit():
+            body = notice(f"start={raw!r} is not an entry number (0, 500, …)")
+            return _html(page("Bad request", body), 400)
+        done = request.query.get("done", "")
+        body = await _invocation.page(console, invocation_id, done, int(raw))
         if request.query.get("fragment"):
             return _html(body)
         return _html(page(invocation_id, body, "/invocations"))

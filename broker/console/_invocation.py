@@ -43,13 +43,18 @@ class Step:
     note: str = ""
 
 
-async def _steps(console: Console, response: admin_pb2.DescribeInvocationResponse) -> list[Step]:
+JOURNAL_PAGE = 500  # entries per page: a journal may hold 10,000
+
+
+async def _steps(
+    console: Console, response: admin_pb2.DescribeInvocationResponse, start: int
+) -> list[Step]:
     record = response.invocation
     decode = console.decoder
     dep = record.deployment_id
     steps: list[Step] = []
     waiting = set(record.waiting_on) if record.status == Status.SUSPENDED else set()
-    for i, entry in enumerate(response.journal):
+    for i, entry in enumerate(response.journal[start : start + JOURNAL_PAGE], start):
         kind = str(entry.WhichOneof("command"))
         step = Step(i, kind)
         rk, rt = decode.result(entry.result)
@@ -182,11 +187,18 @@ def _actions(record: admin_pb2.DescribeInvocationResponse) -> Safe:
     return h('<div class="actions" aria-label="Actions">{b}</div>', b=buttons)
 
 
-async def page(console: Console, invocation_id: str, message: str = "") -> Safe:
-    """The invocation page (NOT_FOUND raises AdminError)."""
+async def page(console: Console, invocation_id: str, message: str = "", start: int = 0) -> Safe:
+    """The invocation page, its journal from entry `start` (NOT_FOUND raises AdminError)."""
     response = await console.admin.describe(invocation_id)
     r = response.invocation
-    steps = await _steps(console, response)
+    start = max(0, min(start, len(response.journal) - 1))
+    steps = await _steps(console, response, start)
+    pager = []
+    if start > 0:
+        back = max(0, start - JOURNAL_PAGE)
+        pager.append(link(f"/invocations/{r.id}?start={back}", "← earlier entries"))
+    if start + JOURNAL_PAGE < len(response.journal):
+        pager.append(link(f"/invocations/{r.id}?start={start + JOURNAL_PAGE}", "later entries →"))
     now = now_ms()
     t1 = r.modified_at_ms if r.status == Status.COMPLETED else now
     t1 = max([t1] + [s.end_ms or s.start_ms for s in steps])
@@ -229,9 +241,16 @@ async def page(console: Console, invocation_id: str, message: str = "") -> Safe:
 <section aria-labelledby="tl"><h2 id="tl">Journal ({n} entries)</h2>
 <p class="hint">Times are UTC. Starts and durations are known for the input, calls and
 sends (from the callee's record), sleeps and the output; the broker keeps no per-step
-clock for the others. Only the latest failed attempt's error is retained.</p>{timeline}</section>
+clock for the others. Only the latest failed attempt's error is retained.</p>{timeline}
+<nav class="pager" aria-label="Journal pages">{pager}</nav></section>
 <section aria-labelledby="ce"><h2 id="ce">Callees</h2>{callees}</section></div>""",
-        poll=h(' data-poll="/invocations/{id}?fragment=1"', id=r.id) if live else "",
+        poll=h(
+            ' data-poll="/invocations/{id}?fragment=1&amp;start={s}" data-swap="outer"',
+            id=r.id,
+            s=start,
+        )
+        if live
+        else "",
         id=r.id,
         message=notice(message, "info") if message else "",
         problems=join(problems),
@@ -239,6 +258,7 @@ clock for the others. Only the latest failed attempt's error is retained.</p>{ti
         actions=_actions(response),
         n=len(steps),
         timeline=_timeline(steps, r.created_at_ms, t1),
+        pager=join(pager, " "),
         callees=join(callees, " ") if callees else "none",
     )
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
+import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,13 +22,25 @@ import pytest
 from durable.v1 import admin_pb2
 from playground import playground_pb2 as pb
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
 from trips import trips_pb2
 
-from tests.support import PLAYGROUND, ROOT, SERVICES, Cluster, free_port, running_cluster, wait_for
+from tests.support import (
+    PLAYGROUND,
+    PYTHON,
+    ROOT,
+    SERVICES,
+    Cluster,
+    Process,
+    free_port,
+    running_cluster,
+    wait_for,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -94,8 +108,14 @@ def _text(driver: WebDriver) -> str:
 
 
 def _until(driver: WebDriver, predicate: Callable[[], Any], what: str, timeout: float = 20) -> Any:
+    def attempt() -> Any:
+        try:
+            return predicate()
+        except StaleElementReferenceException:  # the page refreshed a part under us
+            return None
+
     return wait_for(
-        predicate, timeout=timeout, interval=0.1, message=lambda: f"{what}:\n{_text(driver)}"
+        attempt, timeout=timeout, interval=0.1, message=lambda: f"{what}:\n{_text(driver)}"
     )
 
 
@@ -352,3 +372,95 @@ def test_with_an_admin_token_the_console_asks_for_it(
         assert cookie is not None and cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     finally:
         driver.quit()
+
+
+def test_more_malformed_forms(console: tuple[Cluster, str]) -> None:
+    cluster, base = console
+    status, body = _http(
+        base + "/promises/resolve",
+        {"service": "playground.Signup", "key": "bob", "name": "verified", "value": "{x"},
+    )
+    assert status == 400 and "not valid JSON" in body
+    status, body = _http(
+        base + "/promises/reject",
+        {"service": "playground.Signup", "key": "bob", "name": "verified"},
+    )
+    assert status == 400 and "Give a reason" in body
+    status, body = _http(
+        base + "/state", {"service": "playground.Counter", "key": "k", "name": " ", "op": "set"}
+    )
+    assert status == 400 and "Give the state value&#x27;s name" in body
+    status, body = _http(
+        base + "/state",
+        {"service": "playground.Counter", "key": "k", "name": "n", "value": "1", "op": "drop"},
+    )
+    assert status == 400 and "Unknown operation" in body
+    status, body = _http(base + "/find?id=hello")
+    assert status == 400 and "neither an invocation id" in body
+    status, body = _http(base + "/key?service=playground.Counter")
+    assert status == 400 and "Give a service and a key" in body
+    response = cluster.admin.DescribeKey(
+        admin_pb2.DescribeKeyRequest(service="playground.Counter", key="k"), timeout=10
+    )
+    assert dict(response.state) == {}, "nothing was written"
+    status, _ = _http(
+        base + "/promises/resolve",
+        {"service": "playground.Signup", "key": "bob", "name": "verified", "value": "1"},
+        {"Sec-Fetch-Site": "cross-site"},
+    )
+    assert status == 403
+
+
+def test_keyboard_reaches_the_content_first(
+    console: tuple[Cluster, str], browser: WebDriver
+) -> None:
+    _, base = console
+    browser.get(base + "/invocations")
+    browser.find_element(By.TAG_NAME, "body").send_keys(Keys.TAB)
+    assert browser.switch_to.active_element.text == "Skip to content"
+    browser.switch_to.active_element.send_keys(Keys.ENTER)
+    assert browser.current_url.endswith("#main")
+    # Every control of the filters is a labelled, focusable form element.
+    for element in browser.find_elements(
+        By.CSS_SELECTOR, "form.filters input, form.filters select"
+    ):
+        assert element.find_element(By.XPATH, "./ancestor::label").text.strip()
+
+
+def test_console_over_tls(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    port = free_port()
+    args = [PYTHON, "-m", "broker", "--data-dir", str(tmp_path / "data")]
+    args += ["--ingress", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"]
+    args += ["--tls-cert", str(cert), "--tls-key", str(key), "--console", f"127.0.0.1:{port}"]
+    args += ["--admin-token", TOKEN]
+    broker = Process("broker", args, tmp_path / "broker.log").start()
+    try:
+        context = ssl.create_default_context(cafile=str(cert))
+
+        def get(headers: dict[str, str]) -> tuple[int, str]:
+            broker.check_alive()
+            request = urllib.request.Request(f"https://127.0.0.1:{port}/", headers=headers)
+            try:
+                with urllib.request.urlopen(request, timeout=5, context=context) as response:
+                    return response.status, response.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+            except urllib.error.URLError:
+                return 0, ""  # not listening yet
+
+        status, body = wait_for(lambda: get({}) if get({})[0] else None, message="the console")
+        assert status == 401 and "Admin token needed" in body
+        status, body = get({"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200 and "Overview</h1>" in body
+        # No plain HTTP on the TLS port.
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+    finally:
+        assert broker.terminate() == 0
