@@ -76,6 +76,10 @@ async def _steps(
                     if callee.status == Status.COMPLETED:
                         step.end_ms = callee.modified_at_ms
                     step.note = STATUS_NAMES.get(callee.status, "")
+                    if callee.attempts > 1:
+                        step.note += f" after {callee.attempts} attempts"
+                        if callee.last_error:
+                            step.note += f"; an attempt failed: {callee.last_error[:200]}"
             if kind == "call":
                 rk, rt = decode.result(entry.result, cmd.service, cmd.method)
             elif entry.send.invoke_at_ms:
@@ -233,6 +237,8 @@ async def page(console: Console, invocation_id: str, message: str = "", start: i
         problems.append(notice(f"Failed with {code_name(f.code)}: {f.message}"))
     if r.last_error and r.status != Status.COMPLETED:
         problems.append(notice(f"Attempt {r.attempts} failed: {r.last_error}"))
+    elif r.last_error:
+        problems.append(notice(f"An earlier attempt failed: {r.last_error}", "info"))
     callees = [s.link for s in steps if s.kind in ("call", "send") and s.link]
     live = r.status != Status.COMPLETED
     return h(

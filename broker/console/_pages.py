@@ -44,8 +44,9 @@ def _chart(minutes: list[dict[str, int]]) -> Safe:
                 )
             )
     svg = h(
-        '<svg class="chart" viewBox="0 0 300 62" role="img" aria-label="invocations per '
-        'minute, last 15 minutes">{bars}</svg>',
+        '<svg class="chart" viewBox="0 0 300 72" role="img" aria-label="invocations per '
+        'minute, last 15 minutes">{bars}<text x="0" y="70">-15 min</text>'
+        '<text x="300" y="70" text-anchor="end">now</text></svg>',
         bars=join(bars),
     )
     rows = [

@@ -464,3 +464,27 @@ def test_console_over_tls(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
     finally:
         assert broker.terminate() == 0
+
+
+def test_a_retried_step_shows_its_attempts_and_error(
+    console: tuple[Cluster, str], browser: WebDriver
+) -> None:
+    cluster, base = console
+    _, call = cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(run_type="flakyPayment"), timeout=60
+    )
+    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    browser.get(f"{base}/invocations/{invocation_id}")
+    step = _until(
+        browser,
+        lambda: [
+            s
+            for s in browser.find_elements(By.CSS_SELECTOR, "li.k-call")
+            if "payments.Payments/Process" in s.text
+        ],
+        "the payment step",
+    )[0]
+    payment = cluster.invocation(step.find_element(By.CSS_SELECTOR, "a.mono").text)
+    assert payment.attempts == 3
+    assert "after 3 attempts; an attempt failed:" in step.text
+    assert payment.last_error[:50] in step.text
