@@ -488,3 +488,15 @@ def test_a_retried_step_shows_its_attempts_and_error(
     assert payment.attempts == 3
     assert "after 3 attempts; an attempt failed:" in step.text
     assert payment.last_error[:50] in step.text
+
+
+def test_the_list_updates_itself(console: tuple[Cluster, str], browser: WebDriver) -> None:
+    cluster, base = console
+    future, invocation_id = _suspended_await(cluster)
+    browser.get(f"{base}/invocations?service=playground.Waiter&status=suspended")
+    _until(browser, lambda: invocation_id in _text(browser), "the suspended invocation listed")
+    cluster.resolve_awakeable(cluster.awakeable_id(invocation_id), "done")
+    assert future.result(timeout=60).text == '"done"'
+    # No reload: the page fetches its rows again every few seconds.
+    _until(browser, lambda: invocation_id not in _text(browser), "the row gone", timeout=15)
+    assert "No invocation matches these filters" in _text(browser)
