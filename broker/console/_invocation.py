@@ -56,11 +56,13 @@ async def _steps(
     waiting = set(record.waiting_on) if record.status == Status.SUSPENDED else set()
     for i, entry in enumerate(response.journal[start : start + JOURNAL_PAGE], start):
         kind = str(entry.WhichOneof("command"))
-        step = Step(i, kind)
+        # The broker stamps entries when it journals and completes them; journals
+        # written before it did fall back to what the records say.
+        step = Step(i, kind, start_ms=entry.appended_at_ms, end_ms=entry.completed_at_ms)
         rk, rt = decode.result(entry.result)
         if kind == "input":
             step.detail = decode.message(entry.input.request, record.service, record.method, dep)
-            step.start_ms = record.created_at_ms
+            step.start_ms = step.start_ms or record.created_at_ms
         elif kind in ("call", "send"):
             cmd = entry.call if kind == "call" else entry.send
             step.name = f"{cmd.service}/{cmd.method}"
@@ -72,9 +74,9 @@ async def _steps(
                 except AdminError:
                     callee = None
                 if callee is not None:
-                    step.start_ms = callee.created_at_ms
-                    if callee.status == Status.COMPLETED:
-                        step.end_ms = callee.modified_at_ms
+                    step.start_ms = step.start_ms or callee.created_at_ms
+                    if callee.status == Status.COMPLETED and kind == "call":
+                        step.end_ms = step.end_ms or callee.modified_at_ms
                     step.note = STATUS_NAMES.get(callee.status, "")
                     if callee.attempts > 1:
                         step.note += f" after {callee.attempts} attempts"
@@ -88,7 +90,8 @@ async def _steps(
             step.name = entry.run.name
         elif kind == "sleep":
             step.name = f"until {when(entry.sleep.wake_up_at_ms)}"
-            step.end_ms = entry.sleep.wake_up_at_ms if entry.HasField("result") else 0
+            if entry.HasField("result"):
+                step.end_ms = step.end_ms or entry.sleep.wake_up_at_ms
         elif kind in ("get_state", "clear_state"):
             step.name = getattr(entry, kind).key
         elif kind == "set_state":
@@ -109,7 +112,7 @@ async def _steps(
         elif kind == "output":
             rk, rt = decode.result(entry.result, record.service, record.method, dep)
             if record.status == Status.COMPLETED:
-                step.start_ms = record.modified_at_ms
+                step.start_ms = step.start_ms or record.modified_at_ms
         step.result_kind, step.result = rk, rt
         if i in waiting:
             step.note = (step.note + "; " if step.note else "") + "suspended here: waiting"
@@ -134,7 +137,9 @@ def _bar(step: Step, t0: int, t1: int) -> Safe:
 def _timeline(steps: list[Step], t0: int, t1: int) -> Safe:
     items = []
     for s in steps:
-        took = duration(s.end_ms - s.start_ms) if s.start_ms and s.end_ms else ""
+        waits = s.kind in ("call", "run", "sleep", "awakeable", "get_promise", "attach")
+        known = s.start_ms and s.end_ms and (waits or s.end_ms > s.start_ms)
+        took = duration(s.end_ms - s.start_ms) if known else ""
         result = ""
         if s.result_kind:
             result = h(
@@ -245,9 +250,9 @@ async def page(console: Console, invocation_id: str, message: str = "", start: i
         """<div{poll}><h1>Invocation <span class="mono">{id}</span></h1>{message}{problems}
 <dl class="facts">{dl}</dl>{actions}
 <section aria-labelledby="tl"><h2 id="tl">Journal ({n} entries)</h2>
-<p class="hint">Times are UTC. Starts and durations are known for the input, calls and
-sends (from the callee's record), sleeps and the output; the broker keeps no per-step
-clock for the others. Only the latest failed attempt's error is retained.</p>{timeline}
+<p class="hint">Times are UTC: when the broker journaled each entry and, for those
+that wait, how long until their result was journaled (the bars place them within the
+invocation). Only the latest failed attempt's error is retained.</p>{timeline}
 <nav class="pager" aria-label="Journal pages">{pager}</nav></section>
 <section aria-labelledby="ce"><h2 id="ce">Callees</h2>{callees}</section></div>""",
         poll=h(

@@ -386,6 +386,8 @@ class Partition:
             return None
         stored = Entry()
         stored.CopyFrom(entry)
+        stored.appended_at_ms = now_ms()  # for operators' timelines; not the SDK's to set
+        stored.ClearField("completed_at_ms")
         # A side effect that finished before its entry left arrives with its outcome:
         # journaled together, and acknowledged like a separate run result would be.
         ran: Result | None = None
@@ -408,6 +410,8 @@ class Partition:
             self._fail_terminally(live, f"entry {index} ({kind}): {e}", _INVALID_ARGUMENT)
             return None
         live.journal.append(stored)
+        if stored.HasField("result") or result is not None:
+            stored.completed_at_ms = stored.appended_at_ms
         if result is not None:
             stored.result.CopyFrom(result)
             batch.then(lambda: self._deliver(live, index, result))
@@ -702,6 +706,7 @@ class Partition:
         if entry.HasField("result"):
             return  # already completed: a duplicate delivery
         entry.result.CopyFrom(result)
+        entry.completed_at_ms = now_ms()
         journal.put(batch, live.id, index, entry)
         self.save(batch, live)
         batch.then(lambda: self._deliver(live, index, result))

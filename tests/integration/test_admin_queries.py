@@ -168,3 +168,22 @@ def test_describe_key_refuses_what_is_not_a_key(cluster: Cluster) -> None:
             admin_pb2.DescribeKeyRequest(service="playground.Counter", key="k" * 70_000), timeout=10
         )
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_the_broker_stamps_when_entries_were_journaled_and_completed(cluster: Cluster) -> None:
+    before = int(time.time() * 1000)
+    _, call = cluster.trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)
+    after = int(time.time() * 1000)
+    journal = cluster.describe(dict(call.initial_metadata())["invocation-id"]).journal
+    stamped = list(journal)[1:]  # the input is journaled with the record, which has the time
+    assert [e.WhichOneof("command") for e in stamped][:2] == ["call", "call"]
+    appended = [e.appended_at_ms for e in stamped]
+    assert all(before <= t <= after for t in appended)
+    assert appended == sorted(appended), "journaled in order"
+    for entry in stamped:
+        if entry.HasField("result"):
+            assert entry.appended_at_ms <= entry.completed_at_ms <= after, entry
+        else:
+            assert not entry.HasField("completed_at_ms")
+    calls = [e for e in stamped if e.HasField("call")]
+    assert all(e.completed_at_ms >= e.appended_at_ms for e in calls)
