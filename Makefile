@@ -10,7 +10,7 @@ DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
 DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run test test-unit lint fmt verify bench chaos dist clean
+.PHONY: setup proto run test test-unit lint fmt verify bench chaos dist clean browser
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -52,7 +52,13 @@ proto: $(STAMP)
 run: setup
 	$(VPY) -m services.run_demo
 
-test: setup
+# The console's browser tests drive Debian's Chromium and its driver (no browser download
+# at run time); installed once, skipped when both are there.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; fi
+
+test: setup browser
 	$(VPY) -m pytest $(TESTS)
 
 test-unit: setup

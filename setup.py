@@ -21,6 +21,8 @@ VERSION = _match.group(1)
 BROKER_ONLY = [
     "grpcio-reflection==1.85.1",
     "rocksdict==0.3.29",
+    # The web console's HTTP server (runs in the broker's own event loop).
+    "aiohttp==3.14.5",
 ]
 
 setup(version=VERSION, install_requires=[f"durable-sdk=={VERSION}", *BROKER_ONLY])

@@ -23,7 +23,7 @@ from durable.v1 import (
     journal_pb2,
 )
 
-from . import endpoint_uri, registration, rendering
+from . import admin_query, endpoint_uri, registration, rendering
 from . import registry as reg
 from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
@@ -33,7 +33,7 @@ from .storage import Batch, deployments, invocations, state
 
 _ABORTED = 10
 # Invocations listed when the request sets no limit: a response must fit in a message.
-DEFAULT_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = admin_query.DEFAULT_LIST_LIMIT
 
 log = logging.getLogger("broker.admin")
 
@@ -49,6 +49,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self._registry = registry
         self._invoker = driver.invoker
         self._deployments_lock = asyncio.Lock()
+        # Completed invocations by creation time, so that listings and counts stay fast
+        # with many retained; `index_completed` builds it after a start.
+        self.completed_index = admin_query.CompletedIndex(self._partition)
+
+    async def index_completed(self) -> None:
+        """Builds the index of completed invocations (until then listings scan)."""
+        await self.completed_index.build()
 
     async def RegisterDeployment(
         self,
@@ -209,27 +216,13 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListInvocationsResponse:
         status = request.status
-        outcome = request.outcome
-        if outcome:
-            if status and status != Status.COMPLETED:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    "an outcome filter applies to completed invocations only; "
-                    f"it cannot be combined with status {Status.Name(status)}",
-                )
-            status = Status.COMPLETED
-        records = [
-            r
-            for r in self._partition.records(status)
-            if (not status or r.status == status)
-            and (not outcome or _outcome(r) == outcome)
-            and (not request.service or r.service == request.service)
-            and (not request.key or r.key == request.key)
-        ]
-        records.sort(key=lambda r: (r.created_at_ms, r.id), reverse=True)
-        return admin_pb2.ListInvocationsResponse(
-            invocations=records[: request.limit or DEFAULT_LIST_LIMIT], total=len(records)
-        )
+        if request.outcome and status and status != Status.COMPLETED:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "an outcome filter applies to completed invocations only; "
+                f"it cannot be combined with status {Status.Name(status)}",
+            )
+        return admin_query.list_invocations(self._partition, self.completed_index, request)
 
     async def DescribeInvocation(
         self,
@@ -404,6 +397,23 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
             values=len(after),
             bytes=state.size(after),
         )
+
+    async def GetStats(
+        self, request: admin_pb2.GetStatsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetStatsResponse:
+        return admin_query.stats(self._partition, self.completed_index)
+
+    async def DescribeKey(
+        self, request: admin_pb2.DescribeKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.DescribeKeyResponse:
+        await self._keyed(request.service, context)
+        await _check_key(context, request.service, request.key)
+        return admin_query.describe_key(self._partition, request.service, request.key)
+
+    async def ListAwaiting(
+        self, request: admin_pb2.ListAwaitingRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ListAwaitingResponse:
+        return admin_query.awaiting(self._partition, request.limit)
 
     async def _keyed(self, service: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         target = self._registry.service(service)

@@ -63,6 +63,10 @@ class Settings:
     # Open a data dir whose journal lost acknowledged writes (a damaged, truncated or
     # deleted write-ahead log) with what is left, instead of refusing to start.
     accept_data_loss: bool = False
+    # host:port of the web console; None = off.
+    console: str | None = None
+    # A Jaeger UI's base URL, for links from the console to an invocation's trace.
+    jaeger_ui: str | None = None
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
@@ -178,6 +182,17 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         "truncated or deleted write-ahead log) with what is left, and log what was lost; "
         "without it such a data dir stops the broker",
     )
+    p.add_argument(
+        "--console",
+        default=_env("BROKER_CONSOLE", ""),
+        help="serve the web console at http://ADDRESS/ (off by default; same token and "
+        "TLS as the admin API)",
+    )
+    p.add_argument(
+        "--jaeger-ui",
+        default=_env("BROKER_JAEGER_UI", ""),
+        help="Jaeger UI base URL, e.g. http://127.0.0.1:16686: the console links traces",
+    )
     a = p.parse_args(argv)
     if a.admin_token is not None and not a.admin_token.strip():
         # An empty token would silently mean "no access control" to whoever set it.
@@ -211,4 +226,6 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         tls_key=a.tls_key or None,
         endpoint_secret=a.endpoint_secret or None,
         accept_data_loss=a.accept_data_loss,
+        console=a.console or None,
+        jaeger_ui=a.jaeger_ui.rstrip("/") or None,
     )

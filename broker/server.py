@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from . import endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .config import Settings
+from .console import Console, start_console
 from .core.partition import Partition
 from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
@@ -48,6 +49,8 @@ class Broker:
         self._purger: asyncio.Task[None] | None = None
         # Seconds between purges of expired invocations.
         self.purge_interval = max(1.0, min(settings.retention / 4, 60.0))
+        self._indexer: asyncio.Task[None] | None = None
+        self.console: Console | None = None
 
     async def start(self) -> None:
         """Recovers from storage and starts serving."""
@@ -96,7 +99,8 @@ class Broker:
         interceptors.append(StorageErrors())
         admin = grpc.aio.server(options=options, interceptors=interceptors)
         await self._add_health(admin)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.driver, self.registry), admin)
+        self.admin_servicer = AdminServicer(self.driver, self.registry)
+        admin_pb2_grpc.add_AdminServicer_to_server(self.admin_servicer, admin)
         reflection.enable_server_reflection(
             (
                 admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
@@ -110,6 +114,9 @@ class Broker:
         await admin.start()
         self._servers = [ingress, admin]
         self._purger = asyncio.create_task(self._purge_loop())
+        self._indexer = asyncio.create_task(self.admin_servicer.index_completed())
+        if self.settings.console:
+            self.console = await start_console(self.settings, self.admin_servicer, self.registry)
         if self.settings.metrics:
             self._metrics_server = await metrics.serve(self.metrics, self.settings.metrics)
         log.info(
@@ -123,6 +130,10 @@ class Broker:
         """Stops accepting calls, lets journal writes finish, closes storage."""
         if self._purger is not None:
             self._purger.cancel()
+        if self._indexer is not None:
+            self._indexer.cancel()
+        if self.console is not None:
+            await self.console.stop()
         if self._metrics_server is not None:
             self._metrics_server.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))

@@ -39,6 +39,8 @@ ADMIN = os.environ.get("BROKER_ADMIN", "127.0.0.1:9091")
 DATA_DIR = os.environ.get("BROKER_DATA_DIR", ".data/broker")
 # The broker reads BROKER_METRICS itself; it is here only so its port is checked too.
 METRICS = os.environ.get("BROKER_METRICS", "")
+# The web console (the broker serves it; off unless the flag is given).
+CONSOLE = os.environ.get("BROKER_CONSOLE", "127.0.0.1:9093")
 # (module under services/, its address); the same variables the services read.
 SERVICES = [
     ("flights", os.environ.get("FLIGHTS_LISTEN", "127.0.0.1:9101")),
@@ -50,6 +52,7 @@ SERVICES = [
 PORTS = [
     ("the broker's ingress", INGRESS, "BROKER_INGRESS"),
     ("the broker's admin API", ADMIN, "BROKER_ADMIN"),
+    ("the broker's console", CONSOLE, "BROKER_CONSOLE"),
     *([("the broker's metrics", METRICS, "BROKER_METRICS")] if METRICS else []),
     *((name, address, f"{name.upper()}_LISTEN") for name, address in SERVICES),
 ]
@@ -193,6 +196,7 @@ def _usage() -> str:
     call = f"{grpcurl} -d"
     return f"""
 The holiday demo is running: ingress {INGRESS}, admin {ADMIN}.
+Console: http://{CONSOLE}/
 
 Book a trip:
   {call} '{{}}' {INGRESS} trips.Trips/Reserve
@@ -243,7 +247,7 @@ def main() -> int:
     children: list[Child] = []
     try:
         _check_ports()
-        broker_args = ["-m", "broker", "--ingress", INGRESS, "--admin", ADMIN]
+        broker_args = ["-m", "broker", "--ingress", INGRESS, "--admin", ADMIN, "--console", CONSOLE]
         children.append(_spawn("broker", [*broker_args, "--data-dir", DATA_DIR], [INGRESS, ADMIN]))
         for name, address in SERVICES:
             args = ["-m", f"services.{name}", "--listen", address]

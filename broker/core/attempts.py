@@ -12,7 +12,7 @@ import logging
 from .. import codes, tracing
 from ..storage import Batch, journal, keys
 from . import actions, commands, retries
-from .model import Entry, Live, Result, Status, failure
+from .model import Entry, Live, Result, Status, failure, now_ms
 from .ports import PartitionOps
 
 log = logging.getLogger("broker.core")
@@ -45,6 +45,8 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
         return None
     stored = Entry()
     stored.CopyFrom(entry)
+    stored.appended_at_ms = now_ms()  # for operators' timelines; not the SDK's to set
+    stored.ClearField("completed_at_ms")
     # A side effect that finished before its entry left arrives with its outcome:
     # journaled together, and acknowledged like a separate run result would be.
     ran: Result | None = None
@@ -67,6 +69,8 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
         fail_terminally(p, live, f"entry {index} ({kind}): {e}", codes.INVALID_ARGUMENT)
         return None
     live.journal.append(stored)
+    if stored.HasField("result") or result is not None:
+        stored.completed_at_ms = stored.appended_at_ms
     if result is not None:
         stored.result.CopyFrom(result)
         p.deliver(batch, live, index, result)

@@ -28,6 +28,10 @@ class KeyLocks:
         """Whether a newcomer must wait: the key is held, or others wait already."""
         return lock in self._holders or bool(self._inboxes.get(lock))
 
+    def waiting(self, lock: Lock) -> list[str]:
+        """The invocations queued for `lock`, first in line first."""
+        return [invocation_id for _, invocation_id in self._inboxes.get(lock, ())]
+
     def hold(self, lock: Lock, invocation_id: str) -> None:
         """Gives `lock` to the invocation."""
         self._holders[lock] = invocation_id

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Callable
 
 from durable.v1 import journal_pb2, protocol_pb2
 
@@ -63,6 +64,9 @@ class Partition:
         # One bound method shared by every Live (a fresh one each would cost 64 bytes).
         self.journal_loader = self._load_journal
         self._out: list[Batch] = []
+        # Called with each record once its completion is durable (the admin API's index
+        # of completed invocations keeps itself current this way).
+        self.completion_listeners: list[Callable[[Invocation], None]] = []
 
     # ---- The seam to the driver
 
@@ -120,6 +124,10 @@ class Partition:
     def current_state(self, service: str, key: str) -> dict[str, bytes]:
         """An object's state as stored (after a barrier: every queued write included)."""
         return state.load(self.kv, service, key)
+
+    def inbox(self, service: str, key: str) -> list[str]:
+        """The invocations queued for an object's key, first in line first."""
+        return self.locks.waiting((service, key))
 
     def lock_holder(self, service: str, key: str) -> str | None:
         """The invocation holding an object's key, if any."""
@@ -405,6 +413,7 @@ class Partition:
         if entry.HasField("result"):
             return  # already completed: a duplicate delivery
         entry.result.CopyFrom(result)
+        entry.completed_at_ms = now_ms()
         journal.put(batch, live.id, index, entry)
         self.save(batch, live)
         self.deliver(batch, live, index, result)
@@ -453,6 +462,8 @@ class Partition:
         """The invocation's completion is durable: storage answers for it from now on."""
         live = self.live.pop(invocation_id, None)
         if live is not None:
+            for listener in self.completion_listeners:
+                listener(live.record)
             ident = self.dedup.of(live.record)
             if ident is not None:
                 self.dedup.forget(ident)

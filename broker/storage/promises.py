@@ -25,6 +25,15 @@ def get(kv: KV, service: str, key: str, name: str) -> journal_pb2.Result | None:
     return None if raw is None else storage_pb2.PromiseRecord.FromString(raw).result
 
 
+def scan(kv: KV, service: str, key: str) -> list[tuple[str, journal_pb2.Result]]:
+    """(name, result) of every completed promise of one workflow key, by name."""
+    prefix = _prefix(service, key)
+    return [
+        (k[len(prefix) :].decode(), storage_pb2.PromiseRecord.FromString(v).result)
+        for k, v in kv.scan(prefix)
+    ]
+
+
 def delete_all(kv: KV, batch: Batch, service: str, key: str) -> None:
     """Forgets every promise of one workflow (when it is purged)."""
     for k, _ in kv.scan(_prefix(service, key)):

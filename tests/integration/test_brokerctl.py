@@ -159,7 +159,8 @@ def playground(
 def _journal_kinds(described: dict[str, Any]) -> list[str]:
     kinds = []
     for entry in described["journal"]:
-        kinds += [k for k in entry if k != "result"]
+        # Besides its command, an entry has its result and the broker's timestamps.
+        kinds += [k for k in entry if k not in ("result", "appended_at_ms", "completed_at_ms")]
     return kinds
 
 

@@ -1,0 +1,192 @@
+"""A key of a virtual object or workflow (state, inbox, promises) and what waits on
+awakeables and promises, with the forms that edit and complete them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from durable.v1 import admin_pb2
+
+from ._decode import json_bytes
+from ._format import inv_link, key_link
+from ._html import Safe, h, join, notice, table
+
+if TYPE_CHECKING:
+    from . import Console
+
+
+def json_editor(name: str, label: str, value: str = "", rows: int = 3) -> Safe:
+    """A textarea checked as JSON in the page (console.js) and again by the server."""
+    return h(
+        '<label>{label} <textarea name="{name}" rows="{rows}" data-json spellcheck="false" '
+        'required>{value}</textarea></label><span class="json-error" role="alert"></span>',
+        label=label,
+        name=name,
+        rows=rows,
+        value=value,
+    )
+
+
+def _hidden(**fields: str) -> Safe:
+    return join(
+        h('<input type="hidden" name="{k}" value="{v}">', k=k, v=v) for k, v in fields.items()
+    )
+
+
+def _promise_forms(p: admin_pb2.Promise, values: dict[str, str]) -> Safe:
+    ident = _hidden(service=p.service, key=p.key, name=p.name)
+    return h(
+        """<form method="post" action="/promises/resolve" class="completion">{ident}
+{editor}<button type="submit">Resolve</button></form>
+<form method="post" action="/promises/reject" class="completion">{ident}
+<label>Reason <input name="reason" required value="{reason}"></label>
+<button type="submit" class="danger">Reject</button></form>""",
+        ident=ident,
+        editor=json_editor("value", "Value (JSON)", values.get("value", "")),
+        reason=values.get("reason", ""),
+    )
+
+
+def _promises(promises: list[admin_pb2.Promise], values: dict[str, str]) -> Safe:
+    rows = []
+    for p in promises:
+        if p.HasField("result"):
+            which = p.result.WhichOneof("kind")
+            done = (
+                json_bytes(p.result.value)
+                if which == "value"
+                else f"rejected: {p.result.failure.message}"
+            )
+            action: Safe | str = ""
+        else:
+            done, action = "pending", _promise_forms(p, values)
+        rows.append(
+            [
+                key_link(p.service, p.key),
+                p.name,
+                h("<pre>{d}</pre>", d=done),
+                join((inv_link(w) for w in p.waiting), " "),
+                action,
+            ]
+        )
+    return table(["workflow key", "promise", "value", "awaited by", "complete"], rows)
+
+
+async def key_page(
+    console: Console, service: str, key: str, values: dict[str, str] | None = None
+) -> Safe:
+    """State, holder, inbox and promises of one key."""
+    values = values or {}
+    described = await console.admin.key(service, key)
+    state_rows = []
+    for name in sorted(described.state):
+        state_rows.append(
+            [
+                h('<span class="mono">{n}</span>', n=name),
+                h("<pre>{v}</pre>", v=json_bytes(described.state[name])),
+                h(
+                    """<form method="post" action="/state" class="completion">{ident}
+<input type="hidden" name="name" value="{name}">{editor}
+<button type="submit" name="op" value="set">Set</button>
+<button type="submit" name="op" value="clear" class="danger"
+formnovalidate>Clear</button></form>""",
+                    ident=_hidden(service=service, key=key),
+                    name=name,
+                    editor=json_editor(
+                        "value",
+                        f"New value of {name} (JSON)",
+                        values.get("value", "")
+                        if values.get("name") == name
+                        else json_bytes(described.state[name]),
+                    ),
+                ),
+            ]
+        )
+    # A rejected new value is shown again in the form it came from.
+    new = values.get("name", "") not in described.state
+    add = h(
+        """<form method="post" action="/state" class="completion"><h3>Add a value</h3>{ident}
+<label>Name <input name="name" required value="{name}"></label>{editor}
+<button type="submit" name="op" value="set">Set</button></form>""",
+        ident=_hidden(service=service, key=key),
+        name=values.get("name", "") if new else "",
+        editor=json_editor(
+            "value",
+            "Value (JSON)",
+            values.get("value", "") if new else "",
+        ),
+    )
+    inbox = join(h("<li>{l}</li>", l=inv_link(i)) for i in described.inbox)
+    return h(
+        """<h1>{service} <span class="mono">{key}</span></h1>
+<p>Held by: {holder}</p>
+<section aria-labelledby="st"><h2 id="st">State ({n} values)</h2>
+<p class="hint">Values are JSON, as the SDK stores them; a key held by a running exclusive
+handler cannot be edited (the same rules as <code>brokerctl state set</code>).</p>
+{state}{add}</section>
+<section aria-labelledby="ib"><h2 id="ib">Inbox ({m} waiting)</h2><ol>{inbox}</ol></section>
+<section aria-labelledby="pr"><h2 id="pr">Promises</h2>{promises}</section>""",
+        service=service,
+        key=key,
+        holder=inv_link(described.holder) if described.holder else "nobody",
+        n=len(described.state),
+        state=table(["name", "value", "edit"], state_rows)
+        if state_rows
+        else Safe("<p>No state.</p>"),
+        add=add,
+        m=len(described.inbox),
+        inbox=inbox,
+        promises=_promises(list(described.promises), values)
+        if described.promises
+        else Safe("<p>No promises.</p>"),
+    )
+
+
+async def awaiting_page(console: Console, values: dict[str, str] | None = None) -> Safe:
+    """Pending awakeables and promises, with forms to complete them."""
+    values = values or {}
+    listed = await console.admin.awaiting()
+    rows = []
+    for a in listed.awakeables:
+        mine = values.get("awakeable_id") == a.awakeable_id
+        ident = _hidden(awakeable_id=a.awakeable_id)
+        forms = h(
+            """<form method="post" action="/awakeables/resolve" class="completion">{ident}
+{editor}<button type="submit">Resolve</button></form>
+<form method="post" action="/awakeables/reject" class="completion">{ident}
+<label>Reason <input name="reason" required value="{reason}"></label>
+<button type="submit" class="danger">Reject</button></form>""",
+            ident=ident,
+            editor=json_editor(
+                "value",
+                f"Value for {a.awakeable_id} (JSON)",
+                values.get("value", "") if mine else "",
+            ),
+            reason=values.get("reason", "") if mine else "",
+        )
+        rows.append(
+            [
+                h('<span class="mono" id="{i}">{i}</span>', i=a.awakeable_id),
+                inv_link(a.invocation_id),
+                f"{a.service}/{a.method}",
+                key_link(a.service, a.key),
+                forms,
+            ]
+        )
+    awakeables = (
+        table(["awakeable", "invocation", "handler", "key", "complete"], rows, cls="awaiting")
+        if rows
+        else notice("No awakeable is waiting.", "info")
+    )
+    promises = (
+        _promises(list(listed.promises), values)
+        if listed.promises
+        else notice("No promise is awaited.", "info")
+    )
+    return h(
+        """<div><h1>Awaiting</h1>
+<section aria-labelledby="aw"><h2 id="aw">Awakeables</h2>{a}</section>
+<section aria-labelledby="pm"><h2 id="pm">Promises</h2>{p}</section></div>""",
+        a=awakeables,
+        p=promises,
+    )

@@ -1,0 +1,88 @@
+"""The console's pure parts: filter parsing, escaping, per-minute rates."""
+
+from __future__ import annotations
+
+import datetime
+
+from durable.v1 import admin_pb2
+
+from broker.console import _filters
+from broker.console._html import Safe, esc, h, link, url
+from broker.console._rates import Rates
+
+NOW = 1_800_000_000_000
+
+
+def test_filters_build_the_request() -> None:
+    request, page, errors = _filters.parse(
+        {
+            "service": " trips.Trips ",
+            "method": "Reserve",
+            "status": "failed",
+            "code": "failed_precondition",
+            "since": "15m",
+            "until": "2027-01-15T08:00",
+            "page": "3",
+            "idempotency_key": "k1",
+        },
+        NOW,
+    )
+    assert errors == []
+    assert page == 3 and request.offset == 2 * _filters.PAGE_SIZE
+    assert request.service == "trips.Trips" and request.method == "Reserve"
+    assert request.outcome == admin_pb2.OUTCOME_FAILED and request.failure_code == 9
+    assert request.created_after_ms == NOW - 15 * 60_000
+    expected = datetime.datetime(2027, 1, 15, 8, 0, tzinfo=datetime.UTC).timestamp() * 1000
+    assert request.created_before_ms == int(expected), "a time without a zone is UTC"
+    assert request.idempotency_key == "k1"
+
+
+def test_a_code_alone_means_failed_and_a_number_works() -> None:
+    request, _, errors = _filters.parse({"code": "10"}, NOW)
+    assert (
+        errors == [] and request.outcome == admin_pb2.OUTCOME_FAILED and request.failure_code == 10
+    )
+
+
+def test_each_malformed_filter_says_what_to_write() -> None:
+    _, _, errors = _filters.parse(
+        {"status": "done", "since": "last tuesday", "page": "0", "until": "99999-1-1"}, NOW
+    )
+    assert any("unknown status 'done'" in e for e in errors)
+    assert any("since: 'last tuesday' is not a time" in e for e in errors)
+    assert any("until:" in e for e in errors)
+    assert any("not a page number" in e for e in errors)
+    _, _, errors = _filters.parse({"status": "running", "code": "ABORTED"}, NOW)
+    assert errors == ["a failure code goes with the status 'failed'"]
+    _, _, errors = _filters.parse({"code": "NOPE"}, NOW)
+    assert "unknown failure code" in errors[0]
+
+
+def test_values_are_escaped_unless_markup() -> None:
+    evil = '<script>alert("x")</script>'
+    assert "<script>" not in h("<td>{v}</td>", v=evil)
+    assert h("<td>{v}</td>", v=Safe("<b>ok</b>")) == "<td><b>ok</b></td>"
+    assert esc("a&b") == "a&amp;b"
+    assert link('/x?a="1"', "<i>") == '<a href="/x?a=&quot;1&quot;">&lt;i&gt;</a>'
+    assert (
+        url("/invocations", {"service": "a b", "key": "", "page": 0}) == "/invocations?service=a+b"
+    )
+
+
+def test_rates_per_minute_from_counter_samples() -> None:
+    def stats(started: int, failed: int) -> admin_pb2.GetStatsResponse:
+        out = admin_pb2.GetStatsResponse()
+        out.counters.add(service="s", events={"started": started, "failed": failed})
+        return out
+
+    rates = Rates(fetch=None)  # type: ignore[arg-type]
+    rates.record(stats(0, 0), at=1000.0)
+    rates.record(stats(10, 1), at=1030.0)
+    rates.record(stats(25, 1), at=1090.0)
+    minutes = rates.per_minute(now=1120.0, current=stats(40, 3))
+    assert len(minutes) == 15
+    # Each minute counts from the last sample before it (sample granularity): the
+    # minutes add up to the counters' growth, and nothing is counted twice.
+    assert minutes[-1] == {"started": 30, "completed": 0, "failed": 2}
+    assert minutes[-2] == {"started": 10, "completed": 0, "failed": 1}
+    assert all(m == {"started": 0, "completed": 0, "failed": 0} for m in minutes[:-2])
