@@ -91,7 +91,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 30.0,
     interval: float = 0.05,
     message: str | Callable[[], str] = "condition",
@@ -478,10 +478,13 @@ class Cluster:
     ) -> list[invocation_pb2.Invocation]:
         """ListInvocations with its filters (`status` as the enum or its name, e.g.
         "SUSPENDED"); `method` filters the result here, the API has no such filter."""
-        if isinstance(status, str):
-            status = Status.Value(status.upper().replace("-", "_"))
+        wanted = (
+            Status.Value(status.upper().replace("-", "_"))
+            if isinstance(status, str)
+            else Status.ValueType(status)
+        )
         response = self.admin.ListInvocations(
-            admin_pb2.ListInvocationsRequest(status=status, service=service, key=key, limit=limit),
+            admin_pb2.ListInvocationsRequest(status=wanted, service=service, key=key, limit=limit),
             timeout=10,
         )
         return [i for i in response.invocations if not method or i.method == method]
@@ -598,13 +601,13 @@ class Cluster:
 
     def wait_for(
         self,
-        predicate: Callable[[], T],
+        predicate: Callable[[], T | None],
         timeout: float = 30.0,
         message: str | Callable[[], str] = "condition",
     ) -> T:
         """`wait_for`, also failing at once (with the log) if a process of ours died."""
 
-        def checked() -> T:
+        def checked() -> T | None:
             # A process we stopped on purpose has been waited for (its returncode is
             # set); any other that has exited died on its own.
             for process in [self.broker, *self.services.values()]:
