@@ -67,7 +67,7 @@ test-unit: setup
 lint: setup
 	$(VENV)/bin/ruff check broker sdk_python services tests bench tools setup.py
 	$(VENV)/bin/ruff format --check broker sdk_python services tests bench tools setup.py
-	$(VENV)/bin/mypy broker sdk_python/durable services bench tools
+	$(VENV)/bin/mypy broker sdk_python/durable services bench tools tests
 
 fmt: setup
 	$(VENV)/bin/ruff check --fix broker sdk_python services tests bench tools setup.py

@@ -16,7 +16,7 @@ from typing import Any
 import grpc
 from benchsvc import benchsvc_pb2 as pb
 from benchsvc import benchsvc_pb2_grpc
-from durable import _loop
+from durable import wire
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from bench import handlers
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="WARNING", type=str.upper)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level)
-    _loop.run(serve(args.listen))
+    wire.run(serve(args.listen))
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 
 import grpc
+from durable.process import Child, ProcessError, spawn, wait_serving
 from durable.v1 import admin_pb2, admin_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT_S = 60.0
@@ -32,12 +32,6 @@ STOP_TIMEOUT_S = 10.0
 LOG_TAIL_LINES = 20
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
-# Reconnect quickly while a server is still binding its port (gRPC's default starts at 1 s).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
 
 
 class BenchError(Exception):
@@ -128,13 +122,14 @@ class Proc:
         """The process id."""
         return self.popen.pid
 
+    @property
+    def child(self) -> Child:
+        """The process as `durable.process` watches it."""
+        return Child(self.name, self.popen, self.log)
+
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last `lines` lines of its log."""
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.child.tail(lines)
 
 
 def broker_supports(flag: str) -> bool:
@@ -194,60 +189,39 @@ class Cluster:
     def spawn(self, name: str, role: str, address: str, args: list[str]) -> Proc:
         """Starts `python <args>` as child `name`, serving gRPC on `address`."""
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = dict(os.environ)
         env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing would measure the exporter
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                [sys.executable, *args],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                preexec_fn=_die_with_parent,
-            )
-        proc = Proc(name, role, address, popen, log)
+        child = spawn(
+            name, [sys.executable, *args], log=log, cwd=ROOT, env=env, preexec_fn=_die_with_parent
+        )
+        proc = Proc(name, role, address, child.popen, log)
         self.procs.append(proc)
         return proc
 
     def check_alive(self) -> None:
         """Raises `BenchError` (with its log's tail) if any child has exited."""
-        for p in self.procs:
-            code = p.popen.poll()
-            if code is not None:
-                raise BenchError(
-                    f"{p.name} (pid {p.pid}) exited with code {code}; log {p.log}:\n{p.tail()}"
-                )
+        try:
+            for p in self.procs:
+                p.child.check_alive(LOG_TAIL_LINES)
+        except ProcessError as e:
+            raise BenchError(str(e)) from None
 
     def wait_ready(self, proc: Proc, address: str | None = None) -> None:
-        """Polls `grpc.health.v1.Health/Check` on `address` (default the proc's) until SERVING."""
-        address = address or proc.address
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        last = "no answer yet"
-        with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                self.check_alive()
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BenchError(
-                        f"{proc.name} not ready on {address} after {STARTUP_TIMEOUT_S:.0f} s "
-                        f"({last}); log {proc.log}:\n{proc.tail()}"
-                    )
-                try:
-                    response = stub.Check(
-                        health_pb2.HealthCheckRequest(),
-                        timeout=min(1.0, remaining),
-                        wait_for_ready=True,
-                    )
-                except grpc.RpcError as e:
-                    last = f"{e.code().name}: {e.details()}"
-                    continue
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-                time.sleep(0.05)
+        """Polls `grpc.health.v1.Health/Check` on `address` (default the proc's) until SERVING.
+
+        Fails at once, with the log tail, if any child exits meanwhile.
+        """
+        others = [p.child for p in self.procs if p is not proc]
+        try:
+            wait_serving(
+                address or proc.address,
+                deadline=time.monotonic() + STARTUP_TIMEOUT_S,
+                watch=[proc.child, *others],
+                poll_timeout=1.0,
+                tail_lines=LOG_TAIL_LINES,
+            )
+        except ProcessError as e:
+            raise BenchError(str(e)) from None
 
     def register(self, admin: str, uris: list[str]) -> None:
         """Registers each endpoint with the broker's admin API."""

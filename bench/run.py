@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
-from durable import _loop
+from durable import wire
 from trips import trips_pb2, trips_pb2_grpc
 
 from bench import report
@@ -320,7 +320,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
-        "event_loop": _loop.loop_name(),
+        "event_loop": wire.loop_name(),
         "platform": platform.platform(),
     }
 
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         with Cluster(workdir) as cluster:
             addresses = start(cluster, args, args.scenarios)
             print(f"processes ready after {time.monotonic() - started:.1f} s", flush=True)
-            _loop.run(measure(cluster, addresses, plan, args, points))
+            wire.run(measure(cluster, addresses, plan, args, points))
     except (KeyboardInterrupt, Interrupted) as e:
         print(f"\ninterrupted ({type(e).__name__}); all processes stopped", file=sys.stderr)
         code = 130

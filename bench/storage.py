@@ -17,7 +17,7 @@ from pathlib import Path
 
 import grpc
 from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
-from durable import _loop
+from durable import wire
 from durable.v1 import admin_pb2, admin_pb2_grpc
 
 from .procs import ROOT, Cluster, free_ports, install_signal_handlers
@@ -99,7 +99,7 @@ def main() -> None:
     base = ROOT / ".data" / "bench"
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base, prefix="storage-") as workdir:
-        _loop.run(_run(args, Path(workdir)))
+        wire.run(_run(args, Path(workdir)))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import grpc
-from durable import _loop
+from durable import wire
 from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
 from playground import playground_pb2, playground_pb2_grpc
 
@@ -133,7 +133,7 @@ def main() -> None:
     base = ROOT / ".data" / "bench"
     base.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=base, prefix="suspended-") as workdir:
-        _loop.run(_run(args, Path(workdir)))
+        wire.run(_run(args, Path(workdir)))
 
 
 if __name__ == "__main__":

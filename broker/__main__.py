@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 
-from durable import _loop, tracing
+from durable import tracing, wire
 
 from .config import Settings, parse_args
 from .server import Broker
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        _loop.run(_main(settings))
+        wire.run(_main(settings))
     except Exception as e:
         logging.getLogger("broker").critical("broker failed: %s", e)
         return 1

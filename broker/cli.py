@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import json
 import os
 import sys
@@ -76,154 +77,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="deadline for connecting and for each call (default: %(default)s)",
     )
     groups = parser.add_subparsers(dest="group", required=True, metavar="COMMAND")
-
-    def verb(verbs: Any, name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
-        sub: argparse.ArgumentParser = verbs.add_parser(name, help=help_, description=help_)
+    group_verbs: dict[str, Any] = {}
+    for group, group_help in _GROUPS.items():
+        group_parser = groups.add_parser(group, help=group_help)
+        group_verbs[group] = group_parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for spec in _VERBS:
+        sub = group_verbs[spec.group].add_parser(spec.name, help=spec.help, description=spec.help)
         # Also accepted after the verb; SUPPRESS keeps a global --json from being reset.
         sub.add_argument(
             "--json", action="store_true", default=argparse.SUPPRESS, help="print JSON"
         )
-        sub.set_defaults(handler=handler)
-        return sub
-
-    deployments = groups.add_parser("deployments", help="register and list deployments")
-    dep_verbs = deployments.add_subparsers(dest="verb", required=True, metavar="VERB")
-    register = verb(
-        dep_verbs,
-        "register",
-        "register a service endpoint (again: refresh its services; after a removal: take "
-        "back its old id, resuming the invocations still pinned to it)",
-        _register_deployment,
-    )
-    register.add_argument(
-        "uri",
-        help="the endpoint's address, e.g. http://127.0.0.1:9101 (also 127.0.0.1:9101 or "
-        "dns:///127.0.0.1:9101: one endpoint, one deployment, shown as http://HOST:PORT)",
-    )
-    verb(dep_verbs, "list", "list registered deployments", _list_deployments)
-    remove = verb(
-        dep_verbs,
-        "remove",
-        "remove a deployment (refused while invocations that began on it are in flight, "
-        "unless --force)",
-        _remove_deployment,
-    )
-    remove.add_argument("deployment_id", metavar="ID", help="a deployment id (dp_...)")
-    remove.add_argument(
-        "--force",
-        action="store_true",
-        help="remove it even with invocations in flight: their attempts fail and back off "
-        "until the same URI is registered again, which takes back this id and resumes them",
-    )
-
-    services = groups.add_parser("services", help="list and describe services")
-    svc_verbs = services.add_subparsers(dest="verb", required=True, metavar="VERB")
-    verb(svc_verbs, "list", "list the services the ingress serves", _list_services)
-    svc_describe = verb(
-        svc_verbs, "describe", "show a service's kind, deployment and handlers", _describe_service
-    )
-    svc_describe.add_argument(
-        "name", metavar="NAME", help="a service's full name, e.g. trips.Trips"
-    )
-
-    invocations = groups.add_parser("invocations", help="inspect and steer invocations")
-    inv_verbs = invocations.add_subparsers(dest="verb", required=True, metavar="VERB")
-    inv_list = verb(inv_verbs, "list", "list invocations, newest first", _list_invocations)
-    inv_list.add_argument(
-        "--status",
-        choices=(*fmt.STATUS_CHOICES, *fmt.OUTCOME_CHOICES),
-        help="only this status; succeeded and failed are completed ones that ended so",
-    )
-    inv_list.add_argument("--service", default="", help="only this service (e.g. trips.Trips)")
-    inv_list.add_argument("--key", default="", help="only this virtual object / workflow key")
-    inv_list.add_argument(
-        "--limit",
-        type=_non_negative_int,
-        default=0,
-        help="at most N invocations, newest first (default: the broker's 1000)",
-    )
-    describe = verb(
-        inv_verbs, "describe", "show one invocation and its journal", _describe_invocation
-    )
-    describe.add_argument("invocation_id", metavar="ID", help="an invocation id (inv_...)")
-    describe.add_argument(
-        "--hex",
-        action="store_true",
-        help="show requests, results and outputs as bytes (hex), not as JSON",
-    )
-    for name, help_, handler in (
-        (
-            "cancel",
-            "cancel an invocation: it sees a CANCELLED error at its next await, "
-            "so its compensations run",
-            _cancel_invocation,
-        ),
-        ("kill", "stop an invocation now, without compensation", _kill_invocation),
-        (
-            "pause",
-            "pause an invocation: abandon its attempt, start none until it is resumed",
-            _pause_invocation,
-        ),
-        (
-            "resume",
-            "resume a paused invocation, or retry a backing-off one now",
-            _resume_invocation,
-        ),
-    ):
-        action = verb(inv_verbs, name, help_, handler)
-        action.add_argument("invocation_id", metavar="ID", help="an invocation id (inv_...)")
-
-    awakeables = groups.add_parser("awakeables", help="complete awakeables")
-    awk_verbs = awakeables.add_subparsers(dest="verb", required=True, metavar="VERB")
-    awk_resolve = verb(
-        awk_verbs, "resolve", "resolve an awakeable with a JSON value", _resolve_awakeable
-    )
-    awk_resolve.add_argument("awakeable_id", metavar="ID", help="an awakeable id (awk_...)")
-    _json_positional(awk_resolve, optional=True)
-    awk_reject = verb(
-        awk_verbs, "reject", "reject an awakeable: its await raises an error", _reject_awakeable
-    )
-    awk_reject.add_argument("awakeable_id", metavar="ID", help="an awakeable id (awk_...)")
-    awk_reject.add_argument(
-        "reason", metavar="REASON", nargs="?", default=DEFAULT_REASON, help="the error message"
-    )
-
-    promises = groups.add_parser("promises", help="complete workflows' durable promises")
-    prom_verbs = promises.add_subparsers(dest="verb", required=True, metavar="VERB")
-    prom_resolve = verb(
-        prom_verbs, "resolve", "resolve a workflow's durable promise", _resolve_promise
-    )
-    _promise_positionals(prom_resolve)
-    _json_positional(prom_resolve, optional=True)
-    prom_reject = verb(prom_verbs, "reject", "reject a workflow's durable promise", _reject_promise)
-    _promise_positionals(prom_reject)
-    prom_reject.add_argument(
-        "reason", metavar="REASON", nargs="?", default=DEFAULT_REASON, help="the error message"
-    )
-
-    state = groups.add_parser("state", help="read and edit a virtual object's state")
-    state_verbs = state.add_subparsers(dest="verb", required=True, metavar="VERB")
-    state_get = verb(
-        state_verbs, "get", "show an object's state, or one value of it as JSON", _get_state
-    )
-    _object_positionals(state_get)
-    state_get.add_argument("name", metavar="NAME", nargs="?", help="only this state value")
-    state_set = verb(state_verbs, "set", "set one state value to a JSON value", _set_state)
-    _object_positionals(state_set)
-    state_set.add_argument("name", metavar="NAME", help="the state value's name")
-    _json_positional(state_set, optional=False)
-    state_clear = verb(state_verbs, "clear", "remove one state value", _clear_state)
-    _object_positionals(state_clear)
-    state_clear.add_argument("name", metavar="NAME", help="the state value's name")
+        for arg in spec.arguments:
+            sub.add_argument(*arg.names, **arg.options)
+        sub.set_defaults(handler=spec.handler)
     return parser
 
 
 DEFAULT_REASON = "rejected"
 
 
-def _json_positional(parser: argparse.ArgumentParser, optional: bool) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Arg:
+    """One `add_argument` call of a verb: its names and its keyword options."""
+
+    names: tuple[str, ...]
+    options: dict[str, Any]
+
+
+def _arg(*names: str, **options: Any) -> _Arg:
+    return _Arg(names, options)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Verb:
+    """One ``brokerctl GROUP VERB``: its help, its handler and its arguments."""
+
+    group: str
+    name: str
+    help: str
+    handler: Handler
+    arguments: tuple[_Arg, ...] = ()
+
+
+def _json_positional(optional: bool) -> _Arg:
     if optional:
-        parser.add_argument(
+        return _arg(
             "value",
             metavar="JSON",
             nargs="?",
@@ -231,26 +129,31 @@ def _json_positional(parser: argparse.ArgumentParser, optional: bool) -> None:
             default=b"null",
             help="the value, as JSON (default: null); quote strings: '\"text\"'",
         )
-    else:
-        parser.add_argument(
-            "value",
-            metavar="JSON",
-            type=_json_value,
-            help="the value, as JSON; quote strings: '\"text\"'",
-        )
-
-
-def _promise_positionals(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("service", metavar="SERVICE", help="the workflow, e.g. playground.Signup")
-    parser.add_argument("key", metavar="KEY", help="the workflow's key")
-    parser.add_argument("name", metavar="NAME", help="the promise's name")
-
-
-def _object_positionals(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "service", metavar="SERVICE", help="a virtual object or workflow, e.g. playground.Counter"
+    return _arg(
+        "value",
+        metavar="JSON",
+        type=_json_value,
+        help="the value, as JSON; quote strings: '\"text\"'",
     )
-    parser.add_argument("key", metavar="KEY", help="the object's key")
+
+
+_PROMISE_POSITIONALS = (
+    _arg("service", metavar="SERVICE", help="the workflow, e.g. playground.Signup"),
+    _arg("key", metavar="KEY", help="the workflow's key"),
+    _arg("name", metavar="NAME", help="the promise's name"),
+)
+_OBJECT_POSITIONALS = (
+    _arg(
+        "service", metavar="SERVICE", help="a virtual object or workflow, e.g. playground.Counter"
+    ),
+    _arg("key", metavar="KEY", help="the object's key"),
+)
+_INVOCATION_ID = _arg("invocation_id", metavar="ID", help="an invocation id (inv_...)")
+_AWAKEABLE_ID = _arg("awakeable_id", metavar="ID", help="an awakeable id (awk_...)")
+_REASON = _arg(
+    "reason", metavar="REASON", nargs="?", default=DEFAULT_REASON, help="the error message"
+)
+_STATE_NAME = _arg("name", metavar="NAME", help="the state value's name")
 
 
 def _json_value(text: str) -> bytes:
@@ -497,6 +400,178 @@ def _clear_state(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[J
     resp: admin_pb2.SetStateResponse = stub.SetState(req, timeout=timeout)
     human = f"cleared {args.name!r} of {args.service} key {args.key!r}"
     return fmt.state_change_to_json(resp), human
+
+
+# The command groups, in the order `--help` lists them.
+_GROUPS = {
+    "deployments": "register and list deployments",
+    "services": "list and describe services",
+    "invocations": "inspect and steer invocations",
+    "awakeables": "complete awakeables",
+    "promises": "complete workflows' durable promises",
+    "state": "read and edit a virtual object's state",
+}
+
+# Every verb, in the order `--help` lists them within its group.
+_VERBS = (
+    _Verb(
+        "deployments",
+        "register",
+        "register a service endpoint (again: refresh its services; after a removal: take "
+        "back its old id, resuming the invocations still pinned to it)",
+        _register_deployment,
+        (
+            _arg(
+                "uri",
+                help="the endpoint's address, e.g. http://127.0.0.1:9101 (also 127.0.0.1:9101 "
+                "or dns:///127.0.0.1:9101: one endpoint, one deployment, shown as "
+                "http://HOST:PORT)",
+            ),
+        ),
+    ),
+    _Verb("deployments", "list", "list registered deployments", _list_deployments),
+    _Verb(
+        "deployments",
+        "remove",
+        "remove a deployment (refused while invocations that began on it are in flight, "
+        "unless --force)",
+        _remove_deployment,
+        (
+            _arg("deployment_id", metavar="ID", help="a deployment id (dp_...)"),
+            _arg(
+                "--force",
+                action="store_true",
+                help="remove it even with invocations in flight: their attempts fail and back "
+                "off until the same URI is registered again, which takes back this id and "
+                "resumes them",
+            ),
+        ),
+    ),
+    _Verb("services", "list", "list the services the ingress serves", _list_services),
+    _Verb(
+        "services",
+        "describe",
+        "show a service's kind, deployment and handlers",
+        _describe_service,
+        (_arg("name", metavar="NAME", help="a service's full name, e.g. trips.Trips"),),
+    ),
+    _Verb(
+        "invocations",
+        "list",
+        "list invocations, newest first",
+        _list_invocations,
+        (
+            _arg(
+                "--status",
+                choices=(*fmt.STATUS_CHOICES, *fmt.OUTCOME_CHOICES),
+                help="only this status; succeeded and failed are completed ones that ended so",
+            ),
+            _arg("--service", default="", help="only this service (e.g. trips.Trips)"),
+            _arg("--key", default="", help="only this virtual object / workflow key"),
+            _arg(
+                "--limit",
+                type=_non_negative_int,
+                default=0,
+                help="at most N invocations, newest first (default: the broker's 1000)",
+            ),
+        ),
+    ),
+    _Verb(
+        "invocations",
+        "describe",
+        "show one invocation and its journal",
+        _describe_invocation,
+        (
+            _INVOCATION_ID,
+            _arg(
+                "--hex",
+                action="store_true",
+                help="show requests, results and outputs as bytes (hex), not as JSON",
+            ),
+        ),
+    ),
+    _Verb(
+        "invocations",
+        "cancel",
+        "cancel an invocation: it sees a CANCELLED error at its next await, "
+        "so its compensations run",
+        _cancel_invocation,
+        (_INVOCATION_ID,),
+    ),
+    _Verb(
+        "invocations",
+        "kill",
+        "stop an invocation now, without compensation",
+        _kill_invocation,
+        (_INVOCATION_ID,),
+    ),
+    _Verb(
+        "invocations",
+        "pause",
+        "pause an invocation: abandon its attempt, start none until it is resumed",
+        _pause_invocation,
+        (_INVOCATION_ID,),
+    ),
+    _Verb(
+        "invocations",
+        "resume",
+        "resume a paused invocation, or retry a backing-off one now",
+        _resume_invocation,
+        (_INVOCATION_ID,),
+    ),
+    _Verb(
+        "awakeables",
+        "resolve",
+        "resolve an awakeable with a JSON value",
+        _resolve_awakeable,
+        (_AWAKEABLE_ID, _json_positional(optional=True)),
+    ),
+    _Verb(
+        "awakeables",
+        "reject",
+        "reject an awakeable: its await raises an error",
+        _reject_awakeable,
+        (_AWAKEABLE_ID, _REASON),
+    ),
+    _Verb(
+        "promises",
+        "resolve",
+        "resolve a workflow's durable promise",
+        _resolve_promise,
+        (*_PROMISE_POSITIONALS, _json_positional(optional=True)),
+    ),
+    _Verb(
+        "promises",
+        "reject",
+        "reject a workflow's durable promise",
+        _reject_promise,
+        (*_PROMISE_POSITIONALS, _REASON),
+    ),
+    _Verb(
+        "state",
+        "get",
+        "show an object's state, or one value of it as JSON",
+        _get_state,
+        (
+            *_OBJECT_POSITIONALS,
+            _arg("name", metavar="NAME", nargs="?", help="only this state value"),
+        ),
+    ),
+    _Verb(
+        "state",
+        "set",
+        "set one state value to a JSON value",
+        _set_state,
+        (*_OBJECT_POSITIONALS, _STATE_NAME, _json_positional(optional=False)),
+    ),
+    _Verb(
+        "state",
+        "clear",
+        "remove one state value",
+        _clear_state,
+        (*_OBJECT_POSITIONALS, _STATE_NAME),
+    ),
+)
 
 
 def wait_for_channel(channel: grpc.Channel, timeout: float) -> None:

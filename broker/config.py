@@ -1,4 +1,10 @@
-"""Broker settings: flags, each with an environment variable, and their defaults."""
+"""Broker settings: flags, each with an environment variable, and their defaults.
+
+Each setting is declared once, as a `Settings` field whose metadata says how it is given
+at start-up (its flag, its `BROKER_*` variable, its help and how its text is parsed);
+`build_parser` and `parse_args` are built from that table, so a default cannot drift
+between the dataclass and the command line.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,13 @@ import argparse
 import dataclasses
 import os
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+_T = TypeVar("_T")
+_OPTION = "option"
 
 
 def parse_duration(text: str) -> float:
@@ -18,181 +29,256 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def _upper(text: str) -> str:
+    return text.upper()
+
+
+def _without_trailing_slash(text: str) -> str:
+    return text.rstrip("/")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """How one setting is given at start-up.
+
+    Attributes:
+        flag: The command-line flag, or None for a setting only code can change.
+        env: The environment variable that replaces the default when set.
+        help: The flag's help text.
+        parse: Turns the flag's (or the variable's) text into the value.
+        switch: A flag without a value; the variable turns it on with `1`.
+        negated: The switch turns the setting off (`--no-fsync` sets `fsync` False).
+        blank_is_none: An empty value means "unset" (None).
+    """
+
+    flag: str | None = None
+    env: str | None = None
+    help: str | None = None
+    parse: Callable[[str], Any] = str
+    switch: bool = False
+    negated: bool = False
+    blank_is_none: bool = False
+
+
+def _setting(default: _T, flag: str | None = None, env: str | None = None, **how: Any) -> _T:
+    """A `Settings` field: its default and how it is given (see `Option`)."""
+    field: _T = dataclasses.field(
+        default=default, metadata={_OPTION: Option(flag=flag, env=env, **how)}
+    )
+    return field
+
+
 @dataclasses.dataclass
 class Settings:
     """Everything the broker can be told at start-up."""
 
-    ingress: str = "127.0.0.1:9090"
-    admin: str = "127.0.0.1:9091"
+    ingress: str = _setting("127.0.0.1:9090", "--ingress", "BROKER_INGRESS", help="ingress address")
+    admin: str = _setting("127.0.0.1:9091", "--admin", "BROKER_ADMIN", help="admin API address")
     # None keeps everything in memory (tests, the SDK's testing helper).
-    data_dir: str | None = ".data/broker"
-    log_level: str = "INFO"
+    data_dir: str | None = _setting(
+        ".data/broker",
+        "--data-dir",
+        "BROKER_DATA_DIR",
+        help="RocksDB directory",
+        blank_is_none=True,
+    )
+    log_level: str = _setting("INFO", "--log-level", "BROKER_LOG_LEVEL", parse=_upper)
     # How long a handler may block on an incomplete step before it suspends;
     # 0 suspends at every such await (replay exercised constantly, used in tests).
-    suspend_after: float = 1.0
-    retry_initial: float = 0.1
-    retry_factor: float = 2.0
-    retry_max: float = 30.0
+    suspend_after: float = _setting(
+        1.0,
+        "--suspend-after",
+        "BROKER_SUSPEND_AFTER",
+        parse=parse_duration,
+        help="suspend handlers blocked this long; 0 = at every await (default 1s)",
+    )
+    retry_initial: float = _setting(
+        0.1, "--retry-initial", "BROKER_RETRY_INITIAL", parse=parse_duration
+    )
+    retry_factor: float = _setting(2.0, "--retry-factor", "BROKER_RETRY_FACTOR", parse=float)
+    retry_max: float = _setting(30.0, "--retry-max", "BROKER_RETRY_MAX", parse=parse_duration)
     # Completed invocations (and their idempotency keys) are kept this long.
-    retention: float = 24 * 3600.0
-    max_payload_bytes: int = 4 * 1024 * 1024
-    fsync: bool = True
+    retention: float = _setting(
+        24 * 3600.0,
+        "--retention",
+        "BROKER_RETENTION",
+        parse=parse_duration,
+        help="how long completed invocations and idempotency keys are kept",
+    )
+    max_payload_bytes: int = _setting(
+        4 * 1024 * 1024, "--max-payload-bytes", "BROKER_MAX_PAYLOAD_BYTES", parse=int
+    )
+    fsync: bool = _setting(
+        True,
+        "--no-fsync",
+        "BROKER_NO_FSYNC",
+        switch=True,
+        negated=True,
+        help="skip fsync (benchmarks of the rest only; not durable against power loss)",
+    )
     # host:port of the Prometheus endpoint; None = off.
-    metrics: str | None = None
+    metrics: str | None = _setting(
+        None,
+        "--metrics",
+        "BROKER_METRICS",
+        blank_is_none=True,
+        help="serve Prometheus metrics at http://ADDRESS/metrics (off by default)",
+    )
     # Limits (each failure is terminal, RESOURCE_EXHAUSTED, with a message saying which).
-    max_journal_entries: int = 10_000
-    max_state_bytes: int = 16 * 1024 * 1024
+    max_journal_entries: int = _setting(
+        10_000, "--max-journal-entries", "BROKER_MAX_JOURNAL_ENTRIES", parse=int
+    )
+    max_state_bytes: int = _setting(
+        16 * 1024 * 1024,
+        "--max-state-bytes",
+        "BROKER_MAX_STATE_BYTES",
+        parse=int,
+        help="state per virtual-object key",
+    )
     # Attempts in flight per deployment; the rest wait in line (0 = no limit).
-    max_concurrency: int = 0
+    max_concurrency: int = _setting(
+        0,
+        "--max-concurrency",
+        "BROKER_MAX_CONCURRENCY",
+        parse=int,
+        help="attempts in flight per deployment; more wait in line (0 = no limit)",
+    )
     # An attempt whose endpoint sends nothing for this long is abandoned and retried
     # (a hung handler or stream); long side effects must finish within it.
-    inactivity_timeout: float = 600.0
+    inactivity_timeout: float = _setting(
+        600.0,
+        "--inactivity-timeout",
+        "BROKER_INACTIVITY_TIMEOUT",
+        parse=parse_duration,
+        help="abandon (and retry) an attempt whose endpoint sends nothing this long",
+    )
     # First attempts of fresh invocations on endpoints that do not multiplex go as one
     # unary call; see Invoker._unary.
-    unary_first: bool = True
+    unary_first: bool = _setting(
+        True,
+        "--no-unary-first",
+        "BROKER_NO_UNARY_FIRST",
+        switch=True,
+        negated=True,
+        help="drive endpoints that do not multiplex over a stream per attempt, first "
+        "attempts included (not one unary call first)",
+    )
     # Streaming attempts to endpoints that offer it share one Multiplex stream.
-    multiplex: bool = True
+    multiplex: bool = _setting(
+        True,
+        "--no-multiplex",
+        "BROKER_NO_MULTIPLEX",
+        switch=True,
+        negated=True,
+        help="open a stream per attempt even to endpoints that serve Multiplex",
+    )
     # A non-determinism report from the SDK ends the invocation with INTERNAL instead of
     # being retried. Off in production (a fixed deployment can then recover it); on in
     # `durable.testing`, so a test sees the divergence instead of a retry that may pass.
-    non_determinism_terminal: bool = False
-    admin_token: str | None = None
-    tls_cert: str | None = None
-    tls_key: str | None = None
-    endpoint_secret: str | None = None
+    # No flag: only code (the testing helper) sets it.
+    non_determinism_terminal: bool = _setting(False)
+    # An empty token is refused by `parse_args`, never taken as "no token".
+    admin_token: str | None = _setting(
+        None,
+        "--admin-token",
+        "BROKER_ADMIN_TOKEN",
+        help="require `authorization: Bearer TOKEN` on admin calls (not empty)",
+    )
+    tls_cert: str | None = _setting(
+        None, "--tls-cert", "BROKER_TLS_CERT", help="PEM certificate", blank_is_none=True
+    )
+    tls_key: str | None = _setting(
+        None, "--tls-key", "BROKER_TLS_KEY", help="PEM private key", blank_is_none=True
+    )
+    endpoint_secret: str | None = _setting(
+        None,
+        "--endpoint-secret",
+        "BROKER_ENDPOINT_SECRET",
+        blank_is_none=True,
+        help="shared secret sent to service endpoints (x-durable-secret)",
+    )
     # Open a data dir whose journal lost acknowledged writes (a damaged, truncated or
     # deleted write-ahead log) with what is left, instead of refusing to start.
-    accept_data_loss: bool = False
+    accept_data_loss: bool = _setting(
+        False,
+        "--accept-data-loss",
+        "BROKER_ACCEPT_DATA_LOSS",
+        switch=True,
+        help="start on a data dir whose journal lost acknowledged writes (a damaged, "
+        "truncated or deleted write-ahead log) with what is left, and log what was lost; "
+        "without it such a data dir stops the broker",
+    )
     # host:port of the web console; None = off.
-    console: str | None = None
+    console: str | None = _setting(
+        None,
+        "--console",
+        "BROKER_CONSOLE",
+        blank_is_none=True,
+        help="serve the web console at http://ADDRESS/ (off by default; same token and "
+        "TLS as the admin API)",
+    )
     # A Jaeger UI's base URL, for links from the console to an invocation's trace.
-    jaeger_ui: str | None = None
+    jaeger_ui: str | None = _setting(
+        None,
+        "--jaeger-ui",
+        "BROKER_JAEGER_UI",
+        blank_is_none=True,
+        parse=_without_trailing_slash,
+        help="Jaeger UI base URL, e.g. http://127.0.0.1:16686: the console links traces",
+    )
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
         return min(self.retry_initial * self.retry_factor ** max(attempts - 1, 0), self.retry_max)
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(name, default)
+def options() -> list[tuple[dataclasses.Field[Any], Option]]:
+    """Every `Settings` field with its `Option`, in declaration order."""
+    return [(f, f.metadata[_OPTION]) for f in dataclasses.fields(Settings)]
+
+
+def _default(field: dataclasses.Field[Any], option: Option) -> Any:
+    """The flag's default: the environment variable when set, else the field's default."""
+    text = os.environ.get(option.env) if option.env else None
+    if option.switch:
+        # The flag's own value (for a negated switch, on means the field is False).
+        return text == "1"
+    # Parsed here, not by argparse, so a bad variable fails as it always has.
+    return field.default if text is None else option.parse(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m broker` parser; its defaults read the `BROKER_*` variables now."""
+    p = argparse.ArgumentParser(
+        prog="python -m broker", description="The durable invocation broker."
+    )
+    for field, option in options():
+        if option.flag is None:
+            continue
+        if option.switch:
+            p.add_argument(
+                option.flag,
+                dest=field.name,
+                action="store_true",
+                default=_default(field, option),
+                help=option.help,
+            )
+        else:
+            # Plain text needs no `type` (argparse keeps it as given).
+            typed: dict[str, Any] = {} if option.parse is str else {"type": option.parse}
+            p.add_argument(
+                option.flag,
+                dest=field.name,
+                default=_default(field, option),
+                help=option.help,
+                **typed,
+            )
+    return p
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     """Settings from the command line, falling back to `BROKER_*` variables."""
-    d = Settings()
-    p = argparse.ArgumentParser(
-        prog="python -m broker", description="The durable invocation broker."
-    )
-    p.add_argument("--ingress", default=_env("BROKER_INGRESS", d.ingress), help="ingress address")
-    p.add_argument("--admin", default=_env("BROKER_ADMIN", d.admin), help="admin API address")
-    p.add_argument(
-        "--data-dir", default=_env("BROKER_DATA_DIR", d.data_dir or ""), help="RocksDB directory"
-    )
-    p.add_argument("--log-level", default=_env("BROKER_LOG_LEVEL", d.log_level))
-    p.add_argument(
-        "--suspend-after",
-        type=parse_duration,
-        default=parse_duration(_env("BROKER_SUSPEND_AFTER", "1s")),
-        help="suspend handlers blocked this long; 0 = at every await (default 1s)",
-    )
-    p.add_argument(
-        "--retry-initial",
-        type=parse_duration,
-        default=parse_duration(_env("BROKER_RETRY_INITIAL", "100ms")),
-    )
-    p.add_argument("--retry-factor", type=float, default=float(_env("BROKER_RETRY_FACTOR", "2")))
-    p.add_argument(
-        "--retry-max", type=parse_duration, default=parse_duration(_env("BROKER_RETRY_MAX", "30s"))
-    )
-    p.add_argument(
-        "--retention",
-        type=parse_duration,
-        default=parse_duration(_env("BROKER_RETENTION", "24h")),
-        help="how long completed invocations and idempotency keys are kept",
-    )
-    p.add_argument(
-        "--max-payload-bytes",
-        type=int,
-        default=int(_env("BROKER_MAX_PAYLOAD_BYTES", str(d.max_payload_bytes))),
-    )
-    p.add_argument(
-        "--no-fsync",
-        action="store_true",
-        default=_env("BROKER_NO_FSYNC", "") == "1",
-        help="skip fsync (benchmarks of the rest only; not durable against power loss)",
-    )
-    p.add_argument(
-        "--metrics",
-        default=_env("BROKER_METRICS", ""),
-        help="serve Prometheus metrics at http://ADDRESS/metrics (off by default)",
-    )
-    p.add_argument(
-        "--max-journal-entries",
-        type=int,
-        default=int(_env("BROKER_MAX_JOURNAL_ENTRIES", str(d.max_journal_entries))),
-    )
-    p.add_argument(
-        "--max-state-bytes",
-        type=int,
-        default=int(_env("BROKER_MAX_STATE_BYTES", str(d.max_state_bytes))),
-        help="state per virtual-object key",
-    )
-    p.add_argument(
-        "--max-concurrency",
-        type=int,
-        default=int(_env("BROKER_MAX_CONCURRENCY", "0")),
-        help="attempts in flight per deployment; more wait in line (0 = no limit)",
-    )
-    p.add_argument(
-        "--inactivity-timeout",
-        type=parse_duration,
-        default=parse_duration(_env("BROKER_INACTIVITY_TIMEOUT", "10m")),
-        help="abandon (and retry) an attempt whose endpoint sends nothing this long",
-    )
-    p.add_argument(
-        "--no-unary-first",
-        action="store_true",
-        default=_env("BROKER_NO_UNARY_FIRST", "") == "1",
-        help="drive endpoints that do not multiplex over a stream per attempt, first "
-        "attempts included (not one unary call first)",
-    )
-    p.add_argument(
-        "--no-multiplex",
-        action="store_true",
-        default=_env("BROKER_NO_MULTIPLEX", "") == "1",
-        help="open a stream per attempt even to endpoints that serve Multiplex",
-    )
-    p.add_argument(
-        "--admin-token",
-        default=os.environ.get("BROKER_ADMIN_TOKEN"),
-        help="require `authorization: Bearer TOKEN` on admin calls (not empty)",
-    )
-    p.add_argument("--tls-cert", default=_env("BROKER_TLS_CERT", ""), help="PEM certificate")
-    p.add_argument("--tls-key", default=_env("BROKER_TLS_KEY", ""), help="PEM private key")
-    p.add_argument(
-        "--endpoint-secret",
-        default=_env("BROKER_ENDPOINT_SECRET", ""),
-        help="shared secret sent to service endpoints (x-durable-secret)",
-    )
-    p.add_argument(
-        "--accept-data-loss",
-        action="store_true",
-        default=_env("BROKER_ACCEPT_DATA_LOSS", "") == "1",
-        help="start on a data dir whose journal lost acknowledged writes (a damaged, "
-        "truncated or deleted write-ahead log) with what is left, and log what was lost; "
-        "without it such a data dir stops the broker",
-    )
-    p.add_argument(
-        "--console",
-        default=_env("BROKER_CONSOLE", ""),
-        help="serve the web console at http://ADDRESS/ (off by default; same token and "
-        "TLS as the admin API)",
-    )
-    p.add_argument(
-        "--jaeger-ui",
-        default=_env("BROKER_JAEGER_UI", ""),
-        help="Jaeger UI base URL, e.g. http://127.0.0.1:16686: the console links traces",
-    )
+    p = build_parser()
     a = p.parse_args(argv)
     if a.admin_token is not None and not a.admin_token.strip():
         # An empty token would silently mean "no access control" to whoever set it.
@@ -202,30 +288,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         )
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
-    return Settings(
-        ingress=a.ingress,
-        admin=a.admin,
-        data_dir=a.data_dir or None,
-        log_level=a.log_level.upper(),
-        suspend_after=a.suspend_after,
-        retry_initial=a.retry_initial,
-        retry_factor=a.retry_factor,
-        retry_max=a.retry_max,
-        retention=a.retention,
-        max_payload_bytes=a.max_payload_bytes,
-        fsync=not a.no_fsync,
-        metrics=a.metrics or None,
-        max_journal_entries=a.max_journal_entries,
-        max_state_bytes=a.max_state_bytes,
-        max_concurrency=a.max_concurrency,
-        inactivity_timeout=a.inactivity_timeout,
-        unary_first=not a.no_unary_first,
-        multiplex=not a.no_multiplex,
-        admin_token=a.admin_token or None,
-        tls_cert=a.tls_cert or None,
-        tls_key=a.tls_key or None,
-        endpoint_secret=a.endpoint_secret or None,
-        accept_data_loss=a.accept_data_loss,
-        console=a.console or None,
-        jaeger_ui=a.jaeger_ui.rstrip("/") or None,
-    )
+    values: dict[str, Any] = {}
+    for field, option in options():
+        if option.flag is None:
+            continue
+        value = getattr(a, field.name)
+        if option.negated:
+            value = not value
+        elif option.blank_is_none:
+            value = value or None
+        values[field.name] = value
+    return Settings(**values)

@@ -3,7 +3,7 @@
 Opening a gRPC stream per attempt costs both processes more than the attempt's own
 messages do. Here each deployment gets one stream; attempts are told apart by an id,
 and whatever is queued when the stream is ready to write goes out as one frame
-(`durable._framing`, shared with the endpoint's side).
+(`durable.wire`, shared with the endpoint's side).
 
 A connection knows nothing of invocations: it carries messages for attempt ids and
 tells each attempt's receiver when the stream is gone. The invoker decides the rest.
@@ -18,8 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from durable._framing import frames
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
+from durable.wire import frames
 
 log = logging.getLogger("broker.invoker")
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+from durable import process
 from durable.v1 import admin_pb2, admin_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.trips.notifications import DEFAULT_PATH as NOTIFICATION_LOG
 from services.trips.service import RUN_TYPES
@@ -59,12 +59,6 @@ PORTS = [
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
 WATCH_INTERVAL_S = 0.5
-# Reconnect quickly while a server is still binding its port (gRPC's default starts at 1 s).
-CHANNEL_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 500),
-]
 
 
 class Stop(Exception):
@@ -126,46 +120,39 @@ def _check_ports() -> None:
 
 
 def _spawn(name: str, args: list[str], addresses: list[str]) -> Child:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    # Its own process group: Ctrl-C reaches only this script, which stops the children in
-    # order with SIGTERM (their clean shutdown path) instead of racing them.
-    process = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, process_group=0)
-    print(f"started {name} (pid {process.pid})", flush=True)
-    return Child(name, addresses, process)
+    # Its own process group (`process.spawn`): Ctrl-C reaches only this script, which
+    # stops the children in order with SIGTERM (their clean shutdown path) instead of
+    # racing them. Their output stays on this terminal.
+    started = process.spawn(name, [sys.executable, *args], cwd=ROOT)
+    print(f"started {name} (pid {started.pid})", flush=True)
+    return Child(name, addresses, started.popen)
+
+
+def _watched(children: list[Child]) -> list[process.Child]:
+    return [process.Child(child.name, child.process) for child in children]
 
 
 def _check_alive(children: list[Child]) -> None:
-    for child in children:
-        code = child.process.poll()
-        if code is not None:
-            raise DemoError(f"{child.name} (pid {child.process.pid}) exited with code {code}")
+    try:
+        for watched in _watched(children):
+            watched.check_alive()
+    except process.ProcessError as e:
+        raise DemoError(str(e)) from None
 
 
 def _wait_healthy(child: Child, address: str, children: list[Child], deadline: float) -> None:
     """Polls `grpc.health.v1.Health/Check` on `address` until it reports SERVING."""
-    last = "no answer yet"
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            _check_alive(children)
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DemoError(f"{child.name} is not healthy on {address}: {last}")
-            try:
-                # wait_for_ready: block until the port accepts connections, not fail fast.
-                response = health.Check(
-                    health_pb2.HealthCheckRequest(),
-                    timeout=min(1.0, remaining),
-                    wait_for_ready=True,
-                )
-            except grpc.RpcError as e:
-                last = f"{e.code().name}: {e.details()}"
-                continue
-            if response.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
-            last = f"health status {status}"
-            time.sleep(0.1)  # serving but not ready: the next check is a moment away
+    try:
+        process.wait_serving(
+            address,
+            deadline=deadline,
+            watch=_watched(children),
+            name=child.name,
+            poll_timeout=1.0,
+            interval=0.1,
+        )
+    except process.ProcessError as e:
+        raise DemoError(str(e)) from None
 
 
 def _register(uris: list[str]) -> None:

@@ -7,10 +7,11 @@ The repository root goes on `sys.path` so that tests import their helpers as
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +22,9 @@ from tests import support  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     """Attaches the log tail of every running process to a failing test's report."""
     outcome = yield
     report = outcome.get_result()

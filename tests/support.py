@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import signal
 import socket
@@ -23,9 +22,9 @@ from typing import Any, TypeVar
 
 import grpc
 from cars import cars_pb2_grpc
+from durable.process import Child, NotServing, ProcessExited, spawn, wait_serving
 from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2_grpc, invocation_pb2, journal_pb2
 from flights import flights_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from payments import payments_pb2_grpc
 from playground import playground_pb2_grpc
 from trips import trips_pb2_grpc
@@ -92,7 +91,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float = 30.0,
     interval: float = 0.05,
     message: str | Callable[[], str] = "condition",
@@ -172,19 +171,10 @@ class Process:
     def start(self) -> Process:
         """Starts the process (in its own process group, so Ctrl-C stays with pytest)."""
         assert not self.alive, f"{self.name} is already running"
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            log.write(f"=== start: {' '.join(self.args)}\n".encode())
-            log.flush()
-            self.popen = subprocess.Popen(
-                self.args,
-                cwd=self.cwd,
-                env={**(self.env if self.env is not None else os.environ), "PYTHONUNBUFFERED": "1"},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-            )
+        child = spawn(
+            self.name, self.args, log=self.log_path, append=True, cwd=self.cwd, env=self.env
+        )
+        self.popen = child.popen
         return self
 
     @property
@@ -250,29 +240,15 @@ def wait_healthy(address: str, deadline: float, process: Process | None = None) 
         deadline: `time.monotonic()` value after which to give up.
         process: Checked on every poll: fail at once (with its log) if it died.
     """
-    last = "no answer yet"
-    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
-        while True:
-            if process is not None:
-                process.check_alive()
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                tail = "\n" + process.log_tail() if process else ""
-                raise TestTimeout(f"{address} is not healthy: {last}{tail}")
-            try:
-                response = health.Check(
-                    health_pb2.HealthCheckRequest(),
-                    timeout=min(0.5, remaining),
-                    wait_for_ready=True,
-                )
-            except grpc.RpcError as e:
-                last = f"{e.code().name}: {e.details()}"
-                continue
-            if response.status == health_pb2.HealthCheckResponse.SERVING:
-                return
-            last = f"status {health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)}"
-            time.sleep(0.05)  # answering but not serving yet: poll again shortly
+    watch = []
+    if process is not None and process.popen is not None:
+        watch.append(Child(process.name, process.popen, process.log_path))
+    try:
+        wait_serving(address, deadline=deadline, watch=watch, name=address)
+    except ProcessExited as e:
+        raise AssertionError(str(e)) from None
+    except NotServing as e:
+        raise TestTimeout(str(e)) from None
 
 
 # The `make_cluster` fixture: `make_cluster(suspend_after="0", broker_args=[...])`.
@@ -502,10 +478,13 @@ class Cluster:
     ) -> list[invocation_pb2.Invocation]:
         """ListInvocations with its filters (`status` as the enum or its name, e.g.
         "SUSPENDED"); `method` filters the result here, the API has no such filter."""
-        if isinstance(status, str):
-            status = Status.Value(status.upper().replace("-", "_"))
+        wanted = (
+            Status.Value(status.upper().replace("-", "_"))
+            if isinstance(status, str)
+            else Status.ValueType(status)
+        )
         response = self.admin.ListInvocations(
-            admin_pb2.ListInvocationsRequest(status=status, service=service, key=key, limit=limit),
+            admin_pb2.ListInvocationsRequest(status=wanted, service=service, key=key, limit=limit),
             timeout=10,
         )
         return [i for i in response.invocations if not method or i.method == method]
@@ -622,13 +601,13 @@ class Cluster:
 
     def wait_for(
         self,
-        predicate: Callable[[], T],
+        predicate: Callable[[], T | None],
         timeout: float = 30.0,
         message: str | Callable[[], str] = "condition",
     ) -> T:
         """`wait_for`, also failing at once (with the log) if a process of ours died."""
 
-        def checked() -> T:
+        def checked() -> T | None:
             # A process we stopped on purpose has been waited for (its returncode is
             # set); any other that has exited died on its own.
             for process in [self.broker, *self.services.values()]:

@@ -28,7 +28,7 @@ from opentelemetry import trace
 
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
-from . import _loop, tracing
+from . import tracing, wire
 from ._context import (
     Context,
     ObjectContext,
@@ -395,7 +395,7 @@ def serve(
     address cannot be bound, prints one line saying so and exits with status 1.
     """
     try:
-        _loop.run(serve_async(services, address, request_response=request_response))
+        wire.run(serve_async(services, address, request_response=request_response))
     except ListenError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

@@ -16,8 +16,8 @@ import grpc
 
 from durable.v1 import protocol_pb2
 
-from ._framing import frames as packed_frames
 from ._runtime import Runtime
+from .wire import frames as packed_frames
 
 log = logging.getLogger("durable")
 

@@ -82,23 +82,21 @@ This module imports the broker (`broker.server`) when an environment starts; imp
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import dataclasses
-import importlib
 import logging
 import os
-import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias, TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
-from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
+from durable.v1 import admin_pb2, invocation_pb2
 
-from ._endpoint import create_server
 from ._service import Service, Servicer
+from ._testing_channels import ClientChannels, is_current
+from ._testing_core import ADMIN_TIMEOUT, EnvironmentCore, ServiceLike, StatusFilter
+from ._testing_thread import LoopThread
 
 __all__ = ["INVOCATION_ID_HEADER", "DurableTestEnvironment", "invocation_id_of"]
 
@@ -107,79 +105,7 @@ log = logging.getLogger("durable.testing")
 #: The response metadata key under which the ingress returns the invocation id.
 INVOCATION_ID_HEADER = "invocation-id"
 
-_HOST = "127.0.0.1"
-# Seconds that in-flight calls get to finish when the environment stops.
-_STOP_GRACE = 1.0
-# Deadline of each admin API call made by the helpers.
-_ADMIN_TIMEOUT = 30.0
-
 T = TypeVar("T")
-ServiceLike: TypeAlias = Service | Servicer
-StatusFilter: TypeAlias = "invocation_pb2.InvocationStatus.ValueType | str | None"
-
-
-class _Broker(Protocol):
-    """What this module needs of `broker.server.Broker` (imported lazily, untyped)."""
-
-    ingress_port: int
-    admin_port: int
-
-    async def start(self) -> None: ...
-
-    async def stop(self, grace: float = ...) -> None: ...
-
-
-def _new_broker(data_dir: str | None, suspend_after: float, extra: Mapping[str, Any]) -> _Broker:
-    """A `broker.server.Broker` listening on free ports of 127.0.0.1 (not started yet)."""
-    try:
-        server = importlib.import_module("broker.server")
-        config = importlib.import_module("broker.config")
-    except ImportError as e:  # pragma: no cover - the SDK installed without the broker
-        raise ImportError(
-            "durable.testing runs the broker in-process: install the `durable-broker` "
-            f"package alongside the SDK ({e})"
-        ) from e
-    names = {f.name for f in dataclasses.fields(config.Settings)}
-    fixed = {"ingress", "admin", "data_dir", "suspend_after"}
-    unknown = sorted(set(extra) - names)
-    if unknown:
-        raise TypeError(f"unknown broker setting(s) {unknown}; known: {sorted(names - fixed)}")
-    clashing = sorted(set(extra) & fixed)
-    if clashing:
-        raise TypeError(
-            f"broker setting(s) {clashing} are set by DurableTestEnvironment itself; "
-            "use its `storage` and `suspend_after` arguments"
-        )
-    # A divergent replay fails the invocation (and so the test's call) instead of being
-    # retried until a replay happens to match.
-    options = {"non_determinism_terminal": True, **extra}
-    settings = config.Settings(
-        ingress=f"{_HOST}:0",
-        admin=f"{_HOST}:0",
-        data_dir=data_dir,
-        suspend_after=suspend_after,
-        **options,
-    )
-    broker: _Broker = server.Broker(settings)
-    return broker
-
-
-def _status_value(status: StatusFilter) -> invocation_pb2.InvocationStatus.ValueType:
-    """`"backing-off"`, `"completed"`, `invocation_pb2.COMPLETED`, ... as the enum value."""
-    if status is None:
-        return invocation_pb2.INVOCATION_STATUS_UNSPECIFIED
-    if isinstance(status, str):
-        name = status.strip().upper().replace("-", "_")
-        try:
-            return invocation_pb2.InvocationStatus.Value(name)
-        except ValueError:
-            valid = [
-                n.lower().replace("_", "-")
-                for n in invocation_pb2.InvocationStatus.keys()
-                if n != "INVOCATION_STATUS_UNSPECIFIED"
-            ]
-            raise ValueError(f"unknown invocation status {status!r}; valid: {valid}") from None
-    return status
 
 
 def invocation_id_of(call: grpc.Call | grpc.RpcError) -> str:
@@ -208,87 +134,6 @@ def invocation_id_of(call: grpc.Call | grpc.RpcError) -> str:
         if key == INVOCATION_ID_HEADER:
             return value if isinstance(value, str) else value.decode()
     return ""
-
-
-class _GuardedMultiCallable:
-    """A sync stub's method that checks the calling thread before each call."""
-
-    def __init__(self, inner: Any, method: str, check: Callable[[str], None]) -> None:
-        self._inner = inner
-        self._method = method
-        self._check = check
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self._check(self._method)
-        return self._inner(*args, **kwargs)
-
-    def with_call(self, *args: Any, **kwargs: Any) -> Any:
-        self._check(self._method)
-        return self._inner.with_call(*args, **kwargs)
-
-    def future(self, *args: Any, **kwargs: Any) -> Any:
-        self._check(self._method)
-        return self._inner.future(*args, **kwargs)
-
-
-class _GuardedChannel(grpc.Channel):
-    """A sync channel whose calls fail fast on the environment's own event loop.
-
-    The broker answers on that loop, so a blocking call made from it would wait for
-    itself forever. (A wrapper rather than `grpc.intercept_channel`: grpcio 1.85 crashes
-    when an intercepted channel is used after it was closed.)
-    """
-
-    def __init__(self, inner: grpc.Channel, env: DurableTestEnvironment) -> None:
-        self._inner = inner
-        self._env = env
-
-    def _check(self, method: str) -> None:
-        if self._env._on_env_loop():
-            raise RuntimeError(
-                f"{method}: a blocking gRPC call from the event loop the broker runs on "
-                "would wait for itself forever; in async code use env.aio_channel() "
-                "(or call the sync stub through asyncio.to_thread)"
-            )
-
-    def _wrap(self, kind: str, method: str, args: tuple[Any, ...], kwargs: Any) -> Any:
-        inner = getattr(self._inner, kind)(method, *args, **kwargs)
-        return _GuardedMultiCallable(inner, method, self._check)
-
-    def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap("unary_unary", method, args, kwargs)
-
-    def unary_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap("unary_stream", method, args, kwargs)
-
-    def stream_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap("stream_unary", method, args, kwargs)
-
-    def stream_stream(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._wrap("stream_stream", method, args, kwargs)
-
-    def subscribe(
-        self, callback: Callable[[grpc.ChannelConnectivity], None], try_to_connect: bool = False
-    ) -> None:
-        self._inner.subscribe(callback, try_to_connect)
-
-    def unsubscribe(self, callback: Callable[[grpc.ChannelConnectivity], None]) -> None:
-        self._inner.unsubscribe(callback)
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def __enter__(self) -> _GuardedChannel:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> bool | None:
-        self.close()
-        return None
 
 
 class DurableTestEnvironment:
@@ -343,31 +188,32 @@ class DurableTestEnvironment:
             raise TypeError("`services` is a list: pass [MyServicer()], not MyServicer()")
         if suspend_after < 0:
             raise ValueError(f"suspend_after must be >= 0, got {suspend_after}")
-        self._services = list(services)
-        if isinstance(storage, str) and storage == "memory":
-            self._data_dir: str | None = None
-        else:
-            self._data_dir = os.fspath(storage)
-        self._suspend_after = suspend_after
-        self._endpoints = list(endpoints)
-        self._broker_settings = dict(broker_settings or {})
+        data_dir = None if isinstance(storage, str) and storage == "memory" else os.fspath(storage)
+        self._core = EnvironmentCore(
+            services, data_dir, suspend_after, endpoints, broker_settings or {}
+        )
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
-
-        self.ingress = ""
-        self.admin = ""
-        self.endpoint_uris: list[str] = []
-
         self._state = "new"  # new -> starting -> running -> stopped
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._broker: _Broker | None = None
-        self._servers: list[grpc.aio.Server] = []
-        self._admin_stub: admin_pb2_grpc.AdminStub | None = None
-        self._admin_aio: grpc.aio.Channel | None = None
-        self._lock = threading.Lock()
-        self._sync_channels: list[grpc.Channel] = []
-        self._aio_channels: list[tuple[grpc.aio.Channel, asyncio.AbstractEventLoop]] = []
+        # Only for `with`: the private loop's thread.
+        self._thread: LoopThread | None = None
+        self._channels = ClientChannels(self._on_env_loop)
+
+    @property
+    def ingress(self) -> str:
+        """`host:port` of the broker's ingress (`""` until started)."""
+        return self._core.ingress
+
+    @property
+    def admin(self) -> str:
+        """`host:port` of the broker's admin API (`""` until started)."""
+        return self._core.admin
+
+    @property
+    def endpoint_uris(self) -> list[str]:
+        """URIs of the endpoints this environment serves in-process."""
+        return self._core.endpoint_uris
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -381,14 +227,8 @@ class DurableTestEnvironment:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
+        with _cleanup_after(exc):
             self.stop()
-            return
-        try:
-            self.stop()
-        except Exception:
-            # Never hide why the test failed behind a failure to clean up after it.
-            log.exception("stopping the test environment failed")
 
     async def __aenter__(self) -> DurableTestEnvironment:
         await self.start_async()
@@ -400,13 +240,8 @@ class DurableTestEnvironment:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None:
+        with _cleanup_after(exc):
             await self.stop_async()
-            return
-        try:
-            await self.stop_async()
-        except Exception:
-            log.exception("stopping the test environment failed")
 
     def start(self) -> None:
         """Starts the broker and the services on a private event loop in a new thread.
@@ -419,26 +254,19 @@ class DurableTestEnvironment:
             Exception: Whatever the broker, the endpoint or registration raised.
         """
         self._begin()
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(
-            target=self._run_loop, args=(loop,), name="durable-test-environment", daemon=True
-        )
-        self._loop, self._thread = loop, thread
-        thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._start_on_loop(), loop)
+        self._thread = LoopThread("durable-test-environment")
+        self._loop = self._thread.loop
         try:
-            future.result(timeout=self._start_timeout)
+            # `_started` has its own deadline; this one only bounds a wedged event loop.
+            self._thread.run(self._started, self._start_timeout + self._stop_timeout)
         except BaseException as e:
-            future.cancel()
             try:
-                self._shutdown_thread()
+                self._thread.close(self._stopped, self._stop_timeout, "the test environment")
             except Exception:
                 log.exception("cleaning up after a failed start failed")
             self._state = "stopped"
-            if isinstance(e, concurrent.futures.TimeoutError):
-                raise TimeoutError(
-                    f"the test environment did not start within {self._start_timeout} s"
-                ) from None
+            if isinstance(e, TimeoutError):
+                raise self._start_timed_out() from None
             raise
         self._state = "running"
 
@@ -451,14 +279,10 @@ class DurableTestEnvironment:
             TimeoutError: Not stopped within `stop_timeout` seconds.
             RuntimeError: Called on an environment started with `async with`.
         """
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
+        if not self._stopping(sync=True):
             return
-        if self._thread is None:
-            raise RuntimeError("this environment runs on your event loop: use stop_async()")
-        self._state = "stopped"
-        self._close_client_channels()
-        self._shutdown_thread()
+        assert self._thread is not None
+        self._thread.close(self._stopped, self._stop_timeout, "the test environment")
 
     async def start_async(self) -> None:
         """Starts the broker and the services on the running event loop.
@@ -471,13 +295,9 @@ class DurableTestEnvironment:
         self._begin()
         self._loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(self._start_on_loop(), self._start_timeout)
-        except BaseException as e:
+            await self._started()
+        except BaseException:
             self._state = "stopped"
-            if isinstance(e, TimeoutError):
-                raise TimeoutError(
-                    f"the test environment did not start within {self._start_timeout} s"
-                ) from None
             raise
         self._state = "running"
 
@@ -490,19 +310,8 @@ class DurableTestEnvironment:
             TimeoutError: Not stopped within `stop_timeout` seconds.
             RuntimeError: Called on an environment started with `with`.
         """
-        if self._state in ("new", "stopped"):
-            self._state = "stopped"
-            return
-        if self._thread is not None:
-            raise RuntimeError("this environment runs on its own thread: use stop()")
-        self._state = "stopped"
-        self._close_client_channels()
-        try:
-            await asyncio.wait_for(self._stop_on_loop(), self._stop_timeout)
-        except TimeoutError:
-            raise TimeoutError(
-                f"the test environment did not stop within {self._stop_timeout} s"
-            ) from None
+        if self._stopping(sync=False):
+            await self._stopped()
 
     def _begin(self) -> None:
         if self._state != "new":
@@ -512,93 +321,50 @@ class DurableTestEnvironment:
             )
         self._state = "starting"
 
-    @staticmethod
-    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            loop.run_forever()
-        finally:
-            try:
-                pending = asyncio.all_tasks(loop)
-                for task in pending:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.run_until_complete(loop.shutdown_default_executor())
-            finally:
-                loop.close()
+    def _stopping(self, sync: bool) -> bool:
+        """Whether there is something to stop; closes the channels outside its loop."""
+        if self._state in ("new", "stopped"):
+            self._state = "stopped"
+            return False
+        if sync and self._thread is None:
+            raise RuntimeError("this environment runs on your event loop: use stop_async()")
+        if not sync and self._thread is not None:
+            raise RuntimeError("this environment runs on its own thread: use stop()")
+        self._state = "stopped"
+        self._channels.close_elsewhere(self._loop)
+        return True
 
-    def _shutdown_thread(self) -> None:
-        """Stops everything on the private loop, then the loop, then joins its thread."""
-        loop, thread = self._loop, self._thread
-        assert loop is not None and thread is not None
-        error: BaseException | None = None
-        if not loop.is_closed():
-            future = asyncio.run_coroutine_threadsafe(self._stop_on_loop(), loop)
-            try:
-                future.result(timeout=self._stop_timeout)
-            except concurrent.futures.TimeoutError:
-                future.cancel()
-                error = TimeoutError(
-                    f"the test environment did not stop within {self._stop_timeout} s"
-                )
-            except BaseException as e:
-                error = e
-            with contextlib.suppress(RuntimeError):  # closed meanwhile
-                loop.call_soon_threadsafe(loop.stop)
-        thread.join(self._stop_timeout)
-        if thread.is_alive() and error is None:
-            error = TimeoutError(
-                f"the test environment's thread did not end within {self._stop_timeout} s"
-            )
-        if error is not None:
-            raise error
+    def _start_timed_out(self) -> TimeoutError:
+        return TimeoutError(f"the test environment did not start within {self._start_timeout} s")
 
-    async def _start_on_loop(self) -> None:
+    async def _started(self) -> None:
+        """Starts everything on the running loop (the environment's), within the deadline."""
         try:
-            broker = _new_broker(self._data_dir, self._suspend_after, self._broker_settings)
-            self._broker = broker
-            await broker.start()
-            self.ingress = f"{_HOST}:{broker.ingress_port}"
-            self.admin = f"{_HOST}:{broker.admin_port}"
-            self._admin_aio = grpc.aio.insecure_channel(self.admin)
-            # Typed for the sync API; on an aio channel its methods return awaitables.
-            self._admin_stub = admin_pb2_grpc.AdminStub(self._admin_aio)
-            if self._services:
-                await self._add_deployment_on_loop(self._services)
-            for uri in self._endpoints:
-                await self._register_on_loop(uri)
-        except BaseException:
-            await self._stop_on_loop()
-            raise
+            await asyncio.wait_for(self._core.start(), self._start_timeout)
+        except TimeoutError:
+            raise self._start_timed_out() from None
+
+    async def _stopped(self) -> None:
+        """Stops everything on the running loop (the environment's), within the deadline."""
+        try:
+            await asyncio.wait_for(self._stop_on_loop(), self._stop_timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the test environment did not stop within {self._stop_timeout} s"
+            ) from None
 
     async def _stop_on_loop(self) -> None:
-        """Stops whatever has started; idempotent. Raises the first error once all ran."""
+        """Closes the aio channels on this loop, then stops the core; raises the first error."""
         errors: list[BaseException] = []
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            own = [c for c, lp in self._aio_channels if lp is loop]
-            self._aio_channels = [(c, lp) for c, lp in self._aio_channels if lp is not loop]
-        if self._admin_aio is not None:
-            own.append(self._admin_aio)
-            self._admin_aio, self._admin_stub = None, None
-        for channel in own:
+        for channel in self._channels.take_on(asyncio.get_running_loop()):
             try:
                 await channel.close(None)
             except Exception as e:
                 errors.append(e)
-        broker, self._broker = self._broker, None
-        if broker is not None:
-            try:
-                await broker.stop(_STOP_GRACE)
-            except Exception as e:
-                errors.append(e)
-        servers, self._servers = self._servers, []
-        for server in servers:
-            try:
-                await server.stop(_STOP_GRACE)
-            except Exception as e:
-                errors.append(e)
+        try:
+            await self._core.stop()
+        except Exception as e:
+            errors.append(e)
         if errors:
             raise errors[0]
 
@@ -613,7 +379,7 @@ class DurableTestEnvironment:
         Args:
             options: Extra gRPC channel arguments.
         """
-        return self._sync_channel(self._require_running().ingress, options)
+        return self._channels.sync(self._require_running().ingress, options)
 
     def admin_channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
         """A blocking `grpc.Channel` to the admin API (`admin_pb2_grpc.AdminStub`).
@@ -623,7 +389,7 @@ class DurableTestEnvironment:
         Args:
             options: Extra gRPC channel arguments.
         """
-        return self._sync_channel(self._require_running().admin, options)
+        return self._channels.sync(self._require_running().admin, options)
 
     def aio_channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
         """A `grpc.aio.Channel` to the ingress, bound to the running event loop.
@@ -638,7 +404,7 @@ class DurableTestEnvironment:
         Raises:
             RuntimeError: No event loop is running.
         """
-        return self._aio_channel(self._require_running().ingress, options)
+        return self._channels.aio(self._require_running().ingress, options)
 
     def aio_admin_channel(self, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
         """A `grpc.aio.Channel` to the admin API, bound to the running event loop.
@@ -649,41 +415,7 @@ class DurableTestEnvironment:
         Raises:
             RuntimeError: No event loop is running.
         """
-        return self._aio_channel(self._require_running().admin, options)
-
-    def _sync_channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.Channel:
-        raw = grpc.insecure_channel(target, options=list(options))
-        with self._lock:
-            self._sync_channels.append(raw)
-        return _GuardedChannel(raw, self)
-
-    def _aio_channel(self, target: str, options: Sequence[tuple[str, Any]]) -> grpc.aio.Channel:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            raise RuntimeError(
-                "aio_channel() needs a running event loop; in sync code use channel()"
-            ) from None
-        channel = grpc.aio.insecure_channel(target, options=list(options))
-        with self._lock:
-            self._aio_channels.append((channel, loop))
-        return channel
-
-    def _close_client_channels(self) -> None:
-        """Closes the sync channels, and the aio ones whose loops still run elsewhere.
-
-        aio channels on the environment's own loop are closed by `_stop_on_loop`.
-        """
-        with self._lock:
-            sync, self._sync_channels = self._sync_channels, []
-            foreign = [(c, lp) for c, lp in self._aio_channels if lp is not self._loop]
-            self._aio_channels = [(c, lp) for c, lp in self._aio_channels if lp is self._loop]
-        for channel in sync:
-            channel.close()
-        for aio_channel, loop in foreign:
-            if loop.is_running() and not loop.is_closed() and not _is_current(loop):
-                with contextlib.suppress(RuntimeError):
-                    asyncio.run_coroutine_threadsafe(aio_channel.close(None), loop)
+        return self._channels.aio(self._require_running().admin, options)
 
     # ----------------------------------------------------------------- admin helpers
 
@@ -706,7 +438,11 @@ class DurableTestEnvironment:
             key: Only this virtual-object key.
             limit: At most this many (before the `method` filter); 0 for all.
         """
-        return self._run_blocking(lambda: self._invocations(status, service, method, key, limit))
+        return self._sync(
+            lambda: self.invocations_async(
+                status=status, service=service, method=method, key=key, limit=limit
+            )
+        )
 
     async def invocations_async(
         self,
@@ -718,8 +454,8 @@ class DurableTestEnvironment:
         limit: int = 0,
     ) -> list[invocation_pb2.Invocation]:
         """`invocations()` for async code."""
-        return await self._run_awaitable(
-            lambda: self._invocations(status, service, method, key, limit)
+        return await self._on_loop(
+            lambda: self._core.invocations(status, service, method, key, limit)
         )
 
     def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
@@ -731,19 +467,19 @@ class DurableTestEnvironment:
         Raises:
             grpc.RpcError: `NOT_FOUND` for an unknown id.
         """
-        return self._run_blocking(lambda: self._describe(invocation_id))
+        return self._sync(lambda: self.describe_async(invocation_id))
 
     async def describe_async(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
         """`describe()` for async code."""
-        return await self._run_awaitable(lambda: self._describe(invocation_id))
+        return await self._on_loop(lambda: self._core.describe(invocation_id))
 
     def register(self, uri: str) -> admin_pb2.Deployment:
         """Registers a service endpoint running elsewhere (`"http://127.0.0.1:9101"`)."""
-        return self._run_blocking(lambda: self._register_on_loop(uri))
+        return self._sync(lambda: self.register_async(uri))
 
     async def register_async(self, uri: str) -> admin_pb2.Deployment:
         """`register()` for async code."""
-        return await self._run_awaitable(lambda: self._register_on_loop(uri))
+        return await self._on_loop(lambda: self._core.register(uri))
 
     def add_deployment(self, services: Sequence[ServiceLike]) -> str:
         """Serves `services` on a new in-process endpoint and registers it.
@@ -757,52 +493,11 @@ class DurableTestEnvironment:
         Returns:
             The new endpoint's URI (also appended to `endpoint_uris`).
         """
-        return self._run_blocking(lambda: self._add_deployment_on_loop(services))
+        return self._sync(lambda: self.add_deployment_async(services))
 
     async def add_deployment_async(self, services: Sequence[ServiceLike]) -> str:
         """`add_deployment()` for async code."""
-        return await self._run_awaitable(lambda: self._add_deployment_on_loop(services))
-
-    async def _invocations(
-        self, status: StatusFilter, service: str, method: str, key: str, limit: int
-    ) -> list[invocation_pb2.Invocation]:
-        request = admin_pb2.ListInvocationsRequest(
-            status=_status_value(status), service=service, key=key, limit=limit
-        )
-        response: admin_pb2.ListInvocationsResponse = await self._admin().ListInvocations(
-            request, timeout=_ADMIN_TIMEOUT
-        )
-        return [i for i in response.invocations if not method or i.method == method]
-
-    async def _describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
-        request = admin_pb2.DescribeInvocationRequest(invocation_id=invocation_id)
-        response: admin_pb2.DescribeInvocationResponse = await self._admin().DescribeInvocation(
-            request, timeout=_ADMIN_TIMEOUT
-        )
-        return response
-
-    async def _register_on_loop(self, uri: str) -> admin_pb2.Deployment:
-        request = admin_pb2.RegisterDeploymentRequest(uri=uri)
-        deployment: admin_pb2.Deployment = await self._admin().RegisterDeployment(
-            request, timeout=_ADMIN_TIMEOUT
-        )
-        return deployment
-
-    async def _add_deployment_on_loop(self, services: Sequence[ServiceLike]) -> str:
-        if isinstance(services, (Service, Servicer)):
-            raise TypeError("`services` is a list: pass [MyServicer()], not MyServicer()")
-        server, port = await create_server(list(services), f"{_HOST}:0")
-        self._servers.append(server)
-        uri = f"http://{_HOST}:{port}"
-        await self._register_on_loop(uri)
-        self.endpoint_uris.append(uri)
-        return uri
-
-    def _admin(self) -> Any:
-        """The admin stub on the environment's loop (its methods return awaitables)."""
-        if self._admin_stub is None:
-            raise RuntimeError("the test environment is not running")
-        return self._admin_stub
+        return await self._on_loop(lambda: self._core.add_deployment(services))
 
     # ----------------------------------------------------------------- plumbing
 
@@ -814,44 +509,50 @@ class DurableTestEnvironment:
         return self
 
     def _on_env_loop(self) -> bool:
-        return self._loop is not None and _is_current(self._loop)
+        return self._loop is not None and is_current(self._loop)
 
-    def _run_blocking(self, make: Callable[[], Awaitable[T]]) -> T:
-        """Runs `make()` on the environment's loop from another thread and waits for it."""
+    def _sync(self, make: Callable[[], Awaitable[T]]) -> T:
+        """The sync form of an `..._async` helper: runs `make()` on the environment's loop
+        from another thread and waits for it."""
         loop = self._require_running()._loop
         assert loop is not None
-        if _is_current(loop):
+        if is_current(loop):
             raise RuntimeError(
                 "a blocking helper called on the event loop the broker runs on would wait "
                 "for itself forever; await its `..._async` form instead"
             )
         future = asyncio.run_coroutine_threadsafe(_as_coroutine(make), loop)
         # Admin calls have their own deadline; this only bounds a wedged event loop.
-        return future.result(timeout=2 * _ADMIN_TIMEOUT)
+        return future.result(timeout=2 * ADMIN_TIMEOUT)
 
-    async def _run_awaitable(self, make: Callable[[], Awaitable[T]]) -> T:
+    async def _on_loop(self, make: Callable[[], Awaitable[T]]) -> T:
         """Awaits `make()` on the environment's loop, from that loop or any other."""
         loop = self._require_running()._loop
         assert loop is not None
-        if _is_current(loop):
+        if is_current(loop):
             return await make()
         future = asyncio.run_coroutine_threadsafe(_as_coroutine(make), loop)
         return await asyncio.wrap_future(future)
 
     def __repr__(self) -> str:
-        storage = self._data_dir or "memory"
+        storage = self._core.data_dir or "memory"
         return (
             f"<DurableTestEnvironment {self._state} ingress={self.ingress or '-'} "
             f"admin={self.admin or '-'} storage={storage}>"
         )
 
 
-def _is_current(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether `loop` is the loop running in the calling thread."""
+@contextlib.contextmanager
+def _cleanup_after(failure: BaseException | None) -> Iterator[None]:
+    """Stopping after a test: its errors raise, unless the test itself already failed."""
+    if failure is None:
+        yield
+        return
     try:
-        return asyncio.get_running_loop() is loop
-    except RuntimeError:
-        return False
+        yield
+    except Exception:
+        # Never hide why the test failed behind a failure to clean up after it.
+        log.exception("stopping the test environment failed")
 
 
 async def _as_coroutine(make: Callable[[], Awaitable[T]]) -> T:

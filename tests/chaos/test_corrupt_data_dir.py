@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -28,7 +29,7 @@ COUNTER = "playground.Counter"
 HIGH_WATER = "BROKER-HIGH-WATER"
 
 
-def _add(cluster: Cluster, i: int) -> grpc.Future:
+def _add(cluster: Cluster, i: int) -> grpc.Future[Any]:
     return cluster.counter.Add.future(
         pb.AddRequest(name=f"c{i % 7}", amount=1),
         metadata=(("idempotency-key", f"add-{i}"),),
@@ -77,11 +78,13 @@ def _refused(cluster: Cluster) -> str:
     cluster.broker.start()
     popen = cluster.broker.popen
     assert popen is not None
-    code = wait_for(
-        lambda: popen.poll() is not None and (popen.returncode,),
-        timeout=30,
-        message="the broker to refuse the data dir",
-    )[0]
+
+    def exit_code() -> tuple[int] | None:
+        # In a tuple: an exit code of 0 is falsy, and wait_for waits for a truthy value.
+        code = popen.poll()
+        return None if code is None else (code,)
+
+    (code,) = wait_for(exit_code, timeout=30, message="the broker to refuse the data dir")
     with cluster.broker.log_path.open("rb") as f:
         f.seek(log_start)
         output = f.read().decode(errors="replace")

@@ -9,13 +9,14 @@ off. That is when the crash happens.
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import pytest
 from durable.v1 import invocation_pb2
 from trips import trips_pb2
 
-from tests.support import Cluster, MakeCluster, Status, trip_id_of
+from tests.support import Cluster, MakeCluster, Status, invocation_id_of, trip_id_of
 
 # Frequent retries: the endpoints that were down are tried again soon after they are back.
 BROKER_ARGS = ["--retry-initial", "100ms", "--retry-max", "500ms"]
@@ -31,7 +32,7 @@ def saga_of(cluster: Cluster, key: str) -> list[invocation_pb2.Invocation]:
     return [i for i in cluster.invocations(service="trips.Trips") if i.idempotency_key == key]
 
 
-def hold_saga_on_flights(cluster: Cluster, key: str) -> tuple[grpc.Future, str]:
+def hold_saga_on_flights(cluster: Cluster, key: str) -> tuple[grpc.Future[Any], str]:
     """Takes flights down, starts a saga, and waits until its flights call backs off.
 
     Returns:
@@ -138,7 +139,7 @@ def test_broker_killed_mid_saga(make_cluster: MakeCluster, suspend_after: str) -
     try:
         cluster.kill_broker()
 
-        error = pending.exception(timeout=30)
+        error = pending.exception(timeout=30)  # type: ignore[call-arg]  # grpc-stubs lacks it
         assert isinstance(error, grpc.RpcError), f"the in-flight call did not fail: {error!r}"
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error
     finally:
@@ -169,7 +170,7 @@ def test_completed_saga_survives_broker_restart(make_cluster: MakeCluster, stop:
     # Nothing between the response and the crash: the result was durable before it was sent.
     cluster.restart_broker(kill=stop == "SIGKILL")
 
-    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    invocation_id = invocation_id_of(call)
     described = cluster.describe(invocation_id)
     record = described.invocation
     assert record.status == Status.COMPLETED, record

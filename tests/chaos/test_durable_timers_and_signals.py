@@ -13,6 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -62,11 +63,11 @@ def started(cluster: Cluster, service: str, key: str, method: str = "") -> str:
     return found[0].id
 
 
-def broker_crash(cluster: Cluster, *pending: grpc.Future) -> None:
+def broker_crash(cluster: Cluster, *pending: grpc.Future[Any]) -> None:
     """SIGKILLs the broker; the calls in flight through it fail UNAVAILABLE."""
     cluster.kill_broker()
     for call in pending:
-        error = call.exception(timeout=30)
+        error = call.exception(timeout=30)  # type: ignore[call-arg]  # grpc-stubs lacks it
         assert isinstance(error, grpc.RpcError), f"the call did not fail: {error!r}"
         assert error.code() == grpc.StatusCode.UNAVAILABLE, error
 

@@ -38,6 +38,7 @@ from tests.support import (
     Cluster,
     Process,
     free_port,
+    invocation_id_of,
     running_cluster,
     wait_for,
 )
@@ -473,7 +474,7 @@ def test_a_retried_step_shows_its_attempts_and_error(
     _, call = cluster.trips.Reserve.with_call(
         trips_pb2.ReserveTripRequest(run_type="flakyPayment"), timeout=60
     )
-    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    invocation_id = invocation_id_of(call)
     browser.get(f"{base}/invocations/{invocation_id}")
     step = _until(
         browser,

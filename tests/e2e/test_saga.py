@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import cast
 
 import grpc
 import pytest
@@ -76,9 +77,11 @@ def reserve(cluster: Cluster, client: str, run_type: str = "") -> Outcome:
         try:
             response, call = cluster.trips.Reserve.with_call(request, timeout=CALL_TIMEOUT_S)
         except grpc.RpcError as e:
-            ids = [v for k, v in (e.initial_metadata() or ()) if k == "invocation-id"]
+            # The RpcError a unary stub raises is also the grpc.Call, metadata and all.
+            failed = cast(grpc.Call, e)
+            ids = [_text(v) for k, v in (failed.initial_metadata() or ()) if k == "invocation-id"]
             return Outcome(e.code(), e.details() or "", invocation_id=ids[0] if ids else "")
-        ids = [v for k, v in call.initial_metadata() if k == "invocation-id"]
+        ids = [_text(v) for k, v in call.initial_metadata() if k == "invocation-id"]
         assert len(ids) == 1, f"invocation-id metadata: {call.initial_metadata()}"
         return Outcome(
             grpc.StatusCode.OK,
@@ -89,11 +92,16 @@ def reserve(cluster: Cluster, client: str, run_type: str = "") -> Outcome:
     body = {"run_type": run_type, "to": "Lisbon", "amount_cents": 120}
     result = cluster.grpcurl_call("trips.Trips/Reserve", body, timeout=CALL_TIMEOUT_S)
     if result.returncode == 0:
-        response = grpcurl_json(result.stdout)
-        assert "tripId" in response, f"grpcurl printed no tripId: {result.stdout}"
-        return Outcome(grpc.StatusCode.OK, status=response["status"], trip_id=response["tripId"])
+        printed = grpcurl_json(result.stdout)
+        assert "tripId" in printed, f"grpcurl printed no tripId: {result.stdout}"
+        return Outcome(grpc.StatusCode.OK, status=printed["status"], trip_id=printed["tripId"])
     code, message = parse_grpcurl_error(result.stderr)
     return Outcome(_code_from_grpcurl(code), message)
+
+
+def _text(value: str | bytes) -> str:
+    # gRPC gives a text metadata value as str; the stubs also allow bytes.
+    return value if isinstance(value, str) else value.decode()
 
 
 def booking_states(cluster: Cluster, trip_id: str) -> tuple[str, str, str]:

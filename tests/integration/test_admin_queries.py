@@ -13,7 +13,14 @@ from durable.v1 import admin_pb2
 from playground import playground_pb2 as pb
 from trips import trips_pb2
 
-from tests.support import PLAYGROUND, SERVICES, Cluster, running_cluster, wait_for
+from tests.support import (
+    PLAYGROUND,
+    SERVICES,
+    Cluster,
+    invocation_id_of,
+    running_cluster,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,8 @@ def _list(cluster: Cluster, **fields: object) -> admin_pb2.ListInvocationsRespon
 
 def _trips(cluster: Cluster) -> tuple[list[str], list[str]]:
     """Three trips that succeed and two that fail; their invocation ids, oldest first."""
-    ok, failed = [], []
+    ok: list[str] = []
+    failed: list[str] = []
     for run_type in ("", "failPayment", "", "failPayment", ""):
         request = (
             trips_pb2.ReserveTripRequest(run_type=run_type)
@@ -44,9 +52,9 @@ def _trips(cluster: Cluster) -> tuple[list[str], list[str]]:
                 metadata=(("idempotency-key", f"trip-{len(ok) + len(failed)}"),),
                 timeout=60,
             )
-            ok.append(dict(call.initial_metadata())["invocation-id"])
+            ok.append(invocation_id_of(call))
         except grpc.RpcError as e:
-            failed.append(dict(e.initial_metadata())["invocation-id"])  # type: ignore[attr-defined]
+            failed.append(invocation_id_of(e))
     return ok, failed
 
 
@@ -174,7 +182,7 @@ def test_the_broker_stamps_when_entries_were_journaled_and_completed(cluster: Cl
     before = int(time.time() * 1000)
     _, call = cluster.trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)
     after = int(time.time() * 1000)
-    journal = cluster.describe(dict(call.initial_metadata())["invocation-id"]).journal
+    journal = cluster.describe(invocation_id_of(call)).journal
     stamped = list(journal)[1:]  # the input is journaled with the record, which has the time
     assert [e.WhichOneof("command") for e in stamped][:2] == ["call", "call"]
     appended = [e.appended_at_ms for e in stamped]

@@ -4,6 +4,7 @@ journaled (ListInvocations counts the same before and after)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
@@ -11,6 +12,9 @@ from flights import flights_pb2
 from trips import trips_pb2
 
 from tests.support import Cluster, trip_id_of
+
+# `from` is a Python keyword, so the field goes in by name.
+_OVERSIZE_ORIGIN: dict[str, Any] = {"from": "x" * 2000}
 
 MAX_PAYLOAD = 1024
 
@@ -74,7 +78,7 @@ def test_keyed_call_without_its_key_is_invalid_argument(cluster: Cluster, method
 
 
 def test_oversize_body_is_resource_exhausted(cluster: Cluster) -> None:
-    request = trips_pb2.ReserveTripRequest(**{"from": "x" * 2000})
+    request = trips_pb2.ReserveTripRequest(**_OVERSIZE_ORIGIN)
     assert request.ByteSize() > MAX_PAYLOAD
 
     error = rejected(cluster, lambda: cluster.trips.Reserve(request, timeout=30))
@@ -85,7 +89,7 @@ def test_oversize_body_is_resource_exhausted(cluster: Cluster) -> None:
 
 def test_oversize_body_with_idempotency_key_is_not_remembered(cluster: Cluster) -> None:
     metadata = (("idempotency-key", "oversize-then-fine"),)
-    big = trips_pb2.ReserveTripRequest(**{"from": "x" * 2000})
+    big = trips_pb2.ReserveTripRequest(**_OVERSIZE_ORIGIN)
     error = rejected(cluster, lambda: cluster.trips.Reserve(big, metadata=metadata, timeout=30))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, error
 

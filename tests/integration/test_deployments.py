@@ -12,7 +12,16 @@ import pytest
 from durable.v1 import admin_pb2
 from playground import playground_pb2
 
-from tests.support import PLAYGROUND, PYTHON, Cluster, Process, free_port, wait_for, wait_healthy
+from tests.support import (
+    PLAYGROUND,
+    PYTHON,
+    Cluster,
+    Process,
+    free_port,
+    invocation_id_of,
+    wait_for,
+    wait_healthy,
+)
 
 
 def test_in_flight_invocations_stay_on_their_deployment(tmp_path: Path) -> None:
@@ -54,7 +63,7 @@ def test_in_flight_invocations_stay_on_their_deployment(tmp_path: Path) -> None:
             _, call = cluster.waiter.Sleep.with_call(
                 playground_pb2.SleepRequest(millis=10), timeout=30
             )
-            new_id = dict(call.initial_metadata())["invocation-id"]
+            new_id = invocation_id_of(call)
             assert cluster.invocation(new_id).deployment_id == b.id
 
             with pytest.raises(grpc.RpcError) as refused:

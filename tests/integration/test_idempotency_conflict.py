@@ -16,7 +16,7 @@ def _reserve(cluster: Cluster, key: str, origin: str) -> tuple[str, trips_pb2.Re
     request = trips_pb2.ReserveTripRequest()
     setattr(request, "from", origin)  # `from` is a Python keyword
     response, call = cluster.trips.Reserve.with_call(
-        request, metadata=[("idempotency-key", key)], timeout=60
+        request, metadata=(("idempotency-key", key),), timeout=60
     )
     return invocation_id_of(call), response
 

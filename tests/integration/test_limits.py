@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -95,7 +96,7 @@ KEY_LIMIT = 65535
 def test_keys_over_the_storage_limit_are_refused_up_front(tmp_path: Path) -> None:
     with Cluster(tmp_path, services=(PLAYGROUND,)) as cluster:
         over = "k" * (KEY_LIMIT + 1)
-        calls = {
+        calls: dict[str, Callable[[], object]] = {
             "object": lambda: cluster.counter.Add(
                 playground_pb2.AddRequest(name=over, amount=1), timeout=30
             ),

@@ -86,9 +86,16 @@ def test_sighup_stops_every_child(tmp_path: Path) -> None:
     args = ["env", *settings, PYTHON, "-m", "services.run_demo"]
     demo = Process("run_demo", args, tmp_path / "demo.log").start()
     children: list[int] = []
+
+    def running() -> bool:
+        if "demo is running" in demo.log_path.read_text():
+            return True
+        demo.check_alive()
+        return False
+
     try:
         wait_for(
-            lambda: "demo is running" in demo.log_path.read_text() or demo.check_alive(),
+            running,
             timeout=90,
             message=lambda: "the demo to start\n" + demo.log_tail(),
         )

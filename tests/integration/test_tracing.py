@@ -11,9 +11,10 @@ from pathlib import Path
 import grpc
 import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from trips import trips_pb2
 
-from tests.support import Cluster, free_port, wait_for
+from tests.support import Cluster, free_port, invocation_id_of, wait_for
 
 
 class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -21,7 +22,7 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.spans: list[tuple[str, object]] = []  # (service.name, Span)
+        self.spans: list[tuple[str, Span]] = []  # (service.name, Span)
 
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: object
@@ -41,9 +42,9 @@ class _Receiver(trace_service_pb2_grpc.TraceServiceServicer):
                         self.spans.append((name, span))
         return trace_service_pb2.ExportTraceServiceResponse()
 
-    def trace(self, trace_id: bytes) -> list[tuple[str, object]]:
+    def trace(self, trace_id: bytes) -> list[tuple[str, Span]]:
         with self.lock:
-            return [(n, s) for n, s in self.spans if s.trace_id == trace_id]  # type: ignore[attr-defined]
+            return [(n, s) for n, s in self.spans if s.trace_id == trace_id]
 
 
 @pytest.fixture(scope="module")
@@ -73,29 +74,29 @@ def traced_cluster(
         mp.undo()
 
 
-def _attr(span: object, key: str) -> object:
-    for a in span.attributes:  # type: ignore[attr-defined]
+def _attr(span: Span, key: str) -> object:
+    for a in span.attributes:
         if a.key == key:
             v = a.value
             return v.string_value or v.int_value
     return None
 
 
-def _one_trace(receiver: _Receiver, invocation_id: str) -> tuple[bytes, list[tuple[str, object]]]:
-    def invocation_span() -> object | None:
+def _one_trace(receiver: _Receiver, invocation_id: str) -> tuple[bytes, list[tuple[str, Span]]]:
+    def invocation_span() -> Span | None:
         with receiver.lock:
             return next(
                 (
                     s
                     for _, s in receiver.spans
-                    if s.name.startswith("invocation trips.Trips/Reserve")  # type: ignore[attr-defined]
+                    if s.name.startswith("invocation trips.Trips/Reserve")
                     and _attr(s, "durable.invocation_id") == invocation_id
                 ),
                 None,
             )
 
     root = wait_for(invocation_span, timeout=20, message="the saga's invocation span")
-    trace_id: bytes = root.trace_id  # type: ignore[attr-defined]
+    trace_id: bytes = root.trace_id
     return trace_id, receiver.trace(trace_id)
 
 
@@ -106,25 +107,25 @@ def test_a_saga_is_one_trace_across_every_service(
         trips_pb2.ReserveTripRequest(), timeout=30
     )
     assert response.status == "success"
-    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    invocation_id = invocation_id_of(call)
     trace_id, _ = _one_trace(receiver[0], invocation_id)
 
     wanted = {"broker", "flights.Flights", "cars.Cars", "payments.Payments", "trips.Trips"}
 
-    def complete() -> list[tuple[str, object]] | None:
+    def complete() -> list[tuple[str, Span]] | None:
         spans = receiver[0].trace(trace_id)
-        handlers = {n for n, s in spans if s.name.startswith("handler ")}  # type: ignore[attr-defined]
+        handlers = {n for n, s in spans if s.name.startswith("handler ")}
         return spans if wanted <= {n for n, _ in spans} and len(handlers) >= 4 else None
 
     spans = wait_for(complete, timeout=20, message="spans from the broker and all four services")
-    by_id = {s.span_id: (n, s) for n, s in spans}  # type: ignore[attr-defined]
-    names = [s.name for _, s in spans]  # type: ignore[attr-defined]
+    by_id = {s.span_id: (n, s) for n, s in spans}
+    names = [s.name for _, s in spans]
     # One ingress span is the root; every other span's parent is in the same trace.
-    roots = [s for _, s in spans if not s.parent_span_id]  # type: ignore[attr-defined]
-    assert [r.name for r in roots] == ["ingress trips.Trips/Reserve"]  # type: ignore[attr-defined]
+    roots = [s for _, s in spans if not s.parent_span_id]
+    assert [r.name for r in roots] == ["ingress trips.Trips/Reserve"]
     for _, s in spans:
-        if s.parent_span_id:  # type: ignore[attr-defined]
-            assert s.parent_span_id in by_id, f"{s.name} has a parent outside the trace"  # type: ignore[attr-defined]
+        if s.parent_span_id:
+            assert s.parent_span_id in by_id, f"{s.name} has a parent outside the trace"
     for step in (
         "call flights.Flights/Reserve",
         "call cars.Cars/Reserve",
@@ -135,21 +136,13 @@ def test_a_saga_is_one_trace_across_every_service(
         assert step in names, f"no span {step!r} in {sorted(set(names))}"
     # A callee's invocation hangs under the caller's call step, and its handler under
     # its attempt, in the service's own process.
-    flights_invocation = next(
-        s
-        for _, s in spans
-        if s.name == "invocation flights.Flights/Reserve"  # type: ignore[attr-defined]
-    )
-    parent_name = by_id[flights_invocation.parent_span_id][1].name  # type: ignore[attr-defined]
+    flights_invocation = next(s for _, s in spans if s.name == "invocation flights.Flights/Reserve")
+    parent_name = by_id[flights_invocation.parent_span_id][1].name
     assert parent_name == "call flights.Flights/Reserve"
-    handler = next(
-        (n, s)
-        for n, s in spans
-        if s.name == "handler flights.Flights/Reserve"  # type: ignore[attr-defined]
-    )
+    handler = next((n, s) for n, s in spans if s.name == "handler flights.Flights/Reserve")
     assert handler[0] == "flights.Flights"
-    attempt = by_id[handler[1].parent_span_id][1]  # type: ignore[attr-defined]
-    assert attempt.name.startswith("attempt ")  # type: ignore[attr-defined]
+    attempt = by_id[handler[1].parent_span_id][1]
+    assert attempt.name.startswith("attempt ")
     assert _attr(attempt, "durable.attempt") is not None
 
 
@@ -161,11 +154,11 @@ def test_a_callers_traceparent_is_continued(
     _, call = traced_cluster.trips.Reserve.with_call(
         trips_pb2.ReserveTripRequest(), metadata=(("traceparent", parent),), timeout=30
     )
-    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    invocation_id = invocation_id_of(call)
     got, spans = _one_trace(receiver[0], invocation_id)
     assert got.hex() == trace_id
-    ingress = next(s for _, s in spans if s.name == "ingress trips.Trips/Reserve")  # type: ignore[attr-defined]
-    assert ingress.parent_span_id.hex() == "00f067aa0ba902b7"  # type: ignore[attr-defined]
+    ingress = next(s for _, s in spans if s.name == "ingress trips.Trips/Reserve")
+    assert ingress.parent_span_id.hex() == "00f067aa0ba902b7"
 
 
 def test_retries_show_as_failed_attempts(
@@ -174,17 +167,13 @@ def test_retries_show_as_failed_attempts(
     _, call = traced_cluster.trips.Reserve.with_call(
         trips_pb2.ReserveTripRequest(run_type="flakyPayment"), timeout=30
     )
-    invocation_id = dict(call.initial_metadata())["invocation-id"]
+    invocation_id = invocation_id_of(call)
     trace_id, _ = _one_trace(receiver[0], invocation_id)
 
-    def failed_attempts() -> list[object] | None:
+    def failed_attempts() -> list[Span] | None:
         spans = receiver[0].trace(trace_id)
-        failed = [
-            s
-            for _, s in spans
-            if s.name.startswith("attempt ") and s.status.code == 2  # type: ignore[attr-defined]
-        ]
+        failed = [s for _, s in spans if s.name.startswith("attempt ") and s.status.code == 2]
         return failed if len(failed) >= 2 else None
 
     failed = wait_for(failed_attempts, timeout=20, message="two failed payment attempts")
-    assert any("payment gateway unavailable" in s.status.message for s in failed)  # type: ignore[attr-defined]
+    assert any("payment gateway unavailable" in s.status.message for s in failed)

@@ -106,7 +106,8 @@ def test_v2_registers_beside_v1_which_finishes_what_it_began(tmp_path: Path, v2:
             cluster.resolve_awakeable(cluster.awakeable_id(old_id), "done")
             finished = cluster.wait_status(old_id, "completed")
             assert finished.deployment_id == d1.id
-            assert reply_v1.FromString(finished.result.value).text == 'v1: hello old: "done"'
+            old_reply: Any = reply_v1.FromString(finished.result.value)  # built at run time
+            assert old_reply.text == 'v1: hello old: "done"'
 
             # And new calls still go to v2 after the restart.
             again = greet(cluster.ingress_channel, "v1")(request_v1(name="later"), timeout=60)

@@ -1,4 +1,4 @@
-"""`durable._framing.frames`: what is queued goes out together, in order, in frames that
+"""`durable.wire.frames`: what is queued goes out together, in order, in frames that
 stay within the size bound whatever is waiting (a peer refuses a larger message)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from durable._framing import frames
+from durable.wire import frames
 
 
 def collect(queued: list[tuple[str, int] | None], limit: int) -> list[list[str]]:

@@ -22,7 +22,8 @@ from broker import codes
 from broker.config import Settings
 from broker.core import actions, control, recovery
 from broker.core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
-from broker.core.partition import IdempotencyConflict, Partition, UnknownInvocation
+from broker.core.model import IdempotencyConflict, UnknownInvocation
+from broker.core.partition import Partition
 from broker.registry import Registry
 from broker.storage import (
     Batch,

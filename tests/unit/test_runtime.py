@@ -378,7 +378,11 @@ def test_replayed_run_without_result_runs_again() -> None:
     calls: list[int] = []
 
     async def handler() -> bytes:
-        await ctx.run("pay", lambda: calls.append(1) or "again")
+        def pay() -> str:
+            calls.append(1)
+            return "again"
+
+        await ctx.run("pay", pay)
         return b"done"
 
     asyncio.run(runtime.execute(handler))

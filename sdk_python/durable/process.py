@@ -1,0 +1,220 @@
+"""Start a process and wait until it serves: for tests and scripts that run a broker or
+service endpoints as processes of their own.
+
+`durable.testing` runs the broker in-process; when your test (or a script like the demo's
+`make run`) needs real processes instead, e.g. your service endpoint to register with
+`DurableTestEnvironment(endpoints=[...])`, start each with `spawn` and wait for it with
+`wait_serving`::
+
+    from durable.process import spawn, wait_serving
+
+    endpoint = spawn("shop", [sys.executable, "-m", "shop", "--listen", address],
+                     log=tmp_path / "shop.log")
+    try:
+        wait_serving(address, deadline=time.monotonic() + 30, watch=[endpoint])
+        ...
+    finally:
+        endpoint.popen.terminate()
+
+Readiness is the `grpc.health.v1.Health/Check` every durable endpoint and the broker
+serve, polled until it answers SERVING: a port that accepts connections is not yet a
+server that answers. If a watched process exits meanwhile, or the deadline passes, the
+wait fails at once with the process's log tail, so a test says why it could not start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+__all__ = ["Child", "NotServing", "ProcessError", "ProcessExited", "spawn", "wait_serving"]
+
+# Reconnect quickly while a server is still binding its port (gRPC's default starts at 1 s).
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
+class ProcessError(RuntimeError):
+    """A spawned process did not come up; the message ends with its log tail, if any."""
+
+
+class ProcessExited(ProcessError):
+    """A watched process exited."""
+
+
+class NotServing(ProcessError):
+    """An address did not report SERVING before the deadline."""
+
+
+@dataclasses.dataclass
+class Child:
+    """A started process.
+
+    Attributes:
+        name: What it is, in messages (`broker`, `trips`).
+        popen: The process.
+        log: Where its stdout and stderr go; None when they are this process's own.
+    """
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path | None = None
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.popen.pid
+
+    def tail(self, lines: int = 40) -> str:
+        """The last `lines` lines of its log (`""` without a log or when it cannot be read)."""
+        if self.log is None:
+            return ""
+        try:
+            text = self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def log_block(self, lines: int = 40) -> str:
+        """`tail` under a heading that names the process and its log; `""` without a log."""
+        if self.log is None:
+            return ""
+        return f"--- {self.name} ({self.log}), last {lines} lines:\n{self.tail(lines)}"
+
+    def check_alive(self, lines: int = 40) -> None:
+        """Raises `ProcessExited`, with the log tail, if the process has exited."""
+        code = self.popen.poll()
+        if code is not None:
+            block = self.log_block(lines)
+            raise ProcessExited(
+                f"{self.name} (pid {self.pid}) exited with code {code}"
+                + (f"\n{block}" if block else "")
+            )
+
+
+def spawn(
+    name: str,
+    args: Sequence[str],
+    *,
+    log: Path | None = None,
+    append: bool = False,
+    cwd: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Child:
+    """Starts `args` in a process group of its own, with unbuffered Python output.
+
+    Its own process group: Ctrl-C in a terminal reaches only the caller, which can then
+    stop its children in order (SIGTERM, their clean shutdown) instead of racing them.
+
+    Args:
+        name: What it is, in messages.
+        args: The command line (`[sys.executable, "-m", "broker", ...]`).
+        log: A file for its stdout and stderr (its folder is created); None leaves them
+            on this process's own.
+        append: Append to `log`, under a `=== start: ARGS` line, rather than replace it
+            (a restarted process keeps the previous run's log).
+        cwd: Its working directory (default: this process's).
+        env: Its whole environment (default: this process's).
+        preexec_fn: Run in the child before it executes `args`.
+
+    Returns:
+        The started process.
+    """
+    environment = {**(env if env is not None else os.environ), "PYTHONUNBUFFERED": "1"}
+    if log is None:
+        popen = subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            process_group=0,
+            preexec_fn=preexec_fn,
+        )
+        return Child(name, popen)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab" if append else "wb") as out:
+        if append:
+            out.write(f"=== start: {' '.join(args)}\n".encode())
+            out.flush()
+        popen = subprocess.Popen(
+            list(args),
+            cwd=cwd,
+            env=environment,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+            preexec_fn=preexec_fn,
+        )
+    return Child(name, popen, log)
+
+
+def wait_serving(
+    address: str,
+    *,
+    deadline: float,
+    watch: Sequence[Child] = (),
+    name: str | None = None,
+    poll_timeout: float = 0.5,
+    interval: float = 0.05,
+    tail_lines: int = 40,
+) -> None:
+    """Polls `grpc.health.v1.Health/Check` on `address` until it reports SERVING.
+
+    Args:
+        address: `host:port`.
+        deadline: The `time.monotonic()` value after which to give up.
+        watch: Processes checked on every poll: the wait fails at once if one exited.
+            The first one's log tail ends the message of a timeout.
+        name: What serves there, in messages (default: the first watched process's name,
+            else the address).
+        poll_timeout: The longest one check may wait for an answer.
+        interval: The pause before checking again an address that answers but does not
+            serve yet.
+        tail_lines: How many log lines a failure shows.
+
+    Raises:
+        ProcessExited: A watched process exited.
+        NotServing: Not SERVING by `deadline`.
+    """
+    what = name or (watch[0].name if watch else address)
+    last = "no answer yet"
+    started = time.monotonic()
+    with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while True:
+            for child in watch:
+                child.check_alive(tail_lines)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                block = watch[0].log_block(tail_lines) if watch else ""
+                raise NotServing(
+                    f"{what} is not healthy on {address} after "
+                    f"{time.monotonic() - started:.0f} s: {last}" + (f"\n{block}" if block else "")
+                )
+            try:
+                # wait_for_ready: block until the port accepts connections, not fail fast.
+                response = health.Check(
+                    health_pb2.HealthCheckRequest(),
+                    timeout=min(poll_timeout, remaining),
+                    wait_for_ready=True,
+                )
+            except grpc.RpcError as e:
+                last = f"{e.code().name}: {e.details()}"
+                continue
+            if response.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+            last = f"health status {status}"
+            time.sleep(interval)  # answering but not serving yet: poll again shortly

@@ -1,0 +1,98 @@
+"""What both ends of the service protocol share below the handlers' API.
+
+The broker and the SDK's service endpoints speak the same protocol and run the same way;
+these are the pieces of that they share, public so that the broker (and the benchmarks)
+need none of the SDK's private modules:
+
+- `frames` packs queued protocol messages into Multiplex frames, the same on both ends of
+  the stream, each at most `FRAME_BYTES` of messages (a larger single message goes
+  alone): a frame must fit the peer's message size limit however many messages are
+  waiting, and one large journal should not hold back everything queued behind it.
+- `run` runs a coroutine on the event loop both the broker and endpoints use: uvloop
+  when it is installed (it is a dependency), because scheduling tasks and callbacks is a
+  large share of what a broker or endpoint does per message; the plain asyncio loop when
+  `DURABLE_EVENT_LOOP=asyncio` asks for it, for comparison and debugging. `loop_name`
+  says which.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["FRAME_BYTES", "frames", "loop_name", "run"]
+
+Item = TypeVar("Item")
+Frame = TypeVar("Frame")
+T = TypeVar("T")
+
+# Items are packed together up to this many bytes; a larger single item goes alone.
+FRAME_BYTES = 4 * 1024 * 1024
+
+
+async def frames(
+    queue: asyncio.Queue[tuple[Item, int] | None],
+    frame: Callable[[list[Item]], Frame],
+    limit: int = FRAME_BYTES,
+) -> AsyncIterator[Frame]:
+    """Frames of everything queued, in order.
+
+    Each frame holds at most `limit` bytes of items unless one item alone is larger; the
+    iteration ends after flushing when it takes None.
+
+    Args:
+        queue: Each item with its serialized size, computed once by whoever queued it;
+            None ends the stream.
+        frame: Builds one frame from a list of items.
+        limit: The most bytes of items in one frame.
+
+    Yields:
+        The frames, in the order their items were queued.
+    """
+    carried: tuple[Item, int] | None = None
+    while True:
+        first = carried if carried is not None else await queue.get()
+        carried = None
+        if first is None:
+            return
+        items, size = [first[0]], first[1]
+        while not queue.empty():
+            queued = queue.get_nowait()
+            if queued is None:
+                yield frame(items)
+                return
+            if size + queued[1] > limit:
+                carried = queued  # it opens the next frame
+                break
+            items.append(queued[0])
+            size += queued[1]
+        yield frame(items)
+
+
+def loop_name() -> str:
+    """`uvloop` or `asyncio`: the loop `run` uses."""
+    if os.environ.get("DURABLE_EVENT_LOOP", "uvloop") == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """`asyncio.run` on the chosen loop (see `loop_name`).
+
+    Args:
+        main: The coroutine to run to completion.
+
+    Returns:
+        What `main` returned.
+    """
+    if loop_name() == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)

@@ -1,0 +1,94 @@
+"""Broker settings are declared once: each `Settings` field carries its flag, variable and
+help, and the command line is built from that table."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from broker import config
+from broker.config import Settings, parse_args
+
+# Settings only code can change (the SDK's testing helper); every other field has a flag.
+_CODE_ONLY = {"non_determinism_terminal"}
+
+
+def test_every_field_is_declared_exactly_once() -> None:
+    table = config.options()
+    assert [f.name for f, _ in table] == [f.name for f in dataclasses.fields(Settings)]
+    flags = [o.flag for _, o in table if o.flag is not None]
+    envs = [o.env for _, o in table if o.env is not None]
+    assert len(flags) == len(set(flags)), "a flag is declared twice"
+    assert len(envs) == len(set(envs)), "an environment variable is declared twice"
+    assert {f.name for f, o in table if o.flag is None} == _CODE_ONLY
+    for field, option in table:
+        if option.flag is not None:
+            assert (
+                option.env == "BROKER_" + option.flag.removeprefix("--").replace("-", "_").upper()
+            ), field.name
+
+
+def test_the_parser_has_exactly_the_declared_flags() -> None:
+    parser = config.build_parser()
+    built = {s for a in parser._actions for s in a.option_strings} - {"-h", "--help"}
+    assert built == {o.flag for _, o in config.options() if o.flag is not None}
+
+
+def test_help_lists_every_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stop:
+        parse_args(["--help"])
+    assert stop.value.code == 0
+    shown = capsys.readouterr().out
+    for _, option in config.options():
+        if option.flag is not None:
+            assert option.flag in shown
+
+
+def test_defaults_match_the_dataclass(monkeypatch: pytest.MonkeyPatch) -> None:
+    for _, option in config.options():
+        if option.env:
+            monkeypatch.delenv(option.env, raising=False)
+    assert parse_args([]) == Settings()
+
+
+def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROKER_SUSPEND_AFTER", "250ms")
+    monkeypatch.setenv("BROKER_NO_FSYNC", "1")
+    monkeypatch.setenv("BROKER_DATA_DIR", "")
+    monkeypatch.setenv("BROKER_LOG_LEVEL", "debug")
+    monkeypatch.setenv("BROKER_MAX_CONCURRENCY", "4")
+    settings = parse_args(["--retention", "1h", "--no-multiplex", "--max-concurrency", "2"])
+    assert settings.suspend_after == 0.25
+    assert settings.fsync is False
+    assert settings.data_dir is None  # empty means in memory
+    assert settings.log_level == "DEBUG"
+    assert settings.retention == 3600.0
+    assert settings.multiplex is False
+    assert settings.unary_first is True
+    assert settings.max_concurrency == 2  # the flag wins over the variable
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "message"),
+    [
+        (["--admin-token", ""], {}, "--admin-token (BROKER_ADMIN_TOKEN) is empty"),
+        ([], {"BROKER_ADMIN_TOKEN": " "}, "--admin-token (BROKER_ADMIN_TOKEN) is empty"),
+        (["--tls-cert", "c.pem"], {}, "--tls-cert and --tls-key go together"),
+        ([], {"BROKER_TLS_KEY": "k.pem"}, "--tls-cert and --tls-key go together"),
+        (["--retry-max", "soon"], {}, "not a duration: 'soon'"),
+    ],
+)
+def test_bad_settings_are_refused(
+    argv: list[str],
+    env: dict[str, str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as stop:
+        parse_args(argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
