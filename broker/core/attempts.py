@@ -88,6 +88,8 @@ def on_run_result(p: PartitionOps, live: Live, index: int, result: Result) -> st
         return _after_output(f"run result for entry {index} sent")
     if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
         return f"protocol violation: run result for entry {index}, which is not a run"
+    if live.journal[index].HasField("result"):
+        return None  # a duplicate (it came with its entry): nothing to write
     batch = Batch()
     p.complete_entry(batch, live, index, result)
     p.submit(batch)

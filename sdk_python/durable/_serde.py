@@ -51,17 +51,31 @@ def decode(raw: bytes, message_type: type[M] | None, what: str) -> Any:
     """Journaled JSON bytes as a JSON value, or as a `message_type` message when given.
 
     Raises:
-        TerminalError: INTERNAL when the JSON is not a `message_type`.
+        TerminalError: INTERNAL when the bytes are not JSON, or the JSON is not a
+            `message_type`: the same bytes come back on every retry, so retrying cannot
+            help, and failing frees the object's key for an operator to repair the value.
     """
-    if message_type is None:
-        return json.loads(raw)
     try:
-        return json_format.Parse(raw, message_type(), ignore_unknown_fields=True)
-    except json_format.ParseError as e:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as e:
         raise TerminalError(
-            f"{what} is not a {message_type.DESCRIPTOR.full_name}: {e}",
+            f"{what} is not JSON ({e}); only JSON values and protobuf messages are stored",
             grpc.StatusCode.INTERNAL,
         ) from None
+    if message_type is None:
+        return value
+    name = message_type.DESCRIPTOR.full_name
+    # json_format turns a JSON string or number into an empty message without a word;
+    # only the well-known types have JSON forms other than an object.
+    if not isinstance(value, dict) and not name.startswith("google.protobuf."):
+        raise TerminalError(
+            f"{what} is not a {name}: its JSON is a {type(value).__name__}, not an object",
+            grpc.StatusCode.INTERNAL,
+        )
+    try:
+        return json_format.ParseDict(value, message_type(), ignore_unknown_fields=True)
+    except json_format.ParseError as e:
+        raise TerminalError(f"{what} is not a {name}: {e}", grpc.StatusCode.INTERNAL) from None
 
 
 def _type_name(value: Any) -> str:

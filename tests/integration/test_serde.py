@@ -14,6 +14,7 @@ import durable
 import grpc
 import pytest
 from durable.testing import DurableTestEnvironment
+from durable.v1 import admin_pb2, admin_pb2_grpc
 from playground import playground_pb2 as pg
 from playground import playground_pb2_grpc as pg_grpc
 
@@ -39,6 +40,8 @@ async def add(ctx: durable.ObjectContext, request: pg.AddRequest) -> pg.Reply:
         await ctx.run("bad", lambda: {1, 2})
     if request.amount == 4:
         await ctx.run("untyped", lambda: pg.Reply(number=1))
+    if request.amount == 5:
+        await ctx.get("last", type=pg.Reply)
     return pg.Reply()
 
 
@@ -49,9 +52,14 @@ async def get(ctx: durable.ObjectSharedContext, request: pg.CounterRef) -> pg.Re
 
 
 @pytest.fixture(scope="module")
-def stub() -> Iterator[pg_grpc.CounterStub]:
-    with DurableTestEnvironment([counter]) as env:
-        yield pg_grpc.CounterStub(env.channel())
+def env() -> Iterator[DurableTestEnvironment]:
+    with DurableTestEnvironment([counter]) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(env: DurableTestEnvironment) -> pg_grpc.CounterStub:
+    return pg_grpc.CounterStub(env.channel())
 
 
 def test_protobuf_messages_as_state_and_run_results(stub: pg_grpc.CounterStub) -> None:
@@ -79,3 +87,25 @@ def test_a_value_that_cannot_be_journaled_fails_at_once(
     assert "cannot journal" in message and named in message, message
     if amount == 2:
         assert "Opaque" in message and "protobuf messages" in message, message
+
+
+def test_a_stored_value_the_handler_cannot_read_fails_at_once_and_frees_the_key(
+    env: DurableTestEnvironment, stub: pg_grpc.CounterStub
+) -> None:
+    admin = admin_pb2_grpc.AdminStub(env.admin_channel())
+
+    def set_last(value: bytes) -> None:
+        request = admin_pb2.SetStateRequest(
+            service="playground.Counter", key="repairable", name="last", value=value
+        )
+        admin.SetState(request, timeout=10)
+
+    set_last(b'"just text"')  # valid JSON, but not a playground.Reply
+    with pytest.raises(grpc.RpcError) as failed:
+        stub.Add(pg.AddRequest(name="repairable", amount=5), timeout=20)
+    # Not retried until the deadline: the same bytes would come back every time.
+    assert failed.value.code() is grpc.StatusCode.INTERNAL, failed.value
+    assert "state value 'last' is not a playground.Reply" in (failed.value.details() or "")
+    # The failed invocation released the key, so an operator can repair the value.
+    set_last(b'{"text": "repaired"}')
+    assert stub.Get(pg.CounterRef(name="repairable"), timeout=20).text == "repaired"
