@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from .clock import WALL, Clock, Handle
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
@@ -40,6 +42,7 @@ class Driver:
         kv: Its store, which the committer writes.
         settings: fsync, limits and the invoker's settings.
         observe: Told (batches, fsync seconds) after each group commit.
+        clock: Where timers and retries wait (the wall, or a test's virtual clock).
     """
 
     def __init__(
@@ -48,8 +51,10 @@ class Driver:
         kv: KV,
         settings: Settings,
         observe: Callable[[int, float], None] | None = None,
+        clock: Clock = WALL,
     ) -> None:
         self.partition = partition
+        self.clock = clock
         self.committer = Committer(
             kv, sync=settings.fsync, observe=observe, carry_out=self._carry_out
         )
@@ -64,8 +69,8 @@ class Driver:
             settings.unary_first,
             settings.multiplex,
         )
-        self.timers = TimerQueue(self.on_timer)
-        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self.timers = TimerQueue(self.on_timer, clock)
+        self._retries: dict[str, Handle] = {}
         self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
 
     # ---- Applying events
@@ -164,9 +169,8 @@ class Driver:
                     self.timers.add(due_ms, invocation_id, entry_index)
                 case actions.ScheduleRetry(invocation_id, delay):
                     self._cancel_retry(invocation_id)
-                    loop = asyncio.get_running_loop()
-                    self._retries[invocation_id] = loop.call_later(
-                        delay, self._retry_due, invocation_id
+                    self._retries[invocation_id] = self.clock.call_later(
+                        delay, functools.partial(self._retry_due, invocation_id)
                     )
                 case actions.CancelRetry(invocation_id):
                     self._cancel_retry(invocation_id)
@@ -188,6 +192,16 @@ class Driver:
         handle = self._retries.pop(invocation_id, None)
         if handle is not None:
             handle.cancel()
+
+    def idle(self) -> bool:
+        """Whether every invocation is waiting: no attempt running or queued for a
+        slot (the partition sets `attempt` when it starts one, clears it when the
+        attempt ends or suspends) and no batch queued, being written or carried out.
+        A virtual clock may then jump to the next timer: nothing else can happen first.
+        """
+        return self.committer.idle and all(
+            live.attempt == 0 for live in self.partition.live.values()
+        )
 
     # ---- Lifecycle
 

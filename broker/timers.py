@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
-import time
 from collections.abc import Callable
+
+from .clock import WALL, Clock, Handle, now_ms
 
 FireFn = Callable[[int, str, int], None]
 
@@ -21,10 +22,12 @@ class TimerQueue:
 
     Args:
         fire: Called with (due_ms, invocation_id, entry_index) when a timer is due.
+        clock: What "due" is measured on (a test's virtual clock, or the wall).
     """
 
-    def __init__(self, fire: FireFn) -> None:
+    def __init__(self, fire: FireFn, clock: Clock = WALL) -> None:
         self._fire = fire
+        self._clock = clock
         self._heap: list[tuple[int, str, int]] = []
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -51,7 +54,7 @@ class TimerQueue:
         failing = False
         while True:
             self._changed.clear()
-            now = int(time.time() * 1000)
+            now = now_ms(self._clock)
             deferred: list[tuple[int, str, int]] = []
             while self._heap and self._heap[0][0] <= now:
                 timer = heapq.heappop(self._heap)
@@ -72,7 +75,13 @@ class TimerQueue:
                 wait = RETRY_S if wait is None else min(wait, RETRY_S)
                 for timer in deferred:
                     heapq.heappush(self._heap, timer)
+            # Woken by the clock at the next due time (a virtual clock may jump to it)
+            # or by an earlier timer being added.
+            wake: Handle | None = None
+            if wait is not None:
+                wake = self._clock.call_later(wait, self._changed.set, durable=not deferred)
             try:
-                await asyncio.wait_for(self._changed.wait(), timeout=wait)
-            except TimeoutError:
-                pass
+                await self._changed.wait()
+            finally:
+                if wake is not None:
+                    wake.cancel()

@@ -12,7 +12,7 @@ import logging
 from .. import codes, tracing
 from ..storage import Batch, journal, keys
 from . import actions, commands, retries
-from .model import Entry, Live, Result, Status, failure, now_ms
+from .model import Entry, Live, Result, Status, failure
 from .ports import PartitionOps
 
 log = logging.getLogger("broker.core")
@@ -45,7 +45,7 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
         return None
     stored = Entry()
     stored.CopyFrom(entry)
-    stored.appended_at_ms = now_ms()  # for operators' timelines; not the SDK's to set
+    stored.appended_at_ms = p.now_ms()  # for operators' timelines; not the SDK's to set
     stored.ClearField("completed_at_ms")
     # A side effect that finished before its entry left arrives with its outcome:
     # journaled together, and acknowledged like a separate run result would be.

@@ -50,10 +50,19 @@ class Partition:
         kv: The store, read directly; writes only ever go out as batches.
         registry: The deployed services.
         settings: Limits, retry and retention settings.
+        now: Milliseconds since the epoch (a function only read, so this stays pure).
     """
 
-    def __init__(self, kv: KV, registry: reg.Registry, settings: Settings) -> None:
+    def __init__(
+        self,
+        kv: KV,
+        registry: reg.Registry,
+        settings: Settings,
+        now: Callable[[], int] = now_ms,
+    ) -> None:
         self.kv = kv
+        # Read for every timestamp and due time: the wall clock, or a test's virtual one.
+        self._now = now
         self.registry = registry
         self.settings = settings
         self.live: dict[str, Live] = {}
@@ -69,6 +78,10 @@ class Partition:
         self.completion_listeners: list[Callable[[Invocation], None]] = []
 
     # ---- The seam to the driver
+
+    def now_ms(self) -> int:
+        """The partition's clock, in milliseconds since the epoch."""
+        return self._now()
 
     def submit(self, batch: Batch) -> None:
         """Emits a batch: it becomes durable, and its actions run, in emission order."""
@@ -204,7 +217,7 @@ class Partition:
     ) -> Live:
         target = self.registry.service(service)
         handler = target.methods.get(method) if target else None
-        now = now_ms()
+        now = self.now_ms()
         record = Invocation(
             id=new_invocation_id(),
             service=service,
@@ -413,7 +426,7 @@ class Partition:
         if entry.HasField("result"):
             return  # already completed: a duplicate delivery
         entry.result.CopyFrom(result)
-        entry.completed_at_ms = now_ms()
+        entry.completed_at_ms = self.now_ms()
         journal.put(batch, live.id, index, entry)
         self.save(batch, live)
         self.deliver(batch, live, index, result)
@@ -436,7 +449,7 @@ class Partition:
         record.status = Status.COMPLETED
         record.result.CopyFrom(result)
         record.ClearField("waiting_on")
-        record.expires_at_ms = now_ms() + int(self.settings.retention * 1000)
+        record.expires_at_ms = self.now_ms() + int(self.settings.retention * 1000)
         invocations.schedule_expiry(batch, record.expires_at_ms, live.id)
         if record.caller.invocation_id:
             parent = self.live.get(record.caller.invocation_id)
@@ -453,7 +466,7 @@ class Partition:
         outcome = "failed" if result.HasField("failure") else "succeeded"
         self.metrics.count("failed" if result.HasField("failure") else "completed", record.service)
         self.metrics.invocation_seconds.observe(
-            (now_ms() - record.created_at_ms) / 1000, record.service
+            (self.now_ms() - record.created_at_ms) / 1000, record.service
         )
         log.info("invocation %s %s after %d attempt(s)", live.id, outcome, record.attempts)
         batch.then(actions.AnswerCallers(live.id, result))
@@ -517,7 +530,7 @@ class Partition:
 
     def save(self, batch: Batch, live: Live) -> None:
         """Writes the invocation's record."""
-        live.record.modified_at_ms = now_ms()
+        live.record.modified_at_ms = self.now_ms()
         live.version += 1
         self._touch(live)
         invocations.put(batch, live.record)

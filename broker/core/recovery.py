@@ -8,7 +8,7 @@ import logging
 from ..storage import Batch, inbox, invocations, journal, promises, state, timers
 from . import actions
 from .dedup import is_workflow_run
-from .model import Status, now_ms
+from .model import Status
 from .ports import PartitionOps
 
 log = logging.getLogger("broker.core")
@@ -49,7 +49,7 @@ def purge_expired(p: PartitionOps) -> int:
     """Deletes completed invocations whose retention ended; returns how many."""
     batch = Batch()
     count = 0
-    for at, invocation_id in list(invocations.expired(p.kv, now_ms())):
+    for at, invocation_id in list(invocations.expired(p.kv, p.now_ms())):
         record = invocations.get(p.kv, invocation_id)
         invocations.unschedule_expiry(batch, at, invocation_id)
         if record is None or record.status != Status.COMPLETED:

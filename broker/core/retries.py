@@ -7,7 +7,7 @@ import logging
 from .. import codes
 from ..storage import Batch
 from . import actions
-from .model import Live, RetryPolicy, Status, failure, now_ms
+from .model import Live, RetryPolicy, Status, failure
 from .ports import PartitionOps
 
 log = logging.getLogger("broker.core")
@@ -36,7 +36,7 @@ def backoff(
     p.metrics.count("retried", record.service)
     record.status = Status.BACKING_OFF
     record.last_error = message
-    record.next_retry_at_ms = now_ms() + int(delay * 1000)
+    record.next_retry_at_ms = p.now_ms() + int(delay * 1000)
     log.warning(
         "invocation %s attempt %d failed, retrying in %.2fs: %s",
         live.id,

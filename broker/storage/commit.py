@@ -147,6 +147,11 @@ class Committer:
         """Resolves once everything submitted so far is durable."""
         return self.submit(Batch())
 
+    @property
+    def idle(self) -> bool:
+        """Whether nothing is queued or being written (a batch's actions included)."""
+        return not self._pending and (self._task is None or self._task.done())
+
     async def drain(self) -> None:
         """Waits until nothing is pending."""
         while self._task is not None and not self._task.done():

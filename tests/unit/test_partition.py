@@ -20,7 +20,7 @@ from trips import trips_pb2
 
 from broker import codes
 from broker.config import Settings
-from broker.core import actions, control, recovery
+from broker.core import actions, control
 from broker.core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from broker.core.model import IdempotencyConflict, UnknownInvocation
 from broker.core.partition import Partition
@@ -925,8 +925,12 @@ def test_recovery_with_a_free_key_starts_the_inbox_head() -> None:
 # ---- Retention
 
 
-def test_purge_expired_removes_completed_invocations(monkeypatch: pytest.MonkeyPatch) -> None:
-    p = make_partition(retention=60)
+def test_purge_expired_removes_completed_invocations() -> None:
+    # The partition reads time only through the clock it is given.
+    clock = [1_000_000]
+    p = Partition(
+        MemoryKV(), make_registry(), Settings(data_dir=None, retention=60), now=lambda: clock[0]
+    )
     done = p.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k-1")
     running = p.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k-2")
     commit(p)
@@ -936,8 +940,9 @@ def test_purge_expired_removes_completed_invocations(monkeypatch: pytest.MonkeyP
     assert stored(p, done).status == Status.COMPLETED
     assert len(journal.load(p.kv, done)) == 3
     # Past the retention, without waiting for it.
-    later = stored(p, done).expires_at_ms + 1
-    monkeypatch.setattr(recovery, "now_ms", lambda: later)
+    assert stored(p, done).expires_at_ms == 1_000_000 + 60_000
+    assert p.purge_expired() == 0
+    clock[0] = stored(p, done).expires_at_ms + 1
 
     assert p.purge_expired() == 1
     [batch] = commit_batches(p)
