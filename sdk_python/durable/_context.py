@@ -8,7 +8,6 @@ import datetime
 import inspect
 import json
 import random as _random
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
@@ -255,13 +254,13 @@ class Context:
 
     async def now(self) -> datetime.datetime:
         """The current time, journaled so that replays see the same instant."""
-        ms = await self.run("now", lambda: int(time.time() * 1000))
+        ms = await self.run("now", self._journaled_clock_ms)
         return datetime.datetime.fromtimestamp(ms / 1000, tz=datetime.UTC)
 
     def _journaled_clock_ms(self) -> int:
         # Only used to compute absolute deadlines of new entries; replayed entries keep
         # their journaled deadline, so replays never see a different one.
-        return int(time.time() * 1000)
+        return int(self._runtime.clock() * 1000)
 
 
 def _run_result(name: str, value: Any, message_type: type[Message] | None) -> bytes:

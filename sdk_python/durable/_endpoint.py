@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -97,8 +98,14 @@ def _handler_span(start: protocol_pb2.StartMessage) -> Iterator[None]:
 
 
 class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
-    def __init__(self, services: Sequence[Service], request_response: bool = False) -> None:
+    def __init__(
+        self,
+        services: Sequence[Service],
+        request_response: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._services = {s.name: s for s in services}
+        self._clock = clock
         self._request_response = request_response
         self._multiplexers: set[Multiplexer] = set()
         self._draining = False
@@ -128,7 +135,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         send: Callable[[protocol_pb2.InvokeResponse], None],
     ) -> tuple[Runtime, Callable[[], Coroutine[Any, Any, None]]]:
         """A runtime for the attempt (sending through `send`) and the handler to execute."""
-        runtime = Runtime(start, send)
+        runtime = Runtime(start, send, self._clock)
         service = self._services.get(start.service)
         handler = service.handlers.get(start.method) if service else None
         if service is None or handler is None:
@@ -279,6 +286,7 @@ async def create_server(
     *,
     request_response: bool = False,
     secret: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> tuple[grpc.aio.Server, int]:
     """A started gRPC server hosting the services; returns it and its bound port.
 
@@ -289,6 +297,8 @@ async def create_server(
             attempt (as FaaS platforms run handlers) instead of a stream.
         secret: Serve only a broker that sends this shared secret (default: the
             `DURABLE_ENDPOINT_SECRET` environment variable; none when unset).
+        clock: Seconds since the epoch, for `ctx.now()` and the due times of sleeps,
+            delayed sends and timeouts (`durable.testing` passes its virtual clock).
     """
     secret = secret if secret is not None else os.environ.get("DURABLE_ENDPOINT_SECRET") or None
     bound = [s if isinstance(s, Service) else Service.from_servicer(s) for s in services]
@@ -301,7 +311,7 @@ async def create_server(
         ],
         interceptors=[_SecretInterceptor(secret)] if secret else [],
     )
-    endpoint = _Endpoint(bound, request_response)
+    endpoint = _Endpoint(bound, request_response, clock)
     protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(endpoint, server)
     plain_stop = server.stop
 

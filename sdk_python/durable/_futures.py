@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import time
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
@@ -56,7 +55,7 @@ class DurableFuture(Generic[T]):
 
         The timeout is a durable timer: it holds across suspensions and restarts.
         """
-        wake_up = int(time.time() * 1000) + int(seconds(timeout) * 1000)
+        wake_up = int(self._runtime.clock() * 1000) + int(seconds(timeout) * 1000)
         index = self._runtime.propose(Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up)))
         timer: DurableFuture[None] = DurableFuture(self._runtime, index, lambda r: None)
         winner, value = await select(self, timer)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -42,14 +43,17 @@ class Runtime:
     Args:
         start: The broker's start message.
         send: Called with each outgoing message, in order; the last is terminal.
+        clock: Seconds since the epoch: what `ctx.now()` and due times are read from.
     """
 
     def __init__(
         self,
         start: protocol_pb2.StartMessage,
         send: Callable[[protocol_pb2.InvokeResponse], None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.start = start
+        self.clock = clock
         self.machine = ReplayMachine(list(start.journal))
         self.state: dict[str, bytes] = dict(start.state)
         self.done = False
