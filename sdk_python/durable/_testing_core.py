@@ -6,10 +6,13 @@ it for callers on other loops and threads.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import importlib
-from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, TypeAlias
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal, Protocol, TypeAlias
 
 import grpc
 
@@ -26,6 +29,7 @@ ADMIN_TIMEOUT = 30.0
 
 ServiceLike: TypeAlias = Service | Servicer
 StatusFilter: TypeAlias = "invocation_pb2.InvocationStatus.ValueType | str | None"
+TimeSkipping: TypeAlias = bool | Literal["manual"]
 
 
 class Broker(Protocol):
@@ -38,17 +42,37 @@ class Broker(Protocol):
 
     async def stop(self, grace: float = ...) -> None: ...
 
+    def idle(self) -> bool: ...
 
-def new_broker(data_dir: str | None, suspend_after: float, extra: Mapping[str, Any]) -> Broker:
-    """A `broker.server.Broker` listening on free ports of 127.0.0.1 (not started yet)."""
+
+class VirtualClock(Protocol):
+    """What this module needs of `broker.clock.VirtualClock`."""
+
+    def time(self) -> float: ...
+
+    def advance(self, seconds: float) -> None: ...
+
+
+def _import_broker(name: str) -> Any:
     try:
-        server = importlib.import_module("broker.server")
-        config = importlib.import_module("broker.config")
+        return importlib.import_module(name)
     except ImportError as e:  # pragma: no cover - the SDK installed without the broker
         raise ImportError(
             "durable.testing runs the broker in-process: install the `durable-broker` "
             f"package alongside the SDK ({e})"
         ) from e
+
+
+def new_broker(
+    data_dir: str | None,
+    suspend_after: float,
+    extra: Mapping[str, Any],
+    clock: VirtualClock | None = None,
+) -> Broker:
+    """A `broker.server.Broker` listening on free ports of 127.0.0.1 (not started yet),
+    on `clock` when given (else the wall clock)."""
+    server = _import_broker("broker.server")
+    config = _import_broker("broker.config")
     names = {f.name for f in dataclasses.fields(config.Settings)}
     fixed = {"ingress", "admin", "data_dir", "suspend_after"}
     unknown = sorted(set(extra) - names)
@@ -70,7 +94,9 @@ def new_broker(data_dir: str | None, suspend_after: float, extra: Mapping[str, A
         suspend_after=suspend_after,
         **options,
     )
-    broker: Broker = server.Broker(settings)
+    broker: Broker = (
+        server.Broker(settings) if clock is None else server.Broker(settings, clock=clock)
+    )
     return broker
 
 
@@ -101,6 +127,9 @@ class EnvironmentCore:
         suspend_after: The broker's `suspend_after`.
         endpoints: URIs of endpoints running elsewhere, registered at start.
         broker_settings: Other `broker.config.Settings` fields by name.
+        time_skipping: False (the wall clock), True (a virtual clock that jumps to the
+            next timer whenever the broker is idle) or "manual" (a virtual clock moved
+            only by `advance`, besides the wall time that passes).
     """
 
     def __init__(
@@ -110,8 +139,16 @@ class EnvironmentCore:
         suspend_after: float,
         endpoints: Sequence[str],
         broker_settings: Mapping[str, Any],
+        time_skipping: TimeSkipping = False,
     ) -> None:
+        if time_skipping not in (False, True, "manual"):
+            raise ValueError(
+                f"time_skipping must be False, True or 'manual', got {time_skipping!r}"
+            )
         self._services = list(services)
+        self._time_skipping = time_skipping
+        self._clock: VirtualClock | None = None
+        self._skipper: asyncio.Task[None] | None = None
         self.data_dir = data_dir
         self._suspend_after = suspend_after
         self._endpoints = list(endpoints)
@@ -128,9 +165,18 @@ class EnvironmentCore:
         """Starts the broker, serves and registers the services; stops what started if
         anything fails (or the start is cancelled)."""
         try:
-            broker = new_broker(self.data_dir, self._suspend_after, self._broker_settings)
+            clock_module = _import_broker("broker.clock") if self._time_skipping else None
+            if clock_module is not None:
+                self._clock = clock_module.VirtualClock()
+            broker = new_broker(
+                self.data_dir, self._suspend_after, self._broker_settings, self._clock
+            )
             self._broker = broker
             await broker.start()
+            if clock_module is not None and self._time_skipping is True:
+                self._skipper = asyncio.create_task(
+                    clock_module.auto_skip(self._clock, broker.idle)
+                )
             self.ingress = f"{HOST}:{broker.ingress_port}"
             self.admin = f"{HOST}:{broker.admin_port}"
             self._admin_aio = grpc.aio.insecure_channel(self.admin)
@@ -147,6 +193,11 @@ class EnvironmentCore:
     async def stop(self) -> None:
         """Stops whatever has started; idempotent. Raises the first error once all ran."""
         errors: list[BaseException] = []
+        skipper, self._skipper = self._skipper, None
+        if skipper is not None:
+            skipper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await skipper
         admin, self._admin_aio, self._admin_stub = self._admin_aio, None, None
         if admin is not None:
             try:
@@ -200,12 +251,28 @@ class EnvironmentCore:
         """See `DurableTestEnvironment.add_deployment`."""
         if isinstance(services, (Service, Servicer)):
             raise TypeError("`services` is a list: pass [MyServicer()], not MyServicer()")
-        server, port = await create_server(list(services), f"{HOST}:0")
+        server, port = await create_server(list(services), f"{HOST}:0", clock=self.clock)
         self._servers.append(server)
         uri = f"http://{HOST}:{port}"
         await self.register(uri)
         self.endpoint_uris.append(uri)
         return uri
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        """Seconds since the epoch as the broker and the in-process endpoints see them."""
+        return self._clock.time if self._clock is not None else time.time
+
+    async def advance(self, seconds: float) -> None:
+        """See `DurableTestEnvironment.advance`."""
+        if self._clock is None:
+            raise RuntimeError(
+                "advance() needs a virtual clock: create the environment with "
+                "time_skipping=True or time_skipping='manual'"
+            )
+        if seconds < 0:
+            raise ValueError(f"time only moves forward: advance({seconds})")
+        self._clock.advance(seconds)
 
     def _admin(self) -> Any:
         """The admin stub on the environment's loop (its methods return awaitables)."""

@@ -75,6 +75,25 @@ all the same, so that a handler waiting on something that never comes fails the 
 Pass `suspend_after=1.0` (the broker's own default) to test handlers that stay in memory
 while they wait.
 
+**Time skipping.** A test of a handler that sleeps an hour need not take an hour. With
+`time_skipping=True`, durable time (sleeps, delayed sends, retry backoff, `with_timeout`
+and `select` timers, retention, and `ctx.now()`) runs on a virtual clock: wall time plus
+an offset. Whenever the broker is *idle* (no attempt running or queued for a slot, no
+journal write pending or being carried out, checked twice a few milliseconds apart) and
+a durable timer is pending, the clock jumps to that timer::
+
+    with DurableTestEnvironment([Reminders()], time_skipping=True) as env:
+        reminders = reminders_pb2_grpc.RemindersStub(env.channel())
+        reminders.RemindTomorrow(request, timeout=10)  # sleeps 24 h: returns at once
+
+With `time_skipping="manual"` the clock moves only with the wall time and with
+`env.advance(seconds)` (`await env.advance_async(seconds)` in async tests), which fires
+every timer due by then; use it to check what happens before and after a deadline.
+`env.time()` reads the environment's clock. The auto mode jumps as soon as the broker is
+idle, so a call still on its way from your test to the ingress may arrive after a timer
+it was meant to precede; use the manual mode when that ordering matters. Retries of a
+`ctx.run` inside one attempt (its `retry_policy=` delays) wait on the wall clock.
+
 This module imports the broker (`broker.server`) when an environment starts; importing
 `durable` alone never does.
 """
@@ -95,7 +114,13 @@ from durable.v1 import admin_pb2, invocation_pb2
 
 from ._service import Service, Servicer
 from ._testing_channels import ClientChannels, is_current
-from ._testing_core import ADMIN_TIMEOUT, EnvironmentCore, ServiceLike, StatusFilter
+from ._testing_core import (
+    ADMIN_TIMEOUT,
+    EnvironmentCore,
+    ServiceLike,
+    StatusFilter,
+    TimeSkipping,
+)
 from ._testing_thread import LoopThread
 
 __all__ = ["INVOCATION_ID_HEADER", "DurableTestEnvironment", "invocation_id_of"]
@@ -165,6 +190,13 @@ class DurableTestEnvironment:
             register before giving up (`TimeoutError`).
         stop_timeout: Seconds to wait for everything to stop when the environment is
             left before giving up (`TimeoutError`).
+        time_skipping: `False` (the default): durable time is the wall clock. `True`:
+            durable time (sleeps, delayed sends, retry backoff, `with_timeout` and
+            `select` timers, retention, `ctx.now()`) runs on a virtual clock that
+            jumps to the next timer whenever the broker is idle (no attempt running or
+            queued, no journal write pending), so a handler sleeping a day completes at
+            once. `"manual"`: the same virtual clock, moved only by `advance` (and by
+            the wall time that passes). See "Time skipping" in the module docstring.
 
     Attributes:
         ingress: `host:port` of the broker's ingress, where callers send requests.
@@ -183,6 +215,7 @@ class DurableTestEnvironment:
         broker_settings: Mapping[str, Any] | None = None,
         start_timeout: float = 30.0,
         stop_timeout: float = 30.0,
+        time_skipping: TimeSkipping = False,
     ) -> None:
         if isinstance(services, (Service, Servicer)):
             raise TypeError("`services` is a list: pass [MyServicer()], not MyServicer()")
@@ -190,7 +223,7 @@ class DurableTestEnvironment:
             raise ValueError(f"suspend_after must be >= 0, got {suspend_after}")
         data_dir = None if isinstance(storage, str) and storage == "memory" else os.fspath(storage)
         self._core = EnvironmentCore(
-            services, data_dir, suspend_after, endpoints, broker_settings or {}
+            services, data_dir, suspend_after, endpoints, broker_settings or {}, time_skipping
         )
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
@@ -498,6 +531,28 @@ class DurableTestEnvironment:
     async def add_deployment_async(self, services: Sequence[ServiceLike]) -> str:
         """`add_deployment()` for async code."""
         return await self._on_loop(lambda: self._core.add_deployment(services))
+
+    # ----------------------------------------------------------------- time skipping
+
+    def advance(self, seconds: float) -> None:
+        """Moves the virtual clock `seconds` forward and fires every durable timer that
+        became due (in due order). Returns once they fired; what the handlers then do
+        happens on the broker's loop, so poll for its effects with a deadline.
+
+        Raises:
+            RuntimeError: The environment was created without `time_skipping`.
+            ValueError: `seconds` is negative.
+        """
+        self._sync(lambda: self.advance_async(seconds))
+
+    async def advance_async(self, seconds: float) -> None:
+        """`advance()` for async code."""
+        await self._on_loop(lambda: self._core.advance(seconds))
+
+    def time(self) -> float:
+        """Seconds since the epoch on the environment's clock: the wall clock, or the
+        virtual one with `time_skipping` (what `ctx.now()` reads)."""
+        return self._core.clock()
 
     # ----------------------------------------------------------------- plumbing
 
