@@ -191,3 +191,19 @@ def test_advance_needs_a_virtual_clock() -> None:
         assert abs(env.time() - time.time()) < 1
     with pytest.raises(ValueError, match="time_skipping"):
         DurableTestEnvironment([waiter], time_skipping="auto")  # type: ignore[arg-type]
+
+
+def test_retention_passes_on_the_virtual_clock() -> None:
+    with DurableTestEnvironment(
+        [waiter], time_skipping="manual", broker_settings={"retention": 3600}
+    ) as env:
+        stub = pg_grpc.WaiterStub(env.channel())
+        assert stub.Sleep(pg.SleepRequest(millis=0), timeout=20).text == "slept"
+        assert env.invocations(service="playground.Waiter", status="completed")
+        # Past the retention and the next purge round (a quarter of it, at most 60 s).
+        env.advance(3600 + 61)
+        wait_for(
+            lambda: not env.invocations(service="playground.Waiter"),
+            timeout=20,
+            message="the completed invocation to be purged",
+        )

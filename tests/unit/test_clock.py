@@ -8,6 +8,8 @@ import time
 import pytest
 
 from broker.clock import WALL, VirtualClock, auto_skip, now_ms
+from broker.storage.commit import Batch, Committer
+from broker.storage.kv import MemoryKV
 
 
 def test_the_wall_clock_is_time_time() -> None:
@@ -74,5 +76,31 @@ def test_auto_skip_jumps_only_while_idle() -> None:
             assert clock.offset > 3599
         finally:
             skipper.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_the_committer_is_idle_only_with_nothing_queued_or_being_written() -> None:
+    """Part of `Driver.idle`: a batch queued, being written or having its actions
+    carried out keeps a virtual clock from jumping."""
+
+    async def scenario() -> None:
+        seen: list[bool] = []
+        committer: Committer
+
+        def carry_out(batch_actions: list[object]) -> None:
+            seen.append(committer.idle)
+
+        committer = Committer(MemoryKV(), sync=False, carry_out=carry_out)
+        assert committer.idle
+        batch = Batch()
+        batch.put(b"k", b"v")
+        batch.then("an action")
+        done = committer.submit(batch)
+        assert not committer.idle
+        await done
+        assert seen == [False]  # still busy while its actions run
+        await committer.drain()
+        assert committer.idle
 
     asyncio.run(scenario())
