@@ -19,7 +19,7 @@ from typing import ParamSpec, TypeVar
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
-from .core.model import Result, Status, UnknownInvocation
+from .core.model import Result, Status, UnknownInvocation, now_ms
 from .core.partition import Partition
 from .invoker import Invoker
 from .storage import Committer, invocations
@@ -66,6 +66,8 @@ class Driver:
         )
         self.timers = TimerQueue(self.on_timer)
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        # The one pending wake-up for rate-limited queues: (due ms, handle).
+        self._limits_wake: tuple[int, asyncio.TimerHandle] | None = None
         self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
 
     # ---- Applying events
@@ -96,6 +98,20 @@ class Driver:
     def on_timer(self, due_ms: int, invocation_id: str, entry_index: int) -> None:
         """A durable timer is due."""
         self.apply(self.partition.on_timer, due_ms, invocation_id, entry_index)
+
+    def _limits_due(self) -> None:
+        self._limits_wake = None
+        self.apply(self.partition.on_limits_due)
+
+    def _wake_limits(self, at_ms: int) -> None:
+        # One timer is enough: when it fires the partition asks again for what still waits.
+        if self._limits_wake is not None:
+            if self._limits_wake[0] <= at_ms:
+                return
+            self._limits_wake[1].cancel()
+        delay = max(0.0, (at_ms - now_ms()) / 1000)
+        handle = asyncio.get_running_loop().call_later(delay, self._limits_due)
+        self._limits_wake = (at_ms, handle)
 
     def _retry_due(self, invocation_id: str) -> None:
         self._retries.pop(invocation_id, None)
@@ -170,6 +186,8 @@ class Driver:
                     )
                 case actions.CancelRetry(invocation_id):
                     self._cancel_retry(invocation_id)
+                case actions.WakeLimits(at_ms):
+                    self._wake_limits(at_ms)
                 case actions.AnswerCallers(invocation_id, result):
                     self.partition.finished(invocation_id)
                     for waiter in self._waiters.pop(invocation_id, []):
@@ -202,6 +220,9 @@ class Driver:
         for handle in self._retries.values():
             handle.cancel()
         self._retries.clear()
+        if self._limits_wake is not None:
+            self._limits_wake[1].cancel()
+            self._limits_wake = None
         await self.timers.stop()
         await self.invoker.close()
         await self.committer.drain()
