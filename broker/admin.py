@@ -75,6 +75,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 f"{str(e)[:500]}); its log has the details",
             )
             raise AssertionError("unreachable") from None
+        # The new deployment may declare other limits: let waiting invocations through.
+        self._driver.apply(self._partition.on_limits_due)
         return _deployment(record)
 
     async def _register(self, raw_uri: str) -> reg.Deployment:

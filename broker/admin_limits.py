@@ -57,7 +57,7 @@ def check(registry: reg.Registry, request: admin_pb2.SetLimitsRequest) -> Limit 
 def scope_view(p: Partition, service: str, method: str) -> admin_pb2.ScopeLimits:
     """What is in force for one scope, and how many run and wait under it."""
     limiter = p.limiter
-    runtime, declared = limiter.configured().get((service, method), (None, None))
+    runtime, declared = limiter.configured([service]).get((service, method), (None, None))
     limit = limiter.limit((service, method))
     waiting = limiter.queued(service)
     return admin_pb2.ScopeLimits(
@@ -73,7 +73,7 @@ def scope_view(p: Partition, service: str, method: str) -> admin_pb2.ScopeLimits
 
 def view(p: Partition, service: str = "") -> admin_pb2.GetLimitsResponse:
     """Every scope with a limit (or with invocations waiting), optionally of one service."""
-    scopes = set(p.limiter.configured())
+    scopes = set(p.limiter.configured(s.name for s in p.registry.services()))
     for name in p.limiter.services_waiting():
         scopes.add((name, ""))
     return admin_pb2.GetLimitsResponse(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+from collections.abc import Callable, Iterable
 
 Scope = tuple[str, str]  # (service, method); method "" means the whole service
 
@@ -79,8 +80,10 @@ class Waiter:
 class Limiter:
     """The limits in force, who holds a slot, the token buckets and the waiting queues."""
 
-    def __init__(self) -> None:
-        self._declared: dict[Scope, Limit] = {}
+    def __init__(self, declared: Callable[[str], dict[str, Limit]] | None = None) -> None:
+        # What a service's `.proto` declares, by method ("" for the service), read from
+        # the registry each time (a new deployment may declare other limits).
+        self._declared = declared or (lambda service: {})
         self._set: dict[Scope, Limit] = {}
         self._holders: dict[str, Scope] = {}  # invocation -> (service, method) it runs as
         self._running: dict[Scope, int] = {}
@@ -90,13 +93,6 @@ class Limiter:
         self._seq = 0
 
     # ---- Configuration
-
-    def declare(self, scope: Scope, limit: Limit) -> None:
-        """The limit the service's `.proto` declares (run-time settings override it)."""
-        if limit.unlimited:
-            self._declared.pop(scope, None)
-        else:
-            self._declared[scope] = limit
 
     def set(self, scope: Scope, limit: Limit | None) -> None:
         """Sets (or, with None, clears) a run-time limit."""
@@ -108,12 +104,18 @@ class Limiter:
 
     def limit(self, scope: Scope) -> Limit:
         """The limit in force: the run-time one, else the declared one, else none."""
-        return self._set.get(scope) or self._declared.get(scope) or Limit()
+        return self._set.get(scope) or self._declared(scope[0]).get(scope[1]) or Limit()
 
-    def configured(self) -> dict[Scope, tuple[Limit | None, Limit | None]]:
-        """(run-time, declared) limits of every scope that has one."""
-        scopes = set(self._set) | set(self._declared)
-        return {s: (self._set.get(s), self._declared.get(s)) for s in sorted(scopes)}
+    def configured(self, services: Iterable[str]) -> dict[Scope, tuple[Limit | None, Limit | None]]:
+        """(run-time, declared) limits of every scope that has one (declared ones of
+        `services` only)."""
+        out: dict[Scope, tuple[Limit | None, Limit | None]] = {
+            scope: (limit, None) for scope, limit in self._set.items()
+        }
+        for service in services:
+            for method, limit in self._declared(service).items():
+                out[(service, method)] = (self._set.get((service, method)), limit)
+        return dict(sorted(out.items()))
 
     def running(self, scope: Scope) -> int:
         """How many invocations hold a slot in the scope."""
@@ -159,8 +161,9 @@ class Limiter:
         """Whether anything about the service is limited or waiting."""
         if self._queues.get(service):
             return True
-        scopes = (*self._set.items(), *self._declared.items())
-        return any(scope[0] == service and not limit.unlimited for scope, limit in scopes)
+        if any(s == service and not limit.unlimited for (s, _), limit in self._set.items()):
+            return True
+        return any(not limit.unlimited for limit in self._declared(service).values())
 
     # ---- Queues
 

@@ -59,7 +59,7 @@ class Partition:
         self.settings = settings
         self.live: dict[str, Live] = {}
         self.locks = KeyLocks()
-        self.limiter = limits.Limiter()
+        self.limiter = limits.Limiter(self._declared_limits)
         # The token buckets' clock (the only one the partition reads for a decision);
         # tests replace it.
         self.clock: Callable[[], int] = now_ms
@@ -317,6 +317,12 @@ class Partition:
         self.limiter.set((service, method), limit)
         self.admit(batch, service)
         self.submit(batch)
+
+    def _declared_limits(self, service: str) -> dict[str, limits.Limit]:
+        target = self.registry.service(service)
+        if target is None:
+            return {}
+        return {method: limits.Limit(c, r) for method, (c, r) in target.limits.items()}
 
     def load_limits(self) -> None:
         """Reads the run-time limits from storage (at recovery)."""

@@ -6,16 +6,23 @@ The harness is test_partition's: `commit(p)` plays the driver. The token buckets
 
 from __future__ import annotations
 
+from durable.v1 import options_pb2, storage_pb2
+from flights import flights_pb2
+from trips import trips_pb2
+
+from broker.config import Settings
 from broker.core import actions, control
 from broker.core.events import Ended, Suspended
 from broker.core.limits import Limit, Limiter, Waiter
 from broker.core.partition import Partition
+from broker.registry import Registry
 from broker.storage import MemoryKV
 from broker.storage import limits as limit_table
 from tests.unit.test_partition import (
     FLIGHTS,
     TRIPS,
     Status,
+    _files,
     answers,
     attempt_event,
     commit,
@@ -159,11 +166,32 @@ def test_lowering_then_clearing_a_limit() -> None:
 
 
 def test_limiter_runtime_overrides_declared() -> None:
-    limiter = Limiter()
-    limiter.declare((TRIPS, ""), Limit(concurrency=3))
+    limiter = Limiter(lambda service: {"": Limit(concurrency=3)} if service == TRIPS else {})
     assert limiter.limit((TRIPS, "")) == Limit(concurrency=3)
     limiter.set((TRIPS, ""), Limit(rate=5))
     assert limiter.limit((TRIPS, "")) == Limit(rate=5)
     limiter.set((TRIPS, ""), None)
     assert limiter.limit((TRIPS, "")) == Limit(concurrency=3)
     assert Waiter(0, 9, "a", "m") < Waiter(1, 1, "b", "m")
+
+
+def test_limits_declared_in_the_proto_apply_and_run_time_ones_override_them() -> None:
+    files = _files(
+        flights_pb2.DESCRIPTOR.services_by_name["Flights"],
+        trips_pb2.DESCRIPTOR.services_by_name["Trips"],
+    )
+    (trips,) = [s for f in files.file for s in f.service if s.name == "Trips"]
+    trips.options.Extensions[options_pb2.service_limits].concurrency = 1
+    registry = Registry()
+    registry.add(
+        storage_pb2.DeploymentRecord(
+            id="dp_1", uri="http://x", services=[FLIGHTS, TRIPS], files=files, created_at_ms=1
+        )
+    )
+    p = Partition(MemoryKV(), registry, Settings(data_dir=None))
+    ids = _submit(p, 3)
+    found = commit(p)
+    assert [bool(started(found, i)) for i in ids] == [True, False, False]
+    assert p.limiter.configured([TRIPS]) == {(TRIPS, ""): (None, Limit(concurrency=1))}
+    p.set_limits(TRIPS, "", Limit(concurrency=2))
+    assert started(commit(p), ids[1])
