@@ -339,9 +339,8 @@ class Partition:
                 continue
             nxt.inbox_seq = None
             self.locks.hold(lock, next_id)
-            nxt.record.status = Status.RUNNING
+            self._start_or_queue(batch, nxt)  # the key first, then the limits
             self.save(batch, nxt)
-            self.start_attempt(batch, nxt)
             return
 
     def start_attempt(self, batch: Batch, live: Live) -> None:

@@ -25,13 +25,6 @@ def recover(p: PartitionOps) -> None:
     batch = Batch()
     for live in list(p.live.values()):
         p.waits.index(batch, live)
-    # Queued new invocations, in arrival order (resumed ones queue again below, first).
-    for seq, invocation_id in limit_table.scan_queue(p.kv):
-        queued = p.live.get(invocation_id)
-        if queued is None or queued.record.status != Status.QUEUED:
-            limit_table.dequeue(batch, seq)
-            continue
-        p.limiter.restore(invocation_id, queued.record.service, queued.record.method, seq)
     for service, key, seq, invocation_id in inbox.scan(p.kv):
         p.locks.restore_waiter((service, key), seq, invocation_id)
         if invocation_id in p.live:
@@ -48,6 +41,13 @@ def recover(p: PartitionOps) -> None:
         elif status == Status.SUSPENDED:
             # Still waiting: its journal need not stay in memory.
             batch.then(actions.Evict(live.id, live.version))
+    # Queued new invocations, in arrival order, behind the resumed ones queued above.
+    for seq, invocation_id in limit_table.scan_queue(p.kv):
+        queued = p.live.get(invocation_id)
+        if queued is None or queued.record.status != Status.QUEUED:
+            limit_table.dequeue(batch, seq)
+            continue
+        p.limiter.restore(invocation_id, queued.record.service, queued.record.method, seq)
     for lock in p.locks.unheld_with_waiters():
         p.release(batch, lock)
     for service in p.limiter.services_waiting():

@@ -195,3 +195,24 @@ def test_limits_declared_in_the_proto_apply_and_run_time_ones_override_them() ->
     assert p.limiter.configured([TRIPS]) == {(TRIPS, ""): (None, Limit(concurrency=1))}
     p.set_limits(TRIPS, "", Limit(concurrency=2))
     assert started(commit(p), ids[1])
+
+
+def test_an_object_key_freed_hands_over_to_the_limit_queue_in_arrival_order() -> None:
+    p = make_partition()
+    p.set_limits(FLIGHTS, "Reserve", Limit(concurrency=1))
+    commit(p)
+    a = p.invoke(FLIGHTS, "Reserve", "t1", reserve_request("t1"), {})
+    b = p.invoke(FLIGHTS, "Reserve", "t1", reserve_request("t1"), {})  # waits for the key
+    c = p.invoke(FLIGHTS, "Reserve", "t2", reserve_request("t2"), {})  # waits for the slot
+    commit(p)
+    assert p.live[b].record.status == Status.PENDING
+    assert p.live[c].record.status == Status.QUEUED
+    _finish(p, a)
+    found = commit(p)
+    # b takes t1 and queues behind c for the slot, durably, as a new start.
+    assert started(found, c) and not started(found, b)
+    assert p.lock_holder(FLIGHTS, "t1") == b
+    assert stored(p, b).status == Status.QUEUED
+    assert [i for _, i in limit_table.scan_queue(p.kv)] == [b]
+    _finish(p, c)
+    assert started(commit(p), b)
