@@ -213,12 +213,16 @@ class Limiter:
         out: list[Waiter] = []
         wake: int | None = None
         blocked_methods: set[str] = set()
-        for waiter in list(queue):
+        i = 0  # no copy of the queue: it may be long, and most calls stop at its head
+        while i < len(queue):
+            waiter = queue[i]
             if waiter.method in blocked_methods:
+                i += 1
                 continue
             verdict = self._may_start(service, waiter, now_ms)
             if verdict is None:
-                self.leave(waiter.invocation_id)
+                del queue[i]
+                del self._queued[waiter.invocation_id]
                 self.hold(waiter.invocation_id, service, waiter.method)
                 if waiter.priority == FRESH:
                     for scope in ((service, ""), (service, waiter.method)):
@@ -233,6 +237,9 @@ class Limiter:
             if scope_blocked == "":
                 break  # the service itself is full: nobody behind may pass
             blocked_methods.add(waiter.method)
+            i += 1
+        if not queue:
+            del self._queues[service]
         return out, wake
 
     def _may_start(
