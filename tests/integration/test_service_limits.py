@@ -109,3 +109,26 @@ def test_limits_and_queued_invocations_survive_a_broker_sigkill(cluster: Cluster
 
     cluster.wait_for(all_done, timeout=30, message="the queued invocations complete")
     assert all(not cluster.invocation(i).result.HasField("failure") for i in ids)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (("nosuch.Service", "--concurrency", "1"), "NOT_FOUND: no service 'nosuch.Service'"),
+        ((f"{BUSY}/Nope", "--rate", "1"), "NOT_FOUND: service playground.Busy has no handler"),
+        ((BUSY,), "INVALID_ARGUMENT: give --concurrency N and/or --rate R"),
+        ((BUSY, "--clear", "--concurrency", "2"), "INVALID_ARGUMENT: --clear takes no"),
+    ],
+)
+def test_bad_limits_are_refused_saying_why(
+    cluster: Cluster, args: tuple[str, ...], expected: str
+) -> None:
+    done = subprocess.run(
+        [str(BROKERCTL), "--admin", cluster.admin_address, "services", "limit", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    assert expected in done.stderr
