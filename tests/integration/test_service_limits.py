@@ -58,7 +58,8 @@ def test_a_concurrency_limit_of_5_holds_for_200_submissions(cluster: Cluster) ->
     assert all(call.result().text == "ok" for call in calls)
     stats = cluster.busy.Stats(pg.WorkRequest(group="c"), timeout=30)
     assert stats.items == ["200"]
-    assert stats.number == 5  # never more than five side effects at once, and five used
+    # Never more than five side effects at once (and, with 195 waiting, more than a few).
+    assert 3 <= stats.number <= 5, stats.number
     brokerctl(cluster, "services", "limit", BUSY, "--clear")
     assert "no limits set" in brokerctl(cluster, "services", "limits", BUSY)
 
