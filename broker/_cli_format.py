@@ -24,6 +24,7 @@ _CODE_NAMES: dict[int, str] = {code.value[0]: code.name for code in grpc.StatusC
 # The operator-facing status vocabulary (DESIGN.md): lowercase, hyphenated.
 STATUS_CHOICES: tuple[str, ...] = (
     "pending",
+    "queued",
     "running",
     "suspended",
     "backing-off",

@@ -23,7 +23,7 @@ from durable.v1 import (
     journal_pb2,
 )
 
-from . import admin_query, endpoint_uri, registration, rendering
+from . import admin_limits, admin_query, endpoint_uri, registration, rendering
 from . import registry as reg
 from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
@@ -75,6 +75,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 f"{str(e)[:500]}); its log has the details",
             )
             raise AssertionError("unreachable") from None
+        # The new deployment may declare other limits: let waiting invocations through.
+        self._driver.apply(self._partition.on_limits_due)
         return _deployment(record)
 
     async def _register(self, raw_uri: str) -> reg.Deployment:
@@ -211,6 +213,27 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 )
             )
         return admin_pb2.ListServicesResponse(services=out)
+
+    async def SetLimits(
+        self, request: admin_pb2.SetLimitsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.SetLimitsResponse:
+        try:
+            limit = admin_limits.check(self._registry, request)
+        except admin_limits.LimitError as e:
+            await context.abort(getattr(grpc.StatusCode, e.code), str(e))
+            raise AssertionError("unreachable") from None
+        await self._driver.commit(
+            self._partition.set_limits, request.service, request.method, limit
+        )
+        log.info("limits of %s/%s: %s", request.service, request.method or "*", limit)
+        return admin_pb2.SetLimitsResponse(
+            limits=admin_limits.scope_view(self._partition, request.service, request.method)
+        )
+
+    async def GetLimits(
+        self, request: admin_pb2.GetLimitsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.GetLimitsResponse:
+        return admin_limits.view(self._partition, request.service)
 
     async def ListInvocations(
         self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]

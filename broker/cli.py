@@ -31,6 +31,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, journal_pb2
 from google.protobuf.message import Message
 
 from broker import _cli_format as fmt
+from broker import _cli_limits
 
 DEFAULT_ADMIN = "127.0.0.1:9091"
 DEFAULT_TIMEOUT_S = 10.0
@@ -454,6 +455,33 @@ _VERBS = (
         "show a service's kind, deployment and handlers",
         _describe_service,
         (_arg("name", metavar="NAME", help="a service's full name, e.g. trips.Trips"),),
+    ),
+    _Verb(
+        "services",
+        "limit",
+        "set (or --clear) a service's or handler's concurrency and start-rate limits",
+        _cli_limits.set_limits,
+        (
+            _arg(
+                "target",
+                metavar="SERVICE[/METHOD]",
+                help="e.g. trips.Trips or trips.Trips/Reserve",
+            ),
+            _arg(
+                "--concurrency",
+                type=_non_negative_int,
+                help="at most N invocations running at once (suspended ones do not count)",
+            ),
+            _arg("--rate", type=_positive_float, help="at most R starts per second"),
+            _arg("--clear", action="store_true", help="remove the run-time limits"),
+        ),
+    ),
+    _Verb(
+        "services",
+        "limits",
+        "show the limits in force, with how many run and wait under each",
+        _cli_limits.get_limits,
+        (_arg("service", nargs="?", default="", metavar="SERVICE", help="only this service"),),
     ),
     _Verb(
         "invocations",

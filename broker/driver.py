@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from .clock import WALL, Clock, Handle
+from .clock import now_ms as clock_ms
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
@@ -71,6 +72,8 @@ class Driver:
         )
         self.timers = TimerQueue(self.on_timer, clock)
         self._retries: dict[str, Handle] = {}
+        # The one pending wake-up for rate-limited queues: (due ms, handle).
+        self._limits_wake: tuple[int, Handle] | None = None
         self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
 
     # ---- Applying events
@@ -101,6 +104,20 @@ class Driver:
     def on_timer(self, due_ms: int, invocation_id: str, entry_index: int) -> None:
         """A durable timer is due."""
         self.apply(self.partition.on_timer, due_ms, invocation_id, entry_index)
+
+    def _limits_due(self) -> None:
+        self._limits_wake = None
+        self.apply(self.partition.on_limits_due)
+
+    def _wake_limits(self, at_ms: int) -> None:
+        # One timer is enough: when it fires the partition asks again for what still waits.
+        if self._limits_wake is not None:
+            if self._limits_wake[0] <= at_ms:
+                return
+            self._limits_wake[1].cancel()
+        delay = max(0.0, (at_ms - clock_ms(self.clock)) / 1000)
+        # A token refill is something invocations wait on: a virtual clock may jump to it.
+        self._limits_wake = (at_ms, self.clock.call_later(delay, self._limits_due))
 
     def _retry_due(self, invocation_id: str) -> None:
         self._retries.pop(invocation_id, None)
@@ -174,6 +191,8 @@ class Driver:
                     )
                 case actions.CancelRetry(invocation_id):
                     self._cancel_retry(invocation_id)
+                case actions.WakeLimits(at_ms):
+                    self._wake_limits(at_ms)
                 case actions.AnswerCallers(invocation_id, result):
                     self.partition.finished(invocation_id)
                     for waiter in self._waiters.pop(invocation_id, []):
@@ -216,6 +235,9 @@ class Driver:
         for handle in self._retries.values():
             handle.cancel()
         self._retries.clear()
+        if self._limits_wake is not None:
+            self._limits_wake[1].cancel()
+            self._limits_wake = None
         await self.timers.stop()
         await self.invoker.close()
         await self.committer.drain()

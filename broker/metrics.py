@@ -54,7 +54,7 @@ class Metrics:
     def __init__(self) -> None:
         self.counters: dict[str, collections.Counter[str]] = {
             name: collections.Counter()
-            for name in ("started", "completed", "failed", "suspended", "retried")
+            for name in ("started", "completed", "failed", "suspended", "retried", "queued")
         }
         self.invocation_seconds = Histogram(_LATENCY_BUCKETS)
         self.batch_size = Histogram(_SIZE_BUCKETS)
@@ -73,6 +73,7 @@ class Metrics:
             "failed": "Invocations completed with a terminal failure.",
             "suspended": "Suspensions (a handler waiting with no stream open).",
             "retried": "Attempts that failed transiently and were scheduled again.",
+            "queued": "New invocations that waited for a concurrency or rate limit.",
         }
         for event, counter in self.counters.items():
             name = f"durable_invocations_{event}_total"

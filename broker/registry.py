@@ -55,6 +55,8 @@ class Service:
     kind: str
     deployment_id: str
     methods: dict[str, Method]
+    # (concurrency, rate) the `.proto` declares, by method ("" for the whole service).
+    limits: dict[str, tuple[int, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def keyed(self) -> bool:
@@ -358,8 +360,28 @@ def _routes(deployment: Deployment, pool: descriptor_pool.DescriptorPool) -> dic
                 shared=m.options.Extensions[options_pb2.handler_kind] == options_pb2.SHARED,
                 key_field=key_field if kind != "service" else None,
             )
-        routes[name] = Service(name=name, kind=kind, deployment_id=deployment.id, methods=methods)
+        routes[name] = Service(
+            name=name,
+            kind=kind,
+            deployment_id=deployment.id,
+            methods=methods,
+            limits=_declared_limits(proto),
+        )
     return routes
+
+
+def _declared_limits(proto: descriptor_pb2.ServiceDescriptorProto) -> dict[str, tuple[int, float]]:
+    """The (durable.v1.service_limits) and (durable.v1.handler_limits) options that are set."""
+    found: dict[str, options_pb2.Limits] = {
+        "": proto.options.Extensions[options_pb2.service_limits]
+    }
+    for m in proto.method:
+        found[m.name] = m.options.Extensions[options_pb2.handler_limits]
+    return {
+        method: (limit.concurrency, limit.rate)
+        for method, limit in found.items()
+        if limit.concurrency or limit.rate > 0
+    }
 
 
 class BadRequest(Exception):

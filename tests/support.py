@@ -50,6 +50,7 @@ PLAYGROUND_SERVICES = (
     "playground.Counter",
     "playground.Signup",
     "playground.Flaky",
+    "playground.Busy",
 )
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
@@ -460,6 +461,11 @@ class Cluster:
     def signup(self) -> playground_pb2_grpc.SignupStub:
         """`playground.Signup` through the ingress."""
         return playground_pb2_grpc.SignupStub(self.ingress_channel)
+
+    @property
+    def busy(self) -> playground_pb2_grpc.BusyStub:
+        """A stub of playground.Busy through the ingress."""
+        return playground_pb2_grpc.BusyStub(self.ingress_channel)
 
     @property
     def flaky(self) -> playground_pb2_grpc.FlakyStub:

@@ -78,6 +78,14 @@ class CancelRetry:
     invocation_id: str
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class WakeLimits:
+    """Invocations wait for rate-limit tokens: call the partition's `on_limits_due` at
+    `at_ms` (a `Now` action; not durable: recovery looks at the queues again)."""
+
+    at_ms: int
+
+
 # ---- Back to the partition, once the writes they depend on are durable
 
 
@@ -123,6 +131,7 @@ Action = (
     | ArmTimer
     | ScheduleRetry
     | CancelRetry
+    | WakeLimits
     | AnswerCallers
     | IdentityWritten
     | PromiseWritten

@@ -120,6 +120,7 @@ def on_suspension(p: PartitionOps, live: Live, waiting_on: list[int]) -> str | N
     else:
         live.record.status = Status.SUSPENDED
         live.record.waiting_on[:] = sorted(waiting_on)
+        p.free_slot(batch, live)  # a suspended invocation holds no slot (core/limits.py)
         p.metrics.count("suspended", live.record.service)
         log.info("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
     p.save(batch, live)

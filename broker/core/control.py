@@ -41,7 +41,7 @@ def cancel(p: PartitionOps, invocation_id: str) -> Invocation:
 
 def _cancel(p: PartitionOps, batch: Batch, live: Live) -> None:
     cancelled = failure(CANCELLED, "invocation cancelled")
-    if live.record.status == Status.PENDING:
+    if live.record.status in (Status.PENDING, Status.QUEUED):
         # Never started: nothing to compensate.
         p.complete(batch, live, cancelled)
         p.save(batch, live)
@@ -85,7 +85,7 @@ def _kill(p: PartitionOps, batch: Batch, live: Live) -> None:
 def pause(p: PartitionOps, invocation_id: str) -> Invocation:
     """Parks a started invocation until an operator resumes it."""
     live = _live(p, invocation_id)
-    if live.record.status == Status.PENDING:
+    if live.record.status in (Status.PENDING, Status.QUEUED):
         raise NotAllowed(f"invocation {invocation_id} has not started; cancel it instead")
     if live.record.status != Status.PAUSED:
         p.pause(live)

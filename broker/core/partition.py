@@ -21,8 +21,9 @@ from .. import tracing
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage import Batch, idempotency, inbox, invocations, journal, state, timers
+from ..storage import limits as limit_table
 from ..storage.kv import KV
-from . import actions, attempts, recovery, retries
+from . import actions, attempts, limits, recovery, retries
 from .dedup import Dedup
 from .events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .locks import KeyLocks, Lock
@@ -67,6 +68,10 @@ class Partition:
         self.settings = settings
         self.live: dict[str, Live] = {}
         self.locks = KeyLocks()
+        self.limiter = limits.Limiter(self._declared_limits)
+        # The token buckets' clock (the only one the partition reads for a decision):
+        # the partition's own by default; tests may replace it.
+        self.clock: Callable[[], int] = now
         self.dedup = Dedup(kv, registry)
         self.waits = Waits(kv, self.live, self.completed, self.complete_entry)
         self.metrics = Metrics()
@@ -264,8 +269,78 @@ class Partition:
                 live.record.status = Status.PENDING
                 return
             self.locks.hold(lock, live.id)
-        live.record.status = Status.RUNNING
-        self.start_attempt(batch, live)
+        self._start_or_queue(batch, live)
+
+    # ---- Limits (key lock first, then the limits: a queued invocation holds its key, so
+    # that slots only ever go to invocations that can run at once)
+
+    def _start_or_queue(self, batch: Batch, live: Live) -> None:
+        """Starts a new invocation, or queues it behind its service's limits."""
+        record = live.record
+        if not self.limiter.limited(record.service):
+            self.limiter.hold(live.id, record.service, record.method)
+            record.status = Status.RUNNING
+            self.start_attempt(batch, live)
+            return
+        seq = self.limiter.enqueue(live.id, record.service, record.method, limits.FRESH)
+        record.status = Status.QUEUED
+        if live.id not in self.admit(batch, record.service):
+            limit_table.enqueue(batch, seq, live.id)
+            self.metrics.count("queued", record.service)
+
+    def admit(self, batch: Batch, service: str) -> set[str]:
+        """Starts every queued invocation of the service its limits let start now, in
+        order; asks to be woken when tokens refill if some wait for them. Returns the ids
+        started."""
+        started, wake = self.limiter.admit(service, self.clock())
+        for waiter in started:
+            live = self.live[waiter.invocation_id]
+            if waiter.priority == limits.FRESH:
+                limit_table.dequeue(batch, waiter.seq)
+                live.record.status = Status.RUNNING
+            self.start_attempt(batch, live)
+        if wake is not None:
+            batch.now(actions.WakeLimits(wake))
+        return {waiter.invocation_id for waiter in started}
+
+    def free_slot(self, batch: Batch, live: Live) -> None:
+        """The invocation suspended or ended: its slot goes to the next in line."""
+        waiter = self.limiter.leave(live.id)
+        if waiter is not None and waiter.priority == limits.FRESH:
+            limit_table.dequeue(batch, waiter.seq)
+        service = self.limiter.release(live.id)
+        if service is not None:
+            self.admit(batch, service)
+
+    def on_limits_due(self) -> None:
+        """Tokens have refilled (the driver's clock): start whoever may start now."""
+        batch = Batch()
+        for service in self.limiter.services_waiting():
+            self.admit(batch, service)
+        self.submit(batch)
+
+    def set_limits(self, service: str, method: str, limit: limits.Limit | None) -> None:
+        """Sets (None: clears) a run-time limit; queued invocations it lets through
+        start in the same batch."""
+        batch = Batch()
+        if limit is None:
+            limit_table.delete_limit(batch, service, method)
+        else:
+            limit_table.put_limit(batch, service, method, limit.concurrency, limit.rate)
+        self.limiter.set((service, method), limit)
+        self.admit(batch, service)
+        self.submit(batch)
+
+    def _declared_limits(self, service: str) -> dict[str, limits.Limit]:
+        target = self.registry.service(service)
+        if target is None:
+            return {}
+        return {method: limits.Limit(c, r) for method, (c, r) in target.limits.items()}
+
+    def load_limits(self) -> None:
+        """Reads the run-time limits from storage (at recovery)."""
+        for service, method, concurrency, rate in limit_table.scan_limits(self.kv):
+            self.limiter.set((service, method), limits.Limit(concurrency, rate))
 
     def release(self, batch: Batch, lock: Lock) -> None:
         """Frees a key and hands it to the next invocation in its inbox."""
@@ -277,9 +352,8 @@ class Partition:
                 continue
             nxt.inbox_seq = None
             self.locks.hold(lock, next_id)
-            nxt.record.status = Status.RUNNING
+            self._start_or_queue(batch, nxt)  # the key first, then the limits
             self.save(batch, nxt)
-            self.start_attempt(batch, nxt)
             return
 
     def start_attempt(self, batch: Batch, live: Live) -> None:
@@ -289,6 +363,15 @@ class Partition:
         record = live.record
         if record.status not in (Status.RUNNING, Status.BACKING_OFF, Status.SUSPENDED):
             return
+        if not self.limiter.holds(live.id):
+            # Resuming a suspended invocation: it takes a slot again, ahead of new ones.
+            if self.limiter.is_queued(live.id):
+                return
+            if self.limiter.limited(record.service):
+                self.limiter.enqueue(live.id, record.service, record.method, limits.RESUME)
+                self.admit(batch, record.service)  # starts it (re-entering here) if it may
+                return
+            self.limiter.hold(live.id, record.service, record.method)
         if not record.deployment_id:
             target = self.registry.service(record.service)
             if target is None:
@@ -462,6 +545,7 @@ class Partition:
             live.inbox_seq = None
         if record.exclusive and self.locks.holder(live.lock_key) == live.id:
             self.release(batch, live.lock_key)
+        self.free_slot(batch, live)
         tracing.end_invocation(live, result)
         outcome = "failed" if result.HasField("failure") else "succeeded"
         self.metrics.count("failed" if result.HasField("failure") else "completed", record.service)
@@ -514,6 +598,9 @@ class Partition:
         self.live[record.id] = live
         if record.exclusive and record.status != Status.PENDING:
             self.locks.hold(live.lock_key, record.id)
+        if record.status in (Status.RUNNING, Status.BACKING_OFF, Status.PAUSED):
+            # It held a slot before the restart; it keeps it even over a lowered limit.
+            self.limiter.hold(record.id, record.service, record.method)
         return live
 
     def evict(self, invocation_id: str, version: int) -> None:

@@ -12,6 +12,7 @@ from ..metrics import Metrics
 from ..storage import Batch
 from ..storage.kv import KV
 from .dedup import Dedup
+from .limits import Limiter
 from .locks import KeyLocks, Lock
 from .model import Entry, Invocation, Live, Result
 from .waits import Waits
@@ -26,6 +27,7 @@ class PartitionOps(Protocol):
     metrics: Metrics
     live: dict[str, Live]
     locks: KeyLocks
+    limiter: Limiter
     dedup: Dedup
     waits: Waits
 
@@ -58,5 +60,11 @@ class PartitionOps(Protocol):
     def journal_send(self, batch: Batch, live: Live, entry: Entry) -> None: ...
 
     def pause(self, live: Live) -> None: ...
+
+    def free_slot(self, batch: Batch, live: Live) -> None: ...
+
+    def admit(self, batch: Batch, service: str) -> set[str]: ...
+
+    def load_limits(self) -> None: ...
 
     def resume(self, live: Live) -> None: ...

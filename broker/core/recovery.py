@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from ..storage import Batch, inbox, invocations, journal, promises, state, timers
+from ..storage import limits as limit_table
 from . import actions
 from .dedup import is_workflow_run
 from .model import Status
@@ -20,6 +21,7 @@ def recover(p: PartitionOps) -> None:
     for record in invocations.scan(p.kv):
         if record.status != Status.COMPLETED:
             p.adopt(record, journal.load(p.kv, record.id))
+    p.load_limits()
     batch = Batch()
     for live in list(p.live.values()):
         p.waits.index(batch, live)
@@ -39,8 +41,17 @@ def recover(p: PartitionOps) -> None:
         elif status == Status.SUSPENDED:
             # Still waiting: its journal need not stay in memory.
             batch.then(actions.Evict(live.id, live.version))
+    # Queued new invocations, in arrival order, behind the resumed ones queued above.
+    for seq, invocation_id in limit_table.scan_queue(p.kv):
+        queued = p.live.get(invocation_id)
+        if queued is None or queued.record.status != Status.QUEUED:
+            limit_table.dequeue(batch, seq)
+            continue
+        p.limiter.restore(invocation_id, queued.record.service, queued.record.method, seq)
     for lock in p.locks.unheld_with_waiters():
         p.release(batch, lock)
+    for service in p.limiter.services_waiting():
+        p.admit(batch, service)
     log.info("recovered %d in-flight invocation(s)", len(p.live))
     p.submit(batch)
 

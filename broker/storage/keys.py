@@ -64,3 +64,7 @@ def read_u64(key: bytes, offset: int) -> int:
 PROMISES = b"pr"
 # Removed deployments, by canonical URI: a re-registration there takes the old id back.
 RETIRED_DEPLOYMENTS = b"rd"
+# Run-time concurrency and rate limits, by (service, method); method "" is the service.
+LIMITS = b"lm"
+# Invocations waiting for a limit, by arrival sequence number.
+LIMIT_QUEUE = b"lq"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
+import time
 from typing import ClassVar
 
 import durable
 import grpc
 from playground import playground_pb2 as pb
 from playground.playground_durable import (
+    BusyServicer,
     CounterServicer,
     FlakyServicer,
     SignupServicer,
@@ -170,3 +173,33 @@ class Flaky(FlakyServicer):
             _failures[request.key] += 1
             raise durable.RetryableError("try later", retry_after=request.retry_after_millis / 1000)
         return pb.Reply(text="ok", number=ctx.attempt)
+
+
+# Per group: side effects of Busy/Work running now, the most at once, and how many began.
+_busy_now: collections.Counter[str] = collections.Counter()
+_busy_max: collections.Counter[str] = collections.Counter()
+_busy_began: collections.Counter[str] = collections.Counter()
+
+
+class Busy(BusyServicer):
+    """Work that keeps its attempt (and so its slot under a concurrency limit) busy."""
+
+    async def Work(self, ctx: durable.Context, request: pb.WorkRequest) -> pb.Reply:
+        group = request.group
+
+        async def hold() -> int:
+            began = int(time.time() * 1000)
+            _busy_began[group] += 1
+            _busy_now[group] += 1
+            _busy_max[group] = max(_busy_max[group], _busy_now[group])
+            try:
+                await asyncio.sleep(request.millis / 1000)
+            finally:
+                _busy_now[group] -= 1
+            return began
+
+        return pb.Reply(text="ok", number=await ctx.run("hold", hold))
+
+    async def Stats(self, ctx: durable.Context, request: pb.WorkRequest) -> pb.Reply:
+        group = request.group
+        return pb.Reply(number=_busy_max[group], items=[str(_busy_began[group])])

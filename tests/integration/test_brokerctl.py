@@ -181,6 +181,7 @@ def test_deployments_register_and_list(playground: Playground) -> None:
         "playground.Counter",
         "playground.Signup",
         "playground.Flaky",
+        "playground.Busy",
     }
     # Registration is idempotent: the same URI keeps its deployment id.
     again = ok_json(admin, "deployments", "register", playground.uri)

@@ -117,6 +117,7 @@ def carry_out(p: Partition, batch_actions: Iterable[object]) -> None:
                 | actions.ArmTimer()
                 | actions.ScheduleRetry()
                 | actions.CancelRetry()
+                | actions.WakeLimits()
             ):
                 pass
             case _:

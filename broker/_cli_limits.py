@@ -1,0 +1,49 @@
+"""``brokerctl services limit`` and ``services limits``: run-time concurrency and rate
+limits of a service or handler."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from durable.v1 import admin_pb2
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """``SERVICE[/METHOD]`` as (service, method)."""
+    service, _, method = target.partition("/")
+    return service, method
+
+
+def format_scope(s: admin_pb2.ScopeLimits) -> str:
+    """One line per scope: what is in force, where from, and how busy it is."""
+    target = f"{s.service}/{s.method}" if s.method else s.service
+    concurrency = str(s.concurrency) if s.concurrency else "unlimited"
+    rate = f"{s.rate:g}/s" if s.rate else "unlimited"
+    source = f" ({s.source})" if s.source else ""
+    return (
+        f"{target}: concurrency {concurrency}, rate {rate}{source}; "
+        f"{s.running} running, {s.queued} queued"
+    )
+
+
+def set_limits(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
+    """Sets or clears a scope's limits."""
+    service, method = split_target(args.target)
+    req = admin_pb2.SetLimitsRequest(
+        service=service,
+        method=method,
+        concurrency=args.concurrency or 0,
+        rate=args.rate or 0.0,
+        clear=args.clear,
+    )
+    resp: admin_pb2.SetLimitsResponse = stub.SetLimits(req, timeout=timeout)
+    return resp, format_scope(resp.limits)
+
+
+def get_limits(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
+    """Lists the limits in force."""
+    req = admin_pb2.GetLimitsRequest(service=args.service or "")
+    resp: admin_pb2.GetLimitsResponse = stub.GetLimits(req, timeout=timeout)
+    lines = [format_scope(s) for s in resp.limits] or ["no limits set"]
+    return resp, "\n".join(lines)
