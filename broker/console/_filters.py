@@ -15,6 +15,7 @@ Status = invocation_pb2.InvocationStatus
 PAGE_SIZE = 50
 STATUSES: dict[str, tuple[int, int]] = {
     "pending": (Status.PENDING, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),
+    "queued": (Status.QUEUED, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),
     "running": (Status.RUNNING, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),
     "suspended": (Status.SUSPENDED, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),
     "backing-off": (Status.BACKING_OFF, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),

@@ -16,7 +16,7 @@ from ._html import Safe, esc, h, join, link, notice, table, url
 if TYPE_CHECKING:
     from . import Console
 
-_STATUS_ORDER = ("PENDING", "RUNNING", "SUSPENDED", "BACKING_OFF", "PAUSED")
+_STATUS_ORDER = ("PENDING", "QUEUED", "RUNNING", "SUSPENDED", "BACKING_OFF", "PAUSED")
 
 
 def _chart(minutes: list[dict[str, int]]) -> Safe:
