@@ -19,8 +19,9 @@ from typing import ParamSpec, TypeVar
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
-from .core.model import Result, Status, UnknownInvocation
+from .core.model import Invocation, Result, Status, UnknownInvocation, now_ms
 from .core.partition import Partition
+from .core.schedules import Schedules, name_of
 from .invoker import Invoker
 from .storage import Committer, invocations
 from .storage.kv import KV
@@ -65,6 +66,10 @@ class Driver:
             settings.multiplex,
         )
         self.timers = TimerQueue(self.on_timer)
+        # Schedules' clocks: a heap of (due, name); a stale entry finds nothing due.
+        self.schedules = Schedules(partition)
+        self.schedule_timers = TimerQueue(self._schedule_due)
+        partition.completion_listeners.append(self._schedule_firing_ended)
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
 
@@ -96,6 +101,16 @@ class Driver:
     def on_timer(self, due_ms: int, invocation_id: str, entry_index: int) -> None:
         """A durable timer is due."""
         self.apply(self.partition.on_timer, due_ms, invocation_id, entry_index)
+
+    def _schedule_due(self, due_ms: int, name: str, _: int) -> None:
+        self.apply(self.schedules.on_due, name, now_ms())
+
+    def _schedule_firing_ended(self, record: Invocation) -> None:
+        # A queue-one schedule may have a slot waiting for this firing to end. Called
+        # while carrying out a batch's actions: look at it from the clock's loop, later.
+        name = name_of(record.idempotency_key)
+        if name is not None and name in self.schedules.records:
+            self.schedule_timers.add(0, name, 0)
 
     def _retry_due(self, invocation_id: str) -> None:
         self._retries.pop(invocation_id, None)
@@ -162,6 +177,8 @@ class Driver:
                     self.invoker.abandon(invocation_id, attempt)
                 case actions.ArmTimer(due_ms, invocation_id, entry_index):
                     self.timers.add(due_ms, invocation_id, entry_index)
+                case actions.ArmSchedule(due_ms, name):
+                    self.schedule_timers.add(due_ms, name, 0)
                 case actions.ScheduleRetry(invocation_id, delay):
                     self._cancel_retry(invocation_id)
                     loop = asyncio.get_running_loop()
@@ -194,7 +211,9 @@ class Driver:
     def start(self) -> None:
         """Recovers the partition from storage and starts the clocks."""
         self.apply(self.partition.recover)
+        self.apply(self.schedules.recover)
         self.timers.start()
+        self.schedule_timers.start()
 
     async def stop(self) -> None:
         """Stops the clocks and the attempts (they resume after a restart), then lets the
@@ -203,5 +222,6 @@ class Driver:
             handle.cancel()
         self._retries.clear()
         await self.timers.stop()
+        await self.schedule_timers.stop()
         await self.invoker.close()
         await self.committer.drain()

@@ -64,3 +64,5 @@ def read_u64(key: bytes, offset: int) -> int:
 PROMISES = b"pr"
 # Removed deployments, by canonical URI: a re-registration there takes the old id back.
 RETIRED_DEPLOYMENTS = b"rd"
+# Durable schedules, by name.
+SCHEDULES = b"sc"
