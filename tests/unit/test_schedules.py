@@ -5,6 +5,7 @@ a fake partition (overlap policies, pause/resume, recovery after a crash)."""
 from __future__ import annotations
 
 import datetime
+import itertools
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -15,12 +16,13 @@ from broker.core.model import Live
 from broker.core.schedules import Schedule, Schedules, name_of
 from broker.storage import Batch, MemoryKV, keys
 from broker.storage import schedules as table
+from broker.storage.kv import KV
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
-def ms(*args: int, tz: datetime.tzinfo = datetime.UTC) -> int:
-    return int(datetime.datetime(*args, tzinfo=tz).timestamp() * 1000)  # type: ignore[misc]
+def ms(y: int, mo: int, d: int, h: int, mi: int, tz: datetime.tzinfo = datetime.UTC) -> int:
+    return int(datetime.datetime(y, mo, d, h, mi, tzinfo=tz).timestamp() * 1000)
 
 
 def utc(at_ms: int) -> datetime.datetime:
@@ -79,7 +81,7 @@ def test_hourly_cron_across_the_autumn_dst_change_fires_each_real_hour_once() ->
     spec = times.Spec(cron="0 * * * *", timezone="Europe/Berlin")
     fires = times.upcoming(spec, ms(2026, 10, 24, 23, 30), 4)
     assert len(set(fires)) == 4
-    assert all(b - a == 3_600_000 for a, b in zip(fires, fires[1:], strict=False))
+    assert all(b - a == 3_600_000 for a, b in itertools.pairwise(fires))
 
 
 @pytest.mark.parametrize(
@@ -127,8 +129,8 @@ def test_schedules_have_a_table_prefix_of_their_own() -> None:
 class FakeHost:
     """The partition as schedules see it: a store, live invocations, dedup by key."""
 
-    def __init__(self, kv: MemoryKV) -> None:
-        self.kv = kv
+    def __init__(self, kv: KV) -> None:
+        self.kv: KV = kv
         self.live: dict[str, Live] = {}
         self.bound: dict[str, str] = {}
         self.started: list[str] = []
