@@ -582,13 +582,13 @@ _VERBS = (
         (
             _arg("name", metavar="NAME", help="the schedule's name"),
             _arg("target", metavar="SERVICE/METHOD", type=sched.target, help="what to invoke"),
+            # Required: an optional positional would be taken as absent when options
+            # come between it and SERVICE/METHOD.
             _arg(
                 "request",
                 metavar="JSON",
-                nargs="?",
                 type=_json_value,
-                default=b"{}",
-                help="the request as JSON (default: {})",
+                help="the request as JSON, e.g. '{\"amount\": 1}' ('{}' for none)",
             ),
             _arg("--cron", metavar="EXPR", help="a 5-field cron expression, e.g. '*/5 * * * *'"),
             _arg("--every", metavar="DURATION", type=sched.duration_ms, help="e.g. 30s, 5m"),
