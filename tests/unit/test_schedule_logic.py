@@ -4,12 +4,14 @@ a fake partition (overlap policies, pause/resume, recovery after a crash)."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import itertools
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from broker import _cli_schedules as sched
 from broker.core import actions
 from broker.core import schedule_times as times
 from broker.core.model import Live
@@ -256,3 +258,18 @@ def test_pause_resume_trigger_delete() -> None:
     book.on_due("tick", 9000)
     assert host.started == ["schedule:tick:5600"]
     assert table.get(host.kv, "tick") is None
+
+
+# ---- brokerctl's arguments
+
+
+def test_durations_and_targets_parse() -> None:
+    assert sched.duration_ms("30s") == 30_000
+    assert sched.duration_ms("1h30m") == 5_400_000
+    assert sched.duration_ms("500ms") == 500
+    for bad in ("", "30", "1x", "0s", "s30", "1s 2"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            sched.duration_ms(bad)
+    assert sched.target("playground.Counter/Add") == ("playground.Counter", "Add")
+    with pytest.raises(argparse.ArgumentTypeError, match="SERVICE/METHOD"):
+        sched.target("playground.Counter")
