@@ -247,3 +247,11 @@ def test_the_json_is_printed_as_json(shared_cluster: Cluster) -> None:
         brokerctl(shared_cluster.admin_address, "--json", "schedules", "describe", "good").stdout
     )
     assert out["schedule"]["name"] == "good"
+
+
+def test_the_human_listing(shared_cluster: Cluster) -> None:
+    out = brokerctl(shared_cluster.admin_address, "schedules", "list")
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "TARGET", "WHEN", "STATE", "NEXT", "FIRED"]
+    assert row.startswith("good") and "playground.Counter/Add" in row and "active" in row
