@@ -191,6 +191,30 @@ def test_overlap_skip_does_not_start_a_firing_while_the_last_runs(tmp_path: Path
         assert info.schedule.fired >= 1
 
 
+def test_overlap_queue_one_fires_a_waiting_slot_when_the_last_ends(tmp_path: Path) -> None:
+    with Cluster(tmp_path, suspend_after="100ms", services=(PLAYGROUND,)) as cluster:
+        create(
+            cluster, "queued", "queued", method="Hold", overlap="queue-one",
+            request_json='{"amount": 1, "millis": 2500}', every_ms=1000,
+        )  # fmt: skip
+        first, second = fired(cluster, "queued", 2)[:2]
+        info = describe(cluster, "queued")
+        cluster.admin.DeleteSchedule(admin_pb2.ScheduleRequest(name="queued"), timeout=10)
+        # The second firing is a slot that waited for the first to end: not the
+        # next slot, and slots in between were replaced by newer ones (it holds 2.5 s).
+        assert second - first >= 2000
+        assert info.schedule.skipped >= 1
+        started = {
+            i.idempotency_key: i
+            for i in cluster.invocations(service=COUNTER)
+            if i.idempotency_key.startswith("schedule:queued:")
+        }
+        one = started[f"schedule:queued:{first}"]
+        two = started[f"schedule:queued:{second}"]
+        # It started once the first was done (queued), not at its own slot.
+        assert two.created_at_ms >= one.created_at_ms + 2000
+
+
 @pytest.mark.parametrize(
     ("args", "code", "says"),
     [
