@@ -23,6 +23,8 @@ BROKER_ONLY = [
     "rocksdict==0.3.29",
     # The web console's HTTP server (runs in the broker's own event loop).
     "aiohttp==3.14.5",
+    # Durable schedules' cron expressions (time zones come from the stdlib's zoneinfo).
+    "croniter==7.0.0",
 ]
 
 setup(version=VERSION, install_requires=[f"durable-sdk=={VERSION}", *BROKER_ONLY])

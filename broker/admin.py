@@ -25,6 +25,7 @@ from durable.v1 import (
 
 from . import admin_limits, admin_query, endpoint_uri, registration, rendering
 from . import registry as reg
+from .admin_schedules import ScheduleAdmin
 from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
 from .core.partition import Partition
@@ -40,7 +41,7 @@ log = logging.getLogger("broker.admin")
 Status = invocation_pb2.InvocationStatus
 
 
-class AdminServicer(admin_pb2_grpc.AdminServicer):
+class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
     """Implements `durable.v1.Admin`."""
 
     def __init__(self, driver: Driver, registry: reg.Registry) -> None:

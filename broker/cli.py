@@ -32,6 +32,7 @@ from google.protobuf.message import Message
 
 from broker import _cli_format as fmt
 from broker import _cli_limits
+from broker import _cli_schedules as sched
 
 DEFAULT_ADMIN = "127.0.0.1:9091"
 DEFAULT_TIMEOUT_S = 10.0
@@ -411,6 +412,7 @@ _GROUPS = {
     "awakeables": "complete awakeables",
     "promises": "complete workflows' durable promises",
     "state": "read and edit a virtual object's state",
+    "schedules": "invoke a method on a cron expression or an interval",
 }
 
 # Every verb, in the order `--help` lists them within its group.
@@ -598,6 +600,80 @@ _VERBS = (
         "remove one state value",
         _clear_state,
         (*_OBJECT_POSITIONALS, _STATE_NAME),
+    ),
+    _Verb(
+        "schedules",
+        "create",
+        "create a schedule: each slot invokes SERVICE/METHOD with the JSON request "
+        "(idempotency key schedule:NAME:FIRE_MS)",
+        sched.create,
+        (
+            _arg("name", metavar="NAME", help="the schedule's name"),
+            _arg("target", metavar="SERVICE/METHOD", type=sched.target, help="what to invoke"),
+            # Required: an optional positional would be taken as absent when options
+            # come between it and SERVICE/METHOD.
+            _arg(
+                "request",
+                metavar="JSON",
+                type=_json_value,
+                help="the request as JSON, e.g. '{\"amount\": 1}' ('{}' for none)",
+            ),
+            _arg("--cron", metavar="EXPR", help="a 5-field cron expression, e.g. '*/5 * * * *'"),
+            _arg("--every", metavar="DURATION", type=sched.duration_ms, help="e.g. 30s, 5m"),
+            _arg("--timezone", metavar="ZONE", help="the cron's IANA time zone (default: UTC)"),
+            _arg("--key", metavar="KEY", help="the key of a virtual object or workflow"),
+            _arg(
+                "--overlap",
+                choices=("skip", "queue-one", "allow"),
+                default="skip",
+                help="when the previous firing still runs: skip the slot (default), queue "
+                "one slot to run after it, or allow both",
+            ),
+            _arg(
+                "--catch-up",
+                dest="catch_up",
+                choices=("latest", "all"),
+                default="latest",
+                help="slots missed while the broker was down: fire the latest only "
+                "(default) or all",
+            ),
+        ),
+    ),
+    _Verb("schedules", "list", "list schedules", sched.list_),
+    _Verb(
+        "schedules",
+        "describe",
+        "show a schedule, its next fire times and its last firing",
+        sched.action("DescribeSchedule", ""),
+        (_arg("name", metavar="NAME"),),
+    ),
+    _Verb(
+        "schedules",
+        "pause",
+        "stop firing (missed slots are not caught up)",
+        sched.action("PauseSchedule", "paused"),
+        (_arg("name", metavar="NAME"),),
+    ),
+    _Verb(
+        "schedules",
+        "resume",
+        "fire again from the next slot",
+        sched.action("ResumeSchedule", "resumed"),
+        (_arg("name", metavar="NAME"),),
+    ),
+    _Verb(
+        "schedules",
+        "trigger",
+        "fire once now",
+        sched.action("TriggerSchedule", "triggered"),
+        (_arg("name", metavar="NAME"),),
+    ),
+    _Verb(
+        "schedules",
+        "delete",
+        "delete a schedule (firings already started go on)",
+        sched.delete,
+        (_arg("name", metavar="NAME"),),
     ),
 )
 

@@ -22,8 +22,9 @@ from .clock import now_ms as clock_ms
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
-from .core.model import Result, Status, UnknownInvocation
+from .core.model import Invocation, Result, Status, UnknownInvocation
 from .core.partition import Partition
+from .core.schedules import Schedules, name_of
 from .invoker import Invoker
 from .storage import Committer, invocations
 from .storage.kv import KV
@@ -71,10 +72,18 @@ class Driver:
             settings.multiplex,
         )
         self.timers = TimerQueue(self.on_timer, clock)
+        # Schedules' clocks: a heap of (due, name); a stale entry finds nothing due.
+        self.schedules = Schedules(partition)
+        self.schedule_timers = TimerQueue(self._schedule_due, clock)
+        partition.completion_listeners.append(self._schedule_firing_ended)
         self._retries: dict[str, Handle] = {}
         # The one pending wake-up for rate-limited queues: (due ms, handle).
         self._limits_wake: tuple[int, Handle] | None = None
         self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
+
+    def now_ms(self) -> int:
+        """The driver's clock (the wall, or a test's virtual one), in ms since the epoch."""
+        return clock_ms(self.clock)
 
     # ---- Applying events
 
@@ -118,6 +127,16 @@ class Driver:
         delay = max(0.0, (at_ms - clock_ms(self.clock)) / 1000)
         # A token refill is something invocations wait on: a virtual clock may jump to it.
         self._limits_wake = (at_ms, self.clock.call_later(delay, self._limits_due))
+
+    def _schedule_due(self, due_ms: int, name: str, _: int) -> None:
+        self.apply(self.schedules.on_due, name, clock_ms(self.clock))
+
+    def _schedule_firing_ended(self, record: Invocation) -> None:
+        # A queue-one schedule may have a slot waiting for this firing to end. Called
+        # while carrying out a batch's actions: look at it from the clock's loop, later.
+        name = name_of(record.idempotency_key)
+        if name is not None and name in self.schedules.records:
+            self.schedule_timers.add(0, name, 0)
 
     def _retry_due(self, invocation_id: str) -> None:
         self._retries.pop(invocation_id, None)
@@ -184,6 +203,8 @@ class Driver:
                     self.invoker.abandon(invocation_id, attempt)
                 case actions.ArmTimer(due_ms, invocation_id, entry_index):
                     self.timers.add(due_ms, invocation_id, entry_index)
+                case actions.ArmSchedule(due_ms, name):
+                    self.schedule_timers.add(due_ms, name, 0)
                 case actions.ScheduleRetry(invocation_id, delay):
                     self._cancel_retry(invocation_id)
                     self._retries[invocation_id] = self.clock.call_later(
@@ -227,7 +248,9 @@ class Driver:
     def start(self) -> None:
         """Recovers the partition from storage and starts the clocks."""
         self.apply(self.partition.recover)
+        self.apply(self.schedules.recover)
         self.timers.start()
+        self.schedule_timers.start()
 
     async def stop(self) -> None:
         """Stops the clocks and the attempts (they resume after a restart), then lets the
@@ -239,5 +262,6 @@ class Driver:
             self._limits_wake[1].cancel()
             self._limits_wake = None
         await self.timers.stop()
+        await self.schedule_timers.stop()
         await self.invoker.close()
         await self.committer.drain()

@@ -63,6 +63,14 @@ class ArmTimer:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class ArmSchedule:
+    """A schedule's next slot was written: look at the schedule at `due_ms`."""
+
+    due_ms: int
+    name: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class ScheduleRetry:
     """Retry the invocation after `delay` seconds unless cancelled first (a `Now`
     action: the backoff counts from the failure, not from its commit)."""
@@ -129,6 +137,7 @@ Action = (
     | SendCompletion
     | AbandonAttempt
     | ArmTimer
+    | ArmSchedule
     | ScheduleRetry
     | CancelRetry
     | WakeLimits

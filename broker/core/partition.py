@@ -139,6 +139,32 @@ class Partition:
         self.submit(batch)
         return live.id
 
+    def invoke_in(
+        self,
+        batch: Batch,
+        service: str,
+        method: str,
+        key: str,
+        request: bytes,
+        idempotency_key: str,
+    ) -> str:
+        """Starts an invocation in `batch` (which the caller writes more into and
+        submits), or finds the one its idempotency key already names; returns its id."""
+        ident = self.dedup.identity(service, method, key, idempotency_key)
+        bound = self.dedup.binding(ident) if ident is not None else None
+        if bound is not None:
+            return bound.invocation_id
+        live = self._create(
+            batch,
+            service=service,
+            method=method,
+            key=key,
+            request=request,
+            headers={},
+            idempotency_key=idempotency_key,
+        )
+        return live.id
+
     def current_state(self, service: str, key: str) -> dict[str, bytes]:
         """An object's state as stored (after a barrier: every queued write included)."""
         return state.load(self.kv, service, key)

@@ -68,3 +68,5 @@ RETIRED_DEPLOYMENTS = b"rd"
 LIMITS = b"lm"
 # Invocations waiting for a limit, by arrival sequence number.
 LIMIT_QUEUE = b"lq"
+# Durable schedules, by name.
+SCHEDULES = b"sc"

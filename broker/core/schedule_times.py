@@ -1,0 +1,109 @@
+"""When a schedule fires: cron expressions (croniter, in a zoneinfo time zone) and fixed
+intervals, and which missed slots a restart catches up. Pure: no clock is read here."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import zoneinfo
+
+from croniter import croniter  # type: ignore[import-untyped]
+
+# A catch-up of "all" fires at most this many missed slots (a broker down for a month on
+# an every-second schedule must not start millions of invocations at once).
+MAX_CATCH_UP = 1000
+
+OVERLAPS = ("skip", "queue-one", "allow")
+CATCH_UPS = ("latest", "all")
+
+
+class BadSpec(ValueError):
+    """A cron expression, time zone, interval or policy that cannot be used."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Spec:
+    """When a schedule fires: `cron` in `timezone`, or every `every_ms`."""
+
+    cron: str = ""
+    timezone: str = ""
+    every_ms: int = 0
+
+
+def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
+    """Validates a schedule's timing and policies.
+
+    Raises:
+        BadSpec: saying what is wrong.
+    """
+    if bool(spec.cron) == bool(spec.every_ms):
+        raise BadSpec("give exactly one of a cron expression and an interval (--every)")
+    if spec.every_ms < 0:
+        raise BadSpec(f"the interval must be positive, not {spec.every_ms} ms")
+    if spec.cron:
+        if len(spec.cron.split()) != 5:
+            raise BadSpec(
+                f"malformed cron expression {spec.cron!r}: expected 5 fields "
+                "(minute hour day-of-month month day-of-week), e.g. '*/5 * * * *'"
+            )
+        if not croniter.is_valid(spec.cron):
+            raise BadSpec(f"malformed cron expression {spec.cron!r}")
+    elif spec.timezone:
+        raise BadSpec("a time zone applies to a cron expression only, not to --every")
+    _zone(spec.timezone)
+    if overlap not in OVERLAPS:
+        raise BadSpec(f"unknown overlap policy {overlap!r}: use one of {', '.join(OVERLAPS)}")
+    if catch_up not in CATCH_UPS:
+        raise BadSpec(f"unknown catch-up policy {catch_up!r}: use one of {', '.join(CATCH_UPS)}")
+
+
+def _zone(name: str) -> datetime.tzinfo:
+    if not name:
+        return datetime.UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise BadSpec(
+            f"unknown time zone {name!r} (use an IANA name, e.g. Europe/Berlin)"
+        ) from None
+
+
+def next_after(spec: Spec, after_ms: int) -> int:
+    """The first slot strictly after `after_ms` (epoch milliseconds)."""
+    if spec.every_ms:
+        # Slots are multiples of the interval since the epoch: stable across restarts.
+        return (after_ms // spec.every_ms + 1) * spec.every_ms
+    start = datetime.datetime.fromtimestamp(after_ms / 1000, _zone(spec.timezone))
+    nxt: datetime.datetime = croniter(spec.cron, start).get_next(datetime.datetime)
+    out = int(nxt.timestamp() * 1000)
+    # croniter works in whole seconds; never return a slot at or before `after_ms`.
+    return out if out > after_ms else next_after(spec, after_ms + 1000)
+
+
+def upcoming(spec: Spec, after_ms: int, count: int) -> list[int]:
+    """The next `count` slots after `after_ms`."""
+    out: list[int] = []
+    at = after_ms
+    for _ in range(count):
+        at = next_after(spec, at)
+        out.append(at)
+    return out
+
+
+def due(spec: Spec, next_fire_ms: int, now_ms: int, catch_up: str) -> tuple[list[int], int]:
+    """The slots to fire now, and the next slot after them.
+
+    `next_fire_ms` is the first slot not fired yet; every slot from it up to `now_ms` is
+    due. "latest" fires only the last of them (after downtime: once, not once per missed
+    slot), "all" fires each (up to `MAX_CATCH_UP`, the latest ones).
+    """
+    slots: list[int] = []
+    at = next_fire_ms
+    while at <= now_ms:
+        slots.append(at)
+        if len(slots) > MAX_CATCH_UP:
+            del slots[0]
+        at = next_after(spec, at)
+    if catch_up == "latest":
+        slots = slots[-1:]
+    return slots, at
