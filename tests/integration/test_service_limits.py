@@ -103,7 +103,10 @@ def test_limits_and_queued_invocations_survive_a_broker_sigkill(cluster: Cluster
     assert (limit.concurrency, limit.source) == (1, "runtime")
 
     def all_done() -> bool:
-        records = [cluster.invocation(i) for i in ids]
+        # One listing is one consistent snapshot; reading the records one call at a time
+        # could see one invocation still running and, a moment later, its successor.
+        records = [r for r in cluster.invocations(service=BUSY) if r.id in ids]
+        assert len(records) == len(ids)
         running = [r for r in records if r.status in (Status.RUNNING, Status.BACKING_OFF)]
         assert len(running) <= 1, [r.id for r in running]
         return all(r.status == Status.COMPLETED for r in records)
