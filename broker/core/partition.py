@@ -114,6 +114,39 @@ class Partition:
         Raises:
             IdempotencyConflict: the idempotency key was used with another request body.
         """
+        batch = Batch()
+        invocation_id = self.invoke_in(
+            batch,
+            service,
+            method,
+            key,
+            request,
+            idempotency_key,
+            headers=headers,
+            traceparent=traceparent,
+        )
+        if batch.puts:  # nothing to write when the identity named an existing one
+            self.submit(batch)
+        return invocation_id
+
+    def invoke_in(
+        self,
+        batch: Batch,
+        service: str,
+        method: str,
+        key: str,
+        request: bytes,
+        idempotency_key: str,
+        *,
+        headers: dict[str, str] | None = None,
+        traceparent: str = "",
+    ) -> str:
+        """Starts an invocation in `batch` (which the caller may write more into and
+        submits), or finds the one its identity already names; returns its id.
+
+        Raises:
+            IdempotencyConflict: the idempotency key was used with another request body.
+        """
         ident = self.dedup.identity(service, method, key, idempotency_key)
         bound = self.dedup.binding(ident) if ident is not None else None
         if bound is not None:
@@ -125,43 +158,15 @@ class Partition:
             ):
                 raise IdempotencyConflict(bound.invocation_id)
             return bound.invocation_id
-        batch = Batch()
         live = self._create(
             batch,
             service=service,
             method=method,
             key=key,
             request=request,
-            headers=headers,
+            headers=headers or {},
             idempotency_key=idempotency_key,
             traceparent=traceparent,
-        )
-        self.submit(batch)
-        return live.id
-
-    def invoke_in(
-        self,
-        batch: Batch,
-        service: str,
-        method: str,
-        key: str,
-        request: bytes,
-        idempotency_key: str,
-    ) -> str:
-        """Starts an invocation in `batch` (which the caller writes more into and
-        submits), or finds the one its idempotency key already names; returns its id."""
-        ident = self.dedup.identity(service, method, key, idempotency_key)
-        bound = self.dedup.binding(ident) if ident is not None else None
-        if bound is not None:
-            return bound.invocation_id
-        live = self._create(
-            batch,
-            service=service,
-            method=method,
-            key=key,
-            request=request,
-            headers={},
-            idempotency_key=idempotency_key,
         )
         return live.id
 
