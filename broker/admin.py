@@ -23,7 +23,7 @@ from durable.v1 import (
     journal_pb2,
 )
 
-from . import admin_limits, admin_query, endpoint_uri, registration, rendering
+from . import admin_limits, admin_query, codes, endpoint_uri, registration, rendering
 from . import registry as reg
 from .admin_schedules import ScheduleAdmin
 from .core import control
@@ -32,7 +32,6 @@ from .core.partition import Partition
 from .driver import Driver
 from .storage import Batch, deployments, invocations, state
 
-_ABORTED = 10
 # Invocations listed when the request sets no limit: a response must fit in a message.
 DEFAULT_LIST_LIMIT = admin_query.DEFAULT_LIST_LIMIT
 
@@ -325,7 +324,7 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ResolveAwakeableResponse:
         reason = request.reason or "rejected"
         return await self._complete_awakeable(
-            context, request.awakeable_id, failure(_ABORTED, reason)
+            context, request.awakeable_id, failure(codes.ABORTED, reason)
         )
 
     async def _complete_awakeable(
@@ -359,7 +358,7 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
         await _check_key(context, request.service, request.key)
         await _check_key(context, request.service, request.name)
         if request.HasField("rejection"):
-            result = failure(_ABORTED, request.rejection)
+            result = failure(codes.ABORTED, request.rejection)
         else:
             result = journal_pb2.Result(value=await _json(context, request.value or b"null"))
         if not await self._driver.commit(

@@ -15,7 +15,7 @@ from durable.v1 import options_pb2, protocol_pb2, storage_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
-from . import endpoint_uri
+from . import codes, endpoint_uri
 from .storage import keys
 
 Deployment = storage_pb2.DeploymentRecord
@@ -404,22 +404,25 @@ def resolve(
     """
     svc = registry.service(service)
     if svc is None:
-        raise BadRequest(12, f"unknown service {service}: no registered deployment hosts it")
+        raise BadRequest(
+            codes.UNIMPLEMENTED, f"unknown service {service}: no registered deployment hosts it"
+        )
     m = svc.methods.get(method)
     if m is None:
-        raise BadRequest(12, f"unknown method {method} of service {service}")
+        raise BadRequest(codes.UNIMPLEMENTED, f"unknown method {method} of service {service}")
     try:
         message = m.input_type.FromString(body)
     except Exception as e:  # DecodeError and friends
         raise BadRequest(
-            3, f"the request body does not parse as {m.input_type.DESCRIPTOR.full_name}: {e}"
+            codes.INVALID_ARGUMENT,
+            f"the request body does not parse as {m.input_type.DESCRIPTOR.full_name}: {e}",
         ) from None
     key = ""
     if m.key_field is not None:
         key = str(getattr(message, m.key_field))
         if not key:
             raise BadRequest(
-                3,
+                codes.INVALID_ARGUMENT,
                 f"missing key: {service} is keyed by the field {m.key_field!r} of "
                 f"{m.input_type.DESCRIPTOR.full_name}, which must be set",
             )
@@ -436,7 +439,7 @@ def check_key(service: str, key: str) -> None:
     size = len(key.encode())
     if size > keys.MAX_PART_BYTES:
         raise BadRequest(
-            3,
+            codes.INVALID_ARGUMENT,
             f"the key of {service} is {size} bytes long, over the limit of "
             f"{keys.MAX_PART_BYTES} bytes",
         )

@@ -20,8 +20,8 @@ from typing import Any
 
 import grpc
 
+from .. import codes, tracing
 from .. import registry as reg
-from .. import tracing
 from ..core.model import IdempotencyConflict, UnknownInvocation
 from ..driver import Driver
 
@@ -33,12 +33,7 @@ INVOCATION_ID = "invocation-id"
 _BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/")
 
 
-def status_of(code: int) -> grpc.StatusCode:
-    """The `grpc.StatusCode` with numeric value `code`."""
-    for status in grpc.StatusCode:
-        if status.value[0] == code:
-            return status
-    return grpc.StatusCode.UNKNOWN
+status_of = codes.grpc_status
 
 
 class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
