@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -78,38 +77,13 @@ class Child:
     process: subprocess.Popen[bytes]
 
 
-def _port_problem(address: str) -> str | None:
-    """Why `address` (host:port) cannot be listened on right now, or None if it can.
-
-    Binds and releases a socket with SO_REUSEADDR, as the gRPC servers do, so a port
-    left in TIME_WAIT by the previous run passes and one with a listener does not.
-    """
-    host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        return f"{address!r} is not HOST:PORT"
-    try:
-        infos = socket.getaddrinfo(
-            host.strip("[]") or "0.0.0.0", int(port), type=socket.SOCK_STREAM
-        )
-    except OSError as e:
-        return f"cannot resolve {host!r}: {e}"
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(sockaddr)
-            except OSError as e:
-                return e.strerror or str(e)
-    return None
-
-
 def _check_ports() -> None:
     """Raises `DemoError` naming every port that is taken, before anything starts."""
     taken = []
     for what, address, variable in PORTS:
-        problem = _port_problem(address)
+        problem = process.listen_problem(address)
         if problem is not None:
-            taken.append(f"  {address} ({what}, {variable}): {problem}\n")
+            taken.append(f"  {address} ({what}, {variable}): {problem.reason}\n")
     if taken:
         raise DemoError(
             "cannot start the demo:\n"

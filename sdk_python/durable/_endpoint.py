@@ -8,7 +8,6 @@ import hmac
 import logging
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import (
@@ -41,6 +40,7 @@ from ._errors import Suspended
 from ._multiplex import TERMINAL, Multiplexer
 from ._runtime import Runtime
 from ._service import Service, Servicer
+from .process import listen_problem
 
 log = logging.getLogger("durable")
 _tracer = trace.get_tracer("durable.sdk")
@@ -350,21 +350,10 @@ def _check_bindable(address: str) -> None:
     Binds and releases a socket with SO_REUSEADDR, as grpc does, so a port held only in
     TIME_WAIT passes and one with a listener fails. Port 0 always passes.
     """
-    host, _, port_text = address.rpartition(":")
-    host = host.strip("[]") or "0.0.0.0"
-    if not port_text.isdigit() or int(port_text) == 0:
-        return  # grpc reports malformed addresses itself; port 0 picks a free port
-    try:
-        infos = socket.getaddrinfo(host, int(port_text), type=socket.SOCK_STREAM)
-    except OSError:
-        return  # an unresolvable host: grpc's own error says so
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(sockaddr)
-            except OSError as e:
-                raise ListenError(f"cannot listen on {address}: {e.strerror}") from None
+    problem = listen_problem(address)
+    # A malformed address or an unresolvable host: grpc's own error says so.
+    if problem is not None and problem.kind == "taken":
+        raise ListenError(f"cannot listen on {address}: {problem.reason}")
 
 
 async def serve_async(

@@ -26,15 +26,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-__all__ = ["Child", "NotServing", "ProcessError", "ProcessExited", "spawn", "wait_serving"]
+__all__ = [
+    "Child",
+    "ListenProblem",
+    "NotServing",
+    "ProcessError",
+    "ProcessExited",
+    "listen_problem",
+    "spawn",
+    "wait_serving",
+]
 
 # Reconnect quickly while a server is still binding its port (gRPC's default starts at 1 s).
 CHANNEL_OPTIONS = [
@@ -218,3 +229,41 @@ def wait_serving(
             status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
             last = f"health status {status}"
             time.sleep(interval)  # answering but not serving yet: poll again shortly
+
+
+@dataclasses.dataclass(frozen=True)
+class ListenProblem:
+    """Why a server could not listen on an address right now.
+
+    Attributes:
+        kind: `malformed` (not HOST:PORT), `unresolved` (the host does not resolve) or
+            `taken` (binding it fails, e.g. another process listens there).
+        reason: A sentence saying so.
+    """
+
+    kind: Literal["malformed", "unresolved", "taken"]
+    reason: str
+
+
+def listen_problem(address: str) -> ListenProblem | None:
+    """Why `address` (HOST:PORT) cannot be listened on right now, or None if it can.
+
+    Binds and releases a socket with SO_REUSEADDR, as gRPC servers do, so a port left in
+    TIME_WAIT by a previous run passes and one with a listener does not. Port 0 passes.
+    """
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        return ListenProblem("malformed", f"{address!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except OSError as e:
+        return ListenProblem("unresolved", f"cannot resolve {host!r}: {e}")
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as e:
+                return ListenProblem("taken", e.strerror or str(e))
+    return None
