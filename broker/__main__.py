@@ -9,8 +9,12 @@ import sys
 
 from durable import tracing, wire
 
+from .cluster import launch, layout, supervisor
 from .config import Settings, parse_args
 from .server import Broker
+
+# A start refused before anything ran (as argparse's own usage errors).
+EXIT_USAGE = 2
 
 
 async def _main(settings: Settings) -> None:
@@ -29,12 +33,25 @@ async def _main(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point."""
-    settings = parse_args(argv)
+    args = sys.argv[1:] if argv is None else argv
+    settings = parse_args(args)
+    partitions = 0
+    try:
+        if settings.workers is None:
+            launch.check_single(settings)
+        else:
+            partitions = launch.check(settings)
+    except layout.LayoutError as e:
+        # One line, before logging or any file: nothing is written for a refused start.
+        print(f"python -m broker: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     logging.basicConfig(
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.workers is not None:
+        return supervisor.main(settings, args, partitions)
     try:
         wire.run(_main(settings))
     except Exception as e:

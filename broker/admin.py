@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +64,7 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.Deployment:
         try:
-            record = await self._register(request.uri)
+            record = await self._register(request.uri, request.deployment_id)
         except registration.Refused as e:
             await context.abort(e.code, e.message)
             raise AssertionError("unreachable") from None
@@ -79,12 +80,17 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
         self._driver.apply(self._partition.on_limits_due)
         return _deployment(record)
 
-    async def _register(self, raw_uri: str) -> reg.Deployment:
+    async def _register(self, raw_uri: str, wanted_id: str = "") -> reg.Deployment:
         """Discovers, checks and durably registers the endpoint at `raw_uri`.
+
+        Args:
+            raw_uri: The endpoint's address as given.
+            wanted_id: The id a cluster's front decided on (partition 0's), or "".
 
         Raises:
             registration.Refused: with the status to answer (see `broker.registration`).
         """
+        registration.check_wanted_id_form(wanted_id)
         uri = registration.canonical_uri(raw_uri)
         discovered = await registration.discover(self._invoker, uri)
         # One registration or removal at a time: two of the same URI must not both
@@ -94,8 +100,13 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
             # A URI registered again after its deployment was removed takes the old id
             # back, so that invocations still pinned to it (a forced removal) resume.
             retired = None if existing else deployments.retired_id(self._partition.kv, uri)
+            if wanted_id:
+                registration.check_wanted_id(
+                    self._registry, wanted_id, uri, existing.id if existing else retired
+                )
             record = reg.Deployment(
-                id=existing.id if existing else retired or "dp_" + secrets.token_hex(8),
+                id=wanted_id
+                or (existing.id if existing else retired or "dp_" + secrets.token_hex(8)),
                 uri=uri,
                 services=list(discovered.services),
                 files=discovered.files,
@@ -437,6 +448,19 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListAwaitingRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListAwaitingResponse:
         return admin_query.awaiting(self._partition, request.limit)
+
+    async def ClusterStatus(
+        self, request: admin_pb2.ClusterStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.ClusterStatusResponse:
+        # The single-process broker: one process, one partition. A `--workers` broker's
+        # front answers this itself (`broker.cluster.front`).
+        return admin_pb2.ClusterStatusResponse(
+            mode="embedded",
+            nodes=[
+                admin_pb2.ClusterNode(name="embedded", pid=os.getpid(), alive=True, partitions=[0])
+            ],
+            partitions=[admin_pb2.ClusterPartition(id=0, owner="embedded", serving=True)],
+        )
 
     async def _keyed(self, service: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         target = self._registry.service(service)

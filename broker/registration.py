@@ -14,15 +14,20 @@ Every way a registration can fail maps to a status a person can act on:
 
 from __future__ import annotations
 
+import re
+
 import grpc
 from durable.v1 import protocol_pb2
 
 from . import endpoint_uri
 from .invoker import Invoker
+from .registry import Registry
 
 # The service protocol version this broker speaks (`DiscoverResponse.protocol_version`).
 PROTOCOL_VERSION = 1
 DISCOVER_TIMEOUT_S = 10.0
+# What a deployment id looks like (`dp_` + 16 hex digits when the broker picks one).
+_DEPLOYMENT_ID = re.compile(r"dp_[0-9a-f]{1,64}")
 
 
 class Refused(Exception):
@@ -104,3 +109,39 @@ def check_reply(
     if not reply.files.file:
         raise violation("its Discover reply carries no descriptor files")
     return reply
+
+
+def check_wanted_id_form(wanted_id: str) -> None:
+    """Refuses a front-chosen deployment id (`RegisterDeploymentRequest.deployment_id`)
+    that is not one the broker could have made ("" passes: none was asked for).
+
+    Raises:
+        Refused: INVALID_ARGUMENT.
+    """
+    if wanted_id and not _DEPLOYMENT_ID.fullmatch(wanted_id):
+        raise Refused(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"deployment_id {wanted_id[:80]!r} is not dp_ and hex digits; leave it empty "
+            "(only a --workers broker's front sets it)",
+        )
+
+
+def check_wanted_id(registry: Registry, wanted_id: str, uri: str, current: str | None) -> None:
+    """Refuses a front-chosen id that would give this partition a second id for `uri`
+    (`current`: its id here, or the one a removed deployment of it had), or give `uri`
+    the id of another endpoint's deployment: partitions must agree on both.
+
+    Raises:
+        Refused: FAILED_PRECONDITION.
+    """
+    if current and current != wanted_id:
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{uri} is deployment {current} in this partition, not {wanted_id}",
+        )
+    holder = registry.deployment(wanted_id)
+    if holder is not None and endpoint_uri.comparable(holder.uri) != uri:
+        raise Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"{wanted_id} is the deployment of {holder.uri} in this partition, not of {uri}",
+        )

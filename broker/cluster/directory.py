@@ -18,10 +18,12 @@ WORKER_ENV = "BROKER_CLUSTER_WORKER"
 @dataclasses.dataclass(frozen=True)
 class PartitionAddress:
     """A partition's private ports: its ingress (forwarded calls, cross-partition
-    messages) and its admin API (the supervisor's front forwards to it)."""
+    messages), its admin API (the supervisor's front forwards to it) and, with
+    `--metrics`, its Prometheus endpoint (the supervisor scrapes it)."""
 
     ingress: str
     admin: str
+    metrics: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,369 @@
+"""The public admin API of a `--workers` broker: `durable.v1.Admin` on `--admin`,
+answered by the partitions behind it.
+
+Each RPC goes where its data lives, as raw bytes (only what routing needs is parsed):
+  by invocation id   DescribeInvocation, Cancel/Kill/Pause/ResumeInvocation
+                     (`placement.of_id`); Resolve/RejectAwakeable (the awakeable id
+                     names its invocation)
+  by key             CompletePromise, GetState, SetState, DescribeKey (`placement.of_key`)
+  every partition    ListInvocations, ListAwaiting, GetStats, ListDeployments and
+                     GetLimits (merged, see `merge`); RegisterDeployment (partition 0
+                     first, then the others under partition 0's id), RemoveDeployment
+                     and SetLimits
+  partition 0        ListServices and every Schedule RPC
+  the front itself   ClusterStatus
+A partition's error passes through with its status and message; a partition that
+cannot be reached is UNAVAILABLE naming it. The admin token and TLS are the single
+broker's (`broker.security`); the caller's metadata goes on to the partitions, which
+check the token too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from durable.v1 import admin_pb2
+from google.protobuf.message import Message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .. import security
+from ..config import Settings
+from ..core.model import parse_awakeable_id
+from . import merge, placement
+from .forward import ADMIN_SERVICE, Failed, Partitions, forwarded_metadata
+
+log = logging.getLogger("broker.cluster.front")
+
+_HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+Context = grpc.aio.ServicerContext[Any, Any]
+Handler = Callable[[bytes, Context], Awaitable[bytes]]
+# The workers as the supervisor knows them, for ClusterStatus.
+Nodes = Callable[[], list[admin_pb2.ClusterNode]]
+
+_BY_ID: dict[str, type[Message]] = {
+    "DescribeInvocation": admin_pb2.DescribeInvocationRequest,
+    "CancelInvocation": admin_pb2.InvocationRequest,
+    "KillInvocation": admin_pb2.InvocationRequest,
+    "PauseInvocation": admin_pb2.InvocationRequest,
+    "ResumeInvocation": admin_pb2.InvocationRequest,
+}
+_BY_AWAKEABLE: dict[str, type[Message]] = {
+    "ResolveAwakeable": admin_pb2.ResolveAwakeableRequest,
+    "RejectAwakeable": admin_pb2.RejectAwakeableRequest,
+}
+_BY_KEY: dict[str, type[Message]] = {
+    "CompletePromise": admin_pb2.CompletePromiseRequest,
+    "GetState": admin_pb2.GetStateRequest,
+    "SetState": admin_pb2.SetStateRequest,
+    "DescribeKey": admin_pb2.DescribeKeyRequest,
+}
+_FIRST = (
+    "ListServices",
+    "CreateSchedule",
+    "ListSchedules",
+    "DescribeSchedule",
+    "PauseSchedule",
+    "ResumeSchedule",
+    "TriggerSchedule",
+    "DeleteSchedule",
+)
+
+
+async def _fail(context: Context, failed: Failed) -> NoReturn:
+    await context.abort(failed.code, failed.message)
+    raise AssertionError("unreachable")
+
+
+async def _parse(context: Context, kind: type[Message], body: bytes) -> Any:
+    request = kind()
+    try:
+        request.ParseFromString(body)
+    except Exception as e:  # protobuf's DecodeError and its kin
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request does not parse as {kind.DESCRIPTOR.full_name}: {e}",
+        )
+    return request
+
+
+class AdminFront:
+    """Routes `durable.v1.Admin` over the partitions.
+
+    Args:
+        partitions: The partitions' admin APIs.
+        nodes: The workers, for ClusterStatus.
+    """
+
+    def __init__(self, partitions: Partitions, nodes: Nodes) -> None:
+        self.partitions = partitions
+        self._nodes = nodes
+
+    def handlers(self) -> dict[str, Handler]:
+        """Every Admin method's handler, by method name."""
+        out: dict[str, Handler] = {}
+        for name, kind in _BY_ID.items():
+            out[name] = self._routed(name, kind, lambda r: self._of_id(r.invocation_id))
+        for name, kind in _BY_AWAKEABLE.items():
+            out[name] = self._routed(name, kind, lambda r: self._of_awakeable(r.awakeable_id))
+        for name, kind in _BY_KEY.items():
+            out[name] = self._routed(
+                name, kind, lambda r: placement.of_key(r.key, self.partitions.count)
+            )
+        for name in _FIRST:
+            out[name] = self._routed(name, None, lambda r: 0)
+        out.update(
+            ListInvocations=self.ListInvocations,
+            ListAwaiting=self.ListAwaiting,
+            GetStats=self.GetStats,
+            ListDeployments=self.ListDeployments,
+            GetLimits=self.GetLimits,
+            RegisterDeployment=self.RegisterDeployment,
+            RemoveDeployment=self.RemoveDeployment,
+            SetLimits=self.SetLimits,
+            ClusterStatus=self.ClusterStatus,
+        )
+        return out
+
+    def _of_id(self, invocation_id: str) -> int:
+        return placement.of_id(invocation_id, self.partitions.count)
+
+    def _of_awakeable(self, awakeable_id: str) -> int:
+        parsed = parse_awakeable_id(awakeable_id)
+        # A malformed id: partition 0 answers it as the single broker does.
+        return self._of_id(parsed[0]) if parsed else 0
+
+    def _routed(
+        self, method: str, kind: type[Message] | None, where: Callable[[Any], int]
+    ) -> Handler:
+        async def handle(body: bytes, context: Context) -> bytes:
+            request = await _parse(context, kind, body) if kind is not None else None
+            return await self._call(context, where(request), method, body)
+
+        return handle
+
+    async def _call(self, context: Context, partition: int, method: str, body: bytes) -> bytes:
+        try:
+            return await self.partitions.call(
+                partition, method, body, forwarded_metadata(context), context.time_remaining()
+            )
+        except Failed as e:
+            await _fail(context, e)
+
+    async def _all(
+        self, context: Context, method: str, body: bytes, partitions: list[int] | None = None
+    ) -> list[bytes]:
+        try:
+            return await self.partitions.call_all(
+                method, body, forwarded_metadata(context), context.time_remaining(), partitions
+            )
+        except Failed as e:
+            await _fail(context, e)
+
+    async def ListInvocations(self, body: bytes, context: Context) -> bytes:
+        request = await _parse(context, admin_pb2.ListInvocationsRequest, body)
+        asked = merge.partition_request(request).SerializeToString()
+        answers = await self._all(context, "ListInvocations", asked)
+        parsed = [admin_pb2.ListInvocationsResponse.FromString(a) for a in answers]
+        return merge.invocations(request, parsed).SerializeToString()
+
+    async def ListAwaiting(self, body: bytes, context: Context) -> bytes:
+        request = await _parse(context, admin_pb2.ListAwaitingRequest, body)
+        answers = await self._all(context, "ListAwaiting", body)
+        parsed = [admin_pb2.ListAwaitingResponse.FromString(a) for a in answers]
+        return merge.awaiting(request.limit, parsed).SerializeToString()
+
+    async def GetStats(self, body: bytes, context: Context) -> bytes:
+        answers = await self._all(context, "GetStats", body)
+        parsed = [admin_pb2.GetStatsResponse.FromString(a) for a in answers]
+        return merge.stats(parsed).SerializeToString()
+
+    async def ListDeployments(self, body: bytes, context: Context) -> bytes:
+        answers = await self._all(context, "ListDeployments", body)
+        parsed = [admin_pb2.ListDeploymentsResponse.FromString(a) for a in answers]
+        return merge.deployments(parsed).SerializeToString()
+
+    async def GetLimits(self, body: bytes, context: Context) -> bytes:
+        answers = await self._all(context, "GetLimits", body)
+        parsed = [admin_pb2.GetLimitsResponse.FromString(a) for a in answers]
+        return merge.limits(parsed).SerializeToString()
+
+    async def SetLimits(self, body: bytes, context: Context) -> bytes:
+        # Every partition enforces the limits on the invocations it runs.
+        answers = await self._all(context, "SetLimits", body)
+        parsed = [admin_pb2.SetLimitsResponse.FromString(a) for a in answers]
+        return merge.scope(parsed).SerializeToString()
+
+    async def RegisterDeployment(self, body: bytes, context: Context) -> bytes:
+        request = await _parse(context, admin_pb2.RegisterDeploymentRequest, body)
+        if request.deployment_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "deployment_id is set by the broker's front itself; leave it empty",
+            )
+        # Partition 0 decides the id (new, the URI's, or a removed deployment's), so
+        # that every partition knows the deployment by one id.
+        first = await self._call(context, 0, "RegisterDeployment", body)
+        deployment = admin_pb2.Deployment.FromString(first)
+        request.deployment_id = deployment.id
+        others = list(range(1, self.partitions.count))
+        if others:
+            try:
+                await self.partitions.call_all(
+                    "RegisterDeployment",
+                    request.SerializeToString(),
+                    forwarded_metadata(context),
+                    context.time_remaining(),
+                    others,
+                )
+            except Failed as e:
+                # Registering again is idempotent: it completes what is missing.
+                await _fail(
+                    context,
+                    Failed(
+                        e.code,
+                        f"{deployment.id} is registered on partition 0 but not on every "
+                        f"other partition: {e.message}; register {request.uri} again",
+                    ),
+                )
+        return first
+
+    async def RemoveDeployment(self, body: bytes, context: Context) -> bytes:
+        request = await _parse(context, admin_pb2.RemoveDeploymentRequest, body)
+        if not request.force:
+            await self._refuse_in_flight(context, request.deployment_id)
+        # The others first: partition 0 lists the deployment until the last step, so
+        # a removal cut short can be asked for again.
+        removed = 0
+        others = list(range(1, self.partitions.count))
+        for p, answer in zip(others, await self._gone(context, body, others), strict=True):
+            if answer is not None:
+                removed += admin_pb2.RemoveDeploymentResponse.FromString(answer).in_flight
+            else:
+                log.info("%s was already gone from partition %d", request.deployment_id, p)
+        first = admin_pb2.RemoveDeploymentResponse.FromString(
+            await self._call(context, 0, "RemoveDeployment", body)
+        )
+        return admin_pb2.RemoveDeploymentResponse(
+            in_flight=first.in_flight + removed
+        ).SerializeToString()
+
+    async def _gone(
+        self, context: Context, body: bytes, partitions: list[int]
+    ) -> list[bytes | None]:
+        """RemoveDeployment on each partition; None where it was not there (already
+        removed by an earlier, interrupted removal)."""
+
+        async def one(p: int) -> bytes | None:
+            try:
+                metadata = forwarded_metadata(context)
+                timeout = context.time_remaining()
+                return await self.partitions.call(p, "RemoveDeployment", body, metadata, timeout)
+            except Failed as e:
+                if e.code == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+
+        try:
+            return list(await asyncio.gather(*(one(p) for p in partitions)))
+        except Failed as e:
+            await _fail(context, e)
+
+    async def _refuse_in_flight(self, context: Context, deployment_id: str) -> None:
+        listed = await self._all(context, "ListDeployments", b"")
+        answers = [admin_pb2.ListDeploymentsResponse.FromString(a) for a in listed]
+        if not any(d.id == deployment_id for d in answers[0].deployments):
+            return  # partition 0 answers NOT_FOUND itself
+        in_flight = sum(
+            d.in_flight for a in answers for d in a.deployments if d.id == deployment_id
+        )
+        if in_flight:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"deployment {deployment_id} has {in_flight} invocation(s) in flight; wait "
+                "for them to finish, or force the removal",
+            )
+
+    async def ClusterStatus(self, body: bytes, context: Context) -> bytes:
+        directory = self.partitions.directory
+        nodes = self._nodes()
+        serving = await asyncio.gather(
+            *(self.partitions.serving(p) for p in range(directory.count))
+        )
+        out = admin_pb2.ClusterStatusResponse(mode="workers", nodes=nodes)
+        for p, address in enumerate(directory.partitions):
+            out.partitions.add(
+                id=p,
+                owner=f"worker-{directory.owner(p)}",
+                ingress=address.ingress,
+                admin=address.admin,
+                metrics=address.metrics or "",
+                serving=serving[p],
+            )
+        return out.SerializeToString()
+
+
+class FrontServer:
+    """The gRPC server on the public admin address.
+
+    Args:
+        settings: The broker's settings (admin token, TLS, payload limit).
+        front: What answers.
+    """
+
+    def __init__(self, settings: Settings, front: AdminFront) -> None:
+        self.settings = settings
+        self.front = front
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self, address: str) -> int:
+        """Serves on `address` (port 0 picks one); returns the port."""
+        interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
+            [security.TokenInterceptor(self.settings.admin_token)]
+            if self.settings.admin_token
+            else []
+        )
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", self.settings.max_payload_bytes),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+            interceptors=interceptors,
+        )
+        servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    ADMIN_SERVICE,
+                    {
+                        name: grpc.unary_unary_rpc_method_handler(handler)
+                        for name, handler in self.front.handlers().items()
+                    },
+                ),
+            )
+        )
+        reflection.enable_server_reflection(
+            (ADMIN_SERVICE, _HEALTH, reflection.SERVICE_NAME), server
+        )
+        if self.settings.tls_cert and self.settings.tls_key:
+            creds = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
+            self.port = server.add_secure_port(address, creds)
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        return self.port
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stops serving, then closes the channels to the partitions."""
+        if self._server is not None:
+            await self._server.stop(grace)
+        await self.front.partitions.close()

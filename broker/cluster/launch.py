@@ -1,0 +1,129 @@
+"""What `python -m broker --workers N` decides before it starts anything: whether the
+start is possible (nothing is written when it is not), the partitions' private ports,
+the public ingress port every worker binds, and each worker's command line.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from ..config import Settings
+from . import layout
+from .directory import Directory, PartitionAddress
+
+# Flags the supervisor keeps for itself: the worker learns its partitions from the
+# directory, and the public metrics and console addresses are the supervisor's.
+_SUPERVISOR_FLAGS = ("--workers", "--partitions", "--metrics", "--console")
+# Their variables, dropped from the workers' environment for the same reason.
+SUPERVISOR_ENV = ("BROKER_WORKERS", "BROKER_PARTITIONS", "BROKER_METRICS", "BROKER_CONSOLE")
+
+
+def check(settings: Settings) -> int:
+    """The partition count of this start, refusing what cannot work; writes nothing.
+
+    Raises:
+        layout.LayoutError: the message says what to change.
+    """
+    assert settings.workers is not None
+    if settings.data_dir is None:
+        raise layout.LayoutError(
+            "--workers needs a --data-dir: each partition keeps its journal on disk, so a "
+            "restarted worker resumes its partitions"
+        )
+    if settings.console:
+        # The console reads through an admin servicer in its own process (it decodes
+        # payloads with that process's registry); the front only forwards bytes.
+        raise layout.LayoutError(
+            "--console is not available with --workers yet; start without --console "
+            "(brokerctl works against the same --admin)"
+        )
+    return layout.check(settings.data_dir, settings.workers, settings.partitions)
+
+
+def check_single(settings: Settings) -> None:
+    """Refuses a single-process start that asks for partitions or opens a workers' data dir.
+
+    Raises:
+        layout.LayoutError: the message says what to change.
+    """
+    if settings.partitions is not None:
+        raise layout.LayoutError(
+            f"--partitions {settings.partitions} needs --workers: a single-process broker "
+            "has one partition"
+        )
+    if settings.data_dir is not None:
+        layout.refuse_cluster_dir(settings.data_dir)
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT.
+
+    Raises:
+        layout.LayoutError: not HOST:PORT.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise layout.LayoutError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port on `host` that nothing listens on right now."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def resolve_ingress(address: str) -> str:
+    """The public ingress with a concrete port: every worker must bind the same one."""
+    host, port = split_address(address)
+    if port:
+        return address
+    bracketed = f"[{host}]" if ":" in host else host
+    return f"{bracketed}:{free_port(host)}"
+
+
+def plan(workers: int, partitions: int, metrics: bool) -> Directory:
+    """Every partition's private addresses on 127.0.0.1, all distinct.
+
+    Args:
+        workers: The worker processes.
+        partitions: The partition count.
+        metrics: Whether each partition also serves /metrics on a private port.
+    """
+    taken: set[int] = set()
+
+    def address() -> str:
+        while True:
+            port = free_port()
+            if port not in taken:
+                taken.add(port)
+                return f"127.0.0.1:{port}"
+
+    return Directory(
+        workers=workers,
+        partitions=[
+            PartitionAddress(
+                ingress=address(), admin=address(), metrics=address() if metrics else None
+            )
+            for _ in range(partitions)
+        ],
+    )
+
+
+def worker_argv(argv: list[str], ingress: str) -> list[str]:
+    """The broker flags for a worker: `argv` without the supervisor's own flags, and
+    the public ingress with its concrete port (the last `--ingress` wins)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _SUPERVISOR_FLAGS:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return [*out, "--ingress", ingress]

@@ -1,0 +1,130 @@
+"""The admin answers of many partitions as one: pure functions over response messages.
+
+Each partition answers for its own invocations; the front asks every partition and
+merges here. A listing keeps the single broker's semantics: newest first, `offset`
+and `limit` over the whole (so every partition is asked for its first offset+limit
+matches), `total` summed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Sequence
+
+from durable.v1 import admin_pb2
+
+from ..admin_query import DEFAULT_LIST_LIMIT
+
+_UINT32_MAX = 0xFFFFFFFF
+
+
+def page_limit(request: admin_pb2.ListInvocationsRequest) -> int:
+    """How many invocations the merged page holds (the broker's default when unset)."""
+    return request.limit or DEFAULT_LIST_LIMIT
+
+
+def partition_request(
+    request: admin_pb2.ListInvocationsRequest,
+) -> admin_pb2.ListInvocationsRequest:
+    """What each partition is asked: the same filters, its first offset+limit matches
+    (any of them may belong on the merged page)."""
+    out = admin_pb2.ListInvocationsRequest()
+    out.CopyFrom(request)
+    out.offset = 0
+    out.limit = min(request.offset + page_limit(request), _UINT32_MAX)
+    return out
+
+
+def invocations(
+    request: admin_pb2.ListInvocationsRequest,
+    answers: Sequence[admin_pb2.ListInvocationsResponse],
+) -> admin_pb2.ListInvocationsResponse:
+    """The page `request` asks for, from every partition's answer to `partition_request`."""
+    merged = heapq.merge(
+        *(a.invocations for a in answers),
+        key=lambda r: (r.created_at_ms, r.id),
+        reverse=True,
+    )
+    page = itertools.islice(merged, request.offset, request.offset + page_limit(request))
+    return admin_pb2.ListInvocationsResponse(
+        invocations=list(page), total=sum(a.total for a in answers)
+    )
+
+
+def stats(answers: Sequence[admin_pb2.GetStatsResponse]) -> admin_pb2.GetStatsResponse:
+    """Counts and counters summed; complete only when every partition's are."""
+    out = admin_pb2.GetStatsResponse(
+        at_ms=max((a.at_ms for a in answers), default=0),
+        complete=all(a.complete for a in answers),
+    )
+    events: dict[str, dict[str, int]] = {}
+    for a in answers:
+        for name, n in a.by_status.items():
+            out.by_status[name] = out.by_status[name] + n
+        for code, n in a.failed_by_code.items():
+            out.failed_by_code[code] = out.failed_by_code[code] + n
+        out.succeeded += a.succeeded
+        out.failed += a.failed
+        for counters in a.counters:
+            mine = events.setdefault(counters.service, {})
+            for event, n in counters.events.items():
+                mine[event] = mine.get(event, 0) + n
+    for service in sorted(events):
+        out.counters.add(service=service, events=events[service])
+    return out
+
+
+def awaiting(
+    limit: int, answers: Sequence[admin_pb2.ListAwaitingResponse]
+) -> admin_pb2.ListAwaitingResponse:
+    """Awakeables in partition order (each partition's oldest invocation first) and
+    promises by (service, key, name), at most `limit` (0: the default) of each."""
+    limit = limit or DEFAULT_LIST_LIMIT
+    out = admin_pb2.ListAwaitingResponse()
+    out.awakeables.extend(itertools.islice((w for a in answers for w in a.awakeables), limit))
+    promises = heapq.merge(*(a.promises for a in answers), key=lambda p: (p.service, p.key, p.name))
+    out.promises.extend(itertools.islice(promises, limit))
+    return out
+
+
+def deployments(
+    answers: Sequence[admin_pb2.ListDeploymentsResponse],
+) -> admin_pb2.ListDeploymentsResponse:
+    """Partition 0's deployments (registration reaches it first), with the invocations
+    in flight on each summed over every partition."""
+    in_flight: dict[str, int] = {}
+    for a in answers:
+        for d in a.deployments:
+            in_flight[d.id] = in_flight.get(d.id, 0) + d.in_flight
+    out = admin_pb2.ListDeploymentsResponse()
+    out.CopyFrom(answers[0])
+    for d in out.deployments:
+        d.in_flight = in_flight[d.id]
+    return out
+
+
+def _busy(scopes: Sequence[admin_pb2.ScopeLimits]) -> dict[tuple[str, str], tuple[int, int]]:
+    return {(s.service, s.method): (s.running, s.queued) for s in scopes}
+
+
+def scope(answers: Sequence[admin_pb2.SetLimitsResponse]) -> admin_pb2.SetLimitsResponse:
+    """Partition 0's view of a scope, with running and queued summed."""
+    out = admin_pb2.SetLimitsResponse()
+    out.CopyFrom(answers[0])
+    out.limits.running = sum(a.limits.running for a in answers)
+    out.limits.queued = sum(a.limits.queued for a in answers)
+    return out
+
+
+def limits(answers: Sequence[admin_pb2.GetLimitsResponse]) -> admin_pb2.GetLimitsResponse:
+    """Partition 0's scopes (limits are set on every partition), with running and
+    queued summed."""
+    busy = [_busy(a.limits) for a in answers]
+    out = admin_pb2.GetLimitsResponse()
+    out.CopyFrom(answers[0])
+    for s in out.limits:
+        key = (s.service, s.method)
+        s.running = sum(b.get(key, (0, 0))[0] for b in busy)
+        s.queued = sum(b.get(key, (0, 0))[1] for b in busy)
+    return out

@@ -1,0 +1,121 @@
+"""`--metrics` with `--workers`: the supervisor's /metrics is every partition's, each
+sample labelled with its `partition`.
+
+Each partition serves its own /metrics on a private port (the directory's `metrics`
+address); a scrape of the public one reads them all at once and writes each metric
+family once (Prometheus refuses a family given twice), followed by
+`durable_partition_up{partition}`: 0 for a partition that did not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .directory import Directory
+
+log = logging.getLogger("broker.metrics")
+
+SCRAPE_TIMEOUT_S = 2.0
+
+
+async def fetch(address: str, timeout: float = SCRAPE_TIMEOUT_S) -> str | None:
+    """The body of GET http://ADDRESS/metrics, or None if it does not answer 200."""
+    host, _, port = address.rpartition(":")
+
+    async def get() -> bytes:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            writer.write(f"GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
+            await writer.drain()
+            return await reader.read()  # the server closes after one response
+        finally:
+            writer.close()
+
+    try:
+        raw = await asyncio.wait_for(get(), timeout)
+    except (OSError, TimeoutError):
+        return None
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        return None
+    return body.decode("utf-8", errors="replace")
+
+
+def _labelled(sample: str, partition: int) -> str:
+    """`sample` with `partition="N"` as its first label."""
+    label = f'partition="{partition}"'
+    brace, space = sample.find("{"), sample.find(" ")
+    if brace != -1 and (space == -1 or brace < space):
+        inner = sample[brace + 1 :]
+        sep = "" if inner.startswith("}") else ","
+        return f"{sample[:brace]}{{{label}{sep}{inner}"
+    return f"{sample[:space]}{{{label}}}{sample[space:]}"
+
+
+def combine(texts: list[str | None]) -> str:
+    """One exposition from each partition's (None: it did not answer)."""
+    headers: dict[str, list[str]] = {}
+    samples: dict[str, list[str]] = {}
+    for partition, text in enumerate(texts):
+        family = ""
+        for line in (text or "").splitlines():
+            if line.startswith("# "):
+                parts = line.split(" ", 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    family = parts[2]
+                    known = headers.setdefault(family, [])
+                    if line not in known:
+                        known.append(line)
+                    samples.setdefault(family, [])
+                continue
+            if line.strip():
+                samples.setdefault(family, []).append(_labelled(line, partition))
+    lines: list[str] = []
+    for family, rows in samples.items():
+        lines += headers.get(family, [])
+        lines += rows
+    up = "durable_partition_up"
+    lines += [f"# HELP {up} Whether the partition's metrics answered.", f"# TYPE {up} gauge"]
+    lines += [f'{up}{{partition="{p}"}} {int(t is not None)}' for p, t in enumerate(texts)]
+    return "\n".join(lines) + "\n"
+
+
+async def serve(directory: Directory, address: str) -> asyncio.Server:
+    """Serves the combined `GET /metrics` on `address`."""
+    host, _, port = address.rpartition(":")
+    addresses = [a.metrics for a in directory.partitions]
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
+            if path.split(b"?")[0] == b"/metrics":
+                texts = await asyncio.gather(*(fetch(a) if a else _none() for a in addresses))
+                body, status = combine(list(texts)).encode(), b"200 OK"
+                kind = b"text/plain; version=0.0.4"
+            else:
+                body, status, kind = b"try /metrics\n", b"404 Not Found", b"text/plain"
+            writer.write(
+                b"HTTP/1.1 "
+                + status
+                + b"\r\nContent-Type: "
+                + kind
+                + b"\r\nContent-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, host.strip("[]"), int(port))
+    log.info("metrics of %d partitions on http://%s/metrics", directory.count, address)
+    return server
+
+
+async def _none() -> None:
+    return None
