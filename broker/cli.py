@@ -30,8 +30,8 @@ import grpc
 from durable.v1 import admin_pb2, admin_pb2_grpc, journal_pb2
 from google.protobuf.message import Message
 
+from broker import _cli_cluster, _cli_limits
 from broker import _cli_format as fmt
-from broker import _cli_limits
 from broker import _cli_schedules as sched
 
 DEFAULT_ADMIN = "127.0.0.1:9091"
@@ -413,6 +413,7 @@ _GROUPS = {
     "promises": "complete workflows' durable promises",
     "state": "read and edit a virtual object's state",
     "schedules": "invoke a method on a cron expression or an interval",
+    "cluster": "the processes serving the partitions",
 }
 
 # Every verb, in the order `--help` lists them within its group.
@@ -674,6 +675,12 @@ _VERBS = (
         "delete a schedule (firings already started go on)",
         sched.delete,
         (_arg("name", metavar="NAME"),),
+    ),
+    _Verb(
+        "cluster",
+        "status",
+        "list the nodes (workers) and the partitions, with each partition's owner",
+        _cli_cluster.status,
     ),
 )
 
