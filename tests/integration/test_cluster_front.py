@@ -1,0 +1,237 @@
+"""The public admin API of `python -m broker --workers 2 --partitions 4`: each RPC reaches
+the partition that owns its data, listings and counts merge every partition, and
+registration reaches every partition under one id.
+
+The partitions are stand-ins (`tests.cluster_standin`: ordinary brokers behind the
+supervisor), so each invocation is started through the private ingress of the
+partition chosen for it; what lives where is then known, and the front is checked
+against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from durable.v1 import admin_pb2, admin_pb2_grpc
+from playground import playground_pb2, playground_pb2_grpc
+
+from broker.cluster import placement
+from broker.cluster.supervisor import WORKER_MODULE_ENV
+from tests.support import CHANNEL_OPTIONS, PLAYGROUND, PYTHON, Cluster, free_port, running_cluster
+
+PARTITIONS = 4
+COUNTER = "playground.Counter"
+METRICS = f"127.0.0.1:{free_port()}"
+
+
+@pytest.fixture(scope="module")
+def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Two stand-in workers with four partitions, the playground registered."""
+    args = ["--workers", "2", "--partitions", str(PARTITIONS), "--metrics", METRICS]
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(WORKER_MODULE_ENV, "tests.cluster_standin")
+        tmp = tmp_path_factory.mktemp("front")
+        with running_cluster(tmp, broker_args=args, services=(PLAYGROUND,)) as cluster:
+            yield cluster
+
+
+def _status(cluster: Cluster) -> admin_pb2.ClusterStatusResponse:
+    status: admin_pb2.ClusterStatusResponse = cluster.admin.ClusterStatus(
+        admin_pb2.ClusterStatusRequest(), timeout=10
+    )
+    return status
+
+
+def _private_admin(cluster: Cluster, partition: int) -> admin_pb2_grpc.AdminStub:
+    address = _status(cluster).partitions[partition].admin
+    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+
+
+def _counter(cluster: Cluster, partition: int) -> playground_pb2_grpc.CounterStub:
+    address = _status(cluster).partitions[partition].ingress
+    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return playground_pb2_grpc.CounterStub(channel)
+
+
+def _key_of(partition: int, prefix: str) -> str:
+    """A key that `placement.of_key` puts in `partition`."""
+    for i in range(10_000):
+        if placement.of_key(f"{prefix}-{i}", PARTITIONS) == partition:
+            return f"{prefix}-{i}"
+    raise AssertionError("no key found")
+
+
+def _add(cluster: Cluster, key: str, amount: int = 1) -> str:
+    """Counter/Add on the key's own partition; returns the invocation id."""
+    stub = _counter(cluster, placement.of_key(key, PARTITIONS))
+    _, call = stub.Add.with_call(playground_pb2.AddRequest(name=key, amount=amount), timeout=30)
+    return str(dict(call.initial_metadata())["invocation-id"])
+
+
+def test_registration_gives_every_partition_one_deployment_id(front: Cluster) -> None:
+    listed = front.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
+    ids = [d.id for d in listed.deployments]
+    assert len(ids) == 1, listed
+
+    for p in range(PARTITIONS):
+        mine = _private_admin(front, p).ListDeployments(admin_pb2.ListDeploymentsRequest())
+        assert [d.id for d in mine.deployments] == ids, f"partition {p}: {mine}"
+    # Again (idempotent), through the front: still one id everywhere.
+    again = front.register(listed.deployments[0].uri)
+    assert again.id == ids[0]
+
+
+def test_keyed_calls_reach_the_partition_of_their_key(front: Cluster) -> None:
+    for p in range(PARTITIONS):
+        key = _key_of(p, "route")
+        _add(front, key, amount=p + 10)
+
+        assert front.state(COUNTER, key)["total"] == p + 10
+        described = front.admin.DescribeKey(
+            admin_pb2.DescribeKeyRequest(service=COUNTER, key=key), timeout=10
+        )
+        assert described.state["total"] == str(p + 10).encode()
+        front.admin.SetState(
+            admin_pb2.SetStateRequest(service=COUNTER, key=key, name="note", value=b'"hi"'),
+            timeout=10,
+        )
+        there = _private_admin(front, p).GetState(
+            admin_pb2.GetStateRequest(service=COUNTER, key=key), timeout=10
+        )
+        assert there.state["note"] == b'"hi"', f"partition {p}: {there}"
+
+
+def test_listing_merges_every_partition_newest_first_with_paging(front: Cluster) -> None:
+    made = {_add(front, _key_of(p, f"list{i}")) for i in range(2) for p in range(PARTITIONS)}
+    request = admin_pb2.ListInvocationsRequest(service=COUNTER, method="Add")
+    whole = front.admin.ListInvocations(request, timeout=10)
+    ids = [i.id for i in whole.invocations]
+
+    assert made <= set(ids)
+    assert whole.total == len(ids)
+    assert sum(
+        _private_admin(front, p).ListInvocations(request, timeout=10).total
+        for p in range(PARTITIONS)
+    ) == len(ids)
+    order = [(i.created_at_ms, i.id) for i in whole.invocations]
+    assert order == sorted(order, reverse=True)
+    pages: list[str] = []
+    for offset in range(0, len(ids), 3):
+        page = admin_pb2.ListInvocationsRequest(
+            service=COUNTER, method="Add", offset=offset, limit=3
+        )
+        answer = front.admin.ListInvocations(page, timeout=10)
+        assert answer.total == len(ids)
+        pages += [i.id for i in answer.invocations]
+    assert pages == ids
+    one_key = front.invocations(key=_key_of(1, "list0"))
+    assert [i.key for i in one_key] == [_key_of(1, "list0")]
+
+
+def test_stats_are_summed_over_partitions(front: Cluster) -> None:
+    _add(front, _key_of(2, "stats"))
+    merged = front.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=10)
+    parts = [
+        _private_admin(front, p).GetStats(admin_pb2.GetStatsRequest(), timeout=10)
+        for p in range(PARTITIONS)
+    ]
+
+    assert merged.succeeded == sum(s.succeeded for s in parts) > 0
+    assert merged.by_status["COMPLETED"] == sum(s.by_status["COMPLETED"] for s in parts)
+    started = {c.service: c.events["started"] for c in merged.counters}
+    assert started[COUNTER] == sum(
+        c.events["started"] for s in parts for c in s.counters if c.service == COUNTER
+    )
+
+
+def test_invocation_ids_route_by_placement(front: Cluster) -> None:
+    """A stand-in partition draws ids at random: the front finds exactly those whose id
+    names the partition they live in, and passes the other partition's NOT_FOUND on."""
+    home = {_add(front, _key_of(p, f"ids{i}")): p for i in range(3) for p in range(PARTITIONS)}
+    for invocation_id, p in home.items():
+        if placement.of_id(invocation_id, PARTITIONS) == p:
+            assert front.invocation(invocation_id).id == invocation_id
+        else:
+            with pytest.raises(grpc.RpcError) as info:
+                front.describe(invocation_id)
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            assert invocation_id in (info.value.details() or "")
+
+
+def test_a_partitions_error_passes_through(front: Cluster) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        front.admin.GetState(admin_pb2.GetStateRequest(service="no.Such", key="k"), timeout=10)
+
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'no.Such' is not a registered virtual object or workflow" in (
+        info.value.details() or ""
+    )
+
+
+def test_services_and_limits(front: Cluster) -> None:
+    services = front.admin.ListServices(admin_pb2.ListServicesRequest(), timeout=10)
+    assert COUNTER in {s.name for s in services.services}
+    front.admin.SetLimits(admin_pb2.SetLimitsRequest(service=COUNTER, concurrency=3), timeout=10)
+    for p in range(PARTITIONS):
+        limits = _private_admin(front, p).GetLimits(admin_pb2.GetLimitsRequest(service=COUNTER))
+        assert [(s.service, s.concurrency) for s in limits.limits] == [(COUNTER, 3)], p
+    merged = front.admin.GetLimits(admin_pb2.GetLimitsRequest(service=COUNTER), timeout=10)
+    assert [(s.service, s.concurrency) for s in merged.limits] == [(COUNTER, 3)]
+    front.admin.SetLimits(admin_pb2.SetLimitsRequest(service=COUNTER, clear=True), timeout=10)
+
+
+def test_cluster_status_lists_workers_and_owners(front: Cluster) -> None:
+    status = _status(front)
+
+    assert status.mode == "workers"
+    assert [(n.name, list(n.partitions), n.alive) for n in status.nodes] == [
+        ("worker-0", [0, 2], True),
+        ("worker-1", [1, 3], True),
+    ]
+    assert [(p.id, p.owner, p.serving) for p in status.partitions] == [
+        (0, "worker-0", True),
+        (1, "worker-1", True),
+        (2, "worker-0", True),
+        (3, "worker-1", True),
+    ]
+    brokerctl = str(Path(PYTHON).parent / "brokerctl")
+    run = subprocess.run(
+        [brokerctl, "--admin", front.admin_address, "cluster", "status", "--json"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    printed = json.loads(run.stdout)
+    assert [p["owner"] for p in printed["partitions"]] == [f"worker-{p % 2}" for p in range(4)]
+    human = subprocess.run(
+        [brokerctl, "--admin", front.admin_address, "cluster", "status"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert "worker-1: pid " in human.stdout and "3: worker-1, serving" in human.stdout
+
+
+def test_metrics_label_each_partition(front: Cluster) -> None:
+    _add(front, _key_of(3, "metrics"))
+    with urllib.request.urlopen(f"http://{METRICS}/metrics", timeout=10) as response:
+        text = response.read().decode()
+
+    assert f'durable_invocations_started_total{{partition="3",service="{COUNTER}"}}' in text
+    assert text.count("# TYPE durable_invocations_started_total counter") == 1
+    for p in range(PARTITIONS):
+        assert f'durable_partition_up{{partition="{p}"}} 1' in text
+
+
+def test_single_process_broker_reports_itself_embedded(front: Cluster) -> None:
+    # Any partition's own admin API is a single broker's.
+    status = _private_admin(front, 1).ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10)
+
+    assert status.mode == "embedded"
+    assert [(n.name, n.alive, n.pid > 0) for n in status.nodes] == [("embedded", True, True)]
+    assert [(p.id, p.owner) for p in status.partitions] == [(0, "embedded")]
+    assert os.getpid() not in {n.pid for n in status.nodes}
