@@ -14,6 +14,8 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 from . import endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .clock import WALL, Clock, now_ms
+from .cluster.placement import Placement
+from .cluster.shipper import Transport
 from .config import Settings
 from .console import Console, start_console
 from .core.partition import Partition
@@ -36,9 +38,17 @@ class Broker:
         settings: Addresses (port 0 picks a free one), storage and timing settings.
         clock: Where durable time is read and waited on: the wall clock, or a test
             environment's `clock.VirtualClock` (time skipping).
+        placement: This partition among others (`--workers`); default: the only one.
+        transport: Delivers cross-partition messages (with `placement`).
     """
 
-    def __init__(self, settings: Settings, clock: Clock = WALL) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock = WALL,
+        placement: Placement | None = None,
+        transport: Transport | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.kv = open_kv(settings.data_dir, settings.accept_data_loss)
@@ -48,12 +58,18 @@ class Broker:
             self.registry,
             settings,
             # The wall clock as the partition always read it; any other through the clock.
+            placement=placement,
             **({} if clock is WALL else {"now": functools.partial(now_ms, clock)}),
         )
         self.metrics = self.partition.metrics
         self._metrics_server: asyncio.Server | None = None
         self.driver = Driver(
-            self.partition, self.kv, settings, observe=self._observe_commit, clock=clock
+            self.partition,
+            self.kv,
+            settings,
+            observe=self._observe_commit,
+            clock=clock,
+            transport=transport,
         )
         self.committer = self.driver.committer
         self.ingress_port = 0
