@@ -155,6 +155,21 @@ class Partition:
         Raises:
             IdempotencyConflict: the idempotency key was used with another request body.
         """
+        home = self.placement.home(service, method, key, idempotency_key)
+        if home is not None and home != self.placement.me:
+            # Fired here (a schedule) for a key or identity another partition owns: it
+            # finds or starts the invocation there.
+            return self._invoke_remote(
+                batch,
+                home,
+                service,
+                method,
+                key,
+                request,
+                traceparent,
+                idempotency_key=idempotency_key,
+                headers=headers,
+            )
         ident = self.dedup.identity(service, method, key, idempotency_key)
         bound = self.dedup.binding(ident) if ident is not None else None
         if bound is not None:
@@ -512,8 +527,11 @@ class Partition:
         traceparent: str,
         caller: tuple[str, int] | None = None,
         invoke_at_ms: int = 0,
+        idempotency_key: str = "",
+        headers: dict[str, str] | None = None,
     ) -> str:
-        """Starts an invocation in partition `home` through the outbox; returns its id."""
+        """Starts an invocation in partition `home` through the outbox; returns its id
+        (which an identity already bound there replaces)."""
         invocation_id = self.placement.new_id(home)
         message = cluster_pb2.InvokeMessage(
             invocation_id=invocation_id,
@@ -523,6 +541,8 @@ class Partition:
             request=request,
             traceparent=traceparent,
             invoke_at_ms=invoke_at_ms,
+            idempotency_key=idempotency_key,
+            headers=headers or {},
         )
         if caller is not None:
             message.caller_id, message.caller_index = caller
