@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from .. import registry as reg
+from ..cluster.placement import Placement
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage import Batch
@@ -15,6 +16,7 @@ from .dedup import Dedup
 from .limits import Limiter
 from .locks import KeyLocks, Lock
 from .model import Entry, Invocation, Live, Result
+from .outbox import Outbox
 from .waits import Waits
 
 
@@ -30,6 +32,8 @@ class PartitionOps(Protocol):
     limiter: Limiter
     dedup: Dedup
     waits: Waits
+    placement: Placement
+    outbox: Outbox
 
     def now_ms(self) -> int: ...
 
