@@ -1,0 +1,185 @@
+"""`python -m broker --workers 2` with its real workers: the demo's saga through the public
+ports, a SIGKILLed worker restarted by the supervisor and serving again, cluster status,
+the admin token through the front, and no worker outliving its supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from durable.v1 import admin_pb2, admin_pb2_grpc
+from trips import trips_pb2
+
+from broker.cluster.directory import Directory, PartitionAddress
+from broker.cluster.forward import Failed, Partitions
+from tests.support import (
+    CHANNEL_OPTIONS,
+    PYTHON,
+    Cluster,
+    Process,
+    Status,
+    free_port,
+    invocation_id_of,
+    running_cluster,
+    trip_id_of,
+    wait_for,
+    wait_healthy,
+)
+
+WORKERS = ["--workers", "2", "--partitions", "4"]
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The demo on a broker of two workers and four partitions."""
+    with running_cluster(tmp_path_factory.mktemp("workers"), broker_args=WORKERS) as cluster:
+        yield cluster
+
+
+def _status(cluster: Cluster) -> admin_pb2.ClusterStatusResponse:
+    status: admin_pb2.ClusterStatusResponse = cluster.admin.ClusterStatus(
+        admin_pb2.ClusterStatusRequest(), timeout=10
+    )
+    return status
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited (a zombie not yet reaped counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
+def _reserve(cluster: Cluster, name: str) -> str:
+    """Runs the saga; returns the trip's invocation id."""
+    request = trips_pb2.ReserveTripRequest(to=name, amount_cents=120)
+    response, call = cluster.trips.Reserve.with_call(request, timeout=60)
+    assert trip_id_of(response)
+    return invocation_id_of(call)
+
+
+def test_saga_through_the_public_ports(workers: Cluster) -> None:
+    invocation_id = _reserve(workers, "ada")
+
+    listed = workers.invocations(service="trips.Trips")
+    assert [(i.id, i.status) for i in listed] == [(invocation_id, Status.COMPLETED)]
+    # The steps are keyed by the trip: they live in the trip's partition.
+    assert len(workers.invocations(service="flights.Flights")) == 2
+    assert workers.describe(invocation_id).invocation.status == Status.COMPLETED
+    deployments = workers.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
+    assert len(deployments.deployments) == 4
+
+
+def test_cluster_status_lists_partitions_and_owners(workers: Cluster) -> None:
+    status = _status(workers)
+
+    assert status.mode == "workers"
+    assert [(n.name, list(n.partitions), n.alive) for n in status.nodes] == [
+        ("worker-0", [0, 2], True),
+        ("worker-1", [1, 3], True),
+    ]
+    assert [(p.id, p.owner, p.serving) for p in status.partitions] == [
+        (0, "worker-0", True),
+        (1, "worker-1", True),
+        (2, "worker-0", True),
+        (3, "worker-1", True),
+    ]
+    assert all(p.admin.startswith("127.0.0.1:") for p in status.partitions)
+
+
+def test_a_killed_worker_is_restarted_and_serves_again(workers: Cluster) -> None:
+    before = _status(workers).nodes[1]
+    os.kill(before.pid, signal.SIGKILL)
+
+    def restarted() -> admin_pb2.ClusterStatusResponse | None:
+        status = _status(workers)
+        node = status.nodes[1]
+        serving = all(p.serving for p in status.partitions)
+        fresh = node.alive and node.pid != before.pid and node.restarts == before.restarts + 1
+        return status if fresh and serving else None
+
+    workers.wait_for(restarted, timeout=60, message="worker 1 to be restarted")
+    assert _gone(before.pid)
+    # Its partitions (1 and 3) answer again, and the saga runs across all of them.
+    stats = workers.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=10)
+    assert stats.succeeded > 0
+    invocation_id = wait_for(lambda: _reserve(workers, "grace"), timeout=60, message="a saga")
+    assert workers.invocation(invocation_id).status == Status.COMPLETED
+
+
+def test_an_unreachable_partition_is_unavailable_naming_it() -> None:
+    dead = f"127.0.0.1:{free_port()}"
+    directory = Directory(workers=1, partitions=[PartitionAddress(ingress=dead, admin=dead)])
+
+    async def call() -> Failed:
+        partitions = Partitions(directory)
+        try:
+            await partitions.call(0, "GetStats", b"", timeout=5)
+        except Failed as e:
+            return e
+        finally:
+            await partitions.close()
+        raise AssertionError("the call succeeded")
+
+    failed = asyncio.run(call())
+    assert failed.code == grpc.StatusCode.UNAVAILABLE
+    assert f"partition 0 (worker 0, {dead}) is unreachable" in failed.message
+
+
+def test_the_admin_token_is_checked_and_forwarded(tmp_path: Path) -> None:
+    args = [*WORKERS, "--admin-token", "s3cret"]
+    cluster = Cluster(tmp_path, broker_args=args, services=())
+    cluster.start()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            cluster.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        token = [("authorization", "Bearer s3cret")]
+        # Fanned out to every partition, each of which checks the token too.
+        stats = cluster.admin.GetStats(admin_pb2.GetStatsRequest(), metadata=token, timeout=10)
+        assert stats.complete
+        status = cluster.admin.ClusterStatus(
+            admin_pb2.ClusterStatusRequest(), metadata=token, timeout=10
+        )
+        private = admin_pb2_grpc.AdminStub(
+            grpc.insecure_channel(status.partitions[2].admin, options=CHANNEL_OPTIONS)
+        )
+        with pytest.raises(grpc.RpcError) as direct:
+            private.GetStats(admin_pb2.GetStatsRequest(), timeout=10)
+        assert direct.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        cluster.close()
+
+
+def test_workers_do_not_outlive_a_killed_supervisor(tmp_path: Path) -> None:
+    admin = f"127.0.0.1:{free_port()}"
+    args = ["--data-dir", str(tmp_path / "data"), "--admin", admin, *WORKERS]
+    args += ["--ingress", f"127.0.0.1:{free_port()}"]
+    broker = Process("broker", [PYTHON, "-m", "broker", *args], tmp_path / "broker.log")
+    broker.start()
+    try:
+        wait_healthy(admin, time.monotonic() + 60, broker)
+        stub = admin_pb2_grpc.AdminStub(grpc.insecure_channel(admin))
+        pids = [n.pid for n in stub.ClusterStatus(admin_pb2.ClusterStatusRequest()).nodes]
+        assert all(pids)
+    finally:
+        broker.kill()
+    wait_for(lambda: all(_gone(p) for p in pids), timeout=30, message=f"workers {pids} to exit")
+
+
+def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path, broker_args=WORKERS, services=())
+    cluster.start()
+    pids = [n.pid for n in _status(cluster).nodes]
+
+    assert cluster.broker.terminate() == 0
+    cluster.close()
+    assert all(_gone(p) for p in pids)
