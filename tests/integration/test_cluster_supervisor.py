@@ -142,7 +142,7 @@ def test_the_admin_token_is_checked_and_forwarded(tmp_path: Path) -> None:
         with pytest.raises(grpc.RpcError) as info:
             cluster.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        token = [("authorization", "Bearer s3cret")]
+        token: tuple[tuple[str, str | bytes], ...] = (("authorization", "Bearer s3cret"),)
         # Fanned out to every partition, each of which checks the token too.
         stats = cluster.admin.GetStats(admin_pb2.GetStatsRequest(), metadata=token, timeout=10)
         assert stats.complete
