@@ -40,6 +40,9 @@ def front(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         tmp = tmp_path_factory.mktemp("front")
         with running_cluster(tmp, broker_args=args, services=(PLAYGROUND,)) as cluster:
             yield cluster
+    for channel in _channels.values():
+        channel.close()
+    _channels.clear()
 
 
 def _status(cluster: Cluster) -> admin_pb2.ClusterStatusResponse:
@@ -49,15 +52,24 @@ def _status(cluster: Cluster) -> admin_pb2.ClusterStatusResponse:
     return status
 
 
+# One channel per private address for the whole module (the stand-ins never move).
+_channels: dict[str, grpc.Channel] = {}
+
+
+def _channel(address: str) -> grpc.Channel:
+    if address not in _channels:
+        _channels[address] = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    return _channels[address]
+
+
 def _private_admin(cluster: Cluster, partition: int) -> admin_pb2_grpc.AdminStub:
     address = _status(cluster).partitions[partition].admin
-    return admin_pb2_grpc.AdminStub(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))
+    return admin_pb2_grpc.AdminStub(_channel(address))
 
 
 def _counter(cluster: Cluster, partition: int) -> playground_pb2_grpc.CounterStub:
     address = _status(cluster).partitions[partition].ingress
-    channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    return playground_pb2_grpc.CounterStub(channel)
+    return playground_pb2_grpc.CounterStub(_channel(address))
 
 
 def _key_of(partition: int, prefix: str) -> str:
@@ -235,3 +247,56 @@ def test_single_process_broker_reports_itself_embedded(front: Cluster) -> None:
     assert [(n.name, n.alive, n.pid > 0) for n in status.nodes] == [("embedded", True, True)]
     assert [(p.id, p.owner) for p in status.partitions] == [(0, "embedded")]
     assert os.getpid() not in {n.pid for n in status.nodes}
+
+
+def test_the_front_chooses_deployment_ids_itself(front: Cluster) -> None:
+    uri = f"http://{front.service_addresses[PLAYGROUND]}"
+    with pytest.raises(grpc.RpcError) as info:
+        front.admin.RegisterDeployment(
+            admin_pb2.RegisterDeploymentRequest(uri=uri, deployment_id="dp_0123"), timeout=30
+        )
+
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "deployment_id is set by the broker's front itself" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize(
+    ("wanted", "code", "phrase"),
+    [
+        ("dp_0123", grpc.StatusCode.FAILED_PRECONDITION, "in this partition, not dp_0123"),
+        ("nope", grpc.StatusCode.INVALID_ARGUMENT, "is not dp_ and hex digits"),
+    ],
+    ids=["another-id-for-the-uri", "malformed"],
+)
+def test_a_partition_refuses_an_id_that_disagrees(
+    front: Cluster, wanted: str, code: grpc.StatusCode, phrase: str
+) -> None:
+    uri = f"http://{front.service_addresses[PLAYGROUND]}"
+    with pytest.raises(grpc.RpcError) as info:
+        _private_admin(front, 3).RegisterDeployment(
+            admin_pb2.RegisterDeploymentRequest(uri=uri, deployment_id=wanted), timeout=30
+        )
+
+    assert info.value.code() == code
+    assert phrase in (info.value.details() or "")
+    listed = _private_admin(front, 3).ListDeployments(admin_pb2.ListDeploymentsRequest())
+    assert wanted not in {d.id for d in listed.deployments}
+
+
+def test_removing_a_deployment_reaches_every_partition(front: Cluster) -> None:
+    """Last: the module's cluster has no deployment afterwards."""
+    listed = front.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
+    (deployment,) = listed.deployments
+
+    front.admin.RemoveDeployment(
+        admin_pb2.RemoveDeploymentRequest(deployment_id=deployment.id), timeout=10
+    )
+
+    for p in range(PARTITIONS):
+        mine = _private_admin(front, p).ListDeployments(admin_pb2.ListDeploymentsRequest())
+        assert list(mine.deployments) == [], f"partition {p}: {mine}"
+    with pytest.raises(grpc.RpcError) as info:
+        front.admin.RemoveDeployment(
+            admin_pb2.RemoveDeploymentRequest(deployment_id=deployment.id), timeout=10
+        )
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
