@@ -14,13 +14,16 @@ from pathlib import Path
 import grpc
 import pytest
 from durable.v1 import admin_pb2, admin_pb2_grpc
+from playground import playground_pb2
 from trips import trips_pb2
 
 from broker.cluster.directory import Directory, PartitionAddress
 from broker.cluster.forward import Failed, Partitions
 from tests.support import (
     CHANNEL_OPTIONS,
+    PLAYGROUND,
     PYTHON,
+    SERVICES,
     Cluster,
     Process,
     Status,
@@ -38,7 +41,9 @@ WORKERS = ["--workers", "2", "--partitions", "4"]
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """The demo on a broker of two workers and four partitions."""
-    with running_cluster(tmp_path_factory.mktemp("workers"), broker_args=WORKERS) as cluster:
+    tmp = tmp_path_factory.mktemp("workers")
+    services = (*SERVICES, PLAYGROUND)
+    with running_cluster(tmp, broker_args=WORKERS, services=services) as cluster:
         yield cluster
 
 
@@ -75,7 +80,40 @@ def test_saga_through_the_public_ports(workers: Cluster) -> None:
     assert len(workers.invocations(service="flights.Flights")) == 2
     assert workers.describe(invocation_id).invocation.status == Status.COMPLETED
     deployments = workers.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
-    assert len(deployments.deployments) == 4
+    assert len(deployments.deployments) == 5  # the demo and the playground
+
+
+def test_awakeables_are_listed_and_resolved_through_the_front(workers: Cluster) -> None:
+    request = playground_pb2.AwaitRequest()
+    calls = [workers.waiter.Await.future(request, timeout=60) for _ in range(4)]
+
+    def awaited() -> list[admin_pb2.Awakeable] | None:
+        listed = workers.admin.ListAwaiting(admin_pb2.ListAwaitingRequest(), timeout=10)
+        mine = [a for a in listed.awakeables if a.service == "playground.Waiter"]
+        return mine if len(mine) == len(calls) else None
+
+    awakeables = workers.wait_for(awaited, message="four awakeables")
+    for n, awakeable in enumerate(awakeables):
+        workers.resolve_awakeable(awakeable.awakeable_id, n)
+    assert sorted(int(c.result().text) for c in calls) == list(range(len(calls)))
+
+
+def test_promises_and_state_are_reached_by_key(workers: Cluster) -> None:
+    users = [f"user-{n}" for n in range(4)]
+    runs = [
+        workers.signup.Run.future(playground_pb2.SignupRequest(user=u, email=u), timeout=60)
+        for u in users
+    ]
+
+    def waiting(user: str) -> bool:
+        return bool(
+            workers.state("playground.Signup", user).get("status") == "waiting for verification"
+        )
+
+    for user in users:
+        workers.wait_for(lambda: waiting(user), message=f"{user} waiting")  # noqa: B023
+        workers.complete_promise("playground.Signup", user, "verified", f"code-{user}")
+    assert [list(r.result().items) for r in runs] == [[f"code-{u}"] for u in users]
 
 
 def test_cluster_status_lists_partitions_and_owners(workers: Cluster) -> None:
