@@ -69,7 +69,7 @@ def assert_consistent(cluster: Cluster, trip_id: str, run_type: str) -> None:
             seen[(service, record.method)] = seen.get((service, record.method), 0) + 1
     assert all(count == 1 for count in seen.values()), (trip_id, seen)
     records = cluster.notifications(trip_id)
-    expected = "success" if run_type == "" else "failure"
+    expected = "success" if run_type == "" else "failed"
     assert [r["status"] for r in records] == [expected], records
 
 
