@@ -19,13 +19,12 @@ from durable.v1 import cluster_pb2, journal_pb2, protocol_pb2
 from .. import registry as reg
 from .. import tracing
 from ..cluster.placement import Placement
-from ..codes import NOT_FOUND
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage import Batch, idempotency, inbox, invocations, journal, state, timers
 from ..storage import limits as limit_table
 from ..storage.kv import KV
-from . import actions, attempts, control, limits, recovery, retries
+from . import actions, attempts, limits, messages, recovery, retries
 from .dedup import Dedup
 from .events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .locks import KeyLocks, Lock
@@ -695,25 +694,12 @@ class Partition:
             if ident is not None:
                 self.dedup.forget(ident)
 
-    # ---- Messages from other partitions
+    # ---- Messages from other partitions (applied by `messages.py`)
 
     def on_delivery(self, source: int, envelopes: list[cluster_pb2.Envelope]) -> int:
-        """Applies the messages from `source` not applied yet, in one batch that also
-        moves the dedup mark; returns the mark (the driver answers once it is durable)."""
-        batch = Batch()
-        for envelope in envelopes:
-            if not self.outbox.fresh(source, envelope.seq):
-                continue
-            try:
-                self._apply_message(batch, envelope.message)
-            except Exception:  # a message that cannot apply must not block the rest
-                log.exception(
-                    "message %d from partition %d could not be applied", envelope.seq, source
-                )
-            self.outbox.applied(batch, source, envelope.seq)
-        if batch.puts:
-            self.submit(batch)
-        return self.outbox.applied_mark(source)
+        """Applies the messages from `source` not applied yet; returns the dedup mark
+        (the driver answers once the batch moving it is durable)."""
+        return messages.deliver(self, source, envelopes)
 
     def outbox_acknowledged(self, destination: int, seq: int) -> None:
         """`destination` durably applied our messages up to `seq`."""
@@ -722,37 +708,9 @@ class Partition:
         if batch.puts:
             self.submit(batch)
 
-    def _apply_message(self, batch: Batch, message: cluster_pb2.OutboxMessage) -> None:
-        kind = message.WhichOneof("kind")
-        if kind == "invoke":
-            self._apply_invoke(batch, message.invoke)
-        elif kind == "complete":
-            m = message.complete
-            self.complete_waiter(batch, m.invocation_id, m.entry_index, m.result)
-        elif kind == "attach":
-            w = message.attach
-            result = self.waits.attach(batch, (w.waiter_id, w.waiter_index), w.target_id)
-            if result is not None:
-                self.complete_waiter(batch, w.waiter_id, w.waiter_index, result)
-        elif kind == "get_output":
-            w = message.get_output
-            if w.target_id in self.live:
-                output: Result = Result(empty=journal_pb2.Empty())
-            else:
-                done = self.completed(w.target_id)
-                output = done or failure(NOT_FOUND, f"no invocation {w.target_id!r}")
-            self.complete_waiter(batch, w.waiter_id, w.waiter_index, output)
-        elif kind in ("cancel", "kill"):
-            target = self.live.get(getattr(message, kind).invocation_id)
-            if target is not None and target.record.status != Status.COMPLETED:
-                (control.cancel_in if kind == "cancel" else control.kill_in)(self, batch, target)
-        elif kind == "awakeable":
-            a = message.awakeable
-            problem = self.waits.complete_awakeable(batch, a.awakeable_id, a.result)
-            if problem is not None:
-                log.warning("awakeable from another partition not completed: %s", problem)
-
-    def _apply_invoke(self, batch: Batch, m: cluster_pb2.InvokeMessage) -> None:
+    def start_delivered(self, batch: Batch, m: cluster_pb2.InvokeMessage) -> None:
+        """Starts an invocation another partition sent (a call or send to a key that
+        lives here), or joins the caller to the one its identity already names."""
         caller = (m.caller_id, m.caller_index) if m.caller_id else None
         ident = self.dedup.identity(m.service, m.method, m.key, m.idempotency_key)
         bound = self.dedup.binding(ident) if ident is not None else None
