@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -36,6 +37,10 @@ from tests.support import (
 )
 
 WORKERS = ["--workers", "2", "--partitions", "4"]
+READY = re.compile(
+    r"broker ready: ingress 127\.0\.0\.1:(?P<ingress>\d+), admin 127\.0\.0\.1:(?P<admin>\d+), "
+    r"data (?P<data>\S+), 2 workers, 2 partitions"
+)
 
 
 @pytest.fixture(scope="module")
@@ -221,3 +226,25 @@ def test_sigterm_stops_every_worker_and_exits_0(tmp_path: Path) -> None:
     assert cluster.broker.terminate() == 0
     cluster.close()
     assert all(_gone(p) for p in pids)
+
+
+def test_port_0_gets_concrete_ports_in_the_ready_line(tmp_path: Path) -> None:
+    args = ["--data-dir", str(tmp_path / "data"), "--ingress", "127.0.0.1:0"]
+    args += ["--admin", "127.0.0.1:0", "--workers", "2"]
+    broker = Process("broker", [PYTHON, "-m", "broker", *args], tmp_path / "broker.log")
+    broker.start()
+    try:
+
+        def ready() -> re.Match[str] | None:
+            broker.check_alive()
+            text = broker.log_path.read_text(encoding="utf-8", errors="replace")
+            return READY.search(text)
+
+        line = wait_for(ready, timeout=60, message="the ready line")
+        ingress, admin = f"127.0.0.1:{line['ingress']}", f"127.0.0.1:{line['admin']}"
+        assert line["data"] == str(tmp_path / "data")
+        # Every worker serves the one public ingress port; the front serves the admin.
+        wait_healthy(ingress, time.monotonic() + 30, broker)
+        wait_healthy(admin, time.monotonic() + 30, broker)
+    finally:
+        assert broker.terminate() == 0
