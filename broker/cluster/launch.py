@@ -30,13 +30,6 @@ def check(settings: Settings) -> int:
             "--workers needs a --data-dir: each partition keeps its journal on disk, so a "
             "restarted worker resumes its partitions"
         )
-    if settings.console:
-        # The console reads through an admin servicer in its own process (it decodes
-        # payloads with that process's registry); the front only forwards bytes.
-        raise layout.LayoutError(
-            "--console is not available with --workers yet; start without --console "
-            "(brokerctl works against the same --admin)"
-        )
     return layout.check(settings.data_dir, settings.workers, settings.partitions)
 
 

@@ -1,5 +1,5 @@
 """`python -m broker --workers N`: starts the workers, restarts any that dies, and
-serves the public admin API (and /metrics) in front of them.
+serves the public admin API (and /metrics and the console) in front of them.
 
 Start-up: the data dir's partition count is recorded (`layout.create`), every
 partition's private ports are picked (127.0.0.1, free now), the public ingress gets a
@@ -27,7 +27,7 @@ from durable.process import Child, spawn
 from durable.v1 import admin_pb2
 
 from ..config import Settings
-from . import launch, layout, scrape
+from . import console, launch, layout, scrape
 from .directory import ENV, WORKER_ENV, Directory
 from .forward import Partitions
 from .front import AdminFront, FrontServer
@@ -212,8 +212,10 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
     directory = launch.plan(settings.workers, partitions, metrics=bool(settings.metrics))
     supervisor = Supervisor(settings, argv, directory, ingress)
     clients = Partitions(directory)
-    front = FrontServer(settings, AdminFront(clients, supervisor.nodes))
+    routes = AdminFront(clients, supervisor.nodes)
+    front = FrontServer(settings, routes)
     metrics: asyncio.Server | None = None
+    web: console.FrontConsole | None = None
     supervisor.start()
     try:
         ready = asyncio.create_task(supervisor.wait_ready(clients))
@@ -227,6 +229,8 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
         admin_port = await front.start(settings.admin)
         if settings.metrics:
             metrics = await scrape.serve(directory, settings.metrics)
+        if settings.console:
+            web = await console.start(settings, routes)
         log.info(
             "broker ready: ingress 127.0.0.1:%d, admin 127.0.0.1:%d, data %s, %d workers, "
             "%d partitions",
@@ -242,6 +246,8 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
         watcher.cancel()
         return 0
     finally:
+        if web is not None:
+            await web.stop()
         if metrics is not None:
             metrics.close()
         await front.stop()

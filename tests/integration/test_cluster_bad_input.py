@@ -52,7 +52,6 @@ def _refused(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
         (["--workers", "1", "--partitions", "0"], ["--partitions must be between 1 and 256"]),
         (["--workers", "1", "--partitions", "999"], ["--partitions must be between 1 and 256"]),
         (["--partitions", "4"], ["--partitions 4 needs --workers"]),
-        (["--workers", "2", "--console", "127.0.0.1:0"], ["--console is not available"]),
     ],
     ids=[
         "workers-0",
@@ -61,7 +60,6 @@ def _refused(result: subprocess.CompletedProcess[str], *phrases: str) -> None:
         "partitions-0",
         "partitions-too-many",
         "partitions-without-workers",
-        "console-with-workers",
     ],
 )
 def test_impossible_start_writes_nothing(
