@@ -95,7 +95,9 @@ class Deployments:
         )
         wanted = {d.id: d for d in listed.deployments}
         for known in self.registry.deployments():
-            if known.id not in wanted or wanted[known.id].uri != known.uri:
+            now = wanted.get(known.id)
+            # Gone, moved, or registered again with other services: learn it anew.
+            if now is None or now.uri != known.uri or list(now.services) != list(known.services):
                 self.registry.remove(known.id)
         for deployment in wanted.values():
             if self.registry.deployment(deployment.id) is None:
