@@ -300,3 +300,12 @@ def test_removing_a_deployment_reaches_every_partition(front: Cluster) -> None:
             admin_pb2.RemoveDeploymentRequest(deployment_id=deployment.id), timeout=10
         )
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_front_serves_health_and_reflection(front: Cluster) -> None:
+    listed = front.grpcurl("-plaintext", front.admin_address, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert {"durable.v1.Admin", "grpc.health.v1.Health"} <= set(listed.stdout.split())
+    stats = front.grpcurl("-plaintext", front.admin_address, "durable.v1.Admin/GetStats")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["complete"] is True
