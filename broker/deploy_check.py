@@ -167,7 +167,10 @@ async def replay(
         try:
             messages = await _invoke_streaming(invoker, uri, start)
         except grpc.aio.AioRpcError as e2:
-            return problem(f"cannot replay it: {e2.code().name}: {e2.details()}")
+            return problem(
+                "cannot replay it: the endpoint does not serve InvokeOnce, and Invoke "
+                f"failed: {e2.code().name}: {e2.details()}"
+            )
     for message in messages:
         kind = message.WhichOneof("message")
         if kind == "error":

@@ -16,11 +16,12 @@ from typing import Any
 import grpc
 import pytest
 from durable.testing import replay
-from durable.v1 import admin_pb2, journal_pb2
+from durable.v1 import admin_pb2, journal_pb2, protocol_pb2
 from google.protobuf import descriptor_pb2
 from playground import playground_pb2 as pb
 
 from services.playground import service as playground
+from tests.fake_endpoint import FakeEndpoint
 from tests.support import (
     BIN,
     PLAYGROUND,
@@ -276,3 +277,53 @@ def test_check_passes_a_compatible_change_which_then_registers(
     # New invocations go to the new code.
     reply = cluster.counter.Add(pb.AddRequest(name=key, amount=2), timeout=CALL_TIMEOUT_S)
     assert (reply.number, reply.text) == (3, "added 2")
+
+
+def _old_style_divergence(start: protocol_pb2.StartMessage) -> list[protocol_pb2.InvokeResponse]:
+    """An endpoint of another SDK: it names the entry only in its message."""
+    assert start.replay_only and start.suspend_after_ms == 0, start
+    assert start.journal[0].HasField("input"), start
+    last = len(start.journal) - 1
+    message = (
+        f"non-determinism at journal entry {last}: the journal has something, "
+        "but the handler proposed run 'elsewhere'"
+    )
+    error = protocol_pb2.ErrorMessage(
+        code=13, message=message, entry_index=-1, non_determinism=True
+    )
+    return [protocol_pb2.InvokeResponse(error=error)]
+
+
+@pytest.mark.parametrize("transport", ["request-response", "stream"])
+def test_check_drives_endpoints_that_only_stream_or_only_answer_once(
+    cluster: Cluster, transport: str
+) -> None:
+    key = f"c-{uuid.uuid4().hex[:8]}"
+    added = called(cluster.counter.Add, pb.AddRequest(name=key, amount=1))
+    cluster.wait_status(added, "COMPLETED")
+    counter = pb.DESCRIPTOR.services_by_name["Counter"]
+    with FakeEndpoint([counter], _old_style_divergence, transport) as endpoint:
+        done = brokerctl(cluster, "deployments", "register", endpoint.uri, "--check")
+    assert done.returncode == 1, done.stdout
+    assert (
+        f"{added} (playground.Counter/Add) entry 4: recorded output, "
+        "new code produced run 'elsewhere'"
+    ) in done.stderr
+
+
+def test_check_says_when_an_endpoint_cannot_be_driven(cluster: Cluster) -> None:
+    key = f"c-{uuid.uuid4().hex[:8]}"
+    added = called(cluster.counter.Add, pb.AddRequest(name=key, amount=1))
+    cluster.wait_status(added, "COMPLETED")
+    counter = pb.DESCRIPTOR.services_by_name["Counter"]
+    # Only `Multiplex`: the check drives InvokeOnce, else Invoke.
+    with FakeEndpoint([counter], _old_style_divergence, "multiplex") as endpoint:
+        done = brokerctl(cluster, "deployments", "register", endpoint.uri, "--check")
+    assert done.returncode == 1, done.stdout
+    assert (
+        f"{added} (playground.Counter/Add): cannot replay it: the endpoint does not serve "
+        "InvokeOnce, and Invoke failed: "
+    ) in done.stderr
+    assert endpoint.uri not in {
+        d.uri for d in cluster.admin.ListDeployments(admin_pb2.ListDeploymentsRequest()).deployments
+    }
