@@ -4,8 +4,9 @@ tests/integration/test_safe_deploys.py)."""
 
 from __future__ import annotations
 
-from broker import deploy_check
 from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
+
+from broker import deploy_check
 
 Entry = journal_pb2.JournalEntry
 
