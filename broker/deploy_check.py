@@ -126,13 +126,13 @@ async def check(
     slots = asyncio.Semaphore(PARALLEL)
 
     async def one(invocation_id: str) -> Divergence | None:
-        try:
-            record, journal = partition.record(invocation_id)
-        except UnknownInvocation:  # purged since it was listed
-            return None
-        record = _copy(record)
+        # Read under the semaphore: only PARALLEL journals are held in memory at once.
         async with slots:
-            return await replay(invoker, uri, record, list(journal))
+            try:
+                record, journal = partition.record(invocation_id)
+            except UnknownInvocation:  # purged since it was listed
+                return None
+            return await replay(invoker, uri, _copy(record), list(journal))
 
     found = await asyncio.gather(*(one(i) for i in ids))
     divergences = [d for d in found if d is not None]

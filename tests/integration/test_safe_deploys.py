@@ -274,9 +274,14 @@ def test_check_passes_a_compatible_change_which_then_registers(
     services = cluster.admin.ListServices(admin_pb2.ListServicesRequest()).services
     counter = next(s for s in services if s.name == "playground.Counter")
     assert counter.deployment_id == registered["id"]
-    # New invocations go to the new code.
-    reply = cluster.counter.Add(pb.AddRequest(name=key, amount=2), timeout=CALL_TIMEOUT_S)
-    assert (reply.number, reply.text) == (3, "added 2")
+    try:
+        # New invocations go to the new code.
+        reply = cluster.counter.Add(pb.AddRequest(name=key, amount=2), timeout=CALL_TIMEOUT_S)
+        assert (reply.number, reply.text) == (3, "added 2")
+    finally:
+        # Its process stops with the test: the module's other tests call the playground's.
+        remove = admin_pb2.RemoveDeploymentRequest(deployment_id=registered["id"], force=True)
+        cluster.admin.RemoveDeployment(remove, timeout=10)
 
 
 def _old_style_divergence(start: protocol_pb2.StartMessage) -> list[protocol_pb2.InvokeResponse]:
