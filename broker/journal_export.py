@@ -26,7 +26,8 @@ def document(export: admin_pb2.ExportInvocationResponse) -> dict[str, Any]:
     rendered = list(export.rendered)
     return {
         "format": JOURNAL_EXPORT_FORMAT,
-        "invocation": _as_dict(export.invocation),
+        # Every field of the record, so a plain service's empty key is there too.
+        "invocation": _as_dict(export.invocation, every_field=True),
         "deployment": {"id": export.deployment_id, "uri": export.deployment_uri},
         "descriptors": base64.b64encode(export.files.SerializeToString()).decode(),
         "journal": [
@@ -49,8 +50,12 @@ def text(export: admin_pb2.ExportInvocationResponse) -> str:
     return json.dumps(document(export), indent=2, ensure_ascii=False)
 
 
-def _as_dict(message: Any) -> dict[str, Any]:
-    out: dict[str, Any] = json_format.MessageToDict(message, preserving_proto_field_name=True)
+def _as_dict(message: Any, every_field: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = json_format.MessageToDict(
+        message,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=every_field,
+    )
     return out
 
 

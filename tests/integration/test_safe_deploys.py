@@ -156,6 +156,8 @@ def test_the_export_is_self_describing(cluster: Cluster) -> None:
         key,
     )
     assert document["deployment"]["uri"].startswith("http://127.0.0.1:")
+    plain = export(cluster, called(cluster.waiter.Sleep, pb.SleepRequest(millis=1)))
+    assert (plain["invocation"]["key"], plain["invocation"]["status"]) == ("", "COMPLETED")
     files = descriptor_pb2.FileDescriptorSet.FromString(base64.b64decode(document["descriptors"]))
     assert "playground/playground.proto" in {f.name for f in files.file}
     first, *_, last = document["journal"]
