@@ -206,14 +206,16 @@ class AdminFront:
                 "deployment_id is set by the broker's front itself; leave it empty",
             )
         # Partition 0 decides the id (new, the URI's, or a removed deployment's), so
-        # that every partition knows the deployment by one id.
+        # that every partition knows the deployment by one id. With `check`, each
+        # partition replays its own journals: one that refuses leaves the deployment on
+        # the partitions before it (the refusal says so).
         first = await self._call(context, 0, "RegisterDeployment", body)
         deployment = admin_pb2.Deployment.FromString(first)
         request.deployment_id = deployment.id
         others = list(range(1, self.partitions.count))
         if others:
             try:
-                await self.partitions.call_all(
+                answers = await self.partitions.call_all(
                     "RegisterDeployment",
                     request.SerializeToString(),
                     forwarded_metadata(context),
@@ -230,6 +232,12 @@ class AdminFront:
                         f"other partition: {e.message}; register {request.uri} again",
                     ),
                 )
+            # With `check`, each partition replayed its own journals.
+            for answer in answers:
+                deployment.checked_journals += admin_pb2.Deployment.FromString(
+                    answer
+                ).checked_journals
+            return deployment.SerializeToString()
         return first
 
     async def RemoveDeployment(self, body: bytes, context: Context) -> bytes:
