@@ -46,6 +46,12 @@ STABLE_S = 10.0
 _WATCH_INTERVAL_S = 0.1  # how often exits are looked for, not a synchronisation
 
 
+def restart_delay(young_exits: int) -> float:
+    """Seconds before a worker is started again after `young_exits` exits in a row, each
+    before it had run `STABLE_S` (0: it had run long enough): doubling, bounded."""
+    return min(RESTART_INITIAL_S * 2 ** max(young_exits - 1, 0), RESTART_MAX_S)
+
+
 class StartFailed(Exception):
     """The workers did not all come up; the message says which and why."""
 
@@ -175,7 +181,7 @@ class Supervisor:
         assert worker.child is not None
         young = now - worker.started_at < STABLE_S
         worker.young_exits = worker.young_exits + 1 if young else 0
-        delay = min(RESTART_INITIAL_S * 2 ** max(worker.young_exits - 1, 0), RESTART_MAX_S)
+        delay = restart_delay(worker.young_exits)
         worker.restart_at = now + delay
         log.warning(
             "worker %d (pid %d) exited with code %s; restarting it in %.1f s",

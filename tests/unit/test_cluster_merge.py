@@ -1,5 +1,5 @@
-"""The admin front's pure parts: merging partitions' answers, combining their metrics,
-and the workers' command line."""
+"""The cluster's pure parts: merging partitions' answers, combining their metrics, the
+workers' command line and their restart backoff."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 
 from durable.v1 import admin_pb2, invocation_pb2
 
-from broker.cluster import launch, merge, scrape
+from broker.cluster import launch, merge, scrape, supervisor
 
 
 def _inv(created: int, ident: str) -> invocation_pb2.Invocation:
@@ -145,3 +145,11 @@ def test_worker_flags_drop_the_supervisors_own() -> None:
         "--ingress",
         "127.0.0.1:5555",
     ]
+
+
+def test_restarts_back_off_while_a_worker_dies_young() -> None:
+    delays = [supervisor.restart_delay(n) for n in range(9)]
+
+    assert delays[:4] == [0.1, 0.1, 0.2, 0.4]
+    assert delays == sorted(delays)
+    assert delays[-1] == supervisor.RESTART_MAX_S
