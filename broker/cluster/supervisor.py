@@ -49,7 +49,7 @@ _WATCH_INTERVAL_S = 0.1  # how often exits are looked for, not a synchronisation
 def restart_delay(young_exits: int) -> float:
     """Seconds before a worker is started again after `young_exits` exits in a row, each
     before it had run `STABLE_S` (0: it had run long enough): doubling, bounded."""
-    return min(RESTART_INITIAL_S * 2 ** max(young_exits - 1, 0), RESTART_MAX_S)
+    return min(RESTART_INITIAL_S * 2.0 ** max(young_exits - 1, 0), RESTART_MAX_S)
 
 
 class StartFailed(Exception):
