@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,5 +247,43 @@ def test_port_0_gets_concrete_ports_in_the_ready_line(tmp_path: Path) -> None:
         # Every worker serves the one public ingress port; the front serves the admin.
         wait_healthy(ingress, time.monotonic() + 30, broker)
         wait_healthy(admin, time.monotonic() + 30, broker)
+    finally:
+        assert broker.terminate() == 0
+
+
+def test_tls_and_the_token_on_the_public_admin(tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    admin = f"127.0.0.1:{free_port()}"
+    args = ["--data-dir", str(tmp_path / "data"), "--admin", admin, *WORKERS]
+    args += ["--ingress", f"127.0.0.1:{free_port()}", "--admin-token", "s3cret"]
+    args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+    broker = Process("broker", [PYTHON, "-m", "broker", *args], tmp_path / "broker.log")
+    broker.start()
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(root_certificates=cert.read_bytes()),
+        grpc.access_token_call_credentials("s3cret"),
+    )
+    try:
+        with grpc.secure_channel(admin, creds, options=CHANNEL_OPTIONS) as channel:
+            stub = admin_pb2_grpc.AdminStub(channel)
+
+            def stats() -> admin_pb2.GetStatsResponse | None:
+                broker.check_alive()
+                answer: admin_pb2.GetStatsResponse = stub.GetStats(
+                    admin_pb2.GetStatsRequest(), timeout=2, wait_for_ready=True
+                )
+                return answer
+
+            # Served with TLS, the token checked by the front and the partitions.
+            assert wait_for(stats, timeout=60, message="GetStats over TLS").complete
+        with grpc.insecure_channel(admin) as plain:
+            with pytest.raises(grpc.RpcError):
+                admin_pb2_grpc.AdminStub(plain).GetStats(admin_pb2.GetStatsRequest(), timeout=2)
     finally:
         assert broker.terminate() == 0
