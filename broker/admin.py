@@ -22,6 +22,7 @@ from durable.v1 import (
     admin_pb2_grpc,
     invocation_pb2,
     journal_pb2,
+    protocol_pb2,
 )
 
 from . import (
@@ -73,6 +74,10 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.Deployment:
         try:
+            if request.check_only:
+                uri = registration.canonical_uri(request.uri)
+                checked = await self._check(uri, await registration.discover(self._invoker, uri))
+                return admin_pb2.Deployment(uri=uri, checked_journals=checked)
             record, checked = await self._register(
                 request.uri, check=request.check, wanted_id=request.deployment_id
             )
@@ -112,14 +117,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         registration.check_wanted_id_form(wanted_id)
         uri = registration.canonical_uri(raw_uri)
         discovered = await registration.discover(self._invoker, uri)
-        checked = 0
-        if check:
-            report = await deploy_check.check(
-                self._invoker, uri, self._partition, self.completed_index, discovered.services
-            )
-            if report.divergences:
-                raise registration.Refused(grpc.StatusCode.FAILED_PRECONDITION, report.refusal(uri))
-            checked = report.checked
+        checked = await self._check(uri, discovered) if check else 0
         # One registration or removal at a time: two of the same URI must not both
         # decide that it is new.
         async with self._deployments_lock:
@@ -170,6 +168,20 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             self._retry_pinned(record.id)
         log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
         return record, checked
+
+    async def _check(self, uri: str, discovered: protocol_pb2.DiscoverResponse) -> int:
+        """Replays this partition's recorded journals against the endpoint; returns how
+        many.
+
+        Raises:
+            registration.Refused: FAILED_PRECONDITION listing the divergences.
+        """
+        report = await deploy_check.check(
+            self._invoker, uri, self._partition, self.completed_index, discovered.services
+        )
+        if report.divergences:
+            raise registration.Refused(grpc.StatusCode.FAILED_PRECONDITION, report.refusal(uri))
+        return report.checked
 
     def _retry_pinned(self, deployment_id: str) -> None:
         """Retries now the invocations that backed off while their deployment was gone,

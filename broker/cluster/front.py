@@ -47,6 +47,7 @@ Nodes = Callable[[], list[admin_pb2.ClusterNode]]
 
 _BY_ID: dict[str, type[Message]] = {
     "DescribeInvocation": admin_pb2.DescribeInvocationRequest,
+    "ExportInvocation": admin_pb2.ExportInvocationRequest,
     "CancelInvocation": admin_pb2.InvocationRequest,
     "KillInvocation": admin_pb2.InvocationRequest,
     "PauseInvocation": admin_pb2.InvocationRequest,
@@ -205,17 +206,48 @@ class AdminFront:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "deployment_id is set by the broker's front itself; leave it empty",
             )
+        # With `check`, every partition first replays its own journals without
+        # registering: a refusal by any leaves the deployment registered nowhere.
+        checked = 0
+        if request.check:
+            only = admin_pb2.RegisterDeploymentRequest(uri=request.uri, check=True, check_only=True)
+            results = await asyncio.gather(
+                *(
+                    self.partitions.call(
+                        p,
+                        "RegisterDeployment",
+                        only.SerializeToString(),
+                        forwarded_metadata(context),
+                        context.time_remaining(),
+                    )
+                    for p in range(self.partitions.count)
+                ),
+                return_exceptions=True,
+            )
+            refusals = [r for r in results if isinstance(r, BaseException)]
+            if refusals:
+                # Every partition's divergences, not only the first one's.
+                failed = [r for r in refusals if isinstance(r, Failed)]
+                if len(failed) < len(refusals):
+                    raise refusals[0]
+                await _fail(context, Failed(failed[0].code, "\n".join(f.message for f in failed)))
+                raise AssertionError("unreachable")
+            checked = sum(
+                admin_pb2.Deployment.FromString(r).checked_journals
+                for r in results
+                if isinstance(r, bytes)
+            )
+            request.check = False
+            body = request.SerializeToString()
         # Partition 0 decides the id (new, the URI's, or a removed deployment's), so
-        # that every partition knows the deployment by one id. With `check`, each
-        # partition replays its own journals: one that refuses leaves the deployment on
-        # the partitions before it (the refusal says so).
+        # that every partition knows the deployment by one id.
         first = await self._call(context, 0, "RegisterDeployment", body)
         deployment = admin_pb2.Deployment.FromString(first)
         request.deployment_id = deployment.id
         others = list(range(1, self.partitions.count))
         if others:
             try:
-                answers = await self.partitions.call_all(
+                await self.partitions.call_all(
                     "RegisterDeployment",
                     request.SerializeToString(),
                     forwarded_metadata(context),
@@ -232,13 +264,8 @@ class AdminFront:
                         f"other partition: {e.message}; register {request.uri} again",
                     ),
                 )
-            # With `check`, each partition replayed its own journals.
-            for answer in answers:
-                deployment.checked_journals += admin_pb2.Deployment.FromString(
-                    answer
-                ).checked_journals
-            return deployment.SerializeToString()
-        return first
+        deployment.checked_journals = checked
+        return deployment.SerializeToString()
 
     async def RemoveDeployment(self, body: bytes, context: Context) -> bytes:
         request = await _parse(context, admin_pb2.RemoveDeploymentRequest, body)

@@ -66,7 +66,7 @@ class Worker:
                 tls_cert=None,
                 tls_key=None,
                 console=None,
-                metrics=None,
+                metrics=address.metrics or None,
             )
             self.brokers[partition] = Broker(
                 own, placement=Placement(partition, directory.count), transport=self._deliver

@@ -44,8 +44,18 @@ SERVICERS: dict[str, Any] = {
     "playground.Signup": playground.Signup,
 }
 
+# Once on the single broker and once over two workers (the admin front routes exports by
+# id and asks every partition to check before any registers).
 pytestmark = pytest.mark.parametrize(
-    "cluster", [{"suspend_after": "1s", "services": (PLAYGROUND,)}], indirect=True
+    "cluster",
+    [
+        pytest.param({"suspend_after": "1s", "services": (PLAYGROUND,)}, id="single"),
+        pytest.param(
+            {"suspend_after": "1s", "services": (PLAYGROUND,), "broker_args": ["--workers", "2"]},
+            id="workers-2",
+        ),
+    ],
+    indirect=True,
 )
 
 
