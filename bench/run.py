@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -33,7 +34,11 @@ from bench.procs import (
 
 DEFAULT_JSON = Path(".data/bench/results.json")
 WORK_ROOT = Path(".data/bench")
-ALL_SCENARIOS = ("direct", "trivial", "saga", "journal")
+ALL_SCENARIOS = ("direct", "trivial", "keyed", "saga", "journal")
+# The keyed scenario spreads its calls over this many virtual-object keys, round robin: few
+# enough that every key carries state after the warm-up, many enough that 64 clients rarely
+# queue behind one another on a key.
+KEYED_KEYS = 1024
 CALL_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 30.0
 # Large enough for any payload the flags allow; the broker enforces its own limit.
@@ -96,6 +101,24 @@ def _echo(payload: bytes, via_broker: bool) -> Callable[[grpc.aio.Channel, grpc.
     return make
 
 
+def keyed_key(n: int) -> str:
+    """The key of the `n`th call of the keyed scenario (shared with the peer benchmark)."""
+    return f"k{n % KEYED_KEYS}"
+
+
+def _keyed(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
+    stub = benchsvc_pb2_grpc.CounterStub(ingress)
+    calls = itertools.count()
+
+    async def call(timeout: float) -> None:
+        request = benchsvc_pb2.AddRequest(key=keyed_key(next(calls)), delta=1)
+        response = await stub.Add(request, timeout=timeout)
+        if response.value < 1:
+            raise BadResponse(f"counter {request.key} went to {response.value}")
+
+    return call
+
+
 def _saga(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
     stub = trips_pb2_grpc.TripsStub(ingress)
     request = trips_pb2.ReserveTripRequest(
@@ -133,6 +156,8 @@ def scenarios(names: list[str], payload: bytes, journal_steps: list[int]) -> lis
         out.append(Scenario("direct", False, 0, 0, _echo(payload, via_broker=False)))
     if "trivial" in names:
         out.append(Scenario("trivial", True, 1, 0, _echo(payload, via_broker=True)))
+    if "keyed" in names:
+        out.append(Scenario("keyed", True, 1, 0, _keyed))
     if "saga" in names:
         out.append(Scenario("saga", True, 6, 0, _saga))
     if "journal" in names:
@@ -217,7 +242,7 @@ class Addresses:
 def start(cluster: Cluster, args: argparse.Namespace, names: list[str]) -> Addresses:
     """Starts the broker and the services the scenarios need, readies and registers them."""
     services: list[str] = []
-    if "trivial" in names or "journal" in names:
+    if {"trivial", "keyed", "journal"} & set(names):
         services.append("bench")
     if "saga" in names:
         services.extend(DEMO_SERVICES)
