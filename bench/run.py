@@ -190,6 +190,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Throughput, latency and CPU of the broker against a plain gRPC floor.",
+        epilog="python -m bench --peer restate [--help]: the same scenarios side by side "
+        "with Restate (bench.peer).",
     )
     p.add_argument(
         "--scenarios",
@@ -212,6 +214,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size (default 64)")
     p.add_argument("--no-fsync", action="store_true", help="run the broker with --no-fsync")
+    p.add_argument(
+        "--broker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to the broker (repeatable; e.g. --broker-arg=--max-concurrency=0)",
+    )
     p.add_argument(
         "--suspend-after", default="1s", help="the broker's --suspend-after (default 1s)"
     )
@@ -262,6 +271,7 @@ def start(cluster: Cluster, args: argparse.Namespace, names: list[str]) -> Addre
     ]  # fmt: skip
     if args.no_fsync:
         broker_args.append("--no-fsync")
+    broker_args += args.broker_arg
     if broker_supports("--metrics"):
         broker_args += ["--metrics", metrics]
         cluster.metrics_address, cluster.metric_names = metrics, BROKER_METRICS
@@ -335,6 +345,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings in force, as printed and written to JSON."""
     return {
         "fsync": not args.no_fsync,
+        "broker_args": args.broker_arg,
         "suspend_after": args.suspend_after,
         "group_commit": "broker default (adaptive: one fsync per group of queued batches)",
         "payload_bytes": args.payload_bytes,
