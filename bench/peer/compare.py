@@ -300,14 +300,16 @@ def cost_table(table_rows: Sequence[Row]) -> str:
     return _table(header, body)
 
 
-def render(measured: Sequence[Measured], settings: dict[str, Any]) -> str:
-    """Everything printed after a comparison run."""
+def render(measured: Sequence[Measured], settings: dict[str, Any], partial: bool = False) -> str:
+    """Everything printed after a comparison run (`partial`: it did not finish)."""
     table_rows = rows(measured)
     runs = max((m.run for m in measured), default=0)
+    title = "Side by side: this broker against Restate, one run on this machine"
+    if partial:
+        title += " (PARTIAL: the run did not finish)"
     return "\n\n".join(
         [
-            "Side by side: this broker against Restate, one run on this machine\n"
-            + "\n".join(f"  {k}: {v}" for k, v in settings.items()),
+            title + "\n" + "\n".join(f"  {k}: {v}" for k, v in settings.items()),
             f"Medians over {runs} run(s) per side, alternating ours/Restate. thr ours/R = our "
             "calls/s / Restate's;\np50 R/ours and p99 R/ours = Restate's latency / ours "
             "(above 1.00x: we are faster). The targets are\nissue 15's (informational): "

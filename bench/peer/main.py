@@ -270,6 +270,7 @@ def inside(args: argparse.Namespace) -> int:
             for side in (OURS, PEER):
                 measured += _side(args, side, run, workdir)
     except KeyboardInterrupt:
+        print("\ninterrupted; all processes stopped", file=sys.stderr)
         code = 130
     except BenchError as e:
         print(f"bench-peer failed: {e}", file=sys.stderr)
@@ -279,11 +280,13 @@ def inside(args: argparse.Namespace) -> int:
             print(f"data and logs kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
-    if measured:
+    # Only points measured on both sides make a row: a run cut short may have none.
+    if compare.rows(measured):
         print()
-        print(compare.render(measured, the_settings))
+        print(compare.render(measured, the_settings, partial=code != 0))
+        results = {"complete": code == 0, **to_json(measured, the_settings)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(to_json(measured, the_settings), indent=1) + "\n")
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
         print(f"\nresults written to {args.json}")
     print(f"total elapsed {time.monotonic() - started:.0f} s")
     return code
