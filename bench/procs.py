@@ -68,6 +68,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of `pid` (a broker's worker processes), from /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and of its live descendants."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in descendants(pid))
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds all CPUs spent busy (not idle, not waiting on I/O) so far, from /proc/stat."""
     try:
@@ -256,7 +282,8 @@ class Cluster:
         machine = machine_busy_seconds()
         totals: dict[str, float] = {"client": cpu_seconds(os.getpid())}
         for p in self.procs:
-            totals[p.role] = totals.get(p.role, 0.0) + cpu_seconds(p.pid)
+            # The broker's workers are its children: their time is the broker's.
+            totals[p.role] = totals.get(p.role, 0.0) + tree_cpu_seconds(p.pid)
         totals["other"] = machine - sum(totals.values())
         return totals
 
@@ -266,6 +293,14 @@ class Cluster:
         if self.metrics_address is not None:
             totals.update(scrape_metrics(self.metrics_address, self.metric_names))
         return totals
+
+    def reset(self, workdir: Path) -> None:
+        """Forgets the stopped processes; the next ones log and keep data in `workdir`."""
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.procs = []
+        self.metrics_address = None
+        self.metric_names = ()
 
     def stop(self) -> None:
         """Stops every live child (SIGTERM unless it asked for another signal), newest first,

@@ -320,6 +320,25 @@ def targets_section(points: Sequence[Point]) -> str:
     )
 
 
+def workers_section(points: Sequence[Point]) -> str:
+    """Each `scenario/wN` point against the same scenario and concurrency in the first
+    broker measured (the single process, by default)."""
+    rows = []
+    for p in points:
+        name, _, workers = p.scenario.name.partition("/w")
+        base = _find(points, name, p.concurrency) if workers else None
+        if base is None:
+            continue
+        thr = p.window.throughput / base.window.throughput if base.window.throughput else 0.0
+        p50 = p.window.percentile(0.5) / base.window.percentile(0.5)
+        cpu = _per_call_ms(p, "broker") / _per_call_ms(base, "broker")
+        rows.append([name, workers, str(p.concurrency), _ratio(thr), _ratio(p50), _ratio(cpu)])
+    if not rows:
+        return ""
+    header = ["scenario", "workers", "conc", "calls/s vs first", "p50 vs first", "broker CPU/call"]
+    return "Workers, against the first broker measured (same run):\n" + _table(header, rows)
+
+
 def _errors(points: Sequence[Point]) -> str:
     lines = []
     for p in points:
@@ -363,6 +382,7 @@ def render(points: Sequence[Point], settings: dict[str, Any], partial: bool = Fa
         contention_warning(points),
         journal_table(points),
         commit_table(points),
+        workers_section(points),
         _errors(points),
         reference_section(points),
         targets_section(points),

@@ -106,12 +106,15 @@ def keyed_key(n: int) -> str:
     return f"k{n % KEYED_KEYS}"
 
 
+# One sequence for every connection's calls: each key is in flight on one of them at a time.
+_keyed_calls = itertools.count()
+
+
 def _keyed(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
     stub = benchsvc_pb2_grpc.CounterStub(ingress)
-    calls = itertools.count()
 
     async def call(timeout: float) -> None:
-        request = benchsvc_pb2.AddRequest(key=keyed_key(next(calls)), delta=1)
+        request = benchsvc_pb2.AddRequest(key=keyed_key(next(_keyed_calls)), delta=1)
         response = await stub.Add(request, timeout=timeout)
         if response.value < 1:
             raise BadResponse(f"counter {request.key} went to {response.value}")
@@ -212,6 +215,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=[10, 100],
         help="ctx.run steps per call in the journal scenario (default 10,100)",
     )
+    p.add_argument(
+        "--workers",
+        type=_int_list,
+        default=[0, 2],
+        help="broker processes to measure, each in turn on a fresh data dir: 0 is the "
+        "single embedded process, N>0 runs --workers N; ratios are against the first "
+        "(default 0,2)",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=4,
+        help="client connections the calls are spread over (default 4): one connection "
+        "reaches one worker of --workers",
+    )
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size (default 64)")
     p.add_argument("--no-fsync", action="store_true", help="run the broker with --no-fsync")
     p.add_argument(
@@ -234,6 +252,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--keep", action="store_true", help="keep the run's data and logs under .data/bench"
     )
     args = p.parse_args(argv)
+    if any(w < 0 for w in args.workers) or args.connections < 1:
+        p.error("--workers must not be negative, --connections at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.payload_bytes < 0:
         p.error("--duration must be positive, --warmup and --payload-bytes not negative")
     return args
@@ -248,8 +268,11 @@ class Addresses:
     direct: str
 
 
-def start(cluster: Cluster, args: argparse.Namespace, names: list[str]) -> Addresses:
-    """Starts the broker and the services the scenarios need, readies and registers them."""
+def start(
+    cluster: Cluster, args: argparse.Namespace, names: list[str], workers: int = 0
+) -> Addresses:
+    """Starts the broker (`workers` > 0: over that many processes) and the services the
+    scenarios need, readies and registers them."""
     services: list[str] = []
     if {"trivial", "keyed", "journal"} & set(names):
         services.append("bench")
@@ -271,6 +294,8 @@ def start(cluster: Cluster, args: argparse.Namespace, names: list[str]) -> Addre
     ]  # fmt: skip
     if args.no_fsync:
         broker_args.append("--no-fsync")
+    if workers:
+        broker_args += ["--workers", str(workers)]
     broker_args += args.broker_arg
     if broker_supports("--metrics"):
         broker_args += ["--metrics", metrics]
@@ -309,36 +334,69 @@ async def measure(
     points: list[Point],
 ) -> None:
     """Measures every scenario at every concurrency, appending to `points` as it goes."""
-    async with (
-        grpc.aio.insecure_channel(addresses.ingress, options=CHANNEL_OPTIONS) as ingress,
-        grpc.aio.insecure_channel(addresses.direct, options=CHANNEL_OPTIONS) as direct,
-    ):
-        calls = {s.name: s.make(ingress, direct) for s in plan}
-        # One call of each first: a scenario that cannot work fails the run at once.
-        for s in plan:
-            try:
-                await calls[s.name](CALL_TIMEOUT_S)
-            except (grpc.aio.AioRpcError, BadResponse) as e:
-                detail = (
-                    f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else e
-                )
-                raise BenchError(f"scenario {s.name}: the first call failed: {detail}") from e
-        for s in plan:
-            for concurrency in args.concurrency:
-                cluster.check_alive()
-                window = await closed_loop(
-                    calls[s.name],
-                    concurrency=concurrency,
-                    warmup=args.warmup,
-                    duration=args.duration,
-                    probe=cluster.probe,
-                    call_timeout=CALL_TIMEOUT_S,
-                    drain_timeout=DRAIN_TIMEOUT_S,
-                )
-                point = Point(s, concurrency, window)
-                points.append(point)
-                print(report.progress_line(point), file=sys.stderr, flush=True)
-        cluster.check_alive()
+    # Separate connections (a subchannel pool of their own each), so that SO_REUSEPORT
+    # can spread them over a broker's workers, as it spreads many clients.
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    ingresses = [
+        grpc.aio.insecure_channel(addresses.ingress, options=options)
+        for _ in range(args.connections)
+    ]
+    directs = [
+        grpc.aio.insecure_channel(addresses.direct, options=options)
+        for _ in range(args.connections)
+    ]
+    try:
+        calls = {
+            s.name: _spread([s.make(i, d) for i, d in zip(ingresses, directs, strict=True)])
+            for s in plan
+        }
+        await _measure(cluster, plan, calls, args, points)
+    finally:
+        for channel in (*ingresses, *directs):
+            await channel.close(None)
+
+
+def _spread(calls: list[Call]) -> Call:
+    """One call function taking turns over several connections' calls."""
+    turns = itertools.cycle(calls)
+
+    async def call(timeout: float) -> None:
+        await next(turns)(timeout)
+
+    return call
+
+
+async def _measure(
+    cluster: Cluster,
+    plan: list[Scenario],
+    calls: dict[str, Call],
+    args: argparse.Namespace,
+    points: list[Point],
+) -> None:
+    """Runs the first call of each scenario, then every window."""
+    # One call of each first: a scenario that cannot work fails the run at once.
+    for s in plan:
+        try:
+            await calls[s.name](CALL_TIMEOUT_S)
+        except (grpc.aio.AioRpcError, BadResponse) as e:
+            detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else e
+            raise BenchError(f"scenario {s.name}: the first call failed: {detail}") from e
+    for s in plan:
+        for concurrency in args.concurrency:
+            cluster.check_alive()
+            window = await closed_loop(
+                calls[s.name],
+                concurrency=concurrency,
+                warmup=args.warmup,
+                duration=args.duration,
+                probe=cluster.probe,
+                call_timeout=CALL_TIMEOUT_S,
+                drain_timeout=DRAIN_TIMEOUT_S,
+            )
+            point = Point(s, concurrency, window)
+            points.append(point)
+            print(report.progress_line(point), file=sys.stderr, flush=True)
+    cluster.check_alive()
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -353,6 +411,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "concurrency": args.concurrency,
         "journal_steps": args.journal_steps,
+        "workers": args.workers,
+        "connections": args.connections,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "grpcio": grpc.__version__,
@@ -377,9 +437,24 @@ def main(argv: list[str] | None = None) -> int:
     print(report.settings_line(the_settings), flush=True)
     try:
         with Cluster(workdir) as cluster:
-            addresses = start(cluster, args, args.scenarios)
-            print(f"processes ready after {time.monotonic() - started:.1f} s", flush=True)
-            wire.run(measure(cluster, addresses, plan, args, points))
+            for n, workers in enumerate(args.workers):
+                # The floor needs measuring once; later runs are labelled by their workers.
+                names = [s for s in args.scenarios if n == 0 or s != "direct"]
+                runs = [
+                    s if n == 0 else dataclasses.replace(s, name=f"{s.name}/w{workers}")
+                    for s in plan
+                    if s.name in names
+                ]
+                if n:
+                    cluster.stop()
+                    cluster.reset(workdir / f"w{workers}")
+                addresses = start(cluster, args, names, workers)
+                label = f"--workers {workers}" if workers else "one process"
+                print(
+                    f"broker ({label}) ready after {time.monotonic() - started:.1f} s",
+                    flush=True,
+                )
+                wire.run(measure(cluster, addresses, runs, args, points))
     except (KeyboardInterrupt, Interrupted) as e:
         print(f"\ninterrupted ({type(e).__name__}); all processes stopped", file=sys.stderr)
         code = 130

@@ -23,8 +23,17 @@ from durable.v1 import (
     journal_pb2,
 )
 
-from . import admin_limits, admin_query, codes, endpoint_uri, registration, rendering
+from . import (
+    admin_limits,
+    admin_query,
+    codes,
+    deploy_check,
+    endpoint_uri,
+    registration,
+    rendering,
+)
 from . import registry as reg
+from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
 from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
@@ -40,7 +49,7 @@ log = logging.getLogger("broker.admin")
 Status = invocation_pb2.InvocationStatus
 
 
-class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
+class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     """Implements `durable.v1.Admin`."""
 
     def __init__(self, driver: Driver, registry: reg.Registry) -> None:
@@ -63,7 +72,7 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.Deployment:
         try:
-            record = await self._register(request.uri)
+            record, checked = await self._register(request.uri, check=request.check)
         except registration.Refused as e:
             await context.abort(e.code, e.message)
             raise AssertionError("unreachable") from None
@@ -77,16 +86,29 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
             raise AssertionError("unreachable") from None
         # The new deployment may declare other limits: let waiting invocations through.
         self._driver.apply(self._partition.on_limits_due)
-        return _deployment(record)
+        answer = _deployment(record)
+        answer.checked_journals = checked
+        return answer
 
-    async def _register(self, raw_uri: str) -> reg.Deployment:
-        """Discovers, checks and durably registers the endpoint at `raw_uri`.
+    async def _register(self, raw_uri: str, check: bool = False) -> tuple[reg.Deployment, int]:
+        """Discovers, checks and durably registers the endpoint at `raw_uri`; with
+        `check`, only once recorded journals replay against it (`broker.deploy_check`).
+        Returns the deployment and how many journals the check replayed.
 
         Raises:
-            registration.Refused: with the status to answer (see `broker.registration`).
+            registration.Refused: with the status to answer (see `broker.registration`);
+                FAILED_PRECONDITION listing the divergences a check found.
         """
         uri = registration.canonical_uri(raw_uri)
         discovered = await registration.discover(self._invoker, uri)
+        checked = 0
+        if check:
+            report = await deploy_check.check(
+                self._invoker, uri, self._partition, self.completed_index, discovered.services
+            )
+            if report.divergences:
+                raise registration.Refused(grpc.StatusCode.FAILED_PRECONDITION, report.refusal(uri))
+            checked = report.checked
         # One registration or removal at a time: two of the same URI must not both
         # decide that it is new.
         async with self._deployments_lock:
@@ -131,7 +153,7 @@ class AdminServicer(ScheduleAdmin, admin_pb2_grpc.AdminServicer):
         if retired:
             self._retry_pinned(record.id)
         log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
-        return record
+        return record, checked
 
     def _retry_pinned(self, deployment_id: str) -> None:
         """Retries now the invocations that backed off while their deployment was gone,

@@ -31,7 +31,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, journal_pb2
 from google.protobuf.message import Message
 
 from broker import _cli_format as fmt
-from broker import _cli_limits
+from broker import _cli_limits, _cli_replay
 from broker import _cli_schedules as sched
 
 DEFAULT_ADMIN = "127.0.0.1:9091"
@@ -217,14 +217,6 @@ JsonOutput = Message | dict[str, Any]
 
 # A verb handler makes its admin calls and returns the --json output and the human one.
 Handler = Callable[[Any, argparse.Namespace, float], tuple[JsonOutput, str]]
-
-
-def _register_deployment(
-    stub: Any, args: argparse.Namespace, timeout: float
-) -> tuple[JsonOutput, str]:
-    req = admin_pb2.RegisterDeploymentRequest(uri=args.uri)
-    resp: admin_pb2.Deployment = stub.RegisterDeployment(req, timeout=timeout)
-    return resp, fmt.format_deployment(resp)
 
 
 def _list_deployments(
@@ -422,13 +414,21 @@ _VERBS = (
         "register",
         "register a service endpoint (again: refresh its services; after a removal: take "
         "back its old id, resuming the invocations still pinned to it)",
-        _register_deployment,
+        _cli_replay.register,
         (
             _arg(
                 "uri",
                 help="the endpoint's address, e.g. http://127.0.0.1:9101 (also 127.0.0.1:9101 "
                 "or dns:///127.0.0.1:9101: one endpoint, one deployment, shown as "
                 "http://HOST:PORT)",
+            ),
+            _arg(
+                "--check",
+                action="store_true",
+                help="first replay against it, without side effects, the journals of the "
+                "in-flight and up to 20 recently completed invocations of each service it "
+                "hosts; refuse (FAILED_PRECONDITION, nothing registered) listing every "
+                "divergence: invocation, entry index, recorded and new command",
             ),
         ),
     ),
@@ -519,6 +519,14 @@ _VERBS = (
                 help="show requests, results and outputs as bytes (hex), not as JSON",
             ),
         ),
+    ),
+    _Verb(
+        "invocations",
+        "export",
+        "print an invocation's journal as self-describing JSON (record, entries, the "
+        "deployment's descriptors), for durable.testing.replay",
+        _cli_replay.export,
+        (_INVOCATION_ID,),
     ),
     _Verb(
         "invocations",

@@ -227,6 +227,25 @@ class Settings:
         help="Jaeger UI base URL, e.g. http://127.0.0.1:16686: the console links traces",
     )
 
+    # Partitions over processes on one machine; None runs the one embedded process.
+    workers: int | None = _setting(
+        None,
+        "--workers",
+        "BROKER_WORKERS",
+        parse=int,
+        help="run the partitions over N worker processes on this machine (same ingress, "
+        "admin and data dir for clients); without it one process serves everything",
+    )
+    # Fixed when a --workers data dir is created; None: the recorded count, else one
+    # per worker.
+    partitions: int | None = _setting(
+        None,
+        "--partitions",
+        "BROKER_PARTITIONS",
+        parse=int,
+        help="partitions of a new --workers data dir (fixed once created; default: one per worker)",
+    )
+
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""
         return min(self.retry_initial * self.retry_factor ** max(attempts - 1, 0), self.retry_max)

@@ -19,6 +19,7 @@ from typing import ParamSpec, TypeVar
 
 from .clock import WALL, Clock, Handle
 from .clock import now_ms as clock_ms
+from .cluster.shipper import Shipper, Transport
 from .config import Settings
 from .core import actions
 from .core.events import AttemptEvent
@@ -45,6 +46,7 @@ class Driver:
         settings: fsync, limits and the invoker's settings.
         observe: Told (batches, fsync seconds) after each group commit.
         clock: Where timers and retries wait (the wall, or a test's virtual clock).
+        transport: Delivers outbox messages to other partitions (None: there are none).
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class Driver:
         settings: Settings,
         observe: Callable[[int, float], None] | None = None,
         clock: Clock = WALL,
+        transport: Transport | None = None,
     ) -> None:
         self.partition = partition
         self.clock = clock
@@ -80,6 +83,16 @@ class Driver:
         # The one pending wake-up for rate-limited queues: (due ms, handle).
         self._limits_wake: tuple[int, Handle] | None = None
         self._waiters: dict[str, list[asyncio.Future[Result]]] = {}
+        self.shipper = (
+            None
+            if transport is None
+            else Shipper(
+                partition.outbox,
+                partition.placement.me,
+                transport,
+                self._outbox_acknowledged,
+            )
+        )
 
     def now_ms(self) -> int:
         """The driver's clock (the wall, or a test's virtual one), in ms since the epoch."""
@@ -109,6 +122,9 @@ class Driver:
     def on_attempt(self, invocation_id: str, attempt: int, event: AttemptEvent) -> str | None:
         """What an endpoint did in an attempt (the invoker's report)."""
         return self.apply(self.partition.on_attempt, invocation_id, attempt, event)
+
+    def _outbox_acknowledged(self, destination: int, seq: int) -> None:
+        self.apply(self.partition.outbox_acknowledged, destination, seq)
 
     def on_timer(self, due_ms: int, invocation_id: str, entry_index: int) -> None:
         """A durable timer is due."""
@@ -225,6 +241,10 @@ class Driver:
                     self.partition.waits.promise_written(service, key, name)
                 case actions.Evict(invocation_id, version):
                     self.partition.evict(invocation_id, version)
+                case actions.Ship(destination, seq):
+                    if self.shipper is None:
+                        raise RuntimeError("an outbox message with no other partition to go to")
+                    self.shipper.durable(destination, seq)
                 case _:
                     raise TypeError(f"unknown action {action!r}")
 
@@ -264,4 +284,6 @@ class Driver:
         await self.timers.stop()
         await self.schedule_timers.stop()
         await self.invoker.close()
+        if self.shipper is not None:
+            await self.shipper.close()
         await self.committer.drain()

@@ -9,7 +9,8 @@ Every way a registration can fail maps to a status a person can act on:
   FAILED_PRECONDITION  something answers there but breaks the protocol: it does not
                        serve Discover, its answer does not parse, names no services,
                        speaks another protocol version, or sends descriptors that do
-                       not build
+                       not build; with `check`, recorded journals do not replay on it
+                       (every divergence listed, see `broker.deploy_check`)
 """
 
 from __future__ import annotations

@@ -7,13 +7,16 @@ import functools
 import logging
 
 import grpc
-from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2, ingress_pb2_grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, cluster_pb2_grpc, ingress_pb2, ingress_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from . import endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .clock import WALL, Clock, now_ms
+from .cluster.deliver import DeliverServicer
+from .cluster.placement import Placement
+from .cluster.shipper import Transport
 from .config import Settings
 from .console import Console, start_console
 from .core.partition import Partition
@@ -29,6 +32,51 @@ _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 INGRESS_SERVICE = ingress_pb2.DESCRIPTOR.services_by_name["Ingress"].full_name
 
 
+def server_options(max_payload: int, reuse_port: bool = False) -> list[tuple[str, int]]:
+    """gRPC server options: the payload limit, and whether the port may be shared (by
+    the workers of one broker; otherwise a second broker on the port must fail)."""
+    return [
+        ("grpc.max_receive_message_length", max_payload),
+        ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ("grpc.so_reuseport", int(reuse_port)),
+    ]
+
+
+async def add_health(server: grpc.aio.Server) -> None:
+    """grpc.health.v1, serving."""
+    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+
+
+async def ingress_server(
+    max_payload: int, registry: Registry, reuse_port: bool = False
+) -> grpc.aio.Server:
+    """An ingress server with health and reflection over the registered services; the
+    caller adds the ingress's own handlers."""
+    server = grpc.aio.server(
+        options=server_options(max_payload, reuse_port), interceptors=[StorageErrors()]
+    )
+    await add_health(server)
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                reflection.SERVICE_NAME,
+                {
+                    "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                        DynamicReflection(
+                            registry, extra=(INGRESS_SERVICE, _HEALTH, reflection.SERVICE_NAME)
+                        ).ServerReflectionInfo,
+                        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    return server
+
+
 class Broker:
     """A running broker.
 
@@ -36,9 +84,17 @@ class Broker:
         settings: Addresses (port 0 picks a free one), storage and timing settings.
         clock: Where durable time is read and waited on: the wall clock, or a test
             environment's `clock.VirtualClock` (time skipping).
+        placement: This partition among others (`--workers`); default: the only one.
+        transport: Delivers cross-partition messages (with `placement`).
     """
 
-    def __init__(self, settings: Settings, clock: Clock = WALL) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock = WALL,
+        placement: Placement | None = None,
+        transport: Transport | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
         self.kv = open_kv(settings.data_dir, settings.accept_data_loss)
@@ -48,12 +104,18 @@ class Broker:
             self.registry,
             settings,
             # The wall clock as the partition always read it; any other through the clock.
+            placement=placement,
             **({} if clock is WALL else {"now": functools.partial(now_ms, clock)}),
         )
         self.metrics = self.partition.metrics
         self._metrics_server: asyncio.Server | None = None
         self.driver = Driver(
-            self.partition, self.kv, settings, observe=self._observe_commit, clock=clock
+            self.partition,
+            self.kv,
+            settings,
+            observe=self._observe_commit,
+            clock=clock,
+            transport=transport,
         )
         self.committer = self.driver.committer
         self.ingress_port = 0
@@ -75,34 +137,14 @@ class Broker:
             except ValueError as e:
                 log.error("stored deployment %s no longer loads: %s", record.id, e)
         self.driver.start()
-        options = [
-            ("grpc.max_receive_message_length", self.settings.max_payload_bytes),
-            ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ("grpc.so_reuseport", 0),
-        ]
-        ingress = grpc.aio.server(options=options, interceptors=[StorageErrors()])
-        await self._add_health(ingress)
-        ingress.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    reflection.SERVICE_NAME,
-                    {
-                        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                            DynamicReflection(
-                                self.registry,
-                                extra=(INGRESS_SERVICE, _HEALTH, reflection.SERVICE_NAME),
-                            ).ServerReflectionInfo,
-                            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-                        )
-                    },
-                ),
-            )
-        )
-        ingress_pb2_grpc.add_IngressServicer_to_server(IngressServicer(self.driver), ingress)
-        ingress.add_generic_rpc_handlers(
-            (IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes),)
-        )
+        options = server_options(self.settings.max_payload_bytes)
+        ingress = await ingress_server(self.settings.max_payload_bytes, self.registry)
+        self.ingress_servicer = IngressServicer(self.driver)
+        ingress_pb2_grpc.add_IngressServicer_to_server(self.ingress_servicer, ingress)
+        if not self.partition.placement.single:
+            cluster_pb2_grpc.add_PartitionsServicer_to_server(DeliverServicer(self.driver), ingress)
+        self.router = IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes)
+        ingress.add_generic_rpc_handlers((self.router,))
         self.ingress_port = self._bind(ingress, self.settings.ingress)
         interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
             [security.TokenInterceptor(self.settings.admin_token)]
@@ -111,7 +153,7 @@ class Broker:
         )
         interceptors.append(StorageErrors())
         admin = grpc.aio.server(options=options, interceptors=interceptors)
-        await self._add_health(admin)
+        await add_health(admin)
         self.admin_servicer = AdminServicer(self.driver, self.registry)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_servicer, admin)
         reflection.enable_server_reflection(
@@ -180,11 +222,6 @@ class Broker:
         self.metrics.batch_size.observe(batches)
         if self.settings.fsync:
             self.metrics.fsync_seconds.observe(sync_seconds)
-
-    async def _add_health(self, server: grpc.aio.Server) -> None:
-        servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
 
     async def _purge_loop(self) -> None:
         failing = False

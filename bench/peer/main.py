@@ -31,7 +31,7 @@ from bench.peer import compare
 from bench.peer.compare import OURS, PEER, Measured
 from bench.peer.install import ensure_installed
 from bench.peer.restate_run import SETTINGS as PEER_SETTINGS
-from bench.procs import ROOT, BenchError, broker_supports
+from bench.procs import ROOT, BenchError
 
 SCENARIOS = ("trivial", "keyed", "saga")
 DEFAULT_JSON = Path(".data/bench/peer-results.json")
@@ -83,16 +83,30 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=1, help="runs per side, alternating (1)")
     p.add_argument("--payload-bytes", type=int, default=64, help="trivial's payload (64)")
     p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="our broker's --workers (default 0: one process, the broker's default)",
+    )
+    p.add_argument(
+        "--connections",
+        type=int,
+        default=4,
+        help="gRPC connections our calls are spread over, as in make bench (default 4)",
+    )
+    p.add_argument(
         "--broker-arg",
         action="append",
         default=[],
         metavar="ARG",
-        help="pass ARG to our broker (repeatable; e.g. --broker-arg=--workers=2)",
+        help="pass ARG to our broker (repeatable)",
     )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"results ({DEFAULT_JSON})")
     p.add_argument("--keep", action="store_true", help="keep data and logs under .data/bench")
     p.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.workers < 0 or args.connections < 1:
+        p.error("--workers must not be negative, --connections at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.payload_bytes < 0 or args.repeat < 1:
         p.error(
             "--duration and --repeat must be positive, --warmup and --payload-bytes not negative"
@@ -174,9 +188,11 @@ def settings(args: argparse.Namespace, peer_versions: dict[str, str]) -> dict[st
     """What was compared, under which conditions: printed above the table and kept."""
     import grpc
 
-    workers = next((a for a in args.broker_arg if a.startswith("--workers")), None)
-    if workers is None:
-        workers = "broker default" if broker_supports("--workers") else "1 (one broker process)"
+    workers = (
+        f"{args.workers} (--workers {args.workers})"
+        if args.workers
+        else "0 (one broker process, its default)"
+    )
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "machine": _machine(),
@@ -185,7 +201,7 @@ def settings(args: argparse.Namespace, peer_versions: dict[str, str]) -> dict[st
             f"fsync on, workers {workers}, suspend-after 1s, group commit default, "
             f"payload {args.payload_bytes} B (protobuf; Restate: the same bytes base64 in "
             f"JSON), grpcio {grpc.__version__}, Python {platform.python_version()}, uvloop; "
-            "load over gRPC (grpc.aio, one channel)"
+            f"load over gRPC (grpc.aio, {args.connections} connections)"
             + (f"; broker args {' '.join(args.broker_arg)}" if args.broker_arg else "")
         ),
         "load": (
@@ -211,6 +227,8 @@ def _side(args: argparse.Namespace, side: str, run: int, workdir: Path) -> list[
         "--duration", str(args.duration),
         "--warmup", str(args.warmup),
         "--payload-bytes", str(args.payload_bytes),
+        "--workers", str(args.workers),
+        "--connections", str(args.connections),
         *(f"--broker-arg={a}" for a in args.broker_arg),
     ]  # fmt: skip
     print(f"run {run}/{args.repeat}: {side}", file=sys.stderr, flush=True)

@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, required=True)
     p.add_argument("--warmup", type=float, required=True)
     p.add_argument("--payload-bytes", type=int, required=True)
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--connections", type=int, required=True)
     p.add_argument("--broker-arg", action="append", default=[])
     args = p.parse_args(argv)
     args.scenarios = args.scenarios.split(",")
@@ -56,11 +58,12 @@ def _ours(args: argparse.Namespace) -> list[Measured]:
         concurrency=args.concurrency,
         warmup=args.warmup,
         duration=args.duration,
+        connections=args.connections,
     )
     plan = ours.scenarios(args.scenarios, os.urandom(args.payload_bytes), [])
     points: list[ours.Point] = []
     with Cluster(args.workdir) as cluster:
-        addresses = ours.start(cluster, run_args, args.scenarios)
+        addresses = ours.start(cluster, run_args, args.scenarios, args.workers)
         wire.run(ours.measure(cluster, addresses, plan, run_args, points))
     return [
         Measured.from_window(

@@ -146,3 +146,14 @@ Action = (
     | PromiseWritten
     | Evict
 )
+
+
+# ---- For the outbox
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ship:
+    """Messages to `destination` up to `seq` are durable: deliver them."""
+
+    destination: int
+    seq: int

@@ -82,9 +82,12 @@ def apply(p: PartitionOps, batch: Batch, live: Live, index: int, entry: Entry) -
     elif kind in ("get_promise", "peek_promise", "complete_promise"):
         return _promise(p, batch, live, index, entry)
     elif kind == "attach":
-        return p.waits.attach(live, index, entry.attach.invocation_id)
+        return p.waits.attach(batch, (live.id, index), entry.attach.invocation_id)
     elif kind == "get_output":
         target = entry.get_output.invocation_id
+        if not p.placement.local(target):
+            p.waits.get_output(batch, (live.id, index), target)
+            return None
         if target in p.live:
             return Result(empty=journal_pb2.Empty())
         done = p.completed(target)

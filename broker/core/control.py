@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from durable.v1 import cluster_pb2
+
 from ..codes import ABORTED, CANCELLED
 from ..storage import Batch, state
 from . import commands
@@ -34,12 +36,23 @@ def cancel(p: PartitionOps, invocation_id: str) -> Invocation:
     """
     live = _live(p, invocation_id)
     batch = Batch()
-    _cancel(p, batch, live)
+    cancel_in(p, batch, live)
     p.submit(batch)
     return live.record
 
 
-def _cancel(p: PartitionOps, batch: Batch, live: Live) -> None:
+def _to_child(p: PartitionOps, batch: Batch, child_id: str, kind: str) -> Live | None:
+    """The child if it lives here; else the cancel or kill goes to its partition."""
+    if p.placement.local(child_id):
+        return p.live.get(child_id)
+    message = cluster_pb2.OutboxMessage()
+    getattr(message, kind).invocation_id = child_id
+    p.outbox.to_owner(batch, child_id, message)
+    return None
+
+
+def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
+    """Cancels `live` (see `cancel`) in `batch`."""
     cancelled = failure(CANCELLED, "invocation cancelled")
     if live.record.status in (Status.PENDING, Status.QUEUED):
         # Never started: nothing to compensate.
@@ -52,9 +65,9 @@ def _cancel(p: PartitionOps, batch: Batch, live: Live) -> None:
         if kind not in commands.AWAITABLE or entry.HasField("result"):
             continue
         if kind == "call":
-            child = p.live.get(entry.call.invocation_id)
+            child = _to_child(p, batch, entry.call.invocation_id, "cancel")
             if child is not None:
-                _cancel(p, batch, child)
+                cancel_in(p, batch, child)
         p.complete_entry(batch, live, index, cancelled)
         delivered = True
     if not delivered:
@@ -66,17 +79,18 @@ def kill(p: PartitionOps, invocation_id: str) -> Invocation:
     """Stops an invocation now, and the calls it waits on; no compensation runs."""
     live = _live(p, invocation_id)
     batch = Batch()
-    _kill(p, batch, live)
+    kill_in(p, batch, live)
     p.submit(batch)
     return live.record
 
 
-def _kill(p: PartitionOps, batch: Batch, live: Live) -> None:
+def kill_in(p: PartitionOps, batch: Batch, live: Live) -> None:
+    """Kills `live` (see `kill`) in `batch`."""
     for entry in live.journal:
         if entry.HasField("call") and not entry.HasField("result"):
-            child = p.live.get(entry.call.invocation_id)
+            child = _to_child(p, batch, entry.call.invocation_id, "kill")
             if child is not None:
-                _kill(p, batch, child)
+                kill_in(p, batch, child)
     p.abandon_attempt(batch, live, "killed")
     p.complete(batch, live, failure(ABORTED, "invocation killed"))
     p.save(batch, live)

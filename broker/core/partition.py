@@ -14,16 +14,17 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from durable.v1 import journal_pb2, protocol_pb2
+from durable.v1 import cluster_pb2, journal_pb2, protocol_pb2
 
 from .. import registry as reg
 from .. import tracing
+from ..cluster.placement import Placement
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage import Batch, idempotency, inbox, invocations, journal, state, timers
 from ..storage import limits as limit_table
 from ..storage.kv import KV
-from . import actions, attempts, limits, recovery, retries
+from . import actions, attempts, limits, messages, recovery, retries
 from .dedup import Dedup
 from .events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .locks import KeyLocks, Lock
@@ -36,9 +37,9 @@ from .model import (
     Status,
     UnknownInvocation,
     failure,
-    new_invocation_id,
     now_ms,
 )
+from .outbox import Outbox
 from .waits import Waits
 
 log = logging.getLogger("broker.core")
@@ -52,6 +53,7 @@ class Partition:
         registry: The deployed services.
         settings: Limits, retry and retention settings.
         now: Milliseconds since the epoch (a function only read, so this stays pure).
+        placement: This partition among the others (default: the only one).
     """
 
     def __init__(
@@ -60,8 +62,11 @@ class Partition:
         registry: reg.Registry,
         settings: Settings,
         now: Callable[[], int] = now_ms,
+        placement: Placement | None = None,
     ) -> None:
         self.kv = kv
+        self.placement = placement or Placement()
+        self.outbox = Outbox(kv, self.placement)
         # Read for every timestamp and due time: the wall clock, or a test's virtual one.
         self._now = now
         self.registry = registry
@@ -73,7 +78,9 @@ class Partition:
         # the partition's own by default; tests may replace it.
         self.clock: Callable[[], int] = now
         self.dedup = Dedup(kv, registry)
-        self.waits = Waits(kv, self.live, self.completed, self.complete_entry)
+        self.waits = Waits(
+            kv, self.live, self.completed, self.complete_entry, self.complete_waiter, self.outbox
+        )
         self.metrics = Metrics()
         # One bound method shared by every Live (a fresh one each would cost 64 bytes).
         self.journal_loader = self._load_journal
@@ -147,6 +154,21 @@ class Partition:
         Raises:
             IdempotencyConflict: the idempotency key was used with another request body.
         """
+        home = self.placement.home(service, method, key, idempotency_key)
+        if home is not None and home != self.placement.me:
+            # Fired here (a schedule) for a key or identity another partition owns: it
+            # finds or starts the invocation there.
+            return self._invoke_remote(
+                batch,
+                home,
+                service,
+                method,
+                key,
+                request,
+                traceparent,
+                idempotency_key=idempotency_key,
+                headers=headers,
+            )
         ident = self.dedup.identity(service, method, key, idempotency_key)
         bound = self.dedup.binding(ident) if ident is not None else None
         if bound is not None:
@@ -250,12 +272,13 @@ class Partition:
         traceparent: str = "",
         caller: tuple[str, int] | None = None,
         invoke_at_ms: int = 0,
+        invocation_id: str = "",
     ) -> Live:
         target = self.registry.service(service)
         handler = target.methods.get(method) if target else None
         now = self.now_ms()
         record = Invocation(
-            id=new_invocation_id(),
+            id=invocation_id or self.placement.new_id(),
             service=service,
             method=method,
             key=key,
@@ -475,27 +498,78 @@ class Partition:
 
     # ---- Journal commands with effects elsewhere
 
-    def _target(self, service: str, method: str, request: bytes) -> tuple[str, str | None]:
-        """The callee's key, and the running or retained invocation a workflow's run
-        handler already has for that key (a second submission joins it).
+    def _target(
+        self, service: str, method: str, request: bytes
+    ) -> tuple[str, str | None, int | None]:
+        """The callee's key; the running or retained invocation a workflow's run handler
+        already has for that key (a second submission joins it); and the partition the
+        callee lives in when that is another one (which then finds or starts it).
 
         Raises:
             registry.BadRequest: no such target, or the request lacks its key.
         """
         _, _, key = reg.resolve(self.registry, service, method, request)
+        home = self.placement.home(service, method, key, "")
+        if home is not None and home != self.placement.me:
+            return key, None, home
         ident = self.dedup.identity(service, method, key, "")
-        return key, self.dedup.find(ident) if ident is not None else None
+        return key, self.dedup.find(ident) if ident is not None else None, None
+
+    def _invoke_remote(
+        self,
+        batch: Batch,
+        home: int,
+        service: str,
+        method: str,
+        key: str,
+        request: bytes,
+        traceparent: str,
+        caller: tuple[str, int] | None = None,
+        invoke_at_ms: int = 0,
+        idempotency_key: str = "",
+        headers: dict[str, str] | None = None,
+    ) -> str:
+        """Starts an invocation in partition `home` through the outbox; returns its id
+        (which an identity already bound there replaces)."""
+        invocation_id = self.placement.new_id(home)
+        message = cluster_pb2.InvokeMessage(
+            invocation_id=invocation_id,
+            service=service,
+            method=method,
+            key=key,
+            request=request,
+            traceparent=traceparent,
+            invoke_at_ms=invoke_at_ms,
+            idempotency_key=idempotency_key,
+            headers=headers or {},
+        )
+        if caller is not None:
+            message.caller_id, message.caller_index = caller
+        self.outbox.send(batch, home, cluster_pb2.OutboxMessage(invoke=message))
+        return invocation_id
 
     def journal_call(self, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None:
         """Starts the callee of a call entry (or fails the entry if it cannot exist)."""
         call = entry.call
         try:
-            key, existing = self._target(call.service, call.method, call.request)
+            key, existing, home = self._target(call.service, call.method, call.request)
         except reg.BadRequest as e:
             return failure(e.code, e.message)
+        if home is not None:
+            call.invocation_id = self._invoke_remote(
+                batch,
+                home,
+                call.service,
+                call.method,
+                key,
+                call.request,
+                live.step_traceparent,
+                caller=(live.id, index),
+            )
+            return None
         if existing is not None:
             call.invocation_id = existing
-            return self.waits.attach(live, index, existing)
+            return self.waits.attach(batch, (live.id, index), existing)
         child = self._create(
             batch,
             service=call.service,
@@ -513,9 +587,21 @@ class Partition:
         """Starts (now or at its time) the target of a one-way send."""
         send = entry.send
         try:
-            key, existing = self._target(send.service, send.method, send.request)
+            key, existing, home = self._target(send.service, send.method, send.request)
         except reg.BadRequest as e:
             log.warning("invocation %s: one-way send dropped: %s", live.id, e.message)
+            return
+        if home is not None:
+            send.invocation_id = self._invoke_remote(
+                batch,
+                home,
+                send.service,
+                send.method,
+                key,
+                send.request,
+                live.step_traceparent,
+                invoke_at_ms=send.invoke_at_ms,
+            )
             return
         if existing is not None:
             send.invocation_id = existing
@@ -566,9 +652,9 @@ class Partition:
         record.expires_at_ms = self.now_ms() + int(self.settings.retention * 1000)
         invocations.schedule_expiry(batch, record.expires_at_ms, live.id)
         if record.caller.invocation_id:
-            parent = self.live.get(record.caller.invocation_id)
-            if parent is not None:
-                self.complete_entry(batch, parent, record.caller.entry_index, result)
+            self.complete_waiter(
+                batch, record.caller.invocation_id, record.caller.entry_index, result
+            )
         self.waits.invocation_completed(batch, live.id, result)
         if live.inbox_seq is not None:
             self.locks.leave(live.lock_key, live.inbox_seq, live.id)
@@ -586,6 +672,18 @@ class Partition:
         log.info("invocation %s %s after %d attempt(s)", live.id, outcome, record.attempts)
         batch.then(actions.AnswerCallers(live.id, result))
 
+    def complete_waiter(self, batch: Batch, invocation_id: str, index: int, result: Result) -> None:
+        """Completes entry `index` of `invocation_id`, here or in its own partition."""
+        if not self.placement.local(invocation_id):
+            message = cluster_pb2.CompleteEntryMessage(
+                invocation_id=invocation_id, entry_index=index, result=result
+            )
+            self.outbox.to_owner(batch, invocation_id, cluster_pb2.OutboxMessage(complete=message))
+            return
+        waiter = self.live.get(invocation_id)
+        if waiter is not None and index < len(waiter.journal):
+            self.complete_entry(batch, waiter, index, result)
+
     def finished(self, invocation_id: str) -> None:
         """The invocation's completion is durable: storage answers for it from now on."""
         live = self.live.pop(invocation_id, None)
@@ -595,6 +693,47 @@ class Partition:
             ident = self.dedup.of(live.record)
             if ident is not None:
                 self.dedup.forget(ident)
+
+    # ---- Messages from other partitions (applied by `messages.py`)
+
+    def on_delivery(self, source: int, envelopes: list[cluster_pb2.Envelope]) -> int:
+        """Applies the messages from `source` not applied yet; returns the dedup mark
+        (the driver answers once the batch moving it is durable)."""
+        return messages.deliver(self, source, envelopes)
+
+    def outbox_acknowledged(self, destination: int, seq: int) -> None:
+        """`destination` durably applied our messages up to `seq`."""
+        batch = Batch()
+        self.outbox.acknowledged(batch, destination, seq)
+        if batch.puts:
+            self.submit(batch)
+
+    def start_delivered(self, batch: Batch, m: cluster_pb2.InvokeMessage) -> None:
+        """Starts an invocation another partition sent (a call or send to a key that
+        lives here), or joins the caller to the one its identity already names."""
+        caller = (m.caller_id, m.caller_index) if m.caller_id else None
+        ident = self.dedup.identity(m.service, m.method, m.key, m.idempotency_key)
+        bound = self.dedup.binding(ident) if ident is not None else None
+        if bound is not None:
+            # A workflow's run handler already has this key: the caller joins it.
+            if caller is not None:
+                result = self.waits.attach(batch, caller, bound.invocation_id)
+                if result is not None:
+                    self.complete_waiter(batch, *caller, result)
+            return
+        self._create(
+            batch,
+            service=m.service,
+            method=m.method,
+            key=m.key,
+            request=m.request,
+            headers=dict(m.headers),
+            idempotency_key=m.idempotency_key,
+            traceparent=m.traceparent,
+            caller=caller,
+            invoke_at_ms=m.invoke_at_ms,
+            invocation_id=m.invocation_id,
+        )
 
     # ---- Timers
 

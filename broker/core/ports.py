@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from durable.v1 import cluster_pb2
+
 from .. import registry as reg
+from ..cluster.placement import Placement
 from ..config import Settings
 from ..metrics import Metrics
 from ..storage import Batch
@@ -15,6 +18,7 @@ from .dedup import Dedup
 from .limits import Limiter
 from .locks import KeyLocks, Lock
 from .model import Entry, Invocation, Live, Result
+from .outbox import Outbox
 from .waits import Waits
 
 
@@ -30,6 +34,8 @@ class PartitionOps(Protocol):
     limiter: Limiter
     dedup: Dedup
     waits: Waits
+    placement: Placement
+    outbox: Outbox
 
     def now_ms(self) -> int: ...
 
@@ -58,6 +64,12 @@ class PartitionOps(Protocol):
     def journal_call(self, batch: Batch, live: Live, index: int, entry: Entry) -> Result | None: ...
 
     def journal_send(self, batch: Batch, live: Live, entry: Entry) -> None: ...
+
+    def complete_waiter(
+        self, batch: Batch, invocation_id: str, index: int, result: Result
+    ) -> None: ...
+
+    def start_delivered(self, batch: Batch, m: cluster_pb2.InvokeMessage) -> None: ...
 
     def pause(self, live: Live) -> None: ...
 

@@ -7,6 +7,7 @@ import logging
 
 from ..storage import Batch, inbox, invocations, journal, promises, state, timers
 from ..storage import limits as limit_table
+from ..storage import outbox as outbox_table
 from . import actions
 from .dedup import is_workflow_run
 from .model import Status
@@ -25,6 +26,9 @@ def recover(p: PartitionOps) -> None:
     batch = Batch()
     for live in list(p.live.values()):
         p.waits.index(batch, live)
+    for target, waiter, index in outbox_table.attachers(p.kv):
+        p.waits.restore_remote_attacher(target, (waiter, index))
+    p.outbox.recover(batch)
     for service, key, seq, invocation_id in inbox.scan(p.kv):
         p.locks.restore_waiter((service, key), seq, invocation_id)
         if invocation_id in p.live:

@@ -7,16 +7,22 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 
+from durable.v1 import cluster_pb2
+
 from ..codes import NOT_FOUND
 from ..storage import Batch, promises
+from ..storage import outbox as outbox_table
 from ..storage.kv import KV
 from . import actions
 from .model import Live, Result, Status, failure, parse_awakeable_id
+from .outbox import Outbox
 
 Waiter = tuple[str, int]  # (invocation id, journal index)
 
 
 CompleteEntry = Callable[[Batch, Live, int, Result], None]
+# Completes an entry of an invocation by id, in this partition or through the outbox.
+CompleteWaiter = Callable[[Batch, str, int, Result], None]
 
 
 class Waits:
@@ -27,6 +33,9 @@ class Waits:
         live: The partition's invocations in flight, by id.
         completed: The result of a completed, retained invocation, or None.
         complete_entry: Records an entry's result (the partition's own).
+        complete_waiter: Completes an entry of an invocation here or elsewhere.
+        outbox: Messages to other partitions (attaching to, or completing an awakeable
+            of, an invocation that lives elsewhere).
     """
 
     def __init__(
@@ -35,11 +44,16 @@ class Waits:
         live: dict[str, Live],
         completed: Callable[[str], Result | None],
         complete_entry: CompleteEntry,
+        complete_waiter: CompleteWaiter,
+        outbox: Outbox,
     ) -> None:
         self._kv = kv
         self._live = live
         self._completed = completed
         self._complete_entry = complete_entry
+        self._complete_waiter = complete_waiter
+        self._outbox = outbox
+        self._placement = outbox.placement
         self._attachers: dict[str, list[Waiter]] = collections.defaultdict(list)
         self._promise_waiters: dict[tuple[str, str, str], list[Waiter]] = collections.defaultdict(
             list
@@ -49,23 +63,53 @@ class Waits:
 
     # ---- Attached invocations
 
-    def attach(self, live: Live, index: int, target: str) -> Result | None:
-        """Completes entry `index` with `target`'s result, now or when it completes."""
+    def attach(self, batch: Batch, waiter: Waiter, target: str) -> Result | None:
+        """The waiter's entry gets `target`'s result: returned now if `target` has
+        completed, else delivered when it does (by its own partition, if elsewhere)."""
+        if not self._placement.local(target):
+            message = cluster_pb2.WaiterMessage(
+                target_id=target, waiter_id=waiter[0], waiter_index=waiter[1]
+            )
+            self._outbox.to_owner(batch, target, cluster_pb2.OutboxMessage(attach=message))
+            return None
         if target in self._live:
-            self._attachers[target].append((live.id, index))
+            self._attachers[target].append(waiter)
+            if not self._placement.local(waiter[0]):
+                # Not rebuilt from a journal here after a restart: remembered instead.
+                outbox_table.put_attacher(batch, target, *waiter)
             return None
         done = self._completed(target)
         return done if done is not None else failure(NOT_FOUND, f"no invocation {target!r}")
 
+    def get_output(self, batch: Batch, waiter: Waiter, target: str) -> None:
+        """Asks `target`'s partition for its output (empty while it runs)."""
+        message = cluster_pb2.WaiterMessage(
+            target_id=target, waiter_id=waiter[0], waiter_index=waiter[1]
+        )
+        self._outbox.to_owner(batch, target, cluster_pb2.OutboxMessage(get_output=message))
+
     def invocation_completed(self, batch: Batch, invocation_id: str, result: Result) -> None:
         """Hands an invocation's result to everyone attached to it."""
-        self._complete(batch, self._attachers.pop(invocation_id, []), result)
+        waiters = self._attachers.pop(invocation_id, [])
+        for waiter_id, index in waiters:
+            if not self._placement.local(waiter_id):
+                outbox_table.delete_attacher(batch, invocation_id, waiter_id, index)
+        self._complete(batch, waiters, result)
+
+    def restore_remote_attacher(self, target: str, waiter: Waiter) -> None:
+        """Takes back a remote waiter remembered in storage (at recovery)."""
+        self._attachers[target].append(waiter)
 
     # ---- Awakeables
 
     def complete_awakeable(self, batch: Batch, awakeable_id: str, result: Result) -> str | None:
-        """Completes an awakeable; returns why not when it cannot be."""
+        """Completes an awakeable; returns why not when it cannot be. One of another
+        partition's invocations is completed there (if it still can be)."""
         parsed = parse_awakeable_id(awakeable_id)
+        if parsed is not None and not self._placement.local(parsed[0]):
+            message = cluster_pb2.AwakeableMessage(awakeable_id=awakeable_id, result=result)
+            self._outbox.to_owner(batch, parsed[0], cluster_pb2.OutboxMessage(awakeable=message))
+            return None
         live = self._live.get(parsed[0]) if parsed else None
         if parsed is not None and (
             # A completed invocation stays live until its completion is durable.
@@ -126,12 +170,13 @@ class Waits:
                 name = entry.get_promise.name
                 self.wait_for_promise(r.service, r.key, name, (live.id, index))
             elif entry.HasField("attach"):
-                result = self.attach(live, index, entry.attach.invocation_id)
+                target = entry.attach.invocation_id
+                if not self._placement.local(target):
+                    continue  # the target's partition remembers this waiter
+                result = self.attach(batch, (live.id, index), target)
                 if result is not None:
                     self._complete_entry(batch, live, index, result)
 
     def _complete(self, batch: Batch, waiters: list[Waiter], result: Result) -> None:
         for invocation_id, index in waiters:
-            waiter = self._live.get(invocation_id)
-            if waiter is not None:
-                self._complete_entry(batch, waiter, index, result)
+            self._complete_waiter(batch, invocation_id, index, result)

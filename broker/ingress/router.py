@@ -53,6 +53,12 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         service, _, method = path.lstrip("/").partition("/")
         return grpc.unary_unary_rpc_method_handler(functools.partial(self._call, service, method))
 
+    async def handle(
+        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        """Serves one call of `service`/`method` in this partition."""
+        return await self._call(service, method, body, context)
+
     async def _call(
         self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:

@@ -70,3 +70,11 @@ LIMITS = b"lm"
 LIMIT_QUEUE = b"lq"
 # Durable schedules, by name.
 SCHEDULES = b"sc"
+# Cross-partition messages not yet applied by their destination, by (destination, seq).
+OUTBOX = b"ob"
+# The last sequence number used towards each destination partition.
+OUTBOX_SEQ = b"os"
+# The last sequence number applied from each source partition (deduplication).
+APPLIED = b"ap"
+# Invocations of other partitions attached to one here, by (target, waiter, index).
+REMOTE_ATTACHERS = b"ra"

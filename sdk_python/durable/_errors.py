@@ -75,3 +75,5 @@ class NonDeterminismError(BaseException):
             f"but the handler proposed {proposed}"
         )
         self.index = index
+        self.journaled = journaled
+        self.proposed = proposed

@@ -76,6 +76,11 @@ class ReplayMachine:
         return self._journal[0].input
 
     @property
+    def position(self) -> int:
+        """The journal index the handler's next step will take."""
+        return self._next
+
+    @property
     def replaying(self) -> bool:
         """Whether the next step still comes from the journal."""
         return self._next < self._replay_length
@@ -153,6 +158,7 @@ class ReplayMachine:
         non_determinism: bool = False,
         retry_after_ms: int = 0,
         pause: bool = False,
+        entry_index: int = -1,
     ) -> None:
         """Ends the attempt with a transient failure (the broker retries)."""
         self._outbox.append(
@@ -160,7 +166,7 @@ class ReplayMachine:
                 error=protocol_pb2.ErrorMessage(
                     code=code,
                     message=message,
-                    entry_index=-1,
+                    entry_index=entry_index,
                     non_determinism=non_determinism,
                     retry_after_ms=retry_after_ms,
                     pause=pause,

@@ -4,6 +4,11 @@ The runtime decides when the handler suspends. A handler that stays blocked on
 incomplete journal entries (and runs no side effect) for `suspend_after_ms` suspends:
 it tells the broker what it waits on and unwinds with `Suspended`. With 0 it suspends
 at every await that is not complete, which exercises replay constantly.
+
+A *replay-only* attempt (`StartMessage.replay_only`: a deployment check, or
+`durable.testing.replay`) only replays: the first step past the journal, a side effect
+the journal holds no result for, or a decision (a `select` winner) not journaled yet ends
+it with a suspension instead, so checking new code against old journals has no effect.
 """
 
 from __future__ import annotations
@@ -67,6 +72,8 @@ class Runtime:
         # Set when nothing more will arrive in this attempt (stream closed, or a
         # request/response attempt): blocking awaits then suspend at once.
         self.input_closed = False
+        # The divergence that ended the attempt, if one did (replay reports read it).
+        self.diverged: NonDeterminismError | None = None
 
     # Steps proposed by the context.
 
@@ -78,6 +85,7 @@ class Runtime:
         """
         if self.done:
             raise Suspended()
+        self._stop_past_replay()
         index = self.machine.propose(entry)
         if not hold:
             self.flush()
@@ -87,6 +95,7 @@ class Runtime:
         """Sends a side effect's outcome for the broker to make durable."""
         if self.done:
             raise Suspended()
+        self._stop_past_replay(always=True)
         self.machine.propose_run_result(index, result)
         self.flush()
 
@@ -150,7 +159,9 @@ class Runtime:
         self._arm()
 
     def side_effect_started(self) -> None:
-        """A `ctx.run` function runs: never suspend under it."""
+        """A `ctx.run` function runs: never suspend under it (nor run it at all in a
+        replay-only attempt)."""
+        self._stop_past_replay(always=True)
         self._side_effects += 1
 
     def side_effect_ended(self) -> None:
@@ -184,13 +195,20 @@ class Runtime:
                 outcome = failure(e.code, e.message)
             if not self.done:
                 # Inside the outer try: proposing the output may itself diverge.
+                self._stop_past_replay()
                 self.machine.finish(outcome)
         except Suspended:
             pass
         except NonDeterminismError as e:
+            self.diverged = e
             log.error("invocation %s: %s", self.start.invocation_id, e)
             if not self.done:
-                self.machine.fail(grpc.StatusCode.INTERNAL.value[0], str(e), non_determinism=True)
+                self.machine.fail(
+                    grpc.StatusCode.INTERNAL.value[0],
+                    str(e),
+                    non_determinism=True,
+                    entry_index=e.index,
+                )
         except asyncio.CancelledError:
             if not self.done:
                 self.machine.fail(grpc.StatusCode.CANCELLED.value[0], "attempt cancelled")
@@ -220,6 +238,15 @@ class Runtime:
             self._cancel_timer()
 
     # Internals.
+
+    def _stop_past_replay(self, *, always: bool = False) -> None:
+        """In a replay-only attempt, ends it before a step the journal does not hold
+        (with `always`, before whatever the caller was about to do)."""
+        if not self.start.replay_only or (self.machine.replaying and not always):
+            return
+        self.machine.suspend([])
+        self.flush()
+        raise Suspended()
 
     def flush(self) -> None:
         """Hands queued messages to `send`."""

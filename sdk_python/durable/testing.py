@@ -94,6 +94,23 @@ idle, so a call still on its way from your test to the ingress may arrive after 
 it was meant to precede; use the manual mode when that ordering matters. Retries of a
 `ctx.run` inside one attempt (its `retry_policy=` delays) wait on the wall clock.
 
+**Replaying recorded journals.** Before you deploy a change to a handler, check that it
+still replays what the running code journaled: export an invocation's journal with
+`brokerctl invocations export ID > inv.json` and replay it against the new code,
+in-process and without side effects (calls, sends, sleeps and `ctx.run` results come from
+the journal; the replay stops at the first step the journal does not hold)::
+
+    from durable.testing import replay
+
+    def test_new_checkout_replays_production_journals() -> None:
+        result = replay(Path("journals/inv_1.json"), Checkout())
+        assert result.ok, str(result)  # e.g. "... diverges at entry 3: the journal
+        # records run 'charge', the new code produced call shop.Mail/Send"
+
+`replay` returns a `ReplayResult`: `ok`, or the first `Divergence` (entry index, the
+recorded command and the command the new code produced) or the error the handler raised.
+An export that cannot be read raises `JournalFormatError` saying what is wrong.
+
 This module imports the broker (`broker.server`) when an environment starts; importing
 `durable` alone never does.
 """
@@ -112,6 +129,8 @@ import grpc
 
 from durable.v1 import admin_pb2, invocation_pb2
 
+from ._journal_export import JournalFormatError
+from ._replay import Divergence, ReplayResult, replay, replay_async
 from ._service import Service, Servicer
 from ._testing_channels import ClientChannels, is_current
 from ._testing_core import (
@@ -123,7 +142,16 @@ from ._testing_core import (
 )
 from ._testing_thread import LoopThread
 
-__all__ = ["INVOCATION_ID_HEADER", "DurableTestEnvironment", "invocation_id_of"]
+__all__ = [
+    "INVOCATION_ID_HEADER",
+    "Divergence",
+    "DurableTestEnvironment",
+    "JournalFormatError",
+    "ReplayResult",
+    "invocation_id_of",
+    "replay",
+    "replay_async",
+]
 
 log = logging.getLogger("durable.testing")
 

@@ -13,6 +13,11 @@ need none of the SDK's private modules:
   large share of what a broker or endpoint does per message; the plain asyncio loop when
   `DURABLE_EVENT_LOOP=asyncio` asks for it, for comparison and debugging. `loop_name`
   says which.
+- `describe_command` names a journal command the way non-determinism reports do (`call
+  flights.Flights/Reserve`, `run 'pay'`), so that the broker's deployment check and
+  `durable.testing.replay` word a divergence alike.
+- `JOURNAL_EXPORT_FORMAT` tags the JSON document `brokerctl invocations export` writes
+  and `durable.testing.replay` reads.
 """
 
 from __future__ import annotations
@@ -22,7 +27,19 @@ import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["FRAME_BYTES", "frames", "loop_name", "run"]
+from ._machine import describe as describe_command
+
+__all__ = [
+    "FRAME_BYTES",
+    "JOURNAL_EXPORT_FORMAT",
+    "describe_command",
+    "frames",
+    "loop_name",
+    "run",
+]
+
+#: The `format` of an exported journal (`brokerctl invocations export`).
+JOURNAL_EXPORT_FORMAT = "durable.journal-export/1"
 
 Item = TypeVar("Item")
 Frame = TypeVar("Frame")

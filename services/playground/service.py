@@ -72,6 +72,13 @@ class Waiter(WaiterServicer):
         reply = await ctx.attach(request.invocation_id, pb.Reply)
         return pb.Reply(text=reply.text, items=["running" if peeked is None else "ready"])
 
+    async def Resolve(self, ctx: durable.Context, request: pb.ResolveRequest) -> pb.Reply:
+        if request.reject:
+            ctx.reject_awakeable(request.awakeable_id, request.value or "rejected")
+        else:
+            ctx.resolve_awakeable(request.awakeable_id, json.loads(request.value or "null"))
+        return pb.Reply(text="resolved")
+
 
 class Counter(CounterServicer):
     """A counter per key."""
@@ -97,6 +104,10 @@ class Counter(CounterServicer):
         total = int(await ctx.get("total", 0)) + request.amount
         ctx.set("total", total)
         return pb.Reply(number=total)
+
+    async def Drop(self, ctx: durable.ObjectContext, request: pb.CounterRef) -> pb.Reply:
+        ctx.clear("total")
+        return pb.Reply(text="dropped")
 
 
 class Signup(SignupServicer):

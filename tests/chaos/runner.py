@@ -50,7 +50,7 @@ from tests.chaos.runner_check import (
     wait_quiescent,
 )
 from tests.chaos.runner_cluster import ChaosCluster
-from tests.chaos.runner_faults import KINDS, FaultInjector, TcpProxy, schedule
+from tests.chaos.runner_faults import KINDS, WORKER, FaultInjector, TcpProxy, schedule
 from tests.chaos.runner_model import Model, generate
 
 # Quick retries, so that invocations whose endpoint was down resume soon after it is back.
@@ -80,6 +80,8 @@ class Options:
     suspend_after: str = ""
     # Serve the chaos service with --request-response (one unary call per attempt).
     request_response: bool = False
+    # The broker's --workers (0: the single process); `worker` faults need it.
+    workers: int = 0
 
     def effective_suspend_after(self) -> str:
         """The --suspend-after of the run (seeded unless given)."""
@@ -96,6 +98,7 @@ class Options:
             f"--fault-interval {self.fault_interval:g} --concurrency {self.concurrency} "
             f"--counters {self.counters} --suspend-after {self.effective_suspend_after()}"
             + (" --request-response" if self.request_response else "")
+            + (f" --workers {self.workers}" if self.workers else "")
         )
 
 
@@ -123,7 +126,7 @@ def run(options: Options, workdir: Path, tamper: Tamper | None = None) -> Report
     cluster = ChaosCluster(
         workdir,
         options.effective_suspend_after(),
-        BROKER_ARGS,
+        [*BROKER_ARGS, *(["--workers", str(options.workers)] if options.workers else [])],
         request_response=options.request_response,
     )
     proxy: TcpProxy | None = None
@@ -334,11 +337,24 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         action="store_true",
         help="serve the chaos service in request/response mode instead of streams",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run the broker with --workers N (partitions over N processes); adds the "
+        "`worker` fault kind (SIGKILL one worker) to the default kinds",
+    )
     parser.add_argument("--workdir", type=Path, help="data and logs here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
-    kinds = tuple(k for k in args.faults.split(",") if k and k != "none")
-    unknown = set(kinds) - set(KINDS)
+    default_kinds = ",".join(KINDS)
+    faults = args.faults
+    if args.workers and faults == default_kinds:
+        faults += f",{WORKER}"
+    kinds = tuple(k for k in faults.split(",") if k and k != "none")
+    if WORKER in kinds and not args.workers:
+        parser.error("the worker fault kind needs --workers N")
+    unknown = set(kinds) - {*KINDS, WORKER}
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
@@ -353,6 +369,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         settle=args.settle,
         suspend_after=args.suspend_after,
         request_response=args.request_response,
+        workers=args.workers,
     )
     return options, args.workdir, args.keep
 

@@ -8,6 +8,8 @@ data in `<workdir>/broker-data`, killed and restarted on the same ports and data
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +23,27 @@ from tests.support import (
     PYTHON,
     STARTUP_TIMEOUT_S,
     Process,
+    TestTimeout,
     free_port,
     wait_healthy,
 )
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    """The live child processes of `supervisor`, oldest first (from /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if int(fields[1]) == supervisor and fields[0] != "Z":
+            children.append((int(fields[19]), int(entry.name)))
+    return [pid for _, pid in sorted(children)]
 
 
 class ChaosCluster:
@@ -71,6 +91,27 @@ class ChaosCluster:
     def kill_broker(self) -> None:
         """SIGKILLs the broker."""
         self.broker.kill()
+
+    def kill_worker(self, choice: int) -> str:
+        """SIGKILLs one of the broker's worker processes (`choice` modulo their number)
+        and waits until the supervisor has started a new one; says which it was."""
+        pid = self.broker.pid
+        assert pid is not None, "the broker is not running"
+        workers = worker_pids(pid)
+        if not workers:
+            return "no worker to kill"
+        victim = workers[choice % len(workers)]
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while True:
+            now = worker_pids(pid)
+            if victim not in now and len(now) == len(workers):
+                break
+            if time.monotonic() > deadline:
+                raise TestTimeout(f"worker {victim} was not replaced: {self.broker.log_tail()}")
+            time.sleep(0.05)
+        wait_healthy(self.ingress, deadline, self.broker)
+        return f"worker pid {victim} killed"
 
     def start_service(self) -> None:
         """Starts the chaos service on its port and waits until it serves."""

@@ -27,6 +27,8 @@ from tests.chaos.runner_cluster import ChaosCluster
 from tests.support import Status
 
 KINDS = ("broker", "service", "stream")
+# With --workers only: SIGKILL one worker process (the supervisor restarts it).
+WORKER = "worker"
 # How long a stream fault waits for a running attempt before it breaks the streams anyway.
 RUNNING_WAIT_S = 3.0
 # How often the processes are checked for exits the runner did not cause.
@@ -46,7 +48,7 @@ class Fault:
     @property
     def label(self) -> str:
         """The kind, and the variant of a stream fault: `stream/reset`."""
-        return f"{self.kind}/{self.variant}" if self.variant else self.kind
+        return f"{self.kind}/{self.variant}" if self.kind == "stream" else self.kind
 
 
 def schedule(seed: int, kinds: tuple[str, ...], duration: float, interval: float) -> list[Fault]:
@@ -58,7 +60,14 @@ def schedule(seed: int, kinds: tuple[str, ...], duration: float, interval: float
     at = rng.uniform(0.3, 1.0) * interval
     while at < duration:
         kind = rng.choice(kinds)
-        variant = rng.choice(["reset", "kill"]) if kind == "stream" else ""
+        variant = (
+            rng.choice(["reset", "kill"])
+            if kind == "stream"
+            # Which worker (modulo their number).
+            else str(rng.randrange(1024))
+            if kind == "worker"
+            else ""
+        )
         faults.append(Fault(at=at, kind=kind, downtime=rng.uniform(0.0, 1.5), variant=variant))
         at += rng.uniform(0.5, 1.5) * interval
     return faults
@@ -147,6 +156,9 @@ class FaultInjector:
         elif fault.kind == "service":
             self._kill_service(fault.downtime)
             note = f"down {fault.downtime:.2f}s"
+        elif fault.kind == "worker":
+            # The supervisor restarts it; its partitions resume as after a crash.
+            note = self.cluster.kill_worker(int(fault.variant))
         elif fault.kind == "stream":
             running = self._wait_running()
             if fault.variant == "reset" and self.proxy is not None:

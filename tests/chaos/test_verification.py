@@ -18,7 +18,7 @@ from durable.v1 import admin_pb2
 
 from tests.chaos.runner import Options, run
 from tests.chaos.runner_cluster import ChaosCluster
-from tests.chaos.runner_faults import schedule
+from tests.chaos.runner_faults import KINDS, WORKER, schedule
 from tests.chaos.runner_model import Model, generate
 
 FIXED_SEED = 20_241_126
@@ -47,6 +47,30 @@ def test_programs_survive_crashes(
         )
     assert report.passed, report.text
     assert sum(report.faults.values()) >= 2, report.text
+
+
+def test_programs_survive_crashes_over_two_workers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same programs over two worker processes: counters and program keys hash to both
+    # partitions, so calls, sends and their answers cross processes through the outbox,
+    # while workers (restarted by the supervisor) and the whole broker are SIGKILLed.
+    options = Options(
+        seed=RANDOM_SEED,
+        programs=40,
+        duration=12.0,
+        fault_interval=2.0,
+        settle=60.0,
+        workers=2,
+        faults=(*KINDS, WORKER),
+    )
+    report = run(options, tmp_path)
+    print(report.text)
+    with capsys.disabled():
+        verdict = "passed" if report.passed else "FAILED"
+        print(f"\nchaos run over workers {verdict} (replay: {options.command()})")
+    assert report.passed, report.text
+    assert report.faults["worker"] + report.faults["broker"] >= 1, report.text
 
 
 def test_checks_catch_a_program_applied_twice_and_a_lost_increment(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """The holiday booking saga end to end, through the generated stubs and through grpcurl.
 
-Every case runs twice: with the broker's default `--suspend-after 1s` (handlers mostly
-run straight through) and with `--suspend-after 0` (a handler suspends at every await, so
-each step is reached by replaying the journal).
+Every case runs with the broker's default `--suspend-after 1s` (handlers mostly run
+straight through), with `--suspend-after 0` (a handler suspends at every await, so each
+step is reached by replaying the journal), with services in request/response mode, and
+with the partitions over two worker processes (`--workers 2`, suspending at every await:
+a saga's bookings live in the partition of their trip id, wherever that is).
 """
 
 from __future__ import annotations
@@ -32,8 +34,13 @@ from tests.support import (
 # request/response mode (one unary call per attempt, as FaaS platforms run handlers).
 pytestmark = pytest.mark.parametrize(
     "cluster",
-    ["1s", "0", {"suspend_after": "1s", "service_args": ["--request-response"]}],
-    ids=["stream", "suspend-always", "request-response"],
+    [
+        "1s",
+        "0",
+        {"suspend_after": "1s", "service_args": ["--request-response"]},
+        {"suspend_after": "0", "broker_args": ["--workers", "2"]},
+    ],
+    ids=["stream", "suspend-always", "request-response", "workers-2"],
     indirect=True,
 )
 

@@ -295,7 +295,7 @@ def test_services_list_and_describe(playground: Playground) -> None:
     assert counter["deployment_id"] == playground.registered["id"]
     assert counter["deployment_uri"] == playground.uri
     handlers = {h["name"]: h for h in counter["handlers"]}
-    assert set(handlers) == {"Add", "Get", "Keys", "Reset", "Hold"}
+    assert set(handlers) == {"Add", "Get", "Keys", "Reset", "Hold", "Drop"}
     assert handlers["Add"] == {
         "name": "Add",
         "input_type": "playground.AddRequest",

@@ -34,6 +34,16 @@ pytestmark = pytest.mark.parametrize(
             id=f"suspend-after-{after}",
         )
         for after in ("1s", "0")
+    ]
+    + [
+        pytest.param(
+            {
+                "suspend_after": "1s",
+                "services": (PLAYGROUND,),
+                "broker_args": [*BROKER_ARGS, "--workers", "2"],
+            },
+            id="workers-2",
+        )
     ],
     indirect=True,
 )

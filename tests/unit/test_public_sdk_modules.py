@@ -40,7 +40,14 @@ def test_the_broker_and_bench_import_no_private_sdk_module() -> None:
 
 
 def test_the_wire_module_exports_what_it_documents() -> None:
-    assert sorted(durable.wire.__all__) == ["FRAME_BYTES", "frames", "loop_name", "run"]
+    assert sorted(durable.wire.__all__) == [
+        "FRAME_BYTES",
+        "JOURNAL_EXPORT_FORMAT",
+        "describe_command",
+        "frames",
+        "loop_name",
+        "run",
+    ]
     # The old private names still work for code written before `durable.wire`.
     assert _framing.frames is durable.wire.frames
     assert _loop.run is durable.wire.run

@@ -1,0 +1,66 @@
+"""The admin API's journal export: one invocation's journal, self-describing.
+
+Status codes: NOT_FOUND for an id the broker does not hold (never created, or completed
+and purged after its retention).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from durable.v1 import admin_pb2, invocation_pb2
+
+from . import registry as reg
+from . import rendering
+from .core.model import UnknownInvocation
+from .core.partition import Partition
+from .storage import invocations
+
+
+class ReplayAdmin:
+    """`ExportInvocation` of `durable.v1.Admin` (mixed into the admin servicer)."""
+
+    _partition: Partition
+    _registry: reg.Registry
+
+    async def ExportInvocation(
+        self,
+        request: admin_pb2.ExportInvocationRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> admin_pb2.ExportInvocationResponse:
+        try:
+            record, journal = self._partition.record(request.invocation_id)
+        except UnknownInvocation:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no invocation {request.invocation_id!r}: it never existed, or it "
+                "completed and its retention ended (brokerctl invocations list shows "
+                "the ones held)",
+            )
+            raise AssertionError("unreachable") from None
+        deployment = self._pinned(record)
+        rendered, _ = rendering.render(self._registry, record, journal, self._other)
+        return admin_pb2.ExportInvocationResponse(
+            invocation=record,
+            journal=journal,
+            deployment_id=deployment.id if deployment else "",
+            deployment_uri=deployment.uri if deployment else "",
+            files=deployment.files if deployment else None,
+            rendered=rendered,
+        )
+
+    def _pinned(self, record: invocation_pb2.Invocation) -> reg.Deployment | None:
+        """The deployment the invocation is pinned to or, before its first attempt,
+        the one its service routes to."""
+        if record.deployment_id:
+            return self._registry.deployment(record.deployment_id)
+        target = self._registry.service(record.service)
+        return self._registry.deployment(target.deployment_id) if target else None
+
+    def _other(self, invocation_id: str) -> invocation_pb2.Invocation | None:
+        """Another invocation's record (for attach and get_output results)."""
+        live = self._partition.live.get(invocation_id)
+        if live is not None:
+            return live.snapshot()
+        return invocations.get(self._partition.kv, invocation_id)

@@ -1,0 +1,71 @@
+"""Who owns which partition, and where each partition's private ports are.
+
+The supervisor picks every address before it starts a worker and hands the same
+directory to all of them (`BROKER_CLUSTER`, JSON), so a restarted worker comes back at
+the addresses the others already know. Partition `p` belongs to worker `p % workers`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+ENV = "BROKER_CLUSTER"
+WORKER_ENV = "BROKER_CLUSTER_WORKER"
+
+
+@dataclasses.dataclass(frozen=True)
+class PartitionAddress:
+    """A partition's private ports: its ingress (forwarded calls, cross-partition
+    messages) and its admin API (the supervisor's front forwards to it)."""
+
+    ingress: str
+    admin: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Directory:
+    """The cluster as every process of it sees it."""
+
+    workers: int
+    partitions: list[PartitionAddress]
+
+    @property
+    def count(self) -> int:
+        """How many partitions there are."""
+        return len(self.partitions)
+
+    def owner(self, partition: int) -> int:
+        """The worker that runs `partition`."""
+        return partition % self.workers
+
+    def owned_by(self, worker: int) -> list[int]:
+        """The partitions `worker` runs."""
+        return [p for p in range(self.count) if self.owner(p) == worker]
+
+    def to_json(self) -> str:
+        """The form passed to workers."""
+        return json.dumps(
+            {
+                "workers": self.workers,
+                "partitions": [dataclasses.asdict(a) for a in self.partitions],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Directory:
+        """Parses `to_json`'s form."""
+        raw = json.loads(text)
+        return cls(
+            workers=int(raw["workers"]),
+            partitions=[PartitionAddress(**a) for a in raw["partitions"]],
+        )
+
+
+def from_environment() -> tuple[Directory, int] | None:
+    """The directory and this worker's number, when this process is a worker."""
+    text = os.environ.get(ENV)
+    if not text:
+        return None
+    return Directory.from_json(text), int(os.environ[WORKER_ENV])

@@ -1,0 +1,188 @@
+"""A worker's public ingress: every call goes to the partition that owns it.
+
+Every worker listens on the one public address (SO_REUSEPORT: the kernel spreads client
+connections over them). A call whose key or idempotency key lives in one of this
+worker's partitions is served in-process; any other is forwarded, bytes and metadata as
+they came, to the owning partition's private ingress. A plain call with neither goes to
+one of this worker's own partitions, so it never crosses processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import grpc
+from durable.v1 import ingress_pb2, ingress_pb2_grpc
+
+from .. import registry as reg
+from ..ingress import IngressRouter, IngressServicer
+from ..ingress.router import IDEMPOTENCY_KEY, status_of
+from .placement import Placement
+
+_BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/")
+# Metadata gRPC sets itself: a forwarded call gets its own.
+_OWN_METADATA = ("user-agent", "grpc-", ":", "content-type", "te")
+
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Coroutine[Any, Any, Any]]
+
+
+def forwarded_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> list[tuple[str, Any]]:
+    """The caller's metadata, without what gRPC sets on every call itself."""
+    return [
+        (k, v) for k, v in (context.invocation_metadata() or ()) if not k.startswith(_OWN_METADATA)
+    ]
+
+
+@asynccontextmanager
+async def relayed_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
+    """Answers with the owning partition's status when a forwarded call fails."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as e:
+        await context.abort(e.code(), e.details() or "")
+
+
+class Peers:
+    """Channels to the other partitions' private ingress ports, opened on first use."""
+
+    def __init__(self, addresses: list[str], max_payload: int) -> None:
+        self._addresses = addresses
+        self._options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", max_payload + 64 * 1024),
+        ]
+        self._channels: dict[int, grpc.aio.Channel] = {}
+
+    def channel(self, partition: int) -> grpc.aio.Channel:
+        """The channel to `partition`."""
+        channel = self._channels.get(partition)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(self._addresses[partition], options=self._options)
+            self._channels[partition] = channel
+        return channel
+
+    async def close(self) -> None:
+        """Closes every channel."""
+        for channel in self._channels.values():
+            await channel.close(None)
+        self._channels.clear()
+
+
+class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """Routes `/package.Service/Method` calls to the owning partition.
+
+    Args:
+        local: This worker's partitions' own routers, by partition.
+        registry: The services (to find a call's key); every partition has the same.
+        placement: The partition count (`me` is not used).
+        peers: Channels to every partition's private ingress.
+    """
+
+    def __init__(
+        self,
+        local: dict[int, IngressRouter],
+        registry: reg.Registry,
+        placement: Placement,
+        peers: Peers,
+    ) -> None:
+        self._local = local
+        self._registry = registry
+        self._placement = placement
+        self._peers = peers
+        self._next_local = itertools.cycle(sorted(local))
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        path: str = handler_call_details.method
+        if path.startswith(_BUILTIN_PREFIXES):
+            return None
+        service, _, method = path.lstrip("/").partition("/")
+        return grpc.unary_unary_rpc_method_handler(functools.partial(self._call, service, method))
+
+    def home(self, service: str, method: str, body: bytes, idempotency_key: str) -> int:
+        """The partition a call goes to.
+
+        Raises:
+            registry.BadRequest: the call names no registered method, or lacks its key.
+        """
+        _, _, key = reg.resolve(self._registry, service, method, body)
+        home = self._placement.home(service, method, key, idempotency_key)
+        return next(self._next_local) if home is None else home
+
+    async def _call(
+        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        metadata = forwarded_metadata(context)
+        idempotency_key = next((v for k, v in metadata if k == IDEMPOTENCY_KEY), "")
+        try:
+            home = self.home(service, method, body, str(idempotency_key))
+        except reg.BadRequest as e:
+            await context.abort(status_of(e.code), e.message)
+            raise AssertionError("unreachable") from None
+        local = self._local.get(home)
+        if local is not None:
+            return await local.handle(service, method, body, context)
+        # No serializers: the body goes on as the bytes it came as.
+        call = self._peers.channel(home).unary_unary(f"/{service}/{method}", None, None)(
+            body, metadata=metadata, timeout=context.time_remaining()
+        )
+        async with relayed_errors(context):
+            initial = await call.initial_metadata()
+            if initial:
+                await context.send_initial_metadata(tuple(initial))
+            response: bytes = await call
+            return response
+        raise AssertionError("unreachable")
+
+
+class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
+    """`durable.v1.Ingress` (Attach, GetOutput) served by the owning partition."""
+
+    def __init__(
+        self, local: dict[int, IngressServicer], placement: Placement, peers: Peers
+    ) -> None:
+        self._local = local
+        self._placement = placement
+        self._peers = peers
+
+    def _home(self, request: ingress_pb2.AttachRequest) -> int:
+        if request.HasField("idempotent"):
+            t = request.idempotent
+            home = self._placement.home(t.service, t.method, t.key, t.idempotency_key)
+            return min(self._local) if home is None else home
+        return self._placement.of_id(request.invocation_id)
+
+    async def _route(
+        self,
+        name: str,
+        request: ingress_pb2.AttachRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> ingress_pb2.Output:
+        home = self._home(request)
+        local = self._local.get(home)
+        if local is not None:
+            handler: Handler = getattr(local, name)
+            output: ingress_pb2.Output = await handler(request, context)
+            return output
+        stub = ingress_pb2_grpc.IngressStub(self._peers.channel(home))
+        async with relayed_errors(context):
+            forwarded: ingress_pb2.Output = await getattr(stub, name)(
+                request, metadata=forwarded_metadata(context), timeout=context.time_remaining()
+            )
+            return forwarded
+        raise AssertionError("unreachable")
+
+    async def Attach(
+        self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingress_pb2.Output:
+        return await self._route("Attach", request, context)
+
+    async def GetOutput(
+        self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> ingress_pb2.Output:
+        return await self._route("GetOutput", request, context)
