@@ -10,7 +10,7 @@ DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
 DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run test test-unit lint fmt verify bench chaos dist clean browser
+.PHONY: setup proto run test test-unit lint fmt verify bench bench-peer chaos dist clean browser
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -77,6 +77,13 @@ verify: lint test
 
 bench: setup
 	$(VPY) -m bench $(BENCH_ARGS)
+
+# Side by side with the real Restate (issue 15): installs it into .data/peer on first use
+# (npm, PyPI), then runs both in a loopback-only network namespace (needs root). Minutes:
+# never part of `make test`.
+PEER_ARGS ?= --duration 10 --repeat 1
+bench-peer: setup
+	$(VPY) -m bench --peer restate $(PEER_ARGS)
 
 # The verification runner: random programs under crashes, checked against the model.
 CHAOS_ARGS ?= --programs 500 --duration 120 --faults broker,service,stream

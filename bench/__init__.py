@@ -13,4 +13,5 @@ Modules:
     procs: starting, readying, measuring and stopping the processes.
     load: the closed-loop load generator.
     report: the tables, the reference figures and the JSON results.
+    peer: `make bench-peer`, the same scenarios side by side with the real Restate.
 """

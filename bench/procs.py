@@ -135,6 +135,7 @@ class Proc:
         address: Its gRPC address (the ingress for the broker).
         popen: The process.
         log: Where its stdout and stderr go.
+        stop_signal: What asks it to stop.
     """
 
     name: str
@@ -142,6 +143,7 @@ class Proc:
     address: str
     popen: subprocess.Popen[bytes]
     log: Path
+    stop_signal: signal.Signals = signal.SIGTERM
 
     @property
     def pid(self) -> int:
@@ -212,15 +214,26 @@ class Cluster:
     ) -> None:
         self.stop()
 
-    def spawn(self, name: str, role: str, address: str, args: list[str]) -> Proc:
-        """Starts `python <args>` as child `name`, serving gRPC on `address`."""
+    def spawn(
+        self,
+        name: str,
+        role: str,
+        address: str,
+        args: list[str],
+        *,
+        program: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        stop_signal: signal.Signals = signal.SIGTERM,
+    ) -> Proc:
+        """Starts `python <args>` (or `<program> <args>`) as child `name`, serving on
+        `address`, with `env` added to this process's environment; `stop` sends it
+        `stop_signal`."""
         log = self.workdir / f"{name}.log"
-        env = dict(os.environ)
-        env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing would measure the exporter
-        child = spawn(
-            name, [sys.executable, *args], log=log, cwd=ROOT, env=env, preexec_fn=_die_with_parent
-        )
-        proc = Proc(name, role, address, child.popen, log)
+        full_env = {**os.environ, **(env or {})}
+        full_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing would measure the exporter
+        argv = [*(program or [sys.executable]), *args]
+        child = spawn(name, argv, log=log, cwd=ROOT, env=full_env, preexec_fn=_die_with_parent)
+        proc = Proc(name, role, address, child.popen, log, stop_signal)
         self.procs.append(proc)
         return proc
 
@@ -290,7 +303,8 @@ class Cluster:
         self.metric_names = ()
 
     def stop(self) -> None:
-        """SIGTERM every live child, newest first, then SIGKILL what outlives the timeout.
+        """Stops every live child (SIGTERM unless it asked for another signal), newest first,
+        then SIGKILL what outlives the timeout.
 
         Ctrl-C is ignored meanwhile, so a second one cannot leave children behind.
         """
@@ -298,7 +312,7 @@ class Cluster:
             live = [p for p in reversed(self.procs) if p.popen.poll() is None]
             for p in live:
                 with contextlib.suppress(ProcessLookupError):
-                    p.popen.send_signal(signal.SIGTERM)
+                    p.popen.send_signal(p.stop_signal)
             deadline = time.monotonic() + STOP_TIMEOUT_S
             for p in live:
                 try:

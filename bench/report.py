@@ -102,6 +102,11 @@ def settings_line(settings: dict[str, Any]) -> str:
         f"window {settings['duration_s']:g} s per point, {settings['cpus']} CPUs, "
         f"Python {settings['python']}, grpcio {settings['grpcio']}, "
         f"event loop {settings.get('event_loop', 'asyncio')}"
+        + (
+            f", broker args {' '.join(settings['broker_args'])}"
+            if settings.get("broker_args")
+            else ""
+        )
     )
 
 

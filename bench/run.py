@@ -34,7 +34,11 @@ from bench.procs import (
 
 DEFAULT_JSON = Path(".data/bench/results.json")
 WORK_ROOT = Path(".data/bench")
-ALL_SCENARIOS = ("direct", "trivial", "saga", "journal")
+ALL_SCENARIOS = ("direct", "trivial", "keyed", "saga", "journal")
+# The keyed scenario spreads its calls over this many virtual-object keys, round robin: few
+# enough that every key carries state after the warm-up, many enough that 64 clients rarely
+# queue behind one another on a key.
+KEYED_KEYS = 1024
 CALL_TIMEOUT_S = 30.0
 DRAIN_TIMEOUT_S = 30.0
 # Large enough for any payload the flags allow; the broker enforces its own limit.
@@ -97,6 +101,27 @@ def _echo(payload: bytes, via_broker: bool) -> Callable[[grpc.aio.Channel, grpc.
     return make
 
 
+def keyed_key(n: int) -> str:
+    """The key of the `n`th call of the keyed scenario (shared with the peer benchmark)."""
+    return f"k{n % KEYED_KEYS}"
+
+
+# One sequence for every connection's calls: each key is in flight on one of them at a time.
+_keyed_calls = itertools.count()
+
+
+def _keyed(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
+    stub = benchsvc_pb2_grpc.CounterStub(ingress)
+
+    async def call(timeout: float) -> None:
+        request = benchsvc_pb2.AddRequest(key=keyed_key(next(_keyed_calls)), delta=1)
+        response = await stub.Add(request, timeout=timeout)
+        if response.value < 1:
+            raise BadResponse(f"counter {request.key} went to {response.value}")
+
+    return call
+
+
 def _saga(ingress: grpc.aio.Channel, direct: grpc.aio.Channel) -> Call:
     stub = trips_pb2_grpc.TripsStub(ingress)
     request = trips_pb2.ReserveTripRequest(
@@ -134,6 +159,8 @@ def scenarios(names: list[str], payload: bytes, journal_steps: list[int]) -> lis
         out.append(Scenario("direct", False, 0, 0, _echo(payload, via_broker=False)))
     if "trivial" in names:
         out.append(Scenario("trivial", True, 1, 0, _echo(payload, via_broker=True)))
+    if "keyed" in names:
+        out.append(Scenario("keyed", True, 1, 0, _keyed))
     if "saga" in names:
         out.append(Scenario("saga", True, 6, 0, _saga))
     if "journal" in names:
@@ -166,6 +193,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Throughput, latency and CPU of the broker against a plain gRPC floor.",
+        epilog="python -m bench --peer restate [--help]: the same scenarios side by side "
+        "with Restate (bench.peer).",
     )
     p.add_argument(
         "--scenarios",
@@ -204,6 +233,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size (default 64)")
     p.add_argument("--no-fsync", action="store_true", help="run the broker with --no-fsync")
     p.add_argument(
+        "--broker-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="pass ARG to the broker (repeatable; e.g. --broker-arg=--max-concurrency=0)",
+    )
+    p.add_argument(
         "--suspend-after", default="1s", help="the broker's --suspend-after (default 1s)"
     )
     p.add_argument(
@@ -238,7 +274,7 @@ def start(
     """Starts the broker (`workers` > 0: over that many processes) and the services the
     scenarios need, readies and registers them."""
     services: list[str] = []
-    if "trivial" in names or "journal" in names:
+    if {"trivial", "keyed", "journal"} & set(names):
         services.append("bench")
     if "saga" in names:
         services.extend(DEMO_SERVICES)
@@ -260,6 +296,7 @@ def start(
         broker_args.append("--no-fsync")
     if workers:
         broker_args += ["--workers", str(workers)]
+    broker_args += args.broker_arg
     if broker_supports("--metrics"):
         broker_args += ["--metrics", metrics]
         cluster.metrics_address, cluster.metric_names = metrics, BROKER_METRICS
@@ -366,6 +403,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """The settings in force, as printed and written to JSON."""
     return {
         "fsync": not args.no_fsync,
+        "broker_args": args.broker_arg,
         "suspend_after": args.suspend_after,
         "group_commit": "broker default (adaptive: one fsync per group of queued batches)",
         "payload_bytes": args.payload_bytes,

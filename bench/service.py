@@ -2,7 +2,8 @@
 
 `Echo` is the trivial handler of the `trivial` scenario; `Steps` runs a loop of
 `ctx.run` side effects (the `journal` scenario), each one journaled and fsync'd by the
-broker before the handler moves on.
+broker before the handler moves on. `Counter.Add` is the `keyed` scenario: a virtual object
+that reads and writes its state.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 
 import durable
 from benchsvc import benchsvc_pb2 as pb
-from benchsvc.benchsvc_durable import BenchServicer
+from benchsvc.benchsvc_durable import BenchServicer, CounterServicer
 
 from bench import handlers
 
@@ -34,6 +35,16 @@ class Bench(BenchServicer):
         return pb.StepsResponse(steps=request.steps, total=total)
 
 
+class Counter(CounterServicer):
+    """`benchsvc.Counter` through the broker: one counter per key in the object's state."""
+
+    async def Add(self, ctx: durable.ObjectContext, request: pb.AddRequest) -> pb.AddResponse:
+        """Adds `request.delta` to the key's counter; the broker journals the new value."""
+        value: int = await ctx.get("value", 0) + request.delta
+        ctx.set("value", value)
+        return pb.AddResponse(value=value)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parses `--listen` and `--log-level` and serves until SIGTERM or SIGINT."""
     parser = argparse.ArgumentParser(
@@ -47,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     # DURABLE_REQUEST_RESPONSE=1 asks the broker for one unary call per attempt.
     durable.serve(
-        [Bench()],
+        [Bench(), Counter()],
         args.listen,
         request_response=os.environ.get("DURABLE_REQUEST_RESPONSE", "") == "1",
     )
