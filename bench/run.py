@@ -168,14 +168,19 @@ def scenarios(names: list[str], payload: bytes, journal_steps: list[int]) -> lis
     return out
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(text: str, least: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}") from e
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"need positive integers: {text!r}")
+    if not values or min(values) < least:
+        raise argparse.ArgumentTypeError(f"need integers of at least {least}: {text!r}")
     return values
+
+
+def _workers_list(text: str) -> list[int]:
+    """Worker counts; 0 is the single embedded process."""
+    return _int_list(text, least=0)
 
 
 def _scenario_list(text: str) -> list[str]:
@@ -217,7 +222,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--workers",
-        type=_int_list,
+        type=_workers_list,
         default=[0, 2],
         help="broker processes to measure, each in turn on a fresh data dir: 0 is the "
         "single embedded process, N>0 runs --workers N; ratios are against the first "
