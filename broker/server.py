@@ -86,6 +86,7 @@ class Broker:
             environment's `clock.VirtualClock` (time skipping).
         placement: This partition among others (`--workers`); default: the only one.
         transport: Delivers cross-partition messages (with `placement`).
+        delivery_secret: What other partitions' deliveries must carry (with `placement`).
     """
 
     def __init__(
@@ -94,9 +95,11 @@ class Broker:
         clock: Clock = WALL,
         placement: Placement | None = None,
         transport: Transport | None = None,
+        delivery_secret: str = "",
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self._delivery_secret = delivery_secret
         self.kv = open_kv(settings.data_dir, settings.accept_data_loss)
         self.registry = Registry()
         self.partition = Partition(
@@ -142,7 +145,9 @@ class Broker:
         self.ingress_servicer = IngressServicer(self.driver)
         ingress_pb2_grpc.add_IngressServicer_to_server(self.ingress_servicer, ingress)
         if not self.partition.placement.single:
-            cluster_pb2_grpc.add_PartitionsServicer_to_server(DeliverServicer(self.driver), ingress)
+            cluster_pb2_grpc.add_PartitionsServicer_to_server(
+                DeliverServicer(self.driver, self._delivery_secret), ingress
+            )
         self.router = IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes)
         ingress.add_generic_rpc_handlers((self.router,))
         self.ingress_port = self._bind(ingress, self.settings.ingress)

@@ -32,6 +32,9 @@ class Directory:
 
     workers: int
     partitions: list[PartitionAddress]
+    # Proves a cross-partition delivery comes from a worker of this broker: the private
+    # ports listen on loopback, where any local process could otherwise inject messages.
+    secret: str = ""
 
     @property
     def count(self) -> int:
@@ -52,6 +55,7 @@ class Directory:
             {
                 "workers": self.workers,
                 "partitions": [dataclasses.asdict(a) for a in self.partitions],
+                "secret": self.secret,
             }
         )
 
@@ -62,6 +66,7 @@ class Directory:
         return cls(
             workers=int(raw["workers"]),
             partitions=[PartitionAddress(**a) for a in raw["partitions"]],
+            secret=str(raw.get("secret", "")),
         )
 
 

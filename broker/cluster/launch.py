@@ -5,6 +5,7 @@ the public ingress port every worker binds, and each worker's command line.
 
 from __future__ import annotations
 
+import secrets
 import socket
 
 from ..config import Settings
@@ -96,6 +97,7 @@ def plan(workers: int, partitions: int, metrics: bool) -> Directory:
 
     return Directory(
         workers=workers,
+        secret=secrets.token_urlsafe(24),
         partitions=[
             PartitionAddress(
                 ingress=address(), admin=address(), metrics=address() if metrics else None

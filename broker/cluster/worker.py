@@ -23,6 +23,7 @@ from .. import security
 from ..config import Settings, parse_args
 from ..server import Broker, ingress_server
 from . import layout
+from .deliver import SECRET_HEADER
 from .directory import Directory, from_environment
 from .ingress import ClusterIngressServicer, ClusterRouter, Peers
 from .placement import Placement
@@ -69,7 +70,10 @@ class Worker:
                 metrics=address.metrics or None,
             )
             self.brokers[partition] = Broker(
-                own, placement=Placement(partition, directory.count), transport=self._deliver
+                own,
+                placement=Placement(partition, directory.count),
+                transport=self._deliver,
+                delivery_secret=directory.secret,
             )
         self._public: grpc.aio.Server | None = None
 
@@ -81,7 +85,11 @@ class Worker:
                 local.partition.on_delivery, request.source, list(request.messages)
             )
         stub = cluster_pb2_grpc.PartitionsStub(self.peers.channel(destination))
-        response = await stub.Deliver(request, timeout=_DELIVER_TIMEOUT)
+        response = await stub.Deliver(
+            request,
+            timeout=_DELIVER_TIMEOUT,
+            metadata=((SECRET_HEADER, self.directory.secret),),
+        )
         return response.applied
 
     async def start(self) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from durable.v1 import admin_pb2, admin_pb2_grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, cluster_pb2, cluster_pb2_grpc
 from playground import playground_pb2
 from trips import trips_pb2
 
@@ -137,6 +137,30 @@ def test_cluster_status_lists_partitions_and_owners(workers: Cluster) -> None:
         (3, "worker-1", True),
     ]
     assert all(p.admin.startswith("127.0.0.1:") for p in status.partitions)
+
+
+def test_a_delivery_without_the_clusters_secret_is_refused(workers: Cluster) -> None:
+    # The private ports listen on loopback: another local process must not be able to
+    # complete entries or start invocations by posing as a partition.
+    target = _status(workers).partitions[1]
+    envelope = cluster_pb2.Envelope(
+        seq=1,
+        message=cluster_pb2.OutboxMessage(
+            invoke=cluster_pb2.InvokeMessage(
+                invocation_id="inv_forged", service="playground.Counter", method="Get"
+            )
+        ),
+    )
+    request = cluster_pb2.DeliverRequest(source=0, destination=1, messages=[envelope])
+    with grpc.insecure_channel(target.ingress) as channel:
+        stub = cluster_pb2_grpc.PartitionsStub(channel)
+        for metadata in ((), (("x-durable-cluster-secret", "guess"),)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Deliver(request, metadata=metadata, timeout=10)
+            assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.RpcError) as unknown:
+        workers.describe("inv_forged")
+    assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_a_killed_worker_is_restarted_and_serves_again(workers: Cluster) -> None:
