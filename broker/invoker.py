@@ -143,8 +143,14 @@ class Invoker:
         return stub
 
     def start(self, action: StartAttempt) -> None:
-        """Begins an attempt; the stream opens once the journal it carries is durable."""
-        attempt = Attempt(action.attempt, self._barrier())
+        """Begins an attempt; the stream opens once the journal it carries is durable
+        (at once for an `early` one)."""
+        if action.early:
+            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            ready.set_result(None)
+        else:
+            ready = self._barrier()
+        attempt = Attempt(action.attempt, ready)
         self._attempts[action.invocation_id] = attempt
         attempt.task = asyncio.create_task(
             self._run(action.invocation_id, attempt, action.start, action.deployment_id)

@@ -23,12 +23,17 @@ Result = journal_pb2.Result
 @dataclasses.dataclass(frozen=True, slots=True)
 class StartAttempt:
     """Open attempt `attempt` of an invocation on its deployment. The invoker sends
-    `start` once everything queued before it is durable (a `Now` action)."""
+    `start` once everything queued before it is durable (a `Now` action), or at once when
+    `early`: the first attempt of an invocation without state, whose journal is only its
+    input. Nothing it carries is then a step to acknowledge, and whatever it does is
+    written after its invocation, so it cannot become durable first or reach a caller
+    before it."""
 
     invocation_id: str
     attempt: int
     deployment_id: str
     start: protocol_pb2.StartMessage
+    early: bool = False
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

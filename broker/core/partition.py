@@ -451,7 +451,12 @@ class Partition:
         self.save(batch, live)
         # The invoker sends the start once everything queued before it is durable, and
         # reads the object's state then (so it includes a previous holder's last writes).
-        batch.now(actions.StartAttempt(record.id, record.attempts, record.deployment_id, start))
+        # A stateless invocation's first attempt need not wait for the fsync that makes
+        # its creation durable (see `actions.StartAttempt`): it overlaps it.
+        early = record.attempts == 1 and len(live.journal) == 1 and not record.key
+        batch.now(
+            actions.StartAttempt(record.id, record.attempts, record.deployment_id, start, early)
+        )
 
     # ---- What an endpoint did in an attempt
 

@@ -1296,3 +1296,22 @@ def test_cancel_and_kill_reach_a_suspended_invocation() -> None:
     assert commit(p) == []
     assert list(timer_table.scan(p.kv)) == []
     assert p.live[cancelled].journal[1].result.failure.code == codes.CANCELLED
+
+
+def test_only_a_stateless_first_attempt_starts_before_its_invocation_is_durable() -> None:
+    p = make_partition()
+    trip = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
+    [first] = started(commit(p), trip)
+    # Its journal is only the input and it has no state: the start overlaps the fsync.
+    assert first.early
+    flight = p.invoke(FLIGHTS, "Reserve", "trip-1", reserve_request("trip-1"), {})
+    [keyed] = started(commit(p), flight)
+    # An object's attempt reads state the previous holder wrote: it waits.
+    assert not keyed.early
+    attempt_event(p, trip, Failed("boom", 0.0, False, False))
+    retried = [a for a in of_type(commit(p), actions.ScheduleRetry) if a.invocation_id == trip]
+    assert retried
+    p.on_retry_due(trip)
+    [second] = started(commit(p), trip)
+    # A retry may carry steps the first attempt journaled: it waits for them.
+    assert second.attempt == 2 and not second.early
