@@ -9,23 +9,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bench.run import Point
 
-# Restate 1.7.12 + Python SDK 1.2.0 on a 2-core CI-class machine, load generator included,
-# median of uncontended runs: (scenario, concurrency) -> (calls/s, p50 ms). From issue #6;
-# nothing here is measured by this benchmark.
-REFERENCE: dict[tuple[str, int], tuple[float, float]] = {
-    ("trivial", 1): (168.0, 5.5),
-    ("trivial", 16): (457.0, 35.0),
-    ("trivial", 64): (606.0, 104.0),
-    ("saga", 1): (20.7, 47.0),
-    ("saga", 16): (45.6, 347.0),
-    ("saga", 64): (65.3, 956.0),
-}
-REFERENCE_NOTES = (
-    "Restate server ~1 core + Python service ~0.7 core under load: ~28 ms CPU per saga in all",
-    "plain non-durable Python HTTP handler: ~2,100 calls/s at concurrency 1 (p50 0.44 ms)",
-    "plain gRPC unary call, Python client to Python server: ~1,900 calls/s at concurrency 8",
-    "fsync of a small append: ~0.2 ms; RocksDB batch fsync'd for 64 steps: ~55,000 steps/s",
-)
 # Average cores used by other processes during the windows above which the report warns.
 CONTENTION_WARN_CORES = 0.15
 
@@ -227,36 +210,13 @@ def commit_table(points: Sequence[Point]) -> str:
     )
 
 
-def reference_section(points: Sequence[Point]) -> str:
-    """Issue #6's Restate figures next to ours, clearly marked as not measured here."""
-    header = [
-        "scenario", "conc", "Restate calls/s", "Restate p50 ms", "ours calls/s", "ours p50 ms",
-        "ours/Restate thr",
-    ]  # fmt: skip
-    rows = []
-    for (name, conc), (ref_thr, ref_p50) in REFERENCE.items():
-        ours = next((p for p in points if p.scenario.name == name and p.concurrency == conc), None)
-        rows.append(
-            [
-                name,
-                str(conc),
-                _rate(ref_thr),
-                f"{ref_p50:g}",
-                _rate(ours.window.throughput) if ours else "not run",
-                _ms(ours.window.percentile(0.5)) if ours else "-",
-                _ratio(ours.window.throughput / ref_thr) if ours else "-",
-            ]
-        )
-    lines = [
-        "Restate 1.7.12 reference (from issue #6): NOT measured here. Restate 1.7.12 (Rust) +",
-        "Python SDK 1.2.0 on a 2-core CI-class machine, load generator included; copied from",
-        "the issue for comparison only. 'ours' columns are this run.",
-        "",
-        _table(header, rows),
-        "",
-        *(f"  reference: {n}" for n in REFERENCE_NOTES),
-    ]
-    return "\n".join(lines)
+def peer_pointer() -> str:
+    """Where the comparison with Restate lives: measured in the same run, never divided
+    by figures from another day."""
+    return (
+        "Against Restate: `make bench-peer` measures it side by side with this broker in one "
+        "run\n(same scenarios, same load generator)."
+    )
 
 
 def _find(points: Sequence[Point], name: str, conc: int) -> Point | None:
@@ -384,7 +344,7 @@ def render(points: Sequence[Point], settings: dict[str, Any], partial: bool = Fa
         commit_table(points),
         workers_section(points),
         _errors(points),
-        reference_section(points),
+        peer_pointer(),
         targets_section(points),
     ]
     return "\n\n".join(s for s in sections if s)
@@ -437,12 +397,4 @@ def to_json(
         "elapsed_s": elapsed,
         "settings": settings,
         "results": out,
-        "reference_not_measured_here": {
-            "source": "issue #6: Restate 1.7.12 + Python SDK 1.2.0, 2-core machine",
-            "points": [
-                {"scenario": s, "concurrency": c, "throughput_per_s": t, "p50_ms": m}
-                for (s, c), (t, m) in REFERENCE.items()
-            ],
-            "notes": list(REFERENCE_NOTES),
-        },
     }
