@@ -22,7 +22,7 @@ import pytest
 from durable.v1 import admin_pb2
 from playground import playground_pb2 as pb
 from selenium import webdriver
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -112,7 +112,9 @@ def _until(driver: WebDriver, predicate: Callable[[], Any], what: str, timeout: 
     def attempt() -> Any:
         try:
             return predicate()
-        except StaleElementReferenceException:  # the page refreshed a part under us
+        except (StaleElementReferenceException, NoSuchElementException):
+            # The page refreshed a part under us, or is between two pages (a form just
+            # submitted): not there yet.
             return None
 
     return wait_for(
