@@ -10,6 +10,7 @@ import asyncio
 import bisect
 import collections
 import logging
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("broker.metrics")
 
@@ -96,6 +97,18 @@ class Metrics:
 
 async def serve(metrics: Metrics, address: str) -> asyncio.Server:
     """Serves `GET /metrics` on `address` (HTTP/1.1, one response per connection)."""
+
+    async def render() -> str:
+        return metrics.render()
+
+    server = await serve_text(address, render)
+    log.info("metrics on http://%s/metrics", address)
+    return server
+
+
+async def serve_text(address: str, render: Callable[[], Awaitable[str]]) -> asyncio.Server:
+    """Serves `GET /metrics` on `address` with what `render` returns (Prometheus text;
+    HTTP/1.1, one response per connection); any other path is 404."""
     host, _, port = address.rpartition(":")
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -103,7 +116,7 @@ async def serve(metrics: Metrics, address: str) -> asyncio.Server:
             request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
             if path.split(b"?")[0] == b"/metrics":
-                body, status = metrics.render().encode(), b"200 OK"
+                body, status = (await render()).encode(), b"200 OK"
                 kind = b"text/plain; version=0.0.4"
             else:
                 body, status, kind = b"try /metrics\n", b"404 Not Found", b"text/plain"
@@ -123,6 +136,4 @@ async def serve(metrics: Metrics, address: str) -> asyncio.Server:
         finally:
             writer.close()
 
-    server = await asyncio.start_server(handle, host, int(port))
-    log.info("metrics on http://%s/metrics", address)
-    return server
+    return await asyncio.start_server(handle, host.strip("[]"), int(port))

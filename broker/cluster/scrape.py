@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .. import metrics
 from .directory import Directory
 
 log = logging.getLogger("broker.metrics")
@@ -83,36 +84,13 @@ def combine(texts: list[str | None]) -> str:
 
 async def serve(directory: Directory, address: str) -> asyncio.Server:
     """Serves the combined `GET /metrics` on `address`."""
-    host, _, port = address.rpartition(":")
     addresses = [a.metrics for a in directory.partitions]
 
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path.split(b"?")[0] == b"/metrics":
-                texts = await asyncio.gather(*(fetch(a) if a else _none() for a in addresses))
-                body, status = combine(list(texts)).encode(), b"200 OK"
-                kind = b"text/plain; version=0.0.4"
-            else:
-                body, status, kind = b"try /metrics\n", b"404 Not Found", b"text/plain"
-            writer.write(
-                b"HTTP/1.1 "
-                + status
-                + b"\r\nContent-Type: "
-                + kind
-                + b"\r\nContent-Length: "
-                + str(len(body)).encode()
-                + b"\r\nConnection: close\r\n\r\n"
-                + body
-            )
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    async def render() -> str:
+        texts = await asyncio.gather(*(fetch(a) if a else _none() for a in addresses))
+        return combine(list(texts))
 
-    server = await asyncio.start_server(handle, host.strip("[]"), int(port))
+    server = await metrics.serve_text(address, render)
     log.info("metrics of %d partitions on http://%s/metrics", directory.count, address)
     return server
 
