@@ -9,7 +9,6 @@ one of this worker's own partitions, so it never crosses processes.
 
 from __future__ import annotations
 
-import functools
 import itertools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
@@ -20,10 +19,9 @@ from durable.v1 import ingress_pb2, ingress_pb2_grpc
 
 from .. import registry as reg
 from ..ingress import IngressRouter, IngressServicer
-from ..ingress.router import IDEMPOTENCY_KEY, status_of
+from ..ingress.router import IDEMPOTENCY_KEY, route, status_of
 from .placement import Placement
 
-_BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/")
 # Metadata gRPC sets itself: a forwarded call gets its own.
 _OWN_METADATA = ("user-agent", "grpc-", ":", "content-type", "te")
 
@@ -98,19 +96,10 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        path: str = handler_call_details.method
-        if path.startswith(_BUILTIN_PREFIXES):
-            return None
-        service, _, method = path.lstrip("/").partition("/")
-        return grpc.unary_unary_rpc_method_handler(functools.partial(self._call, service, method))
+        return route(handler_call_details, self._call)
 
-    def home(self, service: str, method: str, body: bytes, idempotency_key: str) -> int:
-        """The partition a call goes to.
-
-        Raises:
-            registry.BadRequest: the call names no registered method, or lacks its key.
-        """
-        _, _, key = reg.resolve(self._registry, service, method, body)
+    def home(self, service: str, method: str, key: str, idempotency_key: str) -> int:
+        """The partition a call goes to."""
         home = self._placement.home(service, method, key, idempotency_key)
         return next(self._next_local) if home is None else home
 
@@ -120,13 +109,15 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         metadata = forwarded_metadata(context)
         idempotency_key = next((v for k, v in metadata if k == IDEMPOTENCY_KEY), "")
         try:
-            home = self.home(service, method, body, str(idempotency_key))
+            _, _, key = reg.resolve(self._registry, service, method, body)
         except reg.BadRequest as e:
             await context.abort(status_of(e.code), e.message)
             raise AssertionError("unreachable") from None
+        home = self.home(service, method, key, str(idempotency_key))
         local = self._local.get(home)
         if local is not None:
-            return await local.handle(service, method, body, context)
+            # The key is read: the partition's router need not parse the body again.
+            return await local.handle(service, method, body, context, key)
         # No serializers: the body goes on as the bytes it came as.
         call = self._peers.channel(home).unary_unary(f"/{service}/{method}", None, None)(
             body, metadata=metadata, timeout=context.time_remaining()

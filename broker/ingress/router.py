@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -36,6 +37,21 @@ _BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/
 status_of = codes.grpc_status
 
 
+Call = Callable[[str, str, bytes, grpc.aio.ServicerContext[Any, Any]], Awaitable[bytes]]
+
+
+def route(
+    handler_call_details: grpc.HandlerCallDetails, call: Call
+) -> grpc.RpcMethodHandler[Any, Any] | None:
+    """`call(service, method, body, context)` as the handler of a `/Service/Method`
+    path, bytes in and out; None for the broker's own services."""
+    path: str = handler_call_details.method
+    if path.startswith(_BUILTIN_PREFIXES):
+        return None
+    service, _, method = path.lstrip("/").partition("/")
+    return grpc.unary_unary_rpc_method_handler(functools.partial(call, service, method))
+
+
 class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler: any registered method, raw bytes, answered from the journal."""
 
@@ -47,21 +63,18 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        path: str = handler_call_details.method
-        if path.startswith(_BUILTIN_PREFIXES):
-            return None
-        service, _, method = path.lstrip("/").partition("/")
-        return grpc.unary_unary_rpc_method_handler(functools.partial(self._call, service, method))
+        return route(handler_call_details, self.handle)
 
     async def handle(
-        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        service: str,
+        method: str,
+        body: bytes,
+        context: grpc.aio.ServicerContext[Any, Any],
+        key: str | None = None,
     ) -> bytes:
-        """Serves one call of `service`/`method` in this partition."""
-        return await self._call(service, method, body, context)
-
-    async def _call(
-        self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> bytes:
+        """Serves one call of `service`/`method` in this partition; `key` is the call's
+        key when the caller already read it from the body (a worker's public ingress)."""
         if len(body) > self._max_payload:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -73,11 +86,12 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 "the broker cannot write its journal right now "
                 f"({self._driver.committer.last_error}); retry later",
             )
-        try:
-            _, _, key = reg.resolve(self._registry, service, method, body)
-        except reg.BadRequest as e:
-            await context.abort(status_of(e.code), e.message)
-            raise AssertionError("unreachable") from None
+        if key is None:
+            try:
+                _, _, key = reg.resolve(self._registry, service, method, body)
+            except reg.BadRequest as e:
+                await context.abort(status_of(e.code), e.message)
+                raise AssertionError("unreachable") from None
         metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
         headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
         idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
