@@ -49,7 +49,6 @@ class Shipper:
         self._acknowledged = acknowledged
         self._durable: dict[int, int] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self.delivered = 0
 
     def durable(self, destination: int, seq: int) -> None:
         """Messages to `destination` up to `seq` are durable: ship them."""
@@ -60,10 +59,6 @@ class Shipper:
             self._tasks[destination] = asyncio.get_running_loop().create_task(
                 self._ship(destination), name=f"ship-to-p{destination}"
             )
-
-    def idle(self) -> bool:
-        """Whether nothing durable is waiting to be delivered."""
-        return all(task.done() for task in self._tasks.values())
 
     async def _ship(self, destination: int) -> None:
         delay = _BACKOFF[0]
@@ -100,7 +95,6 @@ class Shipper:
             if failing:
                 log.info("partition %d delivers to partition %d again", self._source, destination)
             failing, delay = False, _BACKOFF[0]
-            self.delivered += len(batch)
             self._acknowledged(destination, applied)
 
     async def close(self) -> None:
