@@ -9,9 +9,9 @@ so ids keep their documented form.
 
 from __future__ import annotations
 
-import base64
-import secrets
 import zlib
+
+from ..core.model import new_invocation_id
 
 
 def of_bytes(data: bytes, partitions: int) -> int:
@@ -36,9 +36,9 @@ def of_id(invocation_id: str, partitions: int) -> int:
 
 
 def new_id(partition: int, partitions: int) -> str:
-    """A fresh `inv_` id (128 random bits) that names `partition`."""
+    """A fresh invocation id (`model.new_invocation_id`'s form) that names `partition`."""
     while True:
-        candidate = "inv_" + base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+        candidate = new_invocation_id()
         if partitions == 1 or of_id(candidate, partitions) == partition:
             return candidate
 
