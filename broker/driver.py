@@ -28,6 +28,7 @@ from .core.partition import Partition
 from .core.schedules import Schedules, name_of
 from .invoker import Invoker
 from .storage import Committer, invocations
+from .storage.commit import Log
 from .storage.kv import KV
 from .timers import TimerQueue
 
@@ -47,6 +48,7 @@ class Driver:
         observe: Told (batches, fsync seconds) after each group commit.
         clock: Where timers and retries wait (the wall, or a test's virtual clock).
         transport: Delivers outbox messages to other partitions (None: there are none).
+        log: Cluster mode: the partition's replicated log (see `Committer`).
     """
 
     def __init__(
@@ -57,11 +59,12 @@ class Driver:
         observe: Callable[[int, float], None] | None = None,
         clock: Clock = WALL,
         transport: Transport | None = None,
+        log: Log | None = None,
     ) -> None:
         self.partition = partition
         self.clock = clock
         self.committer = Committer(
-            kv, sync=settings.fsync, observe=observe, carry_out=self._carry_out
+            kv, sync=settings.fsync, observe=observe, carry_out=self._carry_out, log=log
         )
         self.invoker = Invoker(
             partition.registry,

@@ -25,6 +25,8 @@ from .ingress import DynamicReflection, IngressRouter, IngressServicer
 from .interceptors import StorageErrors
 from .registry import Registry
 from .storage import deployments, open_kv
+from .storage.commit import Log
+from .storage.kv import KV
 
 log = logging.getLogger("broker")
 
@@ -87,6 +89,10 @@ class Broker:
         placement: This partition among others (`--workers`); default: the only one.
         transport: Delivers cross-partition messages (with `placement`).
         delivery_secret: What other partitions' deliveries must carry (with `placement`).
+        kv: The store, already open (cluster mode: the replica's); default: opened
+            from `settings.data_dir`. Closed by `stop` either way.
+        log: Cluster mode: the partition's replicated log, which every write goes
+            through before it counts.
     """
 
     def __init__(
@@ -96,11 +102,13 @@ class Broker:
         placement: Placement | None = None,
         transport: Transport | None = None,
         delivery_secret: str = "",
+        kv: KV | None = None,
+        log: Log | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self._delivery_secret = delivery_secret
-        self.kv = open_kv(settings.data_dir, settings.accept_data_loss)
+        self.kv = open_kv(settings.data_dir, settings.accept_data_loss) if kv is None else kv
         self.registry = Registry()
         self.partition = Partition(
             self.kv,
@@ -119,6 +127,7 @@ class Broker:
             observe=self._observe_commit,
             clock=clock,
             transport=transport,
+            log=log,
         )
         self.committer = self.driver.committer
         self.ingress_port = 0

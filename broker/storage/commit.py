@@ -8,8 +8,12 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Protocol
 
-from .kv import KV
+from . import position
+from .kv import KV, StoreUnavailable
+
+Write = tuple[bytes, bytes | None]
 
 log = logging.getLogger("broker.storage")
 
@@ -86,6 +90,16 @@ class _SyncThread:
                 pass  # the loop is closed: nobody waits any more
 
 
+class Log(Protocol):
+    """A replicated log the committer appends to before applying (cluster mode)."""
+
+    async def append_batches(self, batches: list[list[Write]]) -> list[tuple[list[Write], int]]:
+        """Appends the batches' writes as one or more entries, each once a quorum stored
+        it; returns each entry's writes and sequence, in order. Raises `StoreUnavailable`
+        when this node may no longer append (another leads)."""
+        ...
+
+
 def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
     if future.done():
         return
@@ -104,6 +118,9 @@ class Committer:
     Args:
         kv: The store; `write` runs on the loop, `sync` on a thread of its own.
         sync: False skips fsync (tests only); durability then rests on the OS.
+        log: Cluster mode: a group is durable once this replicated log stored it; it is
+            then applied to `kv` (with its log position) and never fsynced here, the log
+            being the copy that counts.
     """
 
     def __init__(
@@ -112,8 +129,13 @@ class Committer:
         sync: bool = True,
         observe: Callable[[int, float], None] | None = None,
         carry_out: Callable[[list[object]], None] | None = None,
+        log: Log | None = None,
     ) -> None:
         self._kv = kv
+        self._log = log
+        # Set (with the reason) once the log refuses this node's appends for good.
+        self.lost: StoreUnavailable | None = None
+        self.lost_event = asyncio.Event()
         # Given each batch's actions: urgent ones when it is queued, the rest once durable.
         self._carry_out = carry_out
         self._syncer = _SyncThread(kv.sync)
@@ -132,6 +154,9 @@ class Committer:
     def submit(self, batch: Batch) -> asyncio.Future[None]:
         """Queues `batch`; the future resolves once it is durable and its actions ran."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.lost is not None:
+            future.set_exception(self.lost)
+            return future
         self._pending.append((batch, future))
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._flush_loop())
@@ -162,11 +187,19 @@ class Committer:
         await asyncio.sleep(0)
         while self._pending:
             group, self._pending = self._pending, []
-            puts = [p for batch, _ in group for p in batch.puts]
-            synced = await self._write_until_durable(puts) if puts else 0.0
+            if self._log is not None:
+                try:
+                    synced = await self._replicate([b.puts for b, _ in group if b.puts])
+                except StoreUnavailable as e:
+                    self._lose(e, group)
+                    return
+                puts: list[Write] = []
+            else:
+                puts = [p for batch, _ in group for p in batch.puts]
+                synced = await self._write_until_durable(puts) if puts else 0.0
             self.groups += 1
             self.batches += len(group)
-            if self._observe is not None and puts:
+            if self._observe is not None and (puts or self._log is not None):
                 self._observe(len(group), synced)
             for batch, future in group:
                 if batch.actions:
@@ -176,6 +209,52 @@ class Committer:
                         log.exception("post-commit action failed")
                 if not future.done():
                     future.set_result(None)
+
+    async def _replicate(self, batches: list[list[Write]]) -> float:
+        """Appends the group to the log, then applies each entry here; returns the
+        seconds the appends took."""
+        if not batches:
+            return 0.0
+        assert self._log is not None
+        started = time.perf_counter()
+        entries = await self._log.append_batches(batches)
+        appended = time.perf_counter() - started
+        for writes, sequence in entries:
+            await self._apply_until_done([*writes, position.put(sequence)])
+        return appended
+
+    async def _apply_until_done(self, writes: list[Write]) -> None:
+        """Applies a replicated entry to the local store, retrying a failed write (the
+        entry is in the log already: it must land here too)."""
+        delay = 0.05
+        while True:
+            try:
+                self._kv.write(writes)
+                self.healthy = True
+                return
+            except Exception as e:
+                self.healthy = False
+                self.last_error = str(e)
+                log.error("applying a replicated entry failed, retrying: %s", e)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _lose(
+        self, error: StoreUnavailable, group: list[tuple[Batch, asyncio.Future[None]]]
+    ) -> None:
+        """This node may no longer write: every batch not yet durable fails, and so does
+        every later one; nothing of theirs is applied or carried out."""
+        self.lost = error
+        self.healthy = False
+        self.last_error = str(error)
+        log.warning("journal writes stop: %s", error)
+        for _, future in [*group, *self._pending]:
+            if not future.done():
+                future.set_exception(error)
+                # Retrieved here: many of these futures have nobody waiting on them.
+                future.exception()
+        self._pending = []
+        self.lost_event.set()
 
     def _hand_over(self, actions: list[object]) -> None:
         if self._carry_out is None:

@@ -13,6 +13,8 @@ TIMERS = b"tm"
 IDEMPOTENCY = b"ik"
 DEPLOYMENTS = b"dp"
 EXPIRY = b"ex"
+# Cluster mode: the last log entry this store holds (broker.replication).
+LOG_POSITION = b"lp"
 
 
 # The longest part a key can hold (its length is stored in two bytes): the limit on

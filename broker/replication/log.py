@@ -1,0 +1,118 @@
+"""A leader's appends to its partition's stream, fenced.
+
+Each append says which sequence it expects to follow (`Nats-Expected-Last-Sequence`):
+once another leader has appended, every append of the old one is refused, so a paused
+or partitioned leader can never write after its successor. Each append also carries an
+id of its own (`Nats-Msg-Id`): a retry after a lost answer gets the first try's sequence
+back instead of a second copy (JetStream checks the id before the expected sequence).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+
+from ..storage.kv import StoreUnavailable
+from . import codec
+from .codec import Write
+from .engine import API_TIMEOUT_S, MAX_ENTRY_BYTES, subject
+
+log = logging.getLogger("broker.replication")
+
+# JetStream's answer to a stale `Nats-Expected-Last-Sequence`.
+WRONG_LAST_SEQUENCE = 10071
+MARKER_HEADER = "Durable-Leader"
+_MAX_BACKOFF_S = 1.0
+
+
+class Fenced(StoreUnavailable):
+    """Another node leads this partition now: this one must stop writing."""
+
+
+class PartitionLog:
+    """Appends to one partition's stream, as its leader.
+
+    Args:
+        js: JetStream.
+        partition: Whose stream.
+        last: The stream's last sequence as this leader wrote or read it.
+    """
+
+    def __init__(self, js: JetStreamContext, partition: int, last: int) -> None:
+        self._js = js
+        self.partition = partition
+        self.last = last
+        self._subject = subject(partition)
+        self._ids = f"{uuid.uuid4().hex}-"
+        self._count = 0
+        self.fenced = False
+
+    async def append(self, writes: list[Write]) -> int:
+        """Appends one entry; returns its sequence once a quorum stored it.
+
+        Transient failures (a server restarting, an election) are retried with the same
+        id until they succeed.
+
+        Raises:
+            Fenced: another leader appended since this one's last entry.
+        """
+        return await self._publish(codec.encode(writes), {})
+
+    def close(self) -> None:
+        """Stops appending (this node steps down): an append being retried gives up."""
+        self.fenced = True
+
+    async def append_batches(self, batches: list[list[Write]]) -> list[tuple[list[Write], int]]:
+        """Appends a group commit's batches, in as few entries as the size limit allows
+        (a batch is never split); each entry's writes and sequence, in order."""
+        out: list[tuple[list[Write], int]] = []
+        for writes in codec.chunks(batches, MAX_ENTRY_BYTES):
+            out.append((writes, await self.append(writes)))
+        return out
+
+    async def mark(self, node: str) -> int:
+        """Appends the entry that starts a leadership (it holds no writes): from here
+        on, the previous leader's appends are refused."""
+        return await self._publish(b"", {MARKER_HEADER: node})
+
+    async def _publish(self, payload: bytes, extra: dict[str, str]) -> int:
+        if self.fenced:
+            raise Fenced(f"partition {self.partition} is led by another node now")
+        self._count += 1
+        headers = {
+            **extra,
+            "Nats-Msg-Id": f"{self._ids}{self._count}",
+            "Nats-Expected-Last-Sequence": str(self.last),
+        }
+        delay = 0.05
+        while True:
+            try:
+                ack = await self._js.publish(
+                    self._subject, payload, timeout=API_TIMEOUT_S, headers=headers
+                )
+            except nats.js.errors.APIError as e:
+                if e.err_code == WRONG_LAST_SEQUENCE:
+                    self.fenced = True
+                    raise Fenced(
+                        f"partition {self.partition}: another leader appended after "
+                        f"sequence {self.last}; this node steps down"
+                    ) from None
+                log.warning("append to partition %d refused, retrying: %s", self.partition, e)
+            except (TimeoutError, nats.errors.Error) as e:
+                log.warning(
+                    "append to partition %d failed, retrying: %s",
+                    self.partition,
+                    e or type(e).__name__,
+                )
+            else:
+                self.last = ack.seq
+                return ack.seq
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _MAX_BACKOFF_S)
+            if self.fenced:
+                raise Fenced(f"partition {self.partition}: this node stepped down")

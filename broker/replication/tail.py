@@ -1,0 +1,106 @@
+"""Applies a partition's stream to a local store: what a follower does all the time and a
+new leader does until it holds every entry."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from ..storage import position
+from ..storage.kv import KV
+from . import codec
+from .engine import subject
+from .log import MARKER_HEADER
+
+log = logging.getLogger("broker.replication")
+
+
+def apply(kv: KV, sequence: int, data: bytes, headers: dict[str, str] | None) -> None:
+    """Applies the entry at `sequence` (and its position) in one write."""
+    writes = [] if headers and MARKER_HEADER in headers else codec.decode(data)
+    writes.append(position.put(sequence))
+    kv.write(writes)
+
+
+class Tail:
+    """Follows one partition's stream into `kv`, from the entry after its position.
+
+    Args:
+        js: JetStream.
+        partition: Whose stream.
+        kv: The partition's local store (this tail is its only writer while it runs).
+    """
+
+    def __init__(self, js: JetStreamContext, partition: int, kv: KV) -> None:
+        self._js = js
+        self.partition = partition
+        self._kv = kv
+        self.applied = position.get(kv)
+        self._moved = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.failed: BaseException | None = None
+
+    def start(self) -> None:
+        """Starts following."""
+        self._task = asyncio.create_task(self._run(), name=f"tail-p{self.partition}")
+
+    async def stop(self) -> None:
+        """Stops following; `applied` stays where it got to."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+
+    async def reach(self, sequence: int, timeout: float) -> bool:
+        """Waits until the entry at `sequence` is applied; False on timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.applied < sequence:
+            if self.failed is not None:
+                return False
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._moved.clear()
+            try:
+                await asyncio.wait_for(self._moved.wait(), left)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _run(self) -> None:
+        config = ConsumerConfig(
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1
+        )
+        sub = await self._js.subscribe(
+            subject(self.partition), ordered_consumer=True, config=config
+        )
+        try:
+            async for msg in sub.messages:
+                self._apply(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.failed = e
+            self._moved.set()
+            log.error("following partition %d's log failed: %s", self.partition, e)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:
+                pass
+
+    def _apply(self, msg: Msg) -> None:
+        sequence = msg.metadata.sequence.stream
+        if sequence <= self.applied:
+            return  # redelivered after a consumer reset
+        apply(self._kv, sequence, msg.data, msg.headers)
+        self.applied = sequence
+        self._moved.set()
