@@ -9,7 +9,7 @@ import sys
 
 from durable import tracing, wire
 
-from .cluster import launch, layout, supervisor
+from .cluster import launch, layout, node_main, supervisor
 from .config import Settings, parse_args
 from .server import Broker
 
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point."""
     args = sys.argv[1:] if argv is None else argv
     settings = parse_args(args)
+    if settings.nats is not None:
+        return node_main.main(settings)
     partitions = 0
     try:
         if settings.workers is None:

@@ -243,7 +243,24 @@ class Settings:
         "--partitions",
         "BROKER_PARTITIONS",
         parse=int,
-        help="partitions of a new --workers data dir (fixed once created; default: one per worker)",
+        help="partitions of a new --workers data dir, or of a new --nats cluster (fixed "
+        "once created; default: one per worker, or the cluster's)",
+    )
+    # Cluster mode: the partitions' logs live on NATS JetStream, replicated.
+    nats: str | None = _setting(
+        None,
+        "--nats",
+        "BROKER_NATS",
+        blank_is_none=True,
+        help="run as a node of a cluster whose partition logs live on NATS JetStream: "
+        "nats://HOST:PORT[,nats://HOST:PORT...]",
+    )
+    node: str | None = _setting(
+        None,
+        "--node",
+        "BROKER_NODE",
+        blank_is_none=True,
+        help="this node's name in a --nats cluster (unique in the cluster)",
     )
 
     def backoff(self, attempts: int) -> float:

@@ -10,9 +10,44 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Protocol
 
 ENV = "BROKER_CLUSTER"
 WORKER_ENV = "BROKER_CLUSTER_WORKER"
+
+
+class Where(Protocol):
+    """Where each partition's private ports are: fixed (`Directory`, `--workers`) or
+    wherever its leader is now (`broker.cluster.leaders`, cluster mode)."""
+
+    @property
+    def count(self) -> int:
+        """How many partitions there are."""
+        ...
+
+    async def ingress(self, partition: int) -> str:
+        """The partition's private ingress address (may wait for a leader).
+
+        Raises:
+            Unreachable: nobody serves it now.
+        """
+        ...
+
+    async def admin(self, partition: int) -> str:
+        """The partition's private admin address (may wait for a leader).
+
+        Raises:
+            Unreachable: nobody serves it now.
+        """
+        ...
+
+    def describe(self, partition: int) -> str:
+        """Who serves `partition` and where, for messages."""
+        ...
+
+
+class Unreachable(Exception):
+    """No process serves the partition right now; the message says which and why."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +79,18 @@ class Directory:
     def owner(self, partition: int) -> int:
         """The worker that runs `partition`."""
         return partition % self.workers
+
+    async def ingress(self, partition: int) -> str:
+        """`partition`'s private ingress address (`Where`)."""
+        return self.partitions[partition].ingress
+
+    async def admin(self, partition: int) -> str:
+        """`partition`'s private admin address (`Where`)."""
+        return self.partitions[partition].admin
+
+    def describe(self, partition: int) -> str:
+        """Who serves `partition` and where, for messages (`Where`)."""
+        return f"worker {self.owner(partition)}, {self.partitions[partition].admin}"
 
     def owned_by(self, worker: int) -> list[int]:
         """The partitions `worker` runs."""

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .directory import Directory
+from .directory import Unreachable, Where
 
 ADMIN_SERVICE = "durable.v1.Admin"
 # A listing merged from every partition may be large; the public port's own limit
@@ -62,16 +62,26 @@ class Partitions:
         directory: Where each partition listens.
     """
 
-    def __init__(self, directory: Directory) -> None:
+    def __init__(self, directory: Where) -> None:
         self.directory = directory
-        self._channels = [
-            grpc.aio.insecure_channel(a.admin, options=_OPTIONS) for a in directory.partitions
-        ]
+        # By address: in cluster mode a partition moves with its leader.
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
     @property
     def count(self) -> int:
         """How many partitions there are."""
         return self.directory.count
+
+    async def _channel(self, partition: int) -> grpc.aio.Channel:
+        try:
+            address = await self.directory.admin(partition)
+        except Unreachable as e:
+            raise Failed(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
+            self._channels[address] = channel
+        return channel
 
     async def call(
         self,
@@ -87,7 +97,7 @@ class Partitions:
             Failed: the partition's error, or UNAVAILABLE naming the partition when it
                 cannot be reached (its worker is down or restarting).
         """
-        channel = self._channels[partition]
+        channel = await self._channel(partition)
         # No (de)serializers: the bytes go through as they came.
         stub = channel.unary_unary(f"/{ADMIN_SERVICE}/{method}", None, None)
         try:
@@ -129,22 +139,21 @@ class Partitions:
 
     def unreachable(self, partition: int, details: str) -> str:
         """The message for a partition that cannot be reached."""
-        owner = self.directory.owner(partition)
-        address = self.directory.partitions[partition].admin
         return (
-            f"partition {partition} (worker {owner}, {address}) is unreachable: {details}; "
-            "its worker may be restarting, retry shortly"
+            f"partition {partition} ({self.directory.describe(partition)}) is unreachable: "
+            f"{details}; its worker may be restarting, retry shortly"
         )
 
     async def serving(self, partition: int) -> bool:
         """Whether the partition's admin API reports SERVING right now."""
-        health = health_pb2_grpc.HealthStub(self._channels[partition])
         try:
+            health = health_pb2_grpc.HealthStub(await self._channel(partition))
             answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
-        except grpc.aio.AioRpcError:
+        except (grpc.aio.AioRpcError, Failed):
             return False
         return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
     async def close(self) -> None:
         """Closes every channel."""
-        await asyncio.gather(*(c.close(None) for c in self._channels))
+        await asyncio.gather(*(c.close(None) for c in self._channels.values()))
+        self._channels.clear()

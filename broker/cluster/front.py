@@ -35,6 +35,7 @@ from .. import security
 from ..config import Settings
 from ..core.model import parse_awakeable_id
 from . import merge, placement
+from .directory import Directory
 from .forward import ADMIN_SERVICE, Failed, Partitions, forwarded_metadata
 
 log = logging.getLogger("broker.cluster.front")
@@ -325,6 +326,7 @@ class AdminFront:
 
     async def ClusterStatus(self, body: bytes, context: Context) -> bytes:
         directory = self.partitions.directory
+        assert isinstance(directory, Directory), "cluster mode answers with its own status"
         nodes = self._nodes()
         serving = await asyncio.gather(
             *(self.partitions.serving(p) for p in range(directory.count))

@@ -20,6 +20,7 @@ from durable.v1 import ingress_pb2, ingress_pb2_grpc
 from .. import registry as reg
 from ..ingress import IngressRouter, IngressServicer
 from ..ingress.router import IDEMPOTENCY_KEY, route, status_of
+from .directory import Unreachable, Where
 from .placement import Placement
 
 # Metadata gRPC sets itself: a forwarded call gets its own.
@@ -37,30 +38,43 @@ def forwarded_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> list[tupl
 
 @asynccontextmanager
 async def relayed_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[None]:
-    """Answers with the owning partition's status when a forwarded call fails."""
+    """Answers with the owning partition's status when a forwarded call fails, and
+    UNAVAILABLE when nobody serves it now."""
     try:
         yield
     except grpc.aio.AioRpcError as e:
         await context.abort(e.code(), e.details() or "")
+    except Unreachable as e:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
 
 
 class Peers:
     """Channels to the other partitions' private ingress ports, opened on first use."""
 
-    def __init__(self, addresses: list[str], max_payload: int) -> None:
-        self._addresses = addresses
+    def __init__(self, where: Where, max_payload: int) -> None:
+        self._where = where
         self._options = [
             ("grpc.max_receive_message_length", 64 * 1024 * 1024),
             ("grpc.max_send_message_length", max_payload + 64 * 1024),
+            # A restarted partition is reachable again within a second.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
         ]
-        self._channels: dict[int, grpc.aio.Channel] = {}
+        # By address: in cluster mode a partition moves with its leader.
+        self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def channel(self, partition: int) -> grpc.aio.Channel:
-        """The channel to `partition`."""
-        channel = self._channels.get(partition)
+    async def channel(self, partition: int) -> grpc.aio.Channel:
+        """The channel to `partition`.
+
+        Raises:
+            Unreachable: nobody serves it now.
+        """
+        address = await self._where.ingress(partition)
+        channel = self._channels.get(address)
         if channel is None:
-            channel = grpc.aio.insecure_channel(self._addresses[partition], options=self._options)
-            self._channels[partition] = channel
+            channel = grpc.aio.insecure_channel(address, options=self._options)
+            self._channels[address] = channel
         return channel
 
     async def close(self) -> None:
@@ -91,7 +105,7 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self._registry = registry
         self._placement = placement
         self._peers = peers
-        self._next_local = itertools.cycle(sorted(local))
+        self._turn = itertools.count()
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
@@ -101,7 +115,13 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def home(self, service: str, method: str, key: str, idempotency_key: str) -> int:
         """The partition a call goes to."""
         home = self._placement.home(service, method, key, idempotency_key)
-        return next(self._next_local) if home is None else home
+        if home is not None:
+            return home
+        # A call with no key: any partition; one of this process's when it has any (in
+        # cluster mode a node may lead none, or a changing set).
+        turn = next(self._turn)
+        local = sorted(self._local)
+        return local[turn % len(local)] if local else turn % self._placement.partitions
 
     async def _call(
         self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
@@ -118,11 +138,12 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if local is not None:
             # The key is read: the partition's router need not parse the body again.
             return await local.handle(service, method, body, context, key)
-        # No serializers: the body goes on as the bytes it came as.
-        call = self._peers.channel(home).unary_unary(f"/{service}/{method}", None, None)(
-            body, metadata=metadata, timeout=context.time_remaining()
-        )
         async with relayed_errors(context):
+            channel = await self._peers.channel(home)
+            # No serializers: the body goes on as the bytes it came as.
+            call = channel.unary_unary(f"/{service}/{method}", None, None)(
+                body, metadata=metadata, timeout=context.time_remaining()
+            )
             initial = await call.initial_metadata()
             if initial:
                 await context.send_initial_metadata(tuple(initial))
@@ -145,7 +166,7 @@ class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
         if request.HasField("idempotent"):
             t = request.idempotent
             home = self._placement.home(t.service, t.method, t.key, t.idempotency_key)
-            return min(self._local) if home is None else home
+            return min(self._local, default=0) if home is None else home
         return self._placement.of_id(request.invocation_id)
 
     async def _route(
@@ -160,8 +181,8 @@ class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
             handler: Handler = getattr(local, name)
             output: ingress_pb2.Output = await handler(request, context)
             return output
-        stub = ingress_pb2_grpc.IngressStub(self._peers.channel(home))
         async with relayed_errors(context):
+            stub = ingress_pb2_grpc.IngressStub(await self._peers.channel(home))
             forwarded: ingress_pb2.Output = await getattr(stub, name)(
                 request, metadata=forwarded_metadata(context), timeout=context.time_remaining()
             )

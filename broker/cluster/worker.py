@@ -47,7 +47,7 @@ class Worker:
         self.settings = settings
         self.directory = directory
         self.index = index
-        self.peers = Peers([a.ingress for a in directory.partitions], settings.max_payload_bytes)
+        self.peers = Peers(directory, settings.max_payload_bytes)
         # Local deliveries wait until every partition here has recovered: a partition
         # must know what it already applied before it is handed more.
         self._recovered = asyncio.Event()
@@ -84,7 +84,7 @@ class Worker:
             return await local.driver.commit(
                 local.partition.on_delivery, request.source, list(request.messages)
             )
-        stub = cluster_pb2_grpc.PartitionsStub(self.peers.channel(destination))
+        stub = cluster_pb2_grpc.PartitionsStub(await self.peers.channel(destination))
         response = await stub.Deliver(
             request,
             timeout=_DELIVER_TIMEOUT,

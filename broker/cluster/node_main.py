@@ -1,0 +1,64 @@
+"""Runs a cluster node (`python -m broker --nats ...`) until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from durable import tracing, wire
+
+from ..config import Settings
+from ..replication.engine import EngineError
+from . import layout
+from .node import NodeError, check, open_node
+
+log = logging.getLogger("broker.cluster")
+
+EXIT_USAGE = 2
+
+
+class _Refused(Exception):
+    """The start is refused before anything was written."""
+
+
+async def _run(settings: Settings) -> None:
+    try:
+        node = await open_node(settings)
+    except (EngineError, NodeError, layout.LayoutError) as e:
+        raise _Refused(str(e)) from None
+    tracing.configure("broker")
+    await node.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("node %s shutting down: handing its partitions over", node.name)
+    await node.stop()
+    await node.engine.close()
+    tracing.shutdown()
+
+
+def main(settings: Settings) -> int:
+    """Runs the node; the exit status."""
+    try:
+        check(settings)
+    except NodeError as e:
+        print(f"python -m broker: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s {settings.node} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        wire.run(_run(settings))
+    except _Refused as e:
+        print(f"python -m broker: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        log.critical("node failed: %s", e)
+        return 1
+    return 0

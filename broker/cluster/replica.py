@@ -1,0 +1,204 @@
+"""Cluster mode: one partition on this node, following its log or leading it.
+
+Following, a `Tail` applies the partition's log to the local RocksDB. Leading: the
+lease is taken, a marker entry fences off the previous leader's appends, the tail
+applies everything up to the marker, and a `Broker` over the same store serves the
+partition, its committer appending to the log before anything counts. Leadership ends
+when the lease cannot be renewed, when an append is refused (another leads), or on
+request; the broker stops and the tail takes over the store again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+
+from ..replication.engine import LEASE_TTL_S, stream_name
+from ..replication.lease import Holder
+from ..replication.log import Fenced, PartitionLog
+from ..replication.tail import Tail
+from ..server import Broker
+from ..storage import open_kv
+from ..storage.kv import KV
+from . import layout
+from .host import Host
+from .placement import Placement
+
+log = logging.getLogger("broker.cluster")
+
+RENEW_S = LEASE_TTL_S / 5
+# A new leader gives up when it cannot apply the log's tail within this.
+CATCH_UP_S = 60.0
+_STOP_S = 15.0
+
+
+class Replica:
+    """Partition `partition` on `node`."""
+
+    def __init__(self, node: Host, partition: int) -> None:
+        self.node = node
+        self.partition = partition
+        assert node.settings.data_dir is not None
+        self.path = layout.partition_dir(node.settings.data_dir, partition)
+        self.kv: KV = open_kv(self.path, node.settings.accept_data_loss)
+        self.tail = Tail(node.engine.js, partition, self.kv)
+        self.broker: Broker | None = None
+        self._log: PartitionLog | None = None
+        self._revision = 0
+        self._holding: asyncio.Task[None] | None = None
+        # Taking over or stepping down: the node's loop leaves this replica alone.
+        self.busy = False
+
+    @property
+    def leading(self) -> bool:
+        """Whether this node leads the partition now."""
+        return self.broker is not None
+
+    @property
+    def applied(self) -> int:
+        """The last log entry applied here."""
+        if self._log is not None:
+            return self._log.last
+        return self.tail.applied
+
+    def follow(self) -> None:
+        """Starts following the log."""
+        self.tail.start()
+
+    async def take(self) -> None:
+        """Tries to take the lease and lead; a lost race or a failure leaves it following."""
+        self.busy = True
+        try:
+            revision = await self.node.leases.take(self.partition, Holder(self.node.name))
+            if revision is None:
+                return
+            self._revision = revision
+            try:
+                await self._lead()
+            except Exception as e:
+                log.error("partition %d: taking over failed: %s", self.partition, e)
+                await self._step_down(release=True)
+        finally:
+            self.busy = False
+
+    async def _lead(self) -> None:
+        js = self.node.engine.js
+        last = (await js.stream_info(stream_name(self.partition))).state.last_seq
+        self._log = PartitionLog(js, self.partition, last)
+        marker = await self._log.mark(self.node.name)
+        if self.tail.failed is not None:
+            await self._restart_tail()
+        if not await self.tail.reach(marker, CATCH_UP_S):
+            raise RuntimeError(f"could not apply the log up to entry {marker}")
+        await self.tail.stop()
+        settings = dataclasses.replace(
+            self.node.settings,
+            data_dir=self.path,
+            ingress="127.0.0.1:0",
+            admin="127.0.0.1:0",
+            tls_cert=None,
+            tls_key=None,
+            console=None,
+            metrics=None,
+        )
+        broker = Broker(
+            settings,
+            placement=Placement(self.partition, self.node.count),
+            transport=self.node.deliver,
+            delivery_secret=self.node.secret,
+            kv=self.kv,
+            log=self._log,
+        )
+        await broker.start()
+        self.broker = broker
+        holder = Holder(
+            self.node.name,
+            ingress=f"127.0.0.1:{broker.ingress_port}",
+            admin=f"127.0.0.1:{broker.admin_port}",
+        )
+        self.node.serve(self.partition, broker)
+        revision = await self.node.leases.renew(self.partition, holder, self._revision)
+        if revision is None:
+            raise Fenced(f"partition {self.partition}: the lease was lost while starting")
+        self._revision = revision
+        self.node.leaders.set(self.partition, holder)
+        log.info("partition %d: leading from log entry %d", self.partition, marker)
+        self._holding = asyncio.create_task(self._hold(holder, broker))
+
+    async def _hold(self, holder: Holder, broker: Broker) -> None:
+        """Renews the lease until it is lost or an append is refused, then steps down."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        lost = asyncio.ensure_future(broker.committer.lost_event.wait())
+        try:
+            while not lost.done():
+                await asyncio.wait([lost], timeout=RENEW_S)
+                if lost.done():
+                    break
+                try:
+                    revision = await asyncio.wait_for(
+                        self.node.leases.renew(self.partition, holder, self._revision), RENEW_S * 2
+                    )
+                except Exception as e:
+                    if loop.time() - renewed > LEASE_TTL_S * 0.8:
+                        log.warning("partition %d: cannot renew the lease (%s)", self.partition, e)
+                        break
+                    continue
+                if revision is None:
+                    log.warning("partition %d: the lease was taken over", self.partition)
+                    break
+                self._revision, renewed = revision, loop.time()
+        finally:
+            lost.cancel()
+        self._holding = None
+        self.busy = True
+        try:
+            await self._step_down(release=False)
+        finally:
+            self.busy = False
+
+    async def release(self) -> None:
+        """Steps down on purpose (shutdown, rebalancing): a follower takes over now."""
+        if self._holding is not None:
+            self._holding.cancel()
+            self._holding = None
+        self.busy = True
+        try:
+            await self._step_down(release=True)
+        finally:
+            self.busy = False
+
+    async def _step_down(self, release: bool) -> None:
+        broker, self.broker = self.broker, None
+        self.node.unserve(self.partition)
+        if self._log is not None:
+            self._log.close()
+        self._log = None
+        if broker is not None:
+            try:
+                await asyncio.wait_for(broker.stop(grace=0.5), _STOP_S)
+            except Exception as e:
+                log.critical("partition %d: stopping its broker failed: %s", self.partition, e)
+                raise
+            # The broker closed the store: the tail takes it over again.
+            self.kv = open_kv(self.path, self.node.settings.accept_data_loss)
+        if release:
+            try:
+                await self.node.leases.release(self.partition, self._revision)
+            except Exception as e:
+                log.warning("partition %d: releasing the lease failed: %s", self.partition, e)
+        await self._restart_tail()
+        log.info("partition %d: following (applied %d)", self.partition, self.tail.applied)
+
+    async def _restart_tail(self) -> None:
+        await self.tail.stop()
+        self.tail = Tail(self.node.engine.js, self.partition, self.kv)
+        self.tail.start()
+
+    async def close(self) -> None:
+        """Stops leading (releasing the lease) or following, and closes the store."""
+        if self.leading:
+            await self.release()
+        await self.tail.stop()
+        self.kv.close()
