@@ -10,7 +10,7 @@ DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
 DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run test test-unit lint fmt verify bench bench-peer chaos dist clean browser
+.PHONY: setup proto run test test-unit lint fmt verify bench bench-peer chaos dist clean browser nats
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -58,7 +58,14 @@ browser:
 	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; else \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver; fi
 
-test: setup browser
+# Cluster mode (issue 14) keeps partition logs on NATS JetStream: Debian's nats-server
+# (2.9.10, JetStream built in). Tests and `make cluster` start their own servers from it;
+# installed once, skipped when it is there.
+nats:
+	@if [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null; then :; else \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server; fi
+
+test: setup browser nats
 	$(VPY) -m pytest $(TESTS)
 
 test-unit: setup

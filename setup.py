@@ -25,6 +25,8 @@ BROKER_ONLY = [
     "aiohttp==3.14.5",
     # Durable schedules' cron expressions (time zones come from the stdlib's zoneinfo).
     "croniter==7.0.0",
+    # Cluster mode's client of NATS JetStream (the replicated partition logs, leases).
+    "nats-py==2.16.0",
 ]
 
 setup(version=VERSION, install_requires=[f"durable-sdk=={VERSION}", *BROKER_ONLY])
