@@ -695,8 +695,14 @@ def grpcurl_verbose_parts(stdout: str) -> tuple[dict[str, str], dict[str, Any]]:
 
 @contextlib.contextmanager
 def running_cluster(tmp: Path, **kwargs: Any) -> Iterator[Cluster]:
-    """A started `Cluster`, closed (every process stopped) however the block ends."""
-    cluster = Cluster(tmp, **kwargs)
+    """A started `Cluster`, closed (every process stopped) however the block ends; with
+    `nodes=N`, a cluster of N broker nodes on NATS JetStream (`tests.cluster_nodes`)."""
+    if "nodes" in kwargs:
+        from tests.cluster_nodes import NodesCluster
+
+        cluster: Cluster = NodesCluster(tmp, **kwargs)
+    else:
+        cluster = Cluster(tmp, **kwargs)
     try:
         cluster.start()
         yield cluster

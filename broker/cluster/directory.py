@@ -45,6 +45,11 @@ class Where(Protocol):
         """Who serves `partition` and where, for messages."""
         ...
 
+    async def moved(self, partition: int, address: str) -> bool:
+        """Waits (a bounded time) until `partition` is served elsewhere than at
+        `address`, its ingress or admin; False when it did not move."""
+        ...
+
 
 class Unreachable(Exception):
     """No process serves the partition right now; the message says which and why."""
@@ -91,6 +96,10 @@ class Directory:
     def describe(self, partition: int) -> str:
         """Who serves `partition` and where, for messages (`Where`)."""
         return f"worker {self.owner(partition)}, {self.partitions[partition].admin}"
+
+    async def moved(self, partition: int, address: str) -> bool:
+        """`Where.moved`: a worker's partition never moves."""
+        return False
 
     def owned_by(self, worker: int) -> list[int]:
         """The partitions `worker` runs."""

@@ -28,6 +28,8 @@ _OPTIONS = [
 # Headers gRPC sets on every call itself; the rest (authorization, tracing) go on.
 _OWN_HEADERS = frozenset({"user-agent", "content-type", "te", "host", "accept-encoding"})
 HEALTH_TIMEOUT_S = 1.0
+# How many times a call follows its partition to a new leader.
+_MOVES = 3
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -72,7 +74,7 @@ class Partitions:
         """How many partitions there are."""
         return self.directory.count
 
-    async def _channel(self, partition: int) -> grpc.aio.Channel:
+    async def _channel(self, partition: int) -> tuple[grpc.aio.Channel, str]:
         try:
             address = await self.directory.admin(partition)
         except Unreachable as e:
@@ -81,7 +83,7 @@ class Partitions:
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
             self._channels[address] = channel
-        return channel
+        return channel, address
 
     async def call(
         self,
@@ -93,24 +95,30 @@ class Partitions:
     ) -> bytes:
         """`durable.v1.Admin/method` on `partition`, the request and answer as bytes.
 
+        A call that could not connect because the partition moved (a cluster's leader
+        changed) is sent again to the new leader, a bounded number of times.
+
         Raises:
             Failed: the partition's error, or UNAVAILABLE naming the partition when it
                 cannot be reached (its worker is down or restarting).
         """
-        channel = await self._channel(partition)
-        # No (de)serializers: the bytes go through as they came.
-        stub = channel.unary_unary(f"/{ADMIN_SERVICE}/{method}", None, None)
-        try:
-            answer: bytes = await stub(body, metadata=metadata, timeout=timeout)
-        except grpc.aio.AioRpcError as e:
-            code, details = e.code(), e.details() or ""
-            # A partition's own UNAVAILABLE (say, an endpoint it cannot reach) comes
-            # over a connected channel; a refused connection leaves it not READY.
-            connected = channel.get_state() == grpc.ChannelConnectivity.READY
-            if code == grpc.StatusCode.UNAVAILABLE and not connected:
-                raise Failed(code, self.unreachable(partition, details)) from None
-            raise Failed(code, details) from None
-        return answer
+        for attempt in range(_MOVES):
+            channel, address = await self._channel(partition)
+            # No (de)serializers: the bytes go through as they came.
+            stub = channel.unary_unary(f"/{ADMIN_SERVICE}/{method}", None, None)
+            try:
+                answer: bytes = await stub(body, metadata=metadata, timeout=timeout)
+                return answer
+            except grpc.aio.AioRpcError as e:
+                code, details = e.code(), e.details() or ""
+                # A partition's own UNAVAILABLE (say, an endpoint it cannot reach) comes
+                # over a connected channel; a refused connection leaves it not READY.
+                connected = channel.get_state() == grpc.ChannelConnectivity.READY
+                if code != grpc.StatusCode.UNAVAILABLE or connected:
+                    raise Failed(code, details) from None
+                if attempt + 1 == _MOVES or not await self.directory.moved(partition, address):
+                    raise Failed(code, self.unreachable(partition, details)) from None
+        raise AssertionError("unreachable")
 
     async def call_all(
         self,
@@ -147,7 +155,7 @@ class Partitions:
     async def serving(self, partition: int) -> bool:
         """Whether the partition's admin API reports SERVING right now."""
         try:
-            health = health_pb2_grpc.HealthStub(await self._channel(partition))
+            health = health_pb2_grpc.HealthStub((await self._channel(partition))[0])
             answer = await health.Check(health_pb2.HealthCheckRequest(), timeout=HEALTH_TIMEOUT_S)
         except (grpc.aio.AioRpcError, Failed):
             return False

@@ -47,6 +47,10 @@ class Host(Protocol):
         """The live nodes' names."""
         ...
 
+    def preferred(self, partition: int, alive: list[str]) -> str:
+        """The live node `partition` prefers."""
+        ...
+
     def serve(self, partition: int, broker: Broker) -> None:
         """Routes `partition`'s calls to `broker`."""
         ...

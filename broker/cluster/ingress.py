@@ -10,13 +10,14 @@ one of this worker's own partitions, so it never crosses processes.
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from durable.v1 import ingress_pb2, ingress_pb2_grpc
 
+from .. import codes
 from .. import registry as reg
 from ..ingress import IngressRouter, IngressServicer
 from ..ingress.router import IDEMPOTENCY_KEY, route, status_of
@@ -25,6 +26,10 @@ from .placement import Placement
 
 # Metadata gRPC sets itself: a forwarded call gets its own.
 _OWN_METADATA = ("user-agent", "grpc-", ":", "content-type", "te")
+
+T = TypeVar("T")
+# How many times a forwarded call follows its partition to a new leader.
+_MOVES = 3
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Coroutine[Any, Any, Any]]
 
@@ -70,12 +75,36 @@ class Peers:
         Raises:
             Unreachable: nobody serves it now.
         """
-        address = await self._where.ingress(partition)
+        return self._at(await self._where.ingress(partition))
+
+    def _at(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=self._options)
             self._channels[address] = channel
         return channel
+
+    async def call(self, partition: int, send: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+        """`send` over the channel to `partition`; sent again, up to a bound, when it
+        could not connect because the partition moved (a cluster's leader changed): such
+        a call never reached anyone.
+
+        Raises:
+            Unreachable: nobody serves it now.
+            grpc.aio.AioRpcError: the partition's answer, or the last failure to reach it.
+        """
+        for attempt in range(_MOVES):
+            address = await self._where.ingress(partition)
+            channel = self._at(address)
+            try:
+                return await send(channel)
+            except grpc.aio.AioRpcError as e:
+                reached = channel.get_state() == grpc.ChannelConnectivity.READY
+                if e.code() != grpc.StatusCode.UNAVAILABLE or reached or attempt + 1 == _MOVES:
+                    raise
+                if not await self._where.moved(partition, address):
+                    raise
+        raise AssertionError("unreachable")
 
     async def close(self) -> None:
         """Closes every channel."""
@@ -92,6 +121,9 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         registry: The services (to find a call's key); every partition has the same.
         placement: The partition count (`me` is not used).
         peers: Channels to every partition's private ingress.
+        catch_up: Cluster mode: brings `registry` up to date with the cluster's log, for
+            a call to a service it does not know (it may have been registered through
+            another node a moment ago).
     """
 
     def __init__(
@@ -100,11 +132,13 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         registry: reg.Registry,
         placement: Placement,
         peers: Peers,
+        catch_up: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._local = local
         self._registry = registry
         self._placement = placement
         self._peers = peers
+        self._catch_up = catch_up
         self._turn = itertools.count()
 
     def service(
@@ -123,13 +157,22 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         local = sorted(self._local)
         return local[turn % len(local)] if local else turn % self._placement.partitions
 
+    async def _key(self, service: str, method: str, body: bytes) -> str:
+        try:
+            return reg.resolve(self._registry, service, method, body)[2]
+        except reg.BadRequest as e:
+            if e.code != codes.UNIMPLEMENTED or self._catch_up is None:
+                raise
+        await self._catch_up()
+        return reg.resolve(self._registry, service, method, body)[2]
+
     async def _call(
         self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         metadata = forwarded_metadata(context)
         idempotency_key = next((v for k, v in metadata if k == IDEMPOTENCY_KEY), "")
         try:
-            _, _, key = reg.resolve(self._registry, service, method, body)
+            key = await self._key(service, method, body)
         except reg.BadRequest as e:
             await context.abort(status_of(e.code), e.message)
             raise AssertionError("unreachable") from None
@@ -138,8 +181,8 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if local is not None:
             # The key is read: the partition's router need not parse the body again.
             return await local.handle(service, method, body, context, key)
-        async with relayed_errors(context):
-            channel = await self._peers.channel(home)
+
+        async def send(channel: grpc.aio.Channel) -> bytes:
             # No serializers: the body goes on as the bytes it came as.
             call = channel.unary_unary(f"/{service}/{method}", None, None)(
                 body, metadata=metadata, timeout=context.time_remaining()
@@ -149,6 +192,9 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 await context.send_initial_metadata(tuple(initial))
             response: bytes = await call
             return response
+
+        async with relayed_errors(context):
+            return await self._peers.call(home, send)
         raise AssertionError("unreachable")
 
 
@@ -181,12 +227,15 @@ class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
             handler: Handler = getattr(local, name)
             output: ingress_pb2.Output = await handler(request, context)
             return output
-        async with relayed_errors(context):
-            stub = ingress_pb2_grpc.IngressStub(await self._peers.channel(home))
-            forwarded: ingress_pb2.Output = await getattr(stub, name)(
-                request, metadata=forwarded_metadata(context), timeout=context.time_remaining()
-            )
+
+        async def send(channel: grpc.aio.Channel) -> ingress_pb2.Output:
+            forwarded: ingress_pb2.Output = await getattr(
+                ingress_pb2_grpc.IngressStub(channel), name
+            )(request, metadata=forwarded_metadata(context), timeout=context.time_remaining())
             return forwarded
+
+        async with relayed_errors(context):
+            return await self._peers.call(home, send)
         raise AssertionError("unreachable")
 
     async def Attach(

@@ -64,6 +64,31 @@ class Leaders:
             except TimeoutError:
                 continue
 
+    async def moved(self, partition: int, address: str, timeout: float = LEADER_WAIT_S) -> bool:
+        """`Where.moved`: waits until the partition's leader serves elsewhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            holder = self.holders[partition]
+            if (
+                holder is not None
+                and holder.ingress
+                and address
+                not in (
+                    holder.ingress,
+                    holder.admin,
+                )
+            ):
+                return True
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                return False
+
     async def ingress(self, partition: int) -> str:
         """`Where.ingress`."""
         return (await self.serving(partition)).ingress

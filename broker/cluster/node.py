@@ -28,7 +28,7 @@ from .. import endpoint_uri, security
 from ..config import Settings
 from ..ingress import IngressRouter, IngressServicer
 from ..registry import Registry
-from ..replication.engine import Engine
+from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
 from ..server import Broker, ingress_server
 from ..storage import deployments
@@ -53,6 +53,8 @@ STALE_S = 1.5
 GRACE_S = 1.0
 # A node hands a partition to the node it prefers only after leading it this long.
 HANDOFF_AFTER_S = 5.0
+# How long a call to an unknown service waits for this node to apply the log's end.
+CATCH_UP_S = 2.0
 _DELIVER_TIMEOUT = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -117,6 +119,7 @@ class Node:
         self._front: FrontServer | None = None
         self._vacant_since: dict[int, float] = {}
         self._changes: set[asyncio.Task[None]] = set()
+        self._catching_up: asyncio.Future[None] | None = None
         self._led_since: dict[int, float] = {}
         # name -> (last revision seen, local time it changed): liveness without clocks.
         self.seen: dict[str, tuple[int, float]] = {}
@@ -153,11 +156,14 @@ class Node:
             return await local.driver.commit(
                 local.partition.on_delivery, request.source, list(request.messages)
             )
-        stub = cluster_pb2_grpc.PartitionsStub(await self.peers.channel(destination))
-        response = await stub.Deliver(
-            request, timeout=_DELIVER_TIMEOUT, metadata=((SECRET_HEADER, self.secret),)
-        )
-        return response.applied
+
+        async def send(channel: grpc.aio.Channel) -> int:
+            response = await cluster_pb2_grpc.PartitionsStub(channel).Deliver(
+                request, timeout=_DELIVER_TIMEOUT, metadata=((SECRET_HEADER, self.secret),)
+            )
+            return response.applied
+
+        return await self.peers.call(destination, send)
 
     # ---- Lifecycle
 
@@ -169,7 +175,7 @@ class Node:
         placement = Placement(0, self.count)
         public = await ingress_server(self.settings.max_payload_bytes, self.registry)
         public.add_generic_rpc_handlers(
-            (ClusterRouter(self.routers, self.registry, placement, self.peers),)
+            (ClusterRouter(self.routers, self.registry, placement, self.peers, self.catch_up),)
         )
         ingress_pb2_grpc.add_IngressServicer_to_server(
             ClusterIngressServicer(self.ingress_servicers, placement, self.peers), public
@@ -278,6 +284,23 @@ class Node:
         if led is None or now - led < HANDOFF_AFTER_S:
             return False
         return self.preferred(partition, alive) != self.name
+
+    async def catch_up(self) -> None:
+        """Brings the routing registry up to the log's end (a service registered through
+        another node a moment ago); concurrent callers share one catch-up."""
+        if self._catching_up is None or self._catching_up.done():
+            self._catching_up = asyncio.ensure_future(self._catch_up())
+        await asyncio.shield(self._catching_up)
+
+    async def _catch_up(self) -> None:
+        replica = self.replicas[0]
+        if not replica.leading:
+            try:
+                info = await self.engine.js.stream_info(stream_name(0))
+                await replica.tail.reach(info.state.last_seq, CATCH_UP_S)
+            except Exception as e:
+                log.warning("catching up with partition 0's log failed: %s", e)
+        self._refresh_registry()
 
     def _refresh_registry(self) -> None:
         """Brings the routing registry in line with partition 0's replica."""

@@ -102,6 +102,7 @@ class NodeFront(AdminFront):
                 serving=serving[p],
                 applied=applied,
                 log_last=lasts[p],
+                preferred=node.preferred(p, node.alive()),
             )
             for name in sorted(beats):
                 if name == leader or name not in alive:

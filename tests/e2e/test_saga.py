@@ -4,7 +4,8 @@ Every case runs with the broker's default `--suspend-after 1s` (handlers mostly 
 straight through), with `--suspend-after 0` (a handler suspends at every await, so each
 step is reached by replaying the journal), with services in request/response mode, and
 with the partitions over two worker processes (`--workers 2`, suspending at every await:
-a saga's bookings live in the partition of their trip id, wherever that is).
+a saga's bookings live in the partition of their trip id, wherever that is), and over
+three broker nodes on NATS JetStream (`--nats`, each call to the next node in turn).
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ pytestmark = pytest.mark.parametrize(
         "0",
         {"suspend_after": "1s", "service_args": ["--request-response"]},
         {"suspend_after": "0", "broker_args": ["--workers", "2"]},
+        {"suspend_after": "0", "nodes": 3},
     ],
-    ids=["stream", "suspend-always", "request-response", "workers-2"],
+    ids=["stream", "suspend-always", "request-response", "workers-2", "nodes-3"],
     indirect=True,
 )
 
