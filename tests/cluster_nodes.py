@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from durable.v1 import admin_pb2
 
 from tests import support
 from tools.natsd import NatsCluster
@@ -76,7 +77,6 @@ class NodesCluster(support.Cluster):
 
     def wait_led(self, deadline: float) -> None:
         """Waits until every partition has a serving leader."""
-        from durable.v1 import admin_pb2
 
         def led() -> bool:
             try:
@@ -91,6 +91,34 @@ class NodesCluster(support.Cluster):
         support.wait_for(
             led, timeout=max(deadline - time.monotonic(), 1.0), message="every partition led"
         )
+
+    def use_nodes(self, indexes: list[int]) -> None:
+        """Sends every later call (stubs and admin) to these nodes only (the others are
+        down, say)."""
+        for channel in self._channels:
+            channel.close()
+        self._channels = [
+            grpc.insecure_channel(self.node_ingress[i], options=support.CHANNEL_OPTIONS)
+            for i in indexes
+        ]
+        if self._admin_channel is not None:
+            self._admin_channel.close()
+            self._admin_channel = None
+        self.admin_address = self.node_admin[indexes[0]]
+        self.ingress = self.node_ingress[indexes[0]]
+
+    def status(self) -> admin_pb2.ClusterStatusResponse:
+        """`ClusterStatus` through the admin node."""
+        answer: admin_pb2.ClusterStatusResponse = self.admin.ClusterStatus(
+            admin_pb2.ClusterStatusRequest(), timeout=10
+        )
+        return answer
+
+    def leaders(self) -> dict[int, int]:
+        """Partition -> the index of the node leading it now."""
+        return {
+            p.id: int(p.owner.removeprefix("node")) - 1 for p in self.status().partitions if p.owner
+        }
 
     def start_node(self, i: int) -> None:
         """Starts node `i` again and waits until it is healthy."""
