@@ -262,6 +262,14 @@ class Settings:
         blank_is_none=True,
         help="this node's name in a --nats cluster (unique in the cluster)",
     )
+    snapshot_entries: int = _setting(
+        10_000,
+        "--snapshot-entries",
+        "BROKER_SNAPSHOT_ENTRIES",
+        parse=int,
+        help="a --nats partition's leader snapshots its store after this many log entries "
+        "and trims the log below the snapshot (and below every live follower)",
+    )
 
     def backoff(self, attempts: int) -> float:
         """Delay before the retry that follows `attempts` failed attempts."""

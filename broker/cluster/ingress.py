@@ -49,8 +49,19 @@ async def relayed_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIt
         yield
     except grpc.aio.AioRpcError as e:
         await context.abort(e.code(), e.details() or "")
+    except Answered as e:
+        await context.abort(e.error.code(), e.error.details() or "")
     except Unreachable as e:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+
+class Answered(Exception):
+    """A forwarded call the partition received (its headers came back) and then failed:
+    never sent again, whatever the failure."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Peers:
@@ -190,7 +201,11 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             initial = await call.initial_metadata()
             if initial:
                 await context.send_initial_metadata(tuple(initial))
-            response: bytes = await call
+            try:
+                response: bytes = await call
+            except grpc.aio.AioRpcError as e:
+                # Its headers came back: the partition has the call, it is never resent.
+                raise Answered(e) from None
             return response
 
         async with relayed_errors(context):

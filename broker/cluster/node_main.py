@@ -17,6 +17,9 @@ from .node import NodeError, check, open_node
 log = logging.getLogger("broker.cluster")
 
 EXIT_USAGE = 2
+# A node hands its partitions over on SIGTERM within this; what is left then (NATS is
+# unreachable, say) the leases' TTL hands over instead.
+_STOP_S = 6.0
 
 
 class _Refused(Exception):
@@ -36,8 +39,14 @@ async def _run(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("node %s shutting down: handing its partitions over", node.name)
-    await node.stop()
-    await node.engine.close()
+    try:
+        await asyncio.wait_for(node.stop(), _STOP_S)
+    except TimeoutError:
+        log.warning("shutdown took over %.0f s; leaving the rest to the leases' TTL", _STOP_S)
+    try:
+        await asyncio.wait_for(node.engine.close(), 2.0)
+    except TimeoutError:
+        await node.engine.nc.close()
     tracing.shutdown()
 
 

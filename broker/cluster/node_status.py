@@ -101,7 +101,8 @@ class NodeFront(AdminFront):
                 admin=holder.admin if holder else "",
                 serving=serving[p],
                 applied=applied,
-                log_last=lasts[p],
+                log_first=lasts[p][0],
+                log_last=lasts[p][1],
                 preferred=node.preferred(p, node.alive()),
             )
             for name in sorted(beats):
@@ -117,9 +118,10 @@ def _applied(beat: dict[str, Any], partition: int) -> int:
     return int(applied[partition]) if partition < len(applied) else 0
 
 
-async def _last(node: Host, partition: int) -> int:
+async def _last(node: Host, partition: int) -> tuple[int, int]:
+    """The partition's log's first and last entries (0, 0 when it cannot be read)."""
     try:
         info = await node.engine.js.stream_info(stream_name(partition))
     except Exception:
-        return 0
-    return int(info.state.last_seq or 0)
+        return 0, 0
+    return int(info.state.first_seq or 0), int(info.state.last_seq or 0)

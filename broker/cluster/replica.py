@@ -14,13 +14,14 @@ import asyncio
 import dataclasses
 import logging
 
+from ..replication import snapshot
 from ..replication.engine import LEASE_TTL_S, stream_name
 from ..replication.lease import Holder
 from ..replication.log import Fenced, PartitionLog
-from ..replication.tail import Tail
+from ..replication.tail import Gap, Tail
 from ..server import Broker
 from ..storage import open_kv
-from ..storage.kv import KV
+from ..storage.kv import KV, RocksKV
 from . import layout
 from .host import Host
 from .placement import Placement
@@ -31,6 +32,8 @@ RENEW_S = LEASE_TTL_S / 5
 # A new leader gives up when it cannot apply the log's tail within this.
 CATCH_UP_S = 60.0
 _STOP_S = 15.0
+_RETRY_S = 1.0
+SNAPSHOT_CHECK_S = 2.0
 
 
 class Replica:
@@ -47,6 +50,8 @@ class Replica:
         self._log: PartitionLog | None = None
         self._revision = 0
         self._holding: asyncio.Task[None] | None = None
+        self._following: asyncio.Task[None] | None = None
+        self._snapshotting: asyncio.Task[None] | None = None
         # Taking over or stepping down: the node's loop leaves this replica alone.
         self.busy = False
 
@@ -63,8 +68,62 @@ class Replica:
         return self.tail.applied
 
     def follow(self) -> None:
-        """Starts following the log."""
-        self.tail.start()
+        """Starts following the log (restoring the latest snapshot when the entries this
+        store needs next were trimmed away)."""
+        self._following = asyncio.create_task(self._follow(), name=f"follow-p{self.partition}")
+
+    async def _follow(self) -> None:
+        while True:
+            self.tail = Tail(self.node.engine.js, self.partition, self.kv)
+            self.tail.start()
+            await self.tail.finished()
+            if isinstance(self.tail.failed, Gap):
+                log.info("%s; restoring the latest snapshot", self.tail.failed)
+                await self._restore()
+            else:
+                await asyncio.sleep(_RETRY_S)  # NATS unreachable, say: follow again
+
+    async def _restore(self) -> None:
+        store = self.node.engine.snapshots
+        assert store is not None
+        try:
+            found = await snapshot.latest(store, self.partition)
+        except Exception as e:
+            log.warning("partition %d: reading the snapshot failed: %s", self.partition, e)
+            found = None
+        if found is None or found[0] <= self.tail.applied:
+            log.error(
+                "partition %d: entries after %d are gone from the log and no newer snapshot "
+                "exists; retrying",
+                self.partition,
+                self.tail.applied,
+            )
+            await asyncio.sleep(_RETRY_S)
+            return
+        covered, data = found
+        self.kv.close()
+        await asyncio.to_thread(snapshot.restore, data, self.path)
+        self.kv = open_kv(self.path, self.node.settings.accept_data_loss)
+        log.info("partition %d: restored the snapshot at log entry %d", self.partition, covered)
+
+    async def _stop_following(self) -> None:
+        if self._following is not None:
+            self._following.cancel()
+            try:
+                await self._following
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._following = None
+        await self.tail.stop()
+
+    async def _reach(self, sequence: int, timeout: float) -> bool:
+        """Waits until this store holds the log up to `sequence` (through restores)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if await self.tail.reach(sequence, min(deadline - loop.time(), 0.5)):
+                return True
+        return False
 
     async def take(self) -> None:
         """Tries to take the lease and lead; a lost race or a failure leaves it following."""
@@ -87,11 +146,9 @@ class Replica:
         last = (await js.stream_info(stream_name(self.partition))).state.last_seq
         self._log = PartitionLog(js, self.partition, last)
         marker = await self._log.mark(self.node.name)
-        if self.tail.failed is not None:
-            await self._restart_tail()
-        if not await self.tail.reach(marker, CATCH_UP_S):
+        if not await self._reach(marker, CATCH_UP_S):
             raise RuntimeError(f"could not apply the log up to entry {marker}")
-        await self.tail.stop()
+        await self._stop_following()
         settings = dataclasses.replace(
             self.node.settings,
             data_dir=self.path,
@@ -125,6 +182,38 @@ class Replica:
         self.node.leaders.set(self.partition, holder)
         log.info("partition %d: leading from log entry %d", self.partition, marker)
         self._holding = asyncio.create_task(self._hold(holder, broker))
+        self._snapshotting = asyncio.create_task(self._snapshots())
+
+    async def _snapshots(self) -> None:
+        """Snapshots every `snapshot_entries` log entries and trims the log below the
+        snapshot and below every live follower."""
+        store = self.node.engine.snapshots
+        assert store is not None and isinstance(self.kv, RocksKV)
+        covered = await snapshot.position_of(store, self.partition)
+        every = max(self.node.settings.snapshot_entries, 1)
+        while True:
+            await asyncio.sleep(SNAPSHOT_CHECK_S)
+            if self._log is None or self._log.last - covered < every:
+                continue
+            try:
+                covered = await snapshot.take(
+                    store, self.partition, self.kv, self.node.settings.data_dir or "."
+                )
+                floor = min([covered, *self._followers()])
+                await self.node.engine.js.purge_stream(stream_name(self.partition), seq=floor + 1)
+                log.info("partition %d: log trimmed below entry %d", self.partition, floor + 1)
+            except Exception as e:
+                log.warning("partition %d: snapshot failed, retrying: %s", self.partition, e)
+
+    def _followers(self) -> list[int]:
+        """How far each other live node applied this partition's log."""
+        alive = set(self.node.alive())
+        out = []
+        for name, beat in self.node.beats.items():
+            applied = beat.get("applied", [])
+            if name != self.node.name and name in alive and self.partition < len(applied):
+                out.append(int(applied[self.partition]))
+        return out
 
     async def _hold(self, holder: Holder, broker: Broker) -> None:
         """Renews the lease until it is lost or an append is refused, then steps down."""
@@ -170,6 +259,9 @@ class Replica:
             self.busy = False
 
     async def _step_down(self, release: bool) -> None:
+        if self._snapshotting is not None:
+            self._snapshotting.cancel()
+            self._snapshotting = None
         broker, self.broker = self.broker, None
         self.node.unserve(self.partition)
         if self._log is not None:
@@ -188,17 +280,13 @@ class Replica:
                 await self.node.leases.release(self.partition, self._revision)
             except Exception as e:
                 log.warning("partition %d: releasing the lease failed: %s", self.partition, e)
-        await self._restart_tail()
+        if self._following is None:
+            self.follow()
         log.info("partition %d: following (applied %d)", self.partition, self.tail.applied)
-
-    async def _restart_tail(self) -> None:
-        await self.tail.stop()
-        self.tail = Tail(self.node.engine.js, self.partition, self.kv)
-        self.tail.start()
 
     async def close(self) -> None:
         """Stops leading (releasing the lease) or following, and closes the store."""
         if self.leading:
             await self.release()
-        await self.tail.stop()
+        await self._stop_following()
         self.kv.close()

@@ -4,6 +4,7 @@
   durable_meta     bucket: the cluster's partition count, fixed at creation
   durable_leases   bucket with a TTL: `p<n>` names partition n's leader
   durable_nodes    bucket with a TTL: each live node's addresses and positions
+  durable_snapshots  object store: each partition's latest snapshot (`snapshot`)
 
 Every check that can refuse a node runs before it writes anything: a NATS cluster
 that cannot be reached, one without JetStream, one with too few servers for the
@@ -20,18 +21,21 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamConfig
 from nats.js.kv import KeyValue
+from nats.js.object_store import ObjectStore
 
 log = logging.getLogger("broker.replication")
 
 REPLICAS = 3
+SNAPSHOTS = "durable_snapshots"
 # A leader renews its lease well within this; a silent one loses it after it.
 LEASE_TTL_S = 2.0
 NODE_TTL_S = 3.0
 # What JetStream accepts in one entry; a group commit is cut into entries below it.
 MAX_ENTRY_BYTES = 7 * 1024 * 1024
 _CONNECT_TIMEOUT_S = 3.0
+_READY_TIMEOUT_S = 30.0
 # How long JetStream may take to answer an API call (elections included).
 API_TIMEOUT_S = 5.0
 
@@ -63,6 +67,7 @@ class Engine:
         self.meta: KeyValue | None = None
         self.leases: KeyValue | None = None
         self.nodes: KeyValue | None = None
+        self.snapshots: ObjectStore | None = None
 
     @classmethod
     async def connect(cls, urls: list[str], name: str) -> Engine:
@@ -87,17 +92,30 @@ class Engine:
                 "servers first (or fix --nats)"
             ) from None
         js = nc.jetstream(timeout=API_TIMEOUT_S)
-        try:
-            await js.account_info()
-        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
-            await nc.close()
-            raise EngineError(
-                f"NATS at {shown} has no JetStream ({type(e).__name__}); run nats-server "
-                "with JetStream on (`-js`, or a `jetstream {}` block in its config)"
-            ) from None
-        except Exception as e:
-            await nc.close()
-            raise EngineError(f"JetStream at {shown} does not answer: {e}") from None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _READY_TIMEOUT_S
+        while True:
+            try:
+                await js.account_info()
+                break
+            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError) as e:
+                await nc.close()
+                raise EngineError(
+                    f"NATS at {shown} has no JetStream ({type(e).__name__}); run nats-server "
+                    "with JetStream on (`-js`, or a `jetstream {}` block in its config)"
+                ) from None
+            except nats.errors.TimeoutError:
+                # Servers starting together: JetStream answers once they elected a leader.
+                if loop.time() > deadline:
+                    await nc.close()
+                    raise EngineError(
+                        f"JetStream at {shown} did not answer within {_READY_TIMEOUT_S:.0f} s; "
+                        "are a majority of the NATS servers up and clustered?"
+                    ) from None
+                await asyncio.sleep(0.5)
+            except Exception as e:
+                await nc.close()
+                raise EngineError(f"JetStream at {shown} does not answer: {e}") from None
         return cls(nc, js, urls)
 
     async def open(self, partitions: int | None, timeout: float = 30.0) -> int:
@@ -159,9 +177,27 @@ class Engine:
         self.nodes = await self._bucket(
             KeyValueConfig(bucket="durable_nodes", history=1, ttl=NODE_TTL_S)
         )
+        self.snapshots = await self._object_store(SNAPSHOTS)
         for p in range(stored):
             await self._stream(p)
         return stored
+
+    async def _object_store(self, bucket: str) -> ObjectStore:
+        try:
+            return await self.js.object_store(bucket)
+        except nats.js.errors.NotFoundError:
+            pass
+        config = ObjectStoreConfig(bucket=bucket, replicas=REPLICAS, storage=StorageType.FILE)
+        try:
+            return await self.js.create_object_store(bucket, config=config)
+        except nats.js.errors.BadRequestError as e:
+            if "already in use" in (e.description or ""):
+                return await self.js.object_store(bucket)  # another node made it
+            raise EngineError(self._refused(f"the object store {bucket}", e)) from None
+        except nats.js.errors.ServiceUnavailableError:
+            raise
+        except nats.js.errors.APIError as e:
+            raise EngineError(self._refused(f"the object store {bucket}", e)) from None
 
     async def _bucket(self, config: KeyValueConfig) -> KeyValue:
         config.replicas = REPLICAS

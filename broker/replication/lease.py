@@ -68,7 +68,8 @@ class Leases:
         """Creates the lease; its revision, or None when somebody holds it."""
         try:
             return await self._bucket.create(key(partition), holder.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # KeyNotFound: the key expired between nats-py's two requests; next round.
             return None
 
     async def renew(self, partition: int, holder: Holder, revision: int) -> int | None:

@@ -19,6 +19,11 @@ from .log import MARKER_HEADER
 log = logging.getLogger("broker.replication")
 
 
+class Gap(Exception):
+    """The next entry is gone from the log (trimmed below a snapshot): this store must
+    be restored from the snapshot before it can follow again."""
+
+
 def apply(kv: KV, sequence: int, data: bytes, headers: dict[str, str] | None) -> None:
     """Applies the entry at `sequence` (and its position) in one write."""
     writes = [] if headers and MARKER_HEADER in headers else codec.decode(data)
@@ -90,17 +95,29 @@ class Tail:
         except Exception as e:
             self.failed = e
             self._moved.set()
-            log.error("following partition %d's log failed: %s", self.partition, e)
+            if not isinstance(e, Gap):
+                log.error("following partition %d's log failed: %s", self.partition, e)
         finally:
             try:
                 await sub.unsubscribe()
             except Exception:
                 pass
 
+    async def finished(self) -> None:
+        """Waits until following ends (it failed: see `failed`)."""
+        if self._task is not None:
+            # `wait`, not the task itself: its failure is not ours, our cancellation is.
+            await asyncio.wait([self._task])
+
     def _apply(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
         if sequence <= self.applied:
             return  # redelivered after a consumer reset
+        if sequence > self.applied + 1:
+            raise Gap(
+                f"partition {self.partition}: the log continues at entry {sequence} but this "
+                f"store holds entries up to {self.applied} only"
+            )
         apply(self._kv, sequence, msg.data, msg.headers)
         self.applied = sequence
         self._moved.set()

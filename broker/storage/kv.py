@@ -207,6 +207,11 @@ class RocksKV:
         db.flush_wal(True)
         self._mark.synced(sequence)
 
+    def checkpoint(self, path: str) -> None:
+        """Writes a consistent copy of the store as it is now into `path` (a new
+        directory on the same file system: files are hard-linked where they can be)."""
+        rocksdict.Checkpoint(self._handle()).create_checkpoint(path)
+
     def recover(self) -> None:
         # After a failed write RocksDB refuses all writes until it is reopened; reopening
         # replays the WAL, so what was durable stays. A reopen that fails (the disk is

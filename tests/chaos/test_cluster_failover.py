@@ -5,7 +5,8 @@ ended exactly once, its bookings made once and consistent, its compensations run
 when it failed (`test_workers_crash`'s checks). The attacks: SIGKILL a node leading
 partitions; SIGKILL a NATS server (a minority: callers see no error at all); SIGSTOP a
 leader past its lease and let it run again (it must be fenced, not write twice); and
-wipe a node's data dir, let it rebuild from the log, then leave it alone to serve.
+wipe a node's data dir, let it rebuild from the latest snapshot and the log's tail (the
+logs are trimmed below snapshots all along), then leave it alone to serve.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from tests import support
 from tests.chaos.test_workers_crash import assert_consistent, book
 from tests.cluster_nodes import PARTITIONS, NodesCluster
 
-BROKER_ARGS = ["--retry-initial", "100ms", "--retry-max", "500ms"]
+# Snapshots every 40 log entries: the logs are trimmed while the tests run.
+BROKER_ARGS = ["--retry-initial", "100ms", "--retry-max", "500ms", "--snapshot-entries", "40"]
 SAGAS = 18
 # A liveness bound, not a speed target (`make bench-cluster` measures failover).
 BACK_WITHIN_S = 30.0
@@ -166,11 +168,16 @@ def test_a_paused_leader_is_fenced_and_steps_down(nodes: NodesCluster) -> None:
     sagas(nodes, lambda: None)
 
 
-def test_a_wiped_node_rebuilds_from_the_log_and_serves_alone(nodes: NodesCluster) -> None:
+def test_a_wiped_node_rebuilds_from_a_snapshot_and_serves_alone(nodes: NodesCluster) -> None:
     done: dict[tuple[str, str], tuple[str, str]] = {}
     keys = [(f"w-{i}-{uuid.uuid4()}", "" if i % 2 else "failPayment") for i in range(6)]
     for key, run_type in keys:
         done[(key, run_type)] = book(nodes, key, run_type)
+    support.wait_for(
+        lambda: sum(p.log_first > 1 for p in nodes.status().partitions) >= 2,
+        BACK_WITHIN_S,
+        message="logs trimmed below a snapshot",
+    )
     wiped = 2
     nodes.nodes[wiped].kill()
     shutil.rmtree(nodes.tmp / f"node{wiped + 1}")
@@ -185,6 +192,7 @@ def test_a_wiped_node_rebuilds_from_the_log_and_serves_alone(nodes: NodesCluster
         )
 
     support.wait_for(caught_up, BACK_WITHIN_S, message="the wiped node to catch up")
+    assert "restored the snapshot" in nodes.nodes[wiped].log_path.read_text()
     for other in range(3):
         if other != wiped:
             nodes.nodes[other].kill()
