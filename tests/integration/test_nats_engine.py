@@ -40,7 +40,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 from nats.js.errors import APIError, KeyWrongLastSequenceError
 
-from tests.support import PYTHON, ROOT, free_port, wait_for
+from tests.support import PYTHON, ROOT, free_port, pid_alive, wait_for
 from tools.natsd import NatsCluster
 
 WRONG_LAST_SEQUENCE = 10071
@@ -317,12 +317,3 @@ def test_servers_die_with_the_process_that_started_them(tmp_path: Path) -> None:
     finally:
         owner.kill()
         owner.wait(timeout=10)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie does not: it holds no port)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
