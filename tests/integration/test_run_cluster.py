@@ -92,7 +92,7 @@ def test_the_cluster_starts_and_a_hangup_stops_every_process(tmp_path: Path) -> 
             running, timeout=120, message=lambda: "the cluster to start\n" + launcher.log_tail()
         )
         log = launcher.log_path.read_text()
-        children = [int(p) for p in re.findall(r"\(pid (\d+)\)", log)]
+        children = [int(p) for p in re.findall(r"^started .* \(pid (\d+)\)$", log, re.MULTILINE)]
         # Three NATS servers, three nodes, four services.
         assert len(children) == 10, launcher.log_tail()
         for n in (1, 2, 3):
