@@ -114,7 +114,7 @@ def test_the_cluster_starts_and_a_hangup_stops_every_process(tmp_path: Path) -> 
             message=lambda: f"children {children} to exit\n{launcher.log_tail()}",
         )
         still = [address for address in _every_address(env) if listening(address)]
-        assert not still, f"still served: {still}"
+        assert not still, f"still served: {still}\n{launcher.log_tail()}"
     finally:
         launcher.kill()
         for pid in children:  # orphans of a failed run: ours, so stop them by pid
