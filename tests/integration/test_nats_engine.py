@@ -18,7 +18,8 @@ own tests fail in some harder-to-read way. Each fact is its own test:
   the tombstone and updates on its revision; racing the expiry, that read may instead
   raise KeyNotFoundError from `create`);
 - with one of three servers SIGKILLed, a client that knows every server's URL still gets
-  publishes acknowledged, and after a restart the cluster is whole again;
+  publishes acknowledged, the new stream leader still answers a retried append with its
+  original sequence, and after a restart the cluster is whole again;
 - a single server (`size=1`, the bad-input tests' engine) runs JetStream and refuses an
   R3 stream with a message saying why;
 - and of `tools/natsd.py` itself: its servers die with the process that started them.
@@ -222,7 +223,7 @@ def test_publishes_are_acked_with_a_server_killed_and_the_cluster_heals(tmp_path
 
         async def create(client: Client, js: JetStreamContext) -> int:
             await js.add_stream(StreamConfig(name="KILL", subjects=["kill"], num_replicas=3))
-            await js.publish("kill", b"before", timeout=5)
+            await js.publish("kill", b"before", timeout=5, headers=fenced(0, "before"))
             info = await js.stream_info("KILL")
             assert info.cluster is not None and info.cluster.leader
             return int(info.cluster.leader.removeprefix("n")) - 1
@@ -236,6 +237,10 @@ def test_publishes_are_acked_with_a_server_killed_and_the_cluster_heals(tmp_path
             cluster.kill(victim)
             acked_after, errors = await acked_within(js, b"during", 15.0, killed_at)
             print(f"\nerrors while the stream had no leader: {sorted(errors)}")
+            # The new leader knows the ids its predecessor stored: a retry of an append made
+            # before the failover still gets its original sequence, not the fence.
+            again = await js.publish("kill", b"before", timeout=5, headers=fenced(0, "before"))
+            assert (again.seq, again.duplicate) == (1, True), again
 
             cluster.restart(victim)
             restarted_at = time.monotonic()
