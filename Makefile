@@ -10,7 +10,7 @@ DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
 DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run test test-unit lint fmt verify bench bench-peer chaos dist clean browser nats
+.PHONY: setup proto run cluster test test-unit lint fmt verify bench bench-peer chaos dist clean browser nats
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -64,6 +64,11 @@ browser:
 nats:
 	@if [ -x /usr/sbin/nats-server ] || command -v nats-server >/dev/null; then :; else \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y nats-server; fi
+
+# Three NATS servers, three broker nodes and the demo services on one machine (README:
+# "A cluster on one machine").
+cluster: setup nats
+	$(VPY) -m services.run_cluster
 
 test: setup browser nats
 	$(VPY) -m pytest $(TESTS)

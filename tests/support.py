@@ -122,6 +122,25 @@ def wait_for(
         time.sleep(interval)  # polling interval, not synchronisation: the deadline decides
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs; a zombie does not (it holds no port), and one
+    reparented to a container's init may stay a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def listening(address: str) -> bool:
+    """Whether something accepts TCP connections on `address` (HOST:PORT) now."""
+    host, port = address.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(2)
+        return s.connect_ex((host, int(port))) == 0
+
+
 def invocation_id_of(call: Any) -> str:
     """The `invocation-id` response metadata of a finished call (from `.with_call`)."""
     value = dict(call.initial_metadata()).get("invocation-id", "")

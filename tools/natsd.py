@@ -31,14 +31,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from durable.process import Child, spawn
 
-__all__ = ["NatsCluster", "NatsError", "find_binary"]
+__all__ = ["NatsCluster", "NatsError", "ServerPorts", "find_binary"]
 
 STOP_TIMEOUT_S = 10.0
 _POLL_INTERVAL_S = 0.05
@@ -97,6 +97,7 @@ class NatsCluster:
         port_source: Picks one free port per call (tests pass `tests.support.free_port`,
             so their other processes never get these ports); default: the kernel's.
         cluster_name: The cluster block's `name`.
+        ports: Each server's ports, instead of free ones (`make cluster`'s fixed ports).
     """
 
     def __init__(
@@ -106,9 +107,12 @@ class NatsCluster:
         max_payload: int = 8 * 1024 * 1024,
         port_source: Callable[[], int] | None = None,
         cluster_name: str = "durable",
+        ports: Sequence[ServerPorts] | None = None,
     ) -> None:
         if size < 1:
             raise ValueError(f"a NATS cluster needs at least one server, not {size}")
+        if ports is not None and len(ports) != size:
+            raise ValueError(f"{len(ports)} servers' ports given for {size} servers")
         self.base_dir = base_dir
         self.size = size
         self.max_payload = max_payload
@@ -223,6 +227,14 @@ class NatsCluster:
                 child.popen.kill()
                 child.popen.wait(timeout=STOP_TIMEOUT_S)
 
+    def check_alive(self) -> None:
+        """Raises `NatsError`, with its log tail, if a started server has exited."""
+        for child in self._children:
+            if child is not None and child.popen.poll() is not None:
+                raise NatsError(
+                    f"{child.name} exited with code {child.popen.returncode}\n" + child.log_block()
+                )
+
     def __enter__(self) -> NatsCluster:
         try:
             return self.start()
@@ -292,17 +304,12 @@ class NatsCluster:
         """Polls the monitoring endpoints until JetStream is usable (`not_ready`).
 
         Raises:
-            NatsError: A server died (with its log tail), or not ready within `timeout`.
+            NatsError: A started server died (with its log tail), or not ready within
+                `timeout`.
         """
         deadline = time.monotonic() + timeout
         while True:
-            for i in range(self.size) if indexes is None else indexes:
-                child = self._children[i]
-                if child is not None and child.popen.poll() is not None:
-                    raise NatsError(
-                        f"{child.name} exited with code {child.popen.returncode}\n"
-                        + child.log_block()
-                    )
+            self.check_alive()
             reason = self.not_ready(indexes)
             if reason is None:
                 return

@@ -15,7 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-from tests.support import PYTHON, ROOT, Process, free_port, wait_for
+from tests.support import PYTHON, ROOT, Process, free_port, listening, pid_alive, wait_for
 
 VARIABLES = (
     "BROKER_INGRESS",
@@ -32,26 +32,6 @@ def _demo_env(tmp_path: Path) -> dict[str, str]:
     env["BROKER_DATA_DIR"] = str(tmp_path / "broker")
     env["TRIPS_NOTIFICATION_LOG"] = str(tmp_path / "trips" / "notifications.log")
     return env
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is gone for our purposes (it holds no port); /proc says which it is.
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _listening(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(2)
-        return s.connect_ex((host, int(port))) == 0
 
 
 def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
@@ -76,7 +56,7 @@ def test_a_taken_port_is_named_and_nothing_starts(tmp_path: Path) -> None:
     assert "started" not in result.stdout and "registered" not in result.stdout, result.stdout
     assert "demo is running" not in result.stdout, result.stdout
     for name in ("BROKER_INGRESS", "BROKER_ADMIN", "FLIGHTS_LISTEN"):
-        assert not _listening(env[name]), f"{name} {env[name]} is served: something started"
+        assert not listening(env[name]), f"{name} {env[name]} is served: something started"
 
 
 def test_sighup_stops_every_child(tmp_path: Path) -> None:
@@ -109,14 +89,14 @@ def test_sighup_stops_every_child(tmp_path: Path) -> None:
         assert demo.popen is not None
         assert demo.popen.wait(timeout=30) == 0, demo.log_tail()
         wait_for(
-            lambda: not any(_alive(pid) for pid in children),
+            lambda: not any(pid_alive(pid) for pid in children),
             timeout=30,
             message=lambda: f"children {children} to exit\n{demo.log_tail()}",
         )
         for name in VARIABLES:
-            assert not _listening(env[name]), f"{name} {env[name]} is still served"
+            assert not listening(env[name]), f"{name} {env[name]} is still served"
     finally:
         demo.kill()
         for pid in children:  # orphans of a failed run: ours, so stop them by pid
-            if _alive(pid):
+            if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
