@@ -85,5 +85,5 @@ class Leases:
         rather than after the TTL."""
         try:
             await self._bucket.delete(key(partition), last=revision)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            pass
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+            pass  # no longer ours (it expired, or another node holds it)
