@@ -85,6 +85,11 @@ def check(settings: Settings) -> tuple[list[str], str]:
         )
     if settings.data_dir is None:
         raise NodeError("--nats needs a --data-dir: each node keeps a replica of every partition")
+    if layout.is_single_process(settings.data_dir):
+        raise NodeError(
+            f"{settings.data_dir} is a single-process broker's data dir; a node keeps its "
+            "replicas in a data dir of its own: give --data-dir a new one"
+        )
     if settings.workers is not None:
         raise NodeError("--nats and --workers do not go together")
     if settings.partitions is not None and not 1 <= settings.partitions <= layout.MAX_PARTITIONS:

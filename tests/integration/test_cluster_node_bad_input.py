@@ -139,6 +139,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
             ["--nats", "nats://127.0.0.1:4222", "--node", "a", "--partitions", "0"],
             ["--partitions must be between 1 and 256"],
         ),
+        (
+            ["--nats", "nats://127.0.0.1:4222", "--node", "a", "--data-dir", ""],
+            ["--nats needs a --data-dir"],
+        ),
     ],
     ids=[
         "no-node",
@@ -149,6 +153,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
         "no-url",
         "with-workers",
         "partitions-0",
+        "no-data-dir",
     ],
 )
 def test_flags_refused_before_connecting(
@@ -169,6 +174,26 @@ def test_flags_refused_before_connecting(
     _refused(result, *phrases)
     assert result.stderr.count("\n") == 1, result.stderr  # before logging is set up
     assert not data.exists()
+
+
+def test_a_single_process_data_dir_is_refused(tmp_path: Path) -> None:
+    # A node would add its marker and replicas next to that broker's RocksDB files.
+    data = tmp_path / "data"
+    admin = f"127.0.0.1:{free_port()}"
+    args = [PYTHON, "-m", "broker", "--data-dir", str(data), "--admin", admin]
+    single = Process("broker", [*args, "--ingress", f"127.0.0.1:{free_port()}"], tmp_path / "b.log")
+    single.start()
+    try:
+        wait_healthy(admin, time.monotonic() + STARTUP_TIMEOUT_S, single)
+    finally:
+        assert single.terminate() == 0
+    before = _tree(data)
+
+    # Refused before NATS is contacted: this URL leads nowhere.
+    result = _start(f"nats://127.0.0.1:{free_port()}", data, "--node", "a", "--partitions", "2")
+
+    _refused(result, "is a single-process broker's data dir", "give --data-dir a new one")
+    assert _tree(data) == before
 
 
 def test_nats_down_is_refused_within_seconds(tmp_path: Path) -> None:
