@@ -17,11 +17,21 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import nats
 import pytest
+from durable.v1 import admin_pb2, admin_pb2_grpc
 
 from broker.cluster import layout
-from tests.support import PYTHON, ROOT, STARTUP_TIMEOUT_S, Process, free_port, wait_healthy
+from tests.support import (
+    PYTHON,
+    ROOT,
+    STARTUP_TIMEOUT_S,
+    Process,
+    free_port,
+    wait_for,
+    wait_healthy,
+)
 from tools.natsd import NatsCluster
 
 FIRST_PARTITIONS = 4
@@ -116,10 +126,26 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
         first.start()
         try:
             wait_healthy(admin, time.monotonic() + STARTUP_TIMEOUT_S, first)
+            _wait_settled(admin)
             yield servers
             first.check_alive()
         finally:
             first.terminate()
+
+
+def _wait_settled(admin: str) -> None:
+    """Until the first node leads every partition and applied its log's end: it writes
+    nothing more on its own, so the streams stand still for the tests' comparisons."""
+    with grpc.insecure_channel(admin) as channel:
+        stub = admin_pb2_grpc.AdminStub(channel)
+
+        def settled() -> bool:
+            status = stub.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=5)
+            return len(status.partitions) == FIRST_PARTITIONS and all(
+                p.serving and p.applied == p.log_last for p in status.partitions
+            )
+
+        wait_for(settled, timeout=STARTUP_TIMEOUT_S, message="the first node to settle")
 
 
 @pytest.mark.parametrize(
