@@ -8,7 +8,8 @@
 
 Each server listens on 127.0.0.1 only, on free ports chosen once (a restarted server
 comes back where it was, with its JetStream store), and writes its log next to its
-config under `base_dir`. `size=1` is one server with JetStream and no cluster block.
+config under `base_dir`. `size=1` is one server with JetStream and no cluster block;
+`jetstream=False` leaves JetStream off (a plain NATS server, for the bad-input tests).
 
 Every server is started through `broker.cluster.tether`, in a process group of its own:
 the kernel SIGKILLs it should the process that started it die without stopping it (a
@@ -98,6 +99,8 @@ class NatsCluster:
             so their other processes never get these ports); default: the kernel's.
         cluster_name: The cluster block's `name`.
         ports: Each server's ports, instead of free ones (`make cluster`'s fixed ports).
+        jetstream: Whether the servers run JetStream (off: plain NATS, which a broker
+            node must refuse).
     """
 
     def __init__(
@@ -108,6 +111,7 @@ class NatsCluster:
         port_source: Callable[[], int] | None = None,
         cluster_name: str = "durable",
         ports: Sequence[ServerPorts] | None = None,
+        jetstream: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"a NATS cluster needs at least one server, not {size}")
@@ -117,6 +121,7 @@ class NatsCluster:
         self.size = size
         self.max_payload = max_payload
         self.cluster_name = cluster_name
+        self.jetstream = jetstream
         picked = [port_source() for _ in range(3 * size)] if port_source else _free_ports(3 * size)
         self.ports = [ServerPorts(*picked[3 * i : 3 * i + 3]) for i in range(size)]
         self._children: list[Child | None] = [None] * size
@@ -149,8 +154,9 @@ class NatsCluster:
             f"listen: 127.0.0.1:{ports.client}",
             f"http: 127.0.0.1:{ports.http}",
             f"max_payload: {self.max_payload}",
-            f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n}}",
         ]
+        if self.jetstream:
+            lines.append(f"jetstream {{\n  store_dir: {json.dumps(str(store))}\n}}")
         if self.size > 1:
             # Every server lists every route, its own included (NATS skips that one): one
             # list for all, and any server may start first.
@@ -269,7 +275,8 @@ class NatsCluster:
 
         Usable: each server's `/healthz` is ok (JetStream on and current with its meta
         leader) and, clustered, each knows the same meta leader, which sees every other
-        server as a current peer (so an R=size stream can be placed at once).
+        server as a current peer (so an R=size stream can be placed at once). Without
+        JetStream: each server's `/healthz` is ok.
         """
         wanted = list(range(self.size)) if indexes is None else indexes
         leaders = set()
@@ -284,8 +291,8 @@ class NatsCluster:
                 _, jsz = self._monitor(i, "/jsz")
             except OSError as e:
                 return f"{self.name(i)} monitoring: {e}"
-            if self.size == 1:
-                continue
+            if self.size == 1 or not self.jetstream:
+                continue  # no meta group to agree on
             meta = jsz.get("meta_cluster") or {}
             leader = meta.get("leader")
             if not leader:

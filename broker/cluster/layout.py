@@ -42,8 +42,8 @@ def read(data_dir: str) -> int | None:
     return count
 
 
-def _single_process(data_dir: str) -> bool:
-    # RocksDB's own files: the data dir already is one broker's journal.
+def is_single_process(data_dir: str) -> bool:
+    """Whether `data_dir` is a single-process broker's journal (RocksDB's own files)."""
     return os.path.exists(os.path.join(data_dir, "CURRENT"))
 
 
@@ -62,7 +62,7 @@ def check(data_dir: str, workers: int, partitions: int | None) -> int:
         raise LayoutError(f"--workers must be at least 1, got {workers}")
     if partitions is not None and not 1 <= partitions <= MAX_PARTITIONS:
         raise LayoutError(f"--partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}")
-    if _single_process(data_dir):
+    if is_single_process(data_dir):
         raise LayoutError(
             f"{data_dir} is a single-process broker's data dir; start it without "
             "--workers, or give --workers a new data dir"

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import secrets
+import urllib.parse
 import zlib
 from collections.abc import Coroutine
 from typing import Any
@@ -71,9 +72,12 @@ def check(settings: Settings) -> tuple[list[str], str]:
     """
     assert settings.nats is not None
     urls = [u.strip() for u in settings.nats.split(",") if u.strip()]
-    bad = [u for u in urls if not u.startswith(("nats://", "tls://"))]
+    bad = [u for u in urls if not _valid_url(u)]
     if not urls or bad:
-        raise NodeError(f"--nats {settings.nats!r}: give nats://HOST:PORT[,nats://HOST:PORT...]")
+        shown = ", ".join(repr(u) for u in bad) or repr(settings.nats)
+        raise NodeError(
+            f"--nats {shown} is not a NATS URL: give nats://HOST:PORT[,nats://HOST:PORT...]"
+        )
     if not settings.node or not _NAME.match(settings.node):
         raise NodeError(
             "--nats needs --node NAME (BROKER_NODE): this node's name in the cluster, "
@@ -81,11 +85,26 @@ def check(settings: Settings) -> tuple[list[str], str]:
         )
     if settings.data_dir is None:
         raise NodeError("--nats needs a --data-dir: each node keeps a replica of every partition")
+    if layout.is_single_process(settings.data_dir):
+        raise NodeError(
+            f"{settings.data_dir} is a single-process broker's data dir; a node keeps its "
+            "replicas in a data dir of its own: give --data-dir a new one"
+        )
     if settings.workers is not None:
         raise NodeError("--nats and --workers do not go together")
     if settings.partitions is not None and not 1 <= settings.partitions <= layout.MAX_PARTITIONS:
         raise NodeError(f"--partitions must be between 1 and {layout.MAX_PARTITIONS}")
     return urls, settings.node
+
+
+def _valid_url(url: str) -> bool:
+    """nats:// or tls://, a host, and a port if one is given (NATS's default is 4222)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("nats", "tls") and bool(parts.hostname) and parts.path in ("", "/")
 
 
 class Node:
@@ -343,10 +362,19 @@ async def open_node(settings: Settings) -> Node:
     try:
         assert settings.data_dir is not None
         recorded = layout.read(settings.data_dir) if os.path.isdir(settings.data_dir) else None
+        existing = await engine.stored_partitions()
+        if recorded is not None and existing is not None and recorded != existing:
+            # Before the flag's own check: the data dir is what is wrong, whatever the flag.
+            raise NodeError(
+                f"the data dir {settings.data_dir} holds {recorded} partitions but the "
+                f"cluster at {settings.nats} has {existing}: it belongs to another cluster; "
+                "give this node a new data dir"
+            )
         if recorded is not None and settings.partitions not in (None, recorded):
             raise NodeError(
                 f"the data dir {settings.data_dir} holds {recorded} partitions, not "
-                f"--partitions {settings.partitions}"
+                f"--partitions {settings.partitions}: start it with --partitions "
+                f"{recorded} (or without), or give this node a new data dir"
             )
         count = await engine.open(settings.partitions or recorded)
         if recorded is not None and recorded != count:

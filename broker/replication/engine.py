@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import nats
 import nats.errors
@@ -26,6 +28,7 @@ from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 log = logging.getLogger("broker.replication")
+T = TypeVar("T")
 
 REPLICAS = 3
 SNAPSHOTS = "durable_snapshots"
@@ -36,6 +39,11 @@ NODE_TTL_S = 3.0
 MAX_ENTRY_BYTES = 7 * 1024 * 1024
 _CONNECT_TIMEOUT_S = 3.0
 _READY_TIMEOUT_S = 30.0
+# How long a start tries to reach any NATS server before it refuses (nats-py itself
+# would retry forever: it only has one retry setting, and later reconnects need it).
+START_CONNECT_S = 5.0
+# JetStream's error code for replicas asked of a server that is not clustered.
+_NOT_CLUSTERED = 10074
 # How long JetStream may take to answer an API call (elections included).
 API_TIMEOUT_S = 5.0
 
@@ -77,19 +85,36 @@ class Engine:
             EngineError: no server answers, or JetStream is off.
         """
         shown = ",".join(urls)
+        nc = Client()
+        errors: list[Exception] = []
+
+        async def on_error(e: Exception) -> None:
+            # Before the first connection each failed attempt is kept for the refusal
+            # (nats-py's default logs a traceback per attempt); after it, one line each.
+            if nc.is_connected or nc.is_reconnecting:
+                log.warning("NATS: %s", e or type(e).__name__)
+            else:
+                errors.append(e)
+
+        # nats-py annotates the two timings as int; it takes (and we want) fractions.
+        options: dict[str, Any] = {
+            "connect_timeout": _CONNECT_TIMEOUT_S,
+            # After the first connection: keep trying, a server restart is routine.
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 0.25,
+        }
         try:
-            nc = await nats.connect(
-                servers=urls,
-                name=name,
-                connect_timeout=_CONNECT_TIMEOUT_S,
-                # After the first connection: keep trying, a server restart is routine.
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
+            await asyncio.wait_for(
+                nc.connect(servers=urls, name=name, error_cb=on_error, **options),
+                START_CONNECT_S,
             )
         except Exception as e:
+            await nc.close()
+            last = errors[-1] if errors else e
             raise EngineError(
-                f"cannot reach NATS at {shown}: {e or type(e).__name__}; start the NATS "
-                "servers first (or fix --nats)"
+                f"cannot reach NATS at {shown} within {START_CONNECT_S:.0f} s "
+                f"({last or type(last).__name__}); start the NATS servers first, or fix "
+                "--nats"
             ) from None
         js = nc.jetstream(timeout=API_TIMEOUT_S)
         loop = asyncio.get_running_loop()
@@ -121,11 +146,19 @@ class Engine:
     async def open(self, partitions: int | None, timeout: float = 30.0) -> int:
         """`open_once`, retried while JetStream is busy (nodes starting together create
         the same streams; an election is under way) until `timeout`."""
+        return await self._retrying(lambda: self.open_once(partitions), timeout)
+
+    async def stored_partitions(self, timeout: float = 30.0) -> int | None:
+        """The cluster's partition count, or None when no node created the cluster yet;
+        creates nothing. Retried as `open` is."""
+        return await self._retrying(self._stored_once, timeout)
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]], timeout: float) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             try:
-                return await self.open_once(partitions)
+                return await call()
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as e:
                 if loop.time() > deadline:
                     raise EngineError(
@@ -150,14 +183,17 @@ class Engine:
             EngineError: the count differs from the cluster's, the cluster does not
                 exist and no count was given, or JetStream refuses the replicas.
         """
+        if partitions is None and await self._stored_once() is None:
+            # Refused before the first bucket is made: a later start finds NATS as it was.
+            raise EngineError(
+                "this NATS cluster holds no broker cluster yet: start the first node "
+                "with --partitions N"
+            )
         self.meta = await self._bucket(KeyValueConfig(bucket="durable_meta", history=1))
         stored = await _read_int(self.meta, "partitions")
         if stored is None:
             if partitions is None:
-                raise EngineError(
-                    "this NATS cluster holds no broker cluster yet: start the first node "
-                    "with --partitions N"
-                )
+                raise EngineError("the cluster's partition count vanished while reading it")
             try:
                 await self.meta.create("partitions", str(partitions).encode())
                 stored = partitions
@@ -198,6 +234,13 @@ class Engine:
             raise
         except nats.js.errors.APIError as e:
             raise EngineError(self._refused(f"the object store {bucket}", e)) from None
+
+    async def _stored_once(self) -> int | None:
+        try:
+            meta = await self.js.key_value("durable_meta")
+        except nats.js.errors.BucketNotFoundError:
+            return None
+        return await _read_int(meta, "partitions")
 
     async def _bucket(self, config: KeyValueConfig) -> KeyValue:
         config.replicas = REPLICAS
@@ -246,6 +289,14 @@ class Engine:
             raise EngineError(self._refused(f"the stream {name}", e)) from None
 
     def _refused(self, what: str, e: nats.js.errors.APIError) -> str:
+        if e.err_code == _NOT_CLUSTERED:
+            return (
+                f"NATS at {','.join(self.urls)} is a single JetStream server, not a "
+                f"cluster: the broker keeps {REPLICAS} replicas of every log, so it needs "
+                f"{REPLICAS} nats-servers with JetStream, clustered (each with a "
+                "`cluster {}` block routing to the others); start them and give every "
+                f"server's URL to --nats (JetStream said: {e.description})"
+            )
         return (
             f"JetStream refused to create {what} with {REPLICAS} replicas: {e.description} "
             f"(code {e.err_code}); the cluster needs {REPLICAS} NATS servers with "

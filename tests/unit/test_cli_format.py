@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 
+from broker import _cli_cluster, cli
 from broker import _cli_format as fmt
-from broker import cli
 
 NOW_MS = 1_700_000_000_123  # 2023-11-14T22:13:20.123Z
 
@@ -786,3 +786,53 @@ def test_describe_to_json_folds_in_the_renderings() -> None:
     assert out["journal"][0]["input"]["request_json"] == {"runType": "x"}
     assert out["journal"][1]["call"]["request_json"] == {"tripId": "t1"}
     assert out["journal"][1]["result"]["value_json"] == {"state": "reserved"}
+
+
+def _cluster_status() -> admin_pb2.ClusterStatusResponse:
+    resp = admin_pb2.ClusterStatusResponse(mode="cluster")
+    resp.nodes.add(name="n1", pid=11, alive=True, partitions=[0], ingress="h:1", admin="h:2")
+    resp.nodes.add(name="n2", pid=12, alive=False, partitions=[], ingress="h:3", admin="h:4")
+    p0 = resp.partitions.add(id=0, owner="n1", serving=True, applied=9, log_last=9)
+    p0.preferred = "n1"
+    p0.followers.add(node="n2", applied=7, lag=2)
+    resp.partitions.add(id=1, owner="n1", serving=True, applied=3, log_last=4, preferred="n2")
+    resp.partitions.add(id=2, owner="", serving=False, applied=0, log_last=5, preferred="n1")
+    return resp
+
+
+def test_cluster_status_text_in_cluster_mode() -> None:
+    assert _cli_cluster.format_status(_cluster_status()).splitlines() == [
+        "mode: cluster",
+        "nodes:",
+        "  n1: alive (pid 11), ingress h:1, admin h:2, leads 0",
+        "  n2: DOWN, ingress h:3, admin h:4, leads none",
+        "partitions:",
+        "  0: leader n1, serving, applied 9, log end 9, followers n2 lag 2",
+        "  1: leader n1, serving, applied 3, log end 4, followers none; moving to n2",
+        "  2: no leader, NOT SERVING, applied 0, log end 5, followers none; moving to n1",
+    ]
+
+
+def test_cluster_status_text_in_workers_mode_is_unchanged() -> None:
+    resp = admin_pb2.ClusterStatusResponse(mode="workers")
+    resp.nodes.add(name="worker-0", pid=5, alive=True, restarts=1, partitions=[0, 1])
+    resp.partitions.add(id=0, owner="worker-0", serving=True, admin="h:1", ingress="h:2")
+    resp.partitions.add(id=1, owner="worker-0", serving=False)
+    assert _cli_cluster.format_status(resp).splitlines() == [
+        "mode: workers",
+        "nodes:",
+        "  worker-0: pid 5, 1 restart(s), partitions 0, 1",
+        "partitions:",
+        "  0: worker-0, serving, admin h:1, ingress h:2",
+        "  1: worker-0, NOT SERVING",
+    ]
+
+
+def test_cluster_status_json_carries_positions_and_followers() -> None:
+    printed = json.loads(cli._render_json(_cluster_status()))
+    assert printed["nodes"][0]["ingress"] == "h:1" and printed["nodes"][1]["admin"] == "h:4"
+    first = printed["partitions"][0]
+    # uint64 fields are strings in proto3's JSON mapping.
+    assert (first["applied"], first["log_last"], first["preferred"]) == ("9", "9", "n1")
+    assert first["followers"] == [{"node": "n2", "applied": "7", "lag": "2"}]
+    assert printed["partitions"][1]["followers"] == []

@@ -1,0 +1,173 @@
+"""`brokerctl cluster status` against a real cluster: three `python -m broker --nats`
+nodes over three nats-servers, with the demo services, asked through the real
+`brokerctl` process.
+
+- the text shows every node (alive, its ingress and admin addresses, the partitions it
+  leads) and every partition (leader, serving, applied position, log end, each
+  follower's lag), the same through every node;
+- `--json` carries the cluster-mode fields: node addresses, `applied`, `log_last`,
+  `followers` (node, applied, lag) and `preferred`;
+- after a burst of calls over every partition, every follower catches up: each
+  partition's lag goes back to 0 at the log's end (polled with a deadline).
+
+One cluster for the module: a start costs several seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from durable.v1 import admin_pb2
+from flights import flights_pb2
+
+from tests import support
+from tests.cluster_nodes import PARTITIONS, NodesCluster
+
+BROKERCTL = str(Path(support.PYTHON).parent / "brokerctl")
+NODES = 3
+BURST = 40
+CATCH_UP_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodesCluster]:
+    tmp = tmp_path_factory.mktemp("status")
+    with support.running_cluster(tmp, nodes=NODES, suspend_after="0") as started:
+        assert isinstance(started, NodesCluster)
+        yield started
+
+
+def _brokerctl(admin: str, *args: str) -> str:
+    run = subprocess.run(
+        [BROKERCTL, "--admin", admin, "cluster", "status", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
+def _names() -> list[str]:
+    return [f"node{i + 1}" for i in range(NODES)]
+
+
+def _wait_settled(cluster: NodesCluster) -> None:
+    """Until every node is seen alive and every partition is served by the node it
+    prefers with both others following: on a loaded machine a heartbeat can be late for
+    a moment, and the exact shapes below are those of a settled cluster."""
+
+    def settled() -> bool:
+        status = cluster.admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10)
+        return all(n.alive for n in status.nodes) and all(
+            p.serving and p.owner == p.preferred and len(p.followers) == NODES - 1
+            for p in status.partitions
+        )
+
+    support.wait_for(settled, timeout=CATCH_UP_S, interval=0.2, message="a settled cluster")
+
+
+@pytest.mark.parametrize("through", range(NODES))
+def test_text_shows_nodes_and_partitions(cluster: NodesCluster, through: int) -> None:
+    _wait_settled(cluster)
+    text = _brokerctl(cluster.node_admin[through])
+
+    lines = text.splitlines()
+    assert lines[:2] == ["mode: cluster", "nodes:"], text
+    led: dict[int, str] = {}
+    for i, name in enumerate(_names()):
+        line = next(x for x in lines if x.startswith(f"  {name}: "))
+        match = re.fullmatch(
+            rf"  {name}: alive \(pid \d+\), ingress {re.escape(cluster.node_ingress[i])}, "
+            rf"admin {re.escape(cluster.node_admin[i])}, leads ([\d, ]+|none)",
+            line,
+        )
+        assert match, line
+        if match.group(1) != "none":
+            led.update((int(p), name) for p in match.group(1).split(", "))
+    # Every partition is led by exactly one node, and its line agrees.
+    assert sorted(led) == list(range(PARTITIONS)), text
+    start = lines.index("partitions:")
+    partition_lines = lines[start + 1 :]
+    assert len(partition_lines) == PARTITIONS, text
+    for p, line in enumerate(partition_lines):
+        others = [n for n in _names() if n != led[p]]
+        match = re.fullmatch(
+            rf"  {p}: leader {led[p]}, serving, applied (\d+), log end (\d+), "
+            rf"followers {others[0]} lag \d+, {others[1]} lag \d+",
+            line,
+        )
+        assert match, line
+        # Balanced and settled: no partition is about to move.
+        assert "moving to" not in line
+
+
+def test_json_carries_addresses_positions_and_followers(cluster: NodesCluster) -> None:
+    _wait_settled(cluster)
+    printed = json.loads(_brokerctl(cluster.node_admin[0], "--json"))
+
+    assert printed["mode"] == "cluster"
+    assert [(n["name"], n["alive"], n["ingress"], n["admin"]) for n in printed["nodes"]] == [
+        (name, True, cluster.node_ingress[i], cluster.node_admin[i])
+        for i, name in enumerate(_names())
+    ]
+    assert [p["id"] for p in printed["partitions"]] == list(range(PARTITIONS))
+    for p in printed["partitions"]:
+        assert p["owner"] in _names() and p["preferred"] == p["owner"], p
+        assert p["serving"] is True
+        # proto3 JSON: uint64 is a string.
+        assert int(p["applied"]) <= int(p["log_last"]), p
+        assert sorted(f["node"] for f in p["followers"]) == sorted(
+            n for n in _names() if n != p["owner"]
+        )
+        for f in p["followers"]:
+            assert set(f) == {"node", "applied", "lag"}
+            assert int(f["lag"]) == max(int(p["applied"]) - int(f["applied"]), 0), p
+        owner = next(n for n in printed["nodes"] if n["name"] == p["owner"])
+        assert p["id"] in owner["partitions"]
+
+
+def _caught_up(status: admin_pb2.ClusterStatusResponse, past: dict[int, int]) -> bool:
+    """Every partition's log moved past `past`, its leader applied the log's end, and
+    every follower is there too."""
+    return all(
+        p.log_last > past[p.id]
+        and p.applied == p.log_last
+        and len(p.followers) == NODES - 1
+        and all(f.lag == 0 and f.applied == p.applied for f in p.followers)
+        for p in status.partitions
+    )
+
+
+def test_follower_lag_goes_to_zero_after_a_burst(cluster: NodesCluster) -> None:
+    before = cluster.admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10)
+    past = {p.id: p.log_last for p in before.partitions}
+
+    def reserve(i: int) -> Any:
+        request = flights_pb2.ReserveRequest(trip_id=f"status-burst-{i}")
+        return cluster.flights.Reserve(request, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(reserve, range(BURST)))
+
+    last: list[admin_pb2.ClusterStatusResponse] = []
+
+    def settled() -> bool:
+        last[:] = [cluster.admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10)]
+        return _caught_up(last[0], past)
+
+    support.wait_for(
+        settled, timeout=CATCH_UP_S, interval=0.2, message=lambda: f"followers caught up: {last}"
+    )
+    # And brokerctl says so too.
+    printed = json.loads(_brokerctl(cluster.node_admin[2], "--json"))
+    for p in printed["partitions"]:
+        assert int(p["log_last"]) > past[p["id"]], p
+        assert all(f["lag"] == "0" for f in p["followers"]), p
