@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("broker.metrics")
 
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -57,9 +57,9 @@ class Metrics:
             name: collections.Counter()
             for name in ("started", "completed", "failed", "suspended", "retried", "queued")
         }
-        self.invocation_seconds = Histogram(_LATENCY_BUCKETS)
+        self.invocation_seconds = Histogram(LATENCY_BUCKETS)
         self.batch_size = Histogram(_SIZE_BUCKETS)
-        self.fsync_seconds = Histogram(_LATENCY_BUCKETS)
+        self.fsync_seconds = Histogram(LATENCY_BUCKETS)
 
     def count(self, event: str, service: str) -> None:
         """Adds one to `durable_invocations_<event>_total{service}`."""

@@ -40,6 +40,7 @@ class NodesCluster(support.Cluster):
         self.nats = NatsCluster(tmp / "nats", port_source=support.free_port)
         self.node_ingress = [f"127.0.0.1:{support.free_port()}" for _ in range(nodes)]
         self.node_admin = [f"127.0.0.1:{support.free_port()}" for _ in range(nodes)]
+        self.node_metrics = [f"127.0.0.1:{support.free_port()}" for _ in range(nodes)]
         self.nodes = [
             support.Process(
                 f"node{i + 1}",
@@ -48,6 +49,7 @@ class NodesCluster(support.Cluster):
                     *("--node", f"node{i + 1}", "--partitions", str(partitions)),
                     *("--data-dir", str(tmp / f"node{i + 1}")),
                     *("--ingress", self.node_ingress[i], "--admin", self.node_admin[i]),
+                    *("--metrics", self.node_metrics[i]),
                     *("--suspend-after", self.suspend_after, "--log-level", "DEBUG"),
                     *kwargs.get("broker_args", ()),
                 ],

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 from durable.v1 import cluster_pb2
 
 from ..config import Settings
+from ..metrics import Histogram
 from ..replication.engine import Engine
 from ..replication.lease import Leases
 from ..server import Broker
@@ -37,6 +38,8 @@ class Host(Protocol):
     seen: dict[str, tuple[int, float]]
     ingress_port: int
     admin_port: int
+    # Seconds each log append took, by partition.
+    append_seconds: Histogram
 
     @property
     def positions(self) -> list[int]:

@@ -12,29 +12,31 @@ prefers hands it over, so partitions spread over the nodes as they join.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
 import secrets
 import urllib.parse
 import zlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 import grpc
 import nats.js.errors
 from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 
-from .. import endpoint_uri, security
+from .. import endpoint_uri, metrics, security
 from ..config import Settings
 from ..ingress import IngressRouter, IngressServicer
+from ..metrics import LATENCY_BUCKETS, Histogram
 from ..registry import Registry
 from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
 from ..server import Broker, ingress_server
 from ..storage import deployments
 from ..storage.kv import StorageError
-from . import layout
+from . import layout, node_metrics
 from .deliver import SECRET_HEADER
 from .forward import Partitions
 from .front import FrontServer
@@ -146,6 +148,13 @@ class Node:
         self.beats: dict[str, dict[str, Any]] = {}
         self.ingress_port = 0
         self.admin_port = 0
+        self.append_seconds = Histogram(LATENCY_BUCKETS)
+        self._metrics: asyncio.Server | None = None
+
+    @property
+    def replica_views(self) -> Sequence[Replica]:
+        """The replicas, one per partition."""
+        return self.replicas
 
     @property
     def positions(self) -> list[int]:
@@ -209,6 +218,10 @@ class Node:
         front = NodeFront(Partitions(self.leaders), self)
         self._front = FrontServer(self.settings, front)
         self.admin_port = await self._front.start(self.settings.admin)
+        if self.settings.metrics:
+            self._metrics = await metrics.serve_text(
+                self.settings.metrics, functools.partial(node_metrics.render, self)
+            )
         self._tasks = [
             asyncio.create_task(heartbeat(self, HEARTBEAT_S), name="heartbeat"),
             asyncio.create_task(self._watch_leases(), name="leases"),
@@ -227,6 +240,8 @@ class Node:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await asyncio.gather(*(r.close() for r in self.replicas), return_exceptions=True)
+        if self._metrics is not None:
+            self._metrics.close()
         if self._public is not None:
             await self._public.stop(1.0)
         if self._front is not None:

@@ -52,6 +52,8 @@ class Replica:
         self._holding: asyncio.Task[None] | None = None
         self._following: asyncio.Task[None] | None = None
         self._snapshotting: asyncio.Task[None] | None = None
+        # When this node last stored a snapshot of the partition (wall clock), if it did.
+        self.snapshot_at: float | None = None
         # Taking over or stepping down: the node's loop leaves this replica alone.
         self.busy = False
 
@@ -144,7 +146,12 @@ class Replica:
     async def _lead(self) -> None:
         js = self.node.engine.js
         last = (await js.stream_info(stream_name(self.partition))).state.last_seq
-        self._log = PartitionLog(js, self.partition, last)
+        self._log = PartitionLog(
+            js,
+            self.partition,
+            last,
+            observe=lambda s: self.node.append_seconds.observe(s, str(self.partition)),
+        )
         marker = await self._log.mark(self.node.name)
         if not await self._reach(marker, CATCH_UP_S):
             raise RuntimeError(f"could not apply the log up to entry {marker}")

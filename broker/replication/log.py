@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 import nats.errors
 import nats.js.errors
@@ -41,10 +43,18 @@ class PartitionLog:
         js: JetStream.
         partition: Whose stream.
         last: The stream's last sequence as this leader wrote or read it.
+        observe: Told the seconds each append took (retries included).
     """
 
-    def __init__(self, js: JetStreamContext, partition: int, last: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        partition: int,
+        last: int,
+        observe: Callable[[float], None] | None = None,
+    ) -> None:
         self._js = js
+        self._observe = observe
         self.partition = partition
         self.last = last
         self._subject = subject(partition)
@@ -90,6 +100,7 @@ class PartitionLog:
             "Nats-Expected-Last-Sequence": str(self.last),
         }
         delay = 0.05
+        started = time.perf_counter()
         while True:
             try:
                 ack = await self._js.publish(
@@ -111,6 +122,8 @@ class PartitionLog:
                 )
             else:
                 self.last = ack.seq
+                if self._observe is not None:
+                    self._observe(time.perf_counter() - started)
                 return ack.seq
             await asyncio.sleep(delay)
             delay = min(delay * 2, _MAX_BACKOFF_S)

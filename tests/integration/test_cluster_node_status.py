@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -27,6 +28,7 @@ import pytest
 from durable.v1 import admin_pb2
 from flights import flights_pb2
 
+from broker.cluster import placement
 from tests import support
 from tests.cluster_nodes import PARTITIONS, NodesCluster
 
@@ -171,3 +173,37 @@ def test_follower_lag_goes_to_zero_after_a_burst(cluster: NodesCluster) -> None:
     for p in printed["partitions"]:
         assert int(p["log_last"]) > past[p["id"]], p
         assert all(f["lag"] == "0" for f in p["followers"]), p
+
+
+def _metrics(address: str) -> dict[str, float]:
+    """`GET /metrics` of a node: sample (name and labels) -> value."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def test_every_node_reports_leadership_positions_and_append_latency(
+    cluster: NodesCluster,
+) -> None:
+    keys = {placement.of_key(f"metrics-{i}", PARTITIONS): f"metrics-{i}" for i in range(64)}
+    assert sorted(keys) == list(range(PARTITIONS))
+    for key in keys.values():  # a call on every partition: each leader appended
+        cluster.flights.Get(flights_pb2.TripRef(trip_id=key), timeout=30)
+    scraped = [_metrics(address) for address in cluster.node_metrics]
+    for p in range(PARTITIONS):
+        label = f'{{partition="{p}"}}'
+        leaders = [m[f"durable_partition_leader{label}"] for m in scraped]
+        assert sorted(leaders) == [0.0] * (NODES - 1) + [1.0], (p, leaders)
+        for m in scraped:
+            assert m[f"durable_log_last{label}"] >= m[f"durable_log_applied{label}"] > 0
+            assert m[f"durable_log_lag_entries{label}"] >= 0
+        leader = scraped[leaders.index(1.0)]
+        assert leader[f"durable_log_append_seconds_count{label}"] > 0, p
+        # The leader's own metrics, labelled with their partition.
+        completed = f'durable_invocations_completed_total{{partition="{p}",'
+        assert any(k.startswith(completed) for k in leader), (p, sorted(leader))
