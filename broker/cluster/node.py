@@ -365,6 +365,27 @@ async def _cluster_secret(engine: Engine) -> str:
     return (entry.value or b"").decode()
 
 
+async def _refuse_a_live_namesake(engine: Engine, name: str) -> None:
+    """Refuses a name another running node has: both would think they lead the same
+    partitions. A heartbeat left by this node's previous run stands still; a live one
+    moves within `HEARTBEAT_S`."""
+    assert engine.nodes is not None
+    try:
+        first = await engine.nodes.get(name)
+    except nats.js.errors.KeyNotFoundError:
+        return
+    await asyncio.sleep(STALE_S)
+    try:
+        later = await engine.nodes.get(name)
+    except nats.js.errors.KeyNotFoundError:
+        return
+    if later.revision != first.revision:
+        raise NodeError(
+            f"a node named {name} is running in this cluster already (its heartbeat is "
+            "live): give this node another --node name"
+        )
+
+
 async def open_node(settings: Settings) -> Node:
     """Connects, checks the cluster and this data dir, and builds the node.
 
@@ -398,6 +419,7 @@ async def open_node(settings: Settings) -> Node:
                 f"cluster has {count}: it belongs to another cluster; give this node a new "
                 "data dir"
             )
+        await _refuse_a_live_namesake(engine, name)
         if recorded is None:
             layout.create(settings.data_dir, count)
         secret = await _cluster_secret(engine)

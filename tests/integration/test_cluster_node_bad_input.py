@@ -308,3 +308,18 @@ def test_a_data_dir_of_another_cluster_is_refused(
     )
     assert _tree(data) == before_dir
     assert _streams(cluster.urls) == before_streams
+
+
+def test_a_second_node_with_a_running_nodes_name_is_refused(
+    tmp_path: Path, cluster: NatsCluster
+) -> None:
+    # "first" runs (the fixture's node): a second "first" would think it leads its
+    # partitions too.
+    data = tmp_path / "data"
+    before = _streams(cluster.urls)
+
+    result = _start(",".join(cluster.urls), data, "--node", "first")
+
+    _refused(result, "a node named first is running", "another --node name")
+    assert not data.exists()
+    assert _streams(cluster.urls) == before
