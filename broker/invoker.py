@@ -24,6 +24,7 @@ from .core.model import Result
 from .multiplex import Connection
 from .registry import Deployment, Registry
 from .security import ENDPOINT_SECRET_HEADER
+from .storage.kv import StoreUnavailable
 
 # Told what an attempt did: (invocation id, attempt number, event); answers why the
 # event fails the attempt, if it does.
@@ -289,6 +290,11 @@ class Invoker:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED and not deployment.request_response:
                 self._no_unary.add(deployment.id)  # an endpoint that only streams
             outcome.error = f"call to {deployment.uri} failed: {e.code().name}: {e.details()}"
+        except StoreUnavailable as e:
+            # The journal cannot be written (a full disk, or a cluster node that lost
+            # the partition's lead): the attempt stops; it resumes from its journal.
+            log.warning("invocation %s: attempt stopped: %s", invocation_id, e)
+            outcome.error = f"broker error driving the attempt: {e!r}"
         except Exception as e:
             log.exception("invocation %s: attempt crashed", invocation_id)
             outcome.error = f"broker error driving the attempt: {e!r}"
@@ -340,6 +346,9 @@ class Invoker:
             try:
                 if self._handle(invocation_id, attempt, message, outcome):
                     finish()
+            except StoreUnavailable as e:
+                log.warning("invocation %s: attempt stopped: %s", invocation_id, e)
+                finish(f"broker error driving the attempt: {e!r}")
             except Exception as e:
                 log.exception("invocation %s: attempt crashed", invocation_id)
                 finish(f"broker error driving the attempt: {e!r}")

@@ -12,6 +12,8 @@ import json
 import os
 from typing import Protocol
 
+import grpc
+
 ENV = "BROKER_CLUSTER"
 WORKER_ENV = "BROKER_CLUSTER_WORKER"
 
@@ -49,6 +51,16 @@ class Where(Protocol):
         """Waits (a bounded time) until `partition` is served elsewhere than at
         `address`, its ingress or admin; False when it did not move."""
         ...
+
+
+def never_sent(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call certainly never reached its server: gRPC found no address
+    to connect to, so nothing went on the wire. Any other failure (a connection cut
+    mid-call, a deadline) may come after the server took the call, which must then not
+    be sent again: it could run twice."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect to all addresses" in (
+        error.details() or ""
+    )
 
 
 class Unreachable(Exception):

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from .directory import Unreachable, Where
+from .directory import Unreachable, Where, never_sent
 
 ADMIN_SERVICE = "durable.v1.Admin"
 # A listing merged from every partition may be large; the public port's own limit
@@ -116,7 +116,12 @@ class Partitions:
                 connected = channel.get_state() == grpc.ChannelConnectivity.READY
                 if code != grpc.StatusCode.UNAVAILABLE or connected:
                     raise Failed(code, details) from None
-                if attempt + 1 == _MOVES or not await self.directory.moved(partition, address):
+                # Sent again only when it never left: a call cut mid-way may have run.
+                if (
+                    not never_sent(e)
+                    or attempt + 1 == _MOVES
+                    or not await self.directory.moved(partition, address)
+                ):
                     raise Failed(code, self.unreachable(partition, details)) from None
         raise AssertionError("unreachable")
 

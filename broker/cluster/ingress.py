@@ -21,7 +21,7 @@ from .. import codes
 from .. import registry as reg
 from ..ingress import IngressRouter, IngressServicer
 from ..ingress.router import IDEMPOTENCY_KEY, route, status_of
-from .directory import Unreachable, Where
+from .directory import Unreachable, Where, never_sent
 from .placement import Placement
 
 # Metadata gRPC sets itself: a forwarded call gets its own.
@@ -110,8 +110,7 @@ class Peers:
             try:
                 return await send(channel)
             except grpc.aio.AioRpcError as e:
-                reached = channel.get_state() == grpc.ChannelConnectivity.READY
-                if e.code() != grpc.StatusCode.UNAVAILABLE or reached or attempt + 1 == _MOVES:
+                if not never_sent(e) or attempt + 1 == _MOVES:
                     raise
                 if not await self._where.moved(partition, address):
                     raise

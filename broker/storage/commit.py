@@ -156,6 +156,7 @@ class Committer:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.lost is not None:
             future.set_exception(self.lost)
+            future.exception()  # retrieved: most submitters do not wait on it
             return future
         self._pending.append((batch, future))
         if self._task is None or self._task.done():
