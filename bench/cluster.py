@@ -148,7 +148,7 @@ def spawn_nodes(
         for i in range(count)
     ]
     procs = [
-        cluster.spawn(Nodes.name(i), "broker", ingress[i], argv[i], append=True)
+        cluster.spawn(Nodes.name(i), "broker", ingress[i], argv[i], append=True, tether=True)
         for i in range(count)
     ]
     return Nodes(nats, ingress, admin, argv, procs)

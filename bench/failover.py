@@ -202,7 +202,9 @@ async def _one(run: _Round, cluster: Cluster, trickle: Trickle, target: int) -> 
     cluster.kill(nodes.procs[i])
     backs = await asyncio.gather(*(_back_after(run, trickle.keys[p], killed_at) for p in led))
     # Back: start it again (its log appended to) and wait until it serves and settled.
-    nodes.procs[i] = cluster.spawn(victim, "broker", nodes.ingress[i], nodes.argv[i], append=True)
+    nodes.procs[i] = cluster.spawn(
+        victim, "broker", nodes.ingress[i], nodes.argv[i], append=True, tether=True
+    )
     await asyncio.to_thread(cluster.wait_ready, nodes.procs[i], nodes.ingress[i])
     await asyncio.to_thread(cluster.wait_ready, nodes.procs[i], nodes.admin[i])
     run.up.add(i)
@@ -278,8 +280,7 @@ def render(kills: list[Kill], check: dict[str, Any], nodes: int, partitions: int
     p50, worst = _quantiles(per_partition)
     kp50, kworst = _quantiles(per_kill)
     met = p50 <= TARGET_P50_S and worst <= TARGET_MAX_S
-    lost = sum(check["lost"])
-    errors = ", ".join(f"{c} {k}" for k, c in collections.Counter(check["errors"]).most_common())
+    lost = sum(check.get("lost", []))
     return "\n".join(
         [
             f"Failover ({len(kills)} SIGKILLs of a partition's leader; {nodes} nodes, "
@@ -290,14 +291,23 @@ def render(kills: list[Kill], check: dict[str, Any], nodes: int, partitions: int
             f"  kill to all its partitions back, per kill: p50 {_s(kp50)}, max {_s(kworst)}",
             f"  kill to settled again (node restarted, partitions handed back): p50 "
             f"{_s(statistics.median(k.settle_s for k in kills))}",
-            f"  trickle: {sum(check['acknowledged'])} acknowledged, {sum(check['failed'])} failed"
-            + (f" ({errors})" if errors else "")
-            + (
-                f"; LOST {lost} acknowledged increments"
-                if lost
-                else "; every acknowledged increment is in its counter"
-            ),
+            _trickle_line(check, lost),
         ]
+    )
+
+
+def _trickle_line(check: dict[str, Any], lost: int) -> str:
+    if not check:
+        return "  trickle: not checked (the run stopped early)"
+    errors = ", ".join(f"{c} {k}" for k, c in collections.Counter(check["errors"]).most_common())
+    return (
+        f"  trickle: {sum(check['acknowledged'])} acknowledged, {sum(check['failed'])} failed"
+        + (f" ({errors})" if errors else "")
+        + (
+            f"; LOST {lost} acknowledged increments"
+            if lost
+            else "; every acknowledged increment is in its counter"
+        )
     )
 
 

@@ -227,16 +227,31 @@ class Cluster:
         env: dict[str, str] | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
         append: bool = False,
+        tether: bool = False,
     ) -> Proc:
         """Starts `python <args>` (or `<program> <args>`) as child `name`, serving on
         `address`, with `env` added to this process's environment; `stop` sends it
-        `stop_signal`. With `append`, a restarted child keeps its previous run's log."""
+        `stop_signal`. With `append`, a restarted child keeps its previous run's log.
+
+        With `tether`, the child is tied to this process by `broker.cluster.tether` (SIGKILL
+        when it dies) instead of by a `preexec_fn`: running Python between fork and exec
+        is unsafe once gRPC's threads are busy in this process (a node restarted while
+        calls are in flight died of SIGSEGV before its exec).
+        """
         log = self.workdir / f"{name}.log"
         full_env = {**os.environ, **(env or {})}
         full_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing would measure the exporter
         argv = [*(program or [sys.executable]), *args]
+        if tether:
+            argv = [sys.executable, "-m", "broker.cluster.tether", str(os.getpid()), *argv]
         child = spawn(
-            name, argv, log=log, append=append, cwd=ROOT, env=full_env, preexec_fn=_die_with_parent
+            name,
+            argv,
+            log=log,
+            append=append,
+            cwd=ROOT,
+            env=full_env,
+            preexec_fn=None if tether else _die_with_parent,
         )
         proc = Proc(name, role, address, child.popen, log, stop_signal)
         self.procs.append(proc)

@@ -86,3 +86,10 @@ def test_failover_summary_reports_targets_and_lost_increments() -> None:
     assert "MISSED" in text
     assert "LOST 1 acknowledged increments" in text
     assert failover.to_json(kills, check)["kills"][1]["back_s"] == {"1": 6.0, "2": None}
+
+
+def test_failover_summary_of_a_run_stopped_before_the_check() -> None:
+    kills = [failover.Kill("node1", 0, {0: 1.5}, 8.0, collections.Counter())]
+    text = failover.render(kills, {}, nodes=2, partitions=4)
+    assert "p50 1.50 s, max 1.50 s" in text
+    assert "trickle: not checked" in text
