@@ -324,13 +324,16 @@ def cluster_section(points: Sequence[Point], settings: dict[str, Any]) -> str:
                 f"{cpu:.2f}",
                 f"{_per_call_ms(p, 'nats'):.2f}",
                 _ratio(cpu / base_cpu),
+                f"{_cores(p, 'nats'):.2f}",
+                f"{max(0.0, _cores(p, 'other')):.2f}/{max(0.0, _cores(base, 'other')):.2f}",
             ]
         )
     if not rows:
         return ""
     header = [
         "scenario", "nodes", "conc", "calls/s", "vs embedded", "p50 ms", "vs embedded",
-        "CPU ms/call nodes+NATS", "of which NATS", "vs embedded",
+        "CPU ms/call nodes+NATS", "of which NATS", "vs embedded", "NATS cores",
+        "other cores (vs emb.)",
     ]  # fmt: skip
     conditions = (
         f"embedded: one broker process, its RocksDB journal fsync'd "
@@ -342,7 +345,8 @@ def cluster_section(points: Sequence[Point], settings: dict[str, Any]) -> str:
         f"{settings['connections']} client connections (spread over the nodes' ingresses), "
         f"payload {settings['payload_bytes']} B, {settings['duration_s']:g} s windows.\n"
         "CPU ms/call: the cluster's is the nodes' plus the 3 NATS servers'; the embedded "
-        "broker's is its process's."
+        "broker's is its process's.\n'other cores': the machine's other load during the "
+        "cluster's window / during the embedded broker's (contention skews the ratios)."
     )
     return (
         "Cluster mode, against the embedded broker (same run):\n"

@@ -71,8 +71,12 @@ def test_cluster_rows_are_ratios_to_the_embedded_broker_with_nats_cpu_included()
          "duration_s": 5.0},
     )  # fmt: skip
     row = text.splitlines()[-1].split()
-    # scenario, nodes, conc, calls/s, vs embedded, p50, vs embedded, CPU, NATS, vs embedded
-    assert row == ["trivial", "2", "64", "50.0", "0.50x", "20.0", "2.00x", "15.00", "5.00", "3.00x"]
+    # scenario, nodes, conc, calls/s, vs embedded, p50, vs embedded, CPU, NATS, vs embedded,
+    # NATS cores, other cores
+    assert row == [
+        *("trivial", "2", "64", "50.0", "0.50x", "20.0", "2.00x"),
+        *("15.00", "5.00", "3.00x", "0.25", "0.00/0.00"),
+    ]
 
 
 def test_failover_summary_reports_targets_and_lost_increments() -> None:
@@ -80,11 +84,18 @@ def test_failover_summary_reports_targets_and_lost_increments() -> None:
         failover.Kill("node1", 0, {0: 1.5, 3: 2.5}, 8.0, collections.Counter()),
         failover.Kill("node2", 1, {1: 6.0, 2: math.inf}, 9.0, collections.Counter(UNAVAILABLE=2)),
     ]
-    check = {"acknowledged": [10, 10], "failed": [1, 1], "lost": [0, 1], "errors": {}}
+    check = {
+        "acknowledged": [10, 10],
+        "failed": [1, 1],
+        "lost": [0, 1],
+        "extra": [2, 0],
+        "errors": {},
+    }
     text = failover.render(kills, check, nodes=2, partitions=4)
     assert "p50 4.25 s, max never" in text
     assert "MISSED" in text
     assert "LOST 1 acknowledged increments" in text
+    assert "2 increments MORE than calls made" in text
     assert failover.to_json(kills, check)["kills"][1]["back_s"] == {"1": 6.0, "2": None}
 
 
