@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime
 import itertools
 import math
 import statistics
@@ -66,6 +67,7 @@ class Kill:
             (`inf` when none within `GIVE_UP_S`).
         settle_s: Seconds from the kill until the cluster settled again, the node restarted.
         errors: Failed trickle calls during the round, by status code.
+        at: The kill's wall-clock time (to find it in the nodes' logs).
     """
 
     node: str
@@ -73,6 +75,7 @@ class Kill:
     back_s: dict[int, float]
     settle_s: float
     errors: collections.Counter[str]
+    at: float = 0.0
 
 
 @dataclasses.dataclass
@@ -210,7 +213,7 @@ async def _one(run: _Round, cluster: Cluster, trickle: Trickle, target: int) -> 
     i = nodes.index(victim)
     errors_before = collections.Counter(trickle.errors)
     run.up.discard(i)
-    killed_at = time.monotonic()
+    killed_at, wall = time.monotonic(), time.time()
     cluster.kill(nodes.procs[i])
     backs = await asyncio.gather(*(_back_after(run, trickle.probe_keys[p], killed_at) for p in led))
     # Back: start it again (its log appended to) and wait until it serves and settled.
@@ -229,6 +232,7 @@ async def _one(run: _Round, cluster: Cluster, trickle: Trickle, target: int) -> 
         back_s=dict(zip(led, backs, strict=True)),
         settle_s=time.monotonic() - killed_at,
         errors=+errors,
+        at=wall,
     )
 
 
@@ -280,8 +284,9 @@ def progress_line(n: int, kill: Kill) -> str:
     """One line per kill, printed as it ends."""
     backs = ", ".join(f"p{p} {_s(s)}" for p, s in sorted(kill.back_s.items()))
     errors = ", ".join(f"{c} {k}" for k, c in kill.errors.most_common()) or "none"
+    at = datetime.datetime.fromtimestamp(kill.at, datetime.UTC).strftime("%H:%M:%S.%f")[:-3]
     return (
-        f"  kill {n + 1}: {kill.node} (leader of p{kill.target}): back after {backs}; "
+        f"  kill {n + 1} at {at} UTC: {kill.node} (leader of p{kill.target}): back after {backs}; "
         f"settled after {kill.settle_s:.1f} s; trickle errors: {errors}"
     )
 
@@ -346,6 +351,7 @@ def to_json(kills: list[Kill], check: dict[str, Any]) -> dict[str, Any]:
                     str(p): None if math.isinf(s) else s for p, s in sorted(k.back_s.items())
                 },
                 "settle_s": k.settle_s,
+                "at_unix_s": k.at,
                 "errors": dict(k.errors),
             }
             for k in kills
