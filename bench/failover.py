@@ -120,9 +120,12 @@ class _Round:
         live = sorted(self.up)
         return live[next(self._turn) % len(live)]
 
-    async def add(self, key: str, delta: int, timeout: float) -> int:
-        """`Counter.Add` on `key` through the next live node; the counter's new value."""
-        stub = benchsvc_pb2_grpc.CounterStub(self.channels[self.next_up()])
+    async def add(self, key: str, delta: int, timeout: float, node: int | None = None) -> int:
+        """`Counter.Add` on `key` through node `node` (default: the next live one); the
+        counter's new value."""
+        stub = benchsvc_pb2_grpc.CounterStub(
+            self.channels[self.next_up() if node is None else node]
+        )
         response = await stub.Add(benchsvc_pb2.AddRequest(key=key, delta=delta), timeout=timeout)
         return int(response.value)
 
@@ -139,13 +142,19 @@ class _Round:
 
 async def _trickle(run: _Round, trickle: Trickle, p: int, stop: asyncio.Event) -> None:
     while not stop.is_set():
+        node, sent = run.next_up(), time.time()
         try:
-            await run.add(trickle.keys[p], 1, TRICKLE_TIMEOUT_S)
+            await run.add(trickle.keys[p], 1, TRICKLE_TIMEOUT_S, node)
             trickle.ok[p] += 1
         except grpc.aio.AioRpcError as e:
             trickle.failed[p] += 1
             trickle.errors[e.code().name] += 1
-            trickle.samples.setdefault(e.code().name, e.details() or "")
+            # Where and when, to find the call in the nodes' logs.
+            at = datetime.datetime.fromtimestamp(sent, datetime.UTC).strftime("%H:%M:%S.%f")
+            trickle.samples.setdefault(
+                e.code().name,
+                f"{trickle.keys[p]} via {Nodes.name(node)} sent at {at[:-3]} UTC: {e.details()}",
+            )
         with_timeout = asyncio.create_task(stop.wait())
         await asyncio.wait([with_timeout], timeout=TRICKLE_EVERY_S)
         with_timeout.cancel()
@@ -337,6 +346,10 @@ def _trickle_line(check: dict[str, Any], lost: int) -> str:
         + (f" ({errors})" if errors else "")
         + "; "
         + ("; ".join(counters) or "every counter = acknowledged + some of the failed")
+        + "".join(
+            f"\n    first {kind}: {sample[:200]}"
+            for kind, sample in check.get("error_samples", {}).items()
+        )
     )
 
 
