@@ -10,7 +10,7 @@ DURABLE_PROTOS := $(wildcard proto/durable/v1/*.proto)
 DEMO_PROTOS := $(wildcard proto/flights/*.proto proto/cars/*.proto proto/payments/*.proto proto/trips/*.proto proto/benchsvc/*.proto proto/playground/*.proto proto/chaos/*.proto)
 TESTS ?= tests
 
-.PHONY: setup proto run cluster test test-unit lint fmt verify bench bench-peer chaos dist clean browser nats
+.PHONY: setup proto run cluster test test-unit lint fmt verify bench bench-cluster bench-peer chaos dist clean browser nats
 
 setup: $(STAMP) $(GEN_STAMP)
 
@@ -89,6 +89,12 @@ verify: lint test
 
 bench: setup
 	$(VPY) -m bench $(BENCH_ARGS)
+
+# Cluster mode (issue 14) against the embedded broker in one run: 1 and 2 broker nodes over
+# 3 NATS servers, then 10 SIGKILLs of a partition's leader (failover p50/max). ~4 minutes.
+BENCH_CLUSTER_ARGS ?= --workers 0 --cluster 1,2 --scenarios trivial,saga --concurrency 1,64
+bench-cluster: setup nats
+	$(VPY) -m bench $(BENCH_CLUSTER_ARGS)
 
 # Side by side with the real Restate (issue 15): installs it into .data/peer on first use
 # (npm, PyPI), then runs both in a loopback-only network namespace (needs root). Minutes:

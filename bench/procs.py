@@ -202,6 +202,8 @@ class Cluster:
         # Set once the broker serves Prometheus metrics: where, and which counters to read.
         self.metrics_address: str | None = None
         self.metric_names: tuple[str, ...] = ()
+        # Processes this class did not start but whose CPU counts (a NATS server): by role.
+        self.watched: list[tuple[str, int]] = []
 
     def __enter__(self) -> Cluster:
         return self
@@ -224,18 +226,48 @@ class Cluster:
         program: list[str] | None = None,
         env: dict[str, str] | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
+        append: bool = False,
+        tether: bool = False,
     ) -> Proc:
         """Starts `python <args>` (or `<program> <args>`) as child `name`, serving on
         `address`, with `env` added to this process's environment; `stop` sends it
-        `stop_signal`."""
+        `stop_signal`. With `append`, a restarted child keeps its previous run's log.
+
+        With `tether`, the child is tied to this process by `broker.cluster.tether` (SIGKILL
+        when it dies) instead of by a `preexec_fn`: running Python between fork and exec
+        is unsafe once gRPC's threads are busy in this process (a node restarted while
+        calls are in flight died of SIGSEGV before its exec).
+        """
         log = self.workdir / f"{name}.log"
         full_env = {**os.environ, **(env or {})}
         full_env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)  # tracing would measure the exporter
         argv = [*(program or [sys.executable]), *args]
-        child = spawn(name, argv, log=log, cwd=ROOT, env=full_env, preexec_fn=_die_with_parent)
+        if tether:
+            argv = [sys.executable, "-m", "broker.cluster.tether", str(os.getpid()), *argv]
+        child = spawn(
+            name,
+            argv,
+            log=log,
+            append=append,
+            cwd=ROOT,
+            env=full_env,
+            preexec_fn=None if tether else _die_with_parent,
+        )
         proc = Proc(name, role, address, child.popen, log, stop_signal)
         self.procs.append(proc)
         return proc
+
+    def watch(self, role: str, pid: int) -> None:
+        """Counts the CPU of process `pid` (started by someone else) as `role`'s."""
+        self.watched.append((role, pid))
+
+    def kill(self, proc: Proc) -> None:
+        """SIGKILLs `proc` at once (a crash, not a stop), reaps it and forgets it, so that
+        `check_alive` no longer fails on it; spawning it again is up to the caller."""
+        with contextlib.suppress(ProcessLookupError):
+            proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait()
+        self.procs.remove(proc)
 
     def check_alive(self) -> None:
         """Raises `BenchError` (with its log's tail) if any child has exited."""
@@ -284,6 +316,8 @@ class Cluster:
         for p in self.procs:
             # The broker's workers are its children: their time is the broker's.
             totals[p.role] = totals.get(p.role, 0.0) + tree_cpu_seconds(p.pid)
+        for role, pid in self.watched:
+            totals[role] = totals.get(role, 0.0) + tree_cpu_seconds(pid)
         totals["other"] = machine - sum(totals.values())
         return totals
 
@@ -299,6 +333,7 @@ class Cluster:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.procs = []
+        self.watched = []
         self.metrics_address = None
         self.metric_names = ()
 

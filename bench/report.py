@@ -299,6 +299,63 @@ def workers_section(points: Sequence[Point]) -> str:
     return "Workers, against the first broker measured (same run):\n" + _table(header, rows)
 
 
+def cluster_section(points: Sequence[Point], settings: dict[str, Any]) -> str:
+    """Each `scenario/nN` point (N cluster nodes) against the same scenario and concurrency
+    through the embedded broker, measured earlier in the same run."""
+    rows = []
+    for p in points:
+        name, _, nodes = p.scenario.name.partition("/n")
+        base = _find(points, name, p.concurrency) if nodes else None
+        if base is None:
+            continue
+        # The cluster's cost includes its log's: the nodes' CPU plus the NATS servers'.
+        cpu = _per_call_ms(p, "broker") + _per_call_ms(p, "nats")
+        base_cpu = _per_call_ms(base, "broker")
+        thr = p.window.throughput / base.window.throughput if base.window.throughput else 0.0
+        rows.append(
+            [
+                name,
+                nodes,
+                str(p.concurrency),
+                _rate(p.window.throughput),
+                _ratio(thr),
+                _ms(p.window.percentile(0.5)),
+                _ratio(p.window.percentile(0.5) / base.window.percentile(0.5)),
+                f"{cpu:.2f}",
+                f"{_per_call_ms(p, 'nats'):.2f}",
+                _ratio(cpu / base_cpu),
+                f"{_cores(p, 'nats'):.2f}",
+                f"{max(0.0, _cores(p, 'other')):.2f}/{max(0.0, _cores(base, 'other')):.2f}",
+            ]
+        )
+    if not rows:
+        return ""
+    header = [
+        "scenario", "nodes", "conc", "calls/s", "vs embedded", "p50 ms", "vs embedded",
+        "CPU ms/call nodes+NATS", "of which NATS", "vs embedded", "NATS cores",
+        "other cores (vs emb.)",
+    ]  # fmt: skip
+    conditions = (
+        f"embedded: one broker process, its RocksDB journal fsync'd "
+        f"{'once per group commit' if settings['fsync'] else 'NEVER (--no-fsync)'}.\n"
+        f"cluster: N broker nodes, {settings['cluster_partitions']} partitions; each "
+        "partition's log is a JetStream stream (file storage, 3 replicas) on 3 nats-servers\n"
+        "on this machine, and a group is applied once a quorum acknowledged it (no local "
+        "fsync).\nBoth: the same concurrency, "
+        f"{settings['connections']} client connections (spread over the nodes' ingresses), "
+        f"payload {settings['payload_bytes']} B, {settings['duration_s']:g} s windows.\n"
+        "CPU ms/call: the cluster's is the nodes' plus the 3 NATS servers'; the embedded "
+        "broker's is its process's.\n'other cores': the machine's other load during the "
+        "cluster's window / during the embedded broker's (contention skews the ratios)."
+    )
+    return (
+        "Cluster mode, against the embedded broker (same run):\n"
+        + conditions
+        + "\n\n"
+        + _table(header, rows)
+    )
+
+
 def _errors(points: Sequence[Point]) -> str:
     lines = []
     for p in points:
@@ -343,6 +400,7 @@ def render(points: Sequence[Point], settings: dict[str, Any], partial: bool = Fa
         journal_table(points),
         commit_table(points),
         workers_section(points),
+        cluster_section(points, settings),
         _errors(points),
         peer_pointer(),
         targets_section(points),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -21,16 +22,16 @@ from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
 from durable import wire
 from trips import trips_pb2, trips_pb2_grpc
 
-from bench import report
+from bench import cluster as nodes_cluster
+from bench import failover, report
 from bench.load import BadResponse, Call, Window, closed_loop
 from bench.procs import (
     BenchError,
     Cluster,
     Interrupted,
-    broker_supports,
-    free_ports,
     install_signal_handlers,
 )
+from bench.spawn import Addresses, start
 
 DEFAULT_JSON = Path(".data/bench/results.json")
 WORK_ROOT = Path(".data/bench")
@@ -46,15 +47,6 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
-DEMO_SERVICES = ("flights", "cars", "payments", "trips")
-# The broker's counters read around each window, when it serves metrics (`--metrics`).
-BROKER_METRICS = (
-    "durable_invocations_started_total",
-    "durable_journal_batch_steps_count",
-    "durable_journal_batch_steps_sum",
-    "durable_journal_fsync_seconds_count",
-    "durable_journal_fsync_seconds_sum",
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,79 +248,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--keep", action="store_true", help="keep the run's data and logs under .data/bench"
     )
+    nodes_cluster.add_arguments(p, _int_list)
     args = p.parse_args(argv)
+    nodes_cluster.check_arguments(p, args)
     if any(w < 0 for w in args.workers) or args.connections < 1:
         p.error("--workers must not be negative, --connections at least 1")
     if args.duration <= 0 or args.warmup < 0 or args.payload_bytes < 0:
         p.error("--duration must be positive, --warmup and --payload-bytes not negative")
     return args
-
-
-@dataclasses.dataclass
-class Addresses:
-    """Where the processes under test listen."""
-
-    ingress: str
-    admin: str
-    direct: str
-
-
-def start(
-    cluster: Cluster, args: argparse.Namespace, names: list[str], workers: int = 0
-) -> Addresses:
-    """Starts the broker (`workers` > 0: over that many processes) and the services the
-    scenarios need, readies and registers them."""
-    services: list[str] = []
-    if {"trivial", "keyed", "journal"} & set(names):
-        services.append("bench")
-    if "saga" in names:
-        services.extend(DEMO_SERVICES)
-    ports = free_ports(4 + len(services))
-    host = "127.0.0.1"
-    ingress, admin, direct, metrics = (f"{host}:{p}" for p in ports[:4])
-    service_addresses = {s: f"{host}:{p}" for s, p in zip(services, ports[4:], strict=True)}
-
-    # Spawn everything first (children fork before this process starts any gRPC thread).
-    broker_args = [
-        "-m", "broker",
-        "--data-dir", str(cluster.workdir / "broker"),
-        "--ingress", ingress,
-        "--admin", admin,
-        "--suspend-after", args.suspend_after,
-        "--log-level", "WARNING",
-    ]  # fmt: skip
-    if args.no_fsync:
-        broker_args.append("--no-fsync")
-    if workers:
-        broker_args += ["--workers", str(workers)]
-    broker_args += args.broker_arg
-    if broker_supports("--metrics"):
-        broker_args += ["--metrics", metrics]
-        cluster.metrics_address, cluster.metric_names = metrics, BROKER_METRICS
-    broker = cluster.spawn("broker", "broker", ingress, broker_args)
-    procs = []
-    for name, address in service_addresses.items():
-        module = "bench.service" if name == "bench" else f"services.{name}"
-        extra = ["--log-level", "WARNING"]
-        if name == "trips":
-            extra += ["--notification-log", str(cluster.workdir / "trips-notifications.log")]
-        procs.append(
-            cluster.spawn(name, "service", address, ["-m", module, "--listen", address, *extra])
-        )
-    direct_proc = None
-    if "direct" in names:
-        direct_proc = cluster.spawn(
-            "direct", "direct", direct, ["-m", "bench.direct", "--listen", direct]
-        )
-
-    cluster.wait_ready(broker, ingress)
-    cluster.wait_ready(broker, admin)
-    for proc in procs:
-        cluster.wait_ready(proc)
-    if direct_proc is not None:
-        cluster.wait_ready(direct_proc)
-    cluster.register(admin, [f"http://{a}" for a in service_addresses.values()])
-    return Addresses(ingress, admin, direct)
 
 
 async def measure(
@@ -342,9 +269,11 @@ async def measure(
     # Separate connections (a subchannel pool of their own each), so that SO_REUSEPORT
     # can spread them over a broker's workers, as it spreads many clients.
     options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    # In cluster mode the connections take turns over the nodes: every node serves load.
+    targets = addresses.ingresses or (addresses.ingress,)
     ingresses = [
-        grpc.aio.insecure_channel(addresses.ingress, options=options)
-        for _ in range(args.connections)
+        grpc.aio.insecure_channel(targets[i % len(targets)], options=options)
+        for i in range(args.connections)
     ]
     directs = [
         grpc.aio.insecure_channel(addresses.direct, options=options)
@@ -417,6 +346,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "journal_steps": args.journal_steps,
         "workers": args.workers,
+        "cluster_nodes": args.cluster,
+        "cluster_partitions": args.cluster_partitions,
+        "failover_kills": args.failover,
+        "failover_nodes": args.failover_nodes,
         "connections": args.connections,
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
@@ -424,6 +357,43 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "event_loop": wire.loop_name(),
         "platform": platform.platform(),
     }
+
+
+def measure_nodes(
+    cluster: Cluster,
+    workdir: Path,
+    args: argparse.Namespace,
+    plan: list[Scenario],
+    count: int,
+    points: list[Point],
+) -> None:
+    """Measures the plan (but the floor, measured with the embedded broker) through `count`
+    cluster nodes, started afresh in `workdir`; its points are labelled `scenario/nN`."""
+    names = [s for s in args.scenarios if s != "direct"]
+    runs = [dataclasses.replace(s, name=f"{s.name}/n{count}") for s in plan if s.name in names]
+    cluster.stop()
+    cluster.reset(workdir)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        addresses, _ = nodes_cluster.start(cluster, stack, args, names, count)
+        print(f"cluster of {count} node(s) ready after {time.monotonic() - started:.1f} s")
+        wire.run(measure(cluster, addresses, runs, args, points))
+
+
+def measure_failover(
+    cluster: Cluster, workdir: Path, args: argparse.Namespace, kills: list[failover.Kill]
+) -> dict[str, Any]:
+    """Times `--failover` kills on a fresh cluster in `workdir` (`bench.failover`)."""
+    cluster.stop()
+    cluster.reset(workdir)
+    with contextlib.ExitStack() as stack:
+        # INFO: the nodes log their leadership changes, the story of a slow failover.
+        _, nodes = nodes_cluster.start(
+            cluster, stack, args, ["keyed"], args.failover_nodes, log_level="INFO"
+        )
+        print(f"failover: {args.failover} kills of a partition's leader", flush=True)
+        run = failover.run_failover(cluster, nodes, args.failover, args.cluster_partitions, kills)
+        return wire.run(run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -437,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     # is a tmpfs on many machines.
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=WORK_ROOT))
     points: list[Point] = []
+    kills: list[failover.Kill] = []
+    check: dict[str, Any] = {}
     code = 0
     the_settings = settings(args)
     print(report.settings_line(the_settings), flush=True)
@@ -460,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 wire.run(measure(cluster, addresses, runs, args, points))
+            for count in args.cluster:
+                measure_nodes(cluster, workdir / f"n{count}", args, plan, count, points)
+            if args.failover:
+                check = measure_failover(cluster, workdir / "failover", args, kills)
     except (KeyboardInterrupt, Interrupted) as e:
         print(f"\ninterrupted ({type(e).__name__}); all processes stopped", file=sys.stderr)
         code = 130
@@ -474,10 +450,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data and logs kept in {workdir}", file=sys.stderr)
 
     elapsed = time.monotonic() - started
-    if points:
+    if points or kills:
         print()
         print(report.render(points, the_settings, partial=code != 0))
+        if kills:
+            print()
+            print(failover.render(kills, check, args.failover_nodes, args.cluster_partitions))
         results = report.to_json(points, the_settings, elapsed, complete=code == 0)
+        results["failover"] = failover.to_json(kills, check)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")
         print(f"results written to {args.json}")

@@ -19,6 +19,7 @@ import grpc
 from durable import wire
 
 from bench import run as ours
+from bench import spawn
 from bench.load import BadResponse, Call, closed_loop
 from bench.peer import restate_run as restate
 from bench.peer.compare import OURS, PEER, Measured
@@ -63,7 +64,7 @@ def _ours(args: argparse.Namespace) -> list[Measured]:
     plan = ours.scenarios(args.scenarios, os.urandom(args.payload_bytes), [])
     points: list[ours.Point] = []
     with Cluster(args.workdir) as cluster:
-        addresses = ours.start(cluster, run_args, args.scenarios, args.workers)
+        addresses = spawn.start(cluster, run_args, args.scenarios, args.workers)
         wire.run(ours.measure(cluster, addresses, plan, run_args, points))
     return [
         Measured.from_window(

@@ -11,7 +11,7 @@ from broker.cluster.directory import never_sent
 
 
 def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details)
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
 
 
 def test_a_refused_connection_never_sent_the_call() -> None:
