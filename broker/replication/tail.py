@@ -13,7 +13,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from ..storage import position
 from ..storage.kv import KV
 from . import codec
-from .engine import subject
+from .engine import stream_name, subject
 from .log import MARKER_HEADER
 
 log = logging.getLogger("broker.replication")
@@ -81,12 +81,27 @@ class Tail:
         return True
 
     async def _run(self) -> None:
+        try:
+            await self._check_kept()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.failed = e
+            self._moved.set()
+            return
         config = ConsumerConfig(
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1
         )
-        sub = await self._js.subscribe(
-            subject(self.partition), ordered_consumer=True, config=config
-        )
+        try:
+            sub = await self._js.subscribe(
+                subject(self.partition), ordered_consumer=True, config=config
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.failed = e
+            self._moved.set()
+            return
         try:
             async for msg in sub.messages:
                 self._apply(msg)
@@ -102,6 +117,18 @@ class Tail:
                 await sub.unsubscribe()
             except Exception:
                 pass
+
+    async def _check_kept(self) -> None:
+        """Raises `Gap` when entries this store needs were trimmed: a log trimmed up to
+        its very end delivers nothing more until the next append, so waiting for the
+        next entry would not tell."""
+        state = (await self._js.stream_info(stream_name(self.partition))).state
+        first, last = int(state.first_seq or 0), int(state.last_seq or 0)
+        if last > self.applied and first > self.applied + 1:
+            raise Gap(
+                f"partition {self.partition}: the log keeps entries {first} to {last} only "
+                f"but this store holds entries up to {self.applied}"
+            )
 
     async def finished(self) -> None:
         """Waits until following ends (it failed: see `failed`)."""
