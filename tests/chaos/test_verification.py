@@ -9,7 +9,9 @@ purpose after the programs finished, to show the checks catch what they claim to
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
 import random
 from pathlib import Path
 
@@ -23,7 +25,18 @@ from tests.chaos.runner_faults import KINDS, WORKER, schedule
 from tests.chaos.runner_model import Model, generate
 
 FIXED_SEED = 20_241_126
-RANDOM_SEED = random.SystemRandom().randrange(1, 2**31)
+
+
+def _fresh_seed() -> int:
+    """A new seed every test run, the same in every pytest-xdist worker of one run
+    (their collections, whose ids name the seed, must agree)."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+    if run:
+        return int(hashlib.sha256(run.encode()).hexdigest(), 16) % (2**31 - 1) + 1
+    return random.SystemRandom().randrange(1, 2**31)
+
+
+RANDOM_SEED = _fresh_seed()
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from trips import trips_pb2
 
+from tests.cluster_nodes import NodesCluster
 from tests.support import Cluster, free_port, invocation_id_of, wait_for
 
 
@@ -100,20 +101,49 @@ def _one_trace(receiver: _Receiver, invocation_id: str) -> tuple[bytes, list[tup
     return trace_id, receiver.trace(trace_id)
 
 
+@pytest.fixture(scope="module")
+def traced_nodes(
+    receiver: tuple[_Receiver, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[NodesCluster]:
+    """Three cluster nodes on NATS, exporting to the same receiver."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver[1])
+    mp.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    cluster = NodesCluster(Path(tmp_path_factory.mktemp("traced-nodes")))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+        mp.undo()
+
+
 def test_a_saga_is_one_trace_across_every_service(
     traced_cluster: Cluster, receiver: tuple[_Receiver, str]
 ) -> None:
+    _one_saga_one_trace(traced_cluster, receiver[0])
+
+
+def test_a_saga_is_one_trace_across_cluster_nodes(
+    traced_nodes: NodesCluster, receiver: tuple[_Receiver, str]
+) -> None:
+    # The call enters through one node; its steps live in partitions led by others.
+    _one_saga_one_trace(traced_nodes, receiver[0])
+
+
+def _one_saga_one_trace(traced_cluster: Cluster, receiver: _Receiver) -> None:
     response, call = traced_cluster.trips.Reserve.with_call(
         trips_pb2.ReserveTripRequest(), timeout=30
     )
     assert response.status == "success"
     invocation_id = invocation_id_of(call)
-    trace_id, _ = _one_trace(receiver[0], invocation_id)
+    trace_id, _ = _one_trace(receiver, invocation_id)
 
     wanted = {"broker", "flights.Flights", "cars.Cars", "payments.Payments", "trips.Trips"}
 
     def complete() -> list[tuple[str, Span]] | None:
-        spans = receiver[0].trace(trace_id)
+        spans = receiver.trace(trace_id)
         handlers = {n for n, s in spans if s.name.startswith("handler ")}
         # The ingress span ends after the response: it may be exported last.
         ingress = any(s.name == "ingress trips.Trips/Reserve" for _, s in spans)
