@@ -77,6 +77,8 @@ SUSPEND_AFTER_CHOICES = ("0", "100ms", "1s")
 # One try of a client's call; it retries (same idempotency key) until its deadline.
 ATTEMPT_TIMEOUT_S = 20.0
 RETRY_PAUSE_S = 0.2
+# Tries of the slowest program shown in the report (its last ones).
+MAX_TRIES_SHOWN = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -336,6 +338,12 @@ def _report(
         f"{verdict.retried} retried (at most {verdict.max_attempts} attempts) · "
         f"elapsed {elapsed:.1f} s",
     ]
+    if answered:
+        # Where the time went for the slowest program (a try that hung until its timeout
+        # is worth a look even when every check passed).
+        slowest = max(answered, key=lambda r: r.latency)
+        tries = "; ".join(slowest.tries[-MAX_TRIES_SHOWN:])
+        lines.append(f"  slowest answer: {slowest.key} after {slowest.latency:.2f} s: {tries}")
     if injector is not None and injector.log:
         lines.append("  fault log:")
         lines += [f"    {entry}" for entry in injector.log]
