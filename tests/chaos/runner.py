@@ -344,6 +344,14 @@ def _report(
         slowest = max(answered, key=lambda r: r.latency)
         tries = "; ".join(slowest.tries[-MAX_TRIES_SHOWN:])
         lines.append(f"  slowest answer: {slowest.key} after {slowest.latency:.2f} s: {tries}")
+    # A try that waited out its whole timeout is worth a look even when the run passes: an
+    # invocation that ended without answering a caller that waited on it, say.
+    timed_out = [
+        f"{r.key} {t}" for r in results.values() for t in r.tries if " DEADLINE_EXCEEDED " in t
+    ]
+    if timed_out:
+        shown = "; ".join(timed_out[:MAX_TRIES_SHOWN])
+        lines.append(f"  tries that ran into their {ATTEMPT_TIMEOUT_S:g} s timeout: {shown}")
     if injector is not None and injector.log:
         lines.append("  fault log:")
         lines += [f"    {entry}" for entry in injector.log]
