@@ -2,6 +2,7 @@
 
     python -m tests.chaos.runner --seed 7 --programs 200 --duration 60 \
         --faults broker,service,stream
+    python -m tests.chaos.runner --cluster --seed 7 --programs 300 --duration 90
 
 From the seed it generates programs for `chaos.Counters` (increments of shared counters,
 nested calls and sends three levels deep, sleeps, side effects that succeed, fail once or
@@ -12,6 +13,13 @@ submits each program on its own key with its own idempotency key (at most `--con
 at a time, spread over `--duration`), and meanwhile SIGKILLs and restarts the broker and
 the service and breaks the streams between them at seeded random moments. A client whose
 call fails retries with the same idempotency key until it gets an answer.
+
+With `--cluster` the broker is three nodes (`--nats`, four partitions) over three NATS
+servers, and the faults kill and restart single nodes and single NATS servers as well as
+the service and the streams. Each client sends its tries to the nodes' ingresses in turn
+(program i's try k to node (i + k) mod 3): a call that fails on a node that is down, or
+that died under it, is retried on the next node with the same idempotency key, so the
+broker's idempotency must hold across nodes for the checks to pass.
 
 At the end, once no invocation is pending, running, suspended or backing off, it checks
 that every program answered its expected outcome exactly once, that every program, Add,
@@ -49,9 +57,19 @@ from tests.chaos.runner_check import (
     verify,
     wait_quiescent,
 )
-from tests.chaos.runner_cluster import ChaosCluster
-from tests.chaos.runner_faults import KINDS, WORKER, FaultInjector, TcpProxy, schedule
+from tests.chaos.runner_cluster import ChaosBroker, ChaosCluster
+from tests.chaos.runner_faults import (
+    CLUSTER_KINDS,
+    KINDS,
+    NATS,
+    NODE,
+    WORKER,
+    FaultInjector,
+    TcpProxy,
+    schedule,
+)
 from tests.chaos.runner_model import Model, generate
+from tests.chaos.runner_nodes import NODES, PARTITIONS, ChaosNodes
 
 # Quick retries, so that invocations whose endpoint was down resume soon after it is back.
 BROKER_ARGS = ("--log-level", "INFO", "--retry-initial", "50ms", "--retry-max", "1s")
@@ -59,6 +77,8 @@ SUSPEND_AFTER_CHOICES = ("0", "100ms", "1s")
 # One try of a client's call; it retries (same idempotency key) until its deadline.
 ATTEMPT_TIMEOUT_S = 20.0
 RETRY_PAUSE_S = 0.2
+# Tries of the slowest program shown in the report (its last ones).
+MAX_TRIES_SHOWN = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +102,9 @@ class Options:
     request_response: bool = False
     # The broker's --workers (0: the single process); `worker` faults need it.
     workers: int = 0
+    # Three broker nodes on three NATS servers instead of one broker; `node` and `nats`
+    # faults need it.
+    cluster: bool = False
 
     def effective_suspend_after(self) -> str:
         """The --suspend-after of the run (seeded unless given)."""
@@ -99,6 +122,7 @@ class Options:
             f"--counters {self.counters} --suspend-after {self.effective_suspend_after()}"
             + (" --request-response" if self.request_response else "")
             + (f" --workers {self.workers}" if self.workers else "")
+            + (" --cluster" if self.cluster else "")
         )
 
 
@@ -123,12 +147,21 @@ def run(options: Options, workdir: Path, tamper: Tamper | None = None) -> Report
     began = time.monotonic()
     model = generate(options.seed, options.programs, options.counters)
     faults = schedule(options.seed, options.faults, options.duration, options.fault_interval)
-    cluster = ChaosCluster(
-        workdir,
-        options.effective_suspend_after(),
-        [*BROKER_ARGS, *(["--workers", str(options.workers)] if options.workers else [])],
-        request_response=options.request_response,
-    )
+    cluster: ChaosCluster
+    if options.cluster:
+        cluster = ChaosNodes(
+            workdir,
+            options.effective_suspend_after(),
+            BROKER_ARGS,
+            request_response=options.request_response,
+        )
+    else:
+        cluster = ChaosBroker(
+            workdir,
+            options.effective_suspend_after(),
+            [*BROKER_ARGS, *(["--workers", str(options.workers)] if options.workers else [])],
+            request_response=options.request_response,
+        )
     proxy: TcpProxy | None = None
     verdict = Verdict()
     dumped = ""
@@ -152,6 +185,8 @@ def run(options: Options, workdir: Path, tamper: Tamper | None = None) -> Report
             verdict.problems.append(f"fault injection failed: {injector.error!r}")
         verdict.problems += injector.unexpected_exits
 
+        # After the last fault a cluster's partitions may still be moving to new leaders.
+        cluster.wait_serving(max(10.0, deadline - time.monotonic()))
         stuck = wait_quiescent(cluster, timeout=max(10.0, deadline - time.monotonic()))
         if tamper is not None:
             tamper(cluster, model)
@@ -185,14 +220,18 @@ def _submit(
     model: Model, cluster: ChaosCluster, options: Options, started: float, deadline: float
 ) -> dict[str, ClientResult]:
     """Submits every root program, spread over the duration, and waits for every answer."""
-    stub = chaos_pb2_grpc.CountersStub(cluster.ingress_channel)
+    names = _ingress_names(cluster)
+    stubs = [
+        (name, chaos_pb2_grpc.CountersStub(channel))
+        for name, channel in zip(names, cluster.ingress_channels, strict=True)
+    ]
     spacing = options.duration / max(1, len(model.roots))
     results = {root.key: ClientResult(root.key) for root in model.roots}
     with ThreadPoolExecutor(options.concurrency, thread_name_prefix="chaos-client") as pool:
         for index, root in enumerate(model.roots):
             pool.submit(
                 _client,
-                stub,
+                stubs[index:] + stubs[:index],
                 root,
                 model.idempotency_key(root.key),
                 results[root.key],
@@ -211,8 +250,15 @@ def invocation_id_of(call: grpc.Call) -> str:
     return ""
 
 
+def _ingress_names(cluster: ChaosCluster) -> list[str]:
+    """What to call each ingress in the client's record of its tries."""
+    if isinstance(cluster, ChaosNodes):
+        return [cluster.node_name(i) for i in range(len(cluster.ingress_addresses))]
+    return ["" for _ in cluster.ingress_addresses]
+
+
 def _client(
-    stub: chaos_pb2_grpc.CountersStub,
+    stubs: Sequence[tuple[str, chaos_pb2_grpc.CountersStub]],
     program: pb.Program,
     idempotency_key: str,
     result: ClientResult,
@@ -220,30 +266,37 @@ def _client(
     start_at: float,
     deadline: float,
 ) -> None:
-    """Calls Execute until it answers (same idempotency key every time) or the deadline."""
+    """Calls Execute until it answers (same idempotency key every time) or the deadline.
+
+    With several ingresses (a cluster's nodes) each try goes to the next one in `stubs`,
+    and does not wait for a node that is down: it fails at once and the next try goes to
+    another node. With one, each try waits for the broker to be back.
+    """
     time.sleep(max(0.0, start_at - time.monotonic()))  # paced submission
     first_try = time.monotonic()
     metadata = (("idempotency-key", idempotency_key),)
+    wait_for_ready = len(stubs) == 1
     while (timeout := min(ATTEMPT_TIMEOUT_S, deadline - time.monotonic())) > 0:
+        node, stub = stubs[result.attempts % len(stubs)]
         result.attempts += 1
         began = time.monotonic() - started
         try:
             outcome, call = stub.Execute.with_call(
-                program, metadata=metadata, timeout=timeout, wait_for_ready=True
+                program, metadata=metadata, timeout=timeout, wait_for_ready=wait_for_ready
             )
         except grpc.RpcError as e:
             code = e.code().name if e.code() is not None else "?"
             result.errors[code] = result.errors.get(code, 0) + 1
             result.last_error = f"{code}: {e.details()}"
             invocation_id = invocation_id_of(e) if isinstance(e, grpc.Call) else ""
-            result.record_try(began, time.monotonic() - started, code, invocation_id)
+            result.record_try(began, time.monotonic() - started, code, invocation_id, node)
             time.sleep(RETRY_PAUSE_S)  # between retries of a failed call
             continue
         except Exception as e:  # not a gRPC failure: record it, do not hide it
             result.last_error = f"client error: {e!r}"
             return
         result.outcome = outcome
-        result.record_try(began, time.monotonic() - started, "OK", invocation_id_of(call))
+        result.record_try(began, time.monotonic() - started, "OK", invocation_id_of(call), node)
         result.latency = time.monotonic() - first_try
         return
 
@@ -269,7 +322,12 @@ def _report(
     lines = [
         f"chaos: seed {options.seed} · suspend-after {options.effective_suspend_after()} · "
         f"faults {','.join(options.faults) or 'none'} every ~{options.fault_interval:g} s · "
-        f"{'request/response' if options.request_response else 'stream'} endpoint",
+        f"{'request/response' if options.request_response else 'stream'} endpoint"
+        + (
+            f" · cluster of {NODES} nodes, {PARTITIONS} partitions, 3 NATS servers"
+            if options.cluster
+            else ""
+        ),
         f"  programs: {model.describe()}",
         f"  counters: {sum(model.adds.values())} increments of {len(model.counter_keys)} keys",
         f"  faults injected: {sum(injected.values())} ({faults})",
@@ -280,6 +338,20 @@ def _report(
         f"{verdict.retried} retried (at most {verdict.max_attempts} attempts) · "
         f"elapsed {elapsed:.1f} s",
     ]
+    if answered:
+        # Where the time went for the slowest program (a try that hung until its timeout
+        # is worth a look even when every check passed).
+        slowest = max(answered, key=lambda r: r.latency)
+        tries = "; ".join(slowest.tries[-MAX_TRIES_SHOWN:])
+        lines.append(f"  slowest answer: {slowest.key} after {slowest.latency:.2f} s: {tries}")
+    # A try that waited out its whole timeout is worth a look even when the run passes: an
+    # invocation that ended without answering a caller that waited on it, say.
+    timed_out = [
+        f"{r.key} {t}" for r in results.values() for t in r.tries if " DEADLINE_EXCEEDED " in t
+    ]
+    if timed_out:
+        shown = "; ".join(timed_out[:MAX_TRIES_SHOWN])
+        lines.append(f"  tries that ran into their {ATTEMPT_TIMEOUT_S:g} s timeout: {shown}")
     if injector is not None and injector.log:
         lines.append("  fault log:")
         lines += [f"    {entry}" for entry in injector.log]
@@ -344,17 +416,31 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         help="run the broker with --workers N (partitions over N processes); adds the "
         "`worker` fault kind (SIGKILL one worker) to the default kinds",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help=f"run {NODES} broker nodes (--nats, {PARTITIONS} partitions) over 3 NATS servers "
+        f"instead of one broker; adds the `{NODE}` and `{NATS}` fault kinds (default kinds: "
+        f"{','.join(CLUSTER_KINDS)}; `broker` kills every node)",
+    )
     parser.add_argument("--workdir", type=Path, help="data and logs here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
     default_kinds = ",".join(KINDS)
     faults = args.faults
+    if args.cluster and args.workers:
+        parser.error("--cluster runs nodes of one process each: leave out --workers")
     if args.workers and faults == default_kinds:
         faults += f",{WORKER}"
+    if args.cluster and faults == default_kinds:
+        faults = ",".join(CLUSTER_KINDS)
     kinds = tuple(k for k in faults.split(",") if k and k != "none")
     if WORKER in kinds and not args.workers:
         parser.error("the worker fault kind needs --workers N")
-    unknown = set(kinds) - {*KINDS, WORKER}
+    for kind in (NODE, NATS):
+        if kind in kinds and not args.cluster:
+            parser.error(f"the {kind} fault kind needs --cluster")
+    unknown = set(kinds) - {*KINDS, WORKER, NODE, NATS}
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
@@ -370,6 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         suspend_after=args.suspend_after,
         request_response=args.request_response,
         workers=args.workers,
+        cluster=args.cluster,
     )
     return options, args.workdir, args.keep
 

@@ -46,11 +46,14 @@ class ClientResult:
     # Seconds from the first try to the answer.
     latency: float = 0.0
 
-    def record_try(self, began: float, ended: float, status: str, invocation_id: str) -> None:
-        """Notes one try of the call."""
+    def record_try(
+        self, began: float, ended: float, status: str, invocation_id: str, node: str = ""
+    ) -> None:
+        """Notes one try of the call (`node`: the cluster node it went to)."""
         if invocation_id:
             self.invocation_ids.append(invocation_id)
-        self.tries.append(f"{began:.2f}-{ended:.2f}s {status} {invocation_id or '(no id)'}")
+        where = f" via {node}" if node else ""
+        self.tries.append(f"{began:.2f}-{ended:.2f}s{where} {status} {invocation_id or '(no id)'}")
 
 
 @dataclasses.dataclass

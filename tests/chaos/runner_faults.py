@@ -7,6 +7,12 @@ Kinds of fault:
 - `stream`: wait until an attempt is running, then either reset every connection between
   the broker and the service at the proxy (both processes live on; the streams break) or
   SIGKILL the service in the middle of that attempt.
+- `worker` (with `--workers` only): SIGKILL one worker process (the supervisor restarts it).
+- `node` (with `--cluster` only): SIGKILL one broker node, leave it down a moment (longer
+  than a lease, or not), start it again on its data dir. `broker` kills every node.
+- `nats` (with `--cluster` only): SIGKILL one NATS server, leave it down a moment, start it
+  again and wait until JetStream is whole: faults come one at a time, so at most one of
+  the three servers (a minority) is ever down.
 """
 
 from __future__ import annotations
@@ -23,12 +29,23 @@ from collections import Counter
 
 from durable.v1 import admin_pb2
 
-from tests.chaos.runner_cluster import ChaosCluster
+from tests.chaos.runner_cluster import ChaosBroker, ChaosCluster
+from tests.chaos.runner_nodes import ChaosNodes
 from tests.support import Status
 
 KINDS = ("broker", "service", "stream")
 # With --workers only: SIGKILL one worker process (the supervisor restarts it).
 WORKER = "worker"
+# With --cluster only: SIGKILL one node / one NATS server, then start it again.
+NODE = "node"
+NATS = "nats"
+CLUSTER_KINDS = (NODE, NATS, "service", "stream")
+# Which process a fault hits is drawn from this many (then taken modulo their number).
+_CHOICES = 1024
+# The longest a process stays down, by kind: a node or a NATS server sometimes past a
+# lease's TTL (a follower takes over) and sometimes not (it restarts still leading).
+MAX_DOWNTIME_S = {NODE: 4.0, NATS: 4.0}
+DEFAULT_MAX_DOWNTIME_S = 1.5
 # How long a stream fault waits for a running attempt before it breaks the streams anyway.
 RUNNING_WAIT_S = 3.0
 # How often the processes are checked for exits the runner did not cause.
@@ -63,12 +80,13 @@ def schedule(seed: int, kinds: tuple[str, ...], duration: float, interval: float
         variant = (
             rng.choice(["reset", "kill"])
             if kind == "stream"
-            # Which worker (modulo their number).
-            else str(rng.randrange(1024))
-            if kind == "worker"
+            # Which worker, node or NATS server (modulo their number).
+            else str(rng.randrange(_CHOICES))
+            if kind in (WORKER, NODE, NATS)
             else ""
         )
-        faults.append(Fault(at=at, kind=kind, downtime=rng.uniform(0.0, 1.5), variant=variant))
+        downtime = rng.uniform(0.0, MAX_DOWNTIME_S.get(kind, DEFAULT_MAX_DOWNTIME_S))
+        faults.append(Fault(at=at, kind=kind, downtime=downtime, variant=variant))
         at += rng.uniform(0.5, 1.5) * interval
     return faults
 
@@ -114,19 +132,8 @@ class FaultInjector:
     def watch(self) -> None:
         """Records and restarts a process that exited on its own."""
         elapsed = time.monotonic() - self._start
-        for process, restart in (
-            (self.cluster.broker, self.cluster.start_broker),
-            (self.cluster.service, self.cluster.start_service),
-        ):
-            code = process.popen.poll() if process.popen is not None else None
-            if code is None:
-                continue
-            # Exit code 0 after "shutting down": it got SIGTERM/SIGINT, not from the runner.
-            self.unexpected_exits.append(
-                f"{elapsed:6.1f}s {process.name} exited on its own with code {code}\n"
-                + process.log_tail(15)
-            )
-            restart()
+        for exited in self.cluster.restart_exited():
+            self.unexpected_exits.append(f"{elapsed:6.1f}s {exited}")
 
     def _run(self) -> None:
         try:
@@ -156,9 +163,13 @@ class FaultInjector:
         elif fault.kind == "service":
             self._kill_service(fault.downtime)
             note = f"down {fault.downtime:.2f}s"
-        elif fault.kind == "worker":
+        elif fault.kind == WORKER:
             # The supervisor restarts it; its partitions resume as after a crash.
+            assert isinstance(self.cluster, ChaosBroker), "worker faults need --workers"
             note = self.cluster.kill_worker(int(fault.variant))
+        elif fault.kind in (NODE, NATS):
+            assert isinstance(self.cluster, ChaosNodes), f"{fault.kind} faults need --cluster"
+            note = self._cluster_fault(self.cluster, fault)
         elif fault.kind == "stream":
             running = self._wait_running()
             if fault.variant == "reset" and self.proxy is not None:
@@ -170,6 +181,20 @@ class FaultInjector:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
         self.log.append(f"{elapsed:6.1f}s {fault.label}: {note}")
         self.injected[fault.label] += 1
+
+    def _cluster_fault(self, cluster: ChaosNodes, fault: Fault) -> str:
+        """Kills one node or NATS server, and starts it again after `fault.downtime`."""
+        if fault.kind == NODE:
+            i = int(fault.variant) % len(cluster.nodes.nodes)
+            cluster.kill_node(i)
+            time.sleep(fault.downtime)  # the node stays down this long (seeded)
+            cluster.start_node(i)
+            return f"{cluster.node_name(i)} down {fault.downtime:.2f}s"
+        i = int(fault.variant) % cluster.nats.size
+        cluster.kill_nats(i)
+        time.sleep(fault.downtime)  # the server stays down this long (seeded)
+        cluster.restart_nats(i)
+        return f"{cluster.nats.name(i)} down {fault.downtime:.2f}s"
 
     def _kill_service(self, downtime: float) -> None:
         self.cluster.kill_service()

@@ -3,8 +3,9 @@ service are SIGKILLed and the streams between them broken; every program answers
 every counter equals the model. `make chaos` runs the same thing for longer.
 
 Two runs: a fixed seed, and a fresh random seed each time (in the test id and the report:
-replay a failure with the `replay:` command it prints). A third run breaks things on
-purpose after the programs finished, to show the checks catch what they claim to.
+replay a failure with the `replay:` command it prints), then the same over two worker
+processes and over a cluster of three nodes on three NATS servers. Another run breaks
+things on purpose after the programs finished, to show the checks catch what they claim to.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import pytest
 from chaos import chaos_pb2_grpc
 from durable.v1 import admin_pb2
 
-from tests.chaos.runner import Options, run
+from tests.chaos.runner import Options, parse_args, run
 from tests.chaos.runner_cluster import ChaosCluster
-from tests.chaos.runner_faults import KINDS, WORKER, schedule
+from tests.chaos.runner_faults import CLUSTER_KINDS, KINDS, NATS, NODE, WORKER, schedule
 from tests.chaos.runner_model import Model, generate
 
 FIXED_SEED = 20_241_126
@@ -95,6 +96,44 @@ def test_programs_survive_crashes_over_two_workers(
     assert report.faults["worker"] + report.faults["broker"] >= 1, report.text
 
 
+@pytest.mark.timeout(180)
+def test_programs_survive_node_and_nats_crashes_in_a_cluster(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The same programs over three broker nodes (four partitions) on three NATS servers:
+    # single nodes and single NATS servers are SIGKILLed and restarted (leases expire,
+    # followers take over, JetStream elects new stream leaders), the service is killed
+    # and the streams broken, while each client's tries go to the nodes in turn.
+    duration, interval = 40.0, 5.0
+    # A fresh seed each run, but one whose schedule kills a node and a NATS server within
+    # the first half of the run: faults run one after another and take seconds each (a
+    # node or a server stays down up to 4 s), so a late one may find every program done.
+    seed = next(
+        s
+        for s in itertools.count(RANDOM_SEED)
+        if {NODE, NATS} <= {f.kind for f in schedule(s, CLUSTER_KINDS, duration / 2, interval)}
+    )
+    options = Options(
+        seed=seed,
+        programs=60,
+        duration=duration,
+        fault_interval=interval,
+        settle=60.0,
+        faults=CLUSTER_KINDS,
+        cluster=True,
+    )
+    report = run(options, tmp_path)
+    print(report.text)
+    with capsys.disabled():
+        verdict = "passed" if report.passed else "FAILED"
+        print(
+            f"\nchaos run over a cluster {verdict} in {report.elapsed:.0f} s "
+            f"(replay: {options.command()})"
+        )
+    assert report.passed, report.text
+    assert report.faults[NODE] >= 1 and report.faults[NATS] >= 1, report.text
+
+
 def test_checks_catch_a_program_applied_twice_and_a_lost_increment(tmp_path: Path) -> None:
     tampered: list[str] = []
 
@@ -131,3 +170,18 @@ def test_the_fault_schedule_and_programs_replay_from_the_seed() -> None:
     kinds = ("broker", "service", "stream")
     assert schedule(7, kinds, 30, 3) == schedule(7, kinds, 30, 3)
     assert schedule(7, (), 30, 3) == []
+
+
+def test_cluster_options_and_fault_kinds() -> None:
+    options, _, _ = parse_args(["--cluster", "--seed", "7"])
+    assert options.cluster and options.faults == CLUSTER_KINDS
+    assert options.command().endswith(" --cluster")
+    assert parse_args(["--cluster", "--faults", "broker,nats"])[0].faults == ("broker", "nats")
+    for wrong in (["--faults", "node"], ["--faults", "nats"], ["--cluster", "--workers", "2"]):
+        with pytest.raises(SystemExit):
+            parse_args(wrong)
+    # A node or a NATS server is picked by the schedule, and may stay down past a lease.
+    faults = schedule(7, (NODE, NATS), 200, 2)
+    assert {f.kind for f in faults} == {NODE, NATS}
+    assert all(f.variant.isdigit() for f in faults)
+    assert max(f.downtime for f in faults) > 2.0
