@@ -29,7 +29,7 @@ from .core.schedules import Schedules, name_of
 from .invoker import Invoker
 from .storage import Committer, invocations
 from .storage.commit import Log
-from .storage.kv import KV
+from .storage.kv import KV, StoreUnavailable
 from .timers import TimerQueue
 
 log = logging.getLogger("broker")
@@ -274,6 +274,21 @@ class Driver:
         self.apply(self.schedules.recover)
         self.timers.start()
         self.schedule_timers.start()
+
+    def abandon_waiters(self) -> None:
+        """Answers every caller still waiting for a result: this process stops serving
+        the partition (it shuts down, or a cluster node hands the partition over). The
+        invocations go on wherever the partition is served next."""
+        error = StoreUnavailable(
+            "this broker stopped serving the invocation's partition before it ended (a "
+            "shutdown, or a cluster leader change); it goes on: attach to it by its "
+            "invocation id, or call again with the same idempotency key"
+        )
+        for futures in self._waiters.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+        self._waiters.clear()
 
     async def stop(self) -> None:
         """Stops the clocks and the attempts (they resume after a restart), then lets the

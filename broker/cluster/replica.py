@@ -72,11 +72,11 @@ class Replica:
     def follow(self) -> None:
         """Starts following the log (restoring the latest snapshot when the entries this
         store needs next were trimmed away)."""
+        self.tail = Tail(self.node.engine.js, self.partition, self.kv)
         self._following = asyncio.create_task(self._follow(), name=f"follow-p{self.partition}")
 
     async def _follow(self) -> None:
         while True:
-            self.tail = Tail(self.node.engine.js, self.partition, self.kv)
             self.tail.start()
             await self.tail.finished()
             if isinstance(self.tail.failed, Gap):
@@ -84,6 +84,7 @@ class Replica:
                 await self._restore()
             else:
                 await asyncio.sleep(_RETRY_S)  # NATS unreachable, say: follow again
+            self.tail = Tail(self.node.engine.js, self.partition, self.kv)
 
     async def _restore(self) -> None:
         store = self.node.engine.snapshots
@@ -223,10 +224,17 @@ class Replica:
         return out
 
     async def _hold(self, holder: Holder, broker: Broker) -> None:
-        """Renews the lease until it is lost or an append is refused, then steps down."""
-        loop = asyncio.get_running_loop()
-        renewed = loop.time()
+        """Renews the lease until another node holds it or an append is refused, then
+        steps down.
+
+        A renewal that fails for want of an answer (a NATS server restarting, the lease
+        bucket electing a new stream leader, which can outlast the TTL) does not end the
+        lead: appends stay fenced, so should another node take the lease meanwhile, this
+        one's next append is refused and it steps down then. A lease that expired and
+        that nobody took is taken again.
+        """
         lost = asyncio.ensure_future(broker.committer.lost_event.wait())
+        failing = False
         try:
             while not lost.done():
                 await asyncio.wait([lost], timeout=RENEW_S)
@@ -236,15 +244,29 @@ class Replica:
                     revision = await asyncio.wait_for(
                         self.node.leases.renew(self.partition, holder, self._revision), RENEW_S * 2
                     )
+                    if revision is None:
+                        revision = await asyncio.wait_for(
+                            self.node.leases.take(self.partition, holder), RENEW_S * 2
+                        )
+                        if revision is not None:
+                            log.warning(
+                                "partition %d: the lease had expired; taken again", self.partition
+                            )
                 except Exception as e:
-                    if loop.time() - renewed > LEASE_TTL_S * 0.8:
-                        log.warning("partition %d: cannot renew the lease (%s)", self.partition, e)
-                        break
+                    if not failing:
+                        log.warning(
+                            "partition %d: cannot renew the lease, leading on: %s",
+                            self.partition,
+                            e or type(e).__name__,
+                        )
+                    failing = True
                     continue
                 if revision is None:
                     log.warning("partition %d: the lease was taken over", self.partition)
                     break
-                self._revision, renewed = revision, loop.time()
+                if failing:
+                    log.info("partition %d: the lease is renewed again", self.partition)
+                self._revision, failing = revision, False
         finally:
             lost.cancel()
         self._holding = None
@@ -275,6 +297,9 @@ class Replica:
             self._log.close()
         self._log = None
         if broker is not None:
+            # Callers waiting here hear at once that the partition moved, rather than
+            # when their deadline passes.
+            broker.driver.abandon_waiters()
             try:
                 await asyncio.wait_for(broker.stop(grace=0.5), _STOP_S)
             except Exception as e:
