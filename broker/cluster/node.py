@@ -55,7 +55,9 @@ STALE_S = 1.5
 # A vacant partition its preferred node has not taken within this is anyone's.
 GRACE_S = 1.0
 # A node hands a partition to the node it prefers only after leading it this long.
-HANDOFF_AFTER_S = 5.0
+HANDOFF_AFTER_S = 3.0
+# How long a starting node waits for the first heartbeats before it takes partitions.
+JOIN_S = 3.0
 # How long a call to an unknown service waits for this node to apply the log's end.
 CATCH_UP_S = 2.0
 _DELIVER_TIMEOUT = 30.0
@@ -278,6 +280,13 @@ class Node:
 
     async def _watch_leases(self) -> None:
         loop = asyncio.get_running_loop()
+        # Nodes started together see each other's heartbeats first, so each vacant
+        # partition goes straight to the node it prefers instead of to whichever node
+        # looked first and then over again.
+        deadline = loop.time() + JOIN_S
+        while not self.beats and loop.time() < deadline:
+            await asyncio.sleep(POLL_S)
+        await asyncio.sleep(2 * HEARTBEAT_S)
         while True:
             try:
                 await self._look(loop.time())

@@ -32,7 +32,7 @@ from tests.cluster_nodes import PARTITIONS, NodesCluster
 
 # Snapshots every 40 log entries: the logs are trimmed while the tests run.
 BROKER_ARGS = ["--retry-initial", "100ms", "--retry-max", "500ms", "--snapshot-entries", "40"]
-SAGAS = 18
+SAGAS = 12
 # A liveness bound, not a speed target (`make bench-cluster` measures failover).
 BACK_WITHIN_S = 30.0
 
