@@ -288,6 +288,7 @@ class Driver:
             for future in futures:
                 if not future.done():
                     future.set_exception(error)
+                    future.exception()  # retrieved: the caller sees it through a shield
         self._waiters.clear()
 
     async def stop(self) -> None:

@@ -36,6 +36,10 @@ class Host(Protocol):
     brokers: dict[int, Broker]
     beats: dict[str, dict[str, Any]]
     seen: dict[str, tuple[int, float]]
+    # When each node was last seen coming (back) alive, and when this node's own
+    # heartbeat last went through (loop time).
+    alive_since: dict[str, float]
+    beat_at: float
     ingress_port: int
     admin_port: int
     # Seconds each log append took, by partition.

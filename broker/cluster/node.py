@@ -42,7 +42,7 @@ from .forward import Partitions
 from .front import FrontServer
 from .ingress import ClusterIngressServicer, ClusterRouter, Peers
 from .leaders import Leaders
-from .node_status import NodeFront, heartbeat
+from .node_status import STALE_S, NodeFront, heartbeat
 from .placement import Placement
 from .replica import Replica
 
@@ -50,8 +50,6 @@ log = logging.getLogger("broker.cluster")
 
 POLL_S = 0.25
 HEARTBEAT_S = 0.5
-# A node whose heartbeat stood still this long is taken for dead (before its key expires).
-STALE_S = 1.5
 # A vacant partition its preferred node has not taken within this is anyone's.
 GRACE_S = 1.0
 # A node hands a partition to the node it prefers only after leading it this long.
@@ -146,6 +144,8 @@ class Node:
         self._led_since: dict[int, float] = {}
         # name -> (last revision seen, local time it changed): liveness without clocks.
         self.seen: dict[str, tuple[int, float]] = {}
+        self.alive_since: dict[str, float] = {}
+        self.beat_at = 0.0
         # Every node's last heartbeat, by name (`node_status`).
         self.beats: dict[str, dict[str, Any]] = {}
         self.ingress_port = 0
@@ -323,10 +323,17 @@ class Node:
         task.add_done_callback(self._changes.discard)
 
     def _should_hand_over(self, partition: int, alive: list[str], now: float) -> bool:
+        """Whether to hand `partition` to the node it prefers now. Only when all is calm:
+        this node led it a while, its own heartbeat goes through (a NATS outage makes
+        live nodes look dead, and a handover then would only add to the disruption),
+        and the preferred node has been alive a while."""
         led = self._led_since.get(partition)
-        if led is None or now - led < HANDOFF_AFTER_S:
+        if led is None or now - led < HANDOFF_AFTER_S or now - self.beat_at > STALE_S:
             return False
-        return self.preferred(partition, alive) != self.name
+        preferred = self.preferred(partition, alive)
+        if preferred == self.name:
+            return False
+        return now - self.alive_since.get(preferred, now) >= HANDOFF_AFTER_S
 
     async def catch_up(self) -> None:
         """Brings the routing registry up to the log's end (a service registered through

@@ -24,6 +24,10 @@ from .host import Host
 log = logging.getLogger("broker.cluster")
 
 
+# A node whose heartbeat stood still this long is taken for dead.
+STALE_S = 1.5
+
+
 def _beat(node: Host) -> bytes:
     return json.dumps(
         {
@@ -44,6 +48,7 @@ async def heartbeat(node: Host, interval: float) -> None:
     while True:
         try:
             await bucket.put(node.name, _beat(node))
+            node.beat_at = loop.time()
             try:
                 names = await bucket.keys()
             except nats.js.errors.NoKeysError:
@@ -57,7 +62,10 @@ async def heartbeat(node: Host, interval: float) -> None:
                 beats[name] = json.loads(entry.value or b"{}")
                 last = node.seen.get(name)
                 if last is None or last[0] != entry.revision:
-                    node.seen[name] = (entry.revision or 0, loop.time())
+                    now = loop.time()
+                    if last is None or now - last[1] > STALE_S:
+                        node.alive_since[name] = now  # (back) alive from here on
+                    node.seen[name] = (entry.revision or 0, now)
             node.beats = beats
         except Exception as e:
             log.warning("heartbeat failed: %s", e)
