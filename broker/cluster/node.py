@@ -311,6 +311,8 @@ class Node:
                     replica.busy = True
                     self._change(replica.release())
                 continue
+            if replica.leading:
+                continue  # its lease lapsed (a NATS outage): its own renewals retake it
             since = self._vacant_since.setdefault(p, now)
             if self.preferred(p, alive) == self.name or now - since >= GRACE_S:
                 replica.busy = True

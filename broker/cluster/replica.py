@@ -132,19 +132,39 @@ class Replica:
         """Tries to take the lease and lead; a lost race or a failure leaves it following."""
         self.busy = True
         try:
-            revision = await self.node.leases.take(self.partition, Holder(self.node.name))
+            if self.leading or self._holding is not None:
+                return  # already leads: its own renewals keep (or retake) the lease
+            starting = Holder(self.node.name)
+            revision = await self.node.leases.take(self.partition, starting)
             if revision is None:
                 return
             self._revision = revision
+            # Catching up and recovering may outlast the lease's TTL: renew meanwhile.
+            keeping = asyncio.create_task(self._keep(starting))
             try:
-                await self._lead()
+                await self._lead(keeping)
             except Exception as e:
                 log.error("partition %d: taking over failed: %s", self.partition, e)
                 await self._step_down(release=True)
+            finally:
+                keeping.cancel()
         finally:
             self.busy = False
 
-    async def _lead(self) -> None:
+    async def _keep(self, holder: Holder) -> None:
+        """Renews the lease while this node takes over (`_hold` does once it leads)."""
+        while True:
+            await asyncio.sleep(RENEW_S)
+            try:
+                revision = await self.node.leases.renew(self.partition, holder, self._revision)
+            except Exception:
+                continue  # NATS busy: the appends' fence keeps a lost lease harmless
+            if revision is None:
+                return
+            self._revision = revision
+
+    async def _lead(self, keeping: asyncio.Task[None]) -> None:
+        assert self.broker is None, "a replica leads through one broker at a time"
         js = self.node.engine.js
         last = (await js.stream_info(stream_name(self.partition))).state.last_seq
         self._log = PartitionLog(
@@ -183,7 +203,10 @@ class Replica:
             admin=f"127.0.0.1:{broker.admin_port}",
         )
         self.node.serve(self.partition, broker)
+        keeping.cancel()
         revision = await self.node.leases.renew(self.partition, holder, self._revision)
+        if revision is None:  # a renewal cancelled in flight may have moved it on
+            revision = await self.node.leases.adopt(self.partition, holder)
         if revision is None:
             raise Fenced(f"partition {self.partition}: the lease was lost while starting")
         self._revision = revision
@@ -244,6 +267,10 @@ class Replica:
                     revision = await asyncio.wait_for(
                         self.node.leases.renew(self.partition, holder, self._revision), RENEW_S * 2
                     )
+                    if revision is None:
+                        revision = await asyncio.wait_for(
+                            self.node.leases.adopt(self.partition, holder), RENEW_S * 2
+                        )
                     if revision is None:
                         revision = await asyncio.wait_for(
                             self.node.leases.take(self.partition, holder), RENEW_S * 2

@@ -80,6 +80,19 @@ class Leases:
         except nats.js.errors.KeyWrongLastSequenceError:
             return None
 
+    async def adopt(self, partition: int, holder: Holder) -> int | None:
+        """Rewrites the lease if it names `holder`'s node (whatever its revision: a
+        renewal whose answer was lost moved it on); the new revision, or None when the
+        lease is vacant or another node's."""
+        try:
+            entry = await self._bucket.get(key(partition))
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        current = Holder.decode(entry.value)
+        if current is None or current.node != holder.node or entry.revision is None:
+            return None
+        return await self.renew(partition, holder, entry.revision)
+
     async def release(self, partition: int, revision: int) -> None:
         """Gives the lease up (if still held at `revision`) so a follower takes over now
         rather than after the TTL."""

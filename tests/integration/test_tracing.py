@@ -3,6 +3,7 @@ one tree; a caller's traceparent is continued."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from concurrent import futures
@@ -60,19 +61,25 @@ def receiver() -> Iterator[tuple[_Receiver, str]]:
     server.stop(None)
 
 
+@contextlib.contextmanager
+def _exporting_to(endpoint: str) -> Iterator[None]:
+    """Processes started inside export their spans to `endpoint`, quickly."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    mp.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
+    mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+    try:
+        yield
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def traced_cluster(
     receiver: tuple[_Receiver, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver[1])
-    mp.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-    mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-    try:
-        with Cluster(Path(tmp_path_factory.mktemp("traced"))) as cluster:
-            yield cluster
-    finally:
-        mp.undo()
+    with _exporting_to(receiver[1]), Cluster(Path(tmp_path_factory.mktemp("traced"))) as cluster:
+        yield cluster
 
 
 def _attr(span: Span, key: str) -> object:
@@ -106,17 +113,13 @@ def traced_nodes(
     receiver: tuple[_Receiver, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[NodesCluster]:
     """Three cluster nodes on NATS, exporting to the same receiver."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver[1])
-    mp.setenv("OTEL_EXPORTER_OTLP_INSECURE", "true")
-    mp.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
-    cluster = NodesCluster(Path(tmp_path_factory.mktemp("traced-nodes")))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.close()
-        mp.undo()
+    with _exporting_to(receiver[1]):
+        cluster = NodesCluster(Path(tmp_path_factory.mktemp("traced-nodes")))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.close()
 
 
 def test_a_saga_is_one_trace_across_every_service(
