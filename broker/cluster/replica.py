@@ -72,6 +72,11 @@ class Replica:
     def follow(self) -> None:
         """Starts following the log (restoring the latest snapshot when the entries this
         store needs next were trimmed away)."""
+        if self.broker is not None or self._following is not None:
+            # A tail beside a leader's broker would write older entries over newer
+            # state in the same store: never both.
+            log.error("partition %d: asked to follow while leading or following", self.partition)
+            return
         self.tail = Tail(self.node.engine.js, self.partition, self.kv)
         self._following = asyncio.create_task(self._follow(), name=f"follow-p{self.partition}")
 
