@@ -191,9 +191,15 @@ def test_a_callers_traceparent_is_continued(
         trips_pb2.ReserveTripRequest(), metadata=(("traceparent", parent),), timeout=30
     )
     invocation_id = invocation_id_of(call)
-    got, spans = _one_trace(receiver[0], invocation_id)
+    got, _ = _one_trace(receiver[0], invocation_id)
     assert got.hex() == trace_id
-    ingress = next(s for _, s in spans if s.name == "ingress trips.Trips/Reserve")
+
+    def ingress_span() -> Span | None:
+        # It ends after the response, so it may be exported after the others.
+        spans = receiver[0].trace(got)
+        return next((s for _, s in spans if s.name == "ingress trips.Trips/Reserve"), None)
+
+    ingress = wait_for(ingress_span, timeout=20, message="the call's ingress span")
     assert ingress.parent_span_id.hex() == "00f067aa0ba902b7"
 
 
