@@ -81,28 +81,15 @@ class Tail:
         return True
 
     async def _run(self) -> None:
+        sub = None
         try:
             await self._check_kept()
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.failed = e
-            self._moved.set()
-            return
-        config = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1
-        )
-        try:
+            config = ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1
+            )
             sub = await self._js.subscribe(
                 subject(self.partition), ordered_consumer=True, config=config
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self.failed = e
-            self._moved.set()
-            return
-        try:
             async for msg in sub.messages:
                 self._apply(msg)
         except asyncio.CancelledError:
@@ -113,10 +100,11 @@ class Tail:
             if not isinstance(e, Gap):
                 log.error("following partition %d's log failed: %s", self.partition, e)
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception:
-                pass
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except Exception:
+                    pass
 
     async def _check_kept(self) -> None:
         """Raises `Gap` when entries this store needs were trimmed: a log trimmed up to
