@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from ..metrics import Histogram
-from ..replication.engine import stream_name
 from ..server import Broker
 from .scrape import combine
 
@@ -52,7 +51,7 @@ async def render(node: Observed) -> str:
     texts: list[str | None] = [
         node.brokers[p].metrics.render() if p in node.brokers else None for p in range(node.count)
     ]
-    lasts = await asyncio.gather(*(_last(node, p) for p in range(node.count)))
+    bounds = await asyncio.gather(*(node.engine.log_bounds(p) for p in range(node.count)))
     replicas = node.replica_views
     applied = {p: float(r.applied) for p, r in enumerate(replicas)}
     now = time.time()
@@ -63,7 +62,7 @@ async def render(node: Observed) -> str:
         {p: float(p in node.brokers) for p in range(node.count)},
     )
     lines += _gauge("durable_log_applied", "The last log entry this node applied.", applied)
-    known = {p: float(last) for p, last in enumerate(lasts) if last is not None}
+    known = {p: float(b[1]) for p, b in enumerate(bounds) if b is not None}
     lines += _gauge("durable_log_last", "The partition log's last entry.", known)
     lines += _gauge(
         "durable_log_lag_entries",
@@ -82,11 +81,3 @@ async def render(node: Observed) -> str:
     ]
     lines += node.append_seconds.render(name, "partition")
     return "\n".join(lines) + "\n"
-
-
-async def _last(node: Observed, partition: int) -> int | None:
-    try:
-        info = await node.engine.js.stream_info(stream_name(partition))
-    except Exception:
-        return None
-    return int(info.state.last_seq or 0)

@@ -17,7 +17,6 @@ from typing import Any
 import nats.js.errors
 from durable.v1 import admin_pb2
 
-from ..replication.engine import stream_name
 from .front import AdminFront, Context
 from .host import Host
 
@@ -96,7 +95,7 @@ class NodeFront(AdminFront):
             )
         serving, lasts = await asyncio.gather(
             asyncio.gather(*(self.partitions.serving(p) for p in range(node.count))),
-            asyncio.gather(*(_last(node, p) for p in range(node.count))),
+            asyncio.gather(*(node.engine.log_bounds(p) for p in range(node.count))),
         )
         for p in range(node.count):
             holder = node.leaders.holders[p]
@@ -109,8 +108,8 @@ class NodeFront(AdminFront):
                 admin=holder.admin if holder else "",
                 serving=serving[p],
                 applied=applied,
-                log_first=lasts[p][0],
-                log_last=lasts[p][1],
+                log_first=(lasts[p] or (0, 0))[0],
+                log_last=(lasts[p] or (0, 0))[1],
                 preferred=node.preferred(p, node.alive()),
             )
             for name in sorted(beats):
@@ -124,12 +123,3 @@ class NodeFront(AdminFront):
 def _applied(beat: dict[str, Any], partition: int) -> int:
     applied = beat.get("applied", [])
     return int(applied[partition]) if partition < len(applied) else 0
-
-
-async def _last(node: Host, partition: int) -> tuple[int, int]:
-    """The partition's log's first and last entries (0, 0 when it cannot be read)."""
-    try:
-        info = await node.engine.js.stream_info(stream_name(partition))
-    except Exception:
-        return 0, 0
-    return int(info.state.first_seq or 0), int(info.state.last_seq or 0)

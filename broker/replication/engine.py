@@ -303,6 +303,15 @@ class Engine:
             "JetStream, clustered (a `cluster {}` block with routes to each other)"
         )
 
+    async def log_bounds(self, partition: int) -> tuple[int, int] | None:
+        """The first and last entries `partition`'s log keeps, or None when JetStream
+        does not answer."""
+        try:
+            info = await self.js.stream_info(stream_name(partition))
+        except Exception:
+            return None
+        return int(info.state.first_seq or 0), int(info.state.last_seq or 0)
+
     async def close(self) -> None:
         """Closes the connection (pending publishes are flushed first)."""
         try:
