@@ -68,8 +68,14 @@ def _wait_settled(cluster: NodesCluster) -> None:
 
     def settled() -> bool:
         status = cluster.admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10)
+        # A node's `leads` comes from its own heartbeat, half a second behind the leases
+        # a partition's leader is read from: wait until the two agree.
+        leads = {n.name: set(n.partitions) for n in status.nodes}
         return all(n.alive for n in status.nodes) and all(
-            p.serving and p.owner == p.preferred and len(p.followers) == NODES - 1
+            p.serving
+            and p.owner == p.preferred
+            and p.id in leads.get(p.owner, set())
+            and len(p.followers) == NODES - 1
             for p in status.partitions
         )
 
