@@ -148,12 +148,18 @@ def _one_saga_one_trace(traced_cluster: Cluster, receiver: _Receiver) -> None:
     def complete() -> list[tuple[str, Span]] | None:
         spans = receiver.trace(trace_id)
         handlers = {n for n, s in spans if s.name.startswith("handler ")}
-        # The ingress span ends after the response: it may be exported last.
+        # The ingress span ends after the response: it may be exported last. Each process
+        # (every cluster node too) exports in batches of its own, so a span may arrive
+        # before its parent: wait until every parent named has arrived.
         ingress = any(s.name == "ingress trips.Trips/Reserve" for _, s in spans)
-        whole = wanted <= {n for n, _ in spans} and len(handlers) >= 4 and ingress
+        ids = {s.span_id for _, s in spans}
+        parents = all(s.parent_span_id in ids for _, s in spans if s.parent_span_id)
+        whole = wanted <= {n for n, _ in spans} and len(handlers) >= 4 and ingress and parents
         return spans if whole else None
 
-    spans = wait_for(complete, timeout=20, message="spans from the broker and all four services")
+    spans = wait_for(
+        complete, timeout=20, message="spans from the broker and all four services, parents too"
+    )
     by_id = {s.span_id: (n, s) for n, s in spans}
     names = [s.name for _, s in spans]
     # One ingress span is the root; every other span's parent is in the same trace.
