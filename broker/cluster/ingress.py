@@ -5,11 +5,20 @@ connections over them). A call whose key or idempotency key lives in one of this
 worker's partitions is served in-process; any other is forwarded, bytes and metadata as
 they came, to the owning partition's private ingress. A plain call with neither goes to
 one of this worker's own partitions, so it never crosses processes.
+
+A call outlives the process serving its partition. Once the partition acknowledged it
+(the `invocation-id` header), a failure that is not the invocation's own outcome (the
+partition's process died or handed the partition over) is followed: the caller waits,
+attached by id, for the result wherever the partition is served next. Before that, a
+call is sent again only when it certainly never arrived, or when it carries an
+idempotency key and the partition moved (the key makes a second send the same call).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -20,9 +29,19 @@ from durable.v1 import ingress_pb2, ingress_pb2_grpc
 from .. import codes
 from .. import registry as reg
 from ..ingress import IngressRouter, IngressServicer
-from ..ingress.router import IDEMPOTENCY_KEY, route, status_of
+from ..ingress.router import (
+    IDEMPOTENCY_KEY,
+    INVOCATION_ID,
+    Moved,
+    is_outcome,
+    route,
+    status_of,
+)
+from ..storage import StoreUnavailable
 from .directory import Unreachable, Where, never_sent
 from .placement import Placement
+
+log = logging.getLogger("broker.cluster")
 
 # Metadata gRPC sets itself: a forwarded call gets its own.
 _OWN_METADATA = ("user-agent", "grpc-", ":", "content-type", "te")
@@ -30,6 +49,11 @@ _OWN_METADATA = ("user-agent", "grpc-", ":", "content-type", "te")
 T = TypeVar("T")
 # How many times a forwarded call follows its partition to a new leader.
 _MOVES = 3
+# How long a caller with no deadline of its own waits for an acknowledged invocation
+# whose partition's process went away (a failover takes the lease's TTL and catching up;
+# a `--workers` worker is restarted within seconds).
+FOLLOW_S = 60.0
+_FOLLOW_BACKOFF_S = (0.05, 1.0)
 
 Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Coroutine[Any, Any, Any]]
 
@@ -48,11 +72,33 @@ async def relayed_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIt
     try:
         yield
     except grpc.aio.AioRpcError as e:
-        await context.abort(e.code(), e.details() or "")
+        await _relay(context, e)
     except Answered as e:
-        await context.abort(e.error.code(), e.error.details() or "")
+        await _relay(context, e.error)
     except Unreachable as e:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+
+async def _relay(context: grpc.aio.ServicerContext[Any, Any], error: grpc.aio.AioRpcError) -> None:
+    if is_outcome(error):
+        trailing: Any = error.trailing_metadata() or ()  # opaque items in grpc-stubs
+        context.set_trailing_metadata(tuple(trailing))
+    await context.abort(error.code(), error.details() or "")
+
+
+def _undelivered(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call's status says nothing about its invocation: the process
+    serving the partition went away or stopped serving it."""
+    return error.code() == grpc.StatusCode.UNAVAILABLE and not is_outcome(error)
+
+
+class Unanswered(Exception):
+    """A forwarded call with an idempotency key that failed before the partition
+    acknowledged it (no invocation id): sent again if the partition moved."""
+
+    def __init__(self, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class Answered(Exception):
@@ -114,7 +160,47 @@ class Peers:
                     raise
                 if not await self._where.moved(partition, address):
                     raise
+            except Unanswered as e:
+                if attempt + 1 == _MOVES or not await self._where.moved(partition, address):
+                    raise Answered(e.error) from None
+                log.info("partition %d moved before it took a call; sent again", partition)
         raise AssertionError("unreachable")
+
+    async def attach(
+        self,
+        partition: int,
+        request: ingress_pb2.AttachRequest,
+        deadline: float,
+        metadata: list[tuple[str, Any]] | None = None,
+    ) -> ingress_pb2.Output:
+        """Waits for an acknowledged invocation's result wherever `partition` is served,
+        following it through leader changes and restarts until `deadline` (loop time).
+
+        Raises:
+            Unreachable: nobody serves it now.
+            grpc.aio.AioRpcError: the invocation's failure, or the last failure to reach
+                its partition once the deadline passed.
+        """
+        loop = asyncio.get_running_loop()
+
+        async def send(channel: grpc.aio.Channel) -> ingress_pb2.Output:
+            output: ingress_pb2.Output = await ingress_pb2_grpc.IngressStub(channel).Attach(
+                request, metadata=metadata, timeout=max(deadline - loop.time(), 0.1)
+            )
+            return output
+
+        delay, most = _FOLLOW_BACKOFF_S
+        while True:
+            try:
+                return await self.call(partition, send)
+            except grpc.aio.AioRpcError as e:
+                if not _undelivered(e) or loop.time() + delay >= deadline:
+                    raise
+            except Unreachable:
+                if loop.time() + delay >= deadline:
+                    raise
+            await asyncio.sleep(delay)  # a new leader is taking over, or a worker restarting
+            delay = min(delay * 2, most)
 
     async def close(self) -> None:
         """Closes every channel."""
@@ -187,10 +273,48 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             await context.abort(status_of(e.code), e.message)
             raise AssertionError("unreachable") from None
         home = self.home(service, method, key, str(idempotency_key))
-        local = self._local.get(home)
-        if local is not None:
-            # The key is read: the partition's router need not parse the body again.
-            return await local.handle(service, method, body, context, key)
+        remaining = context.time_remaining()
+        deadline = asyncio.get_running_loop().time() + (
+            FOLLOW_S if remaining is None else remaining
+        )
+        async with relayed_errors(context):
+            try:
+                local = self._local.get(home)
+                if local is not None and not local.lost:
+                    try:
+                        # The key is read: the partition's router need not parse it again.
+                        return await local.handle(service, method, body, context, key, True)
+                    except StoreUnavailable:
+                        # Not acknowledged. Sent again only when it carries an idempotency
+                        # key and this process lost the partition.
+                        if not idempotency_key or not local.lost:
+                            raise
+                return await self._forward(home, service, method, body, metadata, context)
+            except Moved as e:
+                log.info(
+                    "partition %d went away while %s ran; waiting for it at the next leader",
+                    home,
+                    e.invocation_id,
+                )
+                request = ingress_pb2.AttachRequest(invocation_id=e.invocation_id)
+                return (await self._peers.attach(home, request, deadline)).value
+        raise AssertionError("unreachable")
+
+    async def _forward(
+        self,
+        home: int,
+        service: str,
+        method: str,
+        body: bytes,
+        metadata: list[tuple[str, Any]],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> bytes:
+        """Sends the call to the process serving partition `home`.
+
+        Raises:
+            Moved: the partition acknowledged the call, then its process went away.
+        """
+        resendable = any(k == IDEMPOTENCY_KEY for k, _ in metadata)
 
         async def send(channel: grpc.aio.Channel) -> bytes:
             # No serializers: the body goes on as the bytes it came as.
@@ -198,18 +322,21 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 body, metadata=metadata, timeout=context.time_remaining()
             )
             initial = await call.initial_metadata()
+            invocation_id = next((str(v) for k, v in initial or () if k == INVOCATION_ID), "")
             if initial:
                 await context.send_initial_metadata(tuple(initial))
             try:
                 response: bytes = await call
             except grpc.aio.AioRpcError as e:
-                # Its headers came back: the partition has the call, it is never resent.
+                if _undelivered(e) and invocation_id:
+                    raise Moved(invocation_id) from None
+                if _undelivered(e) and resendable and not initial:
+                    raise Unanswered(e) from None
+                # The partition has the call: it is never sent again.
                 raise Answered(e) from None
             return response
 
-        async with relayed_errors(context):
-            return await self._peers.call(home, send)
-        raise AssertionError("unreachable")
+        return await self._peers.call(home, send)
 
 
 class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
@@ -255,7 +382,20 @@ class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
     async def Attach(
         self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> ingress_pb2.Output:
-        return await self._route("Attach", request, context)
+        home = self._home(request)
+        local = self._local.get(home)
+        if local is not None:
+            try:
+                return await local.Attach(request, context)
+            except StoreUnavailable:
+                pass  # this process stopped serving the partition while the caller waited
+        remaining = context.time_remaining()
+        deadline = asyncio.get_running_loop().time() + (
+            FOLLOW_S if remaining is None else remaining
+        )
+        async with relayed_errors(context):
+            return await self._peers.attach(home, request, deadline, forwarded_metadata(context))
+        raise AssertionError("unreachable")
 
     async def GetOutput(
         self, request: ingress_pb2.AttachRequest, context: grpc.aio.ServicerContext[Any, Any]

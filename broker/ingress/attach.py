@@ -11,7 +11,7 @@ from durable.v1 import ingress_pb2, ingress_pb2_grpc
 from .. import registry as reg
 from ..core.model import UnknownInvocation
 from ..driver import Driver
-from .router import status_of
+from .router import abort_with_outcome
 
 
 class IngressServicer(ingress_pb2_grpc.IngressServicer):
@@ -59,7 +59,7 @@ class IngressServicer(ingress_pb2_grpc.IngressServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no invocation {invocation_id!r}")
             raise AssertionError("unreachable") from None
         if result.HasField("failure"):
-            await context.abort(status_of(result.failure.code), result.failure.message)
+            await abort_with_outcome(context, result.failure.code, result.failure.message)
         return ingress_pb2.Output(invocation_id=invocation_id, ready=True, value=result.value)
 
     async def GetOutput(

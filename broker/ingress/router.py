@@ -25,11 +25,40 @@ from .. import codes, tracing
 from .. import registry as reg
 from ..core.model import IdempotencyConflict, UnknownInvocation
 from ..driver import Driver
+from ..storage import StoreUnavailable
 
 log = logging.getLogger("broker.ingress")
 
 IDEMPOTENCY_KEY = "idempotency-key"
 INVOCATION_ID = "invocation-id"
+# Trailing metadata of a call that failed with its invocation's own outcome (a handler's
+# terminal error), as opposed to the broker failing to deliver one: a cluster's front
+# follows an invocation to its partition's next leader on the second, never the first.
+OUTCOME = "invocation-outcome"
+
+
+async def abort_with_outcome(
+    context: grpc.aio.ServicerContext[Any, Any], code: int, message: str
+) -> None:
+    """Ends the call with the invocation's failure, marked as its outcome."""
+    context.set_trailing_metadata(((OUTCOME, "failure"),))
+    await context.abort(status_of(code), message)
+
+
+def is_outcome(error: grpc.aio.AioRpcError) -> bool:
+    """Whether a failed call's status is its invocation's own outcome."""
+    trailing: Any = error.trailing_metadata() or ()  # typed as opaque items in grpc-stubs
+    return any(k == OUTCOME for k, _ in trailing)
+
+
+class Moved(Exception):
+    """The partition stopped being served here after the invocation was acknowledged:
+    it goes on at the partition's next leader, where the caller can attach to it."""
+
+    def __init__(self, invocation_id: str) -> None:
+        super().__init__(invocation_id)
+        self.invocation_id = invocation_id
+
 
 _BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/")
 
@@ -65,6 +94,12 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         return route(handler_call_details, self.handle)
 
+    @property
+    def lost(self) -> bool:
+        """Whether this partition may no longer write here (a cluster leader was fenced
+        off): it is about to be served elsewhere."""
+        return self._driver.committer.lost is not None
+
     async def handle(
         self,
         service: str,
@@ -72,9 +107,16 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         body: bytes,
         context: grpc.aio.ServicerContext[Any, Any],
         key: str | None = None,
+        follow: bool = False,
     ) -> bytes:
         """Serves one call of `service`/`method` in this partition; `key` is the call's
-        key when the caller already read it from the body (a worker's public ingress)."""
+        key when the caller already read it from the body (a worker's public ingress).
+
+        Raises:
+            Moved: with `follow` (a cluster's front, which attaches at the next leader),
+                when this process stops serving the partition after the invocation id
+                went out.
+        """
         if len(body) > self._max_payload:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -123,8 +165,13 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 # crash.
                 await asyncio.shield(self._driver.committer.barrier())
                 await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
-                # Shielded: a caller that goes away must not cancel the invocation.
-                result = await asyncio.shield(result_future)
+                try:
+                    # Shielded: a caller that goes away must not cancel the invocation.
+                    result = await asyncio.shield(result_future)
+                except StoreUnavailable:
+                    if follow:
+                        raise Moved(invocation_id) from None
+                    raise
             except asyncio.CancelledError:
                 self._driver.detach(invocation_id, result_future)
                 raise
@@ -134,5 +181,5 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 )
                 raise AssertionError("unreachable") from None
         if result.HasField("failure"):
-            await context.abort(status_of(result.failure.code), result.failure.message)
+            await abort_with_outcome(context, result.failure.code, result.failure.message)
         return result.value

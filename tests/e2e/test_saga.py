@@ -47,6 +47,7 @@ pytestmark = pytest.mark.parametrize(
 )
 
 CLIENTS = ["stub", "grpcurl"]
+OUTCOME = "invocation-outcome"
 CALL_TIMEOUT_S = 60.0
 
 # run_type -> (compensations applied, flight, car, payment state afterwards).
@@ -72,6 +73,9 @@ class Outcome:
     status: str = ""
     trip_id: str = ""
     invocation_id: str = ""
+    # The trailing `invocation-outcome` a failure carries when it is the invocation's
+    # own (a handler's error), not the broker failing to deliver it.
+    outcome: str = ""
 
 
 def _code_from_grpcurl(name: str) -> grpc.StatusCode:
@@ -89,7 +93,13 @@ def reserve(cluster: Cluster, client: str, run_type: str = "") -> Outcome:
             # The RpcError a unary stub raises is also the grpc.Call, metadata and all.
             failed = cast(grpc.Call, e)
             ids = [_text(v) for k, v in (failed.initial_metadata() or ()) if k == "invocation-id"]
-            return Outcome(e.code(), e.details() or "", invocation_id=ids[0] if ids else "")
+            marks = [_text(v) for k, v in (failed.trailing_metadata() or ()) if k == OUTCOME]
+            return Outcome(
+                e.code(),
+                e.details() or "",
+                invocation_id=ids[0] if ids else "",
+                outcome=marks[0] if marks else "",
+            )
         ids = [_text(v) for k, v in call.initial_metadata() if k == "invocation-id"]
         assert len(ids) == 1, f"invocation-id metadata: {call.initial_metadata()}"
         return Outcome(
@@ -157,6 +167,7 @@ def test_trip_fails_and_compensates(cluster: Cluster, client: str, run_type: str
         # The invocation id reaches a failed call's caller too, and the record holds the
         # terminal failure as the caller saw it.
         assert INVOCATION_ID_RE.match(outcome.invocation_id), outcome
+        assert outcome.outcome == "failure", outcome
         record = cluster.invocation(outcome.invocation_id)
         assert record.status == Status.COMPLETED
         assert record.result.failure.code == grpc.StatusCode.FAILED_PRECONDITION.value[0]
