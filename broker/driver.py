@@ -27,6 +27,7 @@ from .core.model import Invocation, Result, Status, UnknownInvocation
 from .core.partition import Partition
 from .core.schedules import Schedules, name_of
 from .invoker import Invoker
+from .multiplex import Streams
 from .storage import Committer, invocations
 from .storage.commit import Log
 from .storage.kv import KV, StoreUnavailable
@@ -60,6 +61,7 @@ class Driver:
         clock: Clock = WALL,
         transport: Transport | None = None,
         log: Log | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self.partition = partition
         self.clock = clock
@@ -76,6 +78,7 @@ class Driver:
             settings.inactivity_timeout,
             settings.unary_first,
             settings.multiplex,
+            streams,
         )
         self.timers = TimerQueue(self.on_timer, clock)
         # Schedules' clocks: a heap of (due, name); a stale entry finds nothing due.

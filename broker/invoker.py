@@ -21,7 +21,7 @@ from durable.v1 import protocol_pb2, protocol_pb2_grpc
 from .core.actions import StartAttempt
 from .core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .core.model import Result
-from .multiplex import Connection
+from .multiplex import Connection, Streams
 from .registry import Deployment, Registry
 from .security import ENDPOINT_SECRET_HEADER
 from .storage.kv import StoreUnavailable
@@ -35,14 +35,6 @@ ReadState = Callable[[str, str], dict[str, bytes]]
 log = logging.getLogger("broker.invoker")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-def endpoint_address(uri: str) -> str:
-    """`host:port` of an endpoint URI such as `http://127.0.0.1:9101`."""
-    for scheme in ("http://", "grpc://", "h2c://"):
-        if uri.startswith(scheme):
-            uri = uri[len(scheme) :]
-    return uri.rstrip("/")
 
 
 class Attempt:
@@ -83,6 +75,11 @@ class Attempt:
             self.queue.put_nowait(None)
 
 
+def endpoint_metadata(endpoint_secret: str | None) -> tuple[tuple[str, str], ...]:
+    """What goes with every call to an endpoint: the secret, for endpoints requiring it."""
+    return ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
+
+
 class Invoker:
     """Opens attempt streams; keeps one channel per endpoint.
 
@@ -91,6 +88,8 @@ class Invoker:
         barrier: A future of "everything submitted so far is durable".
         report: Where what the endpoint did goes.
         read_state: The object's state, added to a keyed attempt's start.
+        streams: The process's channels and multiplexed streams, when its partitions
+            share them (a worker, a cluster node); by default the invoker's own.
     """
 
     def __init__(
@@ -104,6 +103,7 @@ class Invoker:
         inactivity_timeout: float = 600.0,
         unary_first: bool = True,
         multiplex: bool = True,
+        streams: Streams | None = None,
     ) -> None:
         self._registry = registry
         self._barrier = barrier
@@ -116,32 +116,21 @@ class Invoker:
         self._inactivity_timeout = inactivity_timeout
         self._unary_first = unary_first
         self._multiplex = multiplex
-        self._connections: dict[str, Connection] = {}
         self._no_unary: set[str] = set()
         self._slots: dict[str, asyncio.Semaphore] = {}
-        # Sent with every call to an endpoint, for endpoints that require it.
-        self.metadata: tuple[tuple[str, str], ...] = (
-            ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
-        )
-        self._stubs: dict[str, protocol_pb2_grpc.ServiceEndpointStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
+        # Shared by every partition of the process when given; else this invoker's own.
+        self._owns_streams = streams is None
+        self._streams = streams or Streams(endpoint_metadata(endpoint_secret), MAX_MESSAGE_BYTES)
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """Sent with every call to an endpoint, for endpoints that require it."""
+        return self._streams.metadata
 
     def stub(self, uri: str) -> protocol_pb2_grpc.ServiceEndpointStub:
         """The (cached) stub for an endpoint."""
-        stub = self._stubs.get(uri)
-        if stub is None:
-            channel = grpc.aio.insecure_channel(
-                endpoint_address(uri),
-                options=[
-                    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ],
-            )
-            self._channels.append(channel)
-            stub = protocol_pb2_grpc.ServiceEndpointStub(channel)
-            self._stubs[uri] = stub
-        return stub
+        return self._streams.stub(uri)
 
     def start(self, action: StartAttempt) -> None:
         """Begins an attempt; the stream opens once the journal it carries is durable
@@ -181,19 +170,16 @@ class Invoker:
     def forget(self, deployment_id: str) -> None:
         """Lets go of a removed deployment's multiplexed stream: it closes once the
         attempts still on it (after a forced removal) have ended."""
-        connection = self._connections.pop(deployment_id, None)
-        if connection is not None:
-            connection.retire()
+        self._streams.forget(deployment_id)
 
     async def close(self) -> None:
-        """Abandons in-flight attempts (they resume after a restart) and closes channels."""
+        """Abandons in-flight attempts (they resume after a restart; on a shared stream
+        the endpoint is told to stop each) and closes this invoker's own streams."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for connection in self._connections.values():
-            connection.close()
-        for channel in self._channels:
-            await channel.close(None)
+        if self._owns_streams:
+            await self._streams.close()
 
     async def _run(
         self,
@@ -305,13 +291,7 @@ class Invoker:
 
     def _connection(self, deployment: Deployment) -> Connection:
         """The deployment's multiplexed stream, opened anew if the last one ended."""
-        connection = self._connections.get(deployment.id)
-        if connection is None or connection.closed:
-            connection = Connection(
-                self.stub(deployment.uri), deployment.uri, self.metadata, MAX_MESSAGE_BYTES
-            )
-            self._connections[deployment.id] = connection
-        return connection
+        return self._streams.connection(deployment.id, deployment.uri)
 
     async def _multiplexed(
         self,

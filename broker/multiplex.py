@@ -7,6 +7,9 @@ and whatever is queued when the stream is ready to write goes out as one frame
 
 A connection knows nothing of invocations: it carries messages for attempt ids and
 tells each attempt's receiver when the stream is gone. The invoker decides the rest.
+`Streams` holds a process's channels and connections: every partition a process serves
+(a `--workers` worker, a cluster node) shares them, so an endpoint sees one stream per
+broker process, not one per partition.
 """
 
 from __future__ import annotations
@@ -124,3 +127,68 @@ class Connection:
         receivers, self._receivers = self._receivers, {}
         for receiver in receivers.values():
             receiver(reason)
+
+
+class Streams:
+    """A process's channels and multiplexed streams to endpoints, by deployment.
+
+    Args:
+        metadata: Sent with every call to an endpoint (the endpoint secret).
+        max_message_bytes: The largest message either side may send.
+    """
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...], max_message_bytes: int) -> None:
+        self.metadata = metadata
+        self._max_message_bytes = max_message_bytes
+        self._stubs: dict[str, protocol_pb2_grpc.ServiceEndpointStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self._connections: dict[str, Connection] = {}
+
+    def stub(self, uri: str) -> protocol_pb2_grpc.ServiceEndpointStub:
+        """The (cached) stub for an endpoint."""
+        stub = self._stubs.get(uri)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(
+                endpoint_address(uri),
+                options=[
+                    ("grpc.max_receive_message_length", self._max_message_bytes),
+                    ("grpc.max_send_message_length", self._max_message_bytes),
+                ],
+            )
+            self._channels.append(channel)
+            stub = protocol_pb2_grpc.ServiceEndpointStub(channel)
+            self._stubs[uri] = stub
+        return stub
+
+    def connection(self, deployment_id: str, uri: str) -> Connection:
+        """The deployment's multiplexed stream, opened anew if the last one ended."""
+        connection = self._connections.get(deployment_id)
+        if connection is None or connection.closed:
+            connection = Connection(self.stub(uri), uri, self.metadata, self._max_message_bytes)
+            self._connections[deployment_id] = connection
+        return connection
+
+    def forget(self, deployment_id: str) -> None:
+        """Lets go of a removed deployment's stream: it closes once the attempts still
+        on it (after a forced removal) have ended."""
+        connection = self._connections.pop(deployment_id, None)
+        if connection is not None:
+            connection.retire()
+
+    async def close(self) -> None:
+        """Ends every stream and closes the channels."""
+        for connection in self._connections.values():
+            connection.close()
+        self._connections.clear()
+        for channel in self._channels:
+            await channel.close(None)
+        self._channels.clear()
+        self._stubs.clear()
+
+
+def endpoint_address(uri: str) -> str:
+    """`host:port` of an endpoint URI such as `http://127.0.0.1:9101`."""
+    for scheme in ("http://", "grpc://", "h2c://"):
+        if uri.startswith(scheme):
+            uri = uri[len(scheme) :]
+    return uri.rstrip("/")

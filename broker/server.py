@@ -23,6 +23,7 @@ from .core.partition import Partition
 from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
 from .interceptors import StorageErrors
+from .multiplex import Streams
 from .registry import Registry
 from .storage import deployments, open_kv
 from .storage.commit import Log
@@ -93,6 +94,8 @@ class Broker:
             from `settings.data_dir`. Closed by `stop` either way.
         log: Cluster mode: the partition's replicated log, which every write goes
             through before it counts.
+        streams: The endpoint streams every partition of this process shares (a
+            worker, a cluster node); default: the broker's own.
     """
 
     def __init__(
@@ -104,6 +107,7 @@ class Broker:
         delivery_secret: str = "",
         kv: KV | None = None,
         log: Log | None = None,
+        streams: Streams | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -128,6 +132,7 @@ class Broker:
             clock=clock,
             transport=transport,
             log=log,
+            streams=streams,
         )
         self.committer = self.driver.committer
         self.ingress_port = 0

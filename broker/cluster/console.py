@@ -24,7 +24,7 @@ from .. import registry as reg
 from ..admin import AdminServicer
 from ..config import Settings
 from ..console import AdminError, Console, start_console
-from ..invoker import endpoint_address
+from ..multiplex import endpoint_address
 from ..security import ENDPOINT_SECRET_HEADER
 from .front import AdminFront
 

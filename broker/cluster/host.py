@@ -8,6 +8,7 @@ from durable.v1 import cluster_pb2
 
 from ..config import Settings
 from ..metrics import Histogram
+from ..multiplex import Streams
 from ..replication.engine import Engine
 from ..replication.lease import Leases
 from ..server import Broker
@@ -44,6 +45,8 @@ class Host(Protocol):
     admin_port: int
     # Seconds each log append took, by partition.
     append_seconds: Histogram
+    # The endpoint streams the partitions this node leads share.
+    streams: Streams
 
     @property
     def positions(self) -> list[int]:

@@ -29,7 +29,9 @@ from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 from .. import endpoint_uri, metrics, security
 from ..config import Settings
 from ..ingress import IngressRouter, IngressServicer
+from ..invoker import MAX_MESSAGE_BYTES, endpoint_metadata
 from ..metrics import LATENCY_BUCKETS, Histogram
+from ..multiplex import Streams
 from ..registry import Registry
 from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
@@ -129,6 +131,8 @@ class Node:
         self.leases = Leases(engine.leases)
         self.leaders = Leaders(count)
         self.peers = Peers(self.leaders, settings.max_payload_bytes)
+        # One stream per endpoint for the whole node, whichever partitions it leads.
+        self.streams = Streams(endpoint_metadata(settings.endpoint_secret), MAX_MESSAGE_BYTES)
         self.routers: dict[int, IngressRouter] = {}
         self.ingress_servicers: dict[int, IngressServicer] = {}
         self.brokers: dict[int, Broker] = {}
@@ -249,6 +253,7 @@ class Node:
         if self._front is not None:
             await self._front.stop(1.0)
         await self.peers.close()
+        await self.streams.close()
         assert self.engine.nodes is not None
         try:
             await self.engine.nodes.delete(self.name)

@@ -199,6 +199,7 @@ class Replica:
             delivery_secret=self.node.secret,
             kv=self.kv,
             log=self._log,
+            streams=self.node.streams,
         )
         await broker.start()
         self.broker = broker

@@ -21,6 +21,8 @@ from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 
 from .. import security
 from ..config import Settings, parse_args
+from ..invoker import MAX_MESSAGE_BYTES, endpoint_metadata
+from ..multiplex import Streams
 from ..server import Broker, ingress_server
 from . import layout
 from .deliver import SECRET_HEADER
@@ -52,6 +54,8 @@ class Worker:
         # must know what it already applied before it is handed more.
         self._recovered = asyncio.Event()
         self.brokers: dict[int, Broker] = {}
+        # One stream per endpoint for the whole worker, shared by its partitions.
+        self.streams = Streams(endpoint_metadata(settings.endpoint_secret), MAX_MESSAGE_BYTES)
         for partition in directory.owned_by(index):
             address = directory.partitions[partition]
             own = dataclasses.replace(
@@ -74,6 +78,7 @@ class Worker:
                 placement=Placement(partition, directory.count),
                 transport=self._deliver,
                 delivery_secret=directory.secret,
+                streams=self.streams,
             )
         self._public: grpc.aio.Server | None = None
 
@@ -138,6 +143,7 @@ class Worker:
             await self._public.stop(grace)
         await asyncio.gather(*(b.stop(grace) for b in self.brokers.values()))
         await self.peers.close()
+        await self.streams.close()
 
 
 async def _main(settings: Settings, directory: Directory, index: int) -> None:

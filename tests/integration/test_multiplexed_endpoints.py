@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
 from pathlib import Path
@@ -26,6 +27,8 @@ from durable.v1 import admin_pb2, invocation_pb2, journal_pb2, protocol_pb2
 from flights import flights_pb2
 from playground import playground_pb2
 
+from broker.cluster import placement
+from tests.cluster_nodes import NodesCluster
 from tests.support import PLAYGROUND, Cluster, free_port, invocation_id_of, wait_for
 
 Status = invocation_pb2.InvocationStatus
@@ -175,8 +178,8 @@ class _MultiplexEndpoint:
         self.server.stop(None)
 
 
-def _cluster(tmp: Path, endpoint: _MultiplexEndpoint) -> Cluster:
-    cluster = Cluster(tmp, broker_args=BROKER_ARGS, services=("flights",))
+def _cluster(tmp: Path, endpoint: _MultiplexEndpoint, *more_args: str) -> Cluster:
+    cluster = Cluster(tmp, broker_args=[*BROKER_ARGS, *more_args], services=("flights",))
     cluster.start()
     try:
         deployment = cluster.register(f"http://{endpoint.address}")
@@ -277,6 +280,50 @@ def test_concurrent_invocations_share_one_multiplex_stream(tmp_path: Path) -> No
             records = cluster.invocations(service="playground.Waiter")
             assert len(records) == count
             assert all(r.status == Status.COMPLETED and r.attempts == 1 for r in records)
+        finally:
+            cluster.close()
+
+
+def _sleep_on_every_partition(cluster: Cluster) -> None:
+    """Calls the endpoint from each of the four partitions."""
+    partitions = set()
+    for m in range(1, 25):
+        # An idempotency key places the invocation by its identity: all four partitions,
+        # whichever process took the call.
+        reply, call = cluster.waiter.Sleep.with_call(
+            playground_pb2.SleepRequest(millis=m),
+            metadata=(("idempotency-key", f"share-{m}"),),
+            timeout=60,
+        )
+        assert reply.number == m
+        partitions.add(placement.of_id(invocation_id_of(call), 4))
+    assert partitions == {0, 1, 2, 3}
+
+
+def test_the_partitions_of_a_worker_share_its_stream(tmp_path: Path) -> None:
+    # Two workers with two partitions each: one stream per worker, not per partition.
+    with _MultiplexEndpoint(stranger_then_answer) as endpoint:
+        cluster = _cluster(tmp_path, endpoint, "--workers", "2", "--partitions", "4")
+        try:
+            _sleep_on_every_partition(cluster)
+            assert endpoint.multiplex_calls == 2
+        finally:
+            cluster.close()
+
+
+def test_the_partitions_a_cluster_node_leads_share_its_stream(tmp_path: Path) -> None:
+    # Two nodes leading two partitions each: one stream per node, not per partition.
+    with _MultiplexEndpoint(stranger_then_answer) as endpoint:
+        cluster = NodesCluster(
+            tmp_path, nodes=2, partitions=4, broker_args=BROKER_ARGS, services=("flights",)
+        )
+        cluster.start()
+        try:
+            cluster.wait_led(time.monotonic() + 60)
+            cluster.register(f"http://{endpoint.address}")
+            _sleep_on_every_partition(cluster)
+            assert sorted(cluster.leaders().values()) == [0, 0, 1, 1]
+            assert endpoint.multiplex_calls == 2
         finally:
             cluster.close()
 
