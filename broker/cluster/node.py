@@ -42,9 +42,10 @@ from . import layout, node_metrics
 from .deliver import SECRET_HEADER
 from .forward import Partitions
 from .front import FrontServer
-from .ingress import ClusterIngressServicer, ClusterRouter, Peers
+from .ingress import ClusterIngressServicer, ClusterRouter
 from .leaders import Leaders
 from .node_status import STALE_S, NodeFront, heartbeat
+from .peers import Peers
 from .placement import Placement
 from .replica import Replica
 

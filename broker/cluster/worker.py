@@ -27,7 +27,8 @@ from ..server import Broker, ingress_server
 from . import layout
 from .deliver import SECRET_HEADER
 from .directory import Directory, from_environment
-from .ingress import ClusterIngressServicer, ClusterRouter, Peers
+from .ingress import ClusterIngressServicer, ClusterRouter
+from .peers import Peers
 from .placement import Placement
 
 log = logging.getLogger("broker.cluster")
