@@ -10,6 +10,7 @@ from ..config import Settings
 from ..metrics import Histogram
 from ..replication.engine import Engine
 from ..replication.lease import Leases
+from ..replication.turns import Turns
 from ..server import Broker
 from .leaders import Leaders
 
@@ -44,6 +45,8 @@ class Host(Protocol):
     admin_port: int
     # Seconds each log append took, by partition.
     append_seconds: Histogram
+    # Whose turn it is to append, among the partitions this node leads.
+    turns: Turns
 
     @property
     def positions(self) -> list[int]:

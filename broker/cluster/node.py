@@ -33,6 +33,7 @@ from ..metrics import LATENCY_BUCKETS, Histogram
 from ..registry import Registry
 from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
+from ..replication.turns import Turns
 from ..server import Broker, ingress_server
 from ..storage import deployments
 from ..storage.kv import StorageError
@@ -151,6 +152,7 @@ class Node:
         self.ingress_port = 0
         self.admin_port = 0
         self.append_seconds = Histogram(LATENCY_BUCKETS)
+        self.turns = Turns()
         self._metrics: asyncio.Server | None = None
 
     @property
