@@ -11,6 +11,7 @@ from ..metrics import Histogram
 from ..multiplex import Streams
 from ..replication.engine import Engine
 from ..replication.lease import Leases
+from ..replication.turns import Turns
 from ..server import Broker
 from .leaders import Leaders
 
@@ -47,6 +48,8 @@ class Host(Protocol):
     append_seconds: Histogram
     # The endpoint streams the partitions this node leads share.
     streams: Streams
+    # Whose turn it is to append, among the partitions this node leads.
+    turns: Turns
 
     @property
     def positions(self) -> list[int]:

@@ -35,6 +35,7 @@ from ..multiplex import Streams
 from ..registry import Registry
 from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
+from ..replication.turns import Turns
 from ..server import Broker, ingress_server
 from ..storage import deployments
 from ..storage.kv import StorageError
@@ -156,6 +157,7 @@ class Node:
         self.ingress_port = 0
         self.admin_port = 0
         self.append_seconds = Histogram(LATENCY_BUCKETS)
+        self.turns = Turns()
         self._metrics: asyncio.Server | None = None
 
     @property

@@ -177,6 +177,7 @@ class Replica:
             self.partition,
             last,
             observe=lambda s: self.node.append_seconds.observe(s, str(self.partition)),
+            turns=self.node.turns,
         )
         marker = await self._log.mark(self.node.name)
         if not await self._reach(marker, CATCH_UP_S):

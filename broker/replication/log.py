@@ -14,6 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 
 import nats.errors
 import nats.js.errors
@@ -23,6 +24,7 @@ from ..storage.kv import StoreUnavailable
 from . import codec
 from .codec import Write
 from .engine import API_TIMEOUT_S, MAX_ENTRY_BYTES, subject
+from .turns import Turns
 
 log = logging.getLogger("broker.replication")
 
@@ -44,6 +46,8 @@ class PartitionLog:
         partition: Whose stream.
         last: The stream's last sequence as this leader wrote or read it.
         observe: Told the seconds each append took (retries included).
+        turns: The node's turns to append, shared with its other partitions' logs
+            (None: this log appends whenever its committer has a group).
     """
 
     def __init__(
@@ -52,9 +56,11 @@ class PartitionLog:
         partition: int,
         last: int,
         observe: Callable[[float], None] | None = None,
+        turns: Turns | None = None,
     ) -> None:
         self._js = js
         self._observe = observe
+        self._turns = turns
         self.partition = partition
         self.last = last
         self._subject = subject(partition)
@@ -72,6 +78,10 @@ class PartitionLog:
             Fenced: another leader appended since this one's last entry.
         """
         return await self._publish(codec.encode(writes), {})
+
+    def turn(self) -> AbstractAsyncContextManager[None]:
+        """Waits for this partition's turn to append (`Turns`)."""
+        return nullcontext() if self._turns is None else self._turns.turn()
 
     def close(self) -> None:
         """Stops appending (this node steps down): an append being retried gives up."""

@@ -8,6 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 from . import position
@@ -90,6 +91,10 @@ class _SyncThread:
                 pass  # the loop is closed: nobody waits any more
 
 
+# Batches cut from the queue together, with the futures their submitters wait on.
+_Group = list[tuple[Batch, asyncio.Future[None]]]
+
+
 class Log(Protocol):
     """A replicated log the committer appends to before applying (cluster mode)."""
 
@@ -97,6 +102,11 @@ class Log(Protocol):
         """Appends the batches' writes as one or more entries, each once a quorum stored
         it; returns each entry's writes and sequence, in order. Raises `StoreUnavailable`
         when this node may no longer append (another leads)."""
+        ...
+
+    def turn(self) -> AbstractAsyncContextManager[None]:
+        """Waits until this partition may append (`broker.replication.turns`): the
+        committer cuts its next group inside, so batches wait in the queue meanwhile."""
         ...
 
 
@@ -187,15 +197,14 @@ class Committer:
         # Let the events already on the loop add their batches to this first group.
         await asyncio.sleep(0)
         while self._pending:
-            group, self._pending = self._pending, []
             if self._log is not None:
-                try:
-                    synced = await self._replicate([b.puts for b, _ in group if b.puts])
-                except StoreUnavailable as e:
-                    self._lose(e, group)
+                replicated = await self._replicate_next()
+                if replicated is None:
                     return
+                group, synced = replicated
                 puts: list[Write] = []
             else:
+                group, self._pending = self._pending, []
                 puts = [p for batch, _ in group for p in batch.puts]
                 synced = await self._write_until_durable(puts) if puts else 0.0
             self.groups += 1
@@ -211,18 +220,26 @@ class Committer:
                 if not future.done():
                     future.set_result(None)
 
-    async def _replicate(self, batches: list[list[Write]]) -> float:
-        """Appends the group to the log, then applies each entry here; returns the
-        seconds the appends took."""
-        if not batches:
-            return 0.0
+    async def _replicate_next(self) -> tuple[_Group, float] | None:
+        """Cuts the next group once this partition's turn to append came, appends it to
+        the log, then applies each entry here; the group and the seconds the appends
+        took, or None when this node may no longer append (the group failed)."""
         assert self._log is not None
-        started = time.perf_counter()
-        entries = await self._log.append_batches(batches)
-        appended = time.perf_counter() - started
-        for writes, sequence in entries:
-            await self._apply_until_done([*writes, position.put(sequence)])
-        return appended
+        # A group of barriers alone appends nothing: it need not wait for a turn.
+        writes = any(batch.puts for batch, _ in self._pending)
+        async with self._log.turn() if writes else nullcontext():
+            group, self._pending = self._pending, []
+            batches = [b.puts for b, _ in group if b.puts]
+            started = time.perf_counter()
+            try:
+                entries = await self._log.append_batches(batches) if batches else []
+            except StoreUnavailable as e:
+                self._lose(e, group)
+                return None
+            appended = time.perf_counter() - started
+        for entry, sequence in entries:
+            await self._apply_until_done([*entry, position.put(sequence)])
+        return group, appended
 
     async def _apply_until_done(self, writes: list[Write]) -> None:
         """Applies a replicated entry to the local store, retrying a failed write (the
