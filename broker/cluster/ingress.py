@@ -38,7 +38,7 @@ from ..ingress.router import (
     status_of,
 )
 from ..storage import StoreUnavailable
-from .directory import Unreachable
+from .directory import Unreachable, never_sent
 from .peers import FOLLOW_S, Answered, Peers, Unanswered, undelivered
 from .placement import Placement
 
@@ -197,6 +197,8 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             try:
                 response: bytes = await call
             except grpc.aio.AioRpcError as e:
+                if never_sent(e):
+                    raise  # it reached nobody: `Peers.call` follows the partition
                 if undelivered(e) and invocation_id:
                     raise Moved(invocation_id) from None
                 if undelivered(e) and resendable and not initial:

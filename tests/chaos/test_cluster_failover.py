@@ -16,6 +16,7 @@ import concurrent.futures
 import os
 import shutil
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -135,6 +136,48 @@ def test_sagas_survive_killing_a_leader(nodes: NodesCluster) -> None:
     nodes.start_broker()  # the killed node rejoins; the checks run once more through all
     nodes.use_nodes([0, 1, 2])
     assert len(nodes.invocations(service="trips.Trips")) == SAGAS
+
+
+def test_calls_without_idempotency_keys_reach_the_next_leader(nodes: NodesCluster) -> None:
+    # Reads of keys in the victim's partitions, through the other nodes, before, during
+    # and after a SIGKILL of their leader. A call that reached nobody (the dead leader's
+    # port refused it) follows the partition to its next leader; only a call cut while
+    # in flight may fail, as no one can tell whether it ran: at most one per caller.
+    leaders = nodes.leaders()
+    victim = leaders[0]
+    lost = [p for p, node in leaders.items() if node == victim]
+    nodes.use_nodes([i for i in range(3) if i != victim])
+    stop = threading.Event()
+    answered: list[float] = []
+    errors: list[grpc.RpcError] = []
+
+    def read(key: str) -> None:
+        while not stop.is_set():
+            try:
+                nodes.flights.Get(flights_pb2.TripRef(trip_id=key), timeout=30)
+                answered.append(time.monotonic())
+            except grpc.RpcError as e:
+                errors.append(e)
+
+    callers = [threading.Thread(target=read, args=(key_on(p),)) for p in lost for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    try:
+        support.wait_for(lambda: len(answered) >= 10, BACK_WITHIN_S, message="reads before")
+        nodes.nodes[victim].kill()
+        killed = time.monotonic()
+        support.wait_for(
+            lambda: sum(t > killed for t in answered) >= 20 * len(lost),
+            BACK_WITHIN_S,
+            message="reads answered after the kill",
+        )
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(timeout=60)
+    details = [f"{e.code()}: {e.details()}" for e in errors]
+    assert not [d for d in details if "failed to connect" in d], details
+    assert len(errors) <= len(callers), details
 
 
 def test_a_nats_minority_dies_and_nothing_is_lost(nodes: NodesCluster) -> None:
