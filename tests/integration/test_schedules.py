@@ -78,6 +78,9 @@ def test_every_second_fires_once_per_slot_across_a_broker_sigkill(tmp_path: Path
         time.sleep(2.5)
         restart_at = int(time.time() * 1000)
         cluster.start_broker()
+        # Slots are missed until the restarted broker has recovered its schedules, which
+        # it does before it answers health checks (seconds on a loaded machine).
+        back_up = int(time.time() * 1000)
         fired(cluster, "all", len(fire_times(cluster, "all")) + 2)
         fired(cluster, "latest", len(fire_times(cluster, "latest")) + 2)
         for name in ("all", "latest"):
@@ -93,7 +96,7 @@ def test_every_second_fires_once_per_slot_across_a_broker_sigkill(tmp_path: Path
         # catch-up latest: the slots missed while down collapse into one firing.
         missed = [s for s in range(latest[0], latest[-1] + 1000, 1000) if s not in latest]
         assert missed, f"expected a gap while the broker was down: {latest}"
-        assert all(down_from - 1000 <= s <= restart_at for s in missed)
+        assert all(down_from - 1000 <= s <= back_up for s in missed), (missed, down_from, back_up)
         # Of the slots that passed while it was down, at most one fired (the latest).
         assert len([s for s in latest if down_from < s <= restart_at]) <= 1
 
