@@ -75,9 +75,11 @@ class Attempt:
             self.queue.put_nowait(None)
 
 
-def endpoint_metadata(endpoint_secret: str | None) -> tuple[tuple[str, str], ...]:
-    """What goes with every call to an endpoint: the secret, for endpoints requiring it."""
-    return ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
+def endpoint_streams(endpoint_secret: str | None) -> Streams:
+    """Channels and multiplexed streams to endpoints, sending the secret with every call
+    for endpoints that require it."""
+    metadata = ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
+    return Streams(metadata, MAX_MESSAGE_BYTES)
 
 
 class Invoker:
@@ -120,7 +122,7 @@ class Invoker:
         self._slots: dict[str, asyncio.Semaphore] = {}
         # Shared by every partition of the process when given; else this invoker's own.
         self._owns_streams = streams is None
-        self._streams = streams or Streams(endpoint_metadata(endpoint_secret), MAX_MESSAGE_BYTES)
+        self._streams = streams or endpoint_streams(endpoint_secret)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property

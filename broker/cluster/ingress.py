@@ -78,6 +78,13 @@ async def _relay(context: grpc.aio.ServicerContext[Any, Any], error: grpc.aio.Ai
     await context.abort(error.code(), error.details() or "")
 
 
+def _follow_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    """Until when (loop time) a caller waits for its invocation at the partition's next
+    leader: its own deadline, or `FOLLOW_S` from now."""
+    remaining = context.time_remaining()
+    return asyncio.get_running_loop().time() + (FOLLOW_S if remaining is None else remaining)
+
+
 class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """Routes `/package.Service/Method` calls to the owning partition.
 
@@ -142,10 +149,6 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             await context.abort(status_of(e.code), e.message)
             raise AssertionError("unreachable") from None
         home = self.home(service, method, key, str(idempotency_key))
-        remaining = context.time_remaining()
-        deadline = asyncio.get_running_loop().time() + (
-            FOLLOW_S if remaining is None else remaining
-        )
         async with relayed_errors(context):
             try:
                 local = self._local.get(home)
@@ -158,7 +161,9 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                         # key and this process lost the partition.
                         if not idempotency_key or not local.lost:
                             raise
-                return await self._forward(home, service, method, body, metadata, context)
+                return await self._forward(
+                    home, service, method, body, metadata, context, bool(idempotency_key)
+                )
             except Moved as e:
                 log.info(
                     "partition %d went away while %s ran; waiting for it at the next leader",
@@ -166,7 +171,7 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                     e.invocation_id,
                 )
                 request = ingress_pb2.AttachRequest(invocation_id=e.invocation_id)
-                return (await self._peers.attach(home, request, deadline)).value
+                return (await self._peers.attach(home, request, _follow_deadline(context))).value
         raise AssertionError("unreachable")
 
     async def _forward(
@@ -177,13 +182,14 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         body: bytes,
         metadata: list[tuple[str, Any]],
         context: grpc.aio.ServicerContext[Any, Any],
+        resendable: bool,
     ) -> bytes:
-        """Sends the call to the process serving partition `home`.
+        """Sends the call to the process serving partition `home`; `resendable` when it
+        carries an idempotency key.
 
         Raises:
             Moved: the partition acknowledged the call, then its process went away.
         """
-        resendable = any(k == IDEMPOTENCY_KEY for k, _ in metadata)
 
         async def send(channel: grpc.aio.Channel) -> bytes:
             # No serializers: the body goes on as the bytes it came as.
@@ -260,12 +266,10 @@ class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
                 return await local.Attach(request, context)
             except StoreUnavailable:
                 pass  # this process stopped serving the partition while the caller waited
-        remaining = context.time_remaining()
-        deadline = asyncio.get_running_loop().time() + (
-            FOLLOW_S if remaining is None else remaining
-        )
         async with relayed_errors(context):
-            return await self._peers.attach(home, request, deadline, forwarded_metadata(context))
+            return await self._peers.attach(
+                home, request, _follow_deadline(context), forwarded_metadata(context)
+            )
         raise AssertionError("unreachable")
 
     async def GetOutput(

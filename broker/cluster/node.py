@@ -29,9 +29,8 @@ from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 from .. import endpoint_uri, metrics, security
 from ..config import Settings
 from ..ingress import IngressRouter, IngressServicer
-from ..invoker import MAX_MESSAGE_BYTES, endpoint_metadata
+from ..invoker import endpoint_streams
 from ..metrics import LATENCY_BUCKETS, Histogram
-from ..multiplex import Streams
 from ..registry import Registry
 from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
@@ -134,7 +133,7 @@ class Node:
         self.leaders = Leaders(count)
         self.peers = Peers(self.leaders, settings.max_payload_bytes)
         # One stream per endpoint for the whole node, whichever partitions it leads.
-        self.streams = Streams(endpoint_metadata(settings.endpoint_secret), MAX_MESSAGE_BYTES)
+        self.streams = endpoint_streams(settings.endpoint_secret)
         self.routers: dict[int, IngressRouter] = {}
         self.ingress_servicers: dict[int, IngressServicer] = {}
         self.brokers: dict[int, Broker] = {}

@@ -21,8 +21,7 @@ from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 
 from .. import security
 from ..config import Settings, parse_args
-from ..invoker import MAX_MESSAGE_BYTES, endpoint_metadata
-from ..multiplex import Streams
+from ..invoker import endpoint_streams
 from ..server import Broker, ingress_server
 from . import layout
 from .deliver import SECRET_HEADER
@@ -56,7 +55,7 @@ class Worker:
         self._recovered = asyncio.Event()
         self.brokers: dict[int, Broker] = {}
         # One stream per endpoint for the whole worker, shared by its partitions.
-        self.streams = Streams(endpoint_metadata(settings.endpoint_secret), MAX_MESSAGE_BYTES)
+        self.streams = endpoint_streams(settings.endpoint_secret)
         for partition in directory.owned_by(index):
             address = directory.partitions[partition]
             own = dataclasses.replace(
