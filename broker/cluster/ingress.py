@@ -161,7 +161,7 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                         # key and this process lost the partition.
                         if not idempotency_key or not local.lost:
                             raise
-                return await self._forward_when_served(
+                return await self._forward(
                     home, service, method, body, metadata, context, bool(idempotency_key)
                 )
             except Moved as e:
@@ -173,30 +173,6 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 request = ingress_pb2.AttachRequest(invocation_id=e.invocation_id)
                 return (await self._peers.attach(home, request, _follow_deadline(context))).value
         raise AssertionError("unreachable")
-
-    async def _forward_when_served(
-        self,
-        home: int,
-        service: str,
-        method: str,
-        body: bytes,
-        metadata: list[tuple[str, Any]],
-        context: grpc.aio.ServicerContext[Any, Any],
-        resendable: bool,
-    ) -> bytes:
-        """`_forward`, waiting for a leader of `home` while it has none (an election
-        under way, a NATS server restarting) up to the caller's deadline: the call was
-        sent to nobody, so waiting is safe."""
-        deadline: float | None = None
-        while True:
-            try:
-                return await self._forward(
-                    home, service, method, body, metadata, context, resendable
-                )
-            except Unreachable:
-                deadline = deadline or _follow_deadline(context)
-                if asyncio.get_running_loop().time() >= deadline:
-                    raise
 
     async def _forward(
         self,
