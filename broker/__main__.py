@@ -9,6 +9,7 @@ import sys
 
 from durable import tracing, wire
 
+from . import logs
 from .cluster import launch, layout, node_main, supervisor
 from .config import Settings, parse_args
 from .server import Broker
@@ -47,11 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         # One line, before logging or any file: nothing is written for a refused start.
         print(f"python -m broker: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level)
     if settings.workers is not None:
         return supervisor.main(settings, args, partitions)
     try:

@@ -177,7 +177,6 @@ class NodesCluster(support.Cluster):
             self.nats.stop()
         assert not errors, "\n".join(errors)
 
-    def log_tails(self, lines: int = 40) -> str:
-        """Every process's log tail, the nodes' included."""
-        tails = [node.log_tail(lines) for node in self.nodes[1:]]
-        return "\n".join([super().log_tails(lines), *tails])
+    def processes(self) -> list[support.Process]:
+        """Every process, every node's included."""
+        return [*super().processes(), *self.nodes[1:]]

@@ -30,7 +30,7 @@ def pytest_runtest_makereport(
     report = outcome.get_result()
     if report.failed:
         for cluster in support.LIVE_CLUSTERS:
-            for process in [cluster.broker, *cluster.services.values()]:
+            for process in cluster.processes():
                 report.sections.append((f"log tail: {process.name}", process.log_tail(60)))
 
 

@@ -421,9 +421,13 @@ class Cluster:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def processes(self) -> list[Process]:
+        """Every process this cluster started: the broker's first."""
+        return [self.broker, *self.services.values()]
+
     def log_tails(self, lines: int = 40) -> str:
         """The tail of every process's log."""
-        return "\n".join(p.log_tail(lines) for p in [self.broker, *self.services.values()])
+        return "\n".join(p.log_tail(lines) for p in self.processes())
 
     # -- clients -----------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import sys
 
 from durable import tracing, wire
 
+from .. import logs
 from ..config import Settings
 from ..replication.engine import EngineError
 from . import layout
@@ -57,11 +58,7 @@ def main(settings: Settings) -> int:
     except NodeError as e:
         print(f"python -m broker: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s {settings.node} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, settings.node or "")
     try:
         wire.run(_run(settings))
     except _Refused as e:

@@ -19,7 +19,7 @@ import grpc
 from durable import tracing, wire
 from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 
-from .. import security
+from .. import logs, security
 from ..config import Settings, parse_args
 from ..invoker import endpoint_streams
 from ..server import Broker, ingress_server
@@ -171,11 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     directory, index = found
     settings = parse_args(argv)
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.log_level, f"w{index}")
     try:
         wire.run(_main(settings, directory, index))
     except Exception as e:

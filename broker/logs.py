@@ -1,0 +1,22 @@
+"""How every broker process (embedded, worker, cluster node) logs: one line per record on
+stderr, tagged with the process it came from."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def configure(level: str | int, tag: str = "") -> None:
+    """Sends records at `level` and above to stderr; `tag` names the process (a worker's
+    index, a node's name) so that interleaved logs stay readable."""
+    prefix = f"{tag} " if tag else ""
+    logging.basicConfig(
+        level=level,
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # grpc's own DEBUG records (a line per call about its event loop) would bury the
+    # broker's: at --log-level DEBUG a failing test's log tail showed nothing else.
+    grpc_log = logging.getLogger("grpc")
+    grpc_log.setLevel(max(logging.getLogger().level, logging.INFO))
