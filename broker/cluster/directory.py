@@ -27,8 +27,9 @@ class Where(Protocol):
         """How many partitions there are."""
         ...
 
-    async def ingress(self, partition: int) -> str:
-        """The partition's private ingress address (may wait for a leader).
+    async def ingress(self, partition: int, wait: float | None = None) -> str:
+        """The partition's private ingress address, waiting up to `wait` seconds (a
+        bounded default when None) for a leader to serve it.
 
         Raises:
             Unreachable: nobody serves it now.
@@ -97,8 +98,8 @@ class Directory:
         """The worker that runs `partition`."""
         return partition % self.workers
 
-    async def ingress(self, partition: int) -> str:
-        """`partition`'s private ingress address (`Where`)."""
+    async def ingress(self, partition: int, wait: float | None = None) -> str:
+        """`partition`'s private ingress address (`Where`): fixed, so never waits."""
         return self.partitions[partition].ingress
 
     async def admin(self, partition: int) -> str:

@@ -213,7 +213,11 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 raise Answered(e) from None
             return response
 
-        return await self._peers.call(home, send)
+        # Until the call is sent it reached nobody: while the partition has no leader (an
+        # election, a NATS server restarting) it waits for one up to the caller's deadline
+        # rather than failing a call that a moment later would go through.
+        wait = _follow_deadline(context) - asyncio.get_running_loop().time()
+        return await self._peers.call(home, send, wait)
 
 
 class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):

@@ -89,9 +89,9 @@ class Leaders:
             except TimeoutError:
                 return False
 
-    async def ingress(self, partition: int) -> str:
+    async def ingress(self, partition: int, wait: float | None = None) -> str:
         """`Where.ingress`."""
-        return (await self.serving(partition)).ingress
+        return (await self.serving(partition, LEADER_WAIT_S if wait is None else wait)).ingress
 
     async def admin(self, partition: int) -> str:
         """`Where.admin`."""

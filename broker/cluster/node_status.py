@@ -17,6 +17,7 @@ from typing import Any
 import nats.js.errors
 from durable.v1 import admin_pb2
 
+from ..replication.engine import NODES_BUCKET
 from .front import AdminFront, Context
 from .host import Host
 
@@ -39,6 +40,21 @@ def _beat(node: Host) -> bytes:
     ).encode()
 
 
+async def _names(node: Host) -> list[str]:
+    """The nodes with a heartbeat in the bucket.
+
+    Read from the stream's subjects (one request its leader answers) rather than with
+    `KeyValue.keys()`, which creates, reads and deletes a consumer each time: three
+    requests where one will do, and creating a consumer stalled for tens of seconds
+    after a NATS server was killed while the keys themselves could be read all along.
+    """
+    info = await node.engine.js.stream_info(
+        f"KV_{NODES_BUCKET}", subjects_filter=f"$KV.{NODES_BUCKET}.>"
+    )
+    prefix = len(f"$KV.{NODES_BUCKET}.")
+    return [subject[prefix:] for subject in info.state.subjects or {}]
+
+
 async def heartbeat(node: Host, interval: float) -> None:
     """Publishes this node's beat and reads everyone's, forever."""
     bucket = node.engine.nodes
@@ -48,10 +64,7 @@ async def heartbeat(node: Host, interval: float) -> None:
         try:
             await bucket.put(node.name, _beat(node))
             node.beat_at = loop.time()
-            try:
-                names = await bucket.keys()
-            except nats.js.errors.NoKeysError:
-                names = []
+            names = await _names(node)
             beats: dict[str, dict[str, Any]] = {}
             for name in names:
                 try:

@@ -82,17 +82,23 @@ class Peers:
             self._channels[address] = channel
         return channel
 
-    async def call(self, partition: int, send: Callable[[grpc.aio.Channel], Awaitable[T]]) -> T:
+    async def call(
+        self,
+        partition: int,
+        send: Callable[[grpc.aio.Channel], Awaitable[T]],
+        wait: float | None = None,
+    ) -> T:
         """`send` over the channel to `partition`; sent again, up to a bound, when it
         could not connect because the partition moved (a cluster's leader changed): such
-        a call never reached anyone.
+        a call never reached anyone. While nobody serves the partition (an election), it
+        waits up to `wait` seconds (`Where`'s bounded default when None) for a leader.
 
         Raises:
             Unreachable: nobody serves it now.
             grpc.aio.AioRpcError: the partition's answer, or the last failure to reach it.
         """
         for attempt in range(_MOVES):
-            address = await self._where.ingress(partition)
+            address = await self._where.ingress(partition, wait)
             channel = self._at(address)
             try:
                 return await send(channel)

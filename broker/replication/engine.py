@@ -35,6 +35,8 @@ SNAPSHOTS = "durable_snapshots"
 # A leader renews its lease well within this; a silent one loses it after it.
 LEASE_TTL_S = 2.0
 NODE_TTL_S = 3.0
+# The bucket of heartbeats: a key per live node.
+NODES_BUCKET = "durable_nodes"
 # What JetStream accepts in one entry; a group commit is cut into entries below it.
 MAX_ENTRY_BYTES = 7 * 1024 * 1024
 _CONNECT_TIMEOUT_S = 3.0
@@ -211,7 +213,7 @@ class Engine:
             KeyValueConfig(bucket="durable_leases", history=1, ttl=LEASE_TTL_S)
         )
         self.nodes = await self._bucket(
-            KeyValueConfig(bucket="durable_nodes", history=1, ttl=NODE_TTL_S)
+            KeyValueConfig(bucket=NODES_BUCKET, history=1, ttl=NODE_TTL_S)
         )
         self.snapshots = await self._object_store(SNAPSHOTS)
         for p in range(stored):
