@@ -79,6 +79,7 @@ class Driver:
             settings.unary_first,
             settings.multiplex,
             streams,
+            self.committer.prior_barrier,
         )
         self.timers = TimerQueue(self.on_timer, clock)
         # Schedules' clocks: a heap of (due, name); a stale entry finds nothing due.

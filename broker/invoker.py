@@ -106,9 +106,12 @@ class Invoker:
         unary_first: bool = True,
         multiplex: bool = True,
         streams: Streams | None = None,
+        prior_barrier: Callable[[], asyncio.Future[None]] | None = None,
     ) -> None:
         self._registry = registry
         self._barrier = barrier
+        # For an early start that reads state: everything before its own batch durable.
+        self._prior_barrier = prior_barrier or barrier
         self._report = report
         self._read_state = read_state
         # The attempt running now, by invocation id.
@@ -135,13 +138,15 @@ class Invoker:
         return self._streams.stub(uri)
 
     def start(self, action: StartAttempt) -> None:
-        """Begins an attempt; the stream opens once the journal it carries is durable
-        (at once for an `early` one)."""
-        if action.early:
-            ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            ready.set_result(None)
-        else:
+        """Begins an attempt; the stream opens once the journal it carries is durable,
+        or for an `early` one, once the state it reads is (at once without state)."""
+        if not action.early:
             ready = self._barrier()
+        elif action.start.key:
+            ready = self._prior_barrier()
+        else:
+            ready = asyncio.get_running_loop().create_future()
+            ready.set_result(None)
         attempt = Attempt(action.attempt, ready)
         self._attempts[action.invocation_id] = attempt
         attempt.task = asyncio.create_task(

@@ -23,11 +23,13 @@ Result = journal_pb2.Result
 @dataclasses.dataclass(frozen=True, slots=True)
 class StartAttempt:
     """Open attempt `attempt` of an invocation on its deployment. The invoker sends
-    `start` once everything queued before it is durable (a `Now` action), or at once when
-    `early`: the first attempt of an invocation without state, whose journal is only its
-    input. Nothing it carries is then a step to acknowledge, and whatever it does is
-    written after its invocation, so it cannot become durable first or reach a caller
-    before it."""
+    `start` once everything queued before it is durable (a `Now` action), its own batch
+    included, unless `early`: the first attempt of a new invocation, whose journal is only
+    its input. That one goes while its own batch is still being made durable: at once
+    without state, or once every batch before its own is durable when it reads state
+    (its own batch writes none of it). Nothing it carries is then a step to acknowledge,
+    no value it reads can be lost, and whatever it does is written after its invocation,
+    so it cannot become durable first or reach a caller before it."""
 
     invocation_id: str
     attempt: int

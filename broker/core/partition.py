@@ -323,18 +323,19 @@ class Partition:
                 live.record.status = Status.PENDING
                 return
             self.locks.hold(lock, live.id)
-        self._start_or_queue(batch, live)
+        self._start_or_queue(batch, live, fresh=True)
 
     # ---- Limits (key lock first, then the limits: a queued invocation holds its key, so
     # that slots only ever go to invocations that can run at once)
 
-    def _start_or_queue(self, batch: Batch, live: Live) -> None:
-        """Starts a new invocation, or queues it behind its service's limits."""
+    def _start_or_queue(self, batch: Batch, live: Live, fresh: bool = False) -> None:
+        """Starts a new invocation, or queues it behind its service's limits. `fresh`: it
+        was created (or came due) in this batch and found its key free."""
         record = live.record
         if not self.limiter.limited(record.service):
             self.limiter.hold(live.id, record.service, record.method)
             record.status = Status.RUNNING
-            self.start_attempt(batch, live)
+            self.start_attempt(batch, live, fresh)
             return
         seq = self.limiter.enqueue(live.id, record.service, record.method, limits.FRESH)
         record.status = Status.QUEUED
@@ -410,8 +411,9 @@ class Partition:
             self.save(batch, nxt)
             return
 
-    def start_attempt(self, batch: Batch, live: Live) -> None:
-        """Opens the next attempt of a running, backing-off or suspended invocation."""
+    def start_attempt(self, batch: Batch, live: Live, fresh: bool = False) -> None:
+        """Opens the next attempt of a running, backing-off or suspended invocation.
+        `fresh`: a new invocation that found its key free in this batch."""
         if self.live.get(live.id) is not live or live.attempt:
             return
         record = live.record
@@ -451,9 +453,18 @@ class Partition:
         self.save(batch, live)
         # The invoker sends the start once everything queued before it is durable, and
         # reads the object's state then (so it includes a previous holder's last writes).
-        # A stateless invocation's first attempt need not wait for the fsync that makes
-        # its creation durable (see `actions.StartAttempt`): it overlaps it.
-        early = record.attempts == 1 and len(live.journal) == 1 and not record.key
+        # A new invocation's first attempt need not wait for the fsync that makes its
+        # creation durable (see `actions.StartAttempt`): it overlaps it. One with state
+        # qualifies only when its key was free and this batch writes none of the state:
+        # then every value it reads is in a batch before this one.
+        early = (
+            record.attempts == 1
+            and len(live.journal) == 1
+            and (
+                not record.key
+                or (fresh and not state.written_in(batch, record.service, record.key))
+            )
+        )
         batch.now(
             actions.StartAttempt(record.id, record.attempts, record.deployment_id, start, early)
         )

@@ -153,6 +153,8 @@ class Committer:
         # Told (batches in the group, fsync seconds) after each group commit.
         self._observe = observe
         self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
+        # The last future of the group being written now, if any.
+        self._in_flight: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
         self.batches = 0
@@ -183,6 +185,21 @@ class Committer:
         """Resolves once everything submitted so far is durable."""
         return self.submit(Batch())
 
+    def prior_barrier(self) -> asyncio.Future[None]:
+        """Resolves once every batch submitted before the latest one is durable; the
+        latest's own write may still be under way. Meant for the latest batch's urgent
+        actions, which run inside its `submit`."""
+        before = self._pending[-2][1] if len(self._pending) > 1 else self._in_flight
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if before is None:
+            future.set_result(None)
+        else:
+            # A future of its own: a waiter cancelled must not cancel the submitter's.
+            before.add_done_callback(
+                lambda done: _settle(future, None if done.cancelled() else done.exception())
+            )
+        return future
+
     @property
     def idle(self) -> bool:
         """Whether nothing is queued or being written (a batch's actions included)."""
@@ -205,6 +222,7 @@ class Committer:
                 puts: list[Write] = []
             else:
                 group, self._pending = self._pending, []
+                self._in_flight = group[-1][1]
                 puts = [p for batch, _ in group for p in batch.puts]
                 synced = await self._write_until_durable(puts) if puts else 0.0
             self.groups += 1
@@ -219,6 +237,7 @@ class Committer:
                         log.exception("post-commit action failed")
                 if not future.done():
                     future.set_result(None)
+            self._in_flight = None
 
     async def _replicate_next(self) -> tuple[_Group, float] | None:
         """Cuts the next group once this partition's turn to append came, appends it to
@@ -229,6 +248,7 @@ class Committer:
         writes = any(batch.puts for batch, _ in self._pending)
         async with self._log.turn() if writes else nullcontext():
             group, self._pending = self._pending, []
+            self._in_flight = group[-1][1] if group else None
             batches = [b.puts for b, _ in group if b.puts]
             started = time.perf_counter()
             try:

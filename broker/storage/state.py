@@ -21,6 +21,12 @@ def delete(batch: Batch, service: str, key: str, name: str) -> None:
     batch.delete(_prefix(service, key) + name.encode())
 
 
+def written_in(batch: Batch, service: str, key: str) -> bool:
+    """Whether `batch` sets or clears any of the object's state values."""
+    prefix = _prefix(service, key)
+    return any(k.startswith(prefix) for k, _ in batch.puts)
+
+
 def load(kv: KV, service: str, key: str) -> dict[str, bytes]:
     """Every state value of the object."""
     prefix = _prefix(service, key)

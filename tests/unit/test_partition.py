@@ -1298,7 +1298,7 @@ def test_cancel_and_kill_reach_a_suspended_invocation() -> None:
     assert p.live[cancelled].journal[1].result.failure.code == codes.CANCELLED
 
 
-def test_only_a_stateless_first_attempt_starts_before_its_invocation_is_durable() -> None:
+def test_only_a_new_invocation_starts_before_its_invocation_is_durable() -> None:
     p = make_partition()
     trip = p.invoke(TRIPS, "Reserve", "", trip_request(), {})
     [first] = started(commit(p), trip)
@@ -1306,8 +1306,17 @@ def test_only_a_stateless_first_attempt_starts_before_its_invocation_is_durable(
     assert first.early
     flight = p.invoke(FLIGHTS, "Reserve", "trip-1", reserve_request("trip-1"), {})
     [keyed] = started(commit(p), flight)
-    # An object's attempt reads state the previous holder wrote: it waits.
-    assert not keyed.early
+    # Its key was free and its batch writes none of the state: the state it reads is in
+    # earlier batches, so it too overlaps its own batch's fsync.
+    assert keyed.early
+    propose(p, flight, Entry(set_state=journal_pb2.SetStateCommand(key="seat", value=b"1")))
+    queued = p.invoke(FLIGHTS, "Reserve", "trip-1", reserve_request("trip-1"), {})
+    assert started(commit(p), queued) == []
+    propose(p, flight, output())
+    [handed] = started(commit(p), queued)
+    # Handed the key by the previous holder, in the batch that ends it: it waits for that
+    # batch, which may carry the holder's last writes.
+    assert not handed.early
     attempt_event(p, trip, Failed("boom", 0.0, False, False))
     retried = [a for a in of_type(commit(p), actions.ScheduleRetry) if a.invocation_id == trip]
     assert retried

@@ -647,3 +647,54 @@ def test_failing_action_does_not_block_the_rest() -> None:
 
     asyncio.run(main())
     assert ran == ["b"]
+
+
+def test_a_batch_writes_an_objects_state_only_under_its_own_key() -> None:
+    batch = Batch()
+    state.put(batch, "flights.Flights", "trip-22", "seat", b"1")
+    state.delete(batch, "cars.Cars", "trip-2", "car")
+    assert state.written_in(batch, "flights.Flights", "trip-22")
+    assert state.written_in(batch, "cars.Cars", "trip-2")
+    # Length-prefixed parts: neither a key that is a prefix of another nor another
+    # service's same key counts.
+    assert not state.written_in(batch, "flights.Flights", "trip-2")
+    assert not state.written_in(batch, "flights.Flights2", "trip-22")
+    assert not state.written_in(Batch(), "flights.Flights", "trip-22")
+
+
+def test_a_prior_barrier_waits_for_the_batches_before_the_latest_only() -> None:
+    kv = MemoryKV()
+    seen: dict[str, bool] = {}
+
+    async def main() -> None:
+        committer = Committer(kv, sync=True, carry_out=_call_each)
+        # Alone and with nothing in flight: nothing before it to wait for.
+        lone = Batch()
+        lone.put(b"a", b"1")
+        lone.now(lambda: seen.setdefault("lone", committer.prior_barrier().done()))
+        first = committer.submit(lone)
+        await first
+        # Behind a batch not yet durable: it waits for that one, not for its own.
+        earlier, latest = Batch(), Batch()
+        earlier.put(b"b", b"1")
+        latest.put(b"c", b"1")
+        prior: list[asyncio.Future[None]] = []
+        latest.now(lambda: prior.append(committer.prior_barrier()))
+        before = committer.submit(earlier)
+        own = committer.submit(latest)
+        assert not prior[0].done()
+        await prior[0]
+        assert before.done() and kv.get(b"b") == b"1"
+        await own
+        # A waiter cancelled leaves the submitter's future alone.
+        third, fourth = Batch(), Batch()
+        third.put(b"d", b"1")
+        fourth.now(lambda: prior.append(committer.prior_barrier()))
+        behind = committer.submit(third)
+        committer.submit(fourth)
+        prior[-1].cancel()
+        await behind
+        assert not behind.cancelled()
+
+    asyncio.run(main())
+    assert seen == {"lone": True}
