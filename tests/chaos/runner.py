@@ -15,8 +15,10 @@ the service and breaks the streams between them at seeded random moments. A clie
 call fails retries with the same idempotency key until it gets an answer.
 
 With `--cluster` the broker is three nodes (`--nats`, four partitions) over three NATS
-servers, and the faults kill and restart single nodes and single NATS servers as well as
-the service and the streams. Each client sends its tries to the nodes' ingresses in turn
+servers, and the faults kill and restart single nodes and single NATS servers, and pause
+single nodes (SIGSTOP, mostly a leader, from within its lease to well past it, then
+SIGCONT: a deposed leader that wakes must be fenced), as well as the service and the
+streams. Each client sends its tries to the nodes' ingresses in turn
 (program i's try k to node (i + k) mod 3): a call that fails on a node that is down, or
 that died under it, is retried on the next node with the same idempotency key, so the
 broker's idempotency must hold across nodes for the checks to pass.
@@ -63,6 +65,7 @@ from tests.chaos.runner_faults import (
     KINDS,
     NATS,
     NODE,
+    PAUSE,
     WORKER,
     FaultInjector,
     TcpProxy,
@@ -102,8 +105,8 @@ class Options:
     request_response: bool = False
     # The broker's --workers (0: the single process); `worker` faults need it.
     workers: int = 0
-    # Three broker nodes on three NATS servers instead of one broker; `node` and `nats`
-    # faults need it.
+    # Three broker nodes on three NATS servers instead of one broker; `node`, `nats` and
+    # `pause` faults need it.
     cluster: bool = False
 
     def effective_suspend_after(self) -> str:
@@ -420,8 +423,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         "--cluster",
         action="store_true",
         help=f"run {NODES} broker nodes (--nats, {PARTITIONS} partitions) over 3 NATS servers "
-        f"instead of one broker; adds the `{NODE}` and `{NATS}` fault kinds (default kinds: "
-        f"{','.join(CLUSTER_KINDS)}; `broker` kills every node)",
+        f"instead of one broker; adds the `{NODE}`, `{NATS}` and `{PAUSE}` (SIGSTOP a node, "
+        f"then SIGCONT) fault kinds (default kinds: {','.join(CLUSTER_KINDS)}; `broker` "
+        "kills every node)",
     )
     parser.add_argument("--workdir", type=Path, help="data and logs here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -437,10 +441,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
     kinds = tuple(k for k in faults.split(",") if k and k != "none")
     if WORKER in kinds and not args.workers:
         parser.error("the worker fault kind needs --workers N")
-    for kind in (NODE, NATS):
+    for kind in (NODE, NATS, PAUSE):
         if kind in kinds and not args.cluster:
             parser.error(f"the {kind} fault kind needs --cluster")
-    unknown = set(kinds) - {*KINDS, WORKER, NODE, NATS}
+    unknown = set(kinds) - {*KINDS, WORKER, NODE, NATS, PAUSE}
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)

@@ -13,6 +13,13 @@ Kinds of fault:
 - `nats` (with `--cluster` only): SIGKILL one NATS server, leave it down a moment, start it
   again and wait until JetStream is whole: faults come one at a time, so at most one of
   the three servers (a minority) is ever down.
+- `pause` (with `--cluster` only): SIGSTOP one broker node, one that leads a partition at
+  that moment when any does (the cluster status says who leads what), for a drawn time of
+  up to 5 s, then SIGCONT it. A short pause ends before its lease's 2 s TTL runs out (it
+  goes on leading); a long one lets a follower take the lease over, and the node that
+  wakes must find its appends fenced and step down, with nothing applied twice. A paused
+  node is always resumed: after its time, when the run stops or fails (the fault under
+  way completes), and before anything kills or stops it.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from collections import Counter
 
 from durable.v1 import admin_pb2
 
+from broker.replication.engine import LEASE_TTL_S
 from tests.chaos.runner_cluster import ChaosBroker, ChaosCluster
 from tests.chaos.runner_nodes import ChaosNodes
 from tests.support import Status
@@ -36,15 +44,18 @@ from tests.support import Status
 KINDS = ("broker", "service", "stream")
 # With --workers only: SIGKILL one worker process (the supervisor restarts it).
 WORKER = "worker"
-# With --cluster only: SIGKILL one node / one NATS server, then start it again.
+# With --cluster only: SIGKILL one node / one NATS server, then start it again; SIGSTOP
+# one node (a leader when there is one), then SIGCONT it.
 NODE = "node"
 NATS = "nats"
-CLUSTER_KINDS = (NODE, NATS, "service", "stream")
+PAUSE = "pause"
+CLUSTER_KINDS = (NODE, NATS, PAUSE, "service", "stream")
 # Which process a fault hits is drawn from this many (then taken modulo their number).
 _CHOICES = 1024
 # The longest a process stays down, by kind: a node or a NATS server sometimes past a
-# lease's TTL (a follower takes over) and sometimes not (it restarts still leading).
-MAX_DOWNTIME_S = {NODE: 4.0, NATS: 4.0}
+# lease's TTL (a follower takes over) and sometimes not (it restarts still leading); a
+# paused node from well within its lease to well past it.
+MAX_DOWNTIME_S = {NODE: 4.0, NATS: 4.0, PAUSE: 5.0}
 DEFAULT_MAX_DOWNTIME_S = 1.5
 # How long a stream fault waits for a running attempt before it breaks the streams anyway.
 RUNNING_WAIT_S = 3.0
@@ -80,9 +91,10 @@ def schedule(seed: int, kinds: tuple[str, ...], duration: float, interval: float
         variant = (
             rng.choice(["reset", "kill"])
             if kind == "stream"
-            # Which worker, node or NATS server (modulo their number).
+            # Which worker, node or NATS server (modulo their number; a paused node
+            # modulo the number of those leading then).
             else str(rng.randrange(_CHOICES))
-            if kind in (WORKER, NODE, NATS)
+            if kind in (WORKER, NODE, NATS, PAUSE)
             else ""
         )
         downtime = rng.uniform(0.0, MAX_DOWNTIME_S.get(kind, DEFAULT_MAX_DOWNTIME_S))
@@ -167,7 +179,7 @@ class FaultInjector:
             # The supervisor restarts it; its partitions resume as after a crash.
             assert isinstance(self.cluster, ChaosBroker), "worker faults need --workers"
             note = self.cluster.kill_worker(int(fault.variant))
-        elif fault.kind in (NODE, NATS):
+        elif fault.kind in (NODE, NATS, PAUSE):
             assert isinstance(self.cluster, ChaosNodes), f"{fault.kind} faults need --cluster"
             note = self._cluster_fault(self.cluster, fault)
         elif fault.kind == "stream":
@@ -183,7 +195,10 @@ class FaultInjector:
         self.injected[fault.label] += 1
 
     def _cluster_fault(self, cluster: ChaosNodes, fault: Fault) -> str:
-        """Kills one node or NATS server, and starts it again after `fault.downtime`."""
+        """Kills one node or NATS server, and starts it again after `fault.downtime`; or
+        pauses one node for that long."""
+        if fault.kind == PAUSE:
+            return self._pause(cluster, fault)
         if fault.kind == NODE:
             i = int(fault.variant) % len(cluster.nodes.nodes)
             cluster.kill_node(i)
@@ -195,6 +210,28 @@ class FaultInjector:
         time.sleep(fault.downtime)  # the server stays down this long (seeded)
         cluster.restart_nats(i)
         return f"{cluster.nats.name(i)} down {fault.downtime:.2f}s"
+
+    def _pause(self, cluster: ChaosNodes, fault: Fault) -> str:
+        """SIGSTOPs a node leading partitions now (any live node if none does, or nobody
+        answered), SIGCONTs it after `fault.downtime`; says who led what before and after."""
+        before = cluster.leading()
+        nodes = range(len(cluster.nodes.nodes))
+        candidates = sorted(before) or [i for i in nodes if cluster.nodes.nodes[i].alive]
+        if not candidates:
+            return "no node running to pause"
+        i = candidates[int(fault.variant) % len(candidates)]
+        cluster.pause_node(i)
+        try:
+            time.sleep(fault.downtime)  # the node stays paused this long (seeded)
+        finally:
+            cluster.resume_node(i)
+        after = cluster.leading(ask_not=i)
+        lease = "past" if fault.downtime > LEASE_TTL_S else "within"
+        return (
+            f"{cluster.node_name(i)} paused {fault.downtime:.2f}s ({lease} the "
+            f"{LEASE_TTL_S:g} s lease), leading {_partitions(before.get(i))} before, "
+            f"{_partitions(after.get(i))} just after (as another node sees it)"
+        )
 
     def _kill_service(self, downtime: float) -> None:
         self.cluster.kill_service()
@@ -213,6 +250,11 @@ class FaultInjector:
                     return str(running[0].id)
             time.sleep(0.05)  # polling for a running attempt, with a deadline
         return "nothing running"
+
+
+def _partitions(ids: list[int] | None) -> str:
+    """`partitions 0,3`, or `no partition`."""
+    return f"partitions {','.join(map(str, sorted(ids)))}" if ids else "no partition"
 
 
 class TcpProxy:
