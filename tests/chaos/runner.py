@@ -23,6 +23,10 @@ streams. Each client sends its tries to the nodes' ingresses in turn
 that died under it, is retried on the next node with the same idempotency key, so the
 broker's idempotency must hold across nodes for the checks to pass.
 
+Faults come one at a time unless `--overlap`: then a fault may start while earlier ones
+are still in effect, but never two NATS servers down at once nor every broker node killed
+or paused (`tests.chaos.runner_faults`, `tests.chaos.runner_overlap`).
+
 At the end, once no invocation is pending, running, suspended or backing off, it checks
 that every program answered its expected outcome exactly once, that every program, Add,
 Resolve and Fail has exactly one invocation with the right result, that each program's
@@ -108,6 +112,8 @@ class Options:
     # Three broker nodes on three NATS servers instead of one broker; `node`, `nats` and
     # `pause` faults need it.
     cluster: bool = False
+    # A fault may start while earlier ones are still in effect (tests.chaos.runner_overlap).
+    overlap: bool = False
 
     def effective_suspend_after(self) -> str:
         """The --suspend-after of the run (seeded unless given)."""
@@ -126,6 +132,7 @@ class Options:
             + (" --request-response" if self.request_response else "")
             + (f" --workers {self.workers}" if self.workers else "")
             + (" --cluster" if self.cluster else "")
+            + (" --overlap" if self.overlap else "")
         )
 
 
@@ -181,7 +188,7 @@ def run(options: Options, workdir: Path, tamper: Tamper | None = None) -> Report
 
         started = time.monotonic()
         deadline = started + options.duration + options.settle
-        injector = FaultInjector(cluster, proxy, faults).start()
+        injector = FaultInjector(cluster, proxy, faults, overlap=options.overlap).start()
         results = _submit(model, cluster, options, started, deadline)
         injector.stop()
         if injector.error is not None:
@@ -333,7 +340,12 @@ def _report(
         ),
         f"  programs: {model.describe()}",
         f"  counters: {sum(model.adds.values())} increments of {len(model.counter_keys)} keys",
-        f"  faults injected: {sum(injected.values())} ({faults})",
+        f"  faults injected: {sum(injected.values())} ({faults})"
+        + (
+            f" · {injector.overlapping} started while others were in effect"
+            if injector is not None and options.overlap
+            else ""
+        ),
         f"  clients: {len(answered)}/{len(model.roots)} answered · "
         f"{sum(r.attempts for r in results.values())} calls (failed tries: {retried}) · "
         f"latency median {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s",
@@ -427,6 +439,13 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         f"then SIGCONT) fault kinds (default kinds: {','.join(CLUSTER_KINDS)}; `broker` "
         "kills every node)",
     )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="let a fault start while earlier ones are still in effect (never two NATS "
+        "servers down, never every node down or paused, one fault at a time on the service "
+        "and on the whole broker); a shorter --fault-interval overlaps more",
+    )
     parser.add_argument("--workdir", type=Path, help="data and logs here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args(argv)
@@ -461,6 +480,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         request_response=args.request_response,
         workers=args.workers,
         cluster=args.cluster,
+        overlap=args.overlap,
     )
     return options, args.workdir, args.keep
 

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -63,9 +64,14 @@ class ChaosNodes(ChaosCluster):
         # fault injector's thread ends before the checks, so every start happens on this
         # thread, which lives until `close`.
         self._nats_thread = ThreadPoolExecutor(1, thread_name_prefix="chaos-nats")
-        # Nodes SIGSTOPped and not resumed yet (by index).
+        # Nodes SIGSTOPped and not resumed yet (by index); faults run in several threads
+        # with --overlap.
         self.paused: set[int] = set()
-        self._status_channels: list[grpc.Channel] = []
+        self._paused_lock = threading.Lock()
+        self._status_channels = [
+            grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            for address in self.nodes.node_admin
+        ]
 
     @property
     def ingress_addresses(self) -> list[str]:
@@ -104,14 +110,16 @@ class ChaosNodes(ChaosCluster):
         lease is not renewed) until `resume_node`."""
         pid = self.nodes.nodes[i].pid
         assert pid is not None and self.nodes.nodes[i].alive, f"{self.node_name(i)} is not running"
-        self.paused.add(i)
+        with self._paused_lock:
+            self.paused.add(i)
         os.kill(pid, signal.SIGSTOP)
 
     def resume_node(self, i: int) -> None:
         """SIGCONTs node `i` if it is paused."""
-        if i not in self.paused:
-            return
-        self.paused.discard(i)
+        with self._paused_lock:
+            if i not in self.paused:
+                return
+            self.paused.discard(i)
         node = self.nodes.nodes[i]
         if node.pid is not None and node.alive:
             with contextlib.suppress(ProcessLookupError):  # it died meanwhile
@@ -119,18 +127,15 @@ class ChaosNodes(ChaosCluster):
 
     def resume_all(self) -> None:
         """SIGCONTs every paused node."""
-        for i in sorted(self.paused):
+        with self._paused_lock:
+            paused = sorted(self.paused)
+        for i in paused:
             self.resume_node(i)
 
     def leading(self, ask_not: int | None = None) -> dict[int, list[int]]:
         """Node index -> the partitions it leads now, as the first live, unpaused node
         (but `ask_not`: one just resumed still believes what it believed when paused) to
         answer `ClusterStatus` says ({} when none answered within `STATUS_TIMEOUT_S`)."""
-        if not self._status_channels:
-            self._status_channels = [
-                grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-                for address in self.nodes.node_admin
-            ]
         names = {self.node_name(i): i for i in range(len(self.nodes.nodes))}
         for i, channel in enumerate(self._status_channels):
             if i in self.paused or i == ask_not or not self.nodes.nodes[i].alive:

@@ -191,6 +191,9 @@ def test_cluster_options_and_fault_kinds() -> None:
     assert options.command().endswith(" --cluster")
     assert parse_args(["--cluster", "--faults", "broker,nats"])[0].faults == ("broker", "nats")
     assert PAUSE in CLUSTER_KINDS and PAUSE not in KINDS
+    overlapping = parse_args(["--cluster", "--seed", "7", "--overlap"])[0]
+    assert overlapping.overlap and overlapping.command().endswith(" --cluster --overlap")
+    assert not options.overlap
     assert parse_args(["--cluster", "--faults", "pause"])[0].faults == (PAUSE,)
     for wrong in (
         ["--faults", "node"],
