@@ -18,7 +18,7 @@ from ..replication import snapshot
 from ..replication.engine import LEASE_TTL_S, stream_name
 from ..replication.lease import Holder
 from ..replication.log import Fenced, PartitionLog
-from ..replication.tail import Gap, Tail
+from ..replication.tail import Gap, Tail, reach_through
 from ..server import Broker
 from ..storage import open_kv
 from ..storage.kv import KV, RocksKV
@@ -125,13 +125,9 @@ class Replica:
         await self.tail.stop()
 
     async def _reach(self, sequence: int, timeout: float) -> bool:
-        """Waits until this store holds the log up to `sequence` (through restores)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            if await self.tail.reach(sequence, min(deadline - loop.time(), 0.5)):
-                return True
-        return False
+        """Waits until this store holds the log up to `sequence` (through restores, and
+        through tails that failed and were started again)."""
+        return await reach_through(lambda: self.tail, sequence, timeout)
 
     async def take(self) -> None:
         """Tries to take the lease and lead; a lost race or a failure leaves it following."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -17,6 +18,9 @@ from .engine import stream_name, subject
 from .log import MARKER_HEADER
 
 log = logging.getLogger("broker.replication")
+
+# How often a wait for the log checks whether a failed tail was replaced.
+_REPLACED_POLL_S = 0.05
 
 
 class Gap(Exception):
@@ -136,3 +140,23 @@ class Tail:
         apply(self._kv, sequence, msg.data, msg.headers)
         self.applied = sequence
         self._moved.set()
+
+
+async def reach_through(current: Callable[[], Tail], sequence: int, timeout: float) -> bool:
+    """Waits until the store holds the log up to `sequence`, through whichever tail
+    `current()` is: a tail that failed (NATS unreachable, entries trimmed below a
+    snapshot) answers `reach` at once, until the follower replaces it after a pause.
+
+    Asking the failed tail again and again never yields to the event loop: the follower
+    could not replace it, and the whole node (its leases, its callers) would hang until
+    `timeout`. So once a tail failed this waits for its replacement without spinning.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while (left := deadline - loop.time()) > 0:
+        tail = current()
+        if await tail.reach(sequence, min(left, 0.5)):
+            return True
+        if tail.failed is not None:
+            await asyncio.sleep(min(left, _REPLACED_POLL_S))  # polled up to the deadline
+    return False

@@ -15,11 +15,17 @@ the service and breaks the streams between them at seeded random moments. A clie
 call fails retries with the same idempotency key until it gets an answer.
 
 With `--cluster` the broker is three nodes (`--nats`, four partitions) over three NATS
-servers, and the faults kill and restart single nodes and single NATS servers as well as
-the service and the streams. Each client sends its tries to the nodes' ingresses in turn
+servers, and the faults kill and restart single nodes and single NATS servers, and pause
+single nodes (SIGSTOP, mostly a leader, from within its lease to well past it, then
+SIGCONT: a deposed leader that wakes must be fenced), as well as the service and the
+streams. Each client sends its tries to the nodes' ingresses in turn
 (program i's try k to node (i + k) mod 3): a call that fails on a node that is down, or
 that died under it, is retried on the next node with the same idempotency key, so the
 broker's idempotency must hold across nodes for the checks to pass.
+
+Faults come one at a time unless `--overlap`: then a fault may start while earlier ones
+are still in effect, but never two NATS servers down at once nor every broker node killed
+or paused (`tests.chaos.runner_faults`, `tests.chaos.runner_overlap`).
 
 At the end, once no invocation is pending, running, suspended or backing off, it checks
 that every program answered its expected outcome exactly once, that every program, Add,
@@ -63,6 +69,7 @@ from tests.chaos.runner_faults import (
     KINDS,
     NATS,
     NODE,
+    PAUSE,
     WORKER,
     FaultInjector,
     TcpProxy,
@@ -102,9 +109,11 @@ class Options:
     request_response: bool = False
     # The broker's --workers (0: the single process); `worker` faults need it.
     workers: int = 0
-    # Three broker nodes on three NATS servers instead of one broker; `node` and `nats`
-    # faults need it.
+    # Three broker nodes on three NATS servers instead of one broker; `node`, `nats` and
+    # `pause` faults need it.
     cluster: bool = False
+    # A fault may start while earlier ones are still in effect (tests.chaos.runner_overlap).
+    overlap: bool = False
 
     def effective_suspend_after(self) -> str:
         """The --suspend-after of the run (seeded unless given)."""
@@ -123,6 +132,7 @@ class Options:
             + (" --request-response" if self.request_response else "")
             + (f" --workers {self.workers}" if self.workers else "")
             + (" --cluster" if self.cluster else "")
+            + (" --overlap" if self.overlap else "")
         )
 
 
@@ -178,7 +188,7 @@ def run(options: Options, workdir: Path, tamper: Tamper | None = None) -> Report
 
         started = time.monotonic()
         deadline = started + options.duration + options.settle
-        injector = FaultInjector(cluster, proxy, faults).start()
+        injector = FaultInjector(cluster, proxy, faults, overlap=options.overlap).start()
         results = _submit(model, cluster, options, started, deadline)
         injector.stop()
         if injector.error is not None:
@@ -330,7 +340,12 @@ def _report(
         ),
         f"  programs: {model.describe()}",
         f"  counters: {sum(model.adds.values())} increments of {len(model.counter_keys)} keys",
-        f"  faults injected: {sum(injected.values())} ({faults})",
+        f"  faults injected: {sum(injected.values())} ({faults})"
+        + (
+            f" · {injector.overlapping} started while others were in effect"
+            if injector is not None and options.overlap
+            else ""
+        ),
         f"  clients: {len(answered)}/{len(model.roots)} answered · "
         f"{sum(r.attempts for r in results.values())} calls (failed tries: {retried}) · "
         f"latency median {statistics.median(latencies):.2f} s, max {latencies[-1]:.2f} s",
@@ -420,8 +435,16 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         "--cluster",
         action="store_true",
         help=f"run {NODES} broker nodes (--nats, {PARTITIONS} partitions) over 3 NATS servers "
-        f"instead of one broker; adds the `{NODE}` and `{NATS}` fault kinds (default kinds: "
-        f"{','.join(CLUSTER_KINDS)}; `broker` kills every node)",
+        f"instead of one broker; adds the `{NODE}`, `{NATS}` and `{PAUSE}` (SIGSTOP a node, "
+        f"then SIGCONT) fault kinds (default kinds: {','.join(CLUSTER_KINDS)}; `broker` "
+        "kills every node)",
+    )
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="let a fault start while earlier ones are still in effect (never two NATS "
+        "servers down, never every node down or paused, one fault at a time on the service "
+        "and on the whole broker); a shorter --fault-interval overlaps more",
     )
     parser.add_argument("--workdir", type=Path, help="data and logs here (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -437,10 +460,10 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
     kinds = tuple(k for k in faults.split(",") if k and k != "none")
     if WORKER in kinds and not args.workers:
         parser.error("the worker fault kind needs --workers N")
-    for kind in (NODE, NATS):
+    for kind in (NODE, NATS, PAUSE):
         if kind in kinds and not args.cluster:
             parser.error(f"the {kind} fault kind needs --cluster")
-    unknown = set(kinds) - {*KINDS, WORKER, NODE, NATS}
+    unknown = set(kinds) - {*KINDS, WORKER, NODE, NATS, PAUSE}
     if unknown:
         parser.error(f"unknown fault kinds: {', '.join(sorted(unknown))}")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
@@ -457,6 +480,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[Options, Path | None,
         request_response=args.request_response,
         workers=args.workers,
         cluster=args.cluster,
+        overlap=args.overlap,
     )
     return options, args.workdir, args.keep
 

@@ -11,8 +11,23 @@ Kinds of fault:
 - `node` (with `--cluster` only): SIGKILL one broker node, leave it down a moment (longer
   than a lease, or not), start it again on its data dir. `broker` kills every node.
 - `nats` (with `--cluster` only): SIGKILL one NATS server, leave it down a moment, start it
-  again and wait until JetStream is whole: faults come one at a time, so at most one of
-  the three servers (a minority) is ever down.
+  again and wait until JetStream is whole: at most one of the three servers (a minority)
+  is ever down.
+- `pause` (with `--cluster` only): SIGSTOP one broker node, one that leads a partition at
+  that moment when any does (the cluster status says who leads what), for a drawn time of
+  up to 5 s, then SIGCONT it. A short pause ends before its lease's 2 s TTL runs out (it
+  goes on leading); a long one lets a follower take the lease over, and the node that
+  wakes must find its appends fenced and step down, with nothing applied twice. A paused
+  node is always resumed: after its time, when the run stops or fails (the fault under
+  way completes), and before anything kills or stops it.
+
+A fault starts once the previous one is over, unless `--overlap`: then each fault starts
+at its time in a thread of its own while earlier ones may still be in effect, within an
+invariant (`tests.chaos.runner_overlap`): never more than one NATS server down (a
+majority stays), never every broker node killed or paused at once (nor one node hit by
+two faults), the whole broker side and the service each hit by one fault at a time. A
+fault that would break it waits until enough of the others are over. The plan (times,
+kinds, downtimes, choices) is the seed's either way.
 """
 
 from __future__ import annotations
@@ -29,22 +44,27 @@ from collections import Counter
 
 from durable.v1 import admin_pb2
 
+from broker.replication.engine import LEASE_TTL_S
 from tests.chaos.runner_cluster import ChaosBroker, ChaosCluster
 from tests.chaos.runner_nodes import ChaosNodes
+from tests.chaos.runner_overlap import Claim, InEffect, Need
 from tests.support import Status
 
 KINDS = ("broker", "service", "stream")
 # With --workers only: SIGKILL one worker process (the supervisor restarts it).
 WORKER = "worker"
-# With --cluster only: SIGKILL one node / one NATS server, then start it again.
+# With --cluster only: SIGKILL one node / one NATS server, then start it again; SIGSTOP
+# one node (a leader when there is one), then SIGCONT it.
 NODE = "node"
 NATS = "nats"
-CLUSTER_KINDS = (NODE, NATS, "service", "stream")
+PAUSE = "pause"
+CLUSTER_KINDS = (NODE, NATS, PAUSE, "service", "stream")
 # Which process a fault hits is drawn from this many (then taken modulo their number).
 _CHOICES = 1024
 # The longest a process stays down, by kind: a node or a NATS server sometimes past a
-# lease's TTL (a follower takes over) and sometimes not (it restarts still leading).
-MAX_DOWNTIME_S = {NODE: 4.0, NATS: 4.0}
+# lease's TTL (a follower takes over) and sometimes not (it restarts still leading); a
+# paused node from well within its lease to well past it.
+MAX_DOWNTIME_S = {NODE: 4.0, NATS: 4.0, PAUSE: 5.0}
 DEFAULT_MAX_DOWNTIME_S = 1.5
 # How long a stream fault waits for a running attempt before it breaks the streams anyway.
 RUNNING_WAIT_S = 3.0
@@ -80,9 +100,10 @@ def schedule(seed: int, kinds: tuple[str, ...], duration: float, interval: float
         variant = (
             rng.choice(["reset", "kill"])
             if kind == "stream"
-            # Which worker, node or NATS server (modulo their number).
+            # Which worker, node or NATS server (modulo their number; a paused node
+            # modulo the number of those leading then).
             else str(rng.randrange(_CHOICES))
-            if kind in (WORKER, NODE, NATS)
+            if kind in (WORKER, NODE, NATS, PAUSE)
             else ""
         )
         downtime = rng.uniform(0.0, MAX_DOWNTIME_S.get(kind, DEFAULT_MAX_DOWNTIME_S))
@@ -100,19 +121,36 @@ class FaultInjector:
         cluster: The broker and the chaos service.
         proxy: The proxy the broker reaches the service through (needed for stream resets).
         faults: The schedule, in order of `at`.
+        overlap: A fault may start while earlier ones are still in effect (each in a
+            thread of its own), within the rules of `tests.chaos.runner_overlap`; without
+            it a fault starts once the previous one is over.
     """
 
-    def __init__(self, cluster: ChaosCluster, proxy: TcpProxy | None, faults: list[Fault]) -> None:
+    def __init__(
+        self,
+        cluster: ChaosCluster,
+        proxy: TcpProxy | None,
+        faults: list[Fault],
+        overlap: bool = False,
+    ) -> None:
         self.cluster = cluster
         self.proxy = proxy
         self.faults = faults
+        self.overlap = overlap
         self.injected: Counter[str] = Counter()
+        # Faults that started while others were in effect.
+        self.overlapping = 0
         self.log: list[str] = []
         self.error: BaseException | None = None
         self.unexpected_exits: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fault-injector", daemon=True)
         self._start = 0.0
+        nodes = len(cluster.nodes.nodes) if isinstance(cluster, ChaosNodes) else 0
+        self._in_effect = InEffect(nodes)
+        # Guards `_in_effect`, the log and the counts; notified when a fault is over.
+        self._changed = threading.Condition()
+        self._running: list[threading.Thread] = []
 
     def start(self) -> FaultInjector:
         """Starts injecting; `at` counts from now."""
@@ -121,11 +159,15 @@ class FaultInjector:
         return self
 
     def stop(self, watch: bool = True) -> None:
-        """Stops injecting and watching (a fault under way completes: its processes are
-        restarted), then (with `watch`) checks the processes one last time."""
+        """Stops injecting and watching (the faults under way complete: their processes
+        are restarted, a paused node resumed), then (with `watch`) checks the processes
+        one last time."""
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        for thread in self._running:
+            thread.join()
+        self.log.sort()  # by start time (overlapping faults end out of order)
         if watch:
             self.watch()
 
@@ -140,7 +182,17 @@ class FaultInjector:
             for fault in self.faults:
                 if self._sleep_watching(self._start + fault.at):
                     return
-                self._inject(fault)
+                claim = self._admit(fault)
+                if claim is None:
+                    return  # told to stop while it waited
+                if not self.overlap:
+                    self._inject_claimed(fault, claim)
+                    continue
+                thread = threading.Thread(
+                    target=self._inject_claimed, args=(fault, claim), name=f"fault-{fault.label}"
+                )
+                self._running = [t for t in self._running if t.is_alive()] + [thread]
+                thread.start()
             self._sleep_watching(float("inf"))
         except BaseException as e:  # reported by the runner as a failure of the run
             self.error = e
@@ -148,12 +200,62 @@ class FaultInjector:
     def _sleep_watching(self, until: float) -> bool:
         """Watches the processes until `until` (monotonic); True when told to stop."""
         while not self._stop.wait(min(WATCH_INTERVAL_S, max(0.0, until - time.monotonic()))):
-            self.watch()
+            # A process a fault under way killed is not back yet: watch between faults.
+            # (Only this thread admits faults, so none starts while it watches.)
+            with self._changed:
+                quiet = not self._in_effect.claims
+            if quiet:
+                self.watch()
             if time.monotonic() >= until:
                 return False
         return True
 
-    def _inject(self, fault: Fault) -> None:
+    def _admit(self, fault: Fault) -> Claim | None:
+        """Waits until `fault` may start alongside the faults in effect (at once without
+        `--overlap`: none is); its claim, or None when told to stop meanwhile."""
+        while not self._stop.is_set():
+            need = self._need(fault)
+            with self._changed:
+                claim = self._in_effect.admit(need)
+                if claim is not None:
+                    return claim
+                self._changed.wait(WATCH_INTERVAL_S)
+        return None
+
+    def _need(self, fault: Fault) -> Need:
+        """What `fault` takes down; for a node fault, which nodes it may pick from."""
+        choice = int(fault.variant) if fault.variant.isdigit() else 0
+        if fault.kind == NATS:
+            return Need(nats=True)
+        if fault.kind in ("service", "stream"):
+            return Need(service=True)
+        if fault.kind in ("broker", WORKER):
+            return Need(broker=True)
+        if fault.kind not in (NODE, PAUSE) or not isinstance(self.cluster, ChaosNodes):
+            return Need()
+        everyone = tuple(range(len(self.cluster.nodes.nodes)))
+        if fault.kind == NODE:
+            return Need(nodes=everyone, choice=choice)
+        # A pause prefers a node leading partitions now; it is asked every time round, as
+        # leaders move while the fault waits.
+        alive = tuple(i for i in everyone if self.cluster.nodes.nodes[i].alive)
+        leaders = tuple(i for i in sorted(self.cluster.leading()) if i in alive)
+        return Need(nodes=leaders or alive, fallback=alive, choice=choice)
+
+    def _inject_claimed(self, fault: Fault, claim: Claim) -> None:
+        try:
+            self._inject(fault, claim)
+        except BaseException as e:  # the first failure is reported by the runner
+            if self.error is None:
+                self.error = e
+            if not self.overlap:
+                raise
+        finally:
+            with self._changed:
+                self._in_effect.release(claim)
+                self._changed.notify_all()
+
+    def _inject(self, fault: Fault, claim: Claim) -> None:
         elapsed = time.monotonic() - self._start
         if fault.kind == "broker":
             self.cluster.kill_broker()
@@ -167,9 +269,9 @@ class FaultInjector:
             # The supervisor restarts it; its partitions resume as after a crash.
             assert isinstance(self.cluster, ChaosBroker), "worker faults need --workers"
             note = self.cluster.kill_worker(int(fault.variant))
-        elif fault.kind in (NODE, NATS):
+        elif fault.kind in (NODE, NATS, PAUSE):
             assert isinstance(self.cluster, ChaosNodes), f"{fault.kind} faults need --cluster"
-            note = self._cluster_fault(self.cluster, fault)
+            note = self._cluster_fault(self.cluster, fault, claim.node)
         elif fault.kind == "stream":
             running = self._wait_running()
             if fault.variant == "reset" and self.proxy is not None:
@@ -179,22 +281,48 @@ class FaultInjector:
                 note = f"service killed during {running}"
         else:
             raise ValueError(f"unknown fault kind {fault.kind!r}")
-        self.log.append(f"{elapsed:6.1f}s {fault.label}: {note}")
-        self.injected[fault.label] += 1
+        if claim.alongside:
+            note += f" (started with {claim.alongside} other fault(s) in effect)"
+        with self._changed:
+            self.log.append(f"{elapsed:6.1f}s {fault.label}: {note}")
+            self.injected[fault.label] += 1
+            self.overlapping += claim.alongside > 0
 
-    def _cluster_fault(self, cluster: ChaosNodes, fault: Fault) -> str:
-        """Kills one node or NATS server, and starts it again after `fault.downtime`."""
+    def _cluster_fault(self, cluster: ChaosNodes, fault: Fault, node: int | None) -> str:
+        """Kills the claimed node, or one NATS server, and starts it again after
+        `fault.downtime`; or pauses the claimed node for that long."""
+        if fault.kind == PAUSE:
+            return self._pause(cluster, fault, node)
         if fault.kind == NODE:
-            i = int(fault.variant) % len(cluster.nodes.nodes)
-            cluster.kill_node(i)
+            assert node is not None, "a node fault claims a node"
+            cluster.kill_node(node)
             time.sleep(fault.downtime)  # the node stays down this long (seeded)
-            cluster.start_node(i)
-            return f"{cluster.node_name(i)} down {fault.downtime:.2f}s"
+            cluster.start_node(node)
+            return f"{cluster.node_name(node)} down {fault.downtime:.2f}s"
         i = int(fault.variant) % cluster.nats.size
         cluster.kill_nats(i)
         time.sleep(fault.downtime)  # the server stays down this long (seeded)
         cluster.restart_nats(i)
         return f"{cluster.nats.name(i)} down {fault.downtime:.2f}s"
+
+    def _pause(self, cluster: ChaosNodes, fault: Fault, node: int | None) -> str:
+        """SIGSTOPs the claimed node (one leading partitions when it was claimed, if any
+        did), SIGCONTs it after `fault.downtime`; says who led what before and after."""
+        if node is None:
+            return "no node running to pause"
+        before = cluster.leading()
+        cluster.pause_node(node)
+        try:
+            time.sleep(fault.downtime)  # the node stays paused this long (seeded)
+        finally:
+            cluster.resume_node(node)
+        after = cluster.leading(ask_not=node)
+        lease = "past" if fault.downtime > LEASE_TTL_S else "within"
+        return (
+            f"{cluster.node_name(node)} paused {fault.downtime:.2f}s ({lease} the "
+            f"{LEASE_TTL_S:g} s lease), leading {_partitions(before.get(node))} before, "
+            f"{_partitions(after.get(node))} just after (as another node sees it)"
+        )
 
     def _kill_service(self, downtime: float) -> None:
         self.cluster.kill_service()
@@ -213,6 +341,11 @@ class FaultInjector:
                     return str(running[0].id)
             time.sleep(0.05)  # polling for a running attempt, with a deadline
         return "nothing running"
+
+
+def _partitions(ids: list[int] | None) -> str:
+    """`partitions 0,3`, or `no partition`."""
+    return f"partitions {','.join(map(str, sorted(ids)))}" if ids else "no partition"
 
 
 class TcpProxy:

@@ -3,23 +3,34 @@
 `ChaosNodes` is the runner's `ChaosCluster` whose broker side is a `NodesCluster` (no demo
 services): 3 NATS servers with JetStream, 3 nodes started with `--nats`, 4 partitions.
 The clients spread their calls over every node's ingress; the admin API goes to any node
-that is up. The fault injector kills and restarts single nodes and single NATS servers.
+that is up. The fault injector kills and restarts single nodes and single NATS servers,
+and pauses single nodes (SIGSTOP, then SIGCONT): a paused node is always resumed before
+it is killed or stopped, so that no teardown waits on a process that cannot run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import signal
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc
+
 from tests.chaos.runner_cluster import ChaosCluster
 from tests.cluster_nodes import NodesCluster
-from tests.support import STARTUP_TIMEOUT_S, wait_healthy
+from tests.support import CHANNEL_OPTIONS, STARTUP_TIMEOUT_S, wait_healthy
 
 NODES = 3
 PARTITIONS = 4
+# How long one node gets to say who leads what (a paused node never answers).
+STATUS_TIMEOUT_S = 2.0
 
 
 class ChaosNodes(ChaosCluster):
@@ -53,6 +64,14 @@ class ChaosNodes(ChaosCluster):
         # fault injector's thread ends before the checks, so every start happens on this
         # thread, which lives until `close`.
         self._nats_thread = ThreadPoolExecutor(1, thread_name_prefix="chaos-nats")
+        # Nodes SIGSTOPped and not resumed yet (by index); faults run in several threads
+        # with --overlap.
+        self.paused: set[int] = set()
+        self._paused_lock = threading.Lock()
+        self._status_channels = [
+            grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+            for address in self.nodes.node_admin
+        ]
 
     @property
     def ingress_addresses(self) -> list[str]:
@@ -78,11 +97,61 @@ class ChaosNodes(ChaosCluster):
 
     def kill_broker(self) -> None:
         """SIGKILLs every node (NATS runs on)."""
+        self.resume_all()
         self.nodes.kill_broker()
 
     def kill_node(self, i: int) -> None:
         """SIGKILLs node `i`."""
+        self.resume_node(i)
         self.nodes.nodes[i].kill()
+
+    def pause_node(self, i: int) -> None:
+        """SIGSTOPs node `i`: it keeps its sockets and its state but runs no code (its
+        lease is not renewed) until `resume_node`."""
+        pid = self.nodes.nodes[i].pid
+        assert pid is not None and self.nodes.nodes[i].alive, f"{self.node_name(i)} is not running"
+        with self._paused_lock:
+            self.paused.add(i)
+        os.kill(pid, signal.SIGSTOP)
+
+    def resume_node(self, i: int) -> None:
+        """SIGCONTs node `i` if it is paused."""
+        with self._paused_lock:
+            if i not in self.paused:
+                return
+            self.paused.discard(i)
+        node = self.nodes.nodes[i]
+        if node.pid is not None and node.alive:
+            with contextlib.suppress(ProcessLookupError):  # it died meanwhile
+                os.kill(node.pid, signal.SIGCONT)
+
+    def resume_all(self) -> None:
+        """SIGCONTs every paused node."""
+        with self._paused_lock:
+            paused = sorted(self.paused)
+        for i in paused:
+            self.resume_node(i)
+
+    def leading(self, ask_not: int | None = None) -> dict[int, list[int]]:
+        """Node index -> the partitions it leads now, as the first live, unpaused node
+        (but `ask_not`: one just resumed still believes what it believed when paused) to
+        answer `ClusterStatus` says ({} when none answered within `STATUS_TIMEOUT_S`)."""
+        names = {self.node_name(i): i for i in range(len(self.nodes.nodes))}
+        for i, channel in enumerate(self._status_channels):
+            if i in self.paused or i == ask_not or not self.nodes.nodes[i].alive:
+                continue
+            try:
+                status = admin_pb2_grpc.AdminStub(channel).ClusterStatus(
+                    admin_pb2.ClusterStatusRequest(), timeout=STATUS_TIMEOUT_S
+                )
+            except grpc.RpcError:
+                continue  # down or busy: ask the next node
+            leading: dict[int, list[int]] = {}
+            for p in status.partitions:
+                if p.owner in names:
+                    leading.setdefault(names[p.owner], []).append(p.id)
+            return leading
+        return {}
 
     def start_node(self, i: int) -> None:
         """Starts node `i` again (same ports, same data dir); waits until it serves."""
@@ -118,6 +187,11 @@ class ChaosNodes(ChaosCluster):
         return exited + super().restart_exited()
 
     def close_broker(self) -> list[str]:
+        # A paused node would hold its SIGTERM until the stop timeout and be SIGKILLed.
+        self.resume_all()
+        for channel in self._status_channels:
+            channel.close()
+        self._status_channels = []
         try:
             self.nodes.close()  # the nodes (SIGTERM), then NATS
         except AssertionError as e:

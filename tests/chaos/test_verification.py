@@ -20,9 +20,19 @@ import pytest
 from chaos import chaos_pb2_grpc
 from durable.v1 import admin_pb2
 
+from broker.replication.engine import LEASE_TTL_S
 from tests.chaos.runner import Options, parse_args, run
 from tests.chaos.runner_cluster import ChaosCluster
-from tests.chaos.runner_faults import CLUSTER_KINDS, KINDS, NATS, NODE, WORKER, schedule
+from tests.chaos.runner_faults import (
+    CLUSTER_KINDS,
+    KINDS,
+    MAX_DOWNTIME_S,
+    NATS,
+    NODE,
+    PAUSE,
+    WORKER,
+    schedule,
+)
 from tests.chaos.runner_model import Model, generate
 
 FIXED_SEED = 20_241_126
@@ -102,16 +112,19 @@ def test_programs_survive_node_and_nats_crashes_in_a_cluster(
 ) -> None:
     # The same programs over three broker nodes (four partitions) on three NATS servers:
     # single nodes and single NATS servers are SIGKILLed and restarted (leases expire,
-    # followers take over, JetStream elects new stream leaders), the service is killed
-    # and the streams broken, while each client's tries go to the nodes in turn.
+    # followers take over, JetStream elects new stream leaders), a leader is SIGSTOPped
+    # and SIGCONTed (past its lease it must be fenced), the service is killed and the
+    # streams broken, while each client's tries go to the nodes in turn.
     duration, interval = 40.0, 5.0
-    # A fresh seed each run, but one whose schedule kills a node and a NATS server within
-    # the first half of the run: faults run one after another and take seconds each (a
-    # node or a server stays down up to 4 s), so a late one may find every program done.
+    # A fresh seed each run, but one whose schedule kills a node and a NATS server and
+    # pauses a node within the first half of the run: faults run one after another and
+    # take seconds each (a node or a server stays down up to 4 s, a node paused up to
+    # 5 s), so a late one may find every program done.
     seed = next(
         s
         for s in itertools.count(RANDOM_SEED)
-        if {NODE, NATS} <= {f.kind for f in schedule(s, CLUSTER_KINDS, duration / 2, interval)}
+        if {NODE, NATS, PAUSE}
+        <= {f.kind for f in schedule(s, CLUSTER_KINDS, duration / 2, interval)}
     )
     options = Options(
         seed=seed,
@@ -131,7 +144,7 @@ def test_programs_survive_node_and_nats_crashes_in_a_cluster(
             f"(replay: {options.command()})"
         )
     assert report.passed, report.text
-    assert report.faults[NODE] >= 1 and report.faults[NATS] >= 1, report.text
+    assert all(report.faults[kind] >= 1 for kind in (NODE, NATS, PAUSE)), report.text
 
 
 def test_checks_catch_a_program_applied_twice_and_a_lost_increment(tmp_path: Path) -> None:
@@ -177,7 +190,17 @@ def test_cluster_options_and_fault_kinds() -> None:
     assert options.cluster and options.faults == CLUSTER_KINDS
     assert options.command().endswith(" --cluster")
     assert parse_args(["--cluster", "--faults", "broker,nats"])[0].faults == ("broker", "nats")
-    for wrong in (["--faults", "node"], ["--faults", "nats"], ["--cluster", "--workers", "2"]):
+    assert PAUSE in CLUSTER_KINDS and PAUSE not in KINDS
+    overlapping = parse_args(["--cluster", "--seed", "7", "--overlap"])[0]
+    assert overlapping.overlap and overlapping.command().endswith(" --cluster --overlap")
+    assert not options.overlap
+    assert parse_args(["--cluster", "--faults", "pause"])[0].faults == (PAUSE,)
+    for wrong in (
+        ["--faults", "node"],
+        ["--faults", "nats"],
+        ["--faults", "pause"],
+        ["--cluster", "--workers", "2"],
+    ):
         with pytest.raises(SystemExit):
             parse_args(wrong)
     # A node or a NATS server is picked by the schedule, and may stay down past a lease.
@@ -185,3 +208,10 @@ def test_cluster_options_and_fault_kinds() -> None:
     assert {f.kind for f in faults} == {NODE, NATS}
     assert all(f.variant.isdigit() for f in faults)
     assert max(f.downtime for f in faults) > 2.0
+    # A node is paused sometimes within its lease (it goes on leading) and sometimes well
+    # past it (a follower takes over; the node that wakes must be fenced).
+    pauses = [f.downtime for f in schedule(7, CLUSTER_KINDS, 400, 2) if f.kind == PAUSE]
+    assert pauses and all(f.variant.isdigit() for f in schedule(7, (PAUSE,), 50, 2))
+    assert min(pauses) < LEASE_TTL_S < 2 * LEASE_TTL_S < max(pauses) <= MAX_DOWNTIME_S[PAUSE]
+    # Same seed, same plan, pauses included.
+    assert schedule(7, CLUSTER_KINDS, 60, 2) == schedule(7, CLUSTER_KINDS, 60, 2)
