@@ -1,0 +1,41 @@
+"""Entry points import only what their default path needs.
+
+Each `python -m broker`, `brokerctl` and demo service start pays for every module its entry
+imports, and the test suite starts hundreds of them. Optional machinery (cluster mode's
+NATS client, the web console's aiohttp, cron parsing, ...) is imported where it is used;
+these tests keep it that way. They check which modules a fresh interpreter loaded, never
+how long it took.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _loaded_after(statement: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded after `statement`."""
+    probe = (
+        f"{statement}\n"
+        "import json, sys\n"
+        "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
+    return set(loaded)
+
+
+@pytest.mark.parametrize(
+    ("entry", "unwanted"),
+    [
+        # The embedded broker: cluster mode (--nats) is opt-in.
+        ("import broker.__main__", {"nats"}),
+    ],
+)
+def test_entry_point_leaves_optional_packages_unimported(entry: str, unwanted: set[str]) -> None:
+    assert _loaded_after(entry) & unwanted == set()
