@@ -33,8 +33,8 @@ def _loaded_after(statement: str) -> set[str]:
 @pytest.mark.parametrize(
     ("entry", "unwanted"),
     [
-        # The embedded broker: cluster mode (--nats) is opt-in.
-        ("import broker.__main__", {"nats"}),
+        # The embedded broker: cluster mode (--nats) and the console (--console) are opt-in.
+        ("import broker.__main__", {"nats", "aiohttp"}),
     ],
 )
 def test_entry_point_leaves_optional_packages_unimported(entry: str, unwanted: set[str]) -> None:
