@@ -34,7 +34,7 @@ def _loaded_after(statement: str) -> set[str]:
     ("entry", "unwanted"),
     [
         # The embedded broker: cluster mode (--nats) and the console (--console) are opt-in.
-        ("import broker.__main__", {"nats", "aiohttp"}),
+        ("import broker.__main__", {"nats", "aiohttp", "croniter", "dateutil"}),
     ],
 )
 def test_entry_point_leaves_optional_packages_unimported(entry: str, unwanted: set[str]) -> None:
