@@ -34,6 +34,9 @@ def _loaded_after(statement: str) -> set[str]:
         # Neither needs the SDK's handler runtime, only its protocol messages and wire.
         ("import broker.__main__", {"durable._context", "durable._endpoint"}),
         ("import broker.cli", {"durable._context", "durable._endpoint"}),
+        # Tracing is off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
+        ("import broker.__main__", {"opentelemetry"}),
+        ("import services.trips.__main__", {"opentelemetry"}),
     ],
 )
 def test_entry_point_leaves_optional_packages_unimported(entry: str, unwanted: set[str]) -> None:
