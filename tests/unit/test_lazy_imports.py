@@ -34,6 +34,8 @@ def _loaded_after(statement: str) -> set[str]:
         # Neither needs the SDK's handler runtime, only its protocol messages and wire.
         ("import broker.__main__", {"durable._context", "durable._endpoint"}),
         ("import broker.cli", {"durable._context", "durable._endpoint"}),
+        # `--workers`: the supervisor serves the console only with --console.
+        ("import broker.cluster.supervisor", {"nats", "aiohttp"}),
         # Tracing is off unless OTEL_EXPORTER_OTLP_ENDPOINT is set.
         ("import broker.__main__", {"opentelemetry"}),
         ("import services.trips.__main__", {"opentelemetry"}),
