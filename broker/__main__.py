@@ -10,7 +10,7 @@ import sys
 from durable import tracing, wire
 
 from . import logs
-from .cluster import launch, layout, node_main, supervisor
+from .cluster import launch, layout
 from .config import Settings, parse_args
 from .server import Broker
 
@@ -37,6 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     settings = parse_args(args)
     if settings.nats is not None:
+        # Imported only here: the cluster node pulls in nats (and its aiohttp client) and
+        # the replication engine, which an embedded broker never uses.
+        from .cluster import node_main
+
         return node_main.main(settings)
     partitions = 0
     try:
@@ -50,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     logs.configure(settings.log_level)
     if settings.workers is not None:
+        # Imported only here: the supervisor and its admin front are for --workers alone.
+        from .cluster import supervisor
+
         return supervisor.main(settings, args, partitions)
     try:
         wire.run(_main(settings))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from typing import TYPE_CHECKING
 
 import grpc
 from durable.v1 import admin_pb2, admin_pb2_grpc, cluster_pb2_grpc, ingress_pb2, ingress_pb2_grpc
@@ -18,7 +19,6 @@ from .cluster.deliver import DeliverServicer
 from .cluster.placement import Placement
 from .cluster.shipper import Transport
 from .config import Settings
-from .console import Console, start_console
 from .core.partition import Partition
 from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer
@@ -28,6 +28,9 @@ from .registry import Registry
 from .storage import deployments, open_kv
 from .storage.commit import Log
 from .storage.kv import KV
+
+if TYPE_CHECKING:
+    from .console import Console
 
 log = logging.getLogger("broker")
 
@@ -190,6 +193,10 @@ class Broker:
         self._purger = asyncio.create_task(self._purge_loop())
         self._indexer = asyncio.create_task(self.admin_servicer.index_completed())
         if self.settings.console:
+            # Imported only here: the console is off by default and aiohttp costs a
+            # third of the broker's import time.
+            from .console import start_console
+
             self.console = await start_console(self.settings, self.admin_servicer, self.registry)
         if self.settings.metrics:
             self._metrics_server = await metrics.serve(self.metrics, self.settings.metrics)

@@ -16,15 +16,25 @@ Every function here does nothing unless `durable.tracing.configure` enabled trac
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from durable import tracing as otel
-from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from .core.model import Entry, Live, Result
 
-_tracer = trace.get_tracer("durable.broker")
+# OpenTelemetry is imported only once tracing is on (every function here checks first, or
+# has a span only then): with it off (the default) the broker does not load it at all.
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
+
+@functools.cache
+def _tracer() -> Tracer:
+    from opentelemetry import trace
+
+    return trace.get_tracer("durable.broker")
 
 
 @contextlib.contextmanager
@@ -33,7 +43,9 @@ def ingress(service: str, method: str, traceparent: str) -> Iterator[str]:
     if not otel.enabled():
         yield traceparent
         return
-    with _tracer.start_as_current_span(
+    from opentelemetry.trace import SpanKind
+
+    with _tracer().start_as_current_span(
         f"ingress {service}/{method}",
         context=otel.context_from(traceparent),
         kind=SpanKind.SERVER,
@@ -47,7 +59,7 @@ def start_invocation(live: Live, parent: str) -> None:
     if not otel.enabled():
         return
     r = live.record
-    span = _tracer.start_span(
+    span = _tracer().start_span(
         f"invocation {r.service}/{r.method}",
         context=otel.context_from(parent),
         attributes={
@@ -68,7 +80,7 @@ def start_attempt(live: Live) -> str:
     r = live.record
     if live.span is not None and r.attempts > 1:
         live.span.add_event("resumed", {"attempt": r.attempts})
-    span = _tracer.start_span(
+    span = _tracer().start_span(
         f"attempt {r.attempts}",
         context=otel.context_from(r.traceparent),
         attributes={
@@ -88,6 +100,8 @@ def end_attempt(
     span, live.attempt_span = live.attempt_span, None
     if span is None:
         return
+    from opentelemetry.trace import Status, StatusCode
+
     if error:
         span.set_status(Status(StatusCode.ERROR, error))
         span.add_event("exception", {"exception.message": error})
@@ -111,8 +125,10 @@ def step(live: Live, index: int, entry: Entry) -> str:
         detail = f" {entry.run.name!r}"
     elif kind in ("get_state", "set_state", "clear_state"):
         detail = f" {getattr(entry, kind).key!r}"
+    from opentelemetry import trace
+
     parent = live.attempt_span or live.span
-    span = _tracer.start_span(
+    span = _tracer().start_span(
         f"{kind}{detail}",
         context=trace.set_span_in_context(parent) if parent is not None else None,
         attributes={"durable.journal.index": index, "durable.journal.command": kind},
@@ -126,6 +142,8 @@ def end_invocation(live: Live, result: Result) -> None:
     span, live.span = live.span, None
     if span is None:
         return
+    from opentelemetry.trace import Status, StatusCode
+
     if result.HasField("failure"):
         span.set_status(Status(StatusCode.ERROR, result.failure.message))
         span.set_attribute("rpc.grpc.status_code", result.failure.code)

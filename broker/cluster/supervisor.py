@@ -21,16 +21,20 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 
 from durable import tracing, wire
 from durable.process import Child, spawn
 from durable.v1 import admin_pb2
 
 from ..config import Settings
-from . import console, launch, layout, scrape
+from . import launch, layout, scrape
 from .directory import ENV, WORKER_ENV, Directory
 from .forward import Partitions
 from .front import AdminFront, FrontServer
+
+if TYPE_CHECKING:
+    from . import console
 
 log = logging.getLogger("broker")
 
@@ -236,6 +240,9 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
         if settings.metrics:
             metrics = await scrape.serve(directory, settings.metrics)
         if settings.console:
+            # Imported only here: the console (aiohttp) is off by default.
+            from . import console
+
             web = await console.start(settings, routes)
         log.info(
             "broker ready: ingress 127.0.0.1:%d, admin 127.0.0.1:%d, data %s, %d workers, "

@@ -6,8 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import zoneinfo
-
-from croniter import croniter  # type: ignore[import-untyped]
+from typing import Any
 
 # A catch-up of "all" fires at most this many missed slots (a broker down for a month on
 # an every-second schedule must not start millions of invocations at once).
@@ -46,7 +45,7 @@ def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
                 f"malformed cron expression {spec.cron!r}: expected 5 fields "
                 "(minute hour day-of-month month day-of-week), e.g. '*/5 * * * *'"
             )
-        if not croniter.is_valid(spec.cron):
+        if not _croniter().is_valid(spec.cron):
             raise BadSpec(f"malformed cron expression {spec.cron!r}")
     elif spec.timezone:
         raise BadSpec("a time zone applies to a cron expression only, not to --every")
@@ -55,6 +54,14 @@ def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
         raise BadSpec(f"unknown overlap policy {overlap!r}: use one of {', '.join(OVERLAPS)}")
     if catch_up not in CATCH_UPS:
         raise BadSpec(f"unknown catch-up policy {catch_up!r}: use one of {', '.join(CATCH_UPS)}")
+
+
+def _croniter() -> Any:
+    # Imported on first use: croniter brings dateutil (~50 ms), and only cron schedules
+    # need it, not every broker start nor every --every schedule.
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    return croniter
 
 
 def _zone(name: str) -> datetime.tzinfo:
@@ -74,7 +81,7 @@ def next_after(spec: Spec, after_ms: int) -> int:
         # Slots are multiples of the interval since the epoch: stable across restarts.
         return (after_ms // spec.every_ms + 1) * spec.every_ms
     start = datetime.datetime.fromtimestamp(after_ms / 1000, _zone(spec.timezone))
-    nxt: datetime.datetime = croniter(spec.cron, start).get_next(datetime.datetime)
+    nxt: datetime.datetime = _croniter()(spec.cron, start).get_next(datetime.datetime)
     out = int(nxt.timestamp() * 1000)
     # croniter works in whole seconds; never return a slot at or before `after_ms`.
     return out if out > after_ms else next_after(spec, after_ms + 1000)

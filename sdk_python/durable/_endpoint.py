@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
 import logging
 import os
@@ -19,12 +20,11 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf import descriptor, descriptor_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from opentelemetry import trace
 
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
@@ -42,8 +42,10 @@ from ._runtime import Runtime
 from ._service import Service, Servicer
 from .process import listen_problem
 
+if TYPE_CHECKING:
+    from opentelemetry.trace import Tracer
+
 log = logging.getLogger("durable")
-_tracer = trace.get_tracer("durable.sdk")
 
 PROTOCOL_VERSION = 1
 SECRET_HEADER = "x-durable-secret"
@@ -69,13 +71,23 @@ def _files(services: Iterable[Service]) -> descriptor_pb2.FileDescriptorSet:
     return out
 
 
+@functools.cache
+def _tracer() -> Tracer:
+    # Imported only with tracing on (see durable.tracing): off, no process loads it.
+    from opentelemetry import trace
+
+    return trace.get_tracer("durable.sdk")
+
+
 @contextlib.contextmanager
 def _handler_span(start: protocol_pb2.StartMessage) -> Iterator[None]:
     """The handler runs inside a span under its attempt's, so its own spans nest."""
     if not tracing.enabled():
         yield
         return
-    with _tracer.start_as_current_span(
+    from opentelemetry import trace
+
+    with _tracer().start_as_current_span(
         f"handler {start.service}/{start.method}",
         context=tracing.context_from(start.traceparent),
         attributes={

@@ -10,13 +10,24 @@ A handler's own spans need nothing special: it runs inside its attempt's span, s
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import TYPE_CHECKING
 
-from opentelemetry import context, trace
-from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+# OpenTelemetry is imported only once tracing is on: with it off (the default) no process
+# should pay for loading it. Callers check `enabled()` before anything else here.
+if TYPE_CHECKING:
+    from opentelemetry import context, trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-_propagator = TraceContextTextMapPropagator()
 _provider: object | None = None
+
+
+@functools.cache
+def _propagator() -> TraceContextTextMapPropagator:
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    return TraceContextTextMapPropagator()
 
 
 def enabled() -> bool:
@@ -35,6 +46,7 @@ def configure(service_name: str) -> bool:
         return True
     if not os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         return False
+    from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -59,8 +71,10 @@ def shutdown() -> None:
 
 def traceparent(span: trace.Span) -> str:
     """The W3C `traceparent` of a span, to carry its context across processes."""
+    from opentelemetry import trace
+
     carrier: dict[str, str] = {}
-    _propagator.inject(carrier, context=trace.set_span_in_context(span))
+    _propagator().inject(carrier, context=trace.set_span_in_context(span))
     return carrier.get("traceparent", "")
 
 
@@ -68,7 +82,9 @@ def context_from(traceparent_header: str) -> context.Context | None:
     """The context a `traceparent` header names, or None when empty or invalid."""
     if not traceparent_header:
         return None
-    ctx = _propagator.extract({"traceparent": traceparent_header})
+    from opentelemetry import trace
+
+    ctx = _propagator().extract({"traceparent": traceparent_header})
     if not trace.get_current_span(ctx).get_span_context().is_valid:
         return None
     return ctx

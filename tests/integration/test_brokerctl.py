@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -799,6 +800,31 @@ def test_usage_errors_exit_2(playground: Playground) -> None:
     nan = brokerctl(admin, "state", "set", "playground.Counter", "k", "total", "NaN")
     assert nan.returncode == 2 and "not valid JSON" in nan.stderr
     assert brokerctl(admin, "frobnicate").returncode == 2
+
+
+def test_reaching_the_broker_leaves_no_connectivity_poll_behind() -> None:
+    # Closing a channel waits for gRPC's pending connectivity poll (a thread, up to 0.2 s):
+    # brokerctl checks that the admin API answers without starting one. An in-process
+    # server that serves health, as the broker's admin port does.
+    from concurrent import futures
+
+    from grpc_health.v1 import health, health_pb2_grpc
+
+    from broker import cli
+
+    pool = futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health-server")
+    server = grpc.server(pool)
+    health_pb2_grpc.add_HealthServicer_to_server(health.HealthServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        before = set(threading.enumerate())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            cli.wait_for_channel(channel, timeout=10)
+            started = [t.name for t in set(threading.enumerate()) - before]
+            assert [n for n in started if not n.startswith("health-server")] == []
+    finally:
+        server.stop(None)
 
 
 @pytest.mark.parametrize(
