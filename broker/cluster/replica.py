@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 
 from ..replication import snapshot
+from ..replication.ask import again
 from ..replication.engine import LEASE_TTL_S, stream_name
 from ..replication.lease import Holder
 from ..replication.log import Fenced, PartitionLog
@@ -167,7 +169,13 @@ class Replica:
     async def _lead(self, keeping: asyncio.Task[None]) -> None:
         assert self.broker is None, "a replica leads through one broker at a time"
         js = self.node.engine.js
-        last = (await js.stream_info(stream_name(self.partition))).state.last_seq
+        # When each step ended: the log shows where a slow take-over spent its time.
+        clock = asyncio.get_running_loop().time
+        steps = [clock()]
+        # Asked again soon when unanswered: the stream may be electing its leader (`ask`).
+        info = await again(lambda: js.stream_info(stream_name(self.partition)), CATCH_UP_S)
+        last = info.state.last_seq
+        steps.append(clock())
         self._log = PartitionLog(
             js,
             self.partition,
@@ -176,8 +184,10 @@ class Replica:
             turns=self.node.turns,
         )
         marker = await self._log.mark(self.node.name)
+        steps.append(clock())
         if not await self._reach(marker, CATCH_UP_S):
             raise RuntimeError(f"could not apply the log up to entry {marker}")
+        steps.append(clock())
         await self._stop_following()
         settings = dataclasses.replace(
             self.node.settings,
@@ -199,6 +209,7 @@ class Replica:
             streams=self.node.streams,
         )
         await broker.start()
+        steps.append(clock())
         self.broker = broker
         holder = Holder(
             self.node.name,
@@ -214,7 +225,16 @@ class Replica:
             raise Fenced(f"partition {self.partition}: the lease was lost while starting")
         self._revision = revision
         self.node.leaders.set(self.partition, holder)
-        log.info("partition %d: leading from log entry %d", self.partition, marker)
+        steps.append(clock())
+        took = [later - earlier for earlier, later in itertools.pairwise(steps)]
+        log.info(
+            "partition %d: leading from log entry %d (took %.2f s: log end %.2f, marker "
+            "%.2f, catch-up %.2f, recovery %.2f, lease %.2f)",
+            self.partition,
+            marker,
+            steps[-1] - steps[0],
+            *took,
+        )
         self._holding = asyncio.create_task(self._hold(holder, broker))
         self._snapshotting = asyncio.create_task(self._snapshots())
 
