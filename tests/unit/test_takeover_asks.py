@@ -1,4 +1,5 @@
-"""A take-over's JetStream requests during a stream's election (`broker.replication.ask`).
+"""A take-over's JetStream requests during a stream's election (`broker.replication.ask`),
+and its tail's consumer lost with a NATS server.
 
 Found replaying the chaos runner's cluster run (seed 1001336941): a NATS server that
 led partition 3's stream restarted; the stream elected a new leader 6.5 s later. The
@@ -15,17 +16,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any, cast
 
 import nats.errors
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from broker.replication.ask import ASK_S, again
-from broker.replication.engine import API_TIMEOUT_S
+from broker.replication.engine import API_TIMEOUT_S, LEASE_TTL_S
 from broker.replication.lease import Leases
 from broker.replication.log import MARKER_HEADER, PartitionLog
+from broker.replication.tail import Tail
+from broker.storage.kv import MemoryKV
 
 # Well below nats-py's 5 s timeout, well above one `ASK_S` try and an answer.
 FAST_S = ASK_S + 1.0
@@ -122,3 +128,49 @@ def test_a_lease_read_without_answer_fails_fast_so_the_loop_reads_again() -> Non
         _timed(leases.read(3))
     took = time.monotonic() - started
     assert took < FAST_S, f"the node's lease loop stalled {took:.1f} s on one read"
+
+
+class _Subscription:
+    """A subscription that delivers nothing (the test looks at how it was asked for)."""
+
+    @property
+    async def messages(self) -> AsyncIterator[Msg]:
+        await asyncio.Event().wait()
+        yield cast(Msg, None)
+
+    async def unsubscribe(self) -> None:
+        pass
+
+
+class _Stream:
+    """Records the tail's subscription."""
+
+    def __init__(self) -> None:
+        self.subscribed: dict[str, Any] = {}
+
+    async def stream_info(self, name: str) -> Any:
+        return SimpleNamespace(state=SimpleNamespace(first_seq=1, last_seq=10))
+
+    async def subscribe(self, subject: str, **options: Any) -> _Subscription:
+        self.subscribed = {"subject": subject, **options}
+        return _Subscription()
+
+
+def test_a_tail_notices_a_lost_consumer_within_the_leases_ttl() -> None:
+    """nats-py's ordered consumer replaces a consumer that went silent (it lived on a
+    NATS server that restarted) once two heartbeats went missing. With its 5 s default a
+    new leader waited 15 s for its own marker in a chaos run while holding the lease."""
+
+    async def main() -> dict[str, Any]:
+        stream = _Stream()
+        tail = Tail(cast(JetStreamContext, stream), 0, MemoryKV())
+        tail.start()
+        while not stream.subscribed:
+            await asyncio.sleep(0.01)
+        await tail.stop()
+        return stream.subscribed
+
+    subscribed = asyncio.run(main())
+    assert subscribed["ordered_consumer"] is True
+    heartbeat = subscribed.get("idle_heartbeat")
+    assert heartbeat is not None and 2 * heartbeat <= LEASE_TTL_S, subscribed
