@@ -33,6 +33,10 @@ log = logging.getLogger("broker.cluster")
 RENEW_S = LEASE_TTL_S / 5
 # A new leader gives up when it cannot apply the log's tail within this.
 CATCH_UP_S = 60.0
+# How long a new leader asks for the log's end: past a stream's election (up to ~9 s
+# after its leader's NATS server died), not the whole catch-up bound, so a node that
+# cannot reach the stream gives the lease up and tries afresh.
+LOG_END_S = 15.0
 _STOP_S = 15.0
 _RETRY_S = 1.0
 SNAPSHOT_CHECK_S = 2.0
@@ -173,7 +177,7 @@ class Replica:
         clock = asyncio.get_running_loop().time
         steps = [clock()]
         # Asked again soon when unanswered: the stream may be electing its leader (`ask`).
-        info = await again(lambda: js.stream_info(stream_name(self.partition)), CATCH_UP_S)
+        info = await again(lambda: js.stream_info(stream_name(self.partition)), LOG_END_S)
         last = info.state.last_seq
         steps.append(clock())
         self._log = PartitionLog(
