@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import logging
 
 from ..replication import snapshot
+from ..replication.ask import again
 from ..replication.engine import LEASE_TTL_S, stream_name
 from ..replication.lease import Holder
 from ..replication.log import Fenced, PartitionLog
@@ -31,6 +33,10 @@ log = logging.getLogger("broker.cluster")
 RENEW_S = LEASE_TTL_S / 5
 # A new leader gives up when it cannot apply the log's tail within this.
 CATCH_UP_S = 60.0
+# How long a new leader asks for the log's end: past a stream's election (up to ~9 s
+# after its leader's NATS server died), not the whole catch-up bound, so a node that
+# cannot reach the stream gives the lease up and tries afresh.
+LOG_END_S = 15.0
 _STOP_S = 15.0
 _RETRY_S = 1.0
 SNAPSHOT_CHECK_S = 2.0
@@ -167,7 +173,13 @@ class Replica:
     async def _lead(self, keeping: asyncio.Task[None]) -> None:
         assert self.broker is None, "a replica leads through one broker at a time"
         js = self.node.engine.js
-        last = (await js.stream_info(stream_name(self.partition))).state.last_seq
+        # When each step ended: the log shows where a slow take-over spent its time.
+        clock = asyncio.get_running_loop().time
+        steps = [clock()]
+        # Asked again soon when unanswered: the stream may be electing its leader (`ask`).
+        info = await again(lambda: js.stream_info(stream_name(self.partition)), LOG_END_S)
+        last = info.state.last_seq
+        steps.append(clock())
         self._log = PartitionLog(
             js,
             self.partition,
@@ -176,8 +188,10 @@ class Replica:
             turns=self.node.turns,
         )
         marker = await self._log.mark(self.node.name)
+        steps.append(clock())
         if not await self._reach(marker, CATCH_UP_S):
             raise RuntimeError(f"could not apply the log up to entry {marker}")
+        steps.append(clock())
         await self._stop_following()
         settings = dataclasses.replace(
             self.node.settings,
@@ -199,6 +213,7 @@ class Replica:
             streams=self.node.streams,
         )
         await broker.start()
+        steps.append(clock())
         self.broker = broker
         holder = Holder(
             self.node.name,
@@ -214,7 +229,16 @@ class Replica:
             raise Fenced(f"partition {self.partition}: the lease was lost while starting")
         self._revision = revision
         self.node.leaders.set(self.partition, holder)
-        log.info("partition %d: leading from log entry %d", self.partition, marker)
+        steps.append(clock())
+        took = [later - earlier for earlier, later in itertools.pairwise(steps)]
+        log.info(
+            "partition %d: leading from log entry %d (took %.2f s: log end %.2f, marker "
+            "%.2f, catch-up %.2f, recovery %.2f, lease %.2f)",
+            self.partition,
+            marker,
+            steps[-1] - steps[0],
+            *took,
+        )
         self._holding = asyncio.create_task(self._hold(holder, broker))
         self._snapshotting = asyncio.create_task(self._snapshots())
 

@@ -12,4 +12,5 @@ after its successor.
   log        fenced appends to a partition's stream
   tail       applies a stream to a local store, remembering the position
   lease      who leads which partition
+  ask        requests a failover waits on, asked again soon when unanswered
 """

@@ -9,11 +9,14 @@ leader harmless.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 
 import nats.js.errors
 from nats.js.kv import KeyValue
+
+from .ask import ASK_S
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,9 +60,15 @@ class Leases:
         self._bucket = bucket
 
     async def read(self, partition: int) -> Holder | None:
-        """The partition's leader now, or None when nobody holds the lease."""
+        """The partition's leader now, or None when nobody holds the lease.
+
+        Raises:
+            TimeoutError: no answer within `ASK_S` (the bucket electing its leader): the
+                node's loop reads again in a moment rather than after nats-py's 5 s,
+                while a vacant partition waits for it (`ask`).
+        """
         try:
-            entry = await self._bucket.get(key(partition))
+            entry = await asyncio.wait_for(self._bucket.get(key(partition)), ASK_S)
         except nats.js.errors.KeyNotFoundError:
             return None
         return Holder.decode(entry.value)

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 
 from ..storage.kv import StoreUnavailable
 from . import codec
+from .ask import ASK_S
 from .codec import Write
 from .engine import API_TIMEOUT_S, MAX_ENTRY_BYTES, subject
 from .turns import Turns
@@ -97,10 +98,16 @@ class PartitionLog:
 
     async def mark(self, node: str) -> int:
         """Appends the entry that starts a leadership (it holds no writes): from here
-        on, the previous leader's appends are refused."""
-        return await self._publish(b"", {MARKER_HEADER: node})
+        on, the previous leader's appends are refused.
 
-    async def _publish(self, payload: bytes, extra: dict[str, str]) -> int:
+        The partition has no serving leader until this is stored, and the marker is
+        empty: a try that goes unanswered (the stream electing its leader) is sent again
+        after `ASK_S`, not after JetStream's usual timeout (`ask`)."""
+        return await self._publish(b"", {MARKER_HEADER: node}, per_try=ASK_S)
+
+    async def _publish(
+        self, payload: bytes, extra: dict[str, str], per_try: float = API_TIMEOUT_S
+    ) -> int:
         if self.fenced:
             raise Fenced(f"partition {self.partition} is led by another node now")
         self._count += 1
@@ -114,7 +121,7 @@ class PartitionLog:
         while True:
             try:
                 ack = await self._js.publish(
-                    self._subject, payload, timeout=API_TIMEOUT_S, headers=headers
+                    self._subject, payload, timeout=per_try, headers=headers
                 )
             except nats.js.errors.APIError as e:
                 if e.err_code == WRONG_LAST_SEQUENCE:

@@ -21,6 +21,14 @@ log = logging.getLogger("broker.replication")
 
 # How often a wait for the log checks whether a failed tail was replaced.
 _REPLACED_POLL_S = 0.05
+# How often JetStream tells an idle tail its consumer is alive. nats-py's ordered
+# consumer notices a consumer that went silent (it lived on a NATS server that
+# restarted) only when two heartbeats went missing, and only then makes a new one; with
+# its default of 5 s, a chaos run's new leader waited 15 s for its own marker (its
+# consumer's re-creation timed out once; the next check came 10 s later) while holding
+# the partition's lease, so no other node could serve it either. At 0.5 s a silent
+# consumer is replaced within 1-2 s; it costs two tiny messages a second per idle tail.
+HEARTBEAT_S = 0.5
 
 
 class Gap(Exception):
@@ -92,7 +100,10 @@ class Tail:
                 deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1
             )
             sub = await self._js.subscribe(
-                subject(self.partition), ordered_consumer=True, config=config
+                subject(self.partition),
+                ordered_consumer=True,
+                config=config,
+                idle_heartbeat=HEARTBEAT_S,
             )
             async for msg in sub.messages:
                 self._apply(msg)
