@@ -29,8 +29,16 @@ _FOLLOW_BACKOFF_S = (0.05, 1.0)
 
 def undelivered(error: grpc.aio.AioRpcError) -> bool:
     """Whether a failed call's status says nothing about its invocation: the process
-    serving the partition went away or stopped serving it."""
-    return error.code() == grpc.StatusCode.UNAVAILABLE and not is_outcome(error)
+    serving the partition went away or stopped serving it.
+
+    CANCELLED counts too: a partition that steps down stops its private server, which
+    cancels the calls still running there after a short grace (one waiting for an append
+    that JetStream had not answered yet, in a failover). An invocation's own
+    cancellation carries the outcome trailer, like every handler's failure."""
+    return error.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.CANCELLED,
+    ) and not is_outcome(error)
 
 
 class Unanswered(Exception):
