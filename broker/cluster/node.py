@@ -298,7 +298,7 @@ class Node:
             try:
                 await self._look(loop.time())
             except Exception as e:
-                log.warning("reading the leases failed: %s", e or type(e).__name__)
+                log.warning("reading the leases failed: %s", str(e) or type(e).__name__)
             self._refresh_registry()
             await asyncio.sleep(POLL_S)
 

@@ -142,7 +142,13 @@ class Replica:
             if self.leading or self._holding is not None:
                 return  # already leads: its own renewals keep (or retake) the lease
             starting = Holder(self.node.name)
-            revision = await self.node.leases.take(self.partition, starting)
+            try:
+                revision = await self.node.leases.take(self.partition, starting)
+            except Exception as e:
+                # NATS busy (a bucket electing its leader): the next look tries again.
+                reason = str(e) or type(e).__name__
+                log.warning("partition %d: taking the lease failed: %s", self.partition, reason)
+                return
             if revision is None:
                 return
             self._revision = revision
@@ -311,7 +317,7 @@ class Replica:
                         log.warning(
                             "partition %d: cannot renew the lease, leading on: %s",
                             self.partition,
-                            e or type(e).__name__,
+                            str(e) or type(e).__name__,
                         )
                     failing = True
                     continue

@@ -94,7 +94,7 @@ class Engine:
             # Before the first connection each failed attempt is kept for the refusal
             # (nats-py's default logs a traceback per attempt); after it, one line each.
             if nc.is_connected or nc.is_reconnecting:
-                log.warning("NATS: %s", e or type(e).__name__)
+                log.warning("NATS: %s", str(e) or type(e).__name__)
             else:
                 errors.append(e)
 

@@ -135,7 +135,7 @@ class PartitionLog:
                 log.warning(
                     "append to partition %d failed, retrying: %s",
                     self.partition,
-                    e or type(e).__name__,
+                    str(e) or type(e).__name__,
                 )
             else:
                 self.last = ack.seq

@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -26,6 +27,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
+from broker.cluster.host import Host
+from broker.cluster.replica import Replica
 from broker.replication.ask import ASK_S, again
 from broker.replication.engine import API_TIMEOUT_S, LEASE_TTL_S
 from broker.replication.lease import Leases
@@ -174,3 +177,25 @@ def test_a_tail_notices_a_lost_consumer_within_the_leases_ttl() -> None:
     assert subscribed["ordered_consumer"] is True
     heartbeat = subscribed.get("idle_heartbeat")
     assert heartbeat is not None and 2 * heartbeat <= LEASE_TTL_S, subscribed
+
+
+def test_a_lease_take_without_answer_leaves_the_replica_free_to_try_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Unanswered:
+        async def take(self, partition: int, holder: object) -> int | None:
+            raise TimeoutError
+
+    settings = SimpleNamespace(data_dir=str(tmp_path), accept_data_loss=False)
+    node = SimpleNamespace(
+        settings=settings, engine=SimpleNamespace(js=None), leases=Unanswered(), name="n1"
+    )
+    replica = Replica(cast(Host, node), 0)
+    try:
+        # Not raised out of the node's look (an unretrieved task error): logged, and the
+        # next look tries again.
+        asyncio.run(replica.take())
+    finally:
+        replica.kv.close()
+    assert not replica.busy and not replica.leading
+    assert "partition 0: taking the lease failed: TimeoutError" in caplog.text
