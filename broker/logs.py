@@ -20,3 +20,9 @@ def configure(level: str | int, tag: str = "") -> None:
     # broker's: at --log-level DEBUG a failing test's log tail showed nothing else.
     grpc_log = logging.getLogger("grpc")
     grpc_log.setLevel(max(logging.getLogger().level, logging.INFO))
+
+
+def reason(error: BaseException) -> str:
+    """What to log for `error`: its message, or its type when it has none (nats-py's and
+    asyncio's timeouts carry no message)."""
+    return str(error) or type(error).__name__

@@ -26,7 +26,7 @@ import grpc
 import nats.js.errors
 from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 
-from .. import endpoint_uri, metrics, security
+from .. import endpoint_uri, logs, metrics, security
 from ..config import Settings
 from ..ingress import IngressRouter, IngressServicer
 from ..invoker import endpoint_streams
@@ -298,7 +298,7 @@ class Node:
             try:
                 await self._look(loop.time())
             except Exception as e:
-                log.warning("reading the leases failed: %s", str(e) or type(e).__name__)
+                log.warning("reading the leases failed: %s", logs.reason(e))
             self._refresh_registry()
             await asyncio.sleep(POLL_S)
 

@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import logging
 
+from .. import logs
 from ..replication import snapshot
 from ..replication.ask import again
 from ..replication.engine import LEASE_TTL_S, stream_name
@@ -146,7 +147,7 @@ class Replica:
                 revision = await self.node.leases.take(self.partition, starting)
             except Exception as e:
                 # NATS busy (a bucket electing its leader): the next look tries again.
-                reason = str(e) or type(e).__name__
+                reason = logs.reason(e)
                 log.warning("partition %d: taking the lease failed: %s", self.partition, reason)
                 return
             if revision is None:
@@ -317,7 +318,7 @@ class Replica:
                         log.warning(
                             "partition %d: cannot renew the lease, leading on: %s",
                             self.partition,
-                            str(e) or type(e).__name__,
+                            logs.reason(e),
                         )
                     failing = True
                     continue

@@ -27,6 +27,8 @@ from nats.js.api import KeyValueConfig, ObjectStoreConfig, StorageType, StreamCo
 from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
+from .. import logs
+
 log = logging.getLogger("broker.replication")
 T = TypeVar("T")
 
@@ -94,7 +96,7 @@ class Engine:
             # Before the first connection each failed attempt is kept for the refusal
             # (nats-py's default logs a traceback per attempt); after it, one line each.
             if nc.is_connected or nc.is_reconnecting:
-                log.warning("NATS: %s", str(e) or type(e).__name__)
+                log.warning("NATS: %s", logs.reason(e))
             else:
                 errors.append(e)
 

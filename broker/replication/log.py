@@ -20,6 +20,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
 
+from .. import logs
 from ..storage.kv import StoreUnavailable
 from . import codec
 from .ask import ASK_S
@@ -135,7 +136,7 @@ class PartitionLog:
                 log.warning(
                     "append to partition %d failed, retrying: %s",
                     self.partition,
-                    str(e) or type(e).__name__,
+                    logs.reason(e),
                 )
             else:
                 self.last = ack.seq
