@@ -71,6 +71,7 @@ class Driver:
         self.invoker = Invoker(
             partition.registry,
             self.committer.barrier,
+            self.committer.prior_barrier,
             self.on_attempt,
             partition.current_state,
             settings.endpoint_secret,
@@ -79,7 +80,6 @@ class Driver:
             settings.unary_first,
             settings.multiplex,
             streams,
-            self.committer.prior_barrier,
         )
         self.timers = TimerQueue(self.on_timer, clock)
         # Schedules' clocks: a heap of (due, name); a stale entry finds nothing due.

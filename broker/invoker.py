@@ -88,6 +88,8 @@ class Invoker:
     Args:
         registry: Where an attempt's deployment is looked up.
         barrier: A future of "everything submitted so far is durable".
+        prior_barrier: A future of "every batch before the latest one is durable", for
+            an early start that reads state (`StartAttempt.early`).
         report: Where what the endpoint did goes.
         read_state: The object's state, added to a keyed attempt's start.
         streams: The process's channels and multiplexed streams, when its partitions
@@ -98,6 +100,7 @@ class Invoker:
         self,
         registry: Registry,
         barrier: Callable[[], asyncio.Future[None]],
+        prior_barrier: Callable[[], asyncio.Future[None]],
         report: Report,
         read_state: ReadState,
         endpoint_secret: str | None = None,
@@ -106,12 +109,10 @@ class Invoker:
         unary_first: bool = True,
         multiplex: bool = True,
         streams: Streams | None = None,
-        prior_barrier: Callable[[], asyncio.Future[None]] | None = None,
     ) -> None:
         self._registry = registry
         self._barrier = barrier
-        # For an early start that reads state: everything before its own batch durable.
-        self._prior_barrier = prior_barrier or barrier
+        self._prior_barrier = prior_barrier
         self._report = report
         self._read_state = read_state
         # The attempt running now, by invocation id.

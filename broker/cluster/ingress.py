@@ -78,11 +78,16 @@ async def _relay(context: grpc.aio.ServicerContext[Any, Any], error: grpc.aio.Ai
     await context.abort(error.code(), error.details() or "")
 
 
-def _follow_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
-    """Until when (loop time) a caller waits for its invocation at the partition's next
-    leader: its own deadline, or `FOLLOW_S` from now."""
+def _follow_s(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    """How long a caller waits for a leader, or for its invocation at the partition's
+    next leader: until its own deadline, or `FOLLOW_S`."""
     remaining = context.time_remaining()
-    return asyncio.get_running_loop().time() + (FOLLOW_S if remaining is None else remaining)
+    return FOLLOW_S if remaining is None else remaining
+
+
+def _follow_deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float:
+    """`_follow_s` from now, in loop time."""
+    return asyncio.get_running_loop().time() + _follow_s(context)
 
 
 class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
@@ -216,8 +221,7 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         # Until the call is sent it reached nobody: while the partition has no leader (an
         # election, a NATS server restarting) it waits for one up to the caller's deadline
         # rather than failing a call that a moment later would go through.
-        wait = _follow_deadline(context) - asyncio.get_running_loop().time()
-        return await self._peers.call(home, send, wait)
+        return await self._peers.call(home, send, _follow_s(context))
 
 
 class ClusterIngressServicer(ingress_pb2_grpc.IngressServicer):
