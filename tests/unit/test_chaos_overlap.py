@@ -4,6 +4,8 @@ on the service and on the whole broker side."""
 
 from __future__ import annotations
 
+import pytest
+
 from tests.chaos.runner_overlap import Claim, InEffect, Need, pick
 
 NODES = (0, 1, 2)
@@ -23,14 +25,24 @@ def test_with_nothing_in_effect_every_fault_starts_on_the_node_the_seed_picks() 
         assert admitted(InEffect(3).admit(need)).node is None
 
 
-def test_one_nats_server_down_at_a_time() -> None:
-    faults = InEffect(3)
-    first = admitted(faults.admit(Need(nats=True)))
-    assert faults.admit(Need(nats=True)) is None
+@pytest.mark.parametrize(
+    ("nodes", "need", "meanwhile"),
+    [
+        # A majority of NATS servers stays up; node faults go on meanwhile.
+        (3, Need(nats=True), Need(nodes=NODES)),
+        # The service takes one fault at a time; the single broker may crash meanwhile.
+        (0, Need(service=True), Need(broker=True)),
+    ],
+    ids=["one-nats-server-down-at-a-time", "the-service-hit-by-one-fault-at-a-time"],
+)
+def test_one_fault_at_a_time_on_a_shared_resource(nodes: int, need: Need, meanwhile: Need) -> None:
+    faults = InEffect(nodes)
+    first = admitted(faults.admit(need))
+    assert faults.admit(need) is None
     # Other faults go on meanwhile.
-    assert admitted(faults.admit(Need(nodes=NODES))).alongside == 1
+    assert admitted(faults.admit(meanwhile)).alongside == 1
     faults.release(first)
-    assert admitted(faults.admit(Need(nats=True))).alongside == 1
+    assert admitted(faults.admit(need)).alongside == 1
 
 
 def test_never_every_node_down_or_paused_nor_one_node_twice() -> None:
@@ -65,16 +77,6 @@ def test_the_whole_broker_never_goes_down_with_a_node_fault() -> None:
     assert admitted(faults.admit(Need(nats=True))).alongside == 1
     faults.release(broker)
     assert admitted(faults.admit(Need(nodes=NODES))).node == 0
-
-
-def test_the_service_is_hit_by_one_fault_at_a_time() -> None:
-    faults = InEffect(0)
-    service = admitted(faults.admit(Need(service=True)))
-    assert faults.admit(Need(service=True)) is None
-    # The single broker may crash meanwhile.
-    assert admitted(faults.admit(Need(broker=True))).alongside == 1
-    faults.release(service)
-    assert admitted(faults.admit(Need(service=True))).alongside == 1
 
 
 def test_pick_takes_the_choice_among_the_free_candidates() -> None:
