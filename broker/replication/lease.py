@@ -74,12 +74,24 @@ class Leases:
         return Holder.decode(entry.value)
 
     async def take(self, partition: int, holder: Holder) -> int | None:
-        """Creates the lease; its revision, or None when somebody holds it."""
+        """Creates the lease; its revision, or None when somebody holds it.
+
+        Raises:
+            TimeoutError: neither the create nor the read that follows an unanswered
+                create was answered within `ASK_S` (the node's next look tries again).
+        """
         try:
-            return await self._bucket.create(key(partition), holder.encode())
+            return await asyncio.wait_for(
+                self._bucket.create(key(partition), holder.encode()), ASK_S
+            )
         except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
             # KeyNotFound: the key expired between nats-py's two requests; next round.
             return None
+        except TimeoutError:
+            # Unanswered (the bucket electing its leader): nats-py would have waited 5 s
+            # while the partition has no leader. The create may have been stored all the
+            # same; then the lease names this node and is kept from here.
+            return await asyncio.wait_for(self.adopt(partition, holder), ASK_S)
 
     async def renew(self, partition: int, holder: Holder, revision: int) -> int | None:
         """Rewrites the lease held at `revision`; the new revision, or None when it was

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -31,7 +32,7 @@ from broker.cluster.host import Host
 from broker.cluster.replica import Replica
 from broker.replication.ask import ASK_S, again
 from broker.replication.engine import API_TIMEOUT_S, LEASE_TTL_S
-from broker.replication.lease import Leases
+from broker.replication.lease import Holder, Leases
 from broker.replication.log import MARKER_HEADER, PartitionLog
 from broker.replication.tail import Tail
 from broker.storage.kv import MemoryKV
@@ -199,3 +200,49 @@ def test_a_lease_take_without_answer_leaves_the_replica_free_to_try_again(
         replica.kv.close()
     assert not replica.busy and not replica.leading
     assert "partition 0: taking the lease failed: TimeoutError" in caplog.text
+
+
+class _ElectingBucket:
+    """A lease bucket whose first create goes unanswered; `stored` says whether that
+    create was stored all the same (its answer lost)."""
+
+    def __init__(self, stored: bool) -> None:
+        self.stored = stored
+        self.value: bytes | None = None
+        self.revision = 0
+        self.creates = 0
+
+    async def create(self, key: str, value: bytes) -> int:
+        self.creates += 1
+        if self.stored:
+            self.value, self.revision = value, 7
+        await asyncio.sleep(API_TIMEOUT_S)  # nats-py's own timeout, after 5 s
+        raise nats.errors.TimeoutError
+
+    async def get(self, key: str) -> Any:
+        if self.value is None:
+            raise nats.js.errors.KeyNotFoundError
+        return SimpleNamespace(value=self.value, revision=self.revision)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        assert last == self.revision
+        self.value, self.revision = value, self.revision + 1
+        return self.revision
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_an_unanswered_lease_take_learns_within_a_second_whether_it_holds_the_lease(
+    stored: bool,
+) -> None:
+    """A take sent while the lease bucket elects its leader got no answer for nats-py's
+    5 s, all that time with nobody leading the partition. Now it reads the lease after
+    `ASK_S`: a create stored with its answer lost is kept; one never stored leaves the
+    partition vacant for the next look."""
+    bucket = _ElectingBucket(stored)
+    revision, took = _timed(Leases(cast(KeyValue, bucket)).take(3, Holder("n1")))
+    assert took < FAST_S, f"the take waited {took:.1f} s for its answer"
+    assert bucket.creates == 1
+    if stored:
+        assert revision == 8 and Holder.decode(bucket.value) == Holder("n1")
+    else:
+        assert revision is None and bucket.value is None
