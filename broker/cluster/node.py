@@ -18,7 +18,6 @@ import os
 import re
 import secrets
 import urllib.parse
-import zlib
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
@@ -39,6 +38,7 @@ from ..server import Broker, ingress_server
 from ..storage import deployments
 from ..storage.kv import StorageError
 from . import layout, node_metrics
+from .assign import assignment
 from .deliver import SECRET_HEADER
 from .forward import Partitions
 from .front import FrontServer
@@ -272,18 +272,9 @@ class Node:
         return sorted(live)
 
     def preferred(self, partition: int, alive: list[str]) -> str:
-        """The live node `partition` prefers.
-
-        Partitions are dealt in order, each to the least loaded node, ties broken by a
-        hash of (partition, node): balanced, and mostly stable as nodes come and go.
-        Every node computes the same answer from the same live set.
-        """
-        load = dict.fromkeys(alive, 0)
-        choice = alive[0]
-        for p in range(partition + 1):
-            choice = min(alive, key=lambda n: (load[n], -zlib.crc32(f"{p}/{n}".encode())))
-            load[choice] += 1
-        return choice
+        """The live node `partition` prefers (`assign.py`): balanced, and mostly
+        unchanged for the other nodes' partitions when one node dies or returns."""
+        return assignment(self.count, tuple(alive))[partition]
 
     async def _watch_leases(self) -> None:
         loop = asyncio.get_running_loop()
