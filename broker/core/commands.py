@@ -57,20 +57,21 @@ def apply(p: PartitionOps, batch: Batch, live: Live, index: int, entry: Entry) -
     elif kind in ("set_state", "clear_state", "clear_all_state"):
         if not record.exclusive:
             raise ProtocolViolation(f"{kind} is only allowed in exclusive handlers")
+        sizes = state_sizes(p, live)
         if kind == "set_state":
             s = entry.set_state
             too_big = state_limit_error(p, live, s.key, s.value)
             if too_big is not None:
                 raise LimitExceeded(too_big)
             state.put(batch, record.service, record.key, s.key, s.value)
+            sizes[s.key] = state.value_size(s.key, s.value)
         elif kind == "clear_state":
             state.delete(batch, record.service, record.key, entry.clear_state.key)
+            sizes.pop(entry.clear_state.key, None)
         else:
-            # Stored values, plus any this invocation set in writes not yet applied.
-            names = set(state.load(p.kv, record.service, record.key))
-            names.update(e.set_state.key for e in live.journal if e.HasField("set_state"))
-            for name in names:
+            for name in sizes:
                 state.delete(batch, record.service, record.key, name)
+            sizes.clear()
     elif kind == "output":
         if not entry.HasField("result"):
             raise ProtocolViolation("output entry without a result")
@@ -123,27 +124,44 @@ def status_name(status: int) -> str:
     return str(Status.Name(status)).lower().replace("_", "-")  # type: ignore[arg-type]
 
 
+def state_sizes(p: PartitionOps, live: Live) -> dict[str, int]:
+    """The size of each of the object's state values as its exclusive handler sees them:
+    what storage holds plus this invocation's writes not applied yet.
+
+    Read from storage once per invocation, then kept up to date by its own state
+    commands: while an exclusive handler holds the key nothing else writes the state
+    (an operator's edit is refused), so a scan per `set_state` would read it again for
+    nothing.
+    """
+    if live.state_sizes is None:
+        r = live.record
+        values = state.load(p.kv, r.service, r.key)
+        for e in live.journal:
+            if e.HasField("set_state"):
+                values[e.set_state.key] = e.set_state.value
+            elif e.HasField("clear_state"):
+                values.pop(e.clear_state.key, None)
+            elif e.HasField("clear_all_state"):
+                values.clear()
+        live.state_sizes = {name: state.value_size(name, v) for name, v in values.items()}
+    return live.state_sizes
+
+
 def state_limit_error(p: PartitionOps, live: Live, name: str, value: bytes) -> str | None:
     """Why setting `name` would take the object's state over its limit, if it would."""
-    r = live.record
-    values = state.load(p.kv, r.service, r.key)
-    # Writes of this invocation not yet applied to storage count too.
-    for e in live.journal:
-        if e.HasField("set_state"):
-            values[e.set_state.key] = e.set_state.value
-        elif e.HasField("clear_state"):
-            values.pop(e.clear_state.key, None)
-        elif e.HasField("clear_all_state"):
-            values.clear()
-    values[name] = value
-    return state_over_limit(p, r.service, r.key, values)
+    sizes = state_sizes(p, live)
+    total = sum(sizes.values()) - sizes.get(name, 0) + state.value_size(name, value)
+    return _over(p, live.record.service, live.record.key, total)
 
 
 def state_over_limit(
     p: PartitionOps, service: str, key: str, values: dict[str, bytes]
 ) -> str | None:
     """Why an object holding `values` would be over --max-state-bytes, if it would."""
-    total = state.size(values)
+    return _over(p, service, key, state.size(values))
+
+
+def _over(p: PartitionOps, service: str, key: str, total: int) -> str | None:
     if total <= p.settings.max_state_bytes:
         return None
     return (

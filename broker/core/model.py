@@ -86,6 +86,7 @@ class Live:
         "attempt_span",
         "inbox_seq",
         "span",
+        "state_sizes",
         "step_traceparent",
         "version",
     )
@@ -111,6 +112,9 @@ class Live:
         self.step_traceparent = ""
         # Bumped on every write of this invocation: eviction checks nothing is pending.
         self.version = 0
+        # An exclusive handler's view of its object's state, each value's name and size
+        # (`commands.state_sizes`); None until a state command first needs it.
+        self.state_sizes: dict[str, int] | None = None
 
     @property
     def record(self) -> Invocation:

@@ -483,6 +483,42 @@ def test_state_set_clear_and_get() -> None:
     assert attempt_event(p, plain, Proposed(1, bare)) is not None
 
 
+def test_the_state_limit_counts_every_set_and_clear_of_the_running_handler() -> None:
+    """An exclusive handler's state size is read from storage once, then kept by its own
+    state commands: each set, clear and clear-all must count, in storage or not yet."""
+    kv = MemoryKV()
+    # "a"+6 and "b"+6 bytes: 14; a third value of that size would be 21 > 20.
+    p = make_partition(kv, max_state_bytes=20)
+    first = start(p, FLIGHTS, "Reserve", "t1", reserve_request("t1"))
+    propose(p, first, Entry(set_state=journal_pb2.SetStateCommand(key="a", value=b"111111")))
+    propose(p, first, Entry(set_state=journal_pb2.SetStateCommand(key="b", value=b"222222")))
+    propose(p, first, output())
+    commit(p)
+    # A later handler, on a broker restarted over the same store: 14 bytes stored.
+    p = make_partition(kv, max_state_bytes=20)
+    p.recover()
+    second = start(p, FLIGHTS, "Reserve", "t1", reserve_request("t1"))
+    too_big = Entry(set_state=journal_pb2.SetStateCommand(key="c", value=b"333333"))
+    # Overwriting a value counts its new size, not both.
+    propose(p, second, Entry(set_state=journal_pb2.SetStateCommand(key="a", value=b"999999")))
+    propose(p, second, Entry(clear_state=journal_pb2.ClearStateCommand(key="b")))
+    propose(p, second, too_big)  # 14 - 7 + 7 = 14: room again after the clear
+    refused = Entry(set_state=journal_pb2.SetStateCommand(key="d", value=b"444444"))
+    index = len(p.live[second].journal)
+    assert attempt_event(p, second, Proposed(index, refused)) is None  # fails the invocation
+    [failed] = answers(commit(p), second)
+    assert failed.failure.code == codes.RESOURCE_EXHAUSTED
+    assert "would hold 21 bytes" in failed.failure.message
+    assert p.current_state(FLIGHTS, "t1") == {"a": b"999999", "c": b"333333"}
+    # After clearing everything, the full limit is free for the same handler.
+    third = start(p, FLIGHTS, "Reserve", "t1", reserve_request("t1"))
+    propose(p, third, Entry(clear_all_state=journal_pb2.ClearAllStateCommand()))
+    propose(p, third, Entry(set_state=journal_pb2.SetStateCommand(key="x", value=b"1" * 19)))
+    propose(p, third, output())
+    commit(p)
+    assert p.current_state(FLIGHTS, "t1") == {"x": b"1" * 19}
+
+
 # ---- Suspension
 
 
