@@ -16,8 +16,25 @@ if TYPE_CHECKING:
 Invocation = invocation_pb2.Invocation
 Entry = journal_pb2.JournalEntry
 Result = journal_pb2.Result
-Status = invocation_pb2.InvocationStatus
 RetryPolicy = protocol_pb2.RetryPolicy
+
+
+class Status:
+    """`InvocationStatus` values as plain class attributes.
+
+    The protobuf enum wrapper answers each `InvocationStatus.X` through a Python
+    `__getattr__`, and the partition reads statuses several times per event.
+    """
+
+    _enum = invocation_pb2.InvocationStatus
+    Name = _enum.Name
+    PENDING = invocation_pb2.PENDING
+    RUNNING = invocation_pb2.RUNNING
+    SUSPENDED = invocation_pb2.SUSPENDED
+    BACKING_OFF = invocation_pb2.BACKING_OFF
+    COMPLETED = invocation_pb2.COMPLETED
+    PAUSED = invocation_pb2.PAUSED
+    QUEUED = invocation_pb2.QUEUED
 
 
 def new_invocation_id() -> str:
@@ -84,6 +101,7 @@ class Live:
         "_record_bytes",
         "attempt",
         "attempt_span",
+        "id",
         "inbox_seq",
         "span",
         "state_sizes",
@@ -99,6 +117,9 @@ class Live:
     ) -> None:
         self._record: Invocation | None = record
         self._record_bytes = b""
+        # The invocation id, read on every event: kept apart from the record, which is
+        # packed while evicted.
+        self.id: str = record.id
         self._journal: list[Entry] | None = journal
         self._loader = loader
         # The number of the attempt running now; 0 while none is.
@@ -135,7 +156,7 @@ class Live:
         """The journal, read back from storage if it was evicted."""
         if self._journal is None:
             assert self._loader is not None, "evicted without a loader"
-            self._journal = self._loader(self.record.id)
+            self._journal = self._loader(self.id)
         return self._journal
 
     def evict(self) -> None:
@@ -150,11 +171,6 @@ class Live:
     def evicted(self) -> bool:
         """Whether the journal is out of memory right now."""
         return self._journal is None
-
-    @property
-    def id(self) -> str:
-        """The invocation id."""
-        return self.record.id
 
     @property
     def lock_key(self) -> tuple[str, str]:
