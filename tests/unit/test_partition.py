@@ -23,6 +23,7 @@ from broker.config import Settings
 from broker.core import actions, control
 from broker.core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from broker.core.model import IdempotencyConflict, UnknownInvocation
+from broker.core.model import Status as PlainStatus
 from broker.core.partition import Partition
 from broker.registry import Registry
 from broker.storage import (
@@ -1360,3 +1361,12 @@ def test_only_a_new_invocation_starts_before_its_invocation_is_durable() -> None
     [second] = started(commit(p), trip)
     # A retry may carry steps the first attempt journaled: it waits for them.
     assert second.attempt == 2 and not second.early
+
+
+def test_the_status_names_cover_every_invocation_status() -> None:
+    """`model.Status` copies the enum's values into plain attributes: a status added to
+    the proto must be added there too, with the same number."""
+    for name, number in Status.items():
+        if number:
+            assert getattr(PlainStatus, name) == number, name
+            assert PlainStatus.Name(number) == name
