@@ -704,9 +704,10 @@ class Partition:
         """The invocation's completion is durable: storage answers for it from now on."""
         live = self.live.pop(invocation_id, None)
         if live is not None:
+            record = live.record
             for listener in self.completion_listeners:
-                listener(live.record)
-            ident = self.dedup.of(live.record)
+                listener(record)
+            ident = self.dedup.of(record)
             if ident is not None:
                 self.dedup.forget(ident)
 
@@ -803,10 +804,12 @@ class Partition:
 
     def save(self, batch: Batch, live: Live) -> None:
         """Writes the invocation's record."""
-        live.record.modified_at_ms = self.now_ms()
+        record = live.record
+        record.modified_at_ms = self.now_ms()
         live.version += 1
-        self._touch(live)
-        invocations.put(batch, live.record)
+        if not live.evicted:  # an evicted invocation has not changed since it was written
+            record.journal_length = len(live.journal)
+        invocations.put(batch, record)
 
     def _touch(self, live: Live) -> None:
         if not live.evicted:  # an evicted invocation has not changed since it was written
