@@ -12,7 +12,7 @@ from durable import tracing, wire
 from . import logs
 from .cluster import launch, layout
 from .config import Settings, parse_args
-from .server import Broker
+from .server import DRAIN_S, Broker
 
 # A start refused before anything ran (as argparse's own usage errors).
 EXIT_USAGE = 2
@@ -28,7 +28,7 @@ async def _main(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     logging.getLogger("broker").info("shutting down")
-    await broker.stop()
+    await broker.stop(drain=DRAIN_S)
     tracing.shutdown()
 
 

@@ -128,6 +128,8 @@ class Invoker:
         self._owns_streams = streams is None
         self._streams = streams or endpoint_streams(endpoint_secret)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set by `quiesce`: this process is about to stop serving the partition.
+        self._quiescing = False
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -140,7 +142,11 @@ class Invoker:
 
     def start(self, action: StartAttempt) -> None:
         """Begins an attempt; the stream opens once the journal it carries is durable,
-        or for an `early` one, once the state it reads is (at once without state)."""
+        or for an `early` one, once the state it reads is (at once without state).
+        Once quiescing, nothing starts: the partition's next server (a restarted broker,
+        the next cluster leader) starts it when it recovers the invocation."""
+        if self._quiescing:
+            return
         if not action.early:
             ready = self._barrier()
         elif action.start.key:
@@ -179,6 +185,21 @@ class Invoker:
         """Lets go of a removed deployment's multiplexed stream: it closes once the
         attempts still on it (after a forced removal) have ended."""
         self._streams.forget(deployment_id)
+
+    async def quiesce(self, timeout: float) -> int:
+        """Starts no more attempts and waits up to `timeout` seconds for the running ones
+        to end; returns how many still run. The process must stop serving the partition
+        afterwards (a graceful shutdown, a cluster handover).
+
+        An attempt cut short runs again from its journal wherever the partition goes on,
+        and a side effect it was in the middle of runs a second time; most attempts end
+        within milliseconds, so a moment's wait spares them that.
+        """
+        self._quiescing = True
+        running = [t for t in self._tasks if not t.done()]
+        if running and timeout > 0:
+            await asyncio.wait(running, timeout=timeout)
+        return sum(1 for t in self._tasks if not t.done())
 
     async def close(self) -> None:
         """Abandons in-flight attempts (they resume after a restart; on a shared stream

@@ -34,6 +34,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("broker")
 
+# How long a graceful stop (a shutdown, a cluster handover) lets running attempts end
+# before it stops the partition: a handler between steps ends in milliseconds; one waiting
+# on a call or a timer suspends after --suspend-after anyway.
+DRAIN_S = 1.0
+
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 INGRESS_SERVICE = ingress_pb2.DESCRIPTOR.services_by_name["Ingress"].full_name
 
@@ -207,8 +212,11 @@ class Broker:
             self.settings.data_dir or "(memory)",
         )
 
-    async def stop(self, grace: float = 5.0) -> None:
-        """Stops accepting calls, lets journal writes finish, closes storage."""
+    async def stop(self, grace: float = 5.0, drain: float = 0.0) -> None:
+        """Stops accepting calls (those in flight get `grace` seconds), lets journal
+        writes finish, closes storage. With `drain`, the attempts still running then
+        (one-way sends, timers, retries) get up to that many seconds to end before they
+        are cut, and no new one starts: a graceful shutdown."""
         if self._purger is not None:
             self._purger.cancel()
         if self._indexer is not None:
@@ -218,6 +226,10 @@ class Broker:
         if self._metrics_server is not None:
             self._metrics_server.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
+        if drain > 0:
+            left = await self.driver.invoker.quiesce(drain)
+            if left:
+                log.info("%d attempts still running after %.1f s: they resume later", left, drain)
         await self.driver.stop()
         self.kv.close()
 

@@ -22,7 +22,7 @@ from ..replication.engine import LEASE_TTL_S, stream_name
 from ..replication.lease import Holder
 from ..replication.log import Fenced, PartitionLog
 from ..replication.tail import Gap, Tail, reach_through
-from ..server import Broker
+from ..server import DRAIN_S, Broker
 from ..storage import open_kv
 from ..storage.kv import KV, RocksKV
 from . import layout
@@ -338,11 +338,20 @@ class Replica:
             self.busy = False
 
     async def release(self) -> None:
-        """Steps down on purpose (shutdown, rebalancing): a follower takes over now."""
+        """Steps down on purpose (shutdown, rebalancing): a follower takes over now,
+        once the attempts running here ended (up to `DRAIN_S`, the lease still renewed
+        meanwhile)."""
+        self.busy = True
+        broker = self.broker
+        if broker is not None:
+            left = await broker.driver.invoker.quiesce(DRAIN_S)
+            if self.broker is not broker:
+                return  # the lease was lost meanwhile: that step-down owns `busy` now
+            if left:
+                log.info("partition %d: handing over; %d attempts run", self.partition, left)
         if self._holding is not None:
             self._holding.cancel()
             self._holding = None
-        self.busy = True
         try:
             await self._step_down(release=True)
         finally:

@@ -22,7 +22,7 @@ from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 from .. import logs, security
 from ..config import Settings, parse_args
 from ..invoker import endpoint_streams
-from ..server import Broker, ingress_server
+from ..server import DRAIN_S, Broker, ingress_server
 from . import layout
 from .deliver import SECRET_HEADER
 from .directory import Directory, from_environment
@@ -141,7 +141,7 @@ class Worker:
         """Stops serving; lets every partition's journal writes finish."""
         if self._public is not None:
             await self._public.stop(grace)
-        await asyncio.gather(*(b.stop(grace) for b in self.brokers.values()))
+        await asyncio.gather(*(b.stop(grace, drain=DRAIN_S) for b in self.brokers.values()))
         await self.peers.close()
         await self.streams.close()
 

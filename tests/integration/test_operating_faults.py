@@ -11,11 +11,21 @@ from pathlib import Path
 
 import grpc
 import pytest
-from durable.v1 import admin_pb2, admin_pb2_grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
 from flights import flights_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from playground import playground_pb2 as pg
 
-from tests.support import PYTHON, ROOT, Cluster, Process, free_port, wait_healthy
+from tests.support import (
+    PLAYGROUND,
+    PYTHON,
+    ROOT,
+    Cluster,
+    Process,
+    free_port,
+    wait_for,
+    wait_healthy,
+)
 
 
 def _broker(tmp: Path, *extra: str, data: Path | None = None) -> tuple[Process, str, str]:
@@ -77,6 +87,34 @@ def test_sigterm_shuts_down_promptly_and_cleanly(tmp_path: Path) -> None:
         assert "shutting down" in cluster.broker.log_path.read_text()
         # And it comes back on the same data dir.
         cluster.start_broker()
+
+
+def test_sigterm_lets_a_running_side_effect_finish_instead_of_running_it_twice(
+    tmp_path: Path,
+) -> None:
+    """A graceful stop waits (up to a second) for the attempts still running. Cut short,
+    an attempt in the middle of a `ctx.run` would run that side effect again after the
+    restart, its result not journaled yet: here it would have run twice."""
+    with Cluster(tmp_path, services=(PLAYGROUND,)) as cluster:
+        work = pg.WorkRequest(group="sigterm", millis=600)
+        # The caller gives up at once; the invocation goes on without one waiting.
+        with pytest.raises(grpc.RpcError) as gone:
+            cluster.busy.Work(work, timeout=0.2)
+        assert gone.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        def began() -> list[str]:
+            stats = cluster.busy.Stats(pg.WorkRequest(group="sigterm"), timeout=30)
+            return list(stats.items)
+
+        wait_for(lambda: began() == ["1"], timeout=30, message="the side effect to start")
+        cluster.restart_broker()
+        (done,) = [i for i in cluster.invocations(service="playground.Busy") if i.method == "Work"]
+        wait_for(
+            lambda: cluster.invocation(done.id).status == invocation_pb2.COMPLETED,
+            timeout=30,
+            message="the invocation to complete",
+        )
+        assert began() == ["1"], "the side effect ran again after the restart"
 
 
 def test_the_admin_token_is_required_when_set(tmp_path: Path) -> None:
