@@ -807,8 +807,7 @@ class Partition:
         record = live.record
         record.modified_at_ms = self.now_ms()
         live.version += 1
-        if not live.evicted:  # an evicted invocation has not changed since it was written
-            record.journal_length = len(live.journal)
+        self._touch(live)
         invocations.put(batch, record)
 
     def _touch(self, live: Live) -> None:
