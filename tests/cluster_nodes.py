@@ -78,14 +78,20 @@ class NodesCluster(support.Cluster):
         self.wait_led(deadline)
 
     def wait_led(self, deadline: float) -> None:
-        """Waits until every partition has a serving leader."""
+        """Waits until every partition has a serving leader, the one it prefers once every
+        running node sees the others: no handover is still to come."""
 
         def led() -> bool:
             try:
                 status = self.admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=5)
             except grpc.RpcError:
                 return False
-            # Served, each by the node it prefers: no handover is still to come.
+            # Preferences are worked out from the nodes the answering node sees alive: one
+            # that has not seen a node started a moment later yet finds every partition
+            # "on its preferred node" while handovers to that node are still to come.
+            running = {f"node{i + 1}" for i, node in enumerate(self.nodes) if node.alive}
+            if not running <= {n.name for n in status.nodes if n.alive}:
+                return False
             return bool(status.partitions) and all(
                 p.serving and p.owner == p.preferred for p in status.partitions
             )
