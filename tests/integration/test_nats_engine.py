@@ -43,6 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck, StreamConfig
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
+from broker.replication.ask import again
 from tests.support import PYTHON, ROOT, free_port, pid_alive, wait_for
 from tools.natsd import NatsCluster
 
@@ -99,9 +100,17 @@ def fenced(seq: int, msg_id: str | None = None) -> dict[str, str]:
     return headers
 
 
+async def add_stream(js: JetStreamContext, config: StreamConfig) -> None:
+    """Creates the stream, asking again while JetStream does not answer: a cluster that
+    has just come up may still be electing its meta leader, and a create sent meanwhile
+    goes unanswered for nats-py's 5 s (it timed out once in CI). Creating a stream again
+    with the same configuration is a no-op."""
+    await again(lambda: js.add_stream(config), timeout=30.0, per_try=5.0)
+
+
 def test_an_r3_stream_stores_and_acknowledges_a_publish(engine: NatsCluster) -> None:
     async def body(client: Client, js: JetStreamContext) -> None:
-        await js.add_stream(StreamConfig(name="ACKED", subjects=["acked"], num_replicas=3))
+        await add_stream(js, StreamConfig(name="ACKED", subjects=["acked"], num_replicas=3))
         ack = await js.publish("acked", b"batch", timeout=5)
         assert (ack.stream, ack.seq, ack.duplicate) == ("ACKED", 1, None)
         info = await js.stream_info("ACKED")
@@ -115,7 +124,7 @@ def test_an_r3_stream_stores_and_acknowledges_a_publish(engine: NatsCluster) -> 
 
 def test_a_stale_expected_last_sequence_is_refused_with_10071(engine: NatsCluster) -> None:
     async def body(client: Client, js: JetStreamContext) -> None:
-        await js.add_stream(StreamConfig(name="FENCE", subjects=["fence"], num_replicas=3))
+        await add_stream(js, StreamConfig(name="FENCE", subjects=["fence"], num_replicas=3))
         first = await js.publish("fence", b"1", headers=fenced(0))
         second = await js.publish("fence", b"2", headers=fenced(first.seq))
         assert (first.seq, second.seq) == (1, 2)
@@ -138,7 +147,7 @@ def test_a_retried_append_gets_its_original_sequence_back_not_the_fence(
         config = StreamConfig(
             name="RETRY", subjects=["retry"], num_replicas=3, duplicate_window=window_s
         )
-        await js.add_stream(config)
+        await add_stream(js, config)
         await js.publish("retry", b"0")
         appended = await js.publish("retry", b"batch", headers=fenced(1, "m1"))
         later = await js.publish("retry", b"successor's", headers=fenced(appended.seq))
@@ -222,7 +231,7 @@ def test_publishes_are_acked_with_a_server_killed_and_the_cluster_heals(tmp_path
         cluster.wait_ready(READY_TIMEOUT_S)
 
         async def create(client: Client, js: JetStreamContext) -> int:
-            await js.add_stream(StreamConfig(name="KILL", subjects=["kill"], num_replicas=3))
+            await add_stream(js, StreamConfig(name="KILL", subjects=["kill"], num_replicas=3))
             await js.publish("kill", b"before", timeout=5, headers=fenced(0, "before"))
             info = await js.stream_info("KILL")
             assert info.cluster is not None and info.cluster.leader
@@ -295,7 +304,7 @@ def test_a_single_server_runs_jetstream_and_refuses_replicas(tmp_path: Path) -> 
         assert "cluster {" not in server.config(0)
 
         async def body(client: Client, js: JetStreamContext) -> APIError:
-            await js.add_stream(StreamConfig(name="ONE", subjects=["one"], num_replicas=1))
+            await add_stream(js, StreamConfig(name="ONE", subjects=["one"], num_replicas=1))
             assert (await js.publish("one", b"x")).seq == 1
             config = StreamConfig(name="THREE", subjects=["three"], num_replicas=3)
             return await refused(js.add_stream(config))
