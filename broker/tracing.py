@@ -16,7 +16,6 @@ Every function here does nothing unless `durable.tracing.configure` enabled trac
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -30,11 +29,8 @@ if TYPE_CHECKING:
     from opentelemetry.trace import Tracer
 
 
-@functools.cache
 def _tracer() -> Tracer:
-    from opentelemetry import trace
-
-    return trace.get_tracer("durable.broker")
+    return otel.tracer("durable.broker")
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import logging
 import os
@@ -20,7 +19,7 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor, descriptor_pb2
@@ -41,9 +40,6 @@ from ._multiplex import TERMINAL, Multiplexer
 from ._runtime import Runtime
 from ._service import Service, Servicer
 from .process import listen_problem
-
-if TYPE_CHECKING:
-    from opentelemetry.trace import Tracer
 
 log = logging.getLogger("durable")
 
@@ -71,14 +67,6 @@ def _files(services: Iterable[Service]) -> descriptor_pb2.FileDescriptorSet:
     return out
 
 
-@functools.cache
-def _tracer() -> Tracer:
-    # Imported only with tracing on (see durable.tracing): off, no process loads it.
-    from opentelemetry import trace
-
-    return trace.get_tracer("durable.sdk")
-
-
 @contextlib.contextmanager
 def _handler_span(start: protocol_pb2.StartMessage) -> Iterator[None]:
     """The handler runs inside a span under its attempt's, so its own spans nest."""
@@ -87,7 +75,7 @@ def _handler_span(start: protocol_pb2.StartMessage) -> Iterator[None]:
         return
     from opentelemetry import trace
 
-    with _tracer().start_as_current_span(
+    with tracing.tracer("durable.sdk").start_as_current_span(
         f"handler {start.service}/{start.method}",
         context=tracing.context_from(start.traceparent),
         attributes={

@@ -30,6 +30,15 @@ def _propagator() -> TraceContextTextMapPropagator:
     return TraceContextTextMapPropagator()
 
 
+@functools.cache
+def tracer(name: str) -> trace.Tracer:
+    """The tracer named `name` (the broker's, the SDK's), made on first use, with tracing
+    on: OpenTelemetry is imported then, not before."""
+    from opentelemetry import trace
+
+    return trace.get_tracer(name)
+
+
 def enabled() -> bool:
     """Whether spans are being exported."""
     return _provider is not None
