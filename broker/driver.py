@@ -73,7 +73,7 @@ class Driver:
             self.committer.barrier,
             self.committer.prior_barrier,
             self.on_attempt,
-            partition.current_state,
+            partition.attempt_state,
             settings.endpoint_secret,
             settings.max_concurrency,
             settings.inactivity_timeout,

@@ -30,7 +30,7 @@ from .storage.kv import StoreUnavailable
 # event fails the attempt, if it does.
 Report = Callable[[str, int, AttemptEvent], str | None]
 # An object's state as stored, read once the attempt's start barrier passed.
-ReadState = Callable[[str, str], dict[str, bytes]]
+ReadState = Callable[[str, str, str], dict[str, bytes]]
 
 log = logging.getLogger("broker.invoker")
 
@@ -91,7 +91,8 @@ class Invoker:
         prior_barrier: A future of "every batch before the latest one is durable", for
             an early start that reads state (`StartAttempt.early`).
         report: Where what the endpoint did goes.
-        read_state: The object's state, added to a keyed attempt's start.
+        read_state: The object's state for an attempt (invocation id, service, key),
+            added to a keyed attempt's start.
         streams: The process's channels and multiplexed streams, when its partitions
             share them (a worker, a cluster node); by default the invoker's own.
     """
@@ -412,7 +413,7 @@ class Invoker:
         """Waits until the journal the start carries is durable, then adds the state."""
         await attempt.ready
         if start.key:
-            start.state.update(self._read_state(start.service, start.key))
+            start.state.update(self._read_state(start.invocation_id, start.service, start.key))
 
     def _handle(
         self,

@@ -124,18 +124,21 @@ def status_name(status: int) -> str:
     return str(Status.Name(status)).lower().replace("_", "-")  # type: ignore[arg-type]
 
 
-def state_sizes(p: PartitionOps, live: Live) -> dict[str, int]:
+def state_sizes(
+    p: PartitionOps, live: Live, stored: dict[str, bytes] | None = None
+) -> dict[str, int]:
     """The size of each of the object's state values as its exclusive handler sees them:
     what storage holds plus this invocation's writes not applied yet.
 
-    Read from storage once per invocation, then kept up to date by its own state
+    Read from storage once per invocation (or taken from `stored`, what the caller just
+    read: the attempt's start carries it), then kept up to date by its own state
     commands: while an exclusive handler holds the key nothing else writes the state
     (an operator's edit is refused), so a scan per `set_state` would read it again for
     nothing.
     """
     if live.state_sizes is None:
         r = live.record
-        values = state.load(p.kv, r.service, r.key)
+        values = dict(stored) if stored is not None else state.load(p.kv, r.service, r.key)
         for e in live.journal:
             if e.HasField("set_state"):
                 values[e.set_state.key] = e.set_state.value

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
+
+from . import entropy
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -39,7 +40,7 @@ class Status:
 
 def new_invocation_id() -> str:
     """`inv_` and 22 URL-safe characters (128 random bits)."""
-    return "inv_" + base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+    return "inv_" + base64.urlsafe_b64encode(entropy.token_bytes(16)).rstrip(b"=").decode()
 
 
 def now_ms() -> int:

@@ -11,7 +11,6 @@ carries their actions out: it is the only seam to the invoker, the clocks and ca
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Callable
 
 from durable.v1 import cluster_pb2, journal_pb2, protocol_pb2
@@ -24,7 +23,7 @@ from ..metrics import Metrics
 from ..storage import Batch, idempotency, inbox, invocations, journal, state, timers
 from ..storage import limits as limit_table
 from ..storage.kv import KV
-from . import actions, attempts, limits, messages, recovery, retries
+from . import actions, attempts, commands, entropy, limits, messages, recovery, retries
 from .dedup import Dedup
 from .events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .locks import KeyLocks, Lock
@@ -196,6 +195,16 @@ class Partition:
         """An object's state as stored (after a barrier: every queued write included)."""
         return state.load(self.kv, service, key)
 
+    def attempt_state(self, invocation_id: str, service: str, key: str) -> dict[str, bytes]:
+        """An object's state for the start of an attempt of `invocation_id`, read once
+        everything before it is written. An exclusive handler's state limit checks
+        start from the same read (`commands.state_sizes`) instead of a second scan."""
+        values = state.load(self.kv, service, key)
+        live = self.live.get(invocation_id)
+        if live is not None and live.record.exclusive and live.state_sizes is None:
+            commands.state_sizes(self, live, values)
+        return values
+
     def inbox(self, service: str, key: str) -> list[str]:
         """The invocations queued for an object's key, first in line first."""
         return self.locks.waiting((service, key))
@@ -287,7 +296,7 @@ class Partition:
             idempotency_key=idempotency_key,
             exclusive=bool(target and target.keyed and handler and not handler.shared),
             invoke_at_ms=invoke_at_ms,
-            random_seed=secrets.randbits(64),
+            random_seed=entropy.randbits64(),
             traceparent=traceparent,
         )
         if caller is not None:
@@ -309,7 +318,8 @@ class Partition:
             batch.then(actions.ArmTimer(invoke_at_ms, live.id, -1))
         else:
             self._enqueue(batch, live)
-        self.save(batch, live)
+        if not live.attempt:  # an attempt that started wrote the record as it is now
+            self.save(batch, live)
         log.info("invocation %s created: %s/%s key=%r", live.id, service, method, key)
         return live
 

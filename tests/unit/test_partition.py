@@ -520,6 +520,29 @@ def test_the_state_limit_counts_every_set_and_clear_of_the_running_handler() -> 
     assert p.current_state(FLIGHTS, "t1") == {"x": b"1" * 19}
 
 
+def test_the_state_an_attempt_starts_with_is_what_its_limit_checks_count() -> None:
+    """The invoker reads an object's state for an attempt's start; an exclusive handler's
+    limit checks take their sizes from that read, with the journal's own writes on top."""
+    kv = MemoryKV()
+    p = make_partition(kv, max_state_bytes=20)
+    first = start(p, FLIGHTS, "Reserve", "t1", reserve_request("t1"))
+    propose(p, first, Entry(set_state=journal_pb2.SetStateCommand(key="a", value=b"111111")))
+    propose(p, first, output())
+    commit(p)
+    second = start(p, FLIGHTS, "Reserve", "t1", reserve_request("t1"))
+    assert p.attempt_state(second, FLIGHTS, "t1") == {"a": b"111111"}
+    assert p.live[second].state_sizes == {"a": 7}
+    propose(p, second, Entry(set_state=journal_pb2.SetStateCommand(key="b", value=b"222222")))
+    refused = Entry(set_state=journal_pb2.SetStateCommand(key="c", value=b"333333"))
+    assert attempt_event(p, second, Proposed(len(p.live[second].journal), refused)) is None
+    [failed] = answers(commit(p), second)
+    assert "would hold 21 bytes" in failed.failure.message
+    # A shared handler's read seeds nothing: it never writes state.
+    reader = start(p, FLIGHTS, "Get", "t1", reserve_request("t1"))
+    assert p.attempt_state(reader, FLIGHTS, "t1") == {"a": b"111111", "b": b"222222"}
+    assert p.live[reader].state_sizes is None
+
+
 # ---- Suspension
 
 
