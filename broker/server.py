@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import grpc
@@ -53,7 +54,37 @@ def server_options(max_payload: int, reuse_port: bool = False) -> list[tuple[str
     ]
 
 
-async def add_health(server: grpc.aio.Server) -> None:
+class GenericOnly:
+    """A server as generated `add_*Servicer_to_server` functions see it: they hand it
+    their handlers both as a generic handler and as registered methods, and it keeps
+    only the generic one.
+
+    grpc.aio waits for the next call of each registered method in a task of its own and,
+    for every call it accepts, waits on all of them again (`asyncio.wait` with a
+    callback on each): on the ingress, where every user call is accepted that way,
+    health's and the broker's own methods would make that six futures per call instead
+    of one. Which handler serves a method is unchanged: these services' paths are the
+    generic ones the routers decline.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(
+        self,
+        handlers: Sequence[grpc.GenericRpcHandler],  # type: ignore[type-arg]
+    ) -> None:
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self,
+        service: str,
+        handlers: dict[str, grpc.RpcMethodHandler],  # type: ignore[type-arg]
+    ) -> None:
+        """Dropped: the generic handler given with them serves the same methods."""
+
+
+async def add_health(server: grpc.aio.Server | GenericOnly) -> None:
     """grpc.health.v1, serving."""
     servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
@@ -68,7 +99,7 @@ async def ingress_server(
     server = grpc.aio.server(
         options=server_options(max_payload, reuse_port), interceptors=[StorageErrors()]
     )
-    await add_health(server)
+    await add_health(GenericOnly(server))
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -165,10 +196,14 @@ class Broker:
         options = server_options(self.settings.max_payload_bytes)
         ingress = await ingress_server(self.settings.max_payload_bytes, self.registry)
         self.ingress_servicer = IngressServicer(self.driver)
-        ingress_pb2_grpc.add_IngressServicer_to_server(self.ingress_servicer, ingress)
+        ingress_pb2_grpc.add_IngressServicer_to_server(
+            self.ingress_servicer,
+            GenericOnly(ingress),  # type: ignore[arg-type]
+        )
         if not self.partition.placement.single:
             cluster_pb2_grpc.add_PartitionsServicer_to_server(
-                DeliverServicer(self.driver, self._delivery_secret), ingress
+                DeliverServicer(self.driver, self._delivery_secret),
+                GenericOnly(ingress),  # type: ignore[arg-type]
             )
         self.router = IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes)
         ingress.add_generic_rpc_handlers((self.router,))

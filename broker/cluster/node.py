@@ -34,7 +34,7 @@ from ..registry import Registry
 from ..replication.engine import Engine, stream_name
 from ..replication.lease import Leases
 from ..replication.turns import Turns
-from ..server import Broker, ingress_server
+from ..server import Broker, GenericOnly, ingress_server
 from ..storage import deployments
 from ..storage.kv import StorageError
 from . import layout, node_metrics
@@ -214,7 +214,8 @@ class Node:
             (ClusterRouter(self.routers, self.registry, placement, self.peers, self.catch_up),)
         )
         ingress_pb2_grpc.add_IngressServicer_to_server(
-            ClusterIngressServicer(self.ingress_servicers, placement, self.peers), public
+            ClusterIngressServicer(self.ingress_servicers, placement, self.peers),
+            GenericOnly(public),  # type: ignore[arg-type]
         )
         if self.settings.tls_cert and self.settings.tls_key:
             credentials = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)

@@ -22,7 +22,7 @@ from durable.v1 import cluster_pb2, cluster_pb2_grpc, ingress_pb2_grpc
 from .. import logs, security
 from ..config import Settings, parse_args
 from ..invoker import endpoint_streams
-from ..server import DRAIN_S, Broker, ingress_server
+from ..server import DRAIN_S, Broker, GenericOnly, ingress_server
 from . import layout
 from .deliver import SECRET_HEADER
 from .directory import Directory, from_environment
@@ -121,7 +121,7 @@ class Worker:
             ClusterIngressServicer(
                 {p: b.ingress_servicer for p, b in self.brokers.items()}, placement, self.peers
             ),
-            public,
+            GenericOnly(public),  # type: ignore[arg-type]
         )
         if self.settings.tls_cert and self.settings.tls_key:
             credentials = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
