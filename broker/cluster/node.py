@@ -61,6 +61,8 @@ HANDOFF_AFTER_S = 3.0
 JOIN_S = 3.0
 # How long a call to an unknown service waits for this node to apply the log's end.
 CATCH_UP_S = 2.0
+# How long stopping waits for a take-over or handover under way to end.
+CHANGES_STOP_S = 10.0
 _DELIVER_TIMEOUT = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -248,6 +250,14 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # A take-over or handover under way (no new one starts now) ends first: closing
+        # its replica under it would fail it half done, and a take-over that ends leading
+        # is then handed over by the replica's close like any other.
+        if self._changes:
+            await asyncio.wait(set(self._changes), timeout=CHANGES_STOP_S)
+            for task in self._changes:
+                task.cancel()
+            await asyncio.gather(*self._changes, return_exceptions=True)
         await asyncio.gather(*(r.close() for r in self.replicas), return_exceptions=True)
         if self._metrics is not None:
             self._metrics.close()
