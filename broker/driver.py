@@ -176,10 +176,11 @@ class Driver:
         headers: dict[str, str],
         idempotency_key: str = "",
         traceparent: str = "",
-    ) -> tuple[str, asyncio.Future[Result]]:
-        """Starts (or, by identity, finds) an invocation; returns its id and result."""
-        invocation_id = self.apply(
-            self.partition.invoke,
+    ) -> tuple[str, asyncio.Future[Result], asyncio.Future[None]]:
+        """Starts (or, by identity, finds) an invocation; returns its id, its result, and
+        a future of the moment it is durable (its creation's batch; for one it found, a
+        barrier behind whatever is queued)."""
+        created = self.partition.invoke(
             service,
             method,
             key,
@@ -188,7 +189,10 @@ class Driver:
             idempotency_key=idempotency_key,
             traceparent=traceparent,
         )
-        return invocation_id, self.attach(invocation_id)
+        durable = self._submit()
+        if durable is None:
+            durable = self.committer.barrier()
+        return created, self.attach(created), durable
 
     def attach(self, invocation_id: str) -> asyncio.Future[Result]:
         """A future of the invocation's result (immediate if it already completed)."""

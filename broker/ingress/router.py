@@ -139,7 +139,7 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
         with tracing.ingress(service, method, headers.get("traceparent", "")) as traceparent:
             try:
-                invocation_id, result_future = self._driver.invoke(
+                invocation_id, result_future, durable = self._driver.invoke(
                     service,
                     method,
                     key,
@@ -163,7 +163,7 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 # The id is an acknowledgement: hand it out only once the invocation (or
                 # the one this call attached to) is durable, so it still names it after a
                 # crash.
-                await asyncio.shield(self._driver.committer.barrier())
+                await asyncio.shield(durable)
                 await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
                 try:
                     # Shielded: a caller that goes away must not cancel the invocation.
