@@ -15,9 +15,17 @@ import grpc
 
 from .storage import StorageError, StoreUnavailable
 
+# At most this many wrapped handlers are kept (the routers' are one per path called).
+MAX_WRAPPED = 4096
+
 
 class StorageErrors(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Turns storage exceptions of unary handlers into UNAVAILABLE or DATA_LOSS."""
+
+    def __init__(self) -> None:
+        # Each handler's wrapper, made once: the routers and generated services hand
+        # out the same handler for a method call after call.
+        self._wrapped: dict[Any, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
@@ -29,20 +37,30 @@ class StorageErrors(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        # Typed for the sync API in grpc-stubs; on an aio server it is a coroutine function.
-        inner: Any = handler.unary_unary
-
-        async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            try:
-                return await inner(request, context)
-            except StoreUnavailable as e:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{e}; retry later")
-            except StorageError as e:
-                await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
-
-        wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
-            guarded,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        wrapped = self._wrapped.get(handler)
+        if wrapped is None:
+            if len(self._wrapped) >= MAX_WRAPPED:
+                self._wrapped.clear()
+            wrapped = self._wrapped[handler] = _guarded(handler)
         return wrapped
+
+
+def _guarded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """`handler` with storage exceptions turned into statuses."""
+    # Typed for the sync API in grpc-stubs; on an aio server it is a coroutine function.
+    inner: Any = handler.unary_unary
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await inner(request, context)
+        except StoreUnavailable as e:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"{e}; retry later")
+        except StorageError as e:
+            await context.abort(grpc.StatusCode.DATA_LOSS, str(e))
+
+    wrapped: grpc.RpcMethodHandler[Any, Any] = grpc.unary_unary_rpc_method_handler(
+        guarded,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    return wrapped

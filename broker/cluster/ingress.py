@@ -33,8 +33,8 @@ from ..ingress.router import (
     IDEMPOTENCY_KEY,
     INVOCATION_ID,
     Moved,
+    Routes,
     is_outcome,
-    route,
     status_of,
 )
 from ..storage import StoreUnavailable
@@ -117,11 +117,12 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self._peers = peers
         self._catch_up = catch_up
         self._turn = itertools.count()
+        self._routes = Routes(self._call)
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return route(handler_call_details, self._call)
+        return self._routes.handler(handler_call_details)
 
     def home(self, service: str, method: str, key: str, idempotency_key: str) -> int:
         """The partition a call goes to."""

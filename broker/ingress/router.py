@@ -81,6 +81,34 @@ def route(
     return grpc.unary_unary_rpc_method_handler(functools.partial(call, service, method))
 
 
+# Paths are whatever callers send: at most this many handlers are kept.
+MAX_ROUTES = 4096
+
+
+class Routes:
+    """`route`'s handler for each path, made once per path: grpc asks for a handler on
+    every call, and a new one each time is a partial and a handler tuple for nothing
+    (the storage interceptor keeps its wrapper of each handler likewise)."""
+
+    def __init__(self, call: Call) -> None:
+        self._call = call
+        self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+
+    def handler(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        path: str = handler_call_details.method
+        try:
+            return self._handlers[path]
+        except KeyError:
+            pass
+        handler = route(handler_call_details, self._call)
+        if len(self._handlers) >= MAX_ROUTES:
+            self._handlers.clear()
+        self._handlers[path] = handler
+        return handler
+
+
 class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     """A generic handler: any registered method, raw bytes, answered from the journal."""
 
@@ -88,11 +116,12 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self._driver = driver
         self._registry = registry
         self._max_payload = max_payload
+        self._routes = Routes(self.handle)
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        return route(handler_call_details, self.handle)
+        return self._routes.handler(handler_call_details)
 
     @property
     def lost(self) -> bool:
