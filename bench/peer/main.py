@@ -4,8 +4,12 @@ Installs the peer when missing (`bench.peer.install`), then re-runs itself in a 
 namespace of its own that has only a loopback interface (`unshare --net`): Restate's server
 looks for a newer release over the internet at start-up and has no setting to stop it, and
 there it cannot. Both sides run in that namespace, so they see the same loopback. Inside,
-each repeat runs our side, then Restate's, each in a fresh process with fresh servers and
-data (`bench.peer.side`), alternating so that drift on a shared machine hits both alike.
+each repeat measures every point (a scenario at a concurrency) on both sides back to back,
+each side in a fresh process with fresh servers and data (`bench.peer.side`), the side
+that goes first alternating from one repeat to the next: this machine's speed drifts by
+tens of percent over minutes, and the two windows of a pair are then seconds apart
+instead of a whole side's run. (`--pair run` measures every point of one side, then every
+point of the other, as before.)
 The medians, the ratios and issue 15's targets are printed (`bench.peer.compare`) and
 written as JSON.
 """
@@ -81,6 +85,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds (default 10)")
     p.add_argument("--warmup", type=float, default=2.0, help="seconds before each window (2)")
     p.add_argument("--repeat", type=int, default=1, help="runs per side, alternating (1)")
+    p.add_argument(
+        "--pair",
+        choices=("point", "run"),
+        default="point",
+        help="measure both sides point by point, back to back (default), or a whole run of "
+        "one side, then of the other",
+    )
     p.add_argument("--payload-bytes", type=int, default=64, help="trivial's payload (64)")
     p.add_argument(
         "--workers",
@@ -116,11 +127,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def side_timeout(args: argparse.Namespace) -> float:
-    """The longest one side of one run may take before it is stopped."""
-    points = len(args.scenarios) * len(args.concurrency)
+def side_timeout(args: argparse.Namespace, points: int) -> float:
+    """The longest one side process measuring `points` points may take."""
     per_point = float(args.warmup) + float(args.duration) + POINT_OVERHEAD_S
     return SIDE_OVERHEAD_S + points * per_point
+
+
+def total_timeout(args: argparse.Namespace) -> float:
+    """The longest the whole comparison may take."""
+    points = len(args.scenarios) * len(args.concurrency)
+    if args.pair == "point":
+        return float(args.repeat * 2 * points * side_timeout(args, 1) + 60)
+    return float(args.repeat * 2 * side_timeout(args, points) + 60)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
@@ -162,7 +180,7 @@ def outside(argv: list[str], args: argparse.Namespace) -> int:
         print(f"bench-peer: {e}", file=sys.stderr)
         return 1
     cmd = ["unshare", "--net", "--", sys.executable, "-m", "bench.peer", *argv, "--inside"]
-    total = args.repeat * 2 * side_timeout(args) + 60
+    total = total_timeout(args)
     proc = subprocess.Popen(cmd, cwd=ROOT)
     try:
         return _wait(proc, total)
@@ -207,23 +225,38 @@ def settings(args: argparse.Namespace, peer_versions: dict[str, str]) -> dict[st
         "load": (
             f"closed loop (bench.load.closed_loop, one client process per side and run), "
             f"concurrency {','.join(map(str, args.concurrency))}, warm-up {args.warmup:g} s, "
-            f"window {args.duration:g} s per point, {args.repeat} run(s) per side alternating "
-            "ours/Restate, fresh servers and data each run, both in one loopback-only network "
-            "namespace, data on the same disk"
+            f"window {args.duration:g} s per point, {args.repeat} run(s) per side, "
+            + (
+                "each point on both sides back to back (who goes first alternating by run), "
+                "fresh servers and data for every window"
+                if args.pair == "point"
+                else "alternating ours/Restate by whole runs, fresh servers and data each run"
+            )
+            + ", both in one loopback-only network namespace, data on the same disk"
         ),
     }
 
 
-def _side(args: argparse.Namespace, side: str, run: int, workdir: Path) -> list[Measured]:
-    out = workdir / f"{side}-r{run}.json"
+def _side(
+    args: argparse.Namespace,
+    side: str,
+    run: int,
+    workdir: Path,
+    scenarios: list[str],
+    concurrency: list[int],
+) -> list[Measured]:
+    label = f"{side}-r{run}" + (
+        f"-{scenarios[0]}-c{concurrency[0]}" if len(scenarios) * len(concurrency) == 1 else ""
+    )
+    out = workdir / f"{label}.json"
     cmd = [
         sys.executable, "-m", "bench.peer.side",
         "--side", side,
         "--run", str(run),
-        "--workdir", str(workdir / f"{side}-r{run}"),
+        "--workdir", str(workdir / label),
         "--out", str(out),
-        "--scenarios", ",".join(args.scenarios),
-        "--concurrency", ",".join(map(str, args.concurrency)),
+        "--scenarios", ",".join(scenarios),
+        "--concurrency", ",".join(map(str, concurrency)),
         "--duration", str(args.duration),
         "--warmup", str(args.warmup),
         "--payload-bytes", str(args.payload_bytes),
@@ -231,11 +264,27 @@ def _side(args: argparse.Namespace, side: str, run: int, workdir: Path) -> list[
         "--connections", str(args.connections),
         *(f"--broker-arg={a}" for a in args.broker_arg),
     ]  # fmt: skip
-    print(f"run {run}/{args.repeat}: {side}", file=sys.stderr, flush=True)
-    code = _wait(subprocess.Popen(cmd, cwd=ROOT), side_timeout(args))
+    what = " ".join(f"{s} c={c}" for s in scenarios for c in concurrency)
+    print(f"run {run}/{args.repeat}: {side}: {what}", file=sys.stderr, flush=True)
+    points = len(scenarios) * len(concurrency)
+    code = _wait(subprocess.Popen(cmd, cwd=ROOT), side_timeout(args, points))
     if code != 0:
         raise BenchError(f"the {side} side of run {run} failed (exit {code})")
     return [Measured.from_json(m) for m in json.loads(out.read_text())]
+
+
+def plan(args: argparse.Namespace) -> list[tuple[int, str, list[str], list[int]]]:
+    """The side processes to run, in order: (run, side, scenarios, concurrencies)."""
+    steps: list[tuple[int, str, list[str], list[int]]] = []
+    for run in range(1, args.repeat + 1):
+        if args.pair == "run":
+            steps += [(run, side, args.scenarios, args.concurrency) for side in (OURS, PEER)]
+            continue
+        order = (OURS, PEER) if run % 2 else (PEER, OURS)
+        for scenario in args.scenarios:
+            for concurrency in args.concurrency:
+                steps += [(run, side, [scenario], [concurrency]) for side in order]
+    return steps
 
 
 def _nan_none(v: float) -> float | None:
@@ -284,9 +333,8 @@ def inside(args: argparse.Namespace) -> int:
     measured: list[Measured] = []
     code = 0
     try:
-        for run in range(1, args.repeat + 1):
-            for side in (OURS, PEER):
-                measured += _side(args, side, run, workdir)
+        for run, side, scenarios, concurrency in plan(args):
+            measured += _side(args, side, run, workdir, scenarios, concurrency)
     except KeyboardInterrupt:
         print("\ninterrupted; all processes stopped", file=sys.stderr)
         code = 130

@@ -122,3 +122,26 @@ def test_the_table_shows_both_sides_ratios_and_the_target() -> None:
         "trivial", "1", "400", "2.50", "4.00", "200", "4.00", "12.0",
         "2.00x", "1.60x", "3.00x", "0/0", "FAIL", "(p50", "<=", "0.5x)",
     ]  # fmt: skip
+
+
+def test_the_sides_are_measured_point_by_point_back_to_back_by_default() -> None:
+    from bench.peer.main import parse_args, plan, total_timeout
+
+    flags = ["--scenarios", "trivial,keyed", "--concurrency", "1,64", "--repeat", "2"]
+    args = parse_args(["--peer", "restate", *flags])
+    steps = plan(args)
+    assert len(steps) == 2 * 2 * 2 * 2  # runs x scenarios x concurrencies x sides
+    # Each point's two windows are adjacent; who goes first alternates by run.
+    assert steps[:2] == [(1, OURS, ["trivial"], [1]), (1, PEER, ["trivial"], [1])]
+    assert steps[8:10] == [(2, PEER, ["trivial"], [1]), (2, OURS, ["trivial"], [1])]
+    for first, second in zip(steps[::2], steps[1::2], strict=True):
+        assert first[0] == second[0] and first[2:] == second[2:] and first[1] != second[1]
+    whole = parse_args(["--peer", "restate", "--pair", "run", "--repeat", "2"])
+    assert [(run, side) for run, side, _, _ in plan(whole)] == [
+        (1, OURS),
+        (1, PEER),
+        (2, OURS),
+        (2, PEER),
+    ]
+    assert plan(whole)[0][2:] == (["trivial", "keyed", "saga"], [1, 64])
+    assert total_timeout(args) > 16 * (args.warmup + args.duration)
