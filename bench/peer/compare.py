@@ -180,6 +180,21 @@ class Row:
     target: str
 
 
+def run_ratios(row: Row) -> list[tuple[int, float, float]]:
+    """Each run's own ratios, from its two windows (run, throughput ours/peer, p50
+    peer/ours), for the runs measured on both sides."""
+    peer_runs = {m.run: m for m in row.peer.runs}
+    return [
+        (
+            m.run,
+            _div(m.throughput, peer_runs[m.run].throughput),
+            _div(peer_runs[m.run].p50_ms, m.p50_ms),
+        )
+        for m in row.ours.runs
+        if m.run in peer_runs
+    ]
+
+
 def _div(a: float, b: float) -> float:
     return a / b if b and not math.isnan(a) and not math.isnan(b) else math.nan
 
@@ -274,6 +289,27 @@ def main_table(table_rows: Sequence[Row]) -> str:
     return _table(header, body)
 
 
+def runs_table(table_rows: Sequence[Row]) -> str:
+    """Each run's own ratios and their median, beside the ratio of the medians."""
+    header = ["scenario", "conc", "thr ours/R by run", "median", "p50 R/ours by run", "median"]
+    body = []
+    for r in table_rows:
+        by_run = run_ratios(r)
+        thr = [t for _, t, _ in by_run]
+        p50 = [p for _, _, p in by_run]
+        body.append(
+            [
+                r.scenario,
+                str(r.concurrency),
+                " ".join(_x(v) for v in thr),
+                _x(_nan_median(thr)),
+                " ".join(_x(v) for v in p50),
+                _x(_nan_median(p50)),
+            ]
+        )
+    return _table(header, body)
+
+
 def cost_table(table_rows: Sequence[Row]) -> str:
     """Where the CPU goes on each side, and each server's fsyncs per call."""
     header = [
@@ -316,6 +352,9 @@ def render(measured: Sequence[Measured], settings: dict[str, Any], partial: bool
             f"{TARGET_THROUGHPUT_RATIO:g}x Restate's throughput at c{TARGET_THROUGHPUT_CONCURRENCY}"
             f", at most {TARGET_P50_FRACTION:g} of its p50 at c{TARGET_P50_CONCURRENCY}.",
             main_table(table_rows),
+            "Each run's own ratios (from its two windows of the point, back to back with "
+            "--pair point) and their median,\nbeside the ratios of the medians above.",
+            runs_table(table_rows),
             "CPU per successful call by process (server = our broker / restate-server; service "
             "= the handlers' process(es));\n'other cores' = the rest of the machine (other "
             "users: figures are comparable when it is near 0);\nfsyncs/call from each server's "

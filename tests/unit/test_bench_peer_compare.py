@@ -145,3 +145,21 @@ def test_the_sides_are_measured_point_by_point_back_to_back_by_default() -> None
     ]
     assert plan(whole)[0][2:] == (["trivial", "keyed", "saga"], [1, 64])
     assert total_timeout(args) > 16 * (args.warmup + args.duration)
+
+
+def test_each_run_has_its_own_ratio_beside_the_ratio_of_medians() -> None:
+    ours = [(10.0, 30.0), (30.0, 10.0), (20.0, 20.0)]
+    theirs = [(5.0, 60.0), (30.0, 10.0), (4.0, 80.0)]
+    runs = [measured(OURS, "saga", 1, t, p, run=i) for i, (t, p) in enumerate(ours, start=1)] + [
+        measured(PEER, "saga", 1, t, p, run=i) for i, (t, p) in enumerate(theirs, start=1)
+    ]
+    runs.append(measured(OURS, "saga", 1, 99.0, 1.0, run=4))  # no peer window: no ratio
+    (row,) = compare.rows(runs)
+    assert [(r, round(t, 2), round(p, 2)) for r, t, p in compare.run_ratios(row)] == [
+        (1, 2.0, 2.0),
+        (2, 1.0, 1.0),
+        (3, 5.0, 4.0),
+    ]
+    table = compare.runs_table([row])
+    assert "2.00x 1.00x 5.00x   2.00x" in table
+    assert "2.00x 1.00x 4.00x   2.00x" in table
