@@ -115,10 +115,18 @@ class Driver:
 
     async def commit(self, event: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Applies `event` and waits until what it wrote is durable."""
+        result, durable = self._apply_durable(event, *args, **kwargs)
+        await durable
+        return result
+
+    def _apply_durable(
+        self, event: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+    ) -> tuple[T, asyncio.Future[None]]:
+        """Applies `event`; its result and a future of what it wrote being durable (its
+        last batch, or when it wrote nothing, a barrier behind whatever is queued)."""
         result = event(*args, **kwargs)
         last = self._submit()
-        await (last if last is not None else self.committer.barrier())
-        return result
+        return result, last if last is not None else self.committer.barrier()
 
     def _submit(self) -> asyncio.Future[None] | None:
         last = None
@@ -180,7 +188,8 @@ class Driver:
         """Starts (or, by identity, finds) an invocation; returns its id, its result, and
         a future of the moment it is durable (its creation's batch; for one it found, a
         barrier behind whatever is queued)."""
-        created = self.partition.invoke(
+        created, durable = self._apply_durable(
+            self.partition.invoke,
             service,
             method,
             key,
@@ -189,9 +198,6 @@ class Driver:
             idempotency_key=idempotency_key,
             traceparent=traceparent,
         )
-        durable = self._submit()
-        if durable is None:
-            durable = self.committer.barrier()
         return created, self.attach(created), durable
 
     def attach(self, invocation_id: str) -> asyncio.Future[Result]:
