@@ -18,6 +18,9 @@ from typing import Any, TypeVar
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 _T = TypeVar("_T")
+
+# The most --ingress-servers: each is an accepting task and a listening socket.
+MAX_INGRESS_SERVERS = 16
 _OPTION = "option"
 
 
@@ -171,6 +174,16 @@ class Settings:
         switch=True,
         negated=True,
         help="open a stream per attempt even to endpoints that serve Multiplex",
+    )
+    # grpc.aio accepts one call per server per turn of the event loop: several servers
+    # on the ingress port accept side by side (see broker.ingress.listen).
+    ingress_servers: int = _setting(
+        2,
+        "--ingress-servers",
+        "BROKER_INGRESS_SERVERS",
+        parse=int,
+        help="gRPC servers sharing the ingress port (SO_REUSEPORT), each accepting calls "
+        f"on its own; more take in calls faster under load (1 to {MAX_INGRESS_SERVERS})",
     )
     # A non-determinism report from the SDK ends the invocation with INTERNAL instead of
     # being retried. Off in production (a fixed deployment can then recover it); on in
@@ -332,6 +345,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         )
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if not 1 <= a.ingress_servers <= MAX_INGRESS_SERVERS:
+        p.error(
+            f"--ingress-servers (BROKER_INGRESS_SERVERS) is {a.ingress_servers}: give 1 to "
+            f"{MAX_INGRESS_SERVERS}"
+        )
     values: dict[str, Any] = {}
     for field, option in options():
         if option.flag is None:

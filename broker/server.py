@@ -22,7 +22,7 @@ from .cluster.shipper import Transport
 from .config import Settings
 from .core.partition import Partition
 from .driver import Driver
-from .ingress import DynamicReflection, IngressRouter, IngressServicer
+from .ingress import DynamicReflection, IngressRouter, IngressServicer, listen
 from .interceptors import StorageErrors
 from .multiplex import Streams
 from .registry import Registry
@@ -194,20 +194,9 @@ class Broker:
                 log.error("stored deployment %s no longer loads: %s", record.id, e)
         self.driver.start()
         options = server_options(self.settings.max_payload_bytes)
-        ingress = await ingress_server(self.settings.max_payload_bytes, self.registry)
         self.ingress_servicer = IngressServicer(self.driver)
-        ingress_pb2_grpc.add_IngressServicer_to_server(
-            self.ingress_servicer,
-            GenericOnly(ingress),  # type: ignore[arg-type]
-        )
-        if not self.partition.placement.single:
-            cluster_pb2_grpc.add_PartitionsServicer_to_server(
-                DeliverServicer(self.driver, self._delivery_secret),
-                GenericOnly(ingress),  # type: ignore[arg-type]
-            )
         self.router = IngressRouter(self.driver, self.registry, self.settings.max_payload_bytes)
-        ingress.add_generic_rpc_handlers((self.router,))
-        self.ingress_port = self._bind(ingress, self.settings.ingress)
+        ingresses = await self._ingress_servers()
         interceptors: list[grpc.aio.ServerInterceptor] = (  # type: ignore[type-arg]
             [security.TokenInterceptor(self.settings.admin_token)]
             if self.settings.admin_token
@@ -227,9 +216,10 @@ class Broker:
             admin,
         )
         self.admin_port = self._bind(admin, self.settings.admin)
-        await ingress.start()
+        for ingress in ingresses:
+            await ingress.start()
         await admin.start()
-        self._servers = [ingress, admin]
+        self._servers = [*ingresses, admin]
         self._purger = asyncio.create_task(self._purge_loop())
         self._indexer = asyncio.create_task(self.admin_servicer.index_completed())
         if self.settings.console:
@@ -284,6 +274,36 @@ class Broker:
             await woken.wait()
         finally:
             handle.cancel()
+
+    async def _ingress_servers(self) -> list[grpc.aio.Server]:
+        """The ingress: `--ingress-servers` servers on one port (see `ingress.listen`),
+        each with every handler; binds them and sets `ingress_port`."""
+        count = self.settings.ingress_servers
+        if count > 1:
+            listen.refuse_if_listened(self.settings.ingress)
+        servers: list[grpc.aio.Server] = []
+        address = self.settings.ingress
+        for _ in range(count):
+            server = await ingress_server(
+                self.settings.max_payload_bytes, self.registry, reuse_port=count > 1
+            )
+            ingress_pb2_grpc.add_IngressServicer_to_server(
+                self.ingress_servicer,
+                GenericOnly(server),  # type: ignore[arg-type]
+            )
+            if not self.partition.placement.single:
+                cluster_pb2_grpc.add_PartitionsServicer_to_server(
+                    DeliverServicer(self.driver, self._delivery_secret),
+                    GenericOnly(server),  # type: ignore[arg-type]
+                )
+            server.add_generic_rpc_handlers((self.router,))
+            port = self._bind(server, address)
+            if not servers:
+                # An ephemeral port (`:0`) is chosen by the first; the others join it.
+                self.ingress_port = port
+                address = listen.with_port(address, port)
+            servers.append(server)
+        return servers
 
     def _bind(self, server: grpc.aio.Server, address: str) -> int:
         if self.settings.tls_cert and self.settings.tls_key:

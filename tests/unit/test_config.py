@@ -77,6 +77,8 @@ def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPa
         (["--tls-cert", "c.pem"], {}, "--tls-cert and --tls-key go together"),
         ([], {"BROKER_TLS_KEY": "k.pem"}, "--tls-cert and --tls-key go together"),
         (["--retry-max", "soon"], {}, "not a duration: 'soon'"),
+        (["--ingress-servers", "0"], {}, "--ingress-servers (BROKER_INGRESS_SERVERS) is 0"),
+        ([], {"BROKER_INGRESS_SERVERS": "17"}, "give 1 to 16"),
     ],
 )
 def test_bad_settings_are_refused(

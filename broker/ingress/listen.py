@@ -1,0 +1,64 @@
+"""Several gRPC servers on one ingress port.
+
+grpc.aio takes calls in one at a time per server: its serving task asks the core for the
+next call only once the last one reached the event loop, so a server accepts at most about
+one call per turn of the loop. Under load that turn is long, and calls wait in the core
+while the broker has CPU to spare for work that batches (group commit, frames to
+endpoints). Several servers bound to the same port with SO_REUSEPORT each accept on their
+own; the kernel spreads the callers' connections over them.
+
+SO_REUSEPORT would also let a second broker bind the port and take a share of the
+connections unseen. `refuse_if_listened` keeps the single-server rule instead: the port must
+be free when the broker starts.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+class PortInUse(RuntimeError):
+    """The ingress port is served by another process already."""
+
+
+def refuse_if_listened(address: str) -> None:
+    """Raises `PortInUse` when something listens on `address` (`host:port`; port 0,
+    an ephemeral one, is always free).
+
+    The probe binds without SO_REUSEPORT (with SO_REUSEADDR, so that connections of an
+    earlier run in TIME_WAIT do not count): it fails only against a listener.
+    """
+    host, port = _split(address)
+    if port == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"the ingress address {address} is already in use (another broker, or "
+                    "another program, listens there): stop it or give --ingress another port"
+                ) from None
+            raise
+
+
+def with_port(address: str, port: int) -> str:
+    """`address` with its port replaced (the port the first server actually bound)."""
+    host, _ = _split_raw(address)
+    return f"{host}:{port}"
+
+
+def _split_raw(address: str) -> tuple[str, str]:
+    host, _, port = address.rpartition(":")
+    return host, port
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, port = _split_raw(address)
+    if not host or not port.isdigit():
+        raise ValueError(f"{address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
