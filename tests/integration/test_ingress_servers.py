@@ -50,9 +50,10 @@ def test_a_second_broker_on_the_ingress_port_refuses_to_start(tmp_path: Path) ->
     # SO_REUSEPORT lets the first broker's servers share the port; a second broker must
     # not join them and take a share of the callers' connections.
     with Cluster(tmp_path, services=()) as cluster:
+        args = [PYTHON, "-m", "broker", "--data-dir", str(tmp_path / "second")]
+        args += ["--ingress", cluster.ingress, "--admin", f"127.0.0.1:{free_port()}"]
         second = subprocess.run(
-            [PYTHON, "-m", "broker", "--data-dir", str(tmp_path / "second")]
-            + ["--ingress", cluster.ingress, "--admin", f"127.0.0.1:{free_port()}"],
+            args,
             cwd=ROOT,
             capture_output=True,
             text=True,
