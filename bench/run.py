@@ -223,9 +223,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--connections",
         type=int,
-        default=4,
-        help="client connections the calls are spread over (default 4): one connection "
-        "reaches one worker of --workers",
+        default=16,
+        help="client connections the calls are spread over (default 16): one connection "
+        "reaches one worker of --workers, or one of the broker's --ingress-servers",
     )
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size (default 64)")
     p.add_argument("--no-fsync", action="store_true", help="run the broker with --no-fsync")

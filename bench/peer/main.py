@@ -102,8 +102,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--connections",
         type=int,
-        default=4,
-        help="gRPC connections our calls are spread over, as in make bench (default 4)",
+        default=16,
+        help="gRPC connections our calls are spread over, as in make bench (default 16; "
+        "Restate's HTTP/1.1 load opens one per call in flight)",
     )
     p.add_argument(
         "--broker-arg",
