@@ -178,7 +178,7 @@ def commit_table(points: Sequence[Point]) -> str:
     """Group commit as the broker saw it (its `/metrics`), for the points through it."""
     header = [
         "scenario", "conc", "invocations/call", "fsync groups/s", "groups/call",
-        "batches/group", "mean fsync ms",
+        "batches/group", "mean fsync ms", "messages/frame",
     ]  # fmt: skip
     rows = []
     for p in points:
@@ -190,6 +190,8 @@ def commit_table(points: Sequence[Point]) -> str:
         syncs = d.get("metric:durable_journal_fsync_seconds_count", 0.0)
         sync_s = d.get("metric:durable_journal_fsync_seconds_sum", 0.0)
         started = d.get("metric:durable_invocations_started_total", 0.0)
+        frames = d.get("metric:durable_endpoint_frames_total", 0.0)
+        messages = d.get("metric:durable_endpoint_messages_total", 0.0)
         rows.append(
             [
                 p.scenario.name,
@@ -199,13 +201,15 @@ def commit_table(points: Sequence[Point]) -> str:
                 f"{groups / ok:.2f}" if ok else "-",
                 f"{batches / groups:.1f}" if groups else "-",
                 f"{sync_s * 1000 / syncs:.3f}" if syncs else "-",
+                f"{messages / frames:.2f}" if frames else "-",
             ]
         )
     if not rows:
         return ""
     return (
         "Group commit, from the broker's /metrics during each window (a group = one RocksDB\n"
-        "write + one fsync; batches/group = how many state-machine batches shared it)\n\n"
+        "write + one fsync; batches/group = how many state-machine batches shared it;\n"
+        "messages/frame = messages to endpoints per frame of their multiplexed streams)\n\n"
         + _table(header, rows)
     )
 

@@ -17,6 +17,8 @@ BROKER_METRICS = (
     "durable_journal_batch_steps_sum",
     "durable_journal_fsync_seconds_count",
     "durable_journal_fsync_seconds_sum",
+    "durable_endpoint_frames_total",
+    "durable_endpoint_messages_total",
 )
 
 

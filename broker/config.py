@@ -21,6 +21,8 @@ _T = TypeVar("_T")
 
 # The most --ingress-servers: each is an accepting task and a listening socket.
 MAX_INGRESS_SERVERS = 16
+# The longest --stream-linger: it is a wait added to messages under load.
+MAX_STREAM_LINGER_S = 0.1
 _OPTION = "option"
 
 
@@ -185,6 +187,16 @@ class Settings:
         help="gRPC servers sharing the ingress port (SO_REUSEPORT), each accepting calls "
         f"on its own; more take in calls faster under load (1 to {MAX_INGRESS_SERVERS})",
     )
+    # While the event loop is saturated, frames to endpoints wait this long to carry
+    # several attempts' messages (see broker.multiplex.Linger); endpoints do likewise.
+    stream_linger: float = _setting(
+        0.005,
+        "--stream-linger",
+        "BROKER_STREAM_LINGER",
+        parse=parse_duration,
+        help="while the broker's event loop is saturated, how long a frame to an endpoint "
+        "waits to carry more messages (0 = never; at most 100ms)",
+    )
     # A non-determinism report from the SDK ends the invocation with INTERNAL instead of
     # being retried. Off in production (a fixed deployment can then recover it); on in
     # `durable.testing`, so a test sees the divergence instead of a retry that may pass.
@@ -345,6 +357,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         )
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if not 0 <= a.stream_linger <= MAX_STREAM_LINGER_S:
+        p.error(
+            f"--stream-linger (BROKER_STREAM_LINGER) is {a.stream_linger * 1000:g}ms: give "
+            f"0 (never wait) up to {MAX_STREAM_LINGER_S * 1000:g}ms; it adds to the latency "
+            "of messages under load"
+        )
     if not 1 <= a.ingress_servers <= MAX_INGRESS_SERVERS:
         p.error(
             f"--ingress-servers (BROKER_INGRESS_SERVERS) is {a.ingress_servers}: give 1 to "

@@ -80,6 +80,7 @@ class Driver:
             settings.unary_first,
             settings.multiplex,
             streams,
+            settings.stream_linger,
         )
         self.timers = TimerQueue(self.on_timer, clock)
         # Schedules' clocks: a heap of (due, name); a stale entry finds nothing due.

@@ -21,7 +21,7 @@ from durable.v1 import protocol_pb2, protocol_pb2_grpc
 from .core.actions import StartAttempt
 from .core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .core.model import Result
-from .multiplex import Connection, Streams
+from .multiplex import Connection, Linger, Streams
 from .registry import Deployment, Registry
 from .security import ENDPOINT_SECRET_HEADER
 from .storage.kv import StoreUnavailable
@@ -75,11 +75,12 @@ class Attempt:
             self.queue.put_nowait(None)
 
 
-def endpoint_streams(endpoint_secret: str | None) -> Streams:
+def endpoint_streams(endpoint_secret: str | None, linger: float = 0.0) -> Streams:
     """Channels and multiplexed streams to endpoints, sending the secret with every call
-    for endpoints that require it."""
+    for endpoints that require it; frames wait up to `linger` seconds while the event loop
+    is saturated (`Linger`)."""
     metadata = ((ENDPOINT_SECRET_HEADER, endpoint_secret),) if endpoint_secret else ()
-    return Streams(metadata, MAX_MESSAGE_BYTES)
+    return Streams(metadata, MAX_MESSAGE_BYTES, Linger(linger))
 
 
 class Invoker:
@@ -95,6 +96,7 @@ class Invoker:
             added to a keyed attempt's start.
         streams: The process's channels and multiplexed streams, when its partitions
             share them (a worker, a cluster node); by default the invoker's own.
+        linger: For the invoker's own streams: how long frames may wait (`Linger`).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class Invoker:
         unary_first: bool = True,
         multiplex: bool = True,
         streams: Streams | None = None,
+        linger: float = 0.0,
     ) -> None:
         self._registry = registry
         self._barrier = barrier
@@ -127,10 +130,15 @@ class Invoker:
         self._slots: dict[str, asyncio.Semaphore] = {}
         # Shared by every partition of the process when given; else this invoker's own.
         self._owns_streams = streams is None
-        self._streams = streams or endpoint_streams(endpoint_secret)
+        self._streams = streams or endpoint_streams(endpoint_secret, linger)
         self._tasks: set[asyncio.Task[None]] = set()
         # Set by `quiesce`: this process is about to stop serving the partition.
         self._quiescing = False
+
+    @property
+    def streams(self) -> Streams | None:
+        """The invoker's own streams; None when they are shared with other partitions."""
+        return self._streams if self._owns_streams else None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:

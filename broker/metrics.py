@@ -11,6 +11,7 @@ import bisect
 import collections
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 log = logging.getLogger("broker.metrics")
 
@@ -49,10 +50,23 @@ class Histogram:
         return lines
 
 
+class FrameCounts(Protocol):
+    """Frames sent to endpoints on multiplexed streams, and the messages in them."""
+
+    frames: int
+    messages: int
+
+
 class Metrics:
-    """Everything the broker counts."""
+    """Everything the broker counts.
+
+    Attributes:
+        frames: Frame counts of the partition's own streams to endpoints
+            (`broker.multiplex.Linger`); None when it shares a process's streams.
+    """
 
     def __init__(self) -> None:
+        self.frames: FrameCounts | None = None
         self.counters: dict[str, collections.Counter[str]] = {
             name: collections.Counter()
             for name in ("started", "completed", "failed", "suspended", "retried", "queued")
@@ -80,6 +94,17 @@ class Metrics:
             name = f"durable_invocations_{event}_total"
             lines += [f"# HELP {name} {help_text[event]}", f"# TYPE {name} counter"]
             lines += [f'{name}{{service="{s}"}} {n}' for s, n in sorted(counter.items())]
+        if self.frames is not None:
+            for name, value, text in (
+                ("durable_endpoint_frames_total", self.frames.frames, "Frames sent to endpoints."),
+                (
+                    "durable_endpoint_messages_total",
+                    self.frames.messages,
+                    "Messages in the frames sent to endpoints (several per frame while the "
+                    "broker's event loop is saturated).",
+                ),
+            ):
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} counter", f"{name} {value}"]
         for name, hist, label, text in (
             (
                 "durable_invocation_duration_seconds",

@@ -173,6 +173,9 @@ class Broker:
             log=log,
             streams=streams,
         )
+        own = self.driver.invoker.streams
+        if own is not None:  # shared ones would repeat in every partition's scrape
+            self.metrics.frames = own.linger
         self.committer = self.driver.committer
         self.ingress_port = 0
         self.admin_port = 0

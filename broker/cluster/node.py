@@ -135,7 +135,7 @@ class Node:
         self.leaders = Leaders(count)
         self.peers = Peers(self.leaders, settings.max_payload_bytes)
         # One stream per endpoint for the whole node, whichever partitions it leads.
-        self.streams = endpoint_streams(settings.endpoint_secret)
+        self.streams = endpoint_streams(settings.endpoint_secret, settings.stream_linger)
         self.routers: dict[int, IngressRouter] = {}
         self.ingress_servicers: dict[int, IngressServicer] = {}
         self.brokers: dict[int, Broker] = {}

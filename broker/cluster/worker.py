@@ -55,7 +55,7 @@ class Worker:
         self._recovered = asyncio.Event()
         self.brokers: dict[int, Broker] = {}
         # One stream per endpoint for the whole worker, shared by its partitions.
-        self.streams = endpoint_streams(settings.endpoint_secret)
+        self.streams = endpoint_streams(settings.endpoint_secret, settings.stream_linger)
         for partition in directory.owned_by(index):
             address = directory.partitions[partition]
             own = dataclasses.replace(

@@ -2,7 +2,9 @@
 
 The broker keeps one such stream per deployment and tags every item with an attempt
 id. Each attempt runs as on its own stream; what the attempts send is queued and goes
-out as one frame when the stream is ready to write.
+out as one frame when the stream is ready to write, after waiting as long as the broker's
+latest frame said (`linger_us`: its event loop is saturated, and a frame costs it more
+than the messages in it do).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ log = logging.getLogger("durable")
 # An attempt ends with the first of these it sends.
 TERMINAL = ("end", "suspension", "error")
 
+# The longest wait for a frame the broker can ask for, whatever it says.
+MAX_LINGER_US = 100_000
+
 Send = Callable[[protocol_pb2.InvokeResponse], None]
 StartAttempt = Callable[
     [protocol_pb2.StartMessage, Send], tuple[Runtime, Callable[[], Coroutine[Any, Any, None]]]
@@ -43,6 +48,8 @@ class Multiplexer:
             asyncio.Queue()
         )
         self._draining = draining
+        # How long a frame waits for more items, as the broker's latest frame said.
+        self.linger = 0.0
         self.ended = asyncio.Event()
         self._end_if_drained()
 
@@ -50,6 +57,7 @@ class Multiplexer:
         """Dispatches what the broker sends until it ends the stream."""
         try:
             async for frame in frames:
+                self.linger = min(frame.linger_us, MAX_LINGER_US) / 1e6
                 for item in frame.items:
                     try:
                         self._dispatch(item)
@@ -65,7 +73,9 @@ class Multiplexer:
     def frames(self) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
         """Frames to send: everything queued when the stream is ready to write."""
         return packed_frames(
-            self._outbox, lambda items: protocol_pb2.MultiplexResponse(items=items)
+            self._outbox,
+            lambda items: protocol_pb2.MultiplexResponse(items=items),
+            linger=lambda: self.linger,
         )
 
     def drain(self) -> None:

@@ -53,17 +53,22 @@ async def frames(
     queue: asyncio.Queue[tuple[Item, int] | None],
     frame: Callable[[list[Item]], Frame],
     limit: int = FRAME_BYTES,
+    linger: Callable[[], float] | None = None,
 ) -> AsyncIterator[Frame]:
     """Frames of everything queued, in order.
 
     Each frame holds at most `limit` bytes of items unless one item alone is larger; the
-    iteration ends after flushing when it takes None.
+    iteration ends after flushing when it takes None. With `linger`, a frame whose first
+    item is taken waits that many seconds (asked anew for each frame; 0 for none) before
+    the rest of the queue joins it: one frame then carries several attempts' messages,
+    and a frame costs both ends more than a message does.
 
     Args:
         queue: Each item with its serialized size, computed once by whoever queued it;
             None ends the stream.
         frame: Builds one frame from a list of items.
         limit: The most bytes of items in one frame.
+        linger: How long the next frame waits for more items, in seconds.
 
     Yields:
         The frames, in the order their items were queued.
@@ -74,6 +79,10 @@ async def frames(
         carried = None
         if first is None:
             return
+        if linger is not None:
+            wait = linger()
+            if wait > 0:
+                await asyncio.sleep(wait)
         items, size = [first[0]], first[1]
         while not queue.empty():
             queued = queue.get_nowait()

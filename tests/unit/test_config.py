@@ -78,6 +78,7 @@ def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPa
         ([], {"BROKER_TLS_KEY": "k.pem"}, "--tls-cert and --tls-key go together"),
         (["--retry-max", "soon"], {}, "not a duration: 'soon'"),
         (["--ingress-servers", "0"], {}, "--ingress-servers (BROKER_INGRESS_SERVERS) is 0"),
+        (["--stream-linger", "1s"], {}, "--stream-linger (BROKER_STREAM_LINGER) is 1000ms"),
         ([], {"BROKER_INGRESS_SERVERS": "17"}, "give 1 to 16"),
     ],
 )

@@ -662,3 +662,45 @@ def test_an_attempt_the_endpoint_ends_while_starting_it_does_not_hold_up_a_drain
             await within(reader)
 
     run(scenario)
+
+
+# -- linger: the broker asks for fuller frames ----------------------------------------------
+
+
+def _frame(*items: AttemptRequest, linger_us: int) -> protocol_pb2.MultiplexRequest:
+    return protocol_pb2.MultiplexRequest(items=items, linger_us=linger_us)
+
+
+@pytest.mark.parametrize("linger_us", [0, 100_000])
+def test_a_frame_waits_as_long_as_the_broker_asks(linger_us: int) -> None:
+    async def scenario() -> None:
+        harness = Harness()
+        harness._feed.put_nowait(
+            _frame(start_item(1, "a"), start_item(2, "b"), linger_us=linger_us)
+        )
+        a, b = await harness.attempt("a"), await harness.attempt("b")
+        a.release.set()
+        await asyncio.sleep(0.005)
+        b.release.set()
+        first = await harness.next_frame()
+        ended = sorted(item.attempt_id for item in first.items if item.message.HasField("end"))
+        # Without a linger the first end goes at once, alone; with one, the frame waits
+        # and carries the second end too.
+        assert ended == ([1, 2] if linger_us else [1])
+        await harness.close()
+
+    run(scenario)
+
+
+def test_a_linger_beyond_the_cap_is_cut_to_it() -> None:
+    async def scenario() -> None:
+        harness = Harness()
+        harness._feed.put_nowait(_frame(start_item(1, "a"), linger_us=3_600_000_000))
+        await harness.attempt("a")
+        assert harness.mux.linger == 0.1
+        harness._feed.put_nowait(_frame(completion_item(1, 1), linger_us=0))
+        await within(harness.attempts["a"].completed.wait())
+        assert harness.mux.linger == 0.0
+        await harness.close()
+
+    run(scenario)
