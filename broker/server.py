@@ -280,8 +280,13 @@ class Broker:
 
     async def _ingress_servers(self) -> list[grpc.aio.Server]:
         """The ingress: `--ingress-servers` servers on one port (see `ingress.listen`),
-        each with every handler; binds them and sets `ingress_port`."""
-        count = self.settings.ingress_servers
+        each with every handler; binds them and sets `ingress_port`.
+
+        Only the embedded broker's: a worker's or a cluster node's partition keeps one
+        server on its private port. Those ports are picked free by the supervisor and
+        bound later, and any gRPC server (SO_REUSEPORT is its default) that took the same
+        port meanwhile would share it silently instead of failing to bind."""
+        count = self.settings.ingress_servers if self.partition.placement.single else 1
         if count > 1:
             listen.refuse_if_listened(self.settings.ingress)
         servers: list[grpc.aio.Server] = []
