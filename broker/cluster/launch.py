@@ -9,6 +9,7 @@ import secrets
 import socket
 
 from ..config import Settings
+from ..ingress import listen
 from . import layout
 from .directory import Directory, PartitionAddress
 
@@ -55,10 +56,10 @@ def split_address(address: str) -> tuple[str, int]:
     Raises:
         layout.LayoutError: not HOST:PORT.
     """
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise layout.LayoutError(f"{address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return listen.split_address(address)
+    except ValueError as e:
+        raise layout.LayoutError(str(e)) from None
 
 
 def free_port(host: str = "127.0.0.1") -> int:

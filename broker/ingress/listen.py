@@ -29,7 +29,7 @@ def refuse_if_listened(address: str) -> None:
     The probe binds without SO_REUSEPORT (with SO_REUSEADDR, so that connections of an
     earlier run in TIME_WAIT do not count): it fails only against a listener.
     """
-    host, port = _split(address)
+    host, port = split_address(address)
     if port == 0:
         return
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -48,17 +48,16 @@ def refuse_if_listened(address: str) -> None:
 
 def with_port(address: str, port: int) -> str:
     """`address` with its port replaced (the port the first server actually bound)."""
-    host, _ = _split_raw(address)
-    return f"{host}:{port}"
+    return f"{address.rpartition(':')[0]}:{port}"
 
 
-def _split_raw(address: str) -> tuple[str, str]:
+def split_address(address: str) -> tuple[str, int]:
+    """(host, port) of HOST:PORT, an IPv6 host without its brackets.
+
+    Raises:
+        ValueError: not HOST:PORT.
+    """
     host, _, port = address.rpartition(":")
-    return host, port
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, port = _split_raw(address)
     if not host or not port.isdigit():
         raise ValueError(f"{address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
