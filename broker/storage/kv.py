@@ -168,28 +168,31 @@ class RocksKV:
         return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        db = self._handle()
-        seek = max(prefix, start or b"")
-        last: bytes | None = None
-        for key, value in db.items(from_key=seek):
+        # One iterator, bounded above by the prefix's end: RocksDB stops at the bound
+        # instead of reading the key after it, and skips files wholly outside it (a
+        # virtual object's state is read this way at every attempt's start).
+        options = rocksdict.ReadOptions()
+        bound = _after_prefix(prefix)
+        if bound is not None:
+            options.set_iterate_upper_bound(bound)
+        it = self._handle().iter(options)
+        it.seek(max(prefix, start or b""))
+        while it.valid():
+            key = it.key()
             # raw_mode: keys and values are always bytes.
-            assert isinstance(key, bytes) and isinstance(value, bytes)
+            assert isinstance(key, bytes)
             if not key.startswith(prefix):
-                return  # it got past the prefix, so it read everything before it
-            last = key
-            yield key, value
-        # `items()` also ends early, without a word, at a damaged block: a scan that
+                return  # past the prefix (only without a bound): everything was read
+            yield key, it.value()
+            it.next()
+        # An iterator also stops, without a word, at a damaged block: a scan that
         # silently stops short (start-up recovery, a purge) would lose invocations.
-        # Seek past what it read once more and ask the iterator why it stops.
-        it = db.iter()
-        it.seek(seek if last is None else last + b"\0")
-        if not it.valid():
-            try:
-                it.status()
-            except Exception as e:
-                raise StorageError(
-                    f"the data dir {self._path} is damaged ({e}); restore it from a backup"
-                ) from None
+        try:
+            it.status()
+        except Exception as e:
+            raise StorageError(
+                f"the data dir {self._path} is damaged ({e}); restore it from a backup"
+            ) from None
 
     def write(self, puts: list[tuple[bytes, bytes | None]]) -> None:
         batch = rocksdict.WriteBatch(raw_mode=True)
@@ -240,6 +243,12 @@ class RocksKV:
         finally:
             db.close()
             self._mark.close(sequence)
+
+
+def _after_prefix(prefix: bytes) -> bytes | None:
+    """The least key above every key that starts with `prefix` (None: there is none)."""
+    end = prefix.rstrip(b"\xff")
+    return end[:-1] + bytes([end[-1] + 1]) if end else None
 
 
 def open_kv(data_dir: str | None, accept_data_loss: bool = False) -> KV:

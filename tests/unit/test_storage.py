@@ -90,6 +90,16 @@ def test_scan_returns_only_the_prefix_in_key_order(kv: KV) -> None:
     assert [k for k, _ in kv.scan(b"")] == sorted(k for k, _ in pairs)
 
 
+def test_scan_of_a_prefix_ending_in_ff_bytes(kv: KV) -> None:
+    # RocksDB's scan is bounded above by the least key past the prefix: for b"a\xff"
+    # that is b"b", and a prefix of 0xff bytes only has no bound at all.
+    kv.write([(b"a\xfe\xff", b"0"), (b"a\xff", b"1"), (b"a\xff\x00", b"2"), (b"b", b"3")])
+    kv.write([(b"\xff\xff", b"4"), (b"\xff\xff\xff", b"5"), (b"\xff\xfe", b"6")])
+    assert [v for _, v in kv.scan(b"a\xff")] == [b"1", b"2"]
+    assert [v for _, v in kv.scan(b"a\xfe")] == [b"0"]
+    assert [v for _, v in kv.scan(b"\xff\xff")] == [b"4", b"5"]
+
+
 def test_scan_honors_start(kv: KV) -> None:
     puts: list[tuple[bytes, bytes | None]] = [(b"p" + bytes([i]), bytes([i])) for i in range(10)]
     kv.write([*puts, (b"q", b"q")])
