@@ -66,7 +66,12 @@ class Driver:
         self.partition = partition
         self.clock = clock
         self.committer = Committer(
-            kv, sync=settings.fsync, observe=observe, carry_out=self._carry_out, log=log
+            kv,
+            sync=settings.fsync,
+            observe=observe,
+            carry_out=self._carry_out,
+            log=log,
+            quiet=lambda: self.invoker.in_flight <= 1,
         )
         self.invoker = Invoker(
             partition.registry,

@@ -149,6 +149,11 @@ class Invoker:
         """The (cached) stub for an endpoint."""
         return self._streams.stub(uri)
 
+    @property
+    def in_flight(self) -> int:
+        """How many attempts are running now."""
+        return len(self._attempts)
+
     def start(self, action: StartAttempt) -> None:
         """Begins an attempt; the stream opens once the journal it carries is durable,
         or for an `early` one, once the state it reads is (at once without state).

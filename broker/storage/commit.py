@@ -91,6 +91,9 @@ class _SyncThread:
                 pass  # the loop is closed: nobody waits any more
 
 
+# A disk whose last fsync took longer than this (seconds) is never synced on the loop.
+INLINE_SYNC_LIMIT = 0.005
+
 # Batches cut from the queue together, with the futures their submitters wait on.
 _Group = list[tuple[Batch, asyncio.Future[None]]]
 
@@ -131,6 +134,11 @@ class Committer:
         log: Cluster mode: a group is durable once this replicated log stored it; it is
             then applied to `kv` (with its log position) and never fsynced here, the log
             being the copy that counts.
+        quiet: Whether a single flow of work is using the loop (one attempt in flight).
+            Then a group that hands no urgent work over is fsynced on the loop itself:
+            nothing else could run meanwhile, and it saves the sync thread's two
+            wake-ups, about 0.2 ms of a lone call's latency here. A disk slower than
+            `INLINE_SYNC_LIMIT` is always synced on the thread.
     """
 
     def __init__(
@@ -140,6 +148,7 @@ class Committer:
         observe: Callable[[int, float], None] | None = None,
         carry_out: Callable[[list[object]], None] | None = None,
         log: Log | None = None,
+        quiet: Callable[[], bool] | None = None,
     ) -> None:
         self._kv = kv
         self._log = log
@@ -150,6 +159,8 @@ class Committer:
         self._carry_out = carry_out
         self._syncer = _SyncThread(kv.sync)
         self._sync = sync
+        self._quiet = quiet
+        self._last_sync = 0.0
         # Told (batches in the group, fsync seconds) after each group commit.
         self._observe = observe
         self._pending: list[tuple[Batch, asyncio.Future[None]]] = []
@@ -211,8 +222,9 @@ class Committer:
             await asyncio.shield(self._task)
 
     async def _flush_loop(self) -> None:
-        # Let the events already on the loop add their batches to this first group.
-        await asyncio.sleep(0)
+        if not self._is_quiet():
+            # Let the events already on the loop add their batches to this first group.
+            await asyncio.sleep(0)
         while self._pending:
             if self._log is not None:
                 replicated = await self._replicate_next()
@@ -224,7 +236,8 @@ class Committer:
                 group, self._pending = self._pending, []
                 self._in_flight = group[-1][1]
                 puts = [p for batch, _ in group for p in batch.puts]
-                synced = await self._write_until_durable(puts) if puts else 0.0
+                inline = not any(batch.urgent for batch, _ in group) and self._is_quiet()
+                synced = await self._write_until_durable(puts, inline) if puts else 0.0
             self.groups += 1
             self.batches += len(group)
             if self._observe is not None and (puts or self._log is not None):
@@ -294,13 +307,19 @@ class Committer:
         self._pending = []
         self.lost_event.set()
 
+    def _is_quiet(self) -> bool:
+        return self._quiet is not None and self._last_sync < INLINE_SYNC_LIMIT and self._quiet()
+
     def _hand_over(self, actions: list[object]) -> None:
         if self._carry_out is None:
             raise RuntimeError("a batch with actions, but the committer has no carry_out")
         self._carry_out(actions)
 
-    async def _write_until_durable(self, puts: list[tuple[bytes, bytes | None]]) -> float:
+    async def _write_until_durable(
+        self, puts: list[tuple[bytes, bytes | None]], inline: bool = False
+    ) -> float:
         """Writes and syncs one group, retrying until it is durable; returns fsync seconds.
+        `inline` syncs on the loop (see `quiet`) rather than on the sync thread.
 
         A failed write (a full disk, an I/O error) is never acknowledged and never
         dropped: the group waits, the store is reopened if it needs to be, and the write is
@@ -316,8 +335,11 @@ class Committer:
                 synced = 0.0
                 if self._sync:
                     started = time.perf_counter()
-                    await self._syncer.run()
-                    synced = time.perf_counter() - started
+                    if inline:
+                        self._kv.sync()
+                    else:
+                        await self._syncer.run()
+                    synced = self._last_sync = time.perf_counter() - started
                     self.sync_seconds += synced
                 if not self.healthy:
                     log.warning("journal writes succeed again")
@@ -329,6 +351,7 @@ class Committer:
                     log.critical("journal write failed, retrying until it succeeds: %s", e)
                 self.healthy = False
                 self.last_error = str(e)
+                inline = False  # a failing disk may also hang: keep the loop free
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 try:

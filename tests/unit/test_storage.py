@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from broker.storage import (
     Committer,
     MemoryKV,
     RocksKV,
+    commit,
     deployments,
     idempotency,
     inbox,
@@ -582,6 +585,55 @@ def test_commit_waits_for_durability() -> None:
         await committer.drain()
 
     asyncio.run(main())
+
+
+class ThreadRecordingKV(MemoryKV):
+    """Records which thread each fsync ran on, and can make fsyncs slow."""
+
+    def __init__(self, sync_seconds: float = 0.0) -> None:
+        super().__init__()
+        self.sync_threads: list[str] = []
+        self.sync_seconds = sync_seconds
+
+    def sync(self) -> None:
+        self.sync_threads.append(threading.current_thread().name)
+        time.sleep(self.sync_seconds)
+
+
+def _urgent_batch(key: bytes) -> Batch:
+    batch = _batch(key)
+    batch.now(lambda: None)
+    return batch
+
+
+@pytest.mark.parametrize(
+    ("quiet", "urgent", "sync_seconds", "on_loop"),
+    [
+        (True, False, 0.0, [True, True]),
+        (False, False, 0.0, [False, False]),
+        (True, True, 0.0, [False, False]),
+        # A disk slower than the limit is synced on the thread once it is seen to be.
+        (True, False, commit.INLINE_SYNC_LIMIT * 2, [True, False]),
+    ],
+    ids=["quiet", "busy", "urgent-work-handed-over", "slow-disk"],
+)
+def test_a_quiet_committer_fsyncs_on_the_loop(
+    quiet: bool, urgent: bool, sync_seconds: float, on_loop: list[bool]
+) -> None:
+    # One flow of work (e.g. a lone call) saves the sync thread's wake-ups; anything
+    # else keeps the loop free while the disk syncs.
+    kv = ThreadRecordingKV(sync_seconds)
+
+    async def main() -> None:
+        committer = Committer(kv, sync=True, carry_out=_call_each, quiet=lambda: quiet)
+        make = _urgent_batch if urgent else _batch
+        await committer.commit(make(b"a"))
+        await committer.commit(make(b"b"))
+        assert kv.get(b"a") == kv.get(b"b") == b"v"
+
+    asyncio.run(main())
+    loop_thread = threading.main_thread().name
+    assert [name == loop_thread for name in kv.sync_threads] == on_loop
 
 
 class FailingKV(MemoryKV):
