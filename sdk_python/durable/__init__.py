@@ -11,6 +11,10 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from . import _grpc_engine
+
+_grpc_engine.choose()
+
 if TYPE_CHECKING:
     from ._context import (
         Context,
