@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 
 from .. import codes, tracing
-from ..storage import Batch, journal, keys
+from ..storage import Batch, invocations, journal, keys
 from . import actions, commands, retries
+from .events import AttemptEvent, Proposed, RanResult, Suspended
 from .model import Entry, Live, Result, Status, failure
 from .ports import PartitionOps
 
@@ -22,6 +23,27 @@ def _after_output(what: str) -> str:
     """Anything an attempt sends after its output would change a result that callers
     may already hold (and rerun effects of a finished invocation): refused, unapplied."""
     return f"protocol violation: {what} after the invocation's output; ignored"
+
+
+def after_completion(
+    p: PartitionOps, invocation_id: str, attempt: int, event: AttemptEvent
+) -> str | None:
+    """An event of an invocation no longer in memory: its completion became durable
+    (which can happen before the attempt's next message is read). From its last attempt
+    anything but the end is still a violation to report; from another, it is stale."""
+    match event:
+        case Proposed(index, _):
+            what = f"entry {index} proposed"
+        case RanResult(index, _):
+            what = f"run result for entry {index} sent"
+        case Suspended():
+            what = "suspension sent"
+        case _:
+            return None
+    record = invocations.get(p.kv, invocation_id)
+    if record is None or record.status != Status.COMPLETED or record.attempts != attempt:
+        return None
+    return _after_output(what)
 
 
 def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | None:

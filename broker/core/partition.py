@@ -485,7 +485,9 @@ class Partition:
         """Applies one event of an attempt; returns why it fails the attempt, if it does.
         Events of an attempt that is no longer current change nothing."""
         live = self.live.get(invocation_id)
-        if live is None or live.attempt != attempt:
+        if live is None:
+            return attempts.after_completion(self, invocation_id, attempt, event)
+        if live.attempt != attempt:
             return None
         match event:
             case Proposed(index, entry):
