@@ -30,7 +30,9 @@ def after_completion(
 ) -> str | None:
     """An event of an invocation no longer in memory: its completion became durable
     (which can happen before the attempt's next message is read). From its last attempt
-    anything but the end is still a violation to report; from another, it is stale."""
+    anything but the end is still a violation: logged here, as `on_failed` does for one
+    still in memory (the failure the attempt then reports finds nothing to apply to).
+    From another attempt it is stale."""
     match event:
         case Proposed(index, _):
             what = f"entry {index} proposed"
@@ -43,7 +45,9 @@ def after_completion(
     record = invocations.get(p.kv, invocation_id)
     if record is None or record.status != Status.COMPLETED or record.attempts != attempt:
         return None
-    return _after_output(what)
+    message = _after_output(what)
+    log.warning("invocation %s: attempt %d after its output: %s", invocation_id, attempt, message)
+    return message
 
 
 def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | None:

@@ -9,6 +9,7 @@ The registry is built from the demo services' descriptors.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, TypeVar, cast
 
@@ -783,6 +784,33 @@ def test_what_an_attempt_sends_after_its_output_is_refused_and_emits_nothing() -
     assert stored(p, inv_id).result.value == b"ok"
     assert kinds(journal.load(p.kv, inv_id)) == ["input", "run", "output"]
     assert not journal.load(p.kv, inv_id)[1].HasField("result")
+
+
+def test_what_an_attempt_sends_once_its_completion_is_durable_is_refused_and_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The completion can be durable (and the invocation out of memory) before the
+    # attempt's next message is read: that message is still a violation, and nobody
+    # else will log it.
+    p = make_partition()
+    inv_id = start_trip(p)
+    propose(p, inv_id, output(b"ok"))
+    commit(p)
+    assert inv_id not in p.live
+    after = "after the invocation's output"
+    with caplog.at_level(logging.WARNING, logger="broker.core"):
+        assert after in (p.on_attempt(inv_id, 1, Proposed(2, output(b"again"))) or "")
+        assert after in (p.on_attempt(inv_id, 1, RanResult(0, Result(value=b"x"))) or "")
+        assert after in (p.on_attempt(inv_id, 1, Suspended((1,))) or "")
+        # Its end and the failure it reports then change nothing and say nothing more;
+        # an older attempt's messages are stale.
+        assert p.on_attempt(inv_id, 1, Ended()) is None
+        assert p.on_attempt(inv_id, 1, Failed("protocol violation")) is None
+        assert p.on_attempt(inv_id, 0, Proposed(2, output(b"stale"))) is None
+    assert [after in r.getMessage() for r in caplog.records] == [True, True, True]
+    assert p.take() == []
+    assert kinds(journal.load(p.kv, inv_id)) == ["input", "output"]
+    assert stored(p, inv_id).result.value == b"ok"
 
 
 # ---- Limits
