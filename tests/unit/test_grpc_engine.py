@@ -74,17 +74,9 @@ def test_importing_durable_first_keeps_grpc_socket_work_off_its_engine_threads()
     assert default["left"] == ""
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's /proc")
 def test_a_process_that_imported_grpc_first_is_left_alone() -> None:
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import os, grpc, durable; print(os.environ.get('GRPC_EXPERIMENTS'))",
-        ],
-        env={k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    assert out.stdout.strip() == "None"
+    # Too late to choose: gRPC already read its settings, so nothing is changed.
+    late = _probe("import grpc, durable")
+    assert late["left"] is None
+    assert isinstance(late["ticks"], int) and late["ticks"] > 10, late
