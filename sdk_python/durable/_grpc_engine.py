@@ -4,8 +4,9 @@ gRPC's default engine on Linux (EventEngine) reads and writes sockets on threads
 own, and grpc.aio hears of each completion on yet another thread: every message crosses
 two or three threads before the event loop sees it. The older engine polls from the
 thread that waits for completions, so a message costs fewer wake-ups. On a 2-core
-machine that took a lone broker call from 3.9-3.0 ms to 2.9-2.6 ms (p50, `make bench`,
-client, broker and services all switched) and plain gRPC from 0.78-0.81 to 0.62-0.65 ms.
+machine, in two paired `make bench` runs with client, broker and services all switched,
+a lone broker call's p50 went from 3.93 and 3.04 ms to 2.94 and 2.64 ms, and plain
+gRPC's from 0.78 and 0.81 ms to 0.62 and 0.65 ms.
 
 gRPC reads `GRPC_EXPERIMENTS` once, when it is imported, so this must run first. The
 variable is put back afterwards: child processes (the broker's workers, a test's
