@@ -19,10 +19,15 @@ from .ports import PartitionOps
 log = logging.getLogger("broker.core")
 
 
-def _after_output(what: str) -> str:
+def _after_output(invocation_id: str, attempt: int, what: str) -> str:
     """Anything an attempt sends after its output would change a result that callers
-    may already hold (and rerun effects of a finished invocation): refused, unapplied."""
-    return f"protocol violation: {what} after the invocation's output; ignored"
+    may already hold (and rerun effects of a finished invocation): refused, unapplied,
+    and logged here, where it is refused. The failure the attempt reports next may find
+    the invocation already out of memory (its completion durable), so it cannot be
+    left to `on_failed` to say."""
+    message = f"protocol violation: {what} after the invocation's output; ignored"
+    log.warning("invocation %s: attempt %d after its output: %s", invocation_id, attempt, message)
+    return message
 
 
 def after_completion(
@@ -30,9 +35,8 @@ def after_completion(
 ) -> str | None:
     """An event of an invocation no longer in memory: its completion became durable
     (which can happen before the attempt's next message is read). From its last attempt
-    anything but the end is still a violation: logged here, as `on_failed` does for one
-    still in memory (the failure the attempt then reports finds nothing to apply to).
-    From another attempt it is stale."""
+    anything but the end or a failure is still a violation; from another attempt it is
+    stale."""
     match event:
         case Proposed(index, _):
             what = f"entry {index} proposed"
@@ -45,14 +49,12 @@ def after_completion(
     record = invocations.get(p.kv, invocation_id)
     if record is None or record.status != Status.COMPLETED or record.attempts != attempt:
         return None
-    message = _after_output(what)
-    log.warning("invocation %s: attempt %d after its output: %s", invocation_id, attempt, message)
-    return message
+    return _after_output(invocation_id, attempt, what)
 
 
 def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | None:
     if live.record.status == Status.COMPLETED:
-        return _after_output(f"entry {index} proposed")
+        return _after_output(live.id, live.attempt, f"entry {index} proposed")
     if index != len(live.journal):
         return (
             f"protocol violation: entry {index} proposed, but the journal has "
@@ -111,7 +113,7 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
 def on_run_result(p: PartitionOps, live: Live, index: int, result: Result) -> str | None:
     """A side effect's outcome: journal it, then let the handler see it."""
     if live.record.status == Status.COMPLETED:
-        return _after_output(f"run result for entry {index} sent")
+        return _after_output(live.id, live.attempt, f"run result for entry {index} sent")
     if index >= len(live.journal) or live.journal[index].WhichOneof("command") != "run":
         return f"protocol violation: run result for entry {index}, which is not a run"
     if live.journal[index].HasField("result"):
@@ -125,7 +127,7 @@ def on_run_result(p: PartitionOps, live: Live, index: int, result: Result) -> st
 def on_suspension(p: PartitionOps, live: Live, waiting_on: list[int]) -> str | None:
     """The handler waits on entries not completed yet; its stream closes."""
     if live.record.status == Status.COMPLETED:
-        return _after_output("suspension sent")
+        return _after_output(live.id, live.attempt, "suspension sent")
     for i in waiting_on:
         if i >= len(live.journal) or live.journal[i].WhichOneof("command") not in (
             *commands.AWAITABLE,
@@ -180,13 +182,9 @@ def on_failed(
     live.attempt = 0
     tracing.end_attempt(live, error=message)
     if live.record.status == Status.COMPLETED:
-        # Its output is durable and stands; what the attempt did after it is dropped.
-        log.warning(
-            "invocation %s: attempt %d after its output: %s",
-            live.id,
-            live.record.attempts,
-            message,
-        )
+        # Its output stands; what the attempt did after it was refused (and logged) as
+        # it arrived. A stream that broke after the output is no one's fault.
+        log.info("invocation %s: attempt ended after its output: %s", live.id, message)
         return
     batch = Batch()
     if non_determinism and p.settings.non_determinism_terminal:

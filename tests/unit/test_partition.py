@@ -767,7 +767,9 @@ def test_failure_after_output_does_not_retry() -> None:
     assert done is not None and done.value == b"ok"
 
 
-def test_what_an_attempt_sends_after_its_output_is_refused_and_emits_nothing() -> None:
+def test_what_an_attempt_sends_after_its_output_is_refused_logged_and_emits_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     p = make_partition()
     inv_id = start_trip(p)
     propose(p, inv_id, Entry(run=journal_pb2.RunCommand(name="pay")))
@@ -776,9 +778,14 @@ def test_what_an_attempt_sends_after_its_output_is_refused_and_emits_nothing() -
     # The attempt is still current while its output is queued: what it sends after the
     # output would change a result callers may already hold.
     after = "after the invocation's output"
-    assert after in (p.on_attempt(inv_id, 1, Proposed(3, output(b"again"))) or "")
-    assert after in (p.on_attempt(inv_id, 1, RanResult(1, Result(value=b"paid"))) or "")
-    assert after in (p.on_attempt(inv_id, 1, Suspended((1,))) or "")
+    with caplog.at_level(logging.WARNING, logger="broker.core"):
+        assert after in (p.on_attempt(inv_id, 1, Proposed(3, output(b"again"))) or "")
+        assert after in (p.on_attempt(inv_id, 1, RanResult(1, Result(value=b"paid"))) or "")
+        assert after in (p.on_attempt(inv_id, 1, Suspended((1,))) or "")
+        # The failure the attempt then reports may come once the invocation is out of
+        # memory, so each refusal is logged as it happens, and the failure adds nothing.
+        assert p.on_attempt(inv_id, 1, Failed("protocol violation: ...")) is None
+    assert [after in r.getMessage() for r in caplog.records] == [True, True, True]
     [batch] = p.take()  # the output's batch only
     apply(p, batch)
     assert stored(p, inv_id).result.value == b"ok"
