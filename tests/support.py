@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import signal
 import socket
@@ -73,22 +74,42 @@ class TestTimeout(AssertionError):
     __test__ = False  # not a test class, whatever pytest's name heuristics say
 
 
-# Ports this process has handed out: the kernel may offer a just-closed port again, and
-# a cluster whose admin port equals a service's port fails to start.
+# Ports this process has handed out: a cluster whose admin port equals a service's port
+# fails to start.
 _handed_out: set[int] = set()
 
 
+def _ports_below_the_ephemeral_range() -> range:
+    """Ports the kernel never picks for an outgoing connection or a bind to port 0.
+
+    A port found free in the ephemeral range can be taken, before the process it is
+    meant for binds it, as the local end of any connection opened meanwhile (a node's
+    to NATS, a client's to a service). Below the range only an explicit bind takes it.
+    """
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768  # Linux's default
+    return range(max(1024, low - 12000), low)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now, never the same one
-    twice in one test run."""
+    """A TCP port on 127.0.0.1 that nothing listens on right now and that no outgoing
+    connection will take meanwhile, never the same one twice in one test run."""
+    ports = _ports_below_the_ephemeral_range()
     for _ in range(1000):
+        port = random.choice(ports)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free port on 127.0.0.1 that this run has not used yet")
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # taken, or lingering from an earlier connection
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port on 127.0.0.1 in {ports} that this run has not used yet")
 
 
 def wait_for(
