@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable
 
 import grpc
+from durable.process import free_ports
 from durable.v1 import admin_pb2, admin_pb2_grpc
 
-from bench.procs import STARTUP_TIMEOUT_S, BenchError, Cluster, Proc, free_ports
+from bench.procs import STARTUP_TIMEOUT_S, BenchError, Cluster, Proc
 from bench.spawn import Addresses, ready_services, services_for, spawn_services
 from tools.natsd import NatsCluster, NatsError
 

@@ -22,10 +22,11 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+from durable.process import free_ports
 from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2, journal_pb2
 from trips import trips_pb2, trips_pb2_grpc
 
-from bench.procs import BenchError, Cluster, free_ports
+from bench.procs import BenchError, Cluster
 from broker.storage import Batch, invocations, journal, open_kv
 
 Status = invocation_pb2.InvocationStatus

@@ -13,7 +13,6 @@ import ctypes
 import dataclasses
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,17 +39,6 @@ class BenchError(Exception):
 
 class Interrupted(BaseException):
     """SIGTERM or SIGHUP reached the benchmark: stop everything and exit."""
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 right now (all held open while choosing)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        return ports
 
 
 def cpu_seconds(pid: int) -> float:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from bench.procs import Cluster, Proc, broker_supports, free_ports
+from durable.process import free_ports
+
+from bench.procs import Cluster, Proc, broker_supports
 
 DEMO_SERVICES = ("flights", "cars", "payments", "trips")
 # The broker's counters read around each window, when it serves metrics (`--metrics`).

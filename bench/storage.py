@@ -18,9 +18,10 @@ from pathlib import Path
 import grpc
 from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
 from durable import wire
+from durable.process import free_ports
 from durable.v1 import admin_pb2, admin_pb2_grpc
 
-from .procs import ROOT, Cluster, free_ports, install_signal_handlers
+from .procs import ROOT, Cluster, install_signal_handlers
 
 
 def dir_bytes(path: Path) -> int:

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import grpc
 from durable import wire
+from durable.process import free_ports
 from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
 from playground import playground_pb2, playground_pb2_grpc
 
-from .procs import ROOT, Cluster, free_ports, install_signal_handlers, rss_bytes
+from .procs import ROOT, Cluster, install_signal_handlers, rss_bytes
 
 SUSPENDED = invocation_pb2.InvocationStatus.SUSPENDED
 COMPLETED = invocation_pb2.InvocationStatus.COMPLETED

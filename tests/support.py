@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import re
 import signal
 import socket
@@ -23,7 +22,7 @@ from typing import Any, TypeVar
 
 import grpc
 from cars import cars_pb2_grpc
-from durable.process import Child, NotServing, ProcessExited, spawn, wait_serving
+from durable.process import Child, NotServing, ProcessExited, free_ports, spawn, wait_serving
 from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2_grpc, invocation_pb2, journal_pb2
 from flights import flights_pb2_grpc
 from payments import payments_pb2_grpc
@@ -79,37 +78,13 @@ class TestTimeout(AssertionError):
 _handed_out: set[int] = set()
 
 
-def _ports_below_the_ephemeral_range() -> range:
-    """Ports the kernel never picks for an outgoing connection or a bind to port 0.
-
-    A port found free in the ephemeral range can be taken, before the process it is
-    meant for binds it, as the local end of any connection opened meanwhile (a node's
-    to NATS, a client's to a service). Below the range only an explicit bind takes it.
-    """
-    try:
-        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
-        low = int(text.split()[0])
-    except (OSError, ValueError, IndexError):
-        low = 32768  # Linux's default
-    return range(max(1024, low - 12000), low)
-
-
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now and that no outgoing
-    connection will take meanwhile, never the same one twice in one test run."""
-    ports = _ports_below_the_ephemeral_range()
-    for _ in range(1000):
-        port = random.choice(ports)
-        if port in _handed_out:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:  # taken, or lingering from an earlier connection
-                continue
-        _handed_out.add(port)
-        return port
-    raise RuntimeError(f"no free port on 127.0.0.1 in {ports} that this run has not used yet")
+    """A TCP port on 127.0.0.1 that nothing is bound to right now and no outgoing
+    connection will take meanwhile (`durable.process.free_ports`), never the same one
+    twice in one test run."""
+    [port] = free_ports(1, avoid=_handed_out)
+    _handed_out.add(port)
+    return port
 
 
 def wait_for(

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from durable.process import Child, spawn
+from durable.process import Child, free_ports, spawn
 
 __all__ = ["NatsCluster", "NatsError", "ServerPorts", "find_binary"]
 
@@ -64,18 +63,6 @@ def find_binary() -> Path:
     if os.access(_DEBIAN_BINARY, os.X_OK):
         return _DEBIAN_BINARY
     raise NatsError("nats-server is not installed: run `make nats` (apt-get install nats-server)")
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct ports free on 127.0.0.1 now (all held open while choosing, so the
-    kernel cannot hand one out twice)."""
-    with contextlib.ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind(("127.0.0.1", 0))
-            ports.append(int(s.getsockname()[1]))
-        return ports
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +109,7 @@ class NatsCluster:
         self.max_payload = max_payload
         self.cluster_name = cluster_name
         self.jetstream = jetstream
-        picked = [port_source() for _ in range(3 * size)] if port_source else _free_ports(3 * size)
+        picked = [port_source() for _ in range(3 * size)] if port_source else free_ports(3 * size)
         self.ports = [ServerPorts(*picked[3 * i : 3 * i + 3]) for i in range(size)]
         self._children: list[Child | None] = [None] * size
 

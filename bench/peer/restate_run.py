@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from durable.process import free_ports
 
 from bench.load import BadResponse, Call
 from bench.peer.install import Peer
-from bench.procs import STARTUP_TIMEOUT_S, BenchError, Cluster, Proc, free_ports
+from bench.procs import STARTUP_TIMEOUT_S, BenchError, Cluster, Proc
 from bench.run import keyed_key
 
 HOST = "127.0.0.1"

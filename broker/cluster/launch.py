@@ -6,7 +6,8 @@ the public ingress port every worker binds, and each worker's command line.
 from __future__ import annotations
 
 import secrets
-import socket
+
+from durable import process
 
 from ..config import Settings
 from ..ingress import listen
@@ -62,21 +63,13 @@ def split_address(address: str) -> tuple[str, int]:
         raise layout.LayoutError(str(e)) from None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port on `host` that nothing listens on right now."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def resolve_ingress(address: str) -> str:
     """The public ingress with a concrete port: every worker must bind the same one."""
     host, port = split_address(address)
     if port:
         return address
     bracketed = f"[{host}]" if ":" in host else host
-    return f"{bracketed}:{free_port(host)}"
+    return f"{bracketed}:{process.free_ports(1, host)[0]}"
 
 
 def plan(workers: int, partitions: int, metrics: bool) -> Directory:
@@ -87,14 +80,12 @@ def plan(workers: int, partitions: int, metrics: bool) -> Directory:
         partitions: The partition count.
         metrics: Whether each partition also serves /metrics on a private port.
     """
-    taken: set[int] = set()
+    # Below the ephemeral range: a crashed worker binds its ports again when restarted,
+    # and no outgoing connection can have taken them meanwhile.
+    ports = iter(process.free_ports(partitions * (3 if metrics else 2)))
 
     def address() -> str:
-        while True:
-            port = free_port()
-            if port not in taken:
-                taken.add(port)
-                return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{next(ports)}"
 
     return Directory(
         workers=workers,

@@ -6,8 +6,9 @@ service endpoints as processes of their own.
 `DurableTestEnvironment(endpoints=[...])`, start each with `spawn` and wait for it with
 `wait_serving`::
 
-    from durable.process import spawn, wait_serving
+    from durable.process import free_ports, spawn, wait_serving
 
+    address = f"127.0.0.1:{free_ports(1)[0]}"
     endpoint = spawn("shop", [sys.executable, "-m", "shop", "--listen", address],
                      log=tmp_path / "shop.log")
     try:
@@ -24,12 +25,14 @@ wait fails at once with the process's log tail, so a test says why it could not 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import random
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -42,6 +45,7 @@ __all__ = [
     "NotServing",
     "ProcessError",
     "ProcessExited",
+    "free_ports",
     "listen_problem",
     "spawn",
     "wait_serving",
@@ -269,3 +273,58 @@ def listen_problem(address: str) -> ListenProblem | None:
             except OSError as e:
                 return ListenProblem("taken", e.strerror or str(e))
     return None
+
+
+# Below the kernel's ephemeral range (32768-60999 by default), 12,000 ports wide.
+_BELOW_EPHEMERAL = 12_000
+_LINUX_EPHEMERAL_LOW = 32_768
+_random = random.Random()  # its own: a caller seeding `random` must not fix our ports
+
+
+def _ports_below_the_ephemeral_range() -> range:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        low = _LINUX_EPHEMERAL_LOW
+    return range(max(1024, low - _BELOW_EPHEMERAL), low)
+
+
+def free_ports(count: int = 1, host: str = "127.0.0.1", avoid: Collection[int] = ()) -> list[int]:
+    """`count` distinct TCP ports on `host` that nothing is bound to right now, for
+    processes you are about to start (and may restart) on them.
+
+    They are chosen below the kernel's ephemeral range. A port the kernel hands out for
+    `bind(0)` comes from that range, and so does the local port of every outgoing
+    connection: one found free there can be taken by any connection opened before your
+    process binds it, or while a crashed process is down and before it binds again.
+    Below the range only an explicit bind takes it. If that range is empty or full, the
+    kernel picks.
+
+    Args:
+        count: How many ports.
+        host: The address they will be bound on.
+        avoid: Ports not to return (ones already handed out).
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = _ports_below_the_ephemeral_range()
+    ports: list[int] = []
+    # Every chosen port stays bound until all are chosen: no port is returned twice.
+    with contextlib.ExitStack() as held:
+        tries = 0
+        while len(ports) < count:
+            tries += 1
+            port = _random.choice(candidates) if candidates and tries <= 100 * count else 0
+            if port and (port in avoid or port in ports):
+                continue
+            s = held.enter_context(socket.socket(family, socket.SOCK_STREAM))
+            try:
+                s.bind((host, port))
+            except OSError:
+                if port == 0:
+                    raise
+                continue  # in use, or lingering from an earlier connection
+            port = int(s.getsockname()[1])
+            if port not in avoid and port not in ports:
+                ports.append(port)
+    return ports
