@@ -34,6 +34,25 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
+def parse_address(text: str) -> str:
+    """HOST:PORT to listen on, checked before anything is opened: gRPC would take port
+    99999 as 34463 (mod 65536), and a missing port would fail only once the store had
+    been recovered."""
+    address = text.strip()
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:9090; port 0 picks a free one)"
+        )
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port} is out of range (0 to 65535)")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: an IPv6 host goes in brackets, e.g. [::1]:9090"
+        )
+    return address
+
+
 def _upper(text: str) -> str:
     return text.upper()
 
@@ -77,8 +96,12 @@ def _setting(default: _T, flag: str | None = None, env: str | None = None, **how
 class Settings:
     """Everything the broker can be told at start-up."""
 
-    ingress: str = _setting("127.0.0.1:9090", "--ingress", "BROKER_INGRESS", help="ingress address")
-    admin: str = _setting("127.0.0.1:9091", "--admin", "BROKER_ADMIN", help="admin API address")
+    ingress: str = _setting(
+        "127.0.0.1:9090", "--ingress", "BROKER_INGRESS", parse=parse_address, help="ingress address"
+    )
+    admin: str = _setting(
+        "127.0.0.1:9091", "--admin", "BROKER_ADMIN", parse=parse_address, help="admin API address"
+    )
     # None keeps everything in memory (tests, the SDK's testing helper).
     data_dir: str | None = _setting(
         ".data/broker",
@@ -127,6 +150,7 @@ class Settings:
         "--metrics",
         "BROKER_METRICS",
         blank_is_none=True,
+        parse=parse_address,
         help="serve Prometheus metrics at http://ADDRESS/metrics (off by default)",
     )
     # Limits (each failure is terminal, RESOURCE_EXHAUSTED, with a message saying which).
@@ -240,6 +264,7 @@ class Settings:
         "--console",
         "BROKER_CONSOLE",
         blank_is_none=True,
+        parse=parse_address,
         help="serve the web console at http://ADDRESS/ (off by default; same token and "
         "TLS as the admin API)",
     )
@@ -307,14 +332,26 @@ def options() -> list[tuple[dataclasses.Field[Any], Option]]:
     return [(f, f.metadata[_OPTION]) for f in dataclasses.fields(Settings)]
 
 
-def _default(field: dataclasses.Field[Any], option: Option) -> Any:
-    """The flag's default: the environment variable when set, else the field's default."""
+def _parser_of(option: Option) -> Callable[[str], Any]:
+    """`option.parse`, letting a blank value through where blank means unset."""
+    if not option.blank_is_none or option.parse is str:
+        return option.parse
+    return lambda text: text if not text.strip() else option.parse(text)
+
+
+def _default(p: argparse.ArgumentParser, field: dataclasses.Field[Any], option: Option) -> Any:
+    """The flag's default: the environment variable when set, else the field's default.
+    A variable that does not parse is a usage error naming it (exit code 2)."""
     text = os.environ.get(option.env) if option.env else None
     if option.switch:
         # The flag's own value (for a negated switch, on means the field is False).
         return text == "1"
-    # Parsed here, not by argparse, so a bad variable fails as it always has.
-    return field.default if text is None else option.parse(text)
+    if text is None:
+        return field.default
+    try:
+        return _parser_of(option)(text)
+    except (argparse.ArgumentTypeError, ValueError) as e:
+        p.error(f"{option.env} (for {option.flag}): {e}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -330,16 +367,16 @@ def build_parser() -> argparse.ArgumentParser:
                 option.flag,
                 dest=field.name,
                 action="store_true",
-                default=_default(field, option),
+                default=_default(p, field, option),
                 help=option.help,
             )
         else:
             # Plain text needs no `type` (argparse keeps it as given).
-            typed: dict[str, Any] = {} if option.parse is str else {"type": option.parse}
+            typed: dict[str, Any] = {} if option.parse is str else {"type": _parser_of(option)}
             p.add_argument(
                 option.flag,
                 dest=field.name,
-                default=_default(field, option),
+                default=_default(p, field, option),
                 help=option.help,
                 **typed,
             )

@@ -80,6 +80,14 @@ def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPa
         (["--ingress-servers", "0"], {}, "--ingress-servers (BROKER_INGRESS_SERVERS) is 0"),
         (["--stream-linger", "1s"], {}, "--stream-linger (BROKER_STREAM_LINGER) is 1000ms"),
         ([], {"BROKER_INGRESS_SERVERS": "17"}, "give 1 to 16"),
+        (["--metrics", "foo"], {}, "argument --metrics: not HOST:PORT: 'foo'"),
+        (["--console", "127.0.0.1:"], {}, "not HOST:PORT: '127.0.0.1:'"),
+        (["--admin", ":9091"], {}, "not HOST:PORT: ':9091'"),
+        (["--admin", "127.0.0.1:99999"], {}, "port 99999 is out of range (0 to 65535)"),
+        (["--ingress", "::1:9090"], {}, "an IPv6 host goes in brackets, e.g. [::1]:9090"),
+        ([], {"BROKER_INGRESS": "nowhere"}, "BROKER_INGRESS (for --ingress): not HOST:PORT"),
+        ([], {"BROKER_RETRY_MAX": "soon"}, "BROKER_RETRY_MAX (for --retry-max): not a duration"),
+        ([], {"BROKER_WORKERS": "two"}, "BROKER_WORKERS (for --workers): invalid literal"),
     ],
 )
 def test_bad_settings_are_refused(
@@ -95,3 +103,17 @@ def test_bad_settings_are_refused(
         parse_args(argv)
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_addresses_that_can_be_listened_on_pass_and_a_blank_one_is_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BROKER_CONSOLE", "")
+    settings = parse_args(
+        ["--ingress", "[::1]:0", "--admin", " localhost:9091 ", "--metrics", "0.0.0.0:65535"]
+    )
+    assert settings.ingress == "[::1]:0"
+    assert settings.admin == "localhost:9091"
+    assert settings.metrics == "0.0.0.0:65535"
+    assert settings.console is None
+    assert parse_args(["--metrics", ""]).metrics is None
