@@ -66,3 +66,22 @@ def server_credentials(cert_path: str, key_path: str) -> grpc.ServerCredentials:
     """TLS credentials from PEM files."""
     with open(key_path, "rb") as k, open(cert_path, "rb") as c:
         return grpc.ssl_server_credentials([(k.read(), c.read())])
+
+
+async def bind(
+    server: grpc.aio.Server, address: str, tls_cert: str | None, tls_key: str | None
+) -> int:
+    """Binds `address` (with TLS when both files are given); returns the port.
+
+    A server that cannot bind (the port taken, a certificate that does not load) is
+    stopped here, on the event loop, before the error goes on: left to the garbage
+    collector it would try to stop itself once the loop had closed, and print a
+    traceback under the real error.
+    """
+    try:
+        if tls_cert and tls_key:
+            return server.add_secure_port(address, server_credentials(tls_cert, tls_key))
+        return server.add_insecure_port(address)
+    except BaseException:
+        await server.stop(None)
+        raise

@@ -187,7 +187,17 @@ class Broker:
         self.console: Console | None = None
 
     async def start(self) -> None:
-        """Recovers from storage and starts serving."""
+        """Recovers from storage and starts serving. A start that fails (a port taken,
+        a certificate that does not load) lets go of every server it had bound before
+        the error reaches the caller: nothing is left listening, and no server is left
+        for the garbage collector to stop on a closed event loop."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._stop_serving(grace=None)
+            raise
+
+    async def _start(self) -> None:
         for record in deployments.scan(self.kv):
             # Stored before URIs were checked: shown and dialled in the one form.
             record.uri = endpoint_uri.comparable(record.uri)
@@ -207,6 +217,7 @@ class Broker:
         )
         interceptors.append(StorageErrors())
         admin = grpc.aio.server(options=options, interceptors=interceptors)
+        self._servers.append(admin)
         await add_health(admin)
         self.admin_servicer = AdminServicer(self.driver, self.registry)
         admin_pb2_grpc.add_AdminServicer_to_server(self.admin_servicer, admin)
@@ -218,11 +229,10 @@ class Broker:
             ),
             admin,
         )
-        self.admin_port = self._bind(admin, self.settings.admin)
+        self.admin_port = await self._bind(admin, self.settings.admin)
         for ingress in ingresses:
             await ingress.start()
         await admin.start()
-        self._servers = [*ingresses, admin]
         self._purger = asyncio.create_task(self._purge_loop())
         self._indexer = asyncio.create_task(self.admin_servicer.index_completed())
         if self.settings.console:
@@ -234,9 +244,9 @@ class Broker:
         if self.settings.metrics:
             self._metrics_server = await metrics.serve(self.metrics, self.settings.metrics)
         log.info(
-            "broker ready: ingress 127.0.0.1:%d, admin 127.0.0.1:%d, data %s",
-            self.ingress_port,
-            self.admin_port,
+            "broker ready: ingress %s, admin %s, data %s",
+            listen.with_port(self.settings.ingress, self.ingress_port),
+            listen.with_port(self.settings.admin, self.admin_port),
             self.settings.data_dir or "(memory)",
         )
 
@@ -245,6 +255,15 @@ class Broker:
         writes finish, closes storage. With `drain`, the attempts still running then
         (one-way sends, timers, retries) get up to that many seconds to end before they
         are cut, and no new one starts: a graceful shutdown."""
+        await self._stop_serving(grace)
+        if drain > 0:
+            left = await self.driver.invoker.quiesce(drain)
+            if left:
+                log.info("%d attempts still running after %.1f s: they resume later", left, drain)
+        await self.driver.stop()
+        self.kv.close()
+
+    async def _stop_serving(self, grace: float | None) -> None:
         if self._purger is not None:
             self._purger.cancel()
         if self._indexer is not None:
@@ -254,12 +273,6 @@ class Broker:
         if self._metrics_server is not None:
             self._metrics_server.close()
         await asyncio.gather(*(s.stop(grace) for s in self._servers))
-        if drain > 0:
-            left = await self.driver.invoker.quiesce(drain)
-            if left:
-                log.info("%d attempts still running after %.1f s: they resume later", left, drain)
-        await self.driver.stop()
-        self.kv.close()
 
     def idle(self) -> bool:
         """See `Driver.idle`."""
@@ -295,6 +308,7 @@ class Broker:
             server = await ingress_server(
                 self.settings.max_payload_bytes, self.registry, reuse_port=count > 1
             )
+            self._servers.append(server)
             ingress_pb2_grpc.add_IngressServicer_to_server(
                 self.ingress_servicer,
                 GenericOnly(server),  # type: ignore[arg-type]
@@ -305,7 +319,7 @@ class Broker:
                     GenericOnly(server),  # type: ignore[arg-type]
                 )
             server.add_generic_rpc_handlers((self.router,))
-            port = self._bind(server, address)
+            port = await self._bind(server, address)
             if not servers:
                 # An ephemeral port (`:0`) is chosen by the first; the others join it.
                 self.ingress_port = port
@@ -313,11 +327,8 @@ class Broker:
             servers.append(server)
         return servers
 
-    def _bind(self, server: grpc.aio.Server, address: str) -> int:
-        if self.settings.tls_cert and self.settings.tls_key:
-            creds = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
-            return server.add_secure_port(address, creds)
-        return server.add_insecure_port(address)
+    async def _bind(self, server: grpc.aio.Server, address: str) -> int:
+        return await security.bind(server, address, self.settings.tls_cert, self.settings.tls_key)
 
     def _observe_commit(self, batches: int, sync_seconds: float) -> None:
         self.metrics.batch_size.observe(batches)

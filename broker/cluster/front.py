@@ -390,11 +390,9 @@ class FrontServer:
         reflection.enable_server_reflection(
             (ADMIN_SERVICE, _HEALTH, reflection.SERVICE_NAME), server
         )
-        if self.settings.tls_cert and self.settings.tls_key:
-            creds = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
-            self.port = server.add_secure_port(address, creds)
-        else:
-            self.port = server.add_insecure_port(address)
+        self.port = await security.bind(
+            server, address, self.settings.tls_cert, self.settings.tls_key
+        )
         await server.start()
         self._server = server
         return self.port

@@ -219,20 +219,23 @@ class Node:
             ClusterIngressServicer(self.ingress_servicers, placement, self.peers),
             GenericOnly(public),  # type: ignore[arg-type]
         )
-        if self.settings.tls_cert and self.settings.tls_key:
-            credentials = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
-            self.ingress_port = public.add_secure_port(self.settings.ingress, credentials)
-        else:
-            self.ingress_port = public.add_insecure_port(self.settings.ingress)
+        self.ingress_port = await security.bind(
+            public, self.settings.ingress, self.settings.tls_cert, self.settings.tls_key
+        )
         await public.start()
         self._public = public
         front = NodeFront(Partitions(self.leaders), self)
         self._front = FrontServer(self.settings, front)
-        self.admin_port = await self._front.start(self.settings.admin)
-        if self.settings.metrics:
-            self._metrics = await metrics.serve_text(
-                self.settings.metrics, functools.partial(node_metrics.render, self)
-            )
+        try:
+            self.admin_port = await self._front.start(self.settings.admin)
+            if self.settings.metrics:
+                self._metrics = await metrics.serve_text(
+                    self.settings.metrics, functools.partial(node_metrics.render, self)
+                )
+        except BaseException:
+            # Let go of what is serving on the loop, not in a collector after it closed.
+            await asyncio.gather(public.stop(None), self._front.stop(0))
+            raise
         self._tasks = [
             asyncio.create_task(heartbeat(self, HEARTBEAT_S), name="heartbeat"),
             asyncio.create_task(self._watch_leases(), name="leases"),

@@ -123,11 +123,9 @@ class Worker:
             ),
             GenericOnly(public),  # type: ignore[arg-type]
         )
-        if self.settings.tls_cert and self.settings.tls_key:
-            credentials = security.server_credentials(self.settings.tls_cert, self.settings.tls_key)
-            port = public.add_secure_port(self.settings.ingress, credentials)
-        else:
-            port = public.add_insecure_port(self.settings.ingress)
+        port = await security.bind(
+            public, self.settings.ingress, self.settings.tls_cert, self.settings.tls_key
+        )
         await public.start()
         self._public = public
         log.info(
@@ -149,7 +147,12 @@ class Worker:
 async def _main(settings: Settings, directory: Directory, index: int) -> None:
     tracing.configure("broker")
     worker = Worker(settings, directory, index)
-    await worker.start()
+    try:
+        await worker.start()
+    except BaseException:
+        # What started before the failure (its partitions' servers) stops on the loop.
+        await worker.stop(grace=0)
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

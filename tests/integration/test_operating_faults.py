@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -74,6 +75,43 @@ def test_a_corrupted_data_dir_gives_a_clear_error_and_no_start(tmp_path: Path) -
     assert "cannot open the data dir" in result.stderr
     assert "Corruption" in result.stderr
     assert "broker ready" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--metrics", "metrics-host", "not HOST:PORT: 'metrics-host'"),
+        ("--console", "127.0.0.1:http", "not HOST:PORT: '127.0.0.1:http'"),
+        ("--admin", "127.0.0.1:99999", "port 99999 is out of range"),
+    ],
+)
+def test_an_address_that_cannot_be_listened_on_is_refused_before_anything_opens(
+    tmp_path: Path, flag: str, value: str, message: str
+) -> None:
+    data = tmp_path / "data"
+    ports = ["--ingress", f"127.0.0.1:{free_port()}", "--admin", f"127.0.0.1:{free_port()}"]
+    result = _run_to_exit(tmp_path, "--data-dir", str(data), *ports, flag, value)
+    assert result.returncode == 2, result.stderr
+    assert f"argument {flag}: " in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not data.exists()
+
+
+def test_a_start_that_fails_on_a_taken_port_lets_go_of_what_it_bound(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", free_port()))
+        held.listen()
+        taken = f"127.0.0.1:{held.getsockname()[1]}"
+        ingress, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        data = str(tmp_path / "data")
+        args = ["--data-dir", data, "--ingress", ingress, "--admin", admin, "--metrics", taken]
+        result = _run_to_exit(tmp_path, *args)
+    assert result.returncode == 1, result.stderr
+    assert "broker failed" in result.stderr and "in use" in result.stderr, result.stderr
+    assert "broker ready" not in result.stderr
+    # The ingress and admin servers it had started were stopped on the loop, not left to
+    # the garbage collector after the loop closed ("Event loop is closed").
+    assert "Exception ignored" not in result.stderr, result.stderr
 
 
 def test_sigterm_shuts_down_promptly_and_cleanly(tmp_path: Path) -> None:
