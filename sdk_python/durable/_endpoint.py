@@ -345,14 +345,14 @@ class ListenError(OSError):
 
 
 def _check_bindable(address: str) -> None:
-    """Raises `ListenError` when `address` (host:port) cannot be bound right now.
+    """Raises `ListenError` when `address` (host:port) cannot be bound right now: not
+    HOST:PORT, a port out of range, a host that does not resolve, or a port taken.
 
     Binds and releases a socket with SO_REUSEADDR, as grpc does, so a port held only in
     TIME_WAIT passes and one with a listener fails. Port 0 always passes.
     """
     problem = listen_problem(address)
-    # A malformed address or an unresolvable host: grpc's own error says so.
-    if problem is not None and problem.kind == "taken":
+    if problem is not None:
         raise ListenError(f"cannot listen on {address}: {problem.reason}")
 
 

@@ -260,6 +260,9 @@ def listen_problem(address: str) -> ListenProblem | None:
     host, _, port = address.rpartition(":")
     if not port.isdigit():
         return ListenProblem("malformed", f"{address!r} is not HOST:PORT")
+    if int(port) > 65535:
+        # gRPC would bind the port modulo 65536 without a word.
+        return ListenProblem("malformed", f"port {port} is out of range (0 to 65535)")
     host = host.strip("[]") or "0.0.0.0"
     try:
         infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)

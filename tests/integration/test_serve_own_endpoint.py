@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.support import PYTHON, ROOT, Process, free_port, wait_for, wait_healthy
 
 # What a user writes: no logging set-up, just serve.
@@ -53,3 +55,25 @@ def test_serve_on_a_taken_port_is_one_line_and_exit_1() -> None:
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: cannot listen on {address}"), result.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "reason"),
+    [
+        ("waiter", "'waiter' is not HOST:PORT"),
+        ("127.0.0.1:99999", "port 99999 is out of range (0 to 65535)"),
+        ("no-such-host.invalid:9000", "cannot resolve 'no-such-host.invalid'"),
+    ],
+)
+def test_serve_on_an_address_that_cannot_work_says_why_in_one_line(
+    address: str, reason: str
+) -> None:
+    # Not left to gRPC: it would bind port 99999 as 34463, and call a name that does not
+    # resolve "in use or not local".
+    result = subprocess.run(
+        [PYTHON, "-c", SCRIPT, address], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: cannot listen on {address}: {reason}"), result.stderr
