@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+from .addresses import split_address
+
 log = logging.getLogger("broker.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -134,7 +136,7 @@ async def serve(metrics: Metrics, address: str) -> asyncio.Server:
 async def serve_text(address: str, render: Callable[[], Awaitable[str]]) -> asyncio.Server:
     """Serves `GET /metrics` on `address` with what `render` returns (Prometheus text;
     HTTP/1.1, one response per connection); any other path is 404."""
-    host, _, port = address.rpartition(":")
+    host, port = split_address(address)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -161,4 +163,4 @@ async def serve_text(address: str, render: Callable[[], Awaitable[str]]) -> asyn
         finally:
             writer.close()
 
-    return await asyncio.start_server(handle, host.strip("[]"), int(port))
+    return await asyncio.start_server(handle, host, port)

@@ -13,7 +13,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, cluster_pb2_grpc, ingress_pb2,
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
-from . import endpoint_uri, metrics, security
+from . import addresses, endpoint_uri, metrics, security
 from .admin import AdminServicer
 from .clock import WALL, Clock, now_ms
 from .cluster.deliver import DeliverServicer
@@ -245,8 +245,8 @@ class Broker:
             self._metrics_server = await metrics.serve(self.metrics, self.settings.metrics)
         log.info(
             "broker ready: ingress %s, admin %s, data %s",
-            listen.with_port(self.settings.ingress, self.ingress_port),
-            listen.with_port(self.settings.admin, self.admin_port),
+            addresses.with_port(self.settings.ingress, self.ingress_port),
+            addresses.with_port(self.settings.admin, self.admin_port),
             self.settings.data_dir or "(memory)",
         )
 
@@ -323,7 +323,7 @@ class Broker:
             if not servers:
                 # An ephemeral port (`:0`) is chosen by the first; the others join it.
                 self.ingress_port = port
-                address = listen.with_port(address, port)
+                address = addresses.with_port(address, port)
             servers.append(server)
         return servers
 

@@ -9,8 +9,8 @@ import secrets
 
 from durable import process
 
+from .. import addresses
 from ..config import Settings
-from ..ingress import listen
 from . import layout
 from .directory import Directory, PartitionAddress
 
@@ -58,7 +58,7 @@ def split_address(address: str) -> tuple[str, int]:
         layout.LayoutError: not HOST:PORT.
     """
     try:
-        return listen.split_address(address)
+        return addresses.split_address(address)
     except ValueError as e:
         raise layout.LayoutError(str(e)) from None
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from .. import metrics
+from ..addresses import split_address
 from .directory import Directory
 
 log = logging.getLogger("broker.metrics")
@@ -22,10 +23,10 @@ SCRAPE_TIMEOUT_S = 2.0
 
 async def fetch(address: str, timeout: float = SCRAPE_TIMEOUT_S) -> str | None:
     """The body of GET http://ADDRESS/metrics, or None if it does not answer 200."""
-    host, _, port = address.rpartition(":")
+    host, port = split_address(address)
 
     async def get() -> bytes:
-        reader, writer = await asyncio.open_connection(host, int(port))
+        reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(f"GET /metrics HTTP/1.1\r\nHost: {address}\r\n\r\n".encode())
             await writer.drain()

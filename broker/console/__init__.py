@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from ..addresses import split_address
 from ._admin import Admin, AdminError
 from ._decode import Decoder
 from ._rates import Rates
@@ -56,8 +57,7 @@ class Console:
         """Serves on `address` (host:port; port 0 picks one, see `port`)."""
         from . import _app
 
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]") or "127.0.0.1"
+        host, port = split_address(address)
         self._runner = web.AppRunner(_app.build(self), access_log=None)
         await self._runner.setup()
         context = None
@@ -65,11 +65,11 @@ class Console:
             assert self.settings.tls_cert and self.settings.tls_key
             context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        site = web.TCPSite(self._runner, host, int(port), ssl_context=context)
+        site = web.TCPSite(self._runner, host, port, ssl_context=context)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else int(port)
+        self.port = sockets[0].getsockname()[1] if sockets else port
         self.rates.start()
         if not self.settings.admin_token and not _loopback(host):
             log.warning(

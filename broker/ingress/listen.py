@@ -17,6 +17,8 @@ from __future__ import annotations
 import errno
 import socket
 
+from ..addresses import split_address
+
 
 class PortInUse(RuntimeError):
     """The ingress port is served by another process already."""
@@ -44,20 +46,3 @@ def refuse_if_listened(address: str) -> None:
                     "another program, listens there): stop it or give --ingress another port"
                 ) from None
             raise
-
-
-def with_port(address: str, port: int) -> str:
-    """`address` with its port replaced (the port the first server actually bound)."""
-    return f"{address.rpartition(':')[0]}:{port}"
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """(host, port) of HOST:PORT, an IPv6 host without its brackets.
-
-    Raises:
-        ValueError: not HOST:PORT.
-    """
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"{address!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)

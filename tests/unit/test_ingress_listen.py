@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from broker.ingress.listen import PortInUse, refuse_if_listened, with_port
+from broker.addresses import with_port
+from broker.ingress.listen import PortInUse, refuse_if_listened
 
 
 def _listener(reuse_port: bool) -> socket.socket:
