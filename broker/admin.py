@@ -41,7 +41,7 @@ from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
 from .core.partition import Partition
 from .driver import Driver
-from .storage import Batch, deployments, invocations, state
+from .storage import Batch, deployments, invocations, keys, state
 
 # Invocations listed when the request sets no limit: a response must fit in a message.
 DEFAULT_LIST_LIMIT = admin_query.DEFAULT_LIST_LIMIT
@@ -49,6 +49,7 @@ DEFAULT_LIST_LIMIT = admin_query.DEFAULT_LIST_LIMIT
 log = logging.getLogger("broker.admin")
 
 Status = invocation_pb2.InvocationStatus
+Outcome = admin_pb2.InvocationOutcome
 
 
 class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
@@ -289,6 +290,17 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.ListInvocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListInvocationsResponse:
         status = request.status
+        # Proto3 enums are open: an unknown number parses, and would otherwise fail the
+        # listing (status) or be taken as "any" (outcome).
+        for field, value, enum in (
+            ("status", status, Status),
+            ("outcome", request.outcome, Outcome),
+        ):
+            if value not in enum.values():
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"unknown {field} {value}: give one of {', '.join(enum.keys()[1:])}",
+                )
         if request.outcome and status and status != Status.COMPLETED:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -405,8 +417,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"{request.service!r} is not a registered workflow"
             )
-        await _check_key(context, request.service, request.key)
-        await _check_key(context, request.service, request.name)
+        await _check_part(context, f"the key of {request.service}", request.key)
+        await _check_part(context, "the promise name", request.name)
         if request.HasField("rejection"):
             result = failure(codes.ABORTED, request.rejection)
         else:
@@ -430,7 +442,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStateResponse:
         await self._keyed(request.service, context)
-        await _check_key(context, request.service, request.key)
+        await _check_part(context, f"the key of {request.service}", request.key)
         return admin_pb2.GetStateResponse(
             state=state.load(self._partition.kv, request.service, request.key)
         )
@@ -439,9 +451,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.SetStateResponse:
         await self._keyed(request.service, context)
-        if not request.key or not request.name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "key and name are required")
-        await _check_key(context, request.service, request.key)
+        await _check_part(context, f"the key of {request.service}", request.key)
+        await _check_part(context, "the state name", request.name)
         value = request.value if request.HasField("value") else None
         if value is not None:
             await _json(context, value)
@@ -480,7 +491,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.DescribeKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.DescribeKeyResponse:
         await self._keyed(request.service, context)
-        await _check_key(context, request.service, request.key)
+        await _check_part(context, f"the key of {request.service}", request.key)
         return admin_query.describe_key(self._partition, request.service, request.key)
 
     async def ListAwaiting(
@@ -510,12 +521,16 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             )
 
 
-async def _check_key(context: grpc.aio.ServicerContext[Any, Any], service: str, key: str) -> None:
-    """INVALID_ARGUMENT for a key (or promise name) longer than storage can hold."""
-    try:
-        reg.check_key(service, key)
-    except reg.BadRequest as e:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
+async def _check_part(context: grpc.aio.ServicerContext[Any, Any], what: str, value: str) -> None:
+    """INVALID_ARGUMENT for an empty key or name, or one longer than storage holds."""
+    if not value:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is required")
+    size = len(value.encode())
+    if size > keys.MAX_PART_BYTES:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"{what} is {size} bytes long, over the limit of {keys.MAX_PART_BYTES} bytes",
+        )
 
 
 async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> bytes:

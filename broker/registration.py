@@ -3,14 +3,17 @@
 Every way a registration can fail maps to a status a person can act on:
   INVALID_ARGUMENT     the URI is not one the broker can dial (too long, no port, a
                        port out of range, a path, an unsupported scheme); a service
-                       that cannot be served as declared (see `registry.check`)
+                       that cannot be served as declared (see `registry.check`), or
+                       one named like the broker's own (`durable.v1.*`, gRPC health
+                       and reflection)
   UNAVAILABLE          the endpoint cannot be reached, or refused the call (the
                        details carry its status); the broker cannot write its journal
   FAILED_PRECONDITION  something answers there but breaks the protocol: it does not
-                       serve Discover, its answer does not parse, names no services,
-                       speaks another protocol version, or sends descriptors that do
-                       not build; with `check`, recorded journals do not replay on it
-                       (every divergence listed, see `broker.deploy_check`)
+                       serve Discover, its answer does not parse, names no services
+                       (or one twice), speaks another protocol version, or sends
+                       descriptors that do not build; with `check`, recorded
+                       journals do not replay on it (every divergence listed, see
+                       `broker.deploy_check`)
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from . import endpoint_uri
 from .invoker import Invoker
 from .registry import Registry
 
+# The broker's own services (ingress, admin, health, reflection) live under these.
+RESERVED_PREFIXES = ("durable.v1.", "grpc.health.", "grpc.reflection.")
 # The service protocol version this broker speaks (`DiscoverResponse.protocol_version`).
 PROTOCOL_VERSION = 1
 DISCOVER_TIMEOUT_S = 10.0
@@ -107,8 +112,20 @@ def check_reply(
         )
     if not reply.services:
         raise violation("its Discover reply lists no services")
+    listed = list(reply.services)
+    twice = sorted({name for name in listed if listed.count(name) > 1})
+    if twice:
+        raise violation(f"its Discover reply lists {', '.join(twice)} more than once")
     if not reply.files.file:
         raise violation("its Discover reply carries no descriptor files")
+    for name in reply.services:
+        if name.startswith(RESERVED_PREFIXES):
+            # The broker serves these itself: calls would never reach the endpoint.
+            raise Refused(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the endpoint at {uri} hosts {name}, a name the broker reserves for its "
+                f"own services ({', '.join(p + '*' for p in RESERVED_PREFIXES)}): rename it",
+            )
     return reply
 
 

@@ -23,7 +23,7 @@ from .config import Settings
 from .core.partition import Partition
 from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer, listen
-from .interceptors import StorageErrors
+from .interceptors import ErrorStatuses
 from .multiplex import Streams
 from .registry import Registry
 from .storage import deployments, open_kv
@@ -97,7 +97,7 @@ async def ingress_server(
     """An ingress server with health and reflection over the registered services; the
     caller adds the ingress's own handlers."""
     server = grpc.aio.server(
-        options=server_options(max_payload, reuse_port), interceptors=[StorageErrors()]
+        options=server_options(max_payload, reuse_port), interceptors=[ErrorStatuses()]
     )
     await add_health(GenericOnly(server))
     server.add_generic_rpc_handlers(
@@ -215,7 +215,7 @@ class Broker:
             if self.settings.admin_token
             else []
         )
-        interceptors.append(StorageErrors())
+        interceptors.append(ErrorStatuses())
         admin = grpc.aio.server(options=options, interceptors=interceptors)
         self._servers.append(admin)
         await add_health(admin)

@@ -34,6 +34,7 @@ from grpc_reflection.v1alpha import reflection
 from .. import security
 from ..config import Settings
 from ..core.model import parse_awakeable_id
+from ..interceptors import ErrorStatuses
 from . import merge, placement
 from .directory import Directory
 from .forward import ADMIN_SERVICE, Failed, Partitions, forwarded_metadata
@@ -365,6 +366,7 @@ class FrontServer:
             if self.settings.admin_token
             else []
         )
+        interceptors.append(ErrorStatuses())
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_payload_bytes),

@@ -12,8 +12,19 @@ def _prefix(service: str, key: str) -> bytes:
 
 
 def put(batch: Batch, service: str, key: str, name: str, value: bytes) -> None:
-    """Sets one state value."""
-    batch.put(_prefix(service, key) + name.encode(), value)
+    """Sets one state value.
+
+    Raises:
+        keys.KeyTooLong: a name over `keys.MAX_PART_BYTES`, the limit on keys and on
+            promise names (it ends the key, so storage could hold it, but a name that
+            long is a mistake, and listing the names would outgrow a response).
+    """
+    raw = name.encode()
+    if len(raw) > keys.MAX_PART_BYTES:
+        raise keys.KeyTooLong(
+            f"a state name of {len(raw)} bytes is over the {keys.MAX_PART_BYTES}-byte limit"
+        )
+    batch.put(_prefix(service, key) + raw, value)
 
 
 def delete(batch: Batch, service: str, key: str, name: str) -> None:

@@ -122,6 +122,18 @@ def _discover_reply(kind: str) -> bytes:
         return protocol_pb2.DiscoverResponse(
             protocol_version=7, services=["x.X"]
         ).SerializeToString()
+    if kind in ("twice", "reserved"):
+        # Descriptors that build; what is wrong is the list of services.
+        files = descriptor_pb2.FileDescriptorSet()
+        package = "durable.v1" if kind == "reserved" else "x"
+        f = files.file.add(name="x/x.proto", package=package, syntax="proto3")
+        f.message_type.add(name="M")
+        method = f.service.add(name="Ingress").method.add(name="Do")
+        method.input_type = method.output_type = f".{package}.M"
+        listed = [f"{package}.Ingress"] * (2 if kind == "twice" else 1)
+        return protocol_pb2.DiscoverResponse(
+            protocol_version=1, services=listed, files=files
+        ).SerializeToString()
     files = descriptor_pb2.FileDescriptorSet()
     f = files.file.add(name="x/x.proto", package="x", dependency=["x/missing.proto"])
     f.service.add(name="X")
@@ -172,6 +184,7 @@ class _FakeEndpoint:
             "the descriptor file 'x/x.proto' imports 'x/missing.proto', which the endpoint "
             "did not send",
         ),
+        ("twice", "its Discover reply lists x.Ingress more than once"),
     ],
 )
 def test_a_discover_reply_that_breaks_the_protocol(
@@ -186,6 +199,16 @@ def test_a_discover_reply_that_breaks_the_protocol(
     # Nothing of it was registered.
     listed = playground.admin.ListDeployments(admin_pb2.ListDeploymentsRequest()).deployments
     assert endpoint.address not in " ".join(d.uri for d in listed)
+
+
+def test_a_service_named_like_the_brokers_own_is_refused(playground: Cluster) -> None:
+    # The broker serves durable.v1.Ingress itself: the route would never reach it.
+    with _FakeEndpoint(lambda: _discover_reply("reserved")) as endpoint:
+        error = refused(playground, f"http://{endpoint.address}")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "hosts durable.v1.Ingress, a name the broker reserves" in (error.details() or "")
+    services = playground.admin.ListServices(admin_pb2.ListServicesRequest()).services
+    assert "durable.v1.Ingress" not in [s.name for s in services]
 
 
 def test_a_server_that_is_no_durable_endpoint(playground: Cluster) -> None:

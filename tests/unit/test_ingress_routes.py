@@ -10,7 +10,7 @@ import pytest
 
 from broker.ingress import router
 from broker.ingress.router import Routes
-from broker.interceptors import StorageErrors
+from broker.interceptors import ErrorStatuses, fit_details
 from broker.storage import StorageError, StoreUnavailable
 
 
@@ -67,7 +67,7 @@ def test_the_storage_interceptor_wraps_each_handler_once_and_maps_its_errors() -
         raise StorageError("the data dir is damaged")
 
     handler = grpc.unary_unary_rpc_method_handler(failing)
-    interceptor = StorageErrors()
+    interceptor = ErrorStatuses()
 
     async def continuation(details: grpc.HandlerCallDetails) -> Any:
         return handler
@@ -84,3 +84,26 @@ def test_the_storage_interceptor_wraps_each_handler_once_and_maps_its_errors() -
     down, damaged = asyncio.run(scenario())
     assert down.aborted == (grpc.StatusCode.UNAVAILABLE, "the store is reopening; retry later")
     assert damaged.aborted == (grpc.StatusCode.DATA_LOSS, "the data dir is damaged")
+
+
+def _header_size(details: str) -> int:
+    """`details` as grpc percent-encodes it for the `grpc-message` header."""
+    return sum(1 if " " <= c <= "~" and c != "%" else 3 * len(c.encode()) for c in details)
+
+
+@pytest.mark.parametrize("text", ["a" * 20_000, "é" * 20_000, "%" * 20_000, "a€😀" * 5000])
+def test_a_long_status_message_is_cut_to_fit_its_header(text: str) -> None:
+    fitted = fit_details(text, limit=6000)
+    assert _header_size(fitted) <= 6000
+    kept = fitted[: fitted.index(" [... ")]
+    assert text.startswith(kept)
+    assert _header_size(fitted) > 5900  # the budget used, not thrown away
+    assert fitted.endswith(
+        f" [... {len(text) - len(kept)} more characters cut to fit a gRPC status]"
+    )
+
+
+def test_a_message_that_fits_is_left_alone() -> None:
+    assert fit_details("no invocation 'inv_x'") == "no invocation 'inv_x'"
+    exactly = "é" * 1000  # two UTF-8 bytes, each sent as %XX: 6000 header bytes
+    assert fit_details(exactly, limit=6000) == exactly

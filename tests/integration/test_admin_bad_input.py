@@ -1,0 +1,156 @@
+"""Requests the admin API and the ingress's own service refuse: the status a person can
+act on, never UNKNOWN with a traceback in the broker's log, and a message that reaches
+the caller however long what it quotes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from durable.v1 import admin_pb2, ingress_pb2
+from playground import playground_pb2 as pb
+
+from tests.support import PLAYGROUND, Cluster, invocation_id_of, running_cluster, wait_for
+
+LONGEST_KEY = 0xFFFF
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp: Path = tmp_path_factory.mktemp("admin-bad-input")
+    with running_cluster(tmp, services=(PLAYGROUND,)) as running:
+        yield running
+
+
+def _raw(channel: grpc.Channel, path: str, body: bytes) -> bytes:
+    call: Callable[..., bytes] = channel.unary_unary(
+        path, request_serializer=None, response_deserializer=None
+    )
+    return call(body, timeout=30)
+
+
+def _refused(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def _log(cluster: Cluster) -> str:
+    return (cluster.tmp / "logs" / "broker.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("port", "path", "body"),
+    [
+        ("admin", "/durable.v1.Admin/DescribeInvocation", b"\x0a\x04\xff\xfe\xc0\x80"),
+        ("admin", "/durable.v1.Admin/CancelInvocation", b"\x0a\x10abc"),
+        ("admin", "/durable.v1.Admin/CreateSchedule", b"\xff" * 11),
+        ("ingress", "/durable.v1.Ingress/Attach", b"\xff" * 11),
+        ("ingress", "/durable.v1.Ingress/GetOutput", b"\x0a\x04\xff\xfe\xc0\x80"),
+    ],
+)
+def test_a_body_that_does_not_parse_is_invalid_argument(
+    cluster: Cluster, port: str, path: str, body: bytes
+) -> None:
+    address = cluster.ingress if port == "ingress" else cluster.admin_address
+    with grpc.insecure_channel(address) as channel:
+        error = _refused(lambda: _raw(channel, path, body))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert (error.details() or "").startswith("the request body does not parse"), error
+    assert "Traceback" not in _log(cluster)
+
+
+def test_an_id_longer_than_storage_keys_is_invalid_argument(cluster: Cluster) -> None:
+    too_long = "inv_" + "x" * LONGEST_KEY
+    describe = admin_pb2.DescribeInvocationRequest(invocation_id=too_long)
+    error = _refused(lambda: cluster.admin.DescribeInvocation(describe, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "over the 65535-byte limit" in (error.details() or ""), error
+    output = ingress_pb2.AttachRequest(invocation_id=too_long)
+    error = _refused(lambda: cluster.ingress_api.GetOutput(output, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "Traceback" not in _log(cluster)
+
+
+def test_a_long_quoted_id_is_cut_and_the_code_stands(cluster: Cluster) -> None:
+    # Quoted whole, the message would pass the client's 16 KiB header limit and the
+    # caller would see RESOURCE_EXHAUSTED instead of NOT_FOUND.
+    unknown = "inv_" + "x" * 20_000
+    describe = admin_pb2.DescribeInvocationRequest(invocation_id=unknown)
+    error = _refused(lambda: cluster.admin.DescribeInvocation(describe, timeout=10))
+    assert error.code() == grpc.StatusCode.NOT_FOUND, error
+    details = error.details() or ""
+    assert details.startswith("no invocation 'inv_xxx"), details[:100]
+    assert details.endswith("more characters cut to fit a gRPC status]"), details[-100:]
+    assert len(details) <= 6000
+
+
+def test_a_long_failure_message_reaches_the_caller_with_its_code(cluster: Cluster) -> None:
+    waiting = cluster.waiter.Await.future(pb.AwaitRequest(), timeout=60)
+
+    def awakeable() -> str | None:
+        listed = cluster.admin.ListAwaiting(admin_pb2.ListAwaitingRequest(), timeout=10)
+        return listed.awakeables[0].awakeable_id if listed.awakeables else None
+
+    reason = "r" * 20_000
+    cluster.reject_awakeable(wait_for(awakeable, message="the awakeable"), reason)
+    with pytest.raises(grpc.RpcError) as info:
+        waiting.result(timeout=60)
+    error = info.value
+    assert error.code() == grpc.StatusCode.ABORTED, error
+    assert (error.details() or "").startswith("r" * 1000)
+    assert "cut to fit a gRPC status" in (error.details() or "")
+    # The whole message is kept: GetOutput carries it in the body.
+    invocation_id = invocation_id_of(waiting)
+    output = cluster.ingress_api.GetOutput(
+        ingress_pb2.AttachRequest(invocation_id=invocation_id), timeout=10
+    )
+    assert output.failure.message.endswith(reason)
+
+
+@pytest.mark.parametrize("field", ["status", "outcome"])
+def test_an_unknown_status_or_outcome_filter_is_invalid_argument(
+    cluster: Cluster, field: str
+) -> None:
+    request = admin_pb2.ListInvocationsRequest(**{field: 999})  # type: ignore[arg-type]
+    error = _refused(lambda: cluster.admin.ListInvocations(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert f"unknown {field} 999: give one of" in (error.details() or ""), error
+
+
+@pytest.mark.parametrize(
+    ("key", "name", "says"),
+    [
+        ("", "verified", "the key of playground.Signup is required"),
+        ("ann", "", "the promise name is required"),
+        ("ann", "n" * (LONGEST_KEY + 1), "the promise name is 65536 bytes long"),
+    ],
+)
+def test_a_promise_needs_a_key_and_a_name_storage_can_hold(
+    cluster: Cluster, key: str, name: str, says: str
+) -> None:
+    request = admin_pb2.CompletePromiseRequest(
+        service="playground.Signup", key=key, name=name, value=b"1"
+    )
+    error = _refused(lambda: cluster.admin.CompletePromise(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert says in (error.details() or ""), error
+    described = cluster.admin.DescribeKey(
+        admin_pb2.DescribeKeyRequest(service="playground.Signup", key=key or "ann"), timeout=10
+    )
+    assert list(described.promises) == []
+
+
+def test_a_state_name_is_held_to_the_key_limit(cluster: Cluster) -> None:
+    request = admin_pb2.SetStateRequest(
+        service="playground.Counter", key="names", name="n" * (LONGEST_KEY + 1), value=b"1"
+    )
+    error = _refused(lambda: cluster.admin.SetState(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "the state name is 65536 bytes long" in (error.details() or ""), error
+    state = cluster.admin.GetState(
+        admin_pb2.GetStateRequest(service="playground.Counter", key="names"), timeout=10
+    )
+    assert dict(state.state) == {}
