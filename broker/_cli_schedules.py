@@ -10,19 +10,29 @@ from typing import Any
 from durable.v1 import admin_pb2, invocation_pb2, storage_pb2
 
 from broker import _cli_format as fmt
+from broker.core import schedule_times as times
 
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d)")
 
 
 def duration_ms(text: str) -> int:
-    """An argparse type: ``30s``, ``5m``, ``1h30m``, ``500ms`` as milliseconds."""
+    """An argparse type for ``--every``: ``30s``, ``5m``, ``1h30m``, ``1500ms`` as
+    milliseconds, within the broker's bounds on an interval (1s to 366d)."""
     parts = _DURATION.findall(text.strip())
     if not parts or "".join(n + u for n, u in parts) != text.strip():
-        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 5m, 1h30m, 500ms)")
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 30s, 5m, 1h30m)")
     total = sum(int(n) * _UNITS_MS[u] for n, u in parts)
-    if total <= 0:
-        raise argparse.ArgumentTypeError("the interval must be longer than zero")
+    # Checked here too: an interval past int64 could not even be put in the request.
+    if total < times.MIN_EVERY_MS:
+        raise argparse.ArgumentTypeError(
+            f"the interval must be at least {times.MIN_EVERY_MS // 1000}s, not {text!r}"
+        )
+    if total > times.MAX_EVERY_MS:
+        raise argparse.ArgumentTypeError(
+            f"the interval must be at most {times.MAX_EVERY_MS // 86_400_000}d, not {text!r}; "
+            "for rarer runs use --cron"
+        )
     return total
 
 
@@ -68,7 +78,7 @@ def list_(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str
             f"{i.schedule.service}/{i.schedule.method}",
             _when(i.schedule),
             "paused" if i.schedule.paused else "active",
-            fmt.format_timestamp(i.next_fires_ms[0]) if i.next_fires_ms else "-",
+            _timestamp(i.next_fires_ms[0]) if i.next_fires_ms else "-",
             str(i.schedule.fired),
         )
         for i in resp.schedules
@@ -100,6 +110,15 @@ def delete(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, st
     return {"deleted": args.name}, f"deleted schedule {args.name}"
 
 
+def _timestamp(ms: int) -> str:
+    # A slot past year 9999 (of an interval stored before intervals were bounded) has no
+    # datetime: the number still shows, and the other schedules with it.
+    try:
+        return fmt.format_timestamp(ms)
+    except (ValueError, OverflowError, OSError):
+        return f"{ms} ms after the epoch"
+
+
 def _when(s: storage_pb2.ScheduleRecord) -> str:
     if s.cron:
         return f"cron {s.cron!r}" + (f" {s.timezone}" if s.timezone else " UTC")
@@ -115,16 +134,14 @@ def format_info(info: admin_pb2.ScheduleInfo) -> str:
         f"  request:   {info.request_json or '(' + str(len(s.request)) + ' bytes)'}",
         f"  policies:  overlap {s.overlap}, catch-up {s.catch_up}",
         f"  state:     {'paused' if s.paused else 'active'}; fired {s.fired}, skipped {s.skipped}",
-        "  next:      "
-        + (", ".join(fmt.format_timestamp(t) for t in info.next_fires_ms) or "- (paused)"),
+        "  next:      " + (", ".join(_timestamp(t) for t in info.next_fires_ms) or "- (paused)"),
     ]
     if s.last_invocation_id:
         status = invocation_pb2.InvocationStatus.Name(info.last_status)
         outcome = admin_pb2.InvocationOutcome.Name(info.last_outcome)
         lines.append(
-            f"  last:      {fmt.format_timestamp(s.last_fire_ms)} {s.last_invocation_id} "
-            f"{status} {outcome}"
+            f"  last:      {_timestamp(s.last_fire_ms)} {s.last_invocation_id} {status} {outcome}"
         )
     if s.queued_fire_ms:
-        lines.append(f"  queued:    {fmt.format_timestamp(s.queued_fire_ms)}")
+        lines.append(f"  queued:    {_timestamp(s.queued_fire_ms)}")
     return "\n".join(lines)

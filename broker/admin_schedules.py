@@ -1,9 +1,9 @@
 """The admin API's schedules: create, list, describe, pause, resume, trigger, delete.
 
-Status codes: INVALID_ARGUMENT for a bad name, cron expression, time zone, interval,
-policy or request JSON, or a keyed method without its key; NOT_FOUND for an unknown
-service, method or schedule; ALREADY_EXISTS for a name in use. Nothing is stored for a
-refused request.
+Status codes: INVALID_ARGUMENT for a bad name, cron expression (malformed, or matching
+no date), time zone, interval (not from 1 s to 366 days), policy or request JSON, or a
+keyed method without its key; NOT_FOUND for an unknown service, method or schedule;
+ALREADY_EXISTS for a name in use. Nothing is stored for a refused request.
 """
 
 from __future__ import annotations
@@ -196,10 +196,7 @@ class ScheduleAdmin:
         info = admin_pb2.ScheduleInfo()
         info.schedule.CopyFrom(record)
         if not record.paused:
-            spec = schedules.spec(record)
-            info.next_fires_ms.extend(
-                [record.next_fire_ms, *times.upcoming(spec, record.next_fire_ms, NEXT_SHOWN - 1)]
-            )
+            info.next_fires_ms.extend(_next_fires(record))
         if record.last_invocation_id:
             live = self._driver.partition.live.get(record.last_invocation_id)
             last = (
@@ -220,6 +217,20 @@ class ScheduleAdmin:
             except Exception:  # a changed contract: the bytes are still what fires
                 info.request_json = ""
         return info
+
+
+def _next_fires(record: schedules.Schedule) -> list[int]:
+    # A record stored by an older version may hold what `times.check` now refuses (an
+    # interval whose slots overflow int64, a zone gone from tzdata): it must still be
+    # listed, so that an operator can see and delete it, and not hide the others.
+    try:
+        return [
+            record.next_fire_ms,
+            *times.upcoming(schedules.spec(record), record.next_fire_ms, NEXT_SHOWN - 1),
+        ]
+    except (ValueError, OverflowError) as e:
+        log.warning("schedule %s: its next slots cannot be computed: %s", record.name, e)
+        return [record.next_fire_ms]
 
 
 def _outcome(record: invocation_pb2.Invocation) -> admin_pb2.InvocationOutcome.ValueType:

@@ -12,6 +12,13 @@ from typing import Any
 # an every-second schedule must not start millions of invocations at once).
 MAX_CATCH_UP = 1000
 
+# Intervals: shorter ones fire faster than a firing's batch commits on a loaded broker;
+# longer ones are a cron expression's job, and keep every slot far inside int64 ms.
+MIN_EVERY_MS = 1000
+MAX_EVERY_MS = 366 * 86_400_000
+# The latest slot the records' and replies' int64 fields hold.
+MAX_MS = 2**63 - 1
+
 OVERLAPS = ("skip", "queue-one", "allow")
 CATCH_UPS = ("latest", "all")
 
@@ -37,29 +44,41 @@ def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
     """
     if bool(spec.cron) == bool(spec.every_ms):
         raise BadSpec("give exactly one of a cron expression and an interval (--every)")
-    if spec.every_ms < 0:
-        raise BadSpec(f"the interval must be positive, not {spec.every_ms} ms")
+    if spec.every_ms and spec.every_ms < MIN_EVERY_MS:
+        raise BadSpec(
+            f"the interval must be at least {MIN_EVERY_MS // 1000}s ({MIN_EVERY_MS} ms), "
+            f"not {spec.every_ms} ms"
+        )
+    if spec.every_ms > MAX_EVERY_MS:
+        raise BadSpec(
+            f"the interval must be at most {MAX_EVERY_MS // 86_400_000}d ({MAX_EVERY_MS} ms), "
+            f"not {spec.every_ms} ms; for rarer runs use a cron expression"
+        )
     if spec.cron:
         if len(spec.cron.split()) != 5:
             raise BadSpec(
                 f"malformed cron expression {spec.cron!r}: expected 5 fields "
                 "(minute hour day-of-month month day-of-week), e.g. '*/5 * * * *'"
             )
-        if not _croniter().is_valid(spec.cron):
+        if not _cron().croniter.is_valid(spec.cron):
             raise BadSpec(f"malformed cron expression {spec.cron!r}")
     elif spec.timezone:
         raise BadSpec("a time zone applies to a cron expression only, not to --every")
     _zone(spec.timezone)
+    if spec.cron:
+        # Valid fields can still name no date at all (February 30th). Any reference time
+        # does: a match is at most 8 years away (February 29th) and croniter looks 50.
+        next_after(spec, 0)
     if overlap not in OVERLAPS:
         raise BadSpec(f"unknown overlap policy {overlap!r}: use one of {', '.join(OVERLAPS)}")
     if catch_up not in CATCH_UPS:
         raise BadSpec(f"unknown catch-up policy {catch_up!r}: use one of {', '.join(CATCH_UPS)}")
 
 
-def _croniter() -> Any:
+def _cron() -> Any:
     # Imported on first use: croniter brings dateutil (~50 ms), and only cron schedules
     # need it, not every broker start nor every --every schedule.
-    from croniter import croniter  # type: ignore[import-untyped]
+    import croniter  # type: ignore[import-untyped]
 
     return croniter
 
@@ -69,30 +88,46 @@ def _zone(name: str) -> datetime.tzinfo:
         return datetime.UTC
     try:
         return zoneinfo.ZoneInfo(name)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # The name is looked up as a file: OSError for a directory or an overlong name.
+        # The message names neither the error nor the path it mentions.
+        shown = name if len(name) <= 60 else name[:60] + "..."
         raise BadSpec(
-            f"unknown time zone {name!r} (use an IANA name, e.g. Europe/Berlin)"
+            f"unknown time zone {shown!r} (use an IANA name, e.g. Europe/Berlin)"
         ) from None
 
 
 def next_after(spec: Spec, after_ms: int) -> int:
-    """The first slot strictly after `after_ms` (epoch milliseconds)."""
+    """The first slot strictly after `after_ms` (epoch milliseconds).
+
+    Raises:
+        BadSpec: the cron expression matches no date, or its time zone is unknown.
+    """
     if spec.every_ms:
         # Slots are multiples of the interval since the epoch: stable across restarts.
         return (after_ms // spec.every_ms + 1) * spec.every_ms
     start = datetime.datetime.fromtimestamp(after_ms / 1000, _zone(spec.timezone))
-    nxt: datetime.datetime = _croniter()(spec.cron, start).get_next(datetime.datetime)
+    cron = _cron()
+    try:
+        nxt: datetime.datetime = cron.croniter(spec.cron, start).get_next(datetime.datetime)
+    except cron.CroniterBadDateError:
+        raise BadSpec(
+            f"the cron expression {spec.cron!r} never fires: no date matches it "
+            "(e.g. February 30th)"
+        ) from None
     out = int(nxt.timestamp() * 1000)
     # croniter works in whole seconds; never return a slot at or before `after_ms`.
     return out if out > after_ms else next_after(spec, after_ms + 1000)
 
 
 def upcoming(spec: Spec, after_ms: int, count: int) -> list[int]:
-    """The next `count` slots after `after_ms`."""
+    """The next `count` slots after `after_ms`, fewer if later ones would pass `MAX_MS`."""
     out: list[int] = []
     at = after_ms
     for _ in range(count):
         at = next_after(spec, at)
+        if at > MAX_MS:
+            break
         out.append(at)
     return out
 

@@ -1,6 +1,7 @@
 """Durable schedules against a real broker and the playground service: firings across a
-SIGKILL (once per slot, never twice), pause and resume, trigger, delete, overlap, and
-bad definitions refused through brokerctl with nothing stored."""
+SIGKILL (once per slot, never twice), pause and resume, trigger, delete, overlap, bad
+definitions refused through brokerctl and the admin API with nothing stored, and a record
+an older version stored out of today's bounds still listed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import grpc
 import pytest
 from durable.v1 import admin_pb2, invocation_pb2
 
+from broker.storage import Batch, RocksKV
+from broker.storage import schedules as table
 from tests.integration.test_brokerctl import brokerctl, ok_json
 from tests.support import PLAYGROUND, Cluster, wait_for
 
@@ -242,6 +245,12 @@ def test_overlap_queue_one_fires_a_waiting_slot_when_the_last_ends(tmp_path: Pat
             "exactly one",
         ),
         (["--every", "1s", *ADD_K], "ALREADY_EXISTS", "exists"),
+        (["--cron", "0 0 31 2 *", *ADD_K], "INVALID_ARGUMENT", "never fires"),
+        (
+            ["--cron", "* * * * *", "--timezone", "x" * 300, *ADD_K],
+            "INVALID_ARGUMENT",
+            "unknown time zone",
+        ),
     ],
 )
 def test_bad_definitions_are_refused_and_nothing_is_stored(
@@ -260,6 +269,82 @@ def test_bad_definitions_are_refused_and_nothing_is_stored(
     with pytest.raises(grpc.RpcError) as missing:
         describe(shared_cluster, "bad")
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"every_ms": 2**62}, "at most 366d (31622400000 ms)"),
+        ({"every_ms": 2**63 - 1}, "at most 366d"),
+        ({"every_ms": 10**13}, "at most 366d"),
+        ({"every_ms": 1}, "at least 1s (1000 ms)"),
+        ({"every_ms": 999}, "at least 1s"),
+        ({"cron": "0 0 31 2 *"}, "never fires"),
+        ({"cron": "0 0 30 2 *"}, "never fires"),
+        ({"cron": "* * * * *", "timezone": "x" * 300}, "unknown time zone"),
+        ({"cron": "* * * * *", "timezone": "Europe"}, "unknown time zone"),
+        ({"cron": "* * * * *", "timezone": "../../etc/passwd"}, "unknown time zone"),
+    ],
+)
+def test_out_of_range_timings_are_refused_through_the_admin_api(
+    shared_cluster: Cluster, fields: dict[str, object], says: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as refused:
+        create(shared_cluster, "bad", "bad", **fields)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    details = refused.value.details() or ""
+    assert says in details
+    assert "Errno" not in details and "site-packages" not in details, details
+    listed = shared_cluster.admin.ListSchedules(admin_pb2.ListSchedulesRequest(), timeout=10)
+    assert [i.schedule.name for i in listed.schedules] == ["good"]
+    with pytest.raises(grpc.RpcError) as missing:
+        describe(shared_cluster, "bad")
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("every", "says"), [("500ms", "at least 1s"), ("99999999999d", "366d")])
+def test_brokerctl_refuses_an_out_of_range_interval_before_asking(
+    shared_cluster: Cluster, every: str, says: str
+) -> None:
+    admin = shared_cluster.admin_address
+    result = brokerctl(admin, "schedules", "create", "bad", "--every", every, *ADD_K)
+    assert result.returncode == 2, result.stdout
+    assert says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    listed = ok_json(admin, "schedules", "list")
+    assert [s["schedule"]["name"] for s in listed["schedules"]] == ["good"]
+
+
+def test_a_stored_interval_past_int64_slots_is_listed_and_can_be_deleted(tmp_path: Path) -> None:
+    with Cluster(tmp_path, services=(PLAYGROUND,)) as cluster:
+        create(cluster, "fine", "fine", cron="0 0 1 1 *")
+        create(cluster, "huge", "huge", cron="0 0 1 1 *")
+        assert cluster.broker.terminate() == 0
+        # What an older version, which took any interval, stored for every_ms=2**62.
+        kv = RocksKV(str(cluster.data_dir))
+        try:
+            record = table.get(kv, "huge")
+            assert record is not None
+            record.cron, record.every_ms, record.next_fire_ms = "", 2**62, 2**62
+            batch = Batch()
+            table.put(batch, record)
+            kv.write(batch.puts)
+            kv.sync()
+        finally:
+            kv.close()
+        cluster.start_broker()
+
+        listed = cluster.admin.ListSchedules(admin_pb2.ListSchedulesRequest(), timeout=10)
+        by_name = {i.schedule.name: i for i in listed.schedules}
+        assert sorted(by_name) == ["fine", "huge"]
+        assert list(by_name["huge"].next_fires_ms) == [2**62]
+        assert len(by_name["fine"].next_fires_ms) == 3
+        assert list(describe(cluster, "huge").next_fires_ms) == [2**62]
+        for verb in (["list"], ["describe", "huge"]):
+            human = brokerctl(cluster.admin_address, "schedules", *verb)
+            assert human.returncode == 0 and str(2**62) in human.stdout, human.stderr
+        ok_json(cluster.admin_address, "schedules", "delete", "huge")
+        listed = ok_json(cluster.admin_address, "schedules", "list")
+        assert [s["schedule"]["name"] for s in listed["schedules"]] == ["fine"]
 
 
 @pytest.fixture(scope="module")

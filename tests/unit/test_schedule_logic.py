@@ -10,8 +10,10 @@ import itertools
 from zoneinfo import ZoneInfo
 
 import pytest
+from durable.v1 import admin_pb2
 
 from broker import _cli_schedules as sched
+from broker import admin_schedules
 from broker.core import actions
 from broker.core import schedule_times as times
 from broker.core.model import Live
@@ -98,11 +100,52 @@ def test_hourly_cron_across_the_autumn_dst_change_fires_each_real_hour_once() ->
         (times.Spec(every_ms=1000, timezone="UTC"), "skip", "latest", "cron expression only"),
         (times.Spec(every_ms=1000), "sometimes", "latest", "overlap"),
         (times.Spec(every_ms=1000), "skip", "some", "catch-up"),
+        (times.Spec(every_ms=1), "skip", "latest", r"at least 1s \(1000 ms\), not 1 ms"),
+        (times.Spec(every_ms=999), "skip", "latest", "at least 1s"),
+        (times.Spec(every_ms=-1000), "skip", "latest", "at least 1s"),
+        (times.Spec(every_ms=2**62), "skip", "latest", r"at most 366d \(31622400000 ms\)"),
+        (times.Spec(every_ms=2**63 - 1), "skip", "latest", "at most 366d"),
+        (times.Spec(cron="0 0 31 2 *"), "skip", "latest", "never fires"),
+        (times.Spec(cron="0 0 30 2 *"), "skip", "latest", "never fires"),
+        (times.Spec(cron="0 0 31 4,6,9,11 *"), "skip", "latest", "never fires"),
+        (times.Spec(cron="* * * * *", timezone="x" * 300), "skip", "latest", "unknown time zone"),
+        (times.Spec(cron="* * * * *", timezone="Europe"), "skip", "latest", "unknown time zone"),
+        (times.Spec(cron="* * * * *", timezone="zone.tab"), "skip", "latest", "unknown time"),
+        (times.Spec(cron="* * * * *", timezone="a\x00b"), "skip", "latest", "unknown time zone"),
+        (times.Spec(cron="* * * * *", timezone="/etc/passwd"), "skip", "latest", "unknown time"),
     ],
 )
 def test_bad_specs_are_refused(spec: times.Spec, overlap: str, catch_up: str, says: str) -> None:
     with pytest.raises(times.BadSpec, match=says):
         times.check(spec, overlap, catch_up)
+
+
+@pytest.mark.parametrize("zone", ["x" * 300, "Europe", "zone.tab", "../../etc/passwd"])
+def test_a_bad_time_zone_is_named_without_a_file_path(zone: str) -> None:
+    with pytest.raises(times.BadSpec) as refused:
+        times.check(times.Spec(cron="* * * * *", timezone=zone))
+    message = str(refused.value)
+    assert "Errno" not in message and "zoneinfo" not in message and "site-packages" not in message
+    assert len(message) < 200
+
+
+def test_the_interval_bounds_and_odd_but_working_cron_steps_are_accepted() -> None:
+    times.check(times.Spec(every_ms=times.MIN_EVERY_MS))
+    times.check(times.Spec(every_ms=times.MAX_EVERY_MS))
+    times.check(times.Spec(cron="0 0 29 2 *"))  # every four years (eight across 2100)
+    # croniter caps a step at the field's range: this is "at minute 0", hourly.
+    huge_step = times.Spec(cron="*/1000000000000000000000 * * * *")
+    times.check(huge_step)
+    assert utc(times.next_after(huge_step, ms(2026, 1, 2, 10, 30))) == datetime.datetime(
+        2026, 1, 2, 11, 0, tzinfo=datetime.UTC
+    )
+
+
+def test_upcoming_stops_before_a_slot_past_int64() -> None:
+    # As stored by an older version that took any interval: listing it must not fail.
+    assert times.upcoming(times.Spec(every_ms=2**62), 2**62, 2) == []
+    assert times.upcoming(times.Spec(every_ms=2**63 - 1), 2**63 - 1, 2) == []
+    assert times.upcoming(times.Spec(every_ms=2**61), 2**61, 3) == [2**62, 3 * 2**61]
 
 
 def test_catch_up_latest_fires_the_last_missed_slot_only() -> None:
@@ -123,6 +166,22 @@ def test_schedules_have_a_table_prefix_of_their_own() -> None:
     others = [v for k, v in vars(keys).items() if k.isupper() and isinstance(v, bytes)]
     assert len(keys.SCHEDULES) == 2
     assert others.count(keys.SCHEDULES) == 1
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"every_ms": 2**62, "next_fire_ms": 2**62},
+        {"every_ms": 2**63 - 1, "next_fire_ms": 2**63 - 1},
+        {"every_ms": 0, "cron": "0 0 1 1 *", "timezone": "Gone/Zone", "next_fire_ms": 5000},
+    ],
+)
+def test_a_stored_schedule_out_of_todays_bounds_still_shows_its_next_slot(
+    fields: dict[str, object],
+) -> None:
+    # Stored by an older version: the listing shows it (to be deleted), never fails.
+    record = schedule("old", **fields)
+    assert admin_schedules._next_fires(record) == [record.next_fire_ms]
 
 
 # ---- The state machine
@@ -266,10 +325,24 @@ def test_pause_resume_trigger_delete() -> None:
 def test_durations_and_targets_parse() -> None:
     assert sched.duration_ms("30s") == 30_000
     assert sched.duration_ms("1h30m") == 5_400_000
-    assert sched.duration_ms("500ms") == 500
+    assert sched.duration_ms("1500ms") == 1500
+    assert sched.duration_ms("366d") == times.MAX_EVERY_MS
     for bad in ("", "30", "1x", "0s", "s30", "1s 2"):
         with pytest.raises(argparse.ArgumentTypeError):
             sched.duration_ms(bad)
+    # The broker's bounds, said before a request is built (past int64 it could not be).
+    for short in ("1ms", "999ms", "500ms"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at least 1s"):
+            sched.duration_ms(short)
+    for long in ("367d", "99999999999d", "999999999999999999999d"):
+        with pytest.raises(argparse.ArgumentTypeError, match="at most 366d"):
+            sched.duration_ms(long)
     assert sched.target("playground.Counter/Add") == ("playground.Counter", "Add")
     with pytest.raises(argparse.ArgumentTypeError, match="SERVICE/METHOD"):
         sched.target("playground.Counter")
+
+
+def test_a_slot_past_year_9999_is_shown_as_a_number() -> None:
+    info = admin_pb2.ScheduleInfo(next_fires_ms=[2**62])
+    info.schedule.CopyFrom(schedule(every_ms=2**62, next_fire_ms=2**62))
+    assert f"next:      {2**62} ms after the epoch" in sched.format_info(info)
