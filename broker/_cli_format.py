@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import difflib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,57 @@ JSON_VALUED_COMMANDS: frozenset[str] = frozenset(
 
 # Values longer than this are cut in table cells so one big payload cannot wreck the layout.
 _CELL_VALUE_LIMIT = 64
+
+# Control characters (C0, DEL, C1): written raw, user-supplied text (an object key, a
+# state name, an error message) could move the cursor, clear or recolour the operator's
+# terminal, or forge output lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+# The ones that can still appear raw in JSON text: json.dumps escapes C0 but not DEL and
+# C1, and a strict parser accepts them raw inside strings.
+_JSON_RAW_CONTROL = re.compile(r"[\x7f-\x9f]")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# What a table cell or a prose message is flattened on: whitespace runs, line breaks included.
+_WHITESPACE_RUN = re.compile(r"\s+")
+
+
+def escape_control(text: str, keep: str = "") -> str:
+    """``text`` with every control character (C0, DEL, C1) except those in ``keep`` shown
+    as an escape: ``\\n``, ``\\r``, ``\\t``, else ``\\xHH`` (``\\x1b`` for ESC).
+
+    Backslashes are left as they are, so JSON text and messages that already quote
+    values (``'a\\nb'``) read unchanged.
+    """
+
+    def escaped(match: re.Match[str]) -> str:
+        ch = match.group()
+        if ch in keep:
+            return ch
+        return _NAMED_ESCAPES.get(ch, f"\\x{ord(ch):02x}")
+
+    return _CONTROL.sub(escaped, text)
+
+
+def escape_json_controls(text: str) -> str:
+    """JSON text with raw DEL and C1 characters written as ``\\u00XX`` escapes.
+
+    They can only occur inside JSON strings, where the escape means the same character:
+    the text stays valid JSON with the same values, and prints safely on a terminal.
+    """
+    return _JSON_RAW_CONTROL.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+class CommandError(Exception):
+    """What was asked for does not exist or cannot be done; reported like a broker error.
+
+    Args:
+        code: A gRPC status code name for the message, e.g. ``NOT_FOUND``.
+        message: What went wrong.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def status_name(status: int) -> str:
@@ -164,9 +216,9 @@ def json_text(data: bytes) -> str | None:
     except ValueError:
         return None
     text = data.decode("utf-8").strip()
-    if "\n" in text or "\r" in text:
+    if "\n" in text or "\r" in text or "\t" in text:
         text = json.dumps(value, ensure_ascii=False)
-    return text
+    return escape_json_controls(text)
 
 
 def format_json_bytes(data: bytes, limit: int | None = None) -> str:
@@ -211,7 +263,10 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Lay out rows as left-aligned columns separated by two spaces, headers first.
 
     Cells are flattened to one line (whitespace runs become single spaces) so a multi-line
-    error message cannot break the alignment. Trailing spaces are stripped from each line.
+    error message cannot break the alignment, and any other control character is shown
+    escaped (``escape_control``). Cells holding names or keys, where a newline is part of
+    the value, are to be escaped by the caller first. Trailing spaces are stripped from
+    each line.
     """
     cells = [[_one_line(h) for h in headers]]
     cells += [[_one_line(c) for c in row] for row in rows]
@@ -226,7 +281,7 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    return escape_control(_WHITESPACE_RUN.sub(" ", text).strip())
 
 
 def format_deployments(resp: admin_pb2.ListDeploymentsResponse) -> str:
@@ -235,11 +290,11 @@ def format_deployments(resp: admin_pb2.ListDeploymentsResponse) -> str:
         return "no deployments registered"
     rows = [
         [
-            d.id,
-            d.uri,
+            escape_control(d.id),
+            escape_control(d.uri),
             d.mode or "-",
             str(d.in_flight),
-            ", ".join(d.services) or "-",
+            escape_control(", ".join(d.services)) or "-",
             format_timestamp(d.created_at_ms),
         ]
         for d in resp.deployments
@@ -286,6 +341,16 @@ def find_service(resp: admin_pb2.ListServicesResponse, name: str) -> admin_pb2.S
     return next((svc for svc in resp.services if svc.name == name), None)
 
 
+def unknown_service_message(resp: admin_pb2.ListServicesResponse, name: str) -> str:
+    """What to say of a service ``name`` that is not registered, with the names it may
+    have meant."""
+    message = f"no service {name!r} is registered"
+    suggestions = suggest_services(resp, name)
+    if suggestions:
+        message += "; did you mean " + " or ".join(suggestions) + "?"
+    return message
+
+
 def suggest_services(resp: admin_pb2.ListServicesResponse, name: str) -> list[str]:
     """Registered service names ``name`` may have meant: ``Counter`` -> ``playground.Counter``.
 
@@ -315,7 +380,7 @@ def format_service(svc: admin_pb2.Service, deployment_uri: str = "") -> str:
         ("key field", svc.key_field or "-"),
     ]
     width = max(len(label) for label, _ in fields) + 2
-    lines = [f"{label + ':':<{width}}{value}" for label, value in fields]
+    lines = [f"{label + ':':<{width}}{_field_value(value, width)}" for label, value in fields]
     lines.append("")
     count = len(svc.handlers)
     lines.append(f"handlers ({count}):")
@@ -330,22 +395,25 @@ def format_service(svc: admin_pb2.Service, deployment_uri: str = "") -> str:
 
 
 def format_target(inv: invocation_pb2.Invocation) -> str:
-    """``service/method``, followed by the key for keyed services."""
-    target = f"{inv.service}/{inv.method}"
-    return f"{target} (key {inv.key})" if inv.key else target
+    """``service/method``, followed by the key for keyed services (control characters
+    escaped: a key is any string a caller sent)."""
+    target = escape_control(f"{inv.service}/{inv.method}")
+    return f"{target} (key {escape_control(inv.key)})" if inv.key else target
 
 
 def format_invocations(resp: admin_pb2.ListInvocationsResponse) -> str:
     """Table of invocations as listed by the broker (newest first)."""
     if not resp.invocations:
         return "no invocations found"
+    # Ids, targets and keys are escaped whole, newlines included: flattened to a space, a
+    # key "a\nb" would read as the different key "a b".
     rows = [
         [
-            inv.id,
+            escape_control(inv.id),
             status_name(inv.status),
             format_outcome(inv),
-            f"{inv.service}/{inv.method}",
-            inv.key or "-",
+            escape_control(f"{inv.service}/{inv.method}"),
+            escape_control(inv.key) or "-",
             str(inv.attempts),
             format_timestamp(inv.created_at_ms),
             format_timestamp(inv.modified_at_ms),
@@ -426,16 +494,16 @@ def entry_details(
             details += f" at {format_timestamp(send.invoke_at_ms)}"
         return details
     if kind == "run":
-        return f"name {json.dumps(entry.run.name, ensure_ascii=False)}"
+        return f"name {_quoted(entry.run.name)}"
     if kind == "sleep":
         return f"wake up at {format_timestamp(entry.sleep.wake_up_at_ms)}"
     if kind == "get_state":
-        return f"key {json.dumps(entry.get_state.key, ensure_ascii=False)}"
+        return f"key {_quoted(entry.get_state.key)}"
     if kind == "set_state":
         value = format_json_bytes(entry.set_state.value, _CELL_VALUE_LIMIT)
-        return f"key {json.dumps(entry.set_state.key, ensure_ascii=False)} = {value}"
+        return f"key {_quoted(entry.set_state.key)} = {value}"
     if kind == "clear_state":
-        return f"key {json.dumps(entry.clear_state.key, ensure_ascii=False)}"
+        return f"key {_quoted(entry.clear_state.key)}"
     if kind == "awakeable":
         return f"id {entry.awakeable.awakeable_id or '(not yet assigned)'}"
     if kind == "complete_awakeable":
@@ -460,7 +528,8 @@ def entry_details(
 
 
 def _quoted(text: str) -> str:
-    return json.dumps(text, ensure_ascii=False)
+    # json.dumps escapes C0 characters; DEL and C1 too, as \u00XX.
+    return escape_json_controls(json.dumps(text, ensure_ascii=False))
 
 
 def state_keys_of(data: bytes) -> list[str] | None:
@@ -492,7 +561,7 @@ def entry_result(
     if kind == "get_state_keys" and result.WhichOneof("kind") == "value":
         keys = state_keys_of(result.value)
         if keys is not None:
-            listed = json.dumps(keys, ensure_ascii=False)
+            listed = escape_json_controls(json.dumps(keys, ensure_ascii=False))
             if limit is not None and len(listed) > limit:
                 listed = listed[:limit] + f"... ({len(keys)} keys)"
             return "keys " + listed
@@ -528,7 +597,7 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse, hex_payloads: bo
     ]
     # Optional context, shown only when set so the common case stays short.
     if inv.idempotency_key:
-        fields.append(("idempotency key", inv.idempotency_key))
+        fields.append(("idempotency key", escape_control(inv.idempotency_key)))
     if inv.HasField("caller") and inv.caller.invocation_id:
         fields.append(("caller", f"{inv.caller.invocation_id} entry {inv.caller.entry_index}"))
     if inv.waiting_on:
@@ -543,7 +612,7 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse, hex_payloads: bo
     if inv.cancel_pending:
         fields.append(("cancellation", "requested, delivered at its next await"))
     width = max(len(label) for label, _ in fields) + 2
-    lines = [f"{label + ':':<{width}}{value}" for label, value in fields]
+    lines = [f"{label + ':':<{width}}{_field_value(value, width)}" for label, value in fields]
 
     lines.append("")
     count = len(resp.journal)
@@ -561,6 +630,13 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse, hex_payloads: bo
         table = format_table(["INDEX", "COMMAND", "DETAILS", "RESULT"], rows)
         lines.extend("  " + line for line in table.splitlines())
     return "\n".join(lines)
+
+
+def _field_value(value: str, indent: int) -> str:
+    """A ``label: value`` field's value, control characters escaped; the lines of a
+    multi-line one (an error message, a traceback) are indented under its first line, so
+    none of them can pass for a field of its own."""
+    return escape_control(value, keep="\n").replace("\n", "\n" + " " * indent)
 
 
 # -- operator actions -------------------------------------------------------------------
@@ -603,7 +679,10 @@ def format_state(service: str, key: str, state: Mapping[str, bytes]) -> str:
     """Table of an object's state values by name (sorted), values shown as JSON text."""
     if not state:
         return f"no state for {service} key {key!r}"
-    rows = [[name, format_json_bytes(state[name], _CELL_VALUE_LIMIT)] for name in sorted(state)]
+    rows = [
+        [escape_control(name), format_json_bytes(state[name], _CELL_VALUE_LIMIT)]
+        for name in sorted(state)
+    ]
     return format_table(["NAME", "VALUE"], rows)
 
 

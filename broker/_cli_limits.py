@@ -8,10 +8,27 @@ from typing import Any
 
 from durable.v1 import admin_pb2
 
+from broker import _cli_format as fmt
+
 
 def split_target(target: str) -> tuple[str, str]:
-    """``SERVICE[/METHOD]`` as (service, method)."""
-    service, _, method = target.partition("/")
+    """An argparse type: ``SERVICE[/METHOD]`` as (service, method).
+
+    A ``/`` with nothing after it is refused: taken as no method, ``Svc/`` would set a
+    service-wide limit where one handler's was meant.
+    """
+    service, slash, method = target.partition("/")
+    if not service:
+        where = " before /" if slash else ""
+        raise argparse.ArgumentTypeError(
+            f"expected SERVICE or SERVICE/METHOD, e.g. trips.Trips/Reserve; the service"
+            f"{where} is empty in {target!r}"
+        )
+    if slash and not method:
+        raise argparse.ArgumentTypeError(
+            f"expected SERVICE or SERVICE/METHOD, e.g. trips.Trips/Reserve; the method "
+            f"after / is empty in {target!r}"
+        )
     return service, method
 
 
@@ -29,7 +46,7 @@ def format_scope(s: admin_pb2.ScopeLimits) -> str:
 
 def set_limits(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
     """Sets or clears a scope's limits."""
-    service, method = split_target(args.target)
+    service, method = args.target
     req = admin_pb2.SetLimitsRequest(
         service=service,
         method=method,
@@ -45,5 +62,13 @@ def get_limits(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any
     """Lists the limits in force."""
     req = admin_pb2.GetLimitsRequest(service=args.service or "")
     resp: admin_pb2.GetLimitsResponse = stub.GetLimits(req, timeout=timeout)
+    if args.service and not resp.limits:
+        # The admin API lists no scopes for a service it does not serve, just as for one
+        # without limits; `services limit` on it is NOT_FOUND, and so is this.
+        services: admin_pb2.ListServicesResponse = stub.ListServices(
+            admin_pb2.ListServicesRequest(), timeout=timeout
+        )
+        if fmt.find_service(services, args.service) is None:
+            raise fmt.CommandError("NOT_FOUND", fmt.unknown_service_message(services, args.service))
     lines = [format_scope(s) for s in resp.limits] or ["no limits set"]
     return resp, "\n".join(lines)

@@ -29,4 +29,6 @@ def export(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, st
     """Prints an invocation's journal as a self-describing JSON document (both ways)."""
     req = admin_pb2.ExportInvocationRequest(invocation_id=args.invocation_id)
     resp: admin_pb2.ExportInvocationResponse = stub.ExportInvocation(req, timeout=timeout)
-    return journal_export.document(resp), journal_export.text(resp)
+    # The document is JSON for a file (durable.testing.replay) as much as for a terminal:
+    # raw DEL and C1 characters become \u00XX escapes, which keep it the same JSON.
+    return journal_export.document(resp), fmt.escape_json_controls(journal_export.text(resp))

@@ -2,7 +2,8 @@
 
 Exit codes: 0 ok, 1 the broker answered with an error (or what was asked for does not
 exist, e.g. an unknown service or state value), 2 usage error (including a JSON argument
-that is not valid JSON), 3 the broker's admin API cannot be reached.
+that is not valid JSON, a ``--tls-ca`` that is not a readable PEM certificate and a
+``--token`` gRPC cannot send), 3 the broker's admin API cannot be reached.
 
 ``--json`` (before or after the verb) prints one JSON document on stdout: the admin API's
 response in the proto3 JSON mapping (field names as in the ``.proto``), or, for verbs whose
@@ -12,6 +13,10 @@ values, and ``invocations describe`` adds ``value_json`` next to each base64 JSO
 its journal, and ``request_json`` / ``value_json`` next to the protobuf requests, results
 and outputs whose message types the broker knows. Its human output shows those as JSON
 too (``--hex`` shows the bytes). Errors go to stderr as ``error: CODE: message``.
+
+Keys, names and messages are whatever callers and services sent: the human output shows
+their control characters escaped (``\\x1b``, ``\\n``), never raw on the terminal; the JSON
+output carries them as they are, in JSON's escapes.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ from broker import _cli_schedules as sched
 DEFAULT_ADMIN = "127.0.0.1:9091"
 DEFAULT_TIMEOUT_S = 10.0
 
+# gRPC's default 4 MiB receive limit is below what the broker legitimately sends: it
+# accepts payloads up to --max-payload-bytes (4 MiB, and a describe or export adds the
+# journal around them) and state up to --max-state-bytes (16 MiB), both configurable. The
+# admin server's own send limit (64 MiB) is the cap that matters; a lower one here would
+# only make data the broker accepted unreadable.
+CHANNEL_OPTIONS: list[tuple[str, int]] = [("grpc.max_receive_message_length", -1)]
+
+# The PEM header of a certificate: gRPC given anything else (a key, a DER file, a typo'd
+# path to some text file) fails every handshake and reports the broker unreachable.
+_PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+
 EXIT_OK = 0
 EXIT_BROKER_ERROR = 1
 EXIT_USAGE = 2
@@ -59,13 +75,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the broker's admin API address (default: $BROKER_ADMIN or %(default)s)",
     )
+    # Both are checked by their argparse types, also when they come from the environment
+    # (argparse converts a string default too): a bad one is a usage error up front,
+    # rather than a traceback or a misleading "cannot reach the broker".
     parser.add_argument(
         "--token",
+        type=_token,
         default=os.environ.get("BROKER_ADMIN_TOKEN") or None,
         help="the broker's admin token, when it requires one (default: $BROKER_ADMIN_TOKEN)",
     )
     parser.add_argument(
         "--tls-ca",
+        dest="tls_ca_pem",
+        type=_pem_certificates,
         default=os.environ.get("BROKER_TLS_CA") or None,
         metavar="PEM",
         help="connect with TLS, trusting this CA certificate (default: $BROKER_TLS_CA)",
@@ -176,6 +198,35 @@ def _address(text: str) -> str:
     return text.strip()
 
 
+def _token(text: str) -> str:
+    # gRPC refuses a non-binary metadata value with anything but printable ASCII, and only
+    # when the call is made (logging from C and failing with INTERNAL). The token itself
+    # is a secret: the message says where the bad character is, not what the token is.
+    for index, ch in enumerate(text):
+        if not " " <= ch <= "~":
+            raise argparse.ArgumentTypeError(
+                f"the token has characters not allowed in a gRPC header (character "
+                f"{index + 1} of {len(text)}); it must be printable ASCII"
+            )
+    return text
+
+
+def _pem_certificates(path: str) -> bytes:
+    """An argparse type: the contents of a PEM file holding at least one certificate."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(
+            f"cannot read {path!r}: {e.strerror or e.__class__.__name__}"
+        ) from None
+    if _PEM_CERTIFICATE not in data:
+        raise argparse.ArgumentTypeError(
+            f"{path!r} is not a PEM certificate (no {_PEM_CERTIFICATE.decode()} line)"
+        )
+    return data
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -197,18 +248,8 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-class CommandError(Exception):
-    """What was asked for does not exist or cannot be done; reported like a broker error.
-
-    Args:
-        code: A gRPC status code name for the message, e.g. ``NOT_FOUND``.
-        message: What went wrong.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+# Defined with the formatting helpers so the verb modules can raise it too.
+CommandError = fmt.CommandError
 
 
 # What a verb prints with --json: an admin API message (rendered in the proto3 JSON
@@ -251,11 +292,7 @@ def _describe_service(
     )
     svc = fmt.find_service(services, args.name)
     if svc is None:
-        message = f"no service {args.name!r} is registered"
-        suggestions = fmt.suggest_services(services, args.name)
-        if suggestions:
-            message += "; did you mean " + " or ".join(suggestions) + "?"
-        raise CommandError("NOT_FOUND", message)
+        raise CommandError("NOT_FOUND", fmt.unknown_service_message(services, args.name))
     deployments: admin_pb2.ListDeploymentsResponse = stub.ListDeployments(
         admin_pb2.ListDeploymentsRequest(), timeout=timeout
     )
@@ -468,6 +505,7 @@ _VERBS = (
             _arg(
                 "target",
                 metavar="SERVICE[/METHOD]",
+                type=_cli_limits.split_target,
                 help="e.g. trips.Trips or trips.Trips/Reserve",
             ),
             _arg(
@@ -718,7 +756,8 @@ def _render_json(output: JsonOutput) -> str:
     # Every field is printed, defaults included, so scripts can rely on keys being present
     # (an empty list is [] rather than a missing key).
     as_dict = output if isinstance(output, dict) else fmt.message_to_json(output)
-    return json.dumps(as_dict, indent=2, ensure_ascii=False)
+    # Still valid JSON with the same values, but no raw DEL or C1 character for a terminal.
+    return fmt.escape_json_controls(json.dumps(as_dict, indent=2, ensure_ascii=False))
 
 
 def _unreachable_message(admin: str) -> str:
@@ -740,15 +779,14 @@ class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    if args.tls_ca:
-        with open(args.tls_ca, "rb") as f:
-            creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+    if args.tls_ca_pem:
+        creds = grpc.ssl_channel_credentials(root_certificates=args.tls_ca_pem)
         if args.token:
             creds = grpc.composite_channel_credentials(
                 creds, grpc.access_token_call_credentials(args.token)
             )
-        return grpc.secure_channel(args.admin, creds)
-    channel = grpc.insecure_channel(args.admin)
+        return grpc.secure_channel(args.admin, creds, options=CHANNEL_OPTIONS)
+    channel = grpc.insecure_channel(args.admin, options=CHANNEL_OPTIONS)
     if args.token:
         return grpc.intercept_channel(channel, _TokenInterceptor(args.token))
     return channel
@@ -761,7 +799,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             wait_for_channel(channel, args.timeout)
         except BrokerUnreachable:
-            print(_unreachable_message(args.admin), file=sys.stderr)
+            _print_error(_unreachable_message(args.admin))
             return EXIT_UNREACHABLE
         stub = admin_pb2_grpc.AdminStub(channel)
         try:
@@ -770,13 +808,22 @@ def run(args: argparse.Namespace) -> int:
             # The RpcError a unary stub raises is also a grpc.Call carrying the status.
             code = err.code()
             details = err.details() or ""
-            print(f"error: {code.name}: {details}", file=sys.stderr)
+            _print_error(f"error: {code.name}: {details}")
             return EXIT_BROKER_ERROR
         except CommandError as err:
-            print(f"error: {err.code}: {err.message}", file=sys.stderr)
+            _print_error(f"error: {err.code}: {err.message}")
             return EXIT_BROKER_ERROR
-    print(_render_json(response) if args.json else human)
+    # The formatters escape what they show of user-supplied text; this is the net under
+    # them (every verb, the schedules' and the cluster's included): no control character
+    # but the line breaks of the layout reaches the terminal raw.
+    print(_render_json(response) if args.json else fmt.escape_control(human, keep="\n"))
     return EXIT_OK
+
+
+def _print_error(message: str) -> None:
+    # An error message can quote what a caller sent (a key, a name); multi-line ones (a
+    # check's divergences) keep their lines.
+    print(fmt.escape_control(message, keep="\n"), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -781,6 +781,56 @@ def test_state_set_is_refused_while_an_exclusive_handler_holds_the_key(
     assert after["value"] == 1 and after["values"] == 1
 
 
+def test_state_bigger_than_grpcs_default_limit_is_readable(playground: Playground) -> None:
+    # gRPC clients receive at most 4 MiB by default; the broker holds up to 16 MiB of state
+    # per key (--max-state-bytes), each value set in a request under its 4 MiB payload limit.
+    key = unique("big")
+    values = {name: '"' + name[-1] * 2_500_000 + '"' for name in ("big-a", "big-b")}
+    for name, value in values.items():
+        request = admin_pb2.SetStateRequest(
+            service="playground.Counter", key=key, name=name, value=value.encode()
+        )
+        playground.cluster.admin.SetState(request, timeout=60)
+
+    whole = brokerctl(playground.admin, "--json", "state", "get", "playground.Counter", key)
+    assert whole.returncode == 0, whole.stderr
+    assert json.loads(whole.stdout)["state"] == {n: json.loads(v) for n, v in values.items()}
+    table = brokerctl(playground.admin, "state", "get", "playground.Counter", key)
+    assert table.returncode == 0, table.stderr
+    assert [line.split()[0] for line in table.stdout.splitlines()] == ["NAME", "big-a", "big-b"]
+
+
+# -- control characters ----------------------------------------------------------------
+
+
+def test_a_hostile_key_is_shown_escaped(playground: Playground) -> None:
+    # A key that would clear the screen, turn the text red and forge a line of output.
+    key = unique("esc") + "\x1b[2J\x1b[31mRED\nfake line"
+    playground.counter.Add(pg.AddRequest(name=key, amount=1), timeout=30)
+    shown = key.replace("\x1b", "\\x1b").replace("\n", "\\n")
+
+    listed = brokerctl(
+        playground.admin, "invocations", "list", "--service", "playground.Counter", "--key", key
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:2] == ["ID", "STATUS"]
+    assert shown in row
+    invocation_id = row.split()[0]
+
+    described = brokerctl(playground.admin, "invocations", "describe", invocation_id)
+    assert described.returncode == 0, described.stderr
+    assert "\x1b" not in described.stdout
+    assert f"playground.Counter/Add (key {shown})" in described.stdout
+
+    # --json stays JSON, with the key as it is.
+    as_json = ok_json(
+        playground.admin, "invocations", "list", "--service", "playground.Counter", "--key", key
+    )
+    assert [i["key"] for i in as_json["invocations"]] == [key]
+
+
 # -- exit codes ------------------------------------------------------------------------
 
 
@@ -800,6 +850,57 @@ def test_usage_errors_exit_2(playground: Playground) -> None:
     nan = brokerctl(admin, "state", "set", "playground.Counter", "k", "total", "NaN")
     assert nan.returncode == 2 and "not valid JSON" in nan.stderr
     assert brokerctl(admin, "frobnicate").returncode == 2
+
+
+def _assert_usage_error(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    # Nothing from gRPC's C core (it logs before failing a call it cannot make).
+    assert result.stderr.startswith("usage: brokerctl"), result.stderr
+
+
+def test_tls_ca_that_is_missing_or_not_pem_is_a_usage_error(
+    playground: Playground, tmp_path: Path
+) -> None:
+    missing = str(tmp_path / "nonexistent")
+    result = brokerctl(playground.admin, "--tls-ca", missing, "deployments", "list")
+    _assert_usage_error(result, f"argument --tls-ca: cannot read {missing!r}")
+
+    not_pem = tmp_path / "hostname"
+    not_pem.write_text("myhost\n")
+    result = brokerctl(playground.admin, "--tls-ca", str(not_pem), "deployments", "list")
+    _assert_usage_error(result, f"{str(not_pem)!r} is not a PEM certificate")
+    assert "cannot reach" not in result.stderr
+
+
+def test_token_with_a_newline_is_a_usage_error(playground: Playground) -> None:
+    result = brokerctl(playground.admin, "--token", "a\nb", "deployments", "list")
+    _assert_usage_error(result, "the token has characters not allowed in a gRPC header")
+    assert "printable ASCII" in result.stderr
+
+
+def test_limits_of_an_unknown_service_is_not_found_like_limit(playground: Playground) -> None:
+    limit = brokerctl(playground.admin, "services", "limit", "nope.Nope", "--concurrency", "1")
+    limits = brokerctl(playground.admin, "services", "limits", "nope.Nope")
+    assert limit.returncode == limits.returncode == 1
+    assert limits.stdout == ""
+    assert limit.stderr.startswith("error: NOT_FOUND: no service 'nope.Nope' is registered")
+    assert limits.stderr.startswith("error: NOT_FOUND: no service 'nope.Nope' is registered")
+    known = brokerctl(playground.admin, "services", "limits", "playground.Counter")
+    assert known.returncode == 0, known.stderr
+
+
+def test_limit_with_an_empty_method_is_a_usage_error(playground: Playground) -> None:
+    result = brokerctl(
+        playground.admin, "services", "limit", "playground.Busy/", "--concurrency", "1"
+    )
+    _assert_usage_error(result, "the method after / is empty")
+    assert "SERVICE or SERVICE/METHOD" in result.stderr
+    # Nothing was set: no run-time limit on the whole service.
+    shown = ok_json(playground.admin, "services", "limits", "playground.Busy")
+    assert not [s for s in shown["limits"] if s["source"] == "runtime" and not s["method"]]
 
 
 def test_reaching_the_broker_leaves_no_connectivity_poll_behind() -> None:

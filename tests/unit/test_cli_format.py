@@ -836,3 +836,196 @@ def test_cluster_status_json_carries_positions_and_followers() -> None:
     assert (first["applied"], first["log_last"], first["preferred"]) == ("9", "9", "n1")
     assert first["followers"] == [{"node": "n2", "applied": "7", "lag": "2"}]
     assert printed["partitions"][1]["followers"] == []
+
+
+# -- control characters in user-supplied text --------------------------------------------
+
+# A key an attacker chose: clears the screen, turns the text red and forges a line.
+HOSTILE = "esc\x1b[2J\x1b[31mRED\nfake line"
+HOSTILE_SHOWN = "esc\\x1b[2J\\x1b[31mRED\\nfake line"
+
+
+def _raw_controls(text: str) -> list[str]:
+    return [ch for ch in text if ch != "\n" and (ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F)]
+
+
+def test_escape_control_shows_c0_del_and_c1_escaped() -> None:
+    assert fmt.escape_control(HOSTILE) == HOSTILE_SHOWN
+    assert fmt.escape_control("a\x00b\tc\rd\x7fe\x9bf") == "a\\x00b\\tc\\rd\\x7fe\\x9bf"
+    assert fmt.escape_control("one\ntwo\x1b", keep="\n") == "one\ntwo\\x1b"
+    # Printable text, non-ASCII included, is left alone.
+    assert fmt.escape_control("trip-1 é ✓ \\n") == "trip-1 é ✓ \\n"
+
+
+def test_escape_json_controls_keeps_the_json_and_its_values() -> None:
+    value = {"k": "a\x7fb\x85c\x9b2J"}
+    text = json.dumps(value, ensure_ascii=False)
+    escaped = fmt.escape_json_controls(text)
+    assert escaped == '{"k": "a\\u007fb\\u0085c\\u009b2J"}'
+    assert json.loads(escaped) == value
+
+
+def test_format_invocations_escapes_a_hostile_key() -> None:
+    resp = admin_pb2.ListInvocationsResponse(
+        invocations=[
+            invocation_pb2.Invocation(
+                id="inv_a",
+                service="playground.Counter",
+                method="Add",
+                key=HOSTILE,
+                status=invocation_pb2.COMPLETED,
+                last_error="boom\x1b[2K\nsecond line",
+            )
+        ]
+    )
+    out = fmt.format_invocations(resp)
+    assert _raw_controls(out) == []
+    _header, row = out.splitlines()
+    assert HOSTILE_SHOWN in row
+    # An error message is prose: its line breaks are flattened, the rest escaped.
+    assert row.endswith("boom\\x1b[2K second line")
+
+
+def test_format_table_escapes_control_characters_left_in_cells() -> None:
+    table = fmt.format_table(["A", "B"], [["x\x1b]0;title\x07", "\x9b31m"]])
+    assert _raw_controls(table) == []
+    assert table.splitlines()[1] == "x\\x1b]0;title\\x07  \\x9b31m"
+
+
+def test_format_describe_escapes_keys_and_indents_a_multiline_error() -> None:
+    resp = admin_pb2.DescribeInvocationResponse(
+        invocation=invocation_pb2.Invocation(
+            id="inv_h",
+            service="playground.Counter",
+            method="Add",
+            key=HOSTILE,
+            idempotency_key="idem\x1b[8m",
+            status=invocation_pb2.BACKING_OFF,
+            last_error="Traceback:\n  boom\x1b[2K",
+        ),
+        journal=[
+            journal_pb2.JournalEntry(
+                set_state=journal_pb2.SetStateCommand(key="n\x1b\x9b", value=b'"v\xc2\x9b"')
+            )
+        ],
+    )
+    out = fmt.format_describe(resp)
+    assert _raw_controls(out) == []
+    lines = out.splitlines()
+    assert f"playground.Counter/Add (key {HOSTILE_SHOWN})" in lines[2]
+    error_at = next(i for i, line in enumerate(lines) if line.startswith("last error:"))
+    width = lines[error_at].index("Traceback")
+    assert lines[error_at + 1] == " " * width + "  boom\\x1b[2K"
+    assert any(line.startswith("idempotency key:") and "idem\\x1b[8m" in line for line in lines)
+    assert 'key "n\\u001b\\u009b" = "v\\u009b"' in out
+
+
+def test_format_state_escapes_names_and_keeps_values_json() -> None:
+    out = fmt.format_state("playground.Counter", "k", {"name\x1b[2J": b'"\xc2\x9b2J"'})
+    assert _raw_controls(out) == []
+    assert out.splitlines()[1].split() == ["name\\x1b[2J", '"\\u009b2J"']
+    # One value in full is JSON text still, with the same value.
+    one = fmt.format_state_value(b'"\xc2\x9b2J\xc2\x85"')
+    assert json.loads(one) == "\x9b2J\x85" and _raw_controls(one) == []
+
+
+def test_json_output_escapes_del_and_c1_and_stays_the_same_json() -> None:
+    inv = invocation_pb2.Invocation(id="inv_a", key="k\x1b\x9b\x7f\n")
+    printed = cli._render_json(inv)
+    assert _raw_controls(printed.replace("\n", "")) == []
+    assert json.loads(printed)["key"] == "k\x1b\x9b\x7f\n"
+
+
+# -- services limit(s) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [("trips.Trips", ("trips.Trips", "")), ("trips.Trips/Reserve", ("trips.Trips", "Reserve"))],
+)
+def test_limit_target_is_service_or_service_slash_method(
+    target: str, expected: tuple[str, str]
+) -> None:
+    args = cli.build_parser().parse_args(["services", "limit", target, "--concurrency", "1"])
+    assert args.target == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "empty"),
+    [("playground.Busy/", "the method after /"), ("/Run", "the service before /")],
+)
+def test_limit_target_with_an_empty_part_is_a_usage_error(
+    target: str, empty: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--admin", "127.0.0.1:1", "services", "limit", target, "--concurrency", "1"]
+    assert cli.main(argv) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "SERVICE or SERVICE/METHOD" in err and f"{empty} is empty" in err
+
+
+class _LimitsStub:
+    """The two admin calls `services limits` makes: no limits, and one service."""
+
+    def GetLimits(self, request: Any, timeout: float) -> admin_pb2.GetLimitsResponse:
+        return admin_pb2.GetLimitsResponse()
+
+    def ListServices(self, request: Any, timeout: float) -> admin_pb2.ListServicesResponse:
+        return admin_pb2.ListServicesResponse(services=[admin_pb2.Service(name="trips.Trips")])
+
+
+def test_limits_of_an_unknown_service_is_not_found() -> None:
+    args = cli.build_parser().parse_args(["services", "limits", "nope.Nope"])
+    with pytest.raises(cli.CommandError) as raised:
+        args.handler(_LimitsStub(), args, 1.0)
+    assert raised.value.code == "NOT_FOUND"
+    assert raised.value.message == "no service 'nope.Nope' is registered"
+    known = cli.build_parser().parse_args(["services", "limits", "trips.Trips"])
+    assert known.handler(_LimitsStub(), known, 1.0)[1] == "no limits set"
+
+
+# -- connection options -----------------------------------------------------------------
+
+
+def test_tls_ca_that_cannot_be_read_is_a_usage_error(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "nonexistent.pem")
+    assert cli.main(["--tls-ca", missing, "deployments", "list"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"argument --tls-ca: cannot read {missing!r}: No such file or directory" in err
+
+
+def test_tls_ca_that_is_not_pem_is_a_usage_error(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    not_pem = tmp_path / "hostname"
+    not_pem.write_text("myhost\n")
+    assert cli.main(["--tls-ca", str(not_pem), "deployments", "list"]) == cli.EXIT_USAGE
+    assert f"{str(not_pem)!r} is not a PEM certificate" in capsys.readouterr().err
+    # From the environment, the same.
+    monkeypatch.setenv("BROKER_TLS_CA", str(not_pem))
+    assert cli.main(["deployments", "list"]) == cli.EXIT_USAGE
+    assert "is not a PEM certificate" in capsys.readouterr().err
+
+
+def test_tls_ca_pem_is_read_once_at_parse_time(tmp_path: Any) -> None:
+    pem = tmp_path / "ca.pem"
+    pem.write_bytes(b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    args = cli.build_parser().parse_args(["--tls-ca", str(pem), "deployments", "list"])
+    assert args.tls_ca_pem == pem.read_bytes()
+
+
+@pytest.mark.parametrize("token", ["a\nb", "tok\x00", "tok\x7f", "tøken"])
+def test_token_outside_printable_ascii_is_a_usage_error(
+    token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["--token", token, "deployments", "list"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "not allowed in a gRPC header" in err and "printable ASCII" in err
+    # The token is a secret: the message does not repeat it.
+    assert token not in err
+
+
+def test_channel_receives_whatever_the_broker_may_send() -> None:
+    # The broker sends up to its 64 MiB send limit (state alone may be 16 MiB).
+    assert ("grpc.max_receive_message_length", -1) in cli.CHANNEL_OPTIONS
