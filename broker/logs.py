@@ -20,6 +20,14 @@ def configure(level: str | int, tag: str = "") -> None:
     # broker's: at --log-level DEBUG a failing test's log tail showed nothing else.
     grpc_log = logging.getLogger("grpc")
     grpc_log.setLevel(max(logging.getLogger().level, logging.INFO))
+    logging.getLogger("grpc._common").addFilter(_unparsed_replies)
+
+
+def _unparsed_replies(record: logging.LogRecord) -> bool:
+    """Drops grpc's traceback for a message from an endpoint that does not parse: grpc
+    hands the broker None for it, and the broker reports that as the endpoint's protocol
+    violation, naming the endpoint (registration, attempts, multiplexed frames)."""
+    return record.getMessage() != "Exception deserializing message!"
 
 
 def reason(error: BaseException) -> str:

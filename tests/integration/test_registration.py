@@ -199,6 +199,8 @@ def test_a_discover_reply_that_breaks_the_protocol(
     # Nothing of it was registered.
     listed = playground.admin.ListDeployments(admin_pb2.ListDeploymentsRequest()).deployments
     assert endpoint.address not in " ".join(d.uri for d in listed)
+    # Said once, as the endpoint's violation: not also as a traceback from grpc.
+    assert "Exception deserializing" not in (playground.tmp / "logs" / "broker.log").read_text()
 
 
 def test_a_service_named_like_the_brokers_own_is_refused(playground: Cluster) -> None:
