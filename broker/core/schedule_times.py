@@ -138,14 +138,45 @@ def due(spec: Spec, next_fire_ms: int, now_ms: int, catch_up: str) -> tuple[list
     `next_fire_ms` is the first slot not fired yet; every slot from it up to `now_ms` is
     due. "latest" fires only the last of them (after downtime: once, not once per missed
     slot), "all" fires each (up to `MAX_CATCH_UP`, the latest ones).
+
+    Only the last stretch before `now_ms` is walked: a schedule firing every second
+    that was down for a month must not walk 2.6 million slots on the event loop (nor a
+    per-minute cron, at tens of microseconds a slot, a year of them).
     """
+    if next_fire_ms > now_ms:
+        return [], next_fire_ms
+    wanted = 1 if catch_up == "latest" else MAX_CATCH_UP
+    if spec.every_ms:
+        # Slots are the interval's multiples: counted, not walked.
+        every = spec.every_ms
+        last = now_ms // every
+        aligned = range(max(next_fire_ms // every + 1, last - wanted + 1), last + 1)
+        slots = [k * every for k in aligned]
+        if len(slots) < wanted:
+            slots.insert(0, next_fire_ms)
+        return slots[-wanted:], (last + 1) * every
+    for back_ms in _LOOK_BACK_MS:
+        start = now_ms - back_ms
+        if start <= next_fire_ms:
+            break
+        slots, after = _walk(spec, next_after(spec, start - 1), now_ms, wanted)
+        if len(slots) >= wanted:
+            return slots, after
+    return _walk(spec, next_fire_ms, now_ms, wanted)
+
+
+# How far back `due` looks for a cron's last slots before walking from the first missed
+# one: most crons fire within the hour; a yearly one needs the year (February 29th, 8).
+_LOOK_BACK_MS = tuple(h * 3_600_000 for h in (1, 24, 32 * 24, 366 * 24, 8 * 366 * 24))
+
+
+def _walk(spec: Spec, first_ms: int, now_ms: int, wanted: int) -> tuple[list[int], int]:
+    """The last `wanted` slots from `first_ms` up to `now_ms`, and the slot after them."""
     slots: list[int] = []
-    at = next_fire_ms
+    at = first_ms
     while at <= now_ms:
         slots.append(at)
-        if len(slots) > MAX_CATCH_UP:
+        if len(slots) > wanted:
             del slots[0]
         at = next_after(spec, at)
-    if catch_up == "latest":
-        slots = slots[-1:]
     return slots, at
