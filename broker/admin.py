@@ -41,7 +41,7 @@ from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
 from .core.partition import Partition
 from .driver import Driver
-from .storage import Batch, deployments, invocations, keys, state
+from .storage import Batch, deployments, invocations, state
 
 # Invocations listed when the request sets no limit: a response must fit in a message.
 DEFAULT_LIST_LIMIT = admin_query.DEFAULT_LIST_LIMIT
@@ -525,12 +525,10 @@ async def _check_part(context: grpc.aio.ServicerContext[Any, Any], what: str, va
     """INVALID_ARGUMENT for an empty key or name, or one longer than storage holds."""
     if not value:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is required")
-    size = len(value.encode())
-    if size > keys.MAX_PART_BYTES:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"{what} is {size} bytes long, over the limit of {keys.MAX_PART_BYTES} bytes",
-        )
+    try:
+        reg.check_part(what, value)
+    except reg.BadRequest as e:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
 
 
 async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> bytes:

@@ -118,7 +118,7 @@ def check_reply(
         raise violation(f"its Discover reply lists {', '.join(twice)} more than once")
     if not reply.files.file:
         raise violation("its Discover reply carries no descriptor files")
-    for name in reply.services:
+    for name in listed:
         if name.startswith(RESERVED_PREFIXES):
             # The broker serves these itself: calls would never reach the endpoint.
             raise Refused(

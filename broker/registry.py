@@ -436,10 +436,19 @@ def check_key(service: str, key: str) -> None:
     Raises:
         BadRequest: INVALID_ARGUMENT naming the limit.
     """
-    size = len(key.encode())
+    check_part(f"the key of {service}", key)
+
+
+def check_part(what: str, value: str) -> None:
+    """Refuses a key or a name stored in keys (`what` says which) that storage cannot
+    hold.
+
+    Raises:
+        BadRequest: INVALID_ARGUMENT naming the limit.
+    """
+    size = len(value.encode())
     if size > keys.MAX_PART_BYTES:
         raise BadRequest(
             codes.INVALID_ARGUMENT,
-            f"the key of {service} is {size} bytes long, over the limit of "
-            f"{keys.MAX_PART_BYTES} bytes",
+            f"{what} is {size} bytes long, over the limit of {keys.MAX_PART_BYTES} bytes",
         )

@@ -26,13 +26,16 @@ class KeyTooLong(ValueError):
     """A key part over `MAX_PART_BYTES`: the request is at fault, never storage."""
 
 
+def check_part(raw: bytes, what: str = "a key or name") -> None:
+    """Raises `KeyTooLong`, naming `what`, for `raw` over `MAX_PART_BYTES`."""
+    if len(raw) > MAX_PART_BYTES:
+        raise KeyTooLong(f"{what} of {len(raw)} bytes is over the {MAX_PART_BYTES}-byte limit")
+
+
 def part(value: str | bytes) -> bytes:
     """A length-prefixed part: sorts by length first, never ambiguous."""
     raw = value.encode() if isinstance(value, str) else value
-    if len(raw) > MAX_PART_BYTES:
-        raise KeyTooLong(
-            f"a key or name of {len(raw)} bytes is over the {MAX_PART_BYTES}-byte limit"
-        )
+    check_part(raw)
     return struct.pack(">H", len(raw)) + raw
 
 

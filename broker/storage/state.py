@@ -20,10 +20,7 @@ def put(batch: Batch, service: str, key: str, name: str, value: bytes) -> None:
             long is a mistake, and listing the names would outgrow a response).
     """
     raw = name.encode()
-    if len(raw) > keys.MAX_PART_BYTES:
-        raise keys.KeyTooLong(
-            f"a state name of {len(raw)} bytes is over the {keys.MAX_PART_BYTES}-byte limit"
-        )
+    keys.check_part(raw, "a state name")
     batch.put(_prefix(service, key) + raw, value)
 
 
