@@ -251,21 +251,31 @@ class Replica:
 
     async def _snapshots(self) -> None:
         """Snapshots every `snapshot_entries` log entries and trims the log below the
-        snapshot and below every live follower."""
+        snapshot and below every live follower.
+
+        The trim is tried on every check, not only after a new snapshot: a follower
+        behind when the snapshot was taken holds the trim back only until it catches
+        up, even if no entry is appended after.
+        """
         store = self.node.engine.snapshots
         assert store is not None and isinstance(self.kv, RocksKV)
         covered = await snapshot.position_of(store, self.partition)
+        trimmed = 0
         every = max(self.node.settings.snapshot_entries, 1)
         while True:
             await asyncio.sleep(SNAPSHOT_CHECK_S)
-            if self._log is None or self._log.last - covered < every:
+            if self._log is None:
                 continue
             try:
-                covered = await snapshot.take(
-                    store, self.partition, self.kv, self.node.settings.data_dir or "."
-                )
-                floor = min([covered, *self._followers()])
+                if self._log.last - covered >= every:
+                    covered = await snapshot.take(
+                        store, self.partition, self.kv, self.node.settings.data_dir or "."
+                    )
+                floor = trim_floor(covered, self._followers(), trimmed)
+                if floor is None:
+                    continue
                 await self.node.engine.js.purge_stream(stream_name(self.partition), seq=floor + 1)
+                trimmed = floor
                 log.info("partition %d: log trimmed below entry %d", self.partition, floor + 1)
             except Exception as e:
                 log.warning("partition %d: snapshot failed, retrying: %s", self.partition, e)
@@ -392,3 +402,14 @@ class Replica:
             await self.release()
         await self._stop_following()
         self.kv.close()
+
+
+def trim_floor(covered: int, followers: list[int], trimmed: int) -> int | None:
+    """The log entry to trim through, or None when nothing more can go.
+
+    Entries a snapshot covers (`covered`) can go once every live follower applied them
+    (`followers`): a follower past the trim would need the snapshot instead. `trimmed`
+    is how far this leader already trimmed.
+    """
+    floor = min([covered, *followers])
+    return floor if floor > trimmed else None

@@ -33,7 +33,13 @@ from tests.chaos.test_workers_crash import assert_consistent, book
 from tests.cluster_nodes import PARTITIONS, NodesCluster
 
 # Snapshots every 40 log entries: the logs are trimmed while the tests run.
-BROKER_ARGS = ["--retry-initial", "100ms", "--retry-max", "500ms", "--snapshot-entries", "40"]
+SNAPSHOT_ENTRIES = 40
+BROKER_ARGS = [
+    *("--retry-initial", "100ms", "--retry-max", "500ms"),
+    *("--snapshot-entries", str(SNAPSHOT_ENTRIES)),
+]
+# A bound on the sagas booked to fill two partitions' logs (six usually do).
+MAX_SAGAS_TO_TRIM = 40
 SAGAS = 12
 # A liveness bound, not a speed target (`make bench-cluster` measures failover).
 BACK_WITHIN_S = 30.0
@@ -226,9 +232,13 @@ def test_a_paused_leader_is_fenced_and_steps_down(nodes: NodesCluster) -> None:
 
 def test_a_wiped_node_rebuilds_from_a_snapshot_and_serves_alone(nodes: NodesCluster) -> None:
     done: dict[tuple[str, str], tuple[str, str]] = {}
-    keys = [(f"w-{i}-{uuid.uuid4()}", "" if i % 2 else "failPayment") for i in range(6)]
-    for key, run_type in keys:
+    # A saga's bookings land on the partition of its trip id, a random one: book until
+    # two partitions' logs are past a snapshot's worth of entries, whatever the draw.
+    for i in range(MAX_SAGAS_TO_TRIM):
+        key, run_type = f"w-{i}-{uuid.uuid4()}", "" if i % 2 else "failPayment"
         done[(key, run_type)] = book(nodes, key, run_type)
+        if i >= 5 and sum(p.log_last > SNAPSHOT_ENTRIES for p in nodes.status().partitions) >= 2:
+            break
     support.wait_for(
         lambda: sum(p.log_first > 1 for p in nodes.status().partitions) >= 2,
         BACK_WITHIN_S,
