@@ -35,6 +35,7 @@ from . import (
     rendering,
 )
 from . import registry as reg
+from .admin_fields import check_part
 from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
 from .core import control
@@ -314,6 +315,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         request: admin_pb2.DescribeInvocationRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.DescribeInvocationResponse:
+        await check_part(context, "invocation_id", request.invocation_id)
         try:
             record, journal = self._partition.record(request.invocation_id)
         except UnknownInvocation:
@@ -358,6 +360,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         invocation_id: str,
         action: Callable[[Partition, str], invocation_pb2.Invocation],
     ) -> admin_pb2.InvocationResponse:
+        await check_part(context, "invocation_id", invocation_id)
         try:
             record = await self._driver.commit(action, self._partition, invocation_id)
         except UnknownInvocation:
@@ -395,6 +398,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         awakeable_id: str,
         result: journal_pb2.Result,
     ) -> admin_pb2.ResolveAwakeableResponse:
+        await check_part(context, "awakeable_id", awakeable_id)
         problem = await self._driver.commit(
             control.complete_awakeable, self._partition, awakeable_id, result
         )
@@ -417,8 +421,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             await context.abort(
                 grpc.StatusCode.NOT_FOUND, f"{request.service!r} is not a registered workflow"
             )
-        await _check_part(context, f"the key of {request.service}", request.key)
-        await _check_part(context, "the promise name", request.name)
+        await check_part(context, f"the key of {request.service}", request.key)
+        await check_part(context, "the promise name", request.name)
         if request.HasField("rejection"):
             result = failure(codes.ABORTED, request.rejection)
         else:
@@ -442,7 +446,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.GetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.GetStateResponse:
         await self._keyed(request.service, context)
-        await _check_part(context, f"the key of {request.service}", request.key)
+        await check_part(context, f"the key of {request.service}", request.key)
         return admin_pb2.GetStateResponse(
             state=state.load(self._partition.kv, request.service, request.key)
         )
@@ -451,8 +455,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.SetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.SetStateResponse:
         await self._keyed(request.service, context)
-        await _check_part(context, f"the key of {request.service}", request.key)
-        await _check_part(context, "the state name", request.name)
+        await check_part(context, f"the key of {request.service}", request.key)
+        await check_part(context, "the state name", request.name)
         value = request.value if request.HasField("value") else None
         if value is not None:
             await _json(context, value)
@@ -491,7 +495,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self, request: admin_pb2.DescribeKeyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.DescribeKeyResponse:
         await self._keyed(request.service, context)
-        await _check_part(context, f"the key of {request.service}", request.key)
+        await check_part(context, f"the key of {request.service}", request.key)
         return admin_query.describe_key(self._partition, request.service, request.key)
 
     async def ListAwaiting(
@@ -519,16 +523,6 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.NOT_FOUND,
                 f"{service!r} is not a registered virtual object or workflow",
             )
-
-
-async def _check_part(context: grpc.aio.ServicerContext[Any, Any], what: str, value: str) -> None:
-    """INVALID_ARGUMENT for an empty key or name, or one longer than storage holds."""
-    if not value:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{what} is required")
-    try:
-        reg.check_part(what, value)
-    except reg.BadRequest as e:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, e.message)
 
 
 async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> bytes:

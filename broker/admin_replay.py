@@ -13,6 +13,7 @@ from durable.v1 import admin_pb2, invocation_pb2
 
 from . import registry as reg
 from . import rendering
+from .admin_fields import check_part
 from .core.model import UnknownInvocation
 from .core.partition import Partition
 from .storage import invocations
@@ -29,6 +30,7 @@ class ReplayAdmin:
         request: admin_pb2.ExportInvocationRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.ExportInvocationResponse:
+        await check_part(context, "invocation_id", request.invocation_id)
         try:
             record, journal = self._partition.record(request.invocation_id)
         except UnknownInvocation:

@@ -450,5 +450,5 @@ def check_part(what: str, value: str) -> None:
     if size > keys.MAX_PART_BYTES:
         raise BadRequest(
             codes.INVALID_ARGUMENT,
-            f"{what} is {size} bytes long, over the limit of {keys.MAX_PART_BYTES} bytes",
+            f"{what} of {size} bytes is over the {keys.MAX_PART_BYTES}-byte limit",
         )

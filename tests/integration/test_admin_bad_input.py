@@ -74,6 +74,26 @@ def test_an_id_longer_than_storage_keys_is_invalid_argument(cluster: Cluster) ->
     assert "Traceback" not in _log(cluster)
 
 
+@pytest.mark.parametrize(
+    ("method", "request_", "field"),
+    [
+        ("DescribeInvocation", admin_pb2.DescribeInvocationRequest(), "invocation_id"),
+        ("ExportInvocation", admin_pb2.ExportInvocationRequest(), "invocation_id"),
+        ("CancelInvocation", admin_pb2.InvocationRequest(), "invocation_id"),
+        ("PauseInvocation", admin_pb2.InvocationRequest(), "invocation_id"),
+        ("ResolveAwakeable", admin_pb2.ResolveAwakeableRequest(), "awakeable_id"),
+    ],
+)
+def test_an_empty_id_is_invalid_argument_not_a_lookup(
+    cluster: Cluster, method: str, request_: object, field: str
+) -> None:
+    # "No invocation ''" would send a person looking for one that never could exist.
+    call = getattr(cluster.admin, method)
+    error = _refused(lambda: call(request_, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert error.details() == f"{field} is required", error
+
+
 def test_a_long_quoted_id_is_cut_and_the_code_stands(cluster: Cluster) -> None:
     # Quoted whole, the message would pass the client's 16 KiB header limit and the
     # caller would see RESOURCE_EXHAUSTED instead of NOT_FOUND.
@@ -125,7 +145,11 @@ def test_an_unknown_status_or_outcome_filter_is_invalid_argument(
     [
         ("", "verified", "the key of playground.Signup is required"),
         ("ann", "", "the promise name is required"),
-        ("ann", "n" * (LONGEST_KEY + 1), "the promise name is 65536 bytes long"),
+        (
+            "ann",
+            "n" * (LONGEST_KEY + 1),
+            "the promise name of 65536 bytes is over the 65535-byte limit",
+        ),
     ],
 )
 def test_a_promise_needs_a_key_and_a_name_storage_can_hold(
@@ -149,7 +173,9 @@ def test_a_state_name_is_held_to_the_key_limit(cluster: Cluster) -> None:
     )
     error = _refused(lambda: cluster.admin.SetState(request, timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
-    assert "the state name is 65536 bytes long" in (error.details() or ""), error
+    assert "the state name of 65536 bytes is over the 65535-byte limit" in (
+        error.details() or ""
+    ), error
     state = cluster.admin.GetState(
         admin_pb2.GetStateRequest(service="playground.Counter", key="names"), timeout=10
     )

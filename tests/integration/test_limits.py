@@ -125,7 +125,7 @@ def test_keys_over_the_storage_limit_are_refused_up_front(tmp_path: Path) -> Non
             with pytest.raises(grpc.RpcError) as refused:
                 call()
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, what
-            assert f"over the limit of {KEY_LIMIT} bytes" in (refused.value.details() or ""), what
+            assert f"over the {KEY_LIMIT}-byte limit" in (refused.value.details() or ""), what
         assert cluster.invocations() == []  # nothing was journaled
 
         # A key at the limit works end to end.

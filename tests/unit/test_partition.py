@@ -859,7 +859,7 @@ def test_a_call_with_a_key_over_the_limit_fails_the_entry() -> None:
     propose(p, parent_id, call_flight("t" * 65_536))
     [completion] = completions(commit(p), parent_id)
     assert completion.result.failure.code == codes.INVALID_ARGUMENT
-    assert "over the limit of 65535 bytes" in completion.result.failure.message
+    assert "over the 65535-byte limit" in completion.result.failure.message
     assert len(p.live) == 1  # no child
 
 
