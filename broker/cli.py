@@ -35,7 +35,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, journal_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker import _cli_cluster, _cli_limits, _cli_replay
+from broker import _cli_cluster, _cli_limits, _cli_replay, config
 from broker import _cli_format as fmt
 from broker import _cli_schedules as sched
 
@@ -192,10 +192,12 @@ def _json_value(text: str) -> bytes:
 
 
 def _address(text: str) -> str:
-    # gRPC logs a C-level stack trace for an empty target; refuse it as a usage error first.
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must be HOST:PORT, not empty")
-    return text.strip()
+    # gRPC logs a C-level stack trace for an empty target, and dials "foo" as port 443:
+    # either would end in "cannot reach the broker" instead of naming the mistake.
+    host, _, port = text.strip().rpartition(":")
+    if not host or not port.isdigit() or int(port) == 0:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. {DEFAULT_ADMIN})")
+    return config.parse_address(text)
 
 
 def _token(text: str) -> str:

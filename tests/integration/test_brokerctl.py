@@ -875,6 +875,26 @@ def test_tls_ca_that_is_missing_or_not_pem_is_a_usage_error(
     assert "cannot reach" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("admin", "message"),
+    [
+        ("foo", "not HOST:PORT: 'foo'"),
+        ("127.0.0.1:0", "not HOST:PORT: '127.0.0.1:0'"),
+        ("127.0.0.1:99999", "port 99999 is out of range"),
+        ("::1:9091", "an IPv6 host goes in brackets"),
+    ],
+)
+def test_an_admin_address_that_is_not_host_and_port_is_a_usage_error(
+    admin: str, message: str
+) -> None:
+    # gRPC would dial "foo" on port 443 and 99999 as 34463: "cannot reach the broker"
+    # would hide the typo.
+    result = brokerctl(admin, "deployments", "list")
+    _assert_usage_error(result, message)
+    assert "argument --admin: " in result.stderr
+    assert "cannot reach" not in result.stderr
+
+
 def test_token_with_a_newline_is_a_usage_error(playground: Playground) -> None:
     result = brokerctl(playground.admin, "--token", "a\nb", "deployments", "list")
     _assert_usage_error(result, "the token has characters not allowed in a gRPC header")
