@@ -16,6 +16,10 @@ MAX_CATCH_UP = 1000
 # longer ones are a cron expression's job, and keep every slot far inside int64 ms.
 MIN_EVERY_MS = 1000
 MAX_EVERY_MS = 366 * 86_400_000
+# Every minute of an hour listed one by one is 170 characters. croniter parses about
+# 100 characters a millisecond, on the loop, at every check and every next slot: a
+# payload-sized expression would hold the broker for seconds each time.
+MAX_CRON_CHARS = 1000
 # The latest slot the records' and replies' int64 fields hold.
 MAX_MS = 2**63 - 1
 
@@ -55,6 +59,11 @@ def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
             f"not {spec.every_ms} ms; for rarer runs use a cron expression"
         )
     if spec.cron:
+        if len(spec.cron) > MAX_CRON_CHARS:
+            raise BadSpec(
+                f"the cron expression is {len(spec.cron)} characters long, over the limit of "
+                f"{MAX_CRON_CHARS}"
+            )
         if len(spec.cron.split()) != 5:
             raise BadSpec(
                 f"malformed cron expression {spec.cron!r}: expected 5 fields "

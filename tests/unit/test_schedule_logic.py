@@ -107,6 +107,7 @@ def test_hourly_cron_across_the_autumn_dst_change_fires_each_real_hour_once() ->
         (times.Spec(every_ms=2**62), "skip", "latest", r"at most 366d \(31622400000 ms\)"),
         (times.Spec(every_ms=2**63 - 1), "skip", "latest", "at most 366d"),
         (times.Spec(cron="0 0 31 2 *"), "skip", "latest", "never fires"),
+        (times.Spec(cron=",".join(["5"] * 600) + " * * * *"), "skip", "latest", "over the limit"),
         (times.Spec(cron="0 0 30 2 *"), "skip", "latest", "never fires"),
         (times.Spec(cron="0 0 31 4,6,9,11 *"), "skip", "latest", "never fires"),
         (times.Spec(cron="* * * * *", timezone="x" * 300), "skip", "latest", "unknown time zone"),
@@ -131,6 +132,8 @@ def test_a_bad_time_zone_is_named_without_a_file_path(zone: str) -> None:
 
 
 def test_the_interval_bounds_and_odd_but_working_cron_steps_are_accepted() -> None:
+    every_minute = ",".join(str(m) for m in range(60))
+    times.check(times.Spec(cron=f"{every_minute} * * * *"))
     times.check(times.Spec(every_ms=times.MIN_EVERY_MS))
     times.check(times.Spec(every_ms=times.MAX_EVERY_MS))
     times.check(times.Spec(cron="0 0 29 2 *"))  # every four years (eight across 2100)
