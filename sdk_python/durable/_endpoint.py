@@ -19,10 +19,11 @@ from collections.abc import (
     Iterator,
     Sequence,
 )
-from typing import Any
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import descriptor, descriptor_pb2
+from google.protobuf import message as protobuf_message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
@@ -35,13 +36,15 @@ from ._context import (
     WorkflowContext,
     WorkflowSharedContext,
 )
-from ._errors import Suspended
+from ._errors import ProtocolViolation, Suspended
 from ._multiplex import TERMINAL, Multiplexer
+from ._peer import Garbled, add_to_server, check_start, protocol_error
 from ._runtime import Runtime
 from ._service import Service, Servicer
 from .process import listen_problem
 
 log = logging.getLogger("durable")
+M = TypeVar("M", bound=protobuf_message.Message)
 
 PROTOCOL_VERSION = 1
 SECRET_HEADER = "x-durable-secret"
@@ -111,8 +114,12 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         self._draining = False
 
     async def Discover(
-        self, request: protocol_pb2.DiscoverRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: protocol_pb2.DiscoverRequest | Garbled,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> protocol_pb2.DiscoverResponse:
+        if isinstance(request, Garbled):
+            await _refuse(context, "Discover", request.problem)
         return protocol_pb2.DiscoverResponse(
             services=sorted(self._services),
             files=_files(self._services.values()),
@@ -158,7 +165,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             ctx = Context(runtime)
 
         async def run_handler() -> bytes:
-            request = handler.input_type.FromString(runtime.machine.input.request)
+            request = _parse_input(handler.input_type, runtime.machine.input.request)
             with _handler_span(start):
                 response = await handler.fn(ctx, request)
             if not isinstance(response, handler.output_type):
@@ -172,22 +179,29 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
     async def Invoke(
         self,
-        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest],
+        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest | Garbled],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[protocol_pb2.InvokeResponse]:
         first = await anext(request_iterator, None)
-        if first is None or not first.HasField("start"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the stream must begin with start"
-            )
-            return
         outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
-        runtime, execute = self._attempt(first.start, outgoing.put_nowait)
+        try:
+            if first is None:
+                raise ProtocolViolation("the stream ended before its start message")
+            start = check_start(first)
+            runtime, execute = self._attempt(start, outgoing.put_nowait)
+        except ProtocolViolation as e:
+            await _refuse(context, "Invoke", str(e))
 
         async def read_completions() -> None:
-            async for message in request_iterator:
-                if message.HasField("completion"):
-                    runtime.on_completion(message.completion)
+            try:
+                async for message in request_iterator:
+                    _take(runtime, message)
+            except ProtocolViolation as e:
+                # The attempt cannot go on from a message it cannot take: end it with
+                # an error the broker records, rather than wait on what never comes.
+                log.warning("invocation %s: %s", start.invocation_id, e)
+                outgoing.put_nowait(protocol_error(str(e)))
+                return
             runtime.on_input_closed()
 
         handler_task = asyncio.create_task(execute())
@@ -204,12 +218,15 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
                 handler_task.cancel()
 
     async def InvokeOnce(
-        self, request: protocol_pb2.InvokeRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self,
+        request: protocol_pb2.InvokeRequest | Garbled,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> protocol_pb2.InvokeOnceResponse:
-        if not request.HasField("start"):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "InvokeOnce takes a start")
         outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
-        runtime, execute = self._attempt(request.start, outgoing.put_nowait)
+        try:
+            runtime, execute = self._attempt(check_start(request), outgoing.put_nowait)
+        except ProtocolViolation as e:
+            await _refuse(context, "InvokeOnce", str(e))
         # Nothing more will arrive: any await that is not complete suspends at once.
         runtime.input_closed = True
         await execute()
@@ -223,7 +240,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
     async def Multiplex(
         self,
-        request_iterator: AsyncIterator[protocol_pb2.MultiplexRequest],
+        request_iterator: AsyncIterator[protocol_pb2.MultiplexRequest | Garbled],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
         mux = Multiplexer(self._attempt, draining=self._draining)
@@ -232,6 +249,8 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
         try:
             async for frame in mux.frames():
                 yield frame
+            if mux.refused is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, mux.refused)
         finally:
             reader.cancel()
             mux.stop_all()
@@ -248,6 +267,35 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             _, pending = await asyncio.wait(waits, timeout=timeout)
             for wait in pending:  # past the grace period: grpc's stop cancels the calls
                 wait.cancel()
+
+
+async def _refuse(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, problem: str
+) -> NoReturn:
+    """Ends the call with INVALID_ARGUMENT: the caller's mistake, one log line."""
+    log.warning("%s refused: %s", method, problem)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+
+def _take(runtime: Runtime, message: protocol_pb2.InvokeRequest | Garbled) -> None:
+    """Hands a message that follows the start on an attempt's stream to its runtime."""
+    if isinstance(message, Garbled):
+        raise ProtocolViolation(message.problem)
+    kind = message.WhichOneof("message")
+    if kind == "completion":
+        runtime.on_completion(message.completion)
+    elif kind == "start":
+        raise ProtocolViolation("a second start on the stream of an attempt already started")
+
+
+def _parse_input(input_type: type[M], data: bytes) -> M:
+    """The handler's request, from the journal's input entry."""
+    try:
+        return input_type.FromString(data)
+    except protobuf_message.DecodeError as e:
+        raise ProtocolViolation(
+            f"the input is not a valid {input_type.DESCRIPTOR.full_name} message ({e})"
+        ) from None
 
 
 class _SecretInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -312,7 +360,7 @@ async def create_server(
         interceptors=[_SecretInterceptor(secret)] if secret else [],
     )
     endpoint = _Endpoint(bound, request_response, clock)
-    protocol_pb2_grpc.add_ServiceEndpointServicer_to_server(endpoint, server)
+    add_to_server(endpoint, server)
     plain_stop = server.stop
 
     async def stop(grace: float | None = None) -> None:

@@ -77,3 +77,12 @@ class NonDeterminismError(BaseException):
         self.index = index
         self.journaled = journaled
         self.proposed = proposed
+
+
+class ProtocolViolation(ValueError):
+    """The broker sent something the service protocol does not allow (a journal that
+    does not begin with its input, a completion past the journal's end, a second start).
+
+    The endpoint answers it as the peer's mistake (INVALID_ARGUMENT, or an error for the
+    one attempt it concerns) and logs one line, never a traceback: it is not a bug here.
+    """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from durable.v1 import journal_pb2, protocol_pb2
 
-from ._errors import NonDeterminismError
+from ._errors import NonDeterminismError, ProtocolViolation
 
 Entry = journal_pb2.JournalEntry
 Result = journal_pb2.Result
@@ -62,8 +62,12 @@ class ReplayMachine:
     """
 
     def __init__(self, journal: list[Entry]) -> None:
-        if not journal or journal[0].WhichOneof("command") != "input":
-            raise ValueError("a journal starts with its input entry")
+        first = journal[0].WhichOneof("command") if journal else "nothing"
+        if first != "input":
+            raise ProtocolViolation(
+                f"a journal starts with its input entry, but this one starts with "
+                f"{first or 'an empty entry'}"
+            )
         # Copies: completions must not write into the caller's start message.
         self._journal = [_copy(e) for e in journal]
         self._replay_length = len(journal)
@@ -118,7 +122,10 @@ class ReplayMachine:
     def complete(self, index: int, result: Result) -> None:
         """Records a completion sent by the broker."""
         if index >= len(self._journal):
-            raise ValueError(f"completion for entry {index} beyond the journal's end")
+            raise ProtocolViolation(
+                f"completion for entry {index} beyond the journal's end "
+                f"(it has {len(self._journal)} entries)"
+            )
         self._journal[index].result.CopyFrom(result)
 
     def propose_run_result(self, index: int, result: Result) -> None:

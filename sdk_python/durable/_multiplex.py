@@ -18,6 +18,8 @@ import grpc
 
 from durable.v1 import protocol_pb2
 
+from ._errors import ProtocolViolation
+from ._peer import Garbled
 from ._runtime import Runtime
 from .wire import frames as packed_frames
 
@@ -28,6 +30,8 @@ TERMINAL = ("end", "suspension", "error")
 
 # The longest wait for a frame the broker can ask for, whatever it says.
 MAX_LINGER_US = 100_000
+
+_UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
 Send = Callable[[protocol_pb2.InvokeResponse], None]
 StartAttempt = Callable[
@@ -51,16 +55,31 @@ class Multiplexer:
         # How long a frame waits for more items, as the broker's latest frame said.
         self.linger = 0.0
         self.ended = asyncio.Event()
+        # Why the stream was refused (a frame that does not parse), for the call's status.
+        self.refused: str | None = None
         self._end_if_drained()
 
-    async def read(self, frames: AsyncIterator[protocol_pb2.MultiplexRequest]) -> None:
-        """Dispatches what the broker sends until it ends the stream."""
+    async def read(self, frames: AsyncIterator[protocol_pb2.MultiplexRequest | Garbled]) -> None:
+        """Dispatches what the broker sends until it ends the stream, or sends a frame
+        that does not parse (no attempt can be told: the whole stream is refused)."""
         try:
             async for frame in frames:
+                if isinstance(frame, Garbled):
+                    log.warning("Multiplex refused: %s", frame.problem)
+                    self.refused = frame.problem
+                    return
                 self.linger = min(frame.linger_us, MAX_LINGER_US) / 1e6
                 for item in frame.items:
                     try:
                         self._dispatch(item)
+                    except ProtocolViolation as e:
+                        # The broker's mistake, not a bug here: one line, no traceback.
+                        log.warning("attempt %d: %s", item.attempt_id, e)
+                        self._fail(
+                            item.attempt_id,
+                            f"the endpoint rejected a message: {e}",
+                            grpc.StatusCode.INVALID_ARGUMENT.value[0],
+                        )
                     except Exception as e:
                         # One bad item fails its own attempt, never the whole stream.
                         log.exception(
@@ -129,12 +148,10 @@ class Multiplexer:
         if task is not None:
             task.cancel()
 
-    def _fail(self, attempt_id: int, message: str) -> None:
+    def _fail(self, attempt_id: int, message: str, code: int = _UNAVAILABLE) -> None:
         """Ends an attempt with a retryable error and stops its handler, if it runs."""
         self._stop(attempt_id)
-        error = protocol_pb2.ErrorMessage(
-            code=grpc.StatusCode.UNAVAILABLE.value[0], message=message
-        )
+        error = protocol_pb2.ErrorMessage(code=code, message=message, entry_index=-1)
         self._queue(
             protocol_pb2.AttemptResponse(
                 attempt_id=attempt_id, message=protocol_pb2.InvokeResponse(error=error)

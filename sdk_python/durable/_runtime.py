@@ -26,6 +26,7 @@ from durable.v1 import journal_pb2, protocol_pb2
 from ._errors import (
     NonDeterminismError,
     PauseInvocation,
+    ProtocolViolation,
     RetryableError,
     Suspended,
     TerminalError,
@@ -181,7 +182,9 @@ class Runtime:
     def on_input_closed(self) -> None:
         """The broker closed its side: nothing more will arrive in this attempt."""
         self.input_closed = True
-        if self._blocked and not self._side_effects:
+        # A completion read just before the close wakes the handler: it goes on, and
+        # suspends at its next await that is not complete (input_closed says so).
+        if self._blocked and not self._side_effects and not self._completion_arrived():
             self._suspend()
 
     # The handler's outcome.
@@ -223,6 +226,11 @@ class Runtime:
         except PauseInvocation as e:
             if not self.done:
                 self.machine.fail(grpc.StatusCode.UNAVAILABLE.value[0], str(e), pause=True)
+        except ProtocolViolation as e:
+            # Raised by the SDK only (the input does not parse): the broker's mistake.
+            log.warning("invocation %s: %s", self.start.invocation_id, e)
+            if not self.done:
+                self.machine.fail(grpc.StatusCode.INVALID_ARGUMENT.value[0], str(e))
         except Exception as e:
             log.warning(
                 "invocation %s attempt %d failed: %r",
@@ -266,13 +274,17 @@ class Runtime:
         self._timer = None
         if self.done or not self._blocked or self._side_effects:
             return
-        if any(self.machine.result(i) is not None for i in self._blocked):
+        if self._completion_arrived():
             return  # a completion is being delivered; the handler will block again or go on
         loop = asyncio.get_running_loop()
         if loop.time() - self._blocked_since < self._suspend_after:
             self._arm()
             return
         self._suspend()
+
+    def _completion_arrived(self) -> bool:
+        """Whether an entry the handler is blocked on was completed since it blocked."""
+        return any(self.machine.result(i) is not None for i in self._blocked)
 
     def _suspend(self) -> None:
         if self.done:
