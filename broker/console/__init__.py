@@ -58,7 +58,7 @@ class Console:
         from . import _app
 
         host, port = split_address(address)
-        self._runner = web.AppRunner(_app.build(self), access_log=None)
+        self._runner = web.AppRunner(_app.build(self), access_log=None, logger=_app.server_logger())
         await self._runner.setup()
         context = None
         if self.tls:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from multidict import MultiDictProxy
 
 from .._cli_format import parse_json
 from . import _invocation, _keys, _pages
@@ -38,6 +41,53 @@ _HEADERS = {
 
 def _html(body: Safe, status: int = 200) -> web.Response:
     return web.Response(text=str(body), status=status, content_type="text/html", headers=_HEADERS)
+
+
+class _PeerMistakes(logging.Filter):
+    """Turns aiohttp's traceback for a request it could not read (a line or header too
+    long, too many headers, a bad status line, a client gone mid-body) into one line:
+    it is the client's mistake, answered 400, not a fault of the broker."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError | ConnectionError):
+            return True
+        reason = error.message if isinstance(error, HttpProcessingError) else str(error)
+        first_line = str(reason).strip().splitlines()[0] if str(reason).strip() else ""
+        said = record.getMessage()
+        record.msg, record.args = "%s: %s", (said, first_line[:200] or type(error).__name__)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def server_logger() -> logging.Logger:
+    """The logger aiohttp's request handler reports to (see `_PeerMistakes`)."""
+    logger = logging.getLogger("broker.console.http")
+    if not any(isinstance(f, _PeerMistakes) for f in logger.filters):
+        logger.addFilter(_PeerMistakes())
+    return logger
+
+
+async def _read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The posted form; a body that is not a form (not UTF-8, broken multipart) is 400."""
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, HttpProcessingError) as e:
+        reason = e.message if isinstance(e, HttpProcessingError) else str(e)
+        raise web.HTTPBadRequest(text=f"the form could not be read: {reason}") from None
+
+
+def _local_path(next_url: str) -> str:
+    """`next_url` if it is a path on this site, else `/`. Browsers read `//host` and
+    `/\\host` as another site (and drop tabs and newlines first): a redirect there would
+    be an open redirect."""
+    local = next_url.startswith("/") and next_url[1:2] not in ("/", "\\")
+    if not local or any(ord(c) < 0x20 or c == "\x7f" for c in next_url):
+        return "/"
+    return next_url
 
 
 def _bearer(authorization: str) -> str:
@@ -92,10 +142,8 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
             return _html(page("Error", notice(e.message)), status)
 
     async def login(request: web.Request) -> web.StreamResponse:
-        form = await request.post()
-        given, next_url = str(form.get("token", "")), str(form.get("next", "/"))
-        if not next_url.startswith("/") or next_url.startswith("//"):
-            next_url = "/"
+        form = await _read_form(request)
+        given, next_url = str(form.get("token", "")), _local_path(str(form.get("next", "/")))
         if not token or hmac.compare_digest(given.strip().encode(), token.encode()):
             response = web.HTTPSeeOther(next_url)
             if token:
@@ -139,7 +187,7 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
             raise web.HTTPNotFound()
         if request.method == "GET":
             return _html(page(f"{name} {invocation_id}", _invocation.confirm(invocation_id, name)))
-        form = await request.post()
+        form = await _read_form(request)
         if form.get("confirm") != "yes":
             return _html(page("Not confirmed", _invocation.confirm(invocation_id, name)), 400)
         await console.admin.control(name, invocation_id)
@@ -174,7 +222,7 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
         return text.strip().encode(), ""
 
     async def _form(request: web.Request) -> dict[str, str]:
-        return {k: str(v) for k, v in (await request.post()).items()}
+        return {k: str(v) for k, v in (await _read_form(request)).items()}
 
     async def _redisplay_awaiting(
         values: dict[str, str], message: str, status: int
