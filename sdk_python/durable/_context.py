@@ -33,7 +33,8 @@ class Context:
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
-        self._random = _random.Random(runtime.start.random_seed)
+        # Made on first use: seeding one costs more than most handlers' other work.
+        self._random: _random.Random | None = None
 
     @property
     def invocation_id(self) -> str:
@@ -246,11 +247,13 @@ class Context:
 
     def random(self) -> _random.Random:
         """A random generator seeded by the invocation: the same sequence on every replay."""
+        if self._random is None:
+            self._random = _random.Random(self._runtime.start.random_seed)
         return self._random
 
     def uuid4(self) -> uuid.UUID:
         """A random UUID drawn from `random()`: the same on every replay."""
-        return uuid.UUID(int=self._random.getrandbits(128), version=4)
+        return uuid.UUID(int=self.random().getrandbits(128), version=4)
 
     async def now(self) -> datetime.datetime:
         """The current time, journaled so that replays see the same instant."""
