@@ -186,6 +186,9 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
         if name not in _invocation.ACTIONS:
             raise web.HTTPNotFound()
         if request.method == "GET":
+            # Asking to confirm an action on an invocation that does not exist would
+            # only fail after the click: say so now (NOT_FOUND is a 404 page).
+            await console.admin.describe(invocation_id)
             return _html(page(f"{name} {invocation_id}", _invocation.confirm(invocation_id, name)))
         form = await _read_form(request)
         if form.get("confirm") != "yes":

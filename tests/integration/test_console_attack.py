@@ -169,3 +169,14 @@ def test_bad_filters_are_400_with_a_message(console: Console, query: bytes) -> N
     assert status == 400
     assert b'role="alert"' in body
     console.assert_healthy()
+
+
+def test_an_action_on_an_invocation_that_does_not_exist_is_404_before_the_click(
+    console: Console,
+) -> None:
+    # A confirmation page would only fail after the click (the POST is a 404).
+    status, _, body = console.get(b"/invocations/inv_doesnotexist/kill")
+    assert status == 404
+    assert b"inv_doesnotexist" in body
+    assert b'name="confirm"' not in body
+    console.assert_healthy()
