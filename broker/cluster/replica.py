@@ -408,8 +408,8 @@ def trim_floor(covered: int, followers: list[int], trimmed: int) -> int | None:
     """The log entry to trim through, or None when nothing more can go.
 
     Entries a snapshot covers (`covered`) can go once every live follower applied them
-    (`followers`): a follower past the trim would need the snapshot instead. `trimmed`
-    is how far this leader already trimmed.
+    (`followers`): a follower still short of the trim would have to restore the snapshot
+    instead of reading on. `trimmed` is how far this leader already trimmed.
     """
     floor = min([covered, *followers])
     return floor if floor > trimmed else None
