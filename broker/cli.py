@@ -197,6 +197,8 @@ def _address(text: str) -> str:
     host, _, port = text.strip().rpartition(":")
     if not host or not port.isdigit() or int(port) == 0:
         raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. {DEFAULT_ADMIN})")
+    if int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: port {port} is out of range (1 to 65535)")
     return config.parse_address(text)
 
 

@@ -880,7 +880,7 @@ def test_tls_ca_that_is_missing_or_not_pem_is_a_usage_error(
     [
         ("foo", "not HOST:PORT: 'foo'"),
         ("127.0.0.1:0", "not HOST:PORT: '127.0.0.1:0'"),
-        ("127.0.0.1:99999", "port 99999 is out of range"),
+        ("127.0.0.1:99999", "port 99999 is out of range (1 to 65535)"),
         ("::1:9091", "an IPv6 host goes in brackets"),
     ],
 )
