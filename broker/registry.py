@@ -446,9 +446,7 @@ def check_part(what: str, value: str) -> None:
     Raises:
         BadRequest: INVALID_ARGUMENT naming the limit.
     """
-    size = len(value.encode())
-    if size > keys.MAX_PART_BYTES:
-        raise BadRequest(
-            codes.INVALID_ARGUMENT,
-            f"{what} of {size} bytes is over the {keys.MAX_PART_BYTES}-byte limit",
-        )
+    try:
+        keys.check_part(value.encode(), what)
+    except keys.KeyTooLong as e:
+        raise BadRequest(codes.INVALID_ARGUMENT, str(e)) from None
