@@ -194,12 +194,7 @@ def _json_value(text: str) -> bytes:
 def _address(text: str) -> str:
     # gRPC logs a C-level stack trace for an empty target, and dials "foo" as port 443:
     # either would end in "cannot reach the broker" instead of naming the mistake.
-    host, _, port = text.strip().rpartition(":")
-    if not host or not port.isdigit() or int(port) == 0:
-        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. {DEFAULT_ADMIN})")
-    if int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {port} is out of range (1 to 65535)")
-    return config.parse_address(text)
+    return config.parse_address(text, dial=True)
 
 
 def _token(text: str) -> str:

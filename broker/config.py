@@ -34,18 +34,21 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2) or "s"]
 
 
-def parse_address(text: str) -> str:
-    """HOST:PORT to listen on, checked before anything is opened: gRPC would take port
-    99999 as 34463 (mod 65536), and a missing port would fail only once the store had
-    been recovered."""
+def parse_address(text: str, dial: bool = False) -> str:
+    """HOST:PORT to listen on (with `dial`, to connect to: port 0 names nothing there),
+    checked before anything is opened: gRPC would take port 99999 as 34463 (mod 65536),
+    and a missing port would fail only once the store had been recovered."""
+    lowest, example = (
+        (1, "127.0.0.1:9091") if dial else (0, "127.0.0.1:9090; port 0 picks a free one")
+    )
     address = text.strip()
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise argparse.ArgumentTypeError(
-            f"not HOST:PORT: {text!r} (e.g. 127.0.0.1:9090; port 0 picks a free one)"
-        )
+    if not sep or not host or not port.isdigit() or int(port) < lowest:
+        raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. {example})")
     if int(port) > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: port {port} is out of range (0 to 65535)")
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: port {port} is out of range ({lowest} to 65535)"
+        )
     if ":" in host and not (host.startswith("[") and host.endswith("]")):
         raise argparse.ArgumentTypeError(
             f"{text!r}: an IPv6 host goes in brackets, e.g. [::1]:9090"
