@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from durable.wire import Unparsed, lenient
 
 from .storage import StorageError, StoreUnavailable
 from .storage.keys import KeyTooLong
@@ -84,24 +85,9 @@ class ErrorStatuses(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped
 
 
-class _Unparsed:
-    """A request body that did not parse, handed to the handler's guard to refuse."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-
 def _lenient(parse: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    if parse is None:  # the handler takes the bytes (the routers): it parses them itself
-        return None
-
-    def lenient(body: bytes) -> Any:
-        try:
-            return parse(body)
-        except Exception as e:  # protobuf's DecodeError, or what a custom parser raises
-            return _Unparsed(e)
-
-    return lenient
+    # None: the handler takes the bytes (the routers) and parses them itself.
+    return None if parse is None else lenient(parse)
 
 
 class _FittedDetails:
@@ -131,11 +117,8 @@ def _guarded(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[
     inner: Any = handler.unary_unary
 
     async def guarded(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        if isinstance(request, _Unparsed):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                fit_details(f"the request body does not parse: {request.error}"),
-            )
+        if isinstance(request, Unparsed):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, fit_details(request.problem))
         try:
             return await inner(request, _FittedDetails(context))
         except KeyTooLong as e:

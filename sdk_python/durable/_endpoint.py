@@ -38,10 +38,11 @@ from ._context import (
 )
 from ._errors import ProtocolViolation, Suspended
 from ._multiplex import TERMINAL, Multiplexer
-from ._peer import Garbled, add_to_server, check_start, protocol_error
+from ._peer import add_to_server, check_start, protocol_error
 from ._runtime import Runtime
 from ._service import Service, Servicer
 from .process import listen_problem
+from .wire import Unparsed
 
 log = logging.getLogger("durable")
 M = TypeVar("M", bound=protobuf_message.Message)
@@ -115,10 +116,10 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
     async def Discover(
         self,
-        request: protocol_pb2.DiscoverRequest | Garbled,
+        request: protocol_pb2.DiscoverRequest | Unparsed,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> protocol_pb2.DiscoverResponse:
-        if isinstance(request, Garbled):
+        if isinstance(request, Unparsed):
             await _refuse(context, "Discover", request.problem)
         return protocol_pb2.DiscoverResponse(
             services=sorted(self._services),
@@ -179,7 +180,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
     async def Invoke(
         self,
-        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest | Garbled],
+        request_iterator: AsyncIterator[protocol_pb2.InvokeRequest | Unparsed],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[protocol_pb2.InvokeResponse]:
         first = await anext(request_iterator, None)
@@ -219,7 +220,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
     async def InvokeOnce(
         self,
-        request: protocol_pb2.InvokeRequest | Garbled,
+        request: protocol_pb2.InvokeRequest | Unparsed,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> protocol_pb2.InvokeOnceResponse:
         outgoing: asyncio.Queue[protocol_pb2.InvokeResponse] = asyncio.Queue()
@@ -240,7 +241,7 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
 
     async def Multiplex(
         self,
-        request_iterator: AsyncIterator[protocol_pb2.MultiplexRequest | Garbled],
+        request_iterator: AsyncIterator[protocol_pb2.MultiplexRequest | Unparsed],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
         mux = Multiplexer(self._attempt, draining=self._draining)
@@ -277,9 +278,9 @@ async def _refuse(
     await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
 
-def _take(runtime: Runtime, message: protocol_pb2.InvokeRequest | Garbled) -> None:
+def _take(runtime: Runtime, message: protocol_pb2.InvokeRequest | Unparsed) -> None:
     """Hands a message that follows the start on an attempt's stream to its runtime."""
-    if isinstance(message, Garbled):
+    if isinstance(message, Unparsed):
         raise ProtocolViolation(message.problem)
     kind = message.WhichOneof("message")
     if kind == "completion":

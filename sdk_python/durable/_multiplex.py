@@ -19,8 +19,8 @@ import grpc
 from durable.v1 import protocol_pb2
 
 from ._errors import ProtocolViolation
-from ._peer import Garbled
 from ._runtime import Runtime
+from .wire import Unparsed
 from .wire import frames as packed_frames
 
 log = logging.getLogger("durable")
@@ -59,12 +59,12 @@ class Multiplexer:
         self.refused: str | None = None
         self._end_if_drained()
 
-    async def read(self, frames: AsyncIterator[protocol_pb2.MultiplexRequest | Garbled]) -> None:
+    async def read(self, frames: AsyncIterator[protocol_pb2.MultiplexRequest | Unparsed]) -> None:
         """Dispatches what the broker sends until it ends the stream, or sends a frame
         that does not parse (no attempt can be told: the whole stream is refused)."""
         try:
             async for frame in frames:
-                if isinstance(frame, Garbled):
+                if isinstance(frame, Unparsed):
                     log.warning("Multiplex refused: %s", frame.problem)
                     self.refused = frame.problem
                     return

@@ -2,8 +2,9 @@
 
 grpc parses each request before the servicer sees it; a body that does not parse would
 reach the caller as UNKNOWN and log a traceback here, as if the endpoint were broken.
-The endpoint registers its methods with `lenient` parsers instead: a body that does not
-parse arrives as `Garbled`, and the method refuses it with INVALID_ARGUMENT.
+The endpoint registers its methods with `durable.wire.lenient` parsers instead: a body
+that does not parse arrives as `Unparsed`, and the method refuses it with
+INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -17,54 +18,40 @@ from google.protobuf import message as protobuf_message
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 from ._errors import ProtocolViolation
+from .wire import Unparsed, lenient
 
 M = TypeVar("M", bound=protobuf_message.Message)
 
 
-class Garbled:
-    """A request body that does not parse as the method's request type."""
-
-    def __init__(self, type_name: str, error: str) -> None:
-        self.problem = f"the request is not a valid {type_name} message ({error})"
-
-
-def lenient(message_type: type[M]) -> Callable[[bytes], M | Garbled]:
-    """A request deserializer that returns `Garbled` where `FromString` would raise."""
-
-    def parse(data: bytes) -> M | Garbled:
-        try:
-            return message_type.FromString(data)
-        except protobuf_message.DecodeError as e:
-            return Garbled(message_type.DESCRIPTOR.full_name, str(e))
-
-    return parse
+def _lenient(message_type: type[M]) -> Callable[[bytes], M | Unparsed]:
+    return lenient(message_type.FromString, message_type.DESCRIPTOR.full_name)
 
 
 def add_to_server(
     servicer: protocol_pb2_grpc.ServiceEndpointServicer, server: grpc.aio.Server
 ) -> None:
-    """Serves `durable.v1.ServiceEndpoint` with `lenient` request parsers (what the
+    """Serves `durable.v1.ServiceEndpoint` with `durable.wire.lenient` request parsers (what the
     generated `add_ServiceEndpointServicer_to_server` does, but with grpc's own)."""
     p = protocol_pb2
     handlers = {
         "Discover": grpc.unary_unary_rpc_method_handler(
             servicer.Discover,
-            request_deserializer=lenient(p.DiscoverRequest),
+            request_deserializer=_lenient(p.DiscoverRequest),
             response_serializer=p.DiscoverResponse.SerializeToString,
         ),
         "Invoke": grpc.stream_stream_rpc_method_handler(
             servicer.Invoke,
-            request_deserializer=lenient(p.InvokeRequest),
+            request_deserializer=_lenient(p.InvokeRequest),
             response_serializer=p.InvokeResponse.SerializeToString,
         ),
         "InvokeOnce": grpc.unary_unary_rpc_method_handler(
             servicer.InvokeOnce,
-            request_deserializer=lenient(p.InvokeRequest),
+            request_deserializer=_lenient(p.InvokeRequest),
             response_serializer=p.InvokeOnceResponse.SerializeToString,
         ),
         "Multiplex": grpc.stream_stream_rpc_method_handler(
             servicer.Multiplex,
-            request_deserializer=lenient(p.MultiplexRequest),
+            request_deserializer=_lenient(p.MultiplexRequest),
             response_serializer=p.MultiplexResponse.SerializeToString,
         ),
     }
@@ -73,13 +60,13 @@ def add_to_server(
     server.add_registered_method_handlers(name, handlers)  # type: ignore[attr-defined]
 
 
-def check_start(request: protocol_pb2.InvokeRequest | Garbled) -> protocol_pb2.StartMessage:
+def check_start(request: protocol_pb2.InvokeRequest | Unparsed) -> protocol_pb2.StartMessage:
     """The start message `request` must be, as the first (or only) message of an attempt.
 
     Raises:
         ProtocolViolation: It does not parse, or is not a start.
     """
-    if isinstance(request, Garbled):
+    if isinstance(request, Unparsed):
         raise ProtocolViolation(request.problem)
     if not request.HasField("start"):
         kind = request.WhichOneof("message") or "an empty message"

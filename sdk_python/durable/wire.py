@@ -18,6 +18,9 @@ need none of the SDK's private modules:
   `durable.testing.replay` word a divergence alike.
 - `JOURNAL_EXPORT_FORMAT` tags the JSON document `brokerctl invocations export` writes
   and `durable.testing.replay` reads.
+- `lenient` parses a gRPC request body without raising: a body that does not parse
+  reaches the handler as `Unparsed`, to be refused with INVALID_ARGUMENT, where grpc
+  itself would answer UNKNOWN and log a traceback as if the server were broken.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from ._machine import describe as describe_command
 __all__ = [
     "FRAME_BYTES",
     "JOURNAL_EXPORT_FORMAT",
+    "Unparsed",
     "describe_command",
     "frames",
+    "lenient",
     "loop_name",
     "run",
 ]
@@ -47,6 +52,39 @@ T = TypeVar("T")
 
 # Items are packed together up to this many bytes; a larger single item goes alone.
 FRAME_BYTES = 4 * 1024 * 1024
+
+
+class Unparsed:
+    """A request body that did not parse, handed to the handler in its message's place.
+
+    Args:
+        error: What the parser raised.
+        expected: The full name of the message it should have been, when known.
+    """
+
+    def __init__(self, error: Exception, expected: str = "") -> None:
+        self.error = error
+        self.expected = expected
+
+    @property
+    def problem(self) -> str:
+        """What to tell the caller."""
+        if self.expected:
+            return f"the request is not a valid {self.expected} message ({self.error})"
+        return f"the request body does not parse: {self.error}"
+
+
+def lenient(parse: Callable[[bytes], T], expected: str = "") -> Callable[[bytes], T | Unparsed]:
+    """`parse` as a gRPC request deserializer that hands over `Unparsed` instead of
+    raising (`expected`: the message's full name, for the caller's error)."""
+
+    def parse_leniently(body: bytes) -> T | Unparsed:
+        try:
+            return parse(body)
+        except Exception as e:  # protobuf's DecodeError, or what a custom parser raises
+            return Unparsed(e, expected)
+
+    return parse_leniently
 
 
 async def frames(
