@@ -43,8 +43,10 @@ def test_the_wire_module_exports_what_it_documents() -> None:
     assert sorted(durable.wire.__all__) == [
         "FRAME_BYTES",
         "JOURNAL_EXPORT_FORMAT",
+        "Unparsed",
         "describe_command",
         "frames",
+        "lenient",
         "loop_name",
         "run",
     ]
