@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -33,7 +34,15 @@ log = logging.getLogger("broker.replication")
 # JetStream's answer to a stale `Nats-Expected-Last-Sequence`.
 WRONG_LAST_SEQUENCE = 10071
 MARKER_HEADER = "Durable-Leader"
+APPEND_ID_HEADER = "Nats-Msg-Id"
+# A leader's append ids: its own random prefix, then a count.
+_APPEND_ID = re.compile(r"[0-9a-f]{32}-[0-9]+")
 _MAX_BACKOFF_S = 1.0
+
+
+def appended_by_a_broker(headers: dict[str, str] | None) -> bool:
+    """Whether an entry carries the append id every leader's append has (`_publish`)."""
+    return headers is not None and bool(_APPEND_ID.fullmatch(headers.get(APPEND_ID_HEADER, "")))
 
 
 class Fenced(StoreUnavailable):
@@ -114,7 +123,7 @@ class PartitionLog:
         self._count += 1
         headers = {
             **extra,
-            "Nats-Msg-Id": f"{self._ids}{self._count}",
+            APPEND_ID_HEADER: f"{self._ids}{self._count}",
             "Nats-Expected-Last-Sequence": str(self.last),
         }
         delay = 0.05

@@ -15,7 +15,7 @@ from ..storage import position
 from ..storage.kv import KV
 from . import codec
 from .engine import stream_name, subject
-from .log import MARKER_HEADER
+from .log import MARKER_HEADER, appended_by_a_broker
 
 log = logging.getLogger("broker.replication")
 
@@ -36,11 +36,50 @@ class Gap(Exception):
     be restored from the snapshot before it can follow again."""
 
 
-def apply(kv: KV, sequence: int, data: bytes, headers: dict[str, str] | None) -> None:
+def apply(
+    kv: KV, partition: int, sequence: int, data: bytes, headers: dict[str, str] | None
+) -> None:
     """Applies the entry at `sequence` (and its position) in one write."""
-    writes = [] if headers and MARKER_HEADER in headers else codec.decode(data)
+    writes = entry_writes(partition, sequence, data, headers)
     writes.append(position.put(sequence))
     kv.write(writes)
+
+
+def entry_writes(
+    partition: int, sequence: int, data: bytes, headers: dict[str, str] | None
+) -> list[codec.Write]:
+    """The writes the entry at `sequence` holds: none for a leadership marker, and none
+    for a message no broker appended.
+
+    Anyone who can reach NATS can publish on a partition's subject, and JetStream keeps
+    the message like any entry. No leader wrote it, so it holds no acknowledged work:
+    it is passed over, loudly, even when its bytes happen to decode (applying them would
+    let any NATS client write the journal). Stopping there instead would leave every
+    node unable to follow or lead the partition, its invocations stranded for good.
+
+    Raises:
+        codec.CorruptEntry: A leader's own entry that does not decode: the log is
+            damaged, and passing over it would lose acknowledged writes.
+    """
+    if not appended_by_a_broker(headers):
+        log.error(
+            "partition %d: entry %d of the log was not appended by a broker (it has no "
+            "leader's append id); skipped. Something else publishes on %s: only brokers may.",
+            partition,
+            sequence,
+            subject(partition),
+        )
+        return []
+    assert headers is not None
+    if MARKER_HEADER in headers:
+        return []
+    try:
+        return codec.decode(data)
+    except codec.CorruptEntry as e:
+        raise codec.CorruptEntry(
+            f"partition {partition}: entry {sequence}, appended by a leader, is damaged "
+            f"({e}); this node cannot follow the log past it"
+        ) from None
 
 
 class Tail:
@@ -148,7 +187,7 @@ class Tail:
                 f"partition {self.partition}: the log continues at entry {sequence} but this "
                 f"store holds entries up to {self.applied} only"
             )
-        apply(self._kv, sequence, msg.data, msg.headers)
+        apply(self._kv, self.partition, sequence, msg.data, msg.headers)
         self.applied = sequence
         self._moved.set()
 
