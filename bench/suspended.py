@@ -32,6 +32,18 @@ async def _count(admin: admin_pb2_grpc.AdminStub, status: int) -> int:
     return int(response.total)
 
 
+async def _ids(admin: admin_pb2_grpc.AdminStub, status: int) -> list[str]:
+    """Every invocation with `status`, page by page (a page holds at most 1000)."""
+    request = admin_pb2.ListInvocationsRequest(status=status)  # type: ignore[arg-type]
+    ids: list[str] = []
+    while True:
+        listed = await admin.ListInvocations(request, timeout=120)  # type: ignore[misc]
+        ids += [i.id for i in listed.invocations]
+        if not listed.next_page_token:
+            return ids
+        request.page_token = listed.next_page_token
+
+
 async def _until(admin: admin_pb2_grpc.AdminStub, status: int, count: int, limit: float) -> None:
     deadline = time.monotonic() + limit
     while await _count(admin, status) < count:
@@ -95,12 +107,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
             print(f"service RSS growth: {service_grown / 1e6:.1f} MB "
                   "(it holds nothing for suspended invocations)")  # fmt: skip
 
-            listed = await admin.ListInvocations(
-                # All of them: the listing's default limit is 1000.
-                admin_pb2.ListInvocationsRequest(status=SUSPENDED, limit=args.count),
-                timeout=120,
-            )
-            ids = [i.id for i in listed.invocations]
+            ids = await _ids(admin, SUSPENDED)
             resolve_started = time.monotonic()
 
             async def resolve(invocation_id: str) -> None:

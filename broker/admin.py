@@ -27,6 +27,7 @@ from durable.v1 import (
 
 from . import (
     admin_limits,
+    admin_paging,
     admin_query,
     codes,
     deploy_check,
@@ -44,8 +45,8 @@ from .core.partition import Partition
 from .driver import Driver
 from .storage import Batch, deployments, invocations, state
 
-# Invocations listed when the request sets no limit: a response must fit in a message.
-DEFAULT_LIST_LIMIT = admin_query.DEFAULT_LIST_LIMIT
+# Invocations listed when the request sets no limit (see `admin_paging` for the rest).
+DEFAULT_LIST_LIMIT = admin_paging.DEFAULT_LIST_LIMIT
 
 log = logging.getLogger("broker.admin")
 
@@ -308,7 +309,11 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 "an outcome filter applies to completed invocations only; "
                 f"it cannot be combined with status {Status.Name(status)}",
             )
-        return admin_query.list_invocations(self._partition, self.completed_index, request)
+        try:
+            return admin_query.list_invocations(self._partition, self.completed_index, request)
+        except admin_paging.PagingError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            raise AssertionError("unreachable") from None
 
     async def DescribeInvocation(
         self,

@@ -16,10 +16,11 @@ import bisect
 import collections
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from durable.v1 import admin_pb2, invocation_pb2
 
+from . import admin_paging
 from .core.model import now_ms
 from .core.partition import Partition
 from .storage import invocations, promises
@@ -28,7 +29,7 @@ log = logging.getLogger("broker.admin")
 
 Invocation = invocation_pb2.Invocation
 Status = invocation_pb2.InvocationStatus
-DEFAULT_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = admin_paging.DEFAULT_LIST_LIMIT
 _SLICE = 2000
 _PRUNE_EVERY_MS = 5000
 
@@ -135,32 +136,60 @@ def _record_matches(record: Invocation, request: admin_pb2.ListInvocationsReques
 def list_invocations(
     p: Partition, index: CompletedIndex, request: admin_pb2.ListInvocationsRequest
 ) -> admin_pb2.ListInvocationsResponse:
-    """The page of invocations the request asks for, newest created first."""
-    limit = request.limit or DEFAULT_LIST_LIMIT
+    """The page of invocations the request asks for, newest created first.
+
+    Raises:
+        admin_paging.PagingError: A page the listing refuses (checked before any work).
+    """
+    page = admin_paging.check(request)
     if not index.ready:
         scope = Status.COMPLETED if request.outcome else request.status
         records = [r for r in p.records(scope) if _record_matches(r, request)]
-        records.sort(key=lambda r: (r.created_at_ms, r.id), reverse=True)
+        records.sort(key=_key, reverse=True)
+        total = len(records)
+        if page.after is not None:
+            records = [r for r in records if _key(r) < page.after]
+        taken = records[page.offset : page.offset + page.limit]
         return admin_pb2.ListInvocationsResponse(
-            invocations=records[request.offset : request.offset + limit], total=len(records)
+            invocations=taken, total=total, next_page_token=_next_token(taken, len(records), page)
         )
     live: list[Invocation] = []
     if not request.outcome and request.status != Status.COMPLETED:
         # Every invocation that has not completed is live: this reads memory only.
         live = [r for r in p.records(Status.PENDING) if _live_matches(r, request)]
-        live.sort(key=lambda r: (r.created_at_ms, r.id), reverse=True)
+        live.sort(key=_key, reverse=True)
     rows: list[Row] = []
     if request.outcome or request.status in (0, Status.COMPLETED):
         rows = _filter_rows(index.rows(), request)
-    page: list[Invocation] = []
-    for item in _page(live, rows, request.offset, limit):
-        if isinstance(item, Invocation):
-            page.append(item)
-        else:
-            record = invocations.get(p.kv, item[1])
-            if record is not None:  # purged since the index was read
-                page.append(record)
-    return admin_pb2.ListInvocationsResponse(invocations=page, total=len(live) + len(rows))
+    total = len(live) + len(rows)
+    if page.after is not None:
+        after = page.after
+        live = [r for r in live if _key(r) < after]
+        rows = rows[: bisect.bisect_left(rows, after, key=_key)]
+    items = _page(live, rows, page.offset, page.limit)
+    out = admin_pb2.ListInvocationsResponse(
+        total=total, next_page_token=_next_token(items, len(live) + len(rows), page)
+    )
+    for item in items:
+        record = item if isinstance(item, Invocation) else invocations.get(p.kv, item[1])
+        if record is not None:  # purged since the index was read
+            out.invocations.append(record)
+    return out
+
+
+def _key(item: Invocation | Row) -> admin_paging.Key:
+    if isinstance(item, Invocation):
+        return (item.created_at_ms, item.id)
+    return (item[0], item[1])
+
+
+def _next_token(items: Sequence[Invocation | Row], remaining: int, page: admin_paging.Page) -> str:
+    """The token of the page after `items` (taken from `remaining` matches), empty when
+    none follows. It names the last item even when its record was purged meanwhile, so
+    that the walk goes on past it."""
+    if items and remaining > page.offset + len(items):
+        return admin_paging.encode_token(_key(items[-1]))
+    return ""
 
 
 def _row_matches(row: Row, request: admin_pb2.ListInvocationsRequest) -> bool:

@@ -14,6 +14,10 @@ its journal, and ``request_json`` / ``value_json`` next to the protobuf requests
 and outputs whose message types the broker knows. Its human output shows those as JSON
 too (``--hex`` shows the bytes). Errors go to stderr as ``error: CODE: message``.
 
+``invocations list`` prints one page (at most 1000); when more follow, its JSON carries
+``next_page_token`` and its table is followed, on stderr, by the ``--page-token`` to pass
+for the next page.
+
 Keys, names and messages are whatever callers and services sent: the human output shows
 their control characters escaped (``\\x1b``, ``\\n``), never raw on the terminal; the JSON
 output carries them as they are, in JSON's escapes.
@@ -304,7 +308,9 @@ def _describe_service(
 def _list_invocations(
     stub: Any, args: argparse.Namespace, timeout: float
 ) -> tuple[JsonOutput, str]:
-    req = admin_pb2.ListInvocationsRequest(service=args.service, key=args.key, limit=args.limit)
+    req = admin_pb2.ListInvocationsRequest(
+        service=args.service, key=args.key, limit=args.limit, page_token=args.page_token
+    )
     if args.status:
         req.status, req.outcome = fmt.parse_status_filter(args.status)
     resp: admin_pb2.ListInvocationsResponse = stub.ListInvocations(req, timeout=timeout)
@@ -540,7 +546,14 @@ _VERBS = (
                 "--limit",
                 type=_non_negative_int,
                 default=0,
-                help="at most N invocations, newest first (default: the broker's 1000)",
+                help="at most N invocations, newest first (default and most: 1000)",
+            ),
+            _arg(
+                "--page-token",
+                default="",
+                metavar="TOKEN",
+                help="the page after the one that printed this token (its next_page_token); "
+                "keep the other options as they were",
             ),
         ),
     ),
@@ -816,7 +829,21 @@ def run(args: argparse.Namespace) -> int:
     # them (every verb, the schedules' and the cluster's included): no control character
     # but the line breaks of the layout reaches the terminal raw.
     print(_render_json(response) if args.json else fmt.escape_control(human, keep="\n"))
+    hint = "" if args.json else _next_page_hint(response)
+    if hint:
+        # On stderr: the table on stdout stays what a script parses.
+        _print_error(hint)
     return EXIT_OK
+
+
+def _next_page_hint(output: JsonOutput) -> str:
+    """How to get the next page of a paged listing (its AIP-158 next_page_token), or
+    "" when this page is the last."""
+    if isinstance(output, dict):
+        token = output.get("next_page_token", "")
+    else:
+        token = getattr(output, "next_page_token", "")
+    return f"more follow: run the same command with --page-token {token}" if token else ""
 
 
 def _print_error(message: str) -> None:

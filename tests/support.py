@@ -118,6 +118,27 @@ def wait_for(
         time.sleep(interval)  # polling interval, not synchronisation: the deadline decides
 
 
+def list_invocations(
+    admin: admin_pb2_grpc.AdminStub,
+    request: admin_pb2.ListInvocationsRequest,
+    most: int = 0,
+    timeout: float = 10,
+) -> list[invocation_pb2.Invocation]:
+    """Every invocation `request` matches (the first `most` if given), newest first,
+    walked page by page with page_token: one page holds at most 1000."""
+    asked = admin_pb2.ListInvocationsRequest()
+    asked.CopyFrom(request)
+    out: list[invocation_pb2.Invocation] = []
+    while True:
+        if most:
+            asked.limit = min(most - len(out), 1000)
+        response = admin.ListInvocations(asked, timeout=timeout)
+        out.extend(response.invocations)
+        if not response.next_page_token or (most and len(out) >= most):
+            return out
+        asked.page_token = response.next_page_token
+
+
 def pid_alive(pid: int) -> bool:
     """Whether process `pid` runs; a zombie does not (it holds no port), and one
     reparented to a container's init may stay a zombie."""
@@ -502,17 +523,16 @@ class Cluster:
         limit: int = 0,
     ) -> list[invocation_pb2.Invocation]:
         """ListInvocations with its filters (`status` as the enum or its name, e.g.
-        "SUSPENDED"); `method` filters the result here, the API has no such filter."""
+        "SUSPENDED"): every match, page by page, or the first `limit`; `method` filters
+        the result here."""
         wanted = (
             Status.Value(status.upper().replace("-", "_"))
             if isinstance(status, str)
             else Status.ValueType(status)
         )
-        response = self.admin.ListInvocations(
-            admin_pb2.ListInvocationsRequest(status=wanted, service=service, key=key, limit=limit),
-            timeout=10,
-        )
-        return [i for i in response.invocations if not method or i.method == method]
+        request = admin_pb2.ListInvocationsRequest(status=wanted, service=service, key=key)
+        listed = list_invocations(self.admin, request, most=limit)
+        return [i for i in listed if not method or i.method == method]
 
     def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
         """DescribeInvocation: the record and its journal."""

@@ -31,7 +31,7 @@ from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .. import security
+from .. import admin_paging, security
 from ..config import Settings
 from ..core.model import parse_awakeable_id
 from ..interceptors import ErrorStatuses
@@ -169,10 +169,54 @@ class AdminFront:
 
     async def ListInvocations(self, body: bytes, context: Context) -> bytes:
         request = await _parse(context, admin_pb2.ListInvocationsRequest, body)
-        asked = merge.partition_request(request).SerializeToString()
-        answers = await self._all(context, "ListInvocations", asked)
-        parsed = [admin_pb2.ListInvocationsResponse.FromString(a) for a in answers]
-        return merge.invocations(request, parsed).SerializeToString()
+        try:
+            admin_paging.check(request)
+        except admin_paging.PagingError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        answers = await self._listings(context, request)
+        return merge.invocations(request, answers).SerializeToString()
+
+    async def _listings(
+        self, context: Context, request: admin_pb2.ListInvocationsRequest
+    ) -> list[admin_pb2.ListInvocationsResponse]:
+        """Each partition's first `merge.wanted(request)` matches after the page token,
+        paged: a partition lists at most `MAX_LIST_LIMIT` a call. The partitions page in
+        step, one round of calls at a time, each with its own token."""
+        pages: list[list[admin_pb2.ListInvocationsResponse]] = [
+            [] for _ in range(self.partitions.count)
+        ]
+        asked = {p: merge.partition_request(request) for p in range(self.partitions.count)}
+        while asked:
+            bodies = {p: r.SerializeToString() for p, r in asked.items()}
+            for p, answer in (await self._each(context, "ListInvocations", bodies)).items():
+                pages[p].append(admin_pb2.ListInvocationsResponse.FromString(answer))
+            asked = {
+                p: following
+                for p in asked
+                if (following := merge.next_partition_request(request, pages[p])) is not None
+            }
+        return [merge.joined(mine) for mine in pages]
+
+    async def _each(
+        self, context: Context, method: str, bodies: dict[int, bytes]
+    ) -> dict[int, bytes]:
+        """`method` on each partition given, with its own request, at once; the first
+        partition's error (by partition number) when any fails."""
+        answers = await asyncio.gather(
+            *(
+                self.partitions.call(
+                    p, method, body, forwarded_metadata(context), context.time_remaining()
+                )
+                for p, body in bodies.items()
+            ),
+            return_exceptions=True,
+        )
+        for answer in answers:
+            if isinstance(answer, Failed):
+                await _fail(context, answer)
+            if isinstance(answer, BaseException):
+                raise answer
+        return {p: a for p, a in zip(bodies, answers, strict=True) if isinstance(a, bytes)}
 
     async def ListAwaiting(self, body: bytes, context: Context) -> bytes:
         request = await _parse(context, admin_pb2.ListAwaitingRequest, body)

@@ -1,9 +1,13 @@
 """The admin answers of many partitions as one: pure functions over response messages.
 
 Each partition answers for its own invocations; the front asks every partition and
-merges here. A listing keeps the single broker's semantics: newest first, `offset`
-and `limit` over the whole (so every partition is asked for its first offset+limit
-matches), `total` summed.
+merges here. A listing keeps the single broker's semantics (`broker.admin_paging`):
+newest first, `offset`, `limit` and `page_token` over the whole, `total` summed. Any
+of a partition's first offset+limit matches after the page token may belong on the
+merged page, and a partition lists at most `MAX_LIST_LIMIT` a call, so the front
+pages each partition with its own token (`partition_request`, then
+`next_partition_request` until it is None) and merges what they gave
+(`invocations`). The offset window bounds that to 10,000 records per partition.
 """
 
 from __future__ import annotations
@@ -14,25 +18,52 @@ from collections.abc import Sequence
 
 from durable.v1 import admin_pb2
 
-from ..admin_query import DEFAULT_LIST_LIMIT
-
-_UINT32_MAX = 0xFFFFFFFF
+from ..admin_paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, encode_token, page_limit
 
 
-def page_limit(request: admin_pb2.ListInvocationsRequest) -> int:
-    """How many invocations the merged page holds (the broker's default when unset)."""
-    return request.limit or DEFAULT_LIST_LIMIT
+def wanted(request: admin_pb2.ListInvocationsRequest) -> int:
+    """How many of each partition's matches (after the page token) may belong on the
+    merged page: its first offset+limit."""
+    return request.offset + page_limit(request)
 
 
 def partition_request(
     request: admin_pb2.ListInvocationsRequest,
 ) -> admin_pb2.ListInvocationsRequest:
-    """What each partition is asked: the same filters, its first offset+limit matches
-    (any of them may belong on the merged page)."""
+    """What each partition is asked first: the same filters and page token, no offset,
+    as many of `wanted` as one call lists."""
     out = admin_pb2.ListInvocationsRequest()
     out.CopyFrom(request)
     out.offset = 0
-    out.limit = min(request.offset + page_limit(request), _UINT32_MAX)
+    out.limit = min(wanted(request), MAX_LIST_LIMIT)
+    return out
+
+
+def next_partition_request(
+    request: admin_pb2.ListInvocationsRequest,
+    pages: Sequence[admin_pb2.ListInvocationsResponse],
+) -> admin_pb2.ListInvocationsRequest | None:
+    """What to ask a partition next, given the `pages` it answered so far; None once
+    they hold all it `wanted` or it has no more."""
+    have = sum(len(p.invocations) for p in pages)
+    token = pages[-1].next_page_token if pages else ""
+    if not token or have >= wanted(request):
+        return None
+    out = partition_request(request)
+    out.page_token = token
+    out.limit = min(wanted(request) - have, MAX_LIST_LIMIT)
+    return out
+
+
+def joined(pages: Sequence[admin_pb2.ListInvocationsResponse]) -> admin_pb2.ListInvocationsResponse:
+    """A partition's pages as one answer: their invocations in order, the first page's
+    total (the count ignores the token), the last page's next token."""
+    out = admin_pb2.ListInvocationsResponse(
+        total=pages[0].total if pages else 0,
+        next_page_token=pages[-1].next_page_token if pages else "",
+    )
+    for page in pages:
+        out.invocations.extend(page.invocations)
     return out
 
 
@@ -40,16 +71,21 @@ def invocations(
     request: admin_pb2.ListInvocationsRequest,
     answers: Sequence[admin_pb2.ListInvocationsResponse],
 ) -> admin_pb2.ListInvocationsResponse:
-    """The page `request` asks for, from every partition's answer to `partition_request`."""
+    """The page `request` asks for, from every partition's `joined` answer."""
     merged = heapq.merge(
         *(a.invocations for a in answers),
         key=lambda r: (r.created_at_ms, r.id),
         reverse=True,
     )
-    page = itertools.islice(merged, request.offset, request.offset + page_limit(request))
-    return admin_pb2.ListInvocationsResponse(
-        invocations=list(page), total=sum(a.total for a in answers)
-    )
+    end = request.offset + page_limit(request)
+    # One past the page tells whether more follow; so does a partition that has more
+    # than it gave (what it kept back comes after everything it gave).
+    taken = list(itertools.islice(merged, request.offset, end + 1))
+    page = taken[: page_limit(request)]
+    out = admin_pb2.ListInvocationsResponse(invocations=page, total=sum(a.total for a in answers))
+    if page and (len(taken) > len(page) or any(a.next_page_token for a in answers)):
+        out.next_page_token = encode_token((page[-1].created_at_ms, page[-1].id))
+    return out
 
 
 def stats(answers: Sequence[admin_pb2.GetStatsResponse]) -> admin_pb2.GetStatsResponse:

@@ -9,10 +9,13 @@ from collections.abc import Mapping
 
 from durable.v1 import admin_pb2, invocation_pb2
 
+from ..admin_paging import MAX_LIST_WINDOW
 from ._decode import CODE_NUMBERS
 
 Status = invocation_pb2.InvocationStatus
 PAGE_SIZE = 50
+# The admin API pages by offset only within its first MAX_LIST_WINDOW matches.
+LAST_PAGE = MAX_LIST_WINDOW // PAGE_SIZE
 STATUSES: dict[str, tuple[int, int]] = {
     "pending": (Status.PENDING, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),
     "queued": (Status.QUEUED, admin_pb2.INVOCATION_OUTCOME_UNSPECIFIED),
@@ -89,6 +92,12 @@ def parse(
     if raw_page:
         if not raw_page.isdigit() or not 1 <= int(raw_page) <= 1_000_000:
             errors.append(f"page {raw_page!r} is not a page number (1, 2, …)")
+        elif int(raw_page) > LAST_PAGE:
+            errors.append(
+                f"page {raw_page} is past the last page listed ({LAST_PAGE}): pages reach "
+                f"the newest {MAX_LIST_WINDOW:,} matches only; narrow the filters (an "
+                "earlier 'until', say) to see older ones"
+            )
         else:
             page = int(raw_page)
     request.offset = (page - 1) * PAGE_SIZE

@@ -230,8 +230,10 @@ async def invocation_rows(console: Console, query: Mapping[str, str]) -> tuple[S
     pager = [h("<span>{a}&ndash;{b} of {n}</span>", a=first, b=last, n=response.total)]
     if page > 1:
         pager.append(link(url("/invocations", {**params, "page": page - 1}), "← Newer", rel="prev"))
-    if last < response.total:
+    if last < response.total and page < _filters.LAST_PAGE:
         pager.append(link(url("/invocations", {**params, "page": page + 1}), "Older →", rel="next"))
+    elif last < response.total:
+        pager.append(h("<span>older ones: narrow the filters (an earlier until)</span>"))
     body = table(
         ["invocation", "handler", "key", "status", "attempts", "created (UTC)", "took", "error"],
         rows,

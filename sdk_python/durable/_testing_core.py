@@ -224,12 +224,21 @@ class EnvironmentCore:
     ) -> list[invocation_pb2.Invocation]:
         """See `DurableTestEnvironment.invocations`."""
         request = admin_pb2.ListInvocationsRequest(
-            status=status_value(status), service=service, key=key, limit=limit
+            status=status_value(status), service=service, key=key
         )
-        response: admin_pb2.ListInvocationsResponse = await self._admin().ListInvocations(
-            request, timeout=ADMIN_TIMEOUT
-        )
-        return [i for i in response.invocations if not method or i.method == method]
+        listed: list[invocation_pb2.Invocation] = []
+        # Page by page: the broker lists at most 1000 a call.
+        while True:
+            if limit:
+                request.limit = min(limit - len(listed), 1000)
+            response: admin_pb2.ListInvocationsResponse = await self._admin().ListInvocations(
+                request, timeout=ADMIN_TIMEOUT
+            )
+            listed.extend(response.invocations)
+            if not response.next_page_token or (limit and len(listed) >= limit):
+                break
+            request.page_token = response.next_page_token
+        return [i for i in listed if not method or i.method == method]
 
     async def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
         """See `DurableTestEnvironment.describe`."""

@@ -29,6 +29,7 @@ from tests.support import (
     Process,
     TestTimeout,
     free_port,
+    list_invocations,
     wait_healthy,
 )
 
@@ -160,7 +161,8 @@ class ChaosCluster:
     def admin(self) -> admin_pb2_grpc.AdminStub:
         """The admin API."""
         if self._admin_channel is None:
-            # Every invocation of a long run in one listing: allow a large reply. A target
+            # A listing page of 1,000 invocations with their payloads can pass gRPC's 4 MiB
+            # default: allow a large reply. A target
             # of several addresses (a cluster's nodes): each call goes to one that is up.
             options = [
                 *CHANNEL_OPTIONS,
@@ -175,10 +177,10 @@ class ChaosCluster:
         self.admin.RegisterDeployment(admin_pb2.RegisterDeploymentRequest(uri=uri), timeout=30)
 
     def invocations(self, status: int = 0, limit: int = 0) -> list[invocation_pb2.Invocation]:
-        """ListInvocations (every status unless `status`): all of them unless `limit`
-        (the API lists 1000 when asked for no limit; a run makes more)."""
-        request = admin_pb2.ListInvocationsRequest(status=status, limit=limit or 10_000_000)  # type: ignore[arg-type]
-        return list(self.admin.ListInvocations(request, timeout=30).invocations)
+        """ListInvocations (every status unless `status`): all of them unless `limit`,
+        page by page (a page holds at most 1000; a run makes more)."""
+        request = admin_pb2.ListInvocationsRequest(status=status)  # type: ignore[arg-type]
+        return list_invocations(self.admin, request, most=limit, timeout=30)
 
     def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
         """DescribeInvocation: the record and its journal."""

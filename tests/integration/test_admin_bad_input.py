@@ -141,6 +141,30 @@ def test_an_unknown_status_or_outcome_filter_is_invalid_argument(
 
 
 @pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"page_token": "not-a-token"}, "pass next_page_token from the previous page unchanged"),
+        ({"page_token": "MTI6aW52X2E", "offset": 3}, "page_token and offset cannot be combined"),
+        ({"offset": 9999, "limit": 10}, "first 10,000 matches"),
+        ({"offset": 9001}, "page with page_token instead"),
+    ],
+)
+def test_a_page_the_listing_cannot_serve_is_invalid_argument(
+    cluster: Cluster, fields: dict[str, object], says: str
+) -> None:
+    request = admin_pb2.ListInvocationsRequest(**fields)  # type: ignore[arg-type]
+    error = _refused(lambda: cluster.admin.ListInvocations(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert says in (error.details() or ""), error
+    # The broker goes on answering, the same listing on its first pages included.
+    listed = cluster.admin.ListInvocations(
+        admin_pb2.ListInvocationsRequest(offset=9990, limit=10), timeout=10
+    )
+    assert listed.next_page_token == ""
+    assert "Traceback" not in _log(cluster)
+
+
+@pytest.mark.parametrize(
     ("key", "name", "says"),
     [
         ("", "verified", "the key of playground.Signup is required"),

@@ -108,6 +108,45 @@ def test_pages_filters_and_outcomes_before_and_after_a_restart(cluster: Cluster)
         assert stats.by_status["COMPLETED"] == stats.succeeded + stats.failed
 
 
+def test_pages_walk_with_page_tokens_and_the_limit_is_capped(cluster: Cluster) -> None:
+    made = set()
+    for amount in range(8):
+        _, call = cluster.counter.Add.with_call(
+            pb.AddRequest(name="pages", amount=amount), timeout=30
+        )
+        made.add(invocation_id_of(call))
+    whole = _list(cluster, service="playground.Counter", key="pages")
+    ids = [i.id for i in whole.invocations]
+    order = [(i.created_at_ms, i.id) for i in whole.invocations]
+    assert set(ids) == made and order == sorted(order, reverse=True)
+    assert whole.next_page_token == ""
+
+    walked: list[list[str]] = []
+    token = ""
+    while True:
+        page = _list(cluster, service="playground.Counter", key="pages", limit=3, page_token=token)
+        assert page.total == 8
+        walked.append([i.id for i in page.invocations])
+        token = page.next_page_token
+        if not token:
+            break
+    assert [len(p) for p in walked] == [3, 3, 2]
+    assert [i for p in walked for i in p] == ids, "each once, newest first"
+    # An offset page says whether more follow, and its token goes on from there.
+    third = _list(cluster, service="playground.Counter", key="pages", limit=2, offset=2)
+    assert [i.id for i in third.invocations] == ids[2:4]
+    after = _list(
+        cluster, service="playground.Counter", key="pages", page_token=third.next_page_token
+    )
+    assert [i.id for i in after.invocations] == ids[4:]
+    last = _list(cluster, service="playground.Counter", key="pages", limit=2, offset=6)
+    assert last.next_page_token == ""
+
+    # More than 1000 asked: 1000 at most (here every invocation), no error.
+    everything = _list(cluster, limit=4_000_000_000)
+    assert len(everything.invocations) == min(everything.total, 1000)
+
+
 def test_a_key_its_state_inbox_and_promises_and_what_awaits(cluster: Cluster) -> None:
     cluster.counter.Add(pb.AddRequest(name="q1", amount=5), timeout=30)
     holder = cluster.counter.Hold.future(

@@ -386,6 +386,38 @@ def test_invocations_list_filters_and_describe(playground: Playground) -> None:
     assert invocation_id in listing.stdout and "completed" in listing.stdout
 
 
+def test_invocations_list_pages_with_page_token(playground: Playground) -> None:
+    admin = playground.admin
+    key = unique("pages")
+    made = set()
+    for amount in range(3):
+        _, call = playground.counter.Add.with_call(
+            pg.AddRequest(name=key, amount=amount), timeout=30
+        )
+        made.add(support.invocation_id_of(call))
+    listing = ("invocations", "list", "--key", key, "--limit", "2")
+
+    first = ok_json(admin, *listing)
+    assert len(first["invocations"]) == 2 and first["total"] == 3
+    token = first["next_page_token"]
+    assert token
+    second = ok_json(admin, *listing, "--page-token", token)
+    assert second["next_page_token"] == ""
+    walked = [i["id"] for i in first["invocations"] + second["invocations"]]
+    assert sorted(walked) == sorted(made) and len(walked) == 3
+
+    table = brokerctl(admin, *listing)
+    assert table.returncode == 0, table.stderr
+    assert f"--page-token {token}" in table.stderr
+    assert token not in table.stdout
+    last = brokerctl(admin, *listing, "--page-token", token)
+    assert last.returncode == 0 and last.stderr == ""
+
+    refused = brokerctl(admin, *listing, "--page-token", "garbage")
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: INVALID_ARGUMENT: page_token is not one this broker")
+
+
 def test_invocations_list_shows_and_filters_the_outcome(playground: Playground) -> None:
     trips = playground.cluster.trips
     _, call = trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from durable.v1 import admin_pb2, admin_pb2_grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, invocation_pb2
 from playground import playground_pb2, playground_pb2_grpc
 
 from broker.cluster import placement
@@ -145,6 +145,52 @@ def test_listing_merges_every_partition_newest_first_with_paging(front: Cluster)
     assert pages == ids
     one_key = front.invocations(key=_key_of(1, "list0"))
     assert [i.key for i in one_key] == [_key_of(1, "list0")]
+
+
+def test_a_walk_with_page_tokens_crosses_every_partition_once_in_order(front: Cluster) -> None:
+    made = {_add(front, _key_of(p, f"walk{i}")) for i in range(2) for p in range(PARTITIONS)}
+    request = admin_pb2.ListInvocationsRequest(service=COUNTER, method="Add", limit=3)
+    walked: list[invocation_pb2.Invocation] = []
+    while True:
+        page = front.admin.ListInvocations(request, timeout=10)
+        assert len(page.invocations) <= 3
+        walked += page.invocations
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    ids = [i.id for i in walked]
+
+    assert made <= set(ids) and len(ids) == len(set(ids)) == page.total
+    order = [(i.created_at_ms, i.id) for i in walked]
+    assert order == sorted(order, reverse=True)
+    for offset in (0, 2, 5, len(ids) - 1):
+        sliced = admin_pb2.ListInvocationsRequest(
+            service=COUNTER, method="Add", offset=offset, limit=4
+        )
+        answer = front.admin.ListInvocations(sliced, timeout=10)
+        assert [i.id for i in answer.invocations] == ids[offset : offset + 4], offset
+        assert bool(answer.next_page_token) == (offset + 4 < len(ids)), offset
+
+
+@pytest.mark.parametrize(
+    ("fields", "says"),
+    [
+        ({"page_token": "not-a-token"}, "pass next_page_token from the previous page unchanged"),
+        ({"offset": 9999, "limit": 10}, "first 10,000 matches"),
+    ],
+)
+def test_the_front_refuses_a_page_it_cannot_serve(
+    front: Cluster, fields: dict[str, object], says: str
+) -> None:
+    request = admin_pb2.ListInvocationsRequest(**fields)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as refused:
+        front.admin.ListInvocations(request, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert says in (refused.value.details() or "")
+    huge = front.admin.ListInvocations(
+        admin_pb2.ListInvocationsRequest(limit=4_000_000_000), timeout=10
+    )
+    assert len(huge.invocations) == min(huge.total, 1000)
 
 
 def test_stats_are_summed_over_partitions(front: Cluster) -> None:

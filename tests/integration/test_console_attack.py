@@ -163,7 +163,9 @@ def test_what_the_client_sent_is_shown_escaped(console: Console, target: bytes) 
     console.assert_healthy()
 
 
-@pytest.mark.parametrize("query", [b"page=-1", b"page=abc", b"status=%zz", b"since=zz"])
+@pytest.mark.parametrize(
+    "query", [b"page=-1", b"page=abc", b"status=%zz", b"since=zz", b"page=201", b"page=999999"]
+)
 def test_bad_filters_are_400_with_a_message(console: Console, query: bytes) -> None:
     status, _, body = console.get(b"/invocations?" + query)
     assert status == 400

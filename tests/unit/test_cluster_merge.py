@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
 from durable.v1 import admin_pb2, invocation_pb2
 
+from broker import admin_paging
 from broker.cluster import launch, merge, scrape, supervisor
 
 
@@ -14,46 +16,130 @@ def _inv(created: int, ident: str) -> invocation_pb2.Invocation:
     return invocation_pb2.Invocation(id=ident, created_at_ms=created)
 
 
-def _answers(
-    partitions: list[list[invocation_pb2.Invocation]], request: admin_pb2.ListInvocationsRequest
-) -> list[admin_pb2.ListInvocationsResponse]:
-    """What each partition answers to `merge.partition_request(request)`."""
-    asked = merge.partition_request(request)
-    out = []
-    for records in partitions:
-        ordered = sorted(records, key=lambda r: (r.created_at_ms, r.id), reverse=True)
-        out.append(
-            admin_pb2.ListInvocationsResponse(
-                invocations=ordered[: asked.limit], total=len(records)
-            )
-        )
+def _newest_first(records: list[invocation_pb2.Invocation]) -> list[invocation_pb2.Invocation]:
+    return sorted(records, key=lambda r: (r.created_at_ms, r.id), reverse=True)
+
+
+def _answer(
+    records: list[invocation_pb2.Invocation], asked: admin_pb2.ListInvocationsRequest
+) -> admin_pb2.ListInvocationsResponse:
+    """What a partition holding `records` answers, as the single broker pages."""
+    page = admin_paging.check(asked)
+    after = [
+        r for r in _newest_first(records) if not page.after or (r.created_at_ms, r.id) < page.after
+    ]
+    taken = after[page.offset : page.offset + page.limit]
+    out = admin_pb2.ListInvocationsResponse(invocations=taken, total=len(records))
+    if taken and len(after) > page.offset + len(taken):
+        out.next_page_token = admin_paging.encode_token((taken[-1].created_at_ms, taken[-1].id))
     return out
 
 
-def test_partition_request_asks_each_for_the_first_offset_plus_limit() -> None:
-    request = admin_pb2.ListInvocationsRequest(service="s", offset=20, limit=5)
-    asked = merge.partition_request(request)
+def _front(
+    partitions: list[list[invocation_pb2.Invocation]],
+    request: admin_pb2.ListInvocationsRequest,
+    asked: list[admin_pb2.ListInvocationsRequest] | None = None,
+) -> admin_pb2.ListInvocationsResponse:
+    """What the front answers: each partition paged as `merge` says, then merged (every
+    request sent is appended to `asked`)."""
+    answers = []
+    for records in partitions:
+        pages: list[admin_pb2.ListInvocationsResponse] = []
+        following: admin_pb2.ListInvocationsRequest | None = merge.partition_request(request)
+        while following is not None:
+            if asked is not None:
+                asked.append(following)
+            pages.append(_answer(records, following))
+            following = merge.next_partition_request(request, pages)
+        answers.append(merge.joined(pages))
+    return merge.invocations(request, answers)
 
-    assert (asked.offset, asked.limit, asked.service) == (0, 25, "s")
+
+def _spread(
+    count: int, partitions: int = 3
+) -> tuple[list[list[invocation_pb2.Invocation]], list[str]]:
+    """`count` invocations over the partitions (ties in creation time broken by id, as
+    one broker orders them); their ids newest first."""
+    records = [_inv(t // 2, f"inv_{t:05d}") for t in range(count)]
+    return [records[p::partitions] for p in range(partitions)], [
+        r.id for r in _newest_first(records)
+    ]
+
+
+def test_each_partition_is_asked_for_the_first_offset_plus_limit_a_page_at_a_time() -> None:
+    request = admin_pb2.ListInvocationsRequest(service="s", offset=20, limit=5, page_token="t")
+    asked = merge.partition_request(request)
+    assert (asked.offset, asked.limit, asked.service, asked.page_token) == (0, 25, "s", "t")
     assert merge.partition_request(admin_pb2.ListInvocationsRequest()).limit == 1000
-    huge = admin_pb2.ListInvocationsRequest(offset=0xFFFFFFFF, limit=10)
-    assert merge.partition_request(huge).limit == 0xFFFFFFFF
+    deep = admin_pb2.ListInvocationsRequest(offset=8500, limit=1000)
+    assert merge.partition_request(deep).limit == 1000
+
+    first = admin_pb2.ListInvocationsResponse(next_page_token="p1")
+    first.invocations.extend(_inv(9 - t, f"inv_{t}") for t in range(1000))
+    following = merge.next_partition_request(deep, [first])
+    assert following is not None
+    assert (following.offset, following.limit, following.page_token) == (0, 1000, "p1")
+    assert merge.next_partition_request(deep, [first] * 9) is not None
+    assert merge.next_partition_request(deep, [first] * 10) is None, "it gave all it may need"
+    last = admin_pb2.ListInvocationsResponse(invocations=first.invocations[:3])
+    assert merge.next_partition_request(deep, [first, last]) is None, "it has no more"
 
 
 def test_pages_of_the_merge_are_the_single_brokers_pages() -> None:
-    # Ties in creation time are broken by id, as one broker orders them.
-    records = [_inv(t // 2, f"inv_{t:03d}") for t in range(23)]
-    partitions = [records[p::3] for p in range(3)]
-    newest_first = sorted(records, key=lambda r: (r.created_at_ms, r.id), reverse=True)
+    partitions, ids = _spread(23)
     for offset, limit in itertools.product(range(0, 25, 4), (1, 3, 7)):
         request = admin_pb2.ListInvocationsRequest(offset=offset, limit=limit)
 
-        page = merge.invocations(request, _answers(partitions, request))
+        page = _front(partitions, request)
 
-        assert [r.id for r in page.invocations] == [
-            r.id for r in newest_first[offset : offset + limit]
-        ], (offset, limit)
+        assert [r.id for r in page.invocations] == ids[offset : offset + limit], (offset, limit)
         assert page.total == 23
+        assert bool(page.next_page_token) == (offset + limit < 23), (offset, limit)
+
+
+@pytest.mark.parametrize("limit", [1, 3, 7, 23, 0])
+def test_a_walk_with_tokens_lists_every_partitions_invocations_once_in_order(limit: int) -> None:
+    partitions, ids = _spread(23)
+    request = admin_pb2.ListInvocationsRequest(limit=limit)
+    walked: list[str] = []
+    while True:
+        page = _front(partitions, request)
+        assert page.total == 23
+        walked += [r.id for r in page.invocations]
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+
+    assert walked == ids
+
+
+def test_one_partition_with_all_the_rest_still_has_a_next_page() -> None:
+    partitions, ids = _spread(12)
+    partitions = [partitions[0] + partitions[1] + partitions[2], [], []]
+    first = _front(partitions, admin_pb2.ListInvocationsRequest(limit=5))
+    assert [r.id for r in first.invocations] == ids[:5]
+    rest = _front(
+        partitions, admin_pb2.ListInvocationsRequest(limit=7, page_token=first.next_page_token)
+    )
+    assert [r.id for r in rest.invocations] == ids[5:]
+    assert rest.next_page_token == ""
+
+
+def test_a_deep_offset_pages_each_partition_1000_at_a_time() -> None:
+    partitions, ids = _spread(7500)
+    request = admin_pb2.ListInvocationsRequest(offset=4000, limit=2000)  # coerced to 1000
+    asked: list[admin_pb2.ListInvocationsRequest] = []
+
+    page = _front(partitions, request, asked)
+
+    assert [r.id for r in page.invocations] == ids[4000:5000]
+    assert (page.total, bool(page.next_page_token)) == (7500, True)
+    assert max(a.limit for a in asked) == 1000
+    # Each partition holds 2500, fewer than the 5000 it may need: all of it, in 3 calls.
+    assert len(asked) == 3 * 3
+    at_the_end = _front(partitions, admin_pb2.ListInvocationsRequest(offset=7000, limit=1000))
+    assert [r.id for r in at_the_end.invocations] == ids[7000:]
+    assert at_the_end.next_page_token == ""
 
 
 def test_stats_are_summed() -> None:

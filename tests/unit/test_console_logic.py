@@ -6,6 +6,7 @@ import datetime
 
 from durable.v1 import admin_pb2
 
+from broker import admin_paging
 from broker.console import _filters
 from broker.console._html import Safe, esc, h, link, url
 from broker.console._rates import Rates
@@ -56,6 +57,18 @@ def test_each_malformed_filter_says_what_to_write() -> None:
     assert errors == ["a failure code goes with the status 'failed'"]
     _, _, errors = _filters.parse({"code": "NOPE"}, NOW)
     assert "unknown failure code" in errors[0]
+
+
+def test_pages_stop_where_the_admin_apis_offset_window_ends() -> None:
+    request, page, errors = _filters.parse({"page": str(_filters.LAST_PAGE)}, NOW)
+    assert errors == [] and page == _filters.LAST_PAGE
+    assert request.offset + request.limit == admin_paging.MAX_LIST_WINDOW
+    admin_paging.check(request)  # the broker takes it
+    _, _, errors = _filters.parse({"page": str(_filters.LAST_PAGE + 1)}, NOW)
+    assert errors == [
+        "page 201 is past the last page listed (200): pages reach the newest 10,000 "
+        "matches only; narrow the filters (an earlier 'until', say) to see older ones"
+    ]
 
 
 def test_values_are_escaped_unless_markup() -> None:

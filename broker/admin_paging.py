@@ -1,0 +1,116 @@
+"""How ListInvocations pages (Google AIP-158), the same for one broker and for the
+front of many partitions: pure functions over the request.
+
+A page holds at most `MAX_LIST_LIMIT` invocations (a larger `limit` is coerced, not
+refused), so no listing blocks the event loop for long or outgrows a message. The
+listing is ordered newest first by (created_at_ms, invocation id), a key that never
+changes, so a page token is simply the last key of the previous page: the next page
+is the matches after it, and invocations created meanwhile neither repeat nor shift
+what follows. Offset paging (the web console's) stays, within the first
+`MAX_LIST_WINDOW` matches, as Elasticsearch's max_result_window bounds `from`: a deep
+offset costs every partition offset+limit records.
+
+Every refusal is a `PagingError`, answered INVALID_ARGUMENT with its message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+
+from durable.v1 import admin_pb2
+
+# Invocations listed when the request sets no limit: a response must fit in a message.
+DEFAULT_LIST_LIMIT = 1000
+# The most one page holds; a larger limit is taken as this.
+MAX_LIST_LIMIT = 1000
+# How far offset paging reaches (offset + limit); page_token goes further.
+MAX_LIST_WINDOW = 10_000
+# Far above any token this module issues: a longer one is refused before decoding.
+_MAX_TOKEN_CHARS = 512
+
+# (created_at_ms, invocation id): the listing's order, largest (newest) first.
+Key = tuple[int, str]
+
+
+class PagingError(ValueError):
+    """A ListInvocations request whose paging the broker refuses; the message says why
+    and what to send instead."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Page:
+    """The page a request asks for.
+
+    Attributes:
+        offset: Matches skipped before the page (0 with a page token).
+        limit: The most the page holds, coerced to `MAX_LIST_LIMIT`.
+        after: The previous page's last key (from `page_token`): the page holds the
+            matches after it only. None from the first match.
+    """
+
+    offset: int
+    limit: int
+    after: Key | None
+
+
+def page_limit(request: admin_pb2.ListInvocationsRequest) -> int:
+    """The most the page holds: the default when unset, never over `MAX_LIST_LIMIT`."""
+    return min(request.limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+
+
+def encode_token(key: Key) -> str:
+    """The page token naming `key`: base64url of `created_at_ms:id`, unpadded, so it
+    can go into a URL or a shell command as it is."""
+    raw = f"{key[0]}:{key[1]}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_token(token: str) -> Key:
+    """The key a page token names.
+
+    Raises:
+        PagingError: A token that `encode_token` did not produce.
+    """
+    refusal = PagingError(
+        "page_token is not one this broker issued; pass next_page_token from the "
+        "previous page unchanged (or no page_token for the first page)"
+    )
+    if len(token) > _MAX_TOKEN_CHARS:
+        raise refusal
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created, sep, invocation_id = raw.decode().partition(":")
+        key = (int(created), invocation_id) if created.isdigit() else None
+    except (binascii.Error, ValueError):  # bad base64, bad UTF-8, a number too long
+        raise refusal from None
+    # Re-encoding must give the token back: the decoder skips stray characters, and
+    # "007" would name the same key as "7"; neither is a token this module issued.
+    if key is None or not sep or not invocation_id or encode_token(key) != token:
+        raise refusal
+    return key
+
+
+def check(request: admin_pb2.ListInvocationsRequest) -> Page:
+    """The page `request` asks for, checked before any work is done.
+
+    Raises:
+        PagingError: A page token that does not decode, one given with an offset, or
+            an offset page that ends past `MAX_LIST_WINDOW`.
+    """
+    limit = page_limit(request)
+    if request.page_token:
+        if request.offset:
+            raise PagingError(
+                "page_token and offset cannot be combined: the token already says where "
+                "the page starts; send offset 0 with it"
+            )
+        return Page(0, limit, decode_token(request.page_token))
+    if request.offset + limit > MAX_LIST_WINDOW:
+        raise PagingError(
+            f"offset {request.offset} with limit {limit} ends past the first "
+            f"{MAX_LIST_WINDOW:,} matches, as far as offset paging reaches; page with "
+            "page_token instead (each page's next_page_token), or narrow the filters"
+        )
+    return Page(request.offset, limit, None)

@@ -1,0 +1,197 @@
+"""ListInvocations' paging (AIP-158): the limit's ceiling, the offset window, page tokens,
+and the single broker's listing walked page by page over a partition built in memory
+(completed invocations in its table, the others live), before and after the index of
+completed invocations is built."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+from typing import cast
+
+import pytest
+from durable.v1 import admin_pb2, invocation_pb2
+
+from broker import admin_paging, admin_query
+from broker.admin_paging import MAX_LIST_LIMIT, MAX_LIST_WINDOW, PagingError
+from broker.core.partition import Partition
+from broker.storage import Batch, MemoryKV, invocations
+
+Invocation = invocation_pb2.Invocation
+Status = invocation_pb2.InvocationStatus
+Request = admin_pb2.ListInvocationsRequest
+
+
+@pytest.mark.parametrize(
+    ("asked", "listed"),
+    [(0, 1000), (1, 1), (999, 999), (1000, 1000), (1001, 1000), (2**32 - 1, 1000)],
+)
+def test_the_limit_defaults_to_and_is_coerced_to_1000(asked: int, listed: int) -> None:
+    assert admin_paging.page_limit(Request(limit=asked)) == listed
+    assert admin_paging.check(Request(limit=asked)).limit == listed
+
+
+@pytest.mark.parametrize("key", [(0, "inv_a"), (1_700_000_000_123, "inv_x-Y_9"), (5, "a:b:c")])
+def test_a_token_names_its_key_and_is_url_safe(key: admin_paging.Key) -> None:
+    token = admin_paging.encode_token(key)
+
+    assert admin_paging.decode_token(token) == key
+    assert set(token) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage!",
+        "%%%",
+        _b64("no colon"),
+        _b64("12:"),  # no id
+        _b64(":inv_a"),  # no time
+        _b64("-5:inv_a"),
+        _b64("007:inv_a"),  # names 7, but not as the broker writes it
+        _b64("12:inv_a"),  # padded: the broker's tokens are not
+        admin_paging.encode_token((12, "inv_a")) + "=",
+        admin_paging.encode_token((12, "inv_a")) + "*",
+        base64.urlsafe_b64encode(b"12:\xff\xfe").decode().rstrip("="),
+        _b64("9" * 5000 + ":inv_a").rstrip("="),
+    ],
+)
+def test_a_token_the_broker_did_not_issue_is_refused(token: str) -> None:
+    with pytest.raises(PagingError, match="pass next_page_token from the previous page unchanged"):
+        admin_paging.check(Request(page_token=token))
+
+
+def test_a_token_with_an_offset_is_refused() -> None:
+    token = admin_paging.encode_token((12, "inv_a"))
+
+    with pytest.raises(PagingError, match="page_token and offset cannot be combined"):
+        admin_paging.check(Request(page_token=token, offset=1))
+    assert admin_paging.check(Request(page_token=token, limit=3)) == admin_paging.Page(
+        0, 3, (12, "inv_a")
+    )
+
+
+def test_offset_paging_reaches_the_first_10000_matches() -> None:
+    assert admin_paging.check(Request(offset=9990, limit=10)).offset == 9990
+    assert admin_paging.check(Request(offset=9000, limit=5000)).limit == MAX_LIST_LIMIT
+    for offset, limit in ((9999, 10), (9001, 0), (MAX_LIST_WINDOW, 1), (2**32 - 1, 2**32 - 1)):
+        with pytest.raises(PagingError, match="first 10,000 matches") as refused:
+            admin_paging.check(Request(offset=offset, limit=limit))
+        assert "page_token" in str(refused.value)
+
+
+# -- the single broker's listing ---------------------------------------------------------
+
+
+class _Store:
+    """What the listing reads of a partition: completed records in its table, the
+    others live (in memory), and its completion listeners (for the index)."""
+
+    def __init__(self, completed: list[Invocation], live: list[Invocation]) -> None:
+        self.kv = MemoryKV()
+        batch = Batch()
+        for record in completed:
+            invocations.put(batch, record)
+        self.kv.write(batch.puts)
+        self._live = live
+        self.completion_listeners: list[object] = []
+
+    def records(self, status: int = 0) -> list[Invocation]:
+        table = [] if status and status != Status.COMPLETED else list(invocations.scan(self.kv))
+        return table + list(self._live)
+
+    def purge(self, invocation_id: str) -> None:
+        batch = Batch()
+        invocations.delete(batch, invocation_id)
+        self.kv.write(batch.puts)
+
+
+def _record(n: int, status: invocation_pb2.InvocationStatus.ValueType) -> Invocation:
+    # Pairs share a creation time: the id breaks the tie.
+    return Invocation(
+        id=f"inv_{n:02d}", created_at_ms=1000 + n // 2, status=status, expires_at_ms=2**62
+    )
+
+
+def _listing(index_ready: bool) -> tuple[_Store, admin_query.CompletedIndex, list[str]]:
+    """11 invocations, completed ones interleaved with live ones; their ids newest first."""
+    records = [_record(n, Status.COMPLETED if n % 3 else Status.SUSPENDED) for n in range(11)]
+    store = _Store(
+        [r for r in records if r.status == Status.COMPLETED],
+        [r for r in records if r.status != Status.COMPLETED],
+    )
+    index = admin_query.CompletedIndex(cast(Partition, store))
+    if index_ready:
+        asyncio.run(index.build())
+    newest_first = sorted(records, key=lambda r: (r.created_at_ms, r.id), reverse=True)
+    return store, index, [r.id for r in newest_first]
+
+
+def _walk(
+    store: _Store, index: admin_query.CompletedIndex, request: Request
+) -> tuple[list[list[str]], set[int]]:
+    """The pages of a walk with next_page_token, and the totals they reported."""
+    pages: list[list[str]] = []
+    totals: set[int] = set()
+    while True:
+        page = admin_query.list_invocations(cast(Partition, store), index, request)
+        pages.append([r.id for r in page.invocations])
+        totals.add(page.total)
+        if not page.next_page_token:
+            return pages, totals
+        request.page_token = page.next_page_token
+
+
+@pytest.mark.parametrize(
+    ("index_ready", "limit"), list(itertools.product((False, True), (1, 3, 4, 11)))
+)
+def test_a_walk_with_tokens_lists_every_match_once_newest_first(
+    index_ready: bool, limit: int
+) -> None:
+    store, index, ids = _listing(index_ready)
+
+    pages, totals = _walk(store, index, Request(limit=limit))
+
+    assert [i for page in pages for i in page] == ids
+    assert [len(p) for p in pages[:-1]] == [limit] * (len(pages) - 1)
+    assert totals == {11}
+    assert len(pages) == -(-11 // limit), "no empty page at the end"
+
+
+@pytest.mark.parametrize("index_ready", [False, True])
+def test_a_walk_keeps_the_filters_and_offset_pages_say_whether_more_follow(
+    index_ready: bool,
+) -> None:
+    store, index, ids = _listing(index_ready)
+    completed = [i for i in ids if int(i[4:]) % 3]
+
+    pages, totals = _walk(store, index, Request(status=Status.COMPLETED, limit=2))
+
+    assert [i for page in pages for i in page] == completed
+    assert totals == {len(completed)}
+    partition = cast(Partition, store)
+    for offset in range(0, 12, 3):
+        page = admin_query.list_invocations(partition, index, Request(offset=offset, limit=3))
+        assert [r.id for r in page.invocations] == ids[offset : offset + 3]
+        more = offset + 3 < len(ids)
+        assert bool(page.next_page_token) == more, offset
+        if more:  # the token goes on from where the offset page ended
+            after = admin_query.list_invocations(
+                partition, index, Request(page_token=page.next_page_token, limit=3)
+            )
+            assert [r.id for r in after.invocations] == ids[offset + 3 : offset + 6]
+
+
+def test_a_record_purged_while_listed_does_not_stop_the_walk() -> None:
+    store, index, ids = _listing(index_ready=True)
+    purged = next(i for i in ids if int(i[4:]) % 3)  # the newest completed one
+    store.purge(purged)
+
+    pages, _ = _walk(store, index, Request(limit=1))
+
+    assert [i for page in pages for i in page] == [i for i in ids if i != purged]
