@@ -66,9 +66,10 @@ def create(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, st
 
 
 def list_(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
-    """``schedules list``."""
+    """``schedules list``: one page (`broker.cli` prints how to get the next)."""
     resp: admin_pb2.ListSchedulesResponse = stub.ListSchedules(
-        admin_pb2.ListSchedulesRequest(), timeout=timeout
+        admin_pb2.ListSchedulesRequest(limit=args.limit, page_token=args.page_token),
+        timeout=timeout,
     )
     if not resp.schedules:
         return resp, "no schedules"

@@ -506,7 +506,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     async def ListAwaiting(
         self, request: admin_pb2.ListAwaitingRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> admin_pb2.ListAwaitingResponse:
-        return admin_query.awaiting(self._partition, request.limit)
+        return await admin_query.awaiting(self._partition, request.limit)
 
     async def ClusterStatus(
         self, request: admin_pb2.ClusterStatusRequest, context: grpc.aio.ServicerContext[Any, Any]

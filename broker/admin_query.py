@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from durable.v1 import admin_pb2, invocation_pb2
 
 from . import admin_paging
-from .core.model import now_ms
+from .core.model import UnknownInvocation, now_ms
 from .core.partition import Partition
 from .storage import invocations, promises
 
@@ -29,9 +29,17 @@ log = logging.getLogger("broker.admin")
 
 Invocation = invocation_pb2.Invocation
 Status = invocation_pb2.InvocationStatus
-DEFAULT_LIST_LIMIT = admin_paging.DEFAULT_LIST_LIMIT
+# Invocations a key's description lists of its inbox: a busy key's queue has no bound.
+INBOX_SHOWN = admin_paging.MAX_LIST_LIMIT
 _SLICE = 2000
+# Journals ListAwaiting reads between two yields to the event loop (a few milliseconds
+# when they come from storage).
+_JOURNAL_SLICE = 500
 _PRUNE_EVERY_MS = 5000
+# Not started yet, or ended: nothing of theirs is listed as awaited.
+_NOTHING_PENDING = (Status.PENDING, Status.COMPLETED)
+# Those whose pending get_promise entries are listed as awaiting their promise.
+_AWAITING_PROMISES = (Status.SUSPENDED, Status.RUNNING)
 
 # (created_at_ms, id, service, method, key, idempotency_key, failure code (0 =
 # succeeded), expires_at_ms): sorted by the first two.
@@ -294,13 +302,16 @@ def _pending_promises(p: Partition, service: str = "", key: str = "") -> list[ad
 
 
 def describe_key(p: Partition, service: str, key: str) -> admin_pb2.DescribeKeyResponse:
-    """A keyed service's key: state, holder, inbox and promises."""
+    """A keyed service's key: state, holder, inbox (its first `INBOX_SHOWN`) and
+    promises."""
+    inbox = p.inbox(service, key)
     out = admin_pb2.DescribeKeyResponse(
         service=service,
         key=key,
         state=p.current_state(service, key),
         holder=p.lock_holder(service, key) or "",
-        inbox=p.inbox(service, key),
+        inbox=inbox[:INBOX_SHOWN],
+        inbox_length=len(inbox),
     )
     pending = {pr.name: pr for pr in _pending_promises(p, service, key)}
     for name, result in promises.scan(p.kv, service, key):
@@ -311,27 +322,64 @@ def describe_key(p: Partition, service: str, key: str) -> admin_pb2.DescribeKeyR
     return out
 
 
-def awaiting(p: Partition, limit: int) -> admin_pb2.ListAwaitingResponse:
-    """Pending awakeables and awaited promises, oldest invocation first."""
-    limit = limit or DEFAULT_LIST_LIMIT
+async def awaiting(p: Partition, limit: int) -> admin_pb2.ListAwaitingResponse:
+    """Pending awakeables (oldest invocation first, then by entry) and awaited promises
+    (by service, key and name), at most `limit` of each (coerced as a page's limit),
+    with how many there are of each.
+
+    Only journals say what is pending, and a suspended invocation's journal is read
+    back from storage: each journal is read once, and the loop serves other calls after
+    every `_JOURNAL_SLICE` of them, so that 100,000 waiting invocations do not stall
+    the broker for a second or more.
+    """
+    limit = admin_paging.coerce_limit(limit)
     out = admin_pb2.ListAwaitingResponse()
-    snapshots = sorted(p.records(Status.PENDING), key=lambda r: (r.created_at_ms, r.id))
-    for snapshot in snapshots:
-        if len(out.awakeables) >= limit:
-            break
-        if snapshot.status in (Status.PENDING, Status.COMPLETED):
+    candidates = sorted(
+        (r for r in p.records(Status.PENDING) if r.status not in _NOTHING_PENDING),
+        key=_age,
+    )
+    # Promises awaited and not completed, with their waiters in invocation age order.
+    waiting: dict[tuple[str, str, str], list[str]] = {}
+    completed: set[tuple[str, str, str]] = set()
+    for n, snapshot in enumerate(candidates):
+        if n and not n % _JOURNAL_SLICE:
+            await asyncio.sleep(0)
+        try:
+            record, journal = p.record(snapshot.id)
+        except UnknownInvocation:  # purged after completing while the loop served others
             continue
-        _, journal = p.record(snapshot.id)
+        if record.status in _NOTHING_PENDING:  # it moved on meanwhile
+            continue
+        awaits_promises = record.status in _AWAITING_PROMISES
         for i, entry in enumerate(journal):
-            if entry.HasField("awakeable") and not entry.HasField("result"):
-                out.awakeables.add(
-                    awakeable_id=entry.awakeable.awakeable_id,
-                    invocation_id=snapshot.id,
-                    service=snapshot.service,
-                    method=snapshot.method,
-                    key=snapshot.key,
-                    entry_index=i,
-                )
-    out.promises.extend(pr for pr in _pending_promises(p) if not pr.HasField("result"))
-    del out.promises[limit:]
+            if entry.HasField("result"):
+                continue
+            if entry.HasField("awakeable"):
+                out.total_awakeables += 1
+                if len(out.awakeables) < limit:
+                    out.awakeables.add(
+                        awakeable_id=entry.awakeable.awakeable_id,
+                        invocation_id=record.id,
+                        service=record.service,
+                        method=record.method,
+                        key=record.key,
+                        entry_index=i,
+                        created_at_ms=record.created_at_ms,
+                    )
+            elif awaits_promises and entry.HasField("get_promise"):
+                ident = (record.service, record.key, entry.get_promise.name)
+                if ident in completed:
+                    continue
+                if ident not in waiting and p.waits.promise(*ident) is not None:
+                    # Completed, its result on the way to the waiters: not awaited.
+                    completed.add(ident)
+                    continue
+                waiting.setdefault(ident, []).append(record.id)
+    out.total_promises = len(waiting)
+    for ident in sorted(waiting)[:limit]:
+        out.promises.add(service=ident[0], key=ident[1], name=ident[2], waiting=waiting[ident])
     return out
+
+
+def _age(record: Invocation) -> admin_paging.Key:
+    return (record.created_at_ms, record.id)

@@ -2,12 +2,17 @@
 
 Status codes: INVALID_ARGUMENT for a bad name, cron expression (malformed, or matching
 no date), time zone, interval (not from 1 s to 366 days), policy or request JSON, or a
-keyed method without its key; NOT_FOUND for an unknown service, method or schedule;
-ALREADY_EXISTS for a name in use. Nothing is stored for a refused request.
+keyed method without its key, and for a listing's page_token the broker did not issue;
+NOT_FOUND for an unknown service, method or schedule; ALREADY_EXISTS for a name in use.
+Nothing is stored for a refused request.
+
+Nothing caps how many schedules there are, so the listing pages (AIP-158, as
+ListInvocations: `broker.admin_paging`): by name, at most 1000 a page.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any, NoReturn
 
@@ -15,6 +20,7 @@ import grpc
 from durable.v1 import admin_pb2, invocation_pb2
 from google.protobuf import json_format
 
+from . import admin_paging
 from . import registry as reg
 from .core import schedule_times as times
 from .core import schedules
@@ -25,6 +31,8 @@ log = logging.getLogger("broker.admin")
 
 Context = grpc.aio.ServicerContext[Any, Any]
 NEXT_SHOWN = 3
+# Schedules described between two yields to the event loop while a page is built.
+_INFO_SLICE = 100
 
 
 async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -143,8 +151,23 @@ class ScheduleAdmin:
     async def ListSchedules(
         self, request: admin_pb2.ListSchedulesRequest, context: Context
     ) -> admin_pb2.ListSchedulesResponse:
-        records = sorted(self._driver.schedules.records.values(), key=lambda r: r.name)
-        return admin_pb2.ListSchedulesResponse(schedules=[self._info(r) for r in records])
+        records = self._driver.schedules.records
+        try:
+            page, token = admin_paging.name_page(
+                sorted(records), request.page_token, request.limit, _is_name
+            )
+        except admin_paging.PagingError as e:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        out = admin_pb2.ListSchedulesResponse(total=len(records), next_page_token=token)
+        for n, name in enumerate(page):
+            if n and not n % _INFO_SLICE:
+                # A cron schedule's next fire times take most of a millisecond: a full
+                # page would hold the loop for most of a second.
+                await asyncio.sleep(0)
+            record = self._driver.schedules.records.get(name)
+            if record is not None:  # deleted while the loop served another call
+                out.schedules.append(self._info(record))
+        return out
 
     async def DescribeSchedule(
         self, request: admin_pb2.ScheduleRequest, context: Context
@@ -217,6 +240,10 @@ class ScheduleAdmin:
             except Exception:  # a changed contract: the bytes are still what fires
                 info.request_json = ""
         return info
+
+
+def _is_name(name: str) -> bool:
+    return schedules.NAME.fullmatch(name) is not None
 
 
 def _next_fires(record: schedules.Schedule) -> list[int]:

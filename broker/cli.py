@@ -14,9 +14,9 @@ its journal, and ``request_json`` / ``value_json`` next to the protobuf requests
 and outputs whose message types the broker knows. Its human output shows those as JSON
 too (``--hex`` shows the bytes). Errors go to stderr as ``error: CODE: message``.
 
-``invocations list`` prints one page (at most 1000); when more follow, its JSON carries
-``next_page_token`` and its table is followed, on stderr, by the ``--page-token`` to pass
-for the next page.
+``invocations list`` and ``schedules list`` print one page (at most 1000); when more
+follow, the JSON carries ``next_page_token`` and the table is followed, on stderr, by the
+``--page-token`` to pass for the next page.
 
 Keys, names and messages are whatever callers and services sent: the human output shows
 their control characters escaped (``\\x1b``, ``\\n``), never raw on the terminal; the JSON
@@ -182,6 +182,13 @@ _REASON = _arg(
     "reason", metavar="REASON", nargs="?", default=DEFAULT_REASON, help="the error message"
 )
 _STATE_NAME = _arg("name", metavar="NAME", help="the state value's name")
+_PAGE_TOKEN = _arg(
+    "--page-token",
+    default="",
+    metavar="TOKEN",
+    help="the page after the one that printed this token (its next_page_token); "
+    "keep the other options as they were",
+)
 
 
 def _json_value(text: str) -> bytes:
@@ -548,13 +555,7 @@ _VERBS = (
                 default=0,
                 help="at most N invocations, newest first (default and most: 1000)",
             ),
-            _arg(
-                "--page-token",
-                default="",
-                metavar="TOKEN",
-                help="the page after the one that printed this token (its next_page_token); "
-                "keep the other options as they were",
-            ),
+            _PAGE_TOKEN,
         ),
     ),
     _Verb(
@@ -698,7 +699,21 @@ _VERBS = (
             ),
         ),
     ),
-    _Verb("schedules", "list", "list schedules", sched.list_),
+    _Verb(
+        "schedules",
+        "list",
+        "list schedules by name",
+        sched.list_,
+        (
+            _arg(
+                "--limit",
+                type=_non_negative_int,
+                default=0,
+                help="at most N schedules (default and most: 1000)",
+            ),
+            _PAGE_TOKEN,
+        ),
+    ),
     _Verb(
         "schedules",
         "describe",

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from durable.v1 import admin_pb2
 
-from ..admin_paging import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, encode_token, page_limit
+from ..admin_paging import MAX_LIST_LIMIT, coerce_limit, encode_token, page_limit
 
 
 def wanted(request: admin_pb2.ListInvocationsRequest) -> int:
@@ -114,11 +114,20 @@ def stats(answers: Sequence[admin_pb2.GetStatsResponse]) -> admin_pb2.GetStatsRe
 def awaiting(
     limit: int, answers: Sequence[admin_pb2.ListAwaitingResponse]
 ) -> admin_pb2.ListAwaitingResponse:
-    """Awakeables in partition order (each partition's oldest invocation first) and
-    promises by (service, key, name), at most `limit` (0: the default) of each."""
-    limit = limit or DEFAULT_LIST_LIMIT
-    out = admin_pb2.ListAwaitingResponse()
-    out.awakeables.extend(itertools.islice((w for a in answers for w in a.awakeables), limit))
+    """The single broker's order over every partition: awakeables oldest invocation
+    first, promises by (service, key, name), at most `limit` (coerced as a page's) of
+    each, and the totals summed. Each partition cut its lists to the same limit, and
+    what it cut comes after everything it gave, so the merged cut is exact."""
+    limit = coerce_limit(limit)
+    out = admin_pb2.ListAwaitingResponse(
+        total_awakeables=sum(a.total_awakeables for a in answers),
+        total_promises=sum(a.total_promises for a in answers),
+    )
+    awakeables = heapq.merge(
+        *(a.awakeables for a in answers),
+        key=lambda w: (w.created_at_ms, w.invocation_id, w.entry_index),
+    )
+    out.awakeables.extend(itertools.islice(awakeables, limit))
     promises = heapq.merge(*(a.promises for a in answers), key=lambda p: (p.service, p.key, p.name))
     out.promises.extend(itertools.islice(promises, limit))
     return out

@@ -117,6 +117,16 @@ formnovalidate>Clear</button></form>""",
         ),
     )
     inbox = join(h("<li>{l}</li>", l=inv_link(i)) for i in described.inbox)
+    # The broker lists the head of a long queue only.
+    cut = (
+        h(
+            '<p class="hint">The first {shown} of {m} in line.</p>',
+            shown=len(described.inbox),
+            m=described.inbox_length,
+        )
+        if described.inbox_length > len(described.inbox)
+        else Safe("")
+    )
     return h(
         """<h1>{service} <span class="mono">{key}</span></h1>
 <p>Held by: {holder}</p>
@@ -124,7 +134,7 @@ formnovalidate>Clear</button></form>""",
 <p class="hint">Values are JSON, as the SDK stores them; a key held by a running exclusive
 handler cannot be edited (the same rules as <code>brokerctl state set</code>).</p>
 {state}{add}</section>
-<section aria-labelledby="ib"><h2 id="ib">Inbox ({m} waiting)</h2><ol>{inbox}</ol></section>
+<section aria-labelledby="ib"><h2 id="ib">Inbox ({m} waiting)</h2><ol>{inbox}</ol>{cut}</section>
 <section aria-labelledby="pr"><h2 id="pr">Promises</h2>{promises}</section>""",
         service=service,
         key=key,
@@ -134,8 +144,9 @@ handler cannot be edited (the same rules as <code>brokerctl state set</code>).</
         if state_rows
         else Safe("<p>No state.</p>"),
         add=add,
-        m=len(described.inbox),
+        m=described.inbox_length,
         inbox=inbox,
+        cut=cut,
         promises=_promises(list(described.promises), values)
         if described.promises
         else Safe("<p>No promises.</p>"),

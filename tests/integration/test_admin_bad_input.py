@@ -204,3 +204,49 @@ def test_a_state_name_is_held_to_the_key_limit(cluster: Cluster) -> None:
         admin_pb2.GetStateRequest(service="playground.Counter", key="names"), timeout=10
     )
     assert dict(state.state) == {}
+
+
+def test_a_limit_past_1000_is_taken_as_1000_and_the_broker_goes_on(cluster: Cluster) -> None:
+    waiting = cluster.waiter.Await.future(pb.AwaitRequest(), timeout=60)
+
+    def awaited() -> admin_pb2.ListAwaitingResponse | None:
+        listed = cluster.admin.ListAwaiting(
+            admin_pb2.ListAwaitingRequest(limit=4_000_000_000), timeout=10
+        )
+        return listed if listed.awakeables else None
+
+    listed = wait_for(awaited, message="the awakeable")
+    assert len(listed.awakeables) == min(listed.total_awakeables, 1000) >= 1
+    assert len(listed.promises) == min(listed.total_promises, 1000)
+    schedules = cluster.admin.ListSchedules(
+        admin_pb2.ListSchedulesRequest(limit=0xFFFFFFFF), timeout=10
+    )
+    assert len(schedules.schedules) == min(schedules.total, 1000)
+    assert schedules.next_page_token == ""
+
+    cluster.resolve_awakeable(listed.awakeables[0].awakeable_id, "done")
+    assert waiting.result(timeout=60).text == '"done"'
+    after = cluster.admin.ListAwaiting(admin_pb2.ListAwaitingRequest(), timeout=10)
+    assert (len(after.awakeables), after.total_awakeables) == (0, 0)
+    assert "Traceback" not in _log(cluster)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "not-a-token",
+        "Z29vZA==",  # base64 of a name, padded: not as the broker writes it
+        "MTI6aW52X2E",  # a ListInvocations token: "12:inv_a" is no schedule's name
+        "x" * 10_000,
+    ],
+)
+def test_a_schedule_page_token_the_broker_did_not_issue_is_invalid_argument(
+    cluster: Cluster, token: str
+) -> None:
+    request = admin_pb2.ListSchedulesRequest(page_token=token)
+    error = _refused(lambda: cluster.admin.ListSchedules(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "pass next_page_token from the previous page unchanged" in (error.details() or "")
+    listed = cluster.admin.ListSchedules(admin_pb2.ListSchedulesRequest(), timeout=10)
+    assert listed.next_page_token == ""
+    assert "Traceback" not in _log(cluster)

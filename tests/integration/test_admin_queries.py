@@ -1,5 +1,6 @@
 """The admin API's queries for operators' tools (the web console): ListInvocations
-pages and filters, GetStats, DescribeKey and ListAwaiting, against a real broker."""
+pages and filters, GetStats, DescribeKey and ListAwaiting (and its limit), against a real
+broker."""
 
 from __future__ import annotations
 
@@ -162,6 +163,7 @@ def test_a_key_its_state_inbox_and_promises_and_what_awaits(cluster: Cluster) ->
     described = wait_for(lambda: key() if key().inbox else None, message="a queued invocation")
     assert described.state["total"] == b"5"
     assert described.holder and described.holder not in described.inbox
+    assert described.inbox_length == len(described.inbox) == 1
     assert cluster.invocation(described.holder).method == "Hold"
     assert cluster.invocation(described.inbox[0]).method == "Add"
     cluster.kill(described.holder)
@@ -193,6 +195,8 @@ def test_a_key_its_state_inbox_and_promises_and_what_awaits(cluster: Cluster) ->
     awakeable = listed.awakeables[0]
     assert awakeable.service == "playground.Waiter" and awakeable.method == "Await"
     assert cluster.awakeable_id(awakeable.invocation_id) == awakeable.awakeable_id
+    assert awakeable.created_at_ms == cluster.invocation(awakeable.invocation_id).created_at_ms
+    assert (listed.total_awakeables, listed.total_promises) == (1, 1)
 
     cluster.complete_promise("playground.Signup", "ann", "verified", value="123")
     cluster.resolve_awakeable(awakeable.awakeable_id, {"ok": True})
@@ -202,6 +206,38 @@ def test_a_key_its_state_inbox_and_promises_and_what_awaits(cluster: Cluster) ->
         admin_pb2.DescribeKeyRequest(service="playground.Signup", key="ann"), timeout=10
     )
     assert [(p.name, p.result.value) for p in workflow.promises] == [("verified", b'"123"')]
+
+
+def _awaiting(cluster: Cluster, limit: int = 0) -> admin_pb2.ListAwaitingResponse:
+    response: admin_pb2.ListAwaitingResponse = cluster.admin.ListAwaiting(
+        admin_pb2.ListAwaitingRequest(limit=limit), timeout=10
+    )
+    return response
+
+
+def test_what_awaits_is_listed_oldest_first_cut_to_the_limit_and_counted(
+    cluster: Cluster,
+) -> None:
+    calls = []
+    for n in range(3):  # one at a time: each created after the last is listed
+        calls.append(cluster.waiter.Await.future(pb.AwaitRequest(), timeout=120))
+        wait_for(
+            lambda: len(_awaiting(cluster).awakeables) == n + 1 or None,  # noqa: B023
+            message=f"awakeable {n + 1}",
+        )
+    everything = _awaiting(cluster)
+    created = [a.created_at_ms for a in everything.awakeables]
+    assert everything.total_awakeables == 3 and created == sorted(created)
+
+    for limit, listed in ((1, 1), (2, 2), (3, 3), (1000, 3), (4_000_000_000, 3)):
+        cut = _awaiting(cluster, limit)
+        assert list(cut.awakeables) == list(everything.awakeables)[:listed], limit
+        assert cut.total_awakeables == 3, limit
+
+    for n, awakeable in enumerate(everything.awakeables):
+        cluster.resolve_awakeable(awakeable.awakeable_id, n)
+    assert sorted(c.result(timeout=60).text for c in calls) == ["0", "1", "2"]
+    assert _awaiting(cluster).total_awakeables == 0
 
 
 def test_describe_key_refuses_what_is_not_a_key(cluster: Cluster) -> None:

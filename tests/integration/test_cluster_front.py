@@ -193,6 +193,69 @@ def test_the_front_refuses_a_page_it_cannot_serve(
     assert len(huge.invocations) == min(huge.total, 1000)
 
 
+def _awaiting(admin: admin_pb2_grpc.AdminStub, limit: int = 0) -> admin_pb2.ListAwaitingResponse:
+    response: admin_pb2.ListAwaitingResponse = admin.ListAwaiting(
+        admin_pb2.ListAwaitingRequest(limit=limit), timeout=10
+    )
+    return response
+
+
+def test_what_awaits_merges_every_partition_oldest_first_within_the_limit(front: Cluster) -> None:
+    # Started one at a time on partitions 3, 0 and 2: by age, not partition order.
+    order = [3, 0, 2]
+    calls = []
+    for n, p in enumerate(order):
+        stub = playground_pb2_grpc.WaiterStub(_channel(_status(front).partitions[p].ingress))
+        calls.append(stub.Await.future(playground_pb2.AwaitRequest(), timeout=120))
+        front.wait_for(
+            lambda: len(_awaiting(front.admin).awakeables) == n + 1 or None,  # noqa: B023
+            message=f"awakeable {n + 1}",
+        )
+    merged = _awaiting(front.admin)
+    home = {
+        a.awakeable_id: p
+        for p in range(PARTITIONS)
+        for a in _awaiting(_private_admin(front, p)).awakeables
+    }
+    assert [home[a.awakeable_id] for a in merged.awakeables] == order
+    assert merged.total_awakeables == 3
+
+    for limit, listed in ((1, 1), (2, 2), (4_000_000_000, 3)):
+        cut = _awaiting(front.admin, limit)
+        assert list(cut.awakeables) == list(merged.awakeables)[:listed], limit
+        assert cut.total_awakeables == 3, limit
+
+    # A stand-in's invocation id need not name its partition: resolved where it lives.
+    for n, awakeable in enumerate(merged.awakeables):
+        _private_admin(front, home[awakeable.awakeable_id]).ResolveAwakeable(
+            admin_pb2.ResolveAwakeableRequest(awakeable_id=awakeable.awakeable_id, value=b"%d" % n),
+            timeout=10,
+        )
+    assert sorted(c.result(timeout=60).text for c in calls) == ["0", "1", "2"]
+
+
+def test_schedules_page_through_the_front(front: Cluster) -> None:
+    names = [f"front-{n}" for n in range(3)]
+    for name in names:
+        front.admin.CreateSchedule(
+            admin_pb2.CreateScheduleRequest(
+                name=name, service=COUNTER, method="Add", key=name, cron="0 0 1 1 *"
+            ),
+            timeout=10,
+        )
+    first = front.admin.ListSchedules(admin_pb2.ListSchedulesRequest(limit=2), timeout=10)
+    rest = front.admin.ListSchedules(
+        admin_pb2.ListSchedulesRequest(limit=2, page_token=first.next_page_token), timeout=10
+    )
+    assert [i.schedule.name for i in [*first.schedules, *rest.schedules]] == names
+    assert (first.total, rest.next_page_token) == (3, "")
+    with pytest.raises(grpc.RpcError) as refused:
+        front.admin.ListSchedules(admin_pb2.ListSchedulesRequest(page_token="nope"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for name in names:
+        front.admin.DeleteSchedule(admin_pb2.ScheduleRequest(name=name), timeout=10)
+
+
 def test_stats_are_summed_over_partitions(front: Cluster) -> None:
     _add(front, _key_of(2, "stats"))
     merged = front.admin.GetStats(admin_pb2.GetStatsRequest(), timeout=10)

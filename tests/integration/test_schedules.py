@@ -5,6 +5,7 @@ an older version stored out of today's bounds still listed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -367,3 +368,46 @@ def test_the_human_listing(shared_cluster: Cluster) -> None:
     header, row = out.stdout.splitlines()[:2]
     assert header.split() == ["NAME", "TARGET", "WHEN", "STATE", "NEXT", "FIRED"]
     assert row.startswith("good") and "playground.Counter/Add" in row and "active" in row
+
+
+def test_the_listing_pages_by_name_through_the_api_and_brokerctl(shared_cluster: Cluster) -> None:
+    admin = shared_cluster.admin_address
+    extra = ["page-a", "page-b", "page-c", "page-d"]
+    try:
+        for name in extra:
+            create(shared_cluster, name, name, cron="0 0 1 1 *")
+        names = ["good", *extra]
+        walked: list[list[str]] = []
+        request = admin_pb2.ListSchedulesRequest(limit=2)
+        while True:
+            page = shared_cluster.admin.ListSchedules(request, timeout=10)
+            assert page.total == len(names)
+            walked.append([i.schedule.name for i in page.schedules])
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+        assert walked == [names[0:2], names[2:4], names[4:5]]
+        whole = shared_cluster.admin.ListSchedules(
+            admin_pb2.ListSchedulesRequest(limit=4_000_000_000), timeout=10
+        )
+        assert [i.schedule.name for i in whole.schedules] == names
+        assert whole.next_page_token == ""
+
+        # brokerctl prints one page and, on stderr, how to get the next.
+        first = brokerctl(admin, "schedules", "list", "--limit", "3")
+        assert first.returncode == 0, first.stderr
+        assert [line.split()[0] for line in first.stdout.splitlines()[1:]] == names[:3]
+        hint = "more follow: run the same command with --page-token "
+        assert first.stderr.startswith(hint), first.stderr
+        token = first.stderr.strip()[len(hint) :]
+        rest = ok_json(admin, "schedules", "list", "--limit", "3", "--page-token", token)
+        assert [s["schedule"]["name"] for s in rest["schedules"]] == names[3:]
+        assert (rest["next_page_token"], rest["total"]) == ("", len(names))
+        bad = brokerctl(admin, "schedules", "list", "--page-token", "nope")
+        assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr, bad.stderr
+    finally:
+        for name in extra:  # the module's other tests list "good" alone
+            with contextlib.suppress(grpc.RpcError):  # not created: the test failed first
+                shared_cluster.admin.DeleteSchedule(
+                    admin_pb2.ScheduleRequest(name=name), timeout=10
+                )

@@ -1,7 +1,7 @@
 """ListInvocations' paging (AIP-158): the limit's ceiling, the offset window, page tokens,
 and the single broker's listing walked page by page over a partition built in memory
 (completed invocations in its table, the others live), before and after the index of
-completed invocations is built."""
+completed invocations is built. Then the paging by name (ListSchedules')."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ Request = admin_pb2.ListInvocationsRequest
     [(0, 1000), (1, 1), (999, 999), (1000, 1000), (1001, 1000), (2**32 - 1, 1000)],
 )
 def test_the_limit_defaults_to_and_is_coerced_to_1000(asked: int, listed: int) -> None:
+    assert admin_paging.coerce_limit(asked) == listed
     assert admin_paging.page_limit(Request(limit=asked)) == listed
     assert admin_paging.check(Request(limit=asked)).limit == listed
 
@@ -195,3 +196,72 @@ def test_a_record_purged_while_listed_does_not_stop_the_walk() -> None:
     pages, _ = _walk(store, index, Request(limit=1))
 
     assert [i for page in pages for i in page] == [i for i in ids if i != purged]
+
+
+# -- paging by name ------------------------------------------------------------------------
+
+
+def _plain(name: str) -> bool:
+    return name.isalnum()
+
+
+def _walk_names(names: list[str], limit: int) -> list[list[str]]:
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page, token = admin_paging.name_page(names, token, limit, _plain)
+        pages.append(list(page))
+        if not token:
+            return pages
+
+
+@pytest.mark.parametrize("limit", [1, 2, 3, 5, 6, 0, 2**32 - 1])
+def test_a_walk_by_name_lists_each_once_in_order(limit: int) -> None:
+    names = ["a1", "a2", "b", "c", "d"]
+
+    pages = _walk_names(names, limit)
+
+    assert [n for page in pages for n in page] == names
+    assert len(pages) == -(-len(names) // admin_paging.coerce_limit(limit)), "no empty last page"
+
+
+def test_a_page_by_name_holds_at_most_1000_and_goes_on_after_its_last() -> None:
+    names = [f"s{i:05d}" for i in range(2500)]
+
+    first, token = admin_paging.name_page(names, "", 2**32 - 1, _plain)
+    second, token2 = admin_paging.name_page(names, token, 0, _plain)
+    third, last = admin_paging.name_page(names, token2, 5000, _plain)
+
+    assert (list(first), list(second), list(third)) == (
+        names[:1000],
+        names[1000:2000],
+        names[2000:],
+    )
+    assert last == ""
+    assert admin_paging.decode_name_token(token, _plain) == names[999]
+
+
+def test_a_name_removed_or_added_meanwhile_moves_nothing() -> None:
+    _, token = admin_paging.name_page(["a", "b", "c", "d"], "", 2, _plain)
+
+    # "b" (the token's own name) is gone and "bb" is new: the walk goes on after "b".
+    page, _ = admin_paging.name_page(["a", "bb", "c", "d"], token, 2, _plain)
+
+    assert list(page) == ["bb", "c"]
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage!",
+        _b64("not plain!").rstrip("="),  # not a name the listing holds
+        _b64("ab"),  # padded: the broker's tokens are not
+        admin_paging.encode_name_token("abc") + "*",
+        admin_paging.encode_token((12, "inv_a")),  # a ListInvocations token
+        base64.urlsafe_b64encode(b"\xff\xfe").decode().rstrip("="),
+        admin_paging.encode_name_token("a" * 1000),
+    ],
+)
+def test_a_name_token_the_broker_did_not_issue_is_refused(token: str) -> None:
+    with pytest.raises(PagingError, match="pass next_page_token from the previous page unchanged"):
+        admin_paging.name_page(["a", "b"], token, 1, _plain)

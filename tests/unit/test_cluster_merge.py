@@ -184,6 +184,48 @@ def test_awaiting_keeps_the_limit_and_orders_promises() -> None:
     assert len(merge.awaiting(0, [a, b]).awakeables) == 2
 
 
+def _awaiting(partition: int, ages: list[int], total: int) -> admin_pb2.ListAwaitingResponse:
+    """A partition's answer: an awakeable per invocation created at each age (its oldest
+    first, as a partition lists them), `total` pending in all."""
+    out = admin_pb2.ListAwaitingResponse(total_awakeables=total, total_promises=total)
+    for age in ages:
+        out.awakeables.add(
+            awakeable_id=f"awk_{partition}_{age}",
+            invocation_id=f"inv_{partition}_{age:05d}",
+            created_at_ms=age,
+        )
+        out.promises.add(service="w", key=f"{age:05d}", name=str(partition))
+    return out
+
+
+def test_awaiting_merges_every_partition_oldest_invocation_first_with_totals() -> None:
+    answers = [_awaiting(0, [5, 6, 7], 3), _awaiting(1, [1, 9], 2), _awaiting(2, [6], 1)]
+
+    merged = merge.awaiting(4, answers)
+
+    assert [w.created_at_ms for w in merged.awakeables] == [1, 5, 6, 6]
+    # Equal ages: by invocation id, as the single broker orders them.
+    assert [w.invocation_id for w in merged.awakeables[2:]] == ["inv_0_00006", "inv_2_00006"]
+    assert [(p.key, p.name) for p in merged.promises] == [
+        ("00001", "1"),
+        ("00005", "0"),
+        ("00006", "0"),
+        ("00006", "2"),
+    ]
+    assert (merged.total_awakeables, merged.total_promises) == (6, 6)
+
+
+def test_awaiting_past_1000_is_cut_to_1000_over_the_partitions() -> None:
+    # Each partition cut its own lists to 1000; the merged page is the oldest 1000.
+    answers = [_awaiting(p, list(range(p, 3000, 3))[:1000], 5000) for p in range(3)]
+
+    for limit in (0, 1000, 1001, 2**32 - 1):
+        merged = merge.awaiting(limit, answers)
+        assert [w.created_at_ms for w in merged.awakeables] == list(range(1000)), limit
+        assert len(merged.promises) == 1000
+        assert merged.total_awakeables == 15000
+
+
 def test_deployments_and_limits_sum_what_each_partition_counts() -> None:
     first = admin_pb2.ListDeploymentsResponse()
     first.deployments.add(id="dp_1", in_flight=1)

@@ -1,13 +1,17 @@
-"""The console's pure parts: filter parsing, escaping, per-minute rates."""
+"""The console's pure parts: filter parsing, escaping, per-minute rates, a key's page
+from an admin answer."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from types import SimpleNamespace
+from typing import cast
 
 from durable.v1 import admin_pb2
 
 from broker import admin_paging
-from broker.console import _filters
+from broker.console import Console, _filters, _keys
 from broker.console._html import Safe, esc, h, link, url
 from broker.console._rates import Rates
 
@@ -99,3 +103,22 @@ def test_rates_per_minute_from_counter_samples() -> None:
     assert minutes[-1] == {"started": 30, "completed": 0, "failed": 2}
     assert minutes[-2] == {"started": 10, "completed": 0, "failed": 1}
     assert all(m == {"started": 0, "completed": 0, "failed": 0} for m in minutes[:-2])
+
+
+def test_a_long_inbox_shows_its_head_and_how_many_wait() -> None:
+    described = admin_pb2.DescribeKeyResponse(
+        service="s.S", key="k", inbox=["inv_1", "inv_2"], inbox_length=5000
+    )
+
+    async def key(service: str, key: str) -> admin_pb2.DescribeKeyResponse:
+        return described
+
+    console = cast(Console, SimpleNamespace(admin=SimpleNamespace(key=key)))
+
+    cut = asyncio.run(_keys.key_page(console, "s.S", "k"))
+    described.inbox_length = 2
+    whole = asyncio.run(_keys.key_page(console, "s.S", "k"))
+
+    assert "Inbox (5000 waiting)" in cut and "The first 2 of 5000 in line." in cut
+    assert "inv_2" in cut
+    assert "Inbox (2 waiting)" in whole and "in line." not in whole
