@@ -216,10 +216,12 @@ class Cluster:
         stop_signal: signal.Signals = signal.SIGTERM,
         append: bool = False,
         tether: bool = False,
+        cwd: Path | None = None,
     ) -> Proc:
         """Starts `python <args>` (or `<program> <args>`) as child `name`, serving on
         `address`, with `env` added to this process's environment; `stop` sends it
         `stop_signal`. With `append`, a restarted child keeps its previous run's log.
+        `cwd` (default this tree) is where `python -m` finds the module to run.
 
         With `tether`, the child is tied to this process by `broker.cluster.tether` (SIGKILL
         when it dies) instead of by a `preexec_fn`: running Python between fork and exec
@@ -237,7 +239,7 @@ class Cluster:
             argv,
             log=log,
             append=append,
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=full_env,
             preexec_fn=None if tether else _die_with_parent,
         )

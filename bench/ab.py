@@ -1,0 +1,184 @@
+"""`python -m bench.ab`: is broker variant B faster or slower than A on lone calls?
+
+Two whole `make bench` runs, one per variant, differ by 10-20% on this kind of machine
+from one minute to the next, which hides the few percent a change to the call path is
+worth. Here both brokers run at once, against one service endpoint, and one client
+alternates blocks of lone calls between them (ABBA order): drift hits both alike, and
+each round gives one paired difference. The answer is the median difference and a
+sign test over the rounds.
+
+A variant is an environment (`--a-env`/`--b-env KEY=VALUE`, for a change behind a
+toggle) and a source tree for its broker (`--b-tree DIR`, e.g. a `git worktree` of
+another commit; the SDK, the service and this client come from this tree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import grpc
+from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
+from durable.process import free_ports
+
+from bench.procs import Cluster
+from bench.run import KEYED_KEYS
+
+Call = Callable[[], Awaitable[object]]
+TIMEOUT_S = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Paired:
+    """Per-round p50s (ms) of A and B, taken in pairs."""
+
+    a: list[float]
+    b: list[float]
+
+    @property
+    def diffs(self) -> list[float]:
+        """B minus A, round by round (negative: B was faster)."""
+        return [y - x for x, y in zip(self.a, self.b, strict=True)]
+
+    @property
+    def b_faster(self) -> int:
+        """Rounds in which B's p50 was below A's."""
+        return sum(d < 0 for d in self.diffs)
+
+
+def sign_test(wins: int, rounds: int) -> float:
+    """Two-sided p-value of `wins` out of `rounds` if either variant were as likely to
+    win each round (exact binomial)."""
+    if rounds == 0:
+        return 1.0
+    low = min(wins, rounds - wins)
+    tail = sum(math.comb(rounds, k) for k in range(low + 1)) / float(2**rounds)
+    return min(1.0, 2 * tail)
+
+
+def summary(paired: Paired) -> str:
+    """The verdict line: medians, the median paired difference and the sign test."""
+    a, diff = statistics.median(paired.a), statistics.median(paired.diffs)
+    rounds = len(paired.a)
+    return (
+        f"A p50 {a:.3f} ms, B p50 {statistics.median(paired.b):.3f} ms; "
+        f"B - A {diff:+.3f} ms ({diff / a:+.1%}), B faster in {paired.b_faster} of "
+        f"{rounds} rounds (sign test p = {sign_test(paired.b_faster, rounds):.2f})"
+    )
+
+
+def _caller(scenario: str, channel: grpc.aio.Channel, payload: bytes) -> Call:
+    if scenario == "keyed":
+        counter = benchsvc_pb2_grpc.CounterStub(channel)
+        calls = iter(range(sys.maxsize))
+
+        def add() -> Awaitable[object]:
+            key = f"k{next(calls) % KEYED_KEYS}"
+            return counter.Add(benchsvc_pb2.AddRequest(key=key, delta=1), timeout=TIMEOUT_S)
+
+        return add
+    bench = benchsvc_pb2_grpc.BenchStub(channel)
+    request = benchsvc_pb2.EchoRequest(payload=payload)
+    return lambda: bench.Echo(request, timeout=TIMEOUT_S)
+
+
+async def _p50_ms(call: Call, calls: int) -> float:
+    took = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await call()
+        took.append(time.perf_counter() - started)
+    return statistics.median(took) * 1e3
+
+
+async def measure(
+    ingress: dict[str, str], scenario: str, rounds: int, block: int, payload: bytes
+) -> Paired:
+    """`rounds` rounds of `block` lone calls to each of A and B, ABBA order."""
+    channels = {name: grpc.aio.insecure_channel(address) for name, address in ingress.items()}
+    try:
+        calls = {name: _caller(scenario, ch, payload) for name, ch in channels.items()}
+        for call in calls.values():
+            await _p50_ms(call, block)  # warm-up: connections, caches, the first attempts
+        p50: dict[str, list[float]] = {"A": [], "B": []}
+        for r in range(rounds):
+            for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                p50[name].append(await _p50_ms(calls[name], block))
+        return Paired(p50["A"], p50["B"])
+    finally:
+        for channel in channels.values():
+            await channel.close(None)
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--a-env/--b-env take KEY=VALUE, not {pair!r}")
+        out[key] = value
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
+    parser.add_argument("--scenario", choices=("trivial", "keyed"), default="trivial")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--block", type=int, default=200, help="lone calls per block")
+    parser.add_argument("--payload", type=int, default=64, help="bytes (trivial)")
+    parser.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--b-tree", type=Path, help="source tree of broker B")
+    args = parser.parse_args(argv)
+    variants = {"A": (_env(args.a_env), None), "B": (_env(args.b_env), args.b_tree)}
+    with tempfile.TemporaryDirectory(prefix="bench-ab-") as work, Cluster(Path(work)) as cluster:
+        ports = iter(free_ports(5))
+        service = f"127.0.0.1:{next(ports)}"
+        cluster.wait_ready(
+            cluster.spawn(
+                "service",
+                "service",
+                service,
+                ["-m", "bench.service", "--listen", service, "--log-level", "WARNING"],
+            )
+        )
+        ingress = {}
+        for name, (env, tree) in variants.items():
+            ingress[name], admin = f"127.0.0.1:{next(ports)}", f"127.0.0.1:{next(ports)}"
+            broker = cluster.spawn(
+                f"broker-{name}",
+                "broker",
+                ingress[name],
+                [
+                    *("-m", "broker", "--data-dir", str(Path(work) / f"data-{name}")),
+                    *("--ingress", ingress[name], "--admin", admin),
+                    *("--suspend-after", "1s", "--log-level", "WARNING"),
+                ],
+                env=env,
+                cwd=tree,
+            )
+            cluster.wait_ready(broker)
+            cluster.register(admin, [f"http://{service}"])
+        print(
+            f"{args.scenario}, concurrency 1, fsync on, payload {args.payload} B, "
+            f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA); "
+            f"A: env {variants['A'][0] or '-'}; B: env {variants['B'][0] or '-'}, "
+            f"tree {args.b_tree or 'this one'}"
+        )
+        paired = asyncio.run(
+            measure(ingress, args.scenario, args.rounds, args.block, b"x" * args.payload)
+        )
+        print(summary(paired))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""The verdict of `bench.ab`'s paired comparison: differences per round and the sign test."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ab import Paired, sign_test, summary
+
+
+def test_differences_are_b_minus_a_round_by_round() -> None:
+    paired = Paired(a=[2.0, 2.0, 3.0], b=[1.5, 2.5, 2.0])
+    assert paired.diffs == [-0.5, 0.5, -1.0]
+    assert paired.b_faster == 2
+
+
+@pytest.mark.parametrize(
+    ("wins", "rounds", "p"),
+    [(5, 10, 1.0), (0, 10, 2 / 1024), (10, 10, 2 / 1024), (8, 10, 2 * 56 / 1024), (0, 0, 1.0)],
+)
+def test_sign_test_is_the_exact_two_sided_binomial(wins: int, rounds: int, p: float) -> None:
+    assert sign_test(wins, rounds) == pytest.approx(p)
+
+
+def test_the_summary_gives_medians_the_relative_difference_and_the_test() -> None:
+    line = summary(Paired(a=[2.0] * 10, b=[1.8] * 10))
+    assert "A p50 2.000 ms, B p50 1.800 ms" in line
+    assert "B - A -0.200 ms (-10.0%)" in line
+    assert "B faster in 10 of 10 rounds (sign test p = 0.00)" in line
