@@ -193,6 +193,7 @@ class Replica:
             last,
             observe=lambda s: self.node.append_seconds.observe(s, str(self.partition)),
             turns=self.node.turns,
+            max_entry_bytes=self.node.engine.entry_limit,
         )
         marker = await self._log.mark(self.node.name)
         steps.append(clock())

@@ -74,9 +74,9 @@ def decode(entry: bytes) -> list[Write]:
 def chunks(groups: list[list[Write]], limit: int) -> list[list[Write]]:
     """Packs the batches of a group into entries of at most `limit` bytes.
 
-    A batch is never split (it must apply atomically); one larger than `limit` becomes
-    an entry of its own, which the engine refuses with a clear error rather than half
-    applying.
+    A batch is never cut between entries (it must apply atomically); one larger than
+    `limit` becomes an entry of its own, which the log publishes in parts that followers
+    apply together (`PartitionLog.append`).
     """
     out: list[list[Write]] = []
     current: list[Write] = []

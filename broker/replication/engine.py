@@ -41,6 +41,8 @@ NODE_TTL_S = 3.0
 NODES_BUCKET = "durable_nodes"
 # What JetStream accepts in one entry; a group commit is cut into entries below it.
 MAX_ENTRY_BYTES = 7 * 1024 * 1024
+# Room left in a NATS message for an entry's headers (append id, expected sequence, part).
+_HEADER_ROOM = 4 * 1024
 _CONNECT_TIMEOUT_S = 3.0
 _READY_TIMEOUT_S = 30.0
 # How long a start tries to reach any NATS server before it refuses (nats-py itself
@@ -146,6 +148,13 @@ class Engine:
                 await nc.close()
                 raise EngineError(f"JetStream at {shown} does not answer: {e}") from None
         return cls(nc, js, urls)
+
+    @property
+    def entry_limit(self) -> int:
+        """The largest log entry to publish: `MAX_ENTRY_BYTES`, or less when the NATS
+        server takes smaller messages (its `max_payload`, 1 MB unless configured); a
+        batch larger than this goes in parts (`PartitionLog.append`)."""
+        return max(_HEADER_ROOM, min(MAX_ENTRY_BYTES, self.nc.max_payload - _HEADER_ROOM))
 
     async def open(self, partitions: int | None, timeout: float = 30.0) -> int:
         """`open_once`, retried while JetStream is busy (nodes starting together create

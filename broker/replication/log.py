@@ -34,10 +34,17 @@ log = logging.getLogger("broker.replication")
 # JetStream's answer to a stale `Nats-Expected-Last-Sequence`.
 WRONG_LAST_SEQUENCE = 10071
 MARKER_HEADER = "Durable-Leader"
+# On each part of a batch too large for one entry: "k/n" (`PartitionLog.append`).
+PART_HEADER = "Durable-Part"
 APPEND_ID_HEADER = "Nats-Msg-Id"
 # A leader's append ids: its own random prefix, then a count.
 _APPEND_ID = re.compile(r"[0-9a-f]{32}-[0-9]+")
 _MAX_BACKOFF_S = 1.0
+
+
+def pieces(data: bytes, limit: int) -> list[bytes]:
+    """`data` cut into pieces of at most `limit` bytes; one piece when it fits."""
+    return [data[i : i + limit] for i in range(0, len(data), limit)] or [b""]
 
 
 def appended_by_a_broker(headers: dict[str, str] | None) -> bool:
@@ -59,6 +66,7 @@ class PartitionLog:
         observe: Told the seconds each append took (retries included).
         turns: The node's turns to append, shared with its other partitions' logs
             (None: this log appends whenever its committer has a group).
+        max_entry_bytes: The largest entry to publish (`Engine.entry_limit`).
     """
 
     def __init__(
@@ -68,8 +76,10 @@ class PartitionLog:
         last: int,
         observe: Callable[[float], None] | None = None,
         turns: Turns | None = None,
+        max_entry_bytes: int = MAX_ENTRY_BYTES,
     ) -> None:
         self._js = js
+        self._max_entry_bytes = max_entry_bytes
         self._observe = observe
         self._turns = turns
         self.partition = partition
@@ -80,7 +90,14 @@ class PartitionLog:
         self.fenced = False
 
     async def append(self, writes: list[Write]) -> int:
-        """Appends one entry; returns its sequence once a quorum stored it.
+        """Appends `writes` as one entry; returns its sequence once a quorum stored it.
+
+        Writes larger than an entry (one batch can hold a few payloads of up to
+        --max-payload-bytes, and a NATS server may accept less than `MAX_ENTRY_BYTES`)
+        go in parts, each headed `PART_HEADER: k/n`; the sequence returned is the last
+        part's. Followers apply the parts together once the last is read (`tail.Parts`),
+        and this leader applies them only after that. A leader that stops between two
+        parts never acknowledged the batch: the next leader's marker drops the parts.
 
         Transient failures (a server restarting, an election) are retried with the same
         id until they succeed.
@@ -88,7 +105,13 @@ class PartitionLog:
         Raises:
             Fenced: another leader appended since this one's last entry.
         """
-        return await self._publish(codec.encode(writes), {})
+        parts = pieces(codec.encode(writes), self._max_entry_bytes)
+        if len(parts) == 1:
+            return await self._publish(parts[0], {})
+        sequence = 0
+        for k, part in enumerate(parts, 1):
+            sequence = await self._publish(part, {PART_HEADER: f"{k}/{len(parts)}"})
+        return sequence
 
     def turn(self) -> AbstractAsyncContextManager[None]:
         """Waits for this partition's turn to append (`Turns`)."""
@@ -100,9 +123,10 @@ class PartitionLog:
 
     async def append_batches(self, batches: list[list[Write]]) -> list[tuple[list[Write], int]]:
         """Appends a group commit's batches, in as few entries as the size limit allows
-        (a batch is never split); each entry's writes and sequence, in order."""
+        (a batch is never cut between entries; one larger than an entry goes in parts);
+        each entry's writes and sequence, in order."""
         out: list[tuple[list[Write], int]] = []
-        for writes in codec.chunks(batches, MAX_ENTRY_BYTES):
+        for writes in codec.chunks(batches, self._max_entry_bytes):
             out.append((writes, await self.append(writes)))
         return out
 

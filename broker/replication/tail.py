@@ -15,7 +15,7 @@ from ..storage import position
 from ..storage.kv import KV
 from . import codec
 from .engine import stream_name, subject
-from .log import MARKER_HEADER, appended_by_a_broker
+from .log import MARKER_HEADER, PART_HEADER, appended_by_a_broker
 
 log = logging.getLogger("broker.replication")
 
@@ -34,15 +34,6 @@ HEARTBEAT_S = 0.5
 class Gap(Exception):
     """The next entry is gone from the log (trimmed below a snapshot): this store must
     be restored from the snapshot before it can follow again."""
-
-
-def apply(
-    kv: KV, partition: int, sequence: int, data: bytes, headers: dict[str, str] | None
-) -> None:
-    """Applies the entry at `sequence` (and its position) in one write."""
-    writes = entry_writes(partition, sequence, data, headers)
-    writes.append(position.put(sequence))
-    kv.write(writes)
 
 
 def entry_writes(
@@ -82,6 +73,68 @@ def entry_writes(
         ) from None
 
 
+class Parts:
+    """Puts a partition's entries back together: a batch too large for one entry comes
+    in parts (`PartitionLog.append`), and nothing of it is applied before its last part.
+
+    Args:
+        partition: Whose log (for the log lines).
+    """
+
+    def __init__(self, partition: int) -> None:
+        self.partition = partition
+        self._held: list[bytes] = []
+        self._of = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether some parts of a batch were read and its last one was not."""
+        return bool(self._held)
+
+    def writes(
+        self, sequence: int, data: bytes, headers: dict[str, str] | None
+    ) -> list[codec.Write] | None:
+        """What to apply at entry `sequence`: its writes, or a whole batch's at its last
+        part; None at any other part (nothing to apply yet)."""
+        part = headers.get(PART_HEADER) if headers else None
+        if part is None or not appended_by_a_broker(headers):
+            if self._held and appended_by_a_broker(headers):
+                # Only a new leader appends after a batch cut short: its leader stopped
+                # before the last part, so it never acknowledged the batch.
+                self._drop(sequence, "a leader stopped before its last part")
+            return entry_writes(self.partition, sequence, data, headers)
+        k, sep, n = part.partition("/")
+        if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+            raise codec.CorruptEntry(
+                f"partition {self.partition}: entry {sequence} has a bad {PART_HEADER} "
+                f"header {part!r}"
+            )
+        if int(k) == 1:
+            if self._held:
+                self._drop(sequence, "a new batch began")
+            self._of = int(n)
+        elif int(k) != len(self._held) + 1 or int(n) != self._of:
+            raise codec.CorruptEntry(
+                f"partition {self.partition}: entry {sequence} is part {part} of a batch "
+                f"but {len(self._held)} of {self._of} parts were read before it"
+            )
+        self._held.append(data)
+        if int(k) < int(n):
+            return None
+        whole, self._held = b"".join(self._held), []
+        return entry_writes(self.partition, sequence, whole, headers)
+
+    def _drop(self, sequence: int, why: str) -> None:
+        log.warning(
+            "partition %d: %d part(s) of a batch before entry %d are dropped (%s)",
+            self.partition,
+            len(self._held),
+            sequence,
+            why,
+        )
+        self._held = []
+
+
 class Tail:
     """Follows one partition's stream into `kv`, from the entry after its position.
 
@@ -96,6 +149,9 @@ class Tail:
         self.partition = partition
         self._kv = kv
         self.applied = position.get(kv)
+        # The last entry read: `applied`, or a part of a batch not applied yet.
+        self.read = self.applied
+        self._parts = Parts(partition)
         self._moved = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.failed: BaseException | None = None
@@ -115,10 +171,11 @@ class Tail:
             self._task = None
 
     async def reach(self, sequence: int, timeout: float) -> bool:
-        """Waits until the entry at `sequence` is applied; False on timeout."""
+        """Waits until the entry at `sequence` is read (applied, or held as a part of a
+        batch whose last part is still to come); False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while self.applied < sequence:
+        while self.read < sequence:
             if self.failed is not None:
                 return False
             left = deadline - loop.time()
@@ -180,15 +237,19 @@ class Tail:
 
     def _apply(self, msg: Msg) -> None:
         sequence = msg.metadata.sequence.stream
-        if sequence <= self.applied:
+        if sequence <= self.read:
             return  # redelivered after a consumer reset
-        if sequence > self.applied + 1:
+        if sequence > self.read + 1:
             raise Gap(
                 f"partition {self.partition}: the log continues at entry {sequence} but this "
-                f"store holds entries up to {self.applied} only"
+                f"store holds entries up to {self.read} only"
             )
-        apply(self._kv, self.partition, sequence, msg.data, msg.headers)
-        self.applied = sequence
+        writes = self._parts.writes(sequence, msg.data, msg.headers)
+        if writes is not None:
+            # The entry's writes and its position in one write: a crash keeps both or none.
+            self._kv.write([*writes, position.put(sequence)])
+            self.applied = sequence
+        self.read = sequence
         self._moved.set()
 
 

@@ -214,3 +214,6 @@ class Busy(BusyServicer):
     async def Stats(self, ctx: durable.Context, request: pb.WorkRequest) -> pb.Reply:
         group = request.group
         return pb.Reply(number=_busy_max[group], items=[str(_busy_began[group])])
+
+    async def Fill(self, ctx: durable.Context, request: pb.FillRequest) -> pb.Reply:
+        return pb.Reply(text="x" * request.size, number=request.size)

@@ -25,7 +25,8 @@ TIMEOUT_S = 5.0
 def _tail(applied: int = 0, failed: BaseException | None = None) -> Tail:
     """A tail that is not following (no NATS): only its position and failure count."""
     tail = Tail(cast(JetStreamContext, None), 0, MemoryKV())
-    tail.applied, tail.failed = applied, failed
+    tail.applied = tail.read = applied
+    tail.failed = failed
     return tail
 
 
