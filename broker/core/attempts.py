@@ -16,6 +16,9 @@ from .events import AttemptEvent, Proposed, RanResult, Suspended
 from .model import Entry, Live, Result, Status, failure
 from .ports import PartitionOps
 
+# Room in an entry for its names and framing around a payload at --max-payload-bytes.
+ENTRY_HEADROOM = 64 * 1024
+
 log = logging.getLogger("broker.core")
 
 
@@ -71,6 +74,10 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
             "(--max-journal-entries)",
         )
         return None
+    over = _over_payload_limit(p, live, entry.ByteSize(), f"entry {index} ({kind})")
+    if over is not None:
+        fail_terminally(p, live, over)
+        return None
     stored = Entry()
     stored.CopyFrom(entry)
     stored.appended_at_ms = p.now_ms()  # for operators' timelines; not the SDK's to set
@@ -118,6 +125,10 @@ def on_run_result(p: PartitionOps, live: Live, index: int, result: Result) -> st
         return f"protocol violation: run result for entry {index}, which is not a run"
     if live.journal[index].HasField("result"):
         return None  # a duplicate (it came with its entry): nothing to write
+    over = _over_payload_limit(p, live, result.ByteSize(), f"the result of run entry {index}")
+    if over is not None:
+        fail_terminally(p, live, over)
+        return None
     batch = Batch()
     p.complete_entry(batch, live, index, result)
     p.submit(batch)
@@ -201,6 +212,20 @@ def on_failed(
     else:
         retries.backoff(p, batch, live, message, retry_after)
     p.submit(batch)
+
+
+def _over_payload_limit(p: PartitionOps, live: Live, size: int, what: str) -> str | None:
+    """Why `what` (`size` bytes, from the endpoint) is refused, if it is: the broker
+    takes payloads up to --max-payload-bytes from endpoints as from callers. A larger
+    one would reach the caller only if its client took more than gRPC's default, and
+    every retry would journal it again."""
+    limit = p.settings.max_payload_bytes
+    if size <= limit + ENTRY_HEADROOM:
+        return None
+    return (
+        f"payload limit reached: {live.record.service}/{live.record.method} sent {what} "
+        f"of {size} bytes, over the {limit}-byte limit (--max-payload-bytes)"
+    )
 
 
 def fail_terminally(

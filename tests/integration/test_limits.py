@@ -43,6 +43,30 @@ def test_state_over_its_limit_fails_terminally(tmp_path: Path) -> None:
         assert cluster.counter.Add(other, timeout=30).number == 1
 
 
+def test_an_output_over_the_payload_limit_fails_terminally(tmp_path: Path) -> None:
+    # The limit callers' requests are held to holds for what a handler sends back: a
+    # larger output would reach no client with gRPC's default receive limit.
+    limit = 100_000
+    args = ["--max-payload-bytes", str(limit)]
+    with Cluster(tmp_path, broker_args=args, services=(PLAYGROUND,)) as cluster:
+        assert (
+            len(cluster.busy.Fill(playground_pb2.FillRequest(size=limit), timeout=30).text) == limit
+        )
+        with pytest.raises(grpc.RpcError) as failed:
+            cluster.busy.Fill(playground_pb2.FillRequest(size=4 * limit), timeout=30)
+        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        details = failed.value.details() or ""
+        assert "payload limit reached: playground.Busy/Fill sent entry 1 (output)" in details
+        assert f"over the {limit}-byte limit (--max-payload-bytes)" in details
+        failed_fill = [
+            i for i in cluster.invocations(service="playground.Busy") if i.result.failure.code
+        ]
+        assert len(failed_fill) == 1, failed_fill
+        # Terminal: one attempt, and the output it refused was never journaled.
+        assert failed_fill[0].attempts == 1 and failed_fill[0].journal_length == 1, failed_fill
+        assert "Traceback" not in cluster.broker.log_path.read_text()
+
+
 def test_attempts_over_the_concurrency_limit_wait_in_line(tmp_path: Path) -> None:
     # Streams from the first attempt: each sleeping handler then holds its slot.
     args = ["--max-concurrency", "1", "--suspend-after", "30s", "--no-unary-first"]
