@@ -39,6 +39,8 @@ LEASE_TTL_S = 2.0
 NODE_TTL_S = 3.0
 # The bucket of heartbeats: a key per live node.
 NODES_BUCKET = "durable_nodes"
+# The bucket of the cluster's settings (its partition count).
+META_BUCKET = "durable_meta"
 # What JetStream accepts in one entry; a group commit is cut into entries below it.
 MAX_ENTRY_BYTES = 7 * 1024 * 1024
 # Room left in a NATS message for an entry's headers (append id, expected sequence, part).
@@ -202,7 +204,7 @@ class Engine:
                 "this NATS cluster holds no broker cluster yet: start the first node "
                 "with --partitions N"
             )
-        self.meta = await self._bucket(KeyValueConfig(bucket="durable_meta", history=1))
+        self.meta = await self._bucket(KeyValueConfig(bucket=META_BUCKET, history=1))
         stored = await _read_int(self.meta, "partitions")
         if stored is None:
             if partitions is None:
@@ -250,7 +252,7 @@ class Engine:
 
     async def _stored_once(self) -> int | None:
         try:
-            meta = await self.js.key_value("durable_meta")
+            meta = await self.js.key_value(META_BUCKET)
         except nats.js.errors.BucketNotFoundError:
             return None
         return await _read_int(meta, "partitions")
@@ -334,8 +336,22 @@ class Engine:
 
 
 async def _read_int(bucket: KeyValue, key: str) -> int | None:
+    """The positive count under `key` of `META_BUCKET`, or None when there is none.
+
+    Raises:
+        EngineError: Something other than a broker wrote the key (a person, a tool): every
+            node would otherwise fail at start with a traceback.
+    """
     try:
         entry = await bucket.get(key)
     except nats.js.errors.KeyNotFoundError:
         return None
-    return int((entry.value or b"0").decode())
+    raw = entry.value or b""
+    text = raw.decode("ascii", "replace").strip()
+    if not text.isdigit() or int(text) < 1:
+        raise EngineError(
+            f"the cluster's {key} in NATS (bucket {META_BUCKET}, key {key}) is {raw[:40]!r}, "
+            "not a count: only brokers write it; put the count back, e.g. "
+            f"`nats kv put {META_BUCKET} {key} N`"
+        )
+    return int(text)

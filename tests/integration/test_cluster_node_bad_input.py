@@ -288,6 +288,32 @@ def test_another_partition_count_is_refused(tmp_path: Path, cluster: NatsCluster
     assert _streams(cluster.urls) == before
 
 
+@pytest.mark.parametrize("value", [b"four", b"", b"0", b"\xff\xfe"])
+def test_a_partition_count_no_broker_wrote_is_refused(
+    tmp_path: Path, cluster: NatsCluster, value: bytes
+) -> None:
+    async def put(count: bytes) -> None:
+        client = await nats.connect(servers=cluster.urls, connect_timeout=2)
+        try:
+            bucket = await client.jetstream().key_value("durable_meta")
+            await bucket.put("partitions", count)
+        finally:
+            await client.close()
+
+    asyncio.run(put(value))
+    try:
+        result = _start(",".join(cluster.urls), tmp_path / "data", "--node", "third")
+    finally:
+        asyncio.run(put(str(FIRST_PARTITIONS).encode()))
+    _refused(
+        result,
+        "the cluster's partitions in NATS (bucket durable_meta, key partitions) is",
+        "not a count: only brokers write it",
+        "nats kv put durable_meta partitions N",
+    )
+    assert not (tmp_path / "data").exists()
+
+
 @pytest.mark.parametrize("flags", [[], ["--partitions", "3"], ["--partitions", "4"]])
 def test_a_data_dir_of_another_cluster_is_refused(
     tmp_path: Path, cluster: NatsCluster, flags: list[str]
