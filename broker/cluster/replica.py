@@ -15,6 +15,8 @@ import dataclasses
 import itertools
 import logging
 
+from nats.js.object_store import ObjectStore
+
 from .. import logs
 from ..replication import snapshot
 from ..replication.ask import again
@@ -23,7 +25,7 @@ from ..replication.lease import Holder
 from ..replication.log import Fenced, PartitionLog
 from ..replication.tail import Gap, Tail, reach_through
 from ..server import DRAIN_S, Broker
-from ..storage import open_kv
+from ..storage import open_kv, position
 from ..storage.kv import KV, RocksKV
 from . import layout
 from .host import Host
@@ -116,8 +118,20 @@ class Replica:
             await asyncio.sleep(_RETRY_S)
             return
         covered, data = found
+        try:
+            staged = await asyncio.to_thread(snapshot.stage, data, self.path, covered)
+        except snapshot.BadSnapshot as e:
+            # Not a leader's (something else wrote the object store): the next snapshot
+            # a leader takes replaces it, and this node tries again until then.
+            log.error(
+                "partition %d: the stored snapshot cannot be restored: %s; retrying",
+                self.partition,
+                e,
+            )
+            await asyncio.sleep(_RETRY_S)
+            return
         self.kv.close()
-        await asyncio.to_thread(snapshot.restore, data, self.path)
+        snapshot.swap(staged, self.path)
         self.kv = open_kv(self.path, self.node.settings.accept_data_loss)
         log.info("partition %d: restored the snapshot at log entry %d", self.partition, covered)
 
@@ -260,7 +274,7 @@ class Replica:
         """
         store = self.node.engine.snapshots
         assert store is not None and isinstance(self.kv, RocksKV)
-        covered = await snapshot.position_of(store, self.partition)
+        covered = await self._stored_snapshot(store)
         trimmed = 0
         every = max(self.node.settings.snapshot_entries, 1)
         while True:
@@ -280,6 +294,31 @@ class Replica:
                 log.info("partition %d: log trimmed below entry %d", self.partition, floor + 1)
             except Exception as e:
                 log.warning("partition %d: snapshot failed, retrying: %s", self.partition, e)
+
+    async def _stored_snapshot(self, store: ObjectStore) -> int:
+        """The log position the stored snapshot covers, as this new leader may trust it:
+        0 (none, so a new one is taken at the next check) when its description does not
+        read, or when it claims entries past this leader's own, which no leader could
+        have snapshotted. Trusting such a claim would trim the log below entries no
+        snapshot holds, and no snapshot would ever be taken again to replace it."""
+        applied = position.get(self.kv)
+        try:
+            covered = await snapshot.position_of(store, self.partition)
+        except Exception as e:
+            log.error(
+                "partition %d: the stored snapshot's position does not read: %s", self.partition, e
+            )
+            return 0
+        if covered > applied:
+            log.error(
+                "partition %d: the stored snapshot claims log entry %d, past this leader's "
+                "%d: no leader took it; a new snapshot replaces it",
+                self.partition,
+                covered,
+                applied,
+            )
+            return 0
+        return covered
 
     def _followers(self) -> list[int]:
         """How far each other live node applied this partition's log."""

@@ -70,13 +70,41 @@ async def position_of(store: ObjectStore, partition: int) -> int:
     return int(json.loads(info.description or "{}").get("position", 0))
 
 
-def restore(data: bytes, path: str) -> None:
-    """Replaces the store at `path` (closed) with the snapshot in `data`."""
+class BadSnapshot(Exception):
+    """The stored snapshot is not one a leader took: it does not unpack into a store at
+    the position it claims."""
+
+
+def stage(data: bytes, path: str, covered: int) -> str:
+    """Unpacks the snapshot in `data` beside the store at `path` and checks that it is a
+    store at log position `covered`; returns where it is, for `swap`. The store at
+    `path` is not touched, so a bad snapshot leaves it as it was.
+
+    Raises:
+        BadSnapshot: It does not unpack, does not open, or holds another position.
+    """
     staging = f"{path}.restoring"
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        tar.extractall(staging, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+            tar.extractall(staging, filter="data")
+        kv = RocksKV(staging)
+        try:
+            held = position.get(kv)
+        finally:
+            kv.close()
+    except Exception as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BadSnapshot(f"it does not unpack into a store ({e})") from None
+    if held != covered:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BadSnapshot(f"it holds log position {held}, not the {covered} it claims")
+    return staging
+
+
+def swap(staging: str, path: str) -> None:
+    """Replaces the store at `path` (closed) with the one `stage` unpacked."""
     old = f"{path}.replaced"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(path):
