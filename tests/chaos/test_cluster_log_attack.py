@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import nats
+import nats.js.errors
 import pytest
 from nats.js.api import ObjectMeta
 
@@ -145,6 +146,28 @@ def put_junk_snapshots(urls: list[str]) -> None:
     asyncio.run(run())
 
 
+def snapshot_positions(urls: list[str]) -> dict[int, int]:
+    """The position each partition's snapshot object claims (0: none)."""
+
+    async def run() -> dict[int, int]:
+        nc = await nats.connect(urls, connect_timeout=5, max_reconnect_attempts=3)
+        try:
+            store = await nc.jetstream().object_store(SNAPSHOTS)
+            out = {}
+            for partition in range(PARTITIONS):
+                try:
+                    info = await store.get_info(f"p{partition}")
+                except nats.js.errors.ObjectNotFoundError:
+                    out[partition] = 0
+                    continue
+                out[partition] = int(json.loads(info.description or "{}").get("position", 0))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
 def test_a_junk_snapshot_holds_a_rebuild_only_until_a_leader_takes_one(
     nodes: NodesCluster,
 ) -> None:
@@ -166,17 +189,47 @@ def test_a_junk_snapshot_holds_a_rebuild_only_until_a_leader_takes_one(
     wiped = 2
     nodes.nodes[wiped].kill()
     shutil.rmtree(nodes.tmp / f"node{wiped + 1}")
+    nodes.use_nodes([0, 1])
+    support.wait_for(
+        lambda: all(answered(nodes, p) for p in range(PARTITIONS)),
+        BACK_WITHIN_S,
+        message="the two other nodes to serve every partition",
+    )
+    # A new leader reads the junk's claim: kill partition 0's leader.
     put_junk_snapshots(nodes.nats.urls)
-    # The partitions of a killed leader go to a leader that reads the junk's claim.
-    victim = 0
-    nodes.use_nodes([1])
+    victim = nodes.leaders()[0]
+    survivor = 1 - victim
+    lost = [p for p, node in nodes.leaders().items() if node == victim]
+    nodes.use_nodes([survivor])
     nodes.nodes[victim].kill()
     support.wait_for(
         lambda: all(answered(nodes, p) for p in range(PARTITIONS)),
         BACK_WITHIN_S,
-        message="node2 to serve every partition",
+        message="the last node to serve every partition",
     )
+    support.wait_for(
+        lambda: "claims log entry 1000000000" in nodes.nodes[survivor].log_path.read_text(),
+        BACK_WITHIN_S,
+        message="the new leader to refuse the junk's claim",
+    )
+
+    # Refusing the claim, it snapshots its new partitions (those with a snapshot's
+    # worth of log) at its next check, replacing the junk.
+    def replaced() -> bool:
+        long_logs = {p.id for p in nodes.status().partitions if p.log_last >= SNAPSHOT_ENTRIES}
+        claims = snapshot_positions(nodes.nats.urls)
+        return all(claims[p] < JUNK_POSITION for p in lost if p in long_logs)
+
+    support.wait_for(replaced, BACK_WITHIN_S, message="the new leader's own snapshots")
+    # A rebuilding node meets junk too: put it back, then start the wiped node. The
+    # leader snapshots again only after SNAPSHOT_ENTRIES more entries, none booked yet.
+    put_junk_snapshots(nodes.nats.urls)
     nodes.start_node(wiped)
+    support.wait_for(
+        lambda: "the stored snapshot cannot be restored" in nodes.nodes[wiped].log_path.read_text(),
+        BACK_WITHIN_S,
+        message="the wiped node to refuse the junk snapshot",
+    )
 
     def rebuilt() -> bool:
         return all(
@@ -185,15 +238,13 @@ def test_a_junk_snapshot_holds_a_rebuild_only_until_a_leader_takes_one(
             for p in nodes.status().partitions
         )
 
-    # Leaders snapshot again after SNAPSHOT_ENTRIES more entries: book until then.
+    # The leader snapshots again after SNAPSHOT_ENTRIES more entries: book until then.
     for i in range(MAX_SAGAS_TO_TRIM):
         if rebuilt():
             break
         book_one("more", i)
     support.wait_for(rebuilt, BACK_WITHIN_S, message="the wiped node to rebuild")
-    survivor, rebuilt_log = (nodes.nodes[n].log_path.read_text() for n in (1, wiped))
-    assert "claims log entry 1000000000" in survivor
-    assert "the stored snapshot cannot be restored" in rebuilt_log
+    led, rebuilt_log = (nodes.nodes[n].log_path.read_text() for n in (survivor, wiped))
     assert "restored the snapshot" in rebuilt_log
-    assert "Traceback" not in survivor + rebuilt_log
+    assert "Traceback" not in led + rebuilt_log
     check(nodes, done)
