@@ -230,20 +230,32 @@ def test_a_paused_leader_is_fenced_and_steps_down(nodes: NodesCluster) -> None:
     sagas(nodes, lambda: None)
 
 
-def test_a_wiped_node_rebuilds_from_a_snapshot_and_serves_alone(nodes: NodesCluster) -> None:
-    done: dict[tuple[str, str], tuple[str, str]] = {}
-    # A saga's bookings land on the partition of its trip id, a random one: book until
-    # two partitions' logs are past a snapshot's worth of entries, whatever the draw.
+def book_saga(
+    cluster: NodesCluster, done: dict[tuple[str, str], tuple[str, str]], name: str, i: int
+) -> None:
+    """Books saga `i` (every other one failing its payment) into `done`."""
+    key, run_type = f"{name}-{i}-{uuid.uuid4()}", "" if i % 2 else "failPayment"
+    done[(key, run_type)] = book(cluster, key, run_type)
+
+
+def book_until_trimmed(cluster: NodesCluster, done: dict[tuple[str, str], tuple[str, str]]) -> None:
+    """Books sagas (into `done`) until two partitions' logs are trimmed below a snapshot:
+    a saga's bookings land on the partition of its trip id, a random one."""
     for i in range(MAX_SAGAS_TO_TRIM):
-        key, run_type = f"w-{i}-{uuid.uuid4()}", "" if i % 2 else "failPayment"
-        done[(key, run_type)] = book(nodes, key, run_type)
-        if i >= 5 and sum(p.log_last > SNAPSHOT_ENTRIES for p in nodes.status().partitions) >= 2:
+        book_saga(cluster, done, "w", i)
+        statuses = cluster.status().partitions
+        if i >= 5 and sum(p.log_last > SNAPSHOT_ENTRIES for p in statuses) >= 2:
             break
     support.wait_for(
-        lambda: sum(p.log_first > 1 for p in nodes.status().partitions) >= 2,
+        lambda: sum(p.log_first > 1 for p in cluster.status().partitions) >= 2,
         BACK_WITHIN_S,
         message="logs trimmed below a snapshot",
     )
+
+
+def test_a_wiped_node_rebuilds_from_a_snapshot_and_serves_alone(nodes: NodesCluster) -> None:
+    done: dict[tuple[str, str], tuple[str, str]] = {}
+    book_until_trimmed(nodes, done)
     wiped = 2
     nodes.nodes[wiped].kill()
     shutil.rmtree(nodes.tmp / f"node{wiped + 1}")

@@ -16,7 +16,6 @@ import asyncio
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,6 +33,8 @@ from tests.chaos.test_cluster_failover import (
     MAX_SAGAS_TO_TRIM,
     SNAPSHOT_ENTRIES,
     answered,
+    book_saga,
+    book_until_trimmed,
     check,
     sagas,
 )
@@ -172,20 +173,7 @@ def test_a_junk_snapshot_holds_a_rebuild_only_until_a_leader_takes_one(
     nodes: NodesCluster,
 ) -> None:
     done: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def book_one(prefix: str, i: int) -> None:
-        key, run_type = f"{prefix}-{i}-{uuid.uuid4()}", "" if i % 2 else "failPayment"
-        done[(key, run_type)] = book(nodes, key, run_type)
-
-    for i in range(MAX_SAGAS_TO_TRIM):
-        book_one("fill", i)
-        if i >= 5 and sum(p.log_last > SNAPSHOT_ENTRIES for p in nodes.status().partitions) >= 2:
-            break
-    support.wait_for(
-        lambda: sum(p.log_first > 1 for p in nodes.status().partitions) >= 2,
-        BACK_WITHIN_S,
-        message="logs trimmed below a snapshot",
-    )
+    book_until_trimmed(nodes, done)
     wiped = 2
     nodes.nodes[wiped].kill()
     shutil.rmtree(nodes.tmp / f"node{wiped + 1}")
@@ -242,7 +230,7 @@ def test_a_junk_snapshot_holds_a_rebuild_only_until_a_leader_takes_one(
     for i in range(MAX_SAGAS_TO_TRIM):
         if rebuilt():
             break
-        book_one("more", i)
+        book_saga(nodes, done, "more", i)
     support.wait_for(rebuilt, BACK_WITHIN_S, message="the wiped node to rebuild")
     led, rebuilt_log = (nodes.nodes[n].log_path.read_text() for n in (survivor, wiped))
     assert "restored the snapshot" in rebuilt_log
