@@ -9,7 +9,9 @@ sign test over the rounds.
 
 A variant is an environment (`--a-env`/`--b-env KEY=VALUE`, for a change behind a
 toggle) and a source tree for its broker (`--b-tree DIR`, e.g. a `git worktree` of
-another commit; the SDK, the service and this client come from this tree).
+another commit; the SDK, the service and this client come from this tree). With
+`--a-service-env`/`--b-service-env`, each variant gets a service process of its own with
+that environment (for a change on the SDK's side); otherwise one service serves both.
 """
 
 from __future__ import annotations
@@ -90,28 +92,41 @@ def _caller(scenario: str, channel: grpc.aio.Channel, payload: bytes) -> Call:
     return lambda: bench.Echo(request, timeout=TIMEOUT_S)
 
 
-async def _p50_ms(call: Call, calls: int) -> float:
-    took = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        await call()
-        took.append(time.perf_counter() - started)
+async def block_p50_ms(call: Call, calls: int, concurrency: int = 1) -> float:
+    """The median latency of `calls` calls made by `concurrency` callers in a closed
+    loop (each sends its next call when its last one is answered)."""
+    took: list[float] = []
+    left = iter(range(calls))
+
+    async def caller() -> None:
+        for _ in left:
+            started = time.perf_counter()
+            await call()
+            took.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(caller() for _ in range(concurrency)))
     return statistics.median(took) * 1e3
 
 
 async def measure(
-    ingress: dict[str, str], scenario: str, rounds: int, block: int, payload: bytes
+    ingress: dict[str, str],
+    scenario: str,
+    rounds: int,
+    block: int,
+    payload: bytes,
+    concurrency: int = 1,
 ) -> Paired:
-    """`rounds` rounds of `block` lone calls to each of A and B, ABBA order."""
+    """`rounds` rounds of `block` calls to each of A and B, ABBA order, `concurrency`
+    callers at a time."""
     channels = {name: grpc.aio.insecure_channel(address) for name, address in ingress.items()}
     try:
         calls = {name: _caller(scenario, ch, payload) for name, ch in channels.items()}
         for call in calls.values():
-            await _p50_ms(call, block)  # warm-up: connections, caches, the first attempts
+            await block_p50_ms(call, block, concurrency)  # warm-up: connections, caches, attempts
         p50: dict[str, list[float]] = {"A": [], "B": []}
         for r in range(rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
-                p50[name].append(await _p50_ms(calls[name], block))
+                p50[name].append(await block_p50_ms(calls[name], block, concurrency))
         return Paired(p50["A"], p50["B"])
     finally:
         for channel in channels.values():
@@ -132,26 +147,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
     parser.add_argument("--scenario", choices=("trivial", "keyed"), default="trivial")
     parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--block", type=int, default=200, help="lone calls per block")
+    parser.add_argument("--block", type=int, default=200, help="calls per block")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=1,
+        help="callers at a time (1: lone calls); in a closed loop the p50 then follows "
+        "the throughput",
+    )
     parser.add_argument("--payload", type=int, default=64, help="bytes (trivial)")
     parser.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b-tree", type=Path, help="source tree of broker B")
+    parser.add_argument("--a-service-env", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--b-service-env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     variants = {"A": (_env(args.a_env), None), "B": (_env(args.b_env), args.b_tree)}
+    service_envs = {"A": _env(args.a_service_env), "B": _env(args.b_service_env)}
+    own_services = bool(args.a_service_env or args.b_service_env)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as work, Cluster(Path(work)) as cluster:
-        ports = iter(free_ports(5))
-        service = f"127.0.0.1:{next(ports)}"
-        cluster.wait_ready(
-            cluster.spawn(
-                "service",
-                "service",
-                service,
-                ["-m", "bench.service", "--listen", service, "--log-level", "WARNING"],
+        ports = iter(free_ports(6))
+        services: dict[str, str] = {}
+        for name in ("A", "B") if own_services else ("A",):
+            services[name] = f"127.0.0.1:{next(ports)}"
+            cluster.wait_ready(
+                cluster.spawn(
+                    f"service-{name}" if own_services else "service",
+                    "service",
+                    services[name],
+                    ["-m", "bench.service", "--listen", services[name], "--log-level", "WARNING"],
+                    env=service_envs[name],
+                )
             )
-        )
         ingress = {}
         for name, (env, tree) in variants.items():
+            service = services.get(name, services["A"])
             ingress[name], admin = f"127.0.0.1:{next(ports)}", f"127.0.0.1:{next(ports)}"
             broker = cluster.spawn(
                 f"broker-{name}",
@@ -168,13 +198,25 @@ def main(argv: list[str] | None = None) -> int:
             cluster.wait_ready(broker)
             cluster.register(admin, [f"http://{service}"])
         print(
-            f"{args.scenario}, concurrency 1, fsync on, payload {args.payload} B, "
+            f"{args.scenario}, concurrency {args.concurrency}, fsync on, payload {args.payload} B, "
             f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA); "
             f"A: env {variants['A'][0] or '-'}; B: env {variants['B'][0] or '-'}, "
             f"tree {args.b_tree or 'this one'}"
+            + (
+                f"; services: A env {service_envs['A'] or '-'}, B env {service_envs['B'] or '-'}"
+                if own_services
+                else ""
+            )
         )
         paired = asyncio.run(
-            measure(ingress, args.scenario, args.rounds, args.block, b"x" * args.payload)
+            measure(
+                ingress,
+                args.scenario,
+                args.rounds,
+                args.block,
+                b"x" * args.payload,
+                args.concurrency,
+            )
         )
         print(summary(paired))
     return 0

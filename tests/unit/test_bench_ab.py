@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from bench.ab import Paired, sign_test, summary
+from bench.ab import Paired, block_p50_ms, sign_test, summary
 
 
 def test_differences_are_b_minus_a_round_by_round() -> None:
@@ -26,3 +28,21 @@ def test_the_summary_gives_medians_the_relative_difference_and_the_test() -> Non
     assert "A p50 2.000 ms, B p50 1.800 ms" in line
     assert "B - A -0.200 ms (-10.0%)" in line
     assert "B faster in 10 of 10 rounds (sign test p = 0.00)" in line
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_a_block_makes_its_calls_with_that_many_callers_at_a_time(concurrency: int) -> None:
+    in_flight, most, made = 0, 0, 0
+
+    async def call() -> None:
+        nonlocal in_flight, most, made
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.001)
+        in_flight -= 1
+        made += 1
+
+    p50 = asyncio.run(block_p50_ms(call, 12, concurrency))
+    assert made == 12
+    assert most == concurrency
+    assert p50 >= 1.0  # ms: each call slept 1 ms
