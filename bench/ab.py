@@ -31,7 +31,7 @@ import grpc
 from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
 from durable.process import free_ports
 
-from bench.procs import Cluster
+from bench.procs import Cluster, cpu_seconds
 from bench.run import KEYED_KEYS
 
 Call = Callable[[], Awaitable[object]]
@@ -40,10 +40,13 @@ TIMEOUT_S = 10.0
 
 @dataclasses.dataclass(frozen=True)
 class Paired:
-    """Per-round p50s (ms) of A and B, taken in pairs."""
+    """Per-round p50s (ms) of A and B, taken in pairs, and each round's broker CPU per
+    call (ms; empty when not measured)."""
 
     a: list[float]
     b: list[float]
+    cpu_a: list[float] = dataclasses.field(default_factory=list)
+    cpu_b: list[float] = dataclasses.field(default_factory=list)
 
     @property
     def diffs(self) -> list[float]:
@@ -70,11 +73,22 @@ def summary(paired: Paired) -> str:
     """The verdict line: medians, the median paired difference and the sign test."""
     a, diff = statistics.median(paired.a), statistics.median(paired.diffs)
     rounds = len(paired.a)
-    return (
+    line = (
         f"A p50 {a:.3f} ms, B p50 {statistics.median(paired.b):.3f} ms; "
         f"B - A {diff:+.3f} ms ({diff / a:+.1%}), B faster in {paired.b_faster} of "
         f"{rounds} rounds (sign test p = {sign_test(paired.b_faster, rounds):.2f})"
     )
+    if paired.cpu_a and paired.cpu_b:
+        cpu_a = statistics.median(paired.cpu_a)
+        cpu_diff = statistics.median(y - x for x, y in zip(paired.cpu_a, paired.cpu_b, strict=True))
+        cheaper = sum(y < x for x, y in zip(paired.cpu_a, paired.cpu_b, strict=True))
+        line += (
+            f"\nbroker CPU per call: A {cpu_a:.3f} ms, B "
+            f"{statistics.median(paired.cpu_b):.3f} ms; B - A {cpu_diff:+.3f} ms "
+            f"({cpu_diff / cpu_a:+.1%}), B cheaper in {cheaper} of {rounds} rounds "
+            f"(sign test p = {sign_test(cheaper, rounds):.2f})"
+        )
+    return line
 
 
 def _caller(scenario: str, channel: grpc.aio.Channel, payload: bytes) -> Call:
@@ -115,19 +129,24 @@ async def measure(
     block: int,
     payload: bytes,
     concurrency: int = 1,
+    pids: dict[str, int] | None = None,
 ) -> Paired:
     """`rounds` rounds of `block` calls to each of A and B, ABBA order, `concurrency`
-    callers at a time."""
+    callers at a time; with `pids`, each broker's CPU per call in each round too."""
     channels = {name: grpc.aio.insecure_channel(address) for name, address in ingress.items()}
     try:
         calls = {name: _caller(scenario, ch, payload) for name, ch in channels.items()}
         for call in calls.values():
             await block_p50_ms(call, block, concurrency)  # warm-up: connections, caches, attempts
         p50: dict[str, list[float]] = {"A": [], "B": []}
+        cpu: dict[str, list[float]] = {"A": [], "B": []}
         for r in range(rounds):
             for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+                before = cpu_seconds(pids[name]) if pids else 0.0
                 p50[name].append(await block_p50_ms(calls[name], block, concurrency))
-        return Paired(p50["A"], p50["B"])
+                if pids:
+                    cpu[name].append((cpu_seconds(pids[name]) - before) / block * 1e3)
+        return Paired(p50["A"], p50["B"], cpu["A"], cpu["B"])
     finally:
         for channel in channels.values():
             await channel.close(None)
@@ -179,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     env=service_envs[name],
                 )
             )
-        ingress = {}
+        ingress, pids = {}, {}
         for name, (env, tree) in variants.items():
             service = services.get(name, services["A"])
             ingress[name], admin = f"127.0.0.1:{next(ports)}", f"127.0.0.1:{next(ports)}"
@@ -197,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             cluster.wait_ready(broker)
             cluster.register(admin, [f"http://{service}"])
+            pids[name] = broker.pid
         print(
             f"{args.scenario}, concurrency {args.concurrency}, fsync on, payload {args.payload} B, "
             f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA); "
@@ -216,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.block,
                 b"x" * args.payload,
                 args.concurrency,
+                pids,
             )
         )
         print(summary(paired))

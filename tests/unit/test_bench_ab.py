@@ -28,6 +28,13 @@ def test_the_summary_gives_medians_the_relative_difference_and_the_test() -> Non
     assert "A p50 2.000 ms, B p50 1.800 ms" in line
     assert "B - A -0.200 ms (-10.0%)" in line
     assert "B faster in 10 of 10 rounds (sign test p = 0.00)" in line
+    assert "CPU" not in line  # not measured
+
+
+def test_the_summary_gives_the_broker_cpu_per_call_when_measured() -> None:
+    line = summary(Paired(a=[2.0] * 4, b=[2.0] * 4, cpu_a=[1.0] * 4, cpu_b=[0.9, 0.9, 0.9, 1.1]))
+    assert "broker CPU per call: A 1.000 ms, B 0.900 ms; B - A -0.100 ms (-10.0%)" in line
+    assert "B cheaper in 3 of 4 rounds" in line
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
