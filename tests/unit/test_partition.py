@@ -624,6 +624,40 @@ def test_suspended_parent_resumes_when_child_completes() -> None:
     assert completions(found, parent_id) == []  # the new attempt gets it in its journal
 
 
+@pytest.mark.parametrize("level", [logging.INFO, logging.DEBUG])
+def test_each_invocations_own_steps_log_at_debug_only(
+    level: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    # At INFO a busy broker's log holds what needs an operator, not lines for each step
+    # of every call (they cost a lone call 10% of its latency).
+    with caplog.at_level(level, logger="broker"):
+        p = make_partition()
+        parent_id = start_trip(p)
+        propose(p, parent_id, call_flight("t1"))
+        commit(p)
+        child_id = p.live[parent_id].journal[1].call.invocation_id
+        assert attempt_event(p, parent_id, Suspended((1,))) is None
+        commit(p)
+        propose(p, child_id, output(b"booked"))
+        commit(p)
+        propose(p, parent_id, output(b"trip"))
+        commit(p)
+    assert stored(p, parent_id).status == Status.COMPLETED
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("broker"))
+    steps = [
+        f"invocation {parent_id} created: trips.Trips/Reserve",
+        f"invocation {child_id} created: flights.Flights/Reserve",
+        f"invocation {parent_id} suspended, waiting on [1]",
+        f"invocation {child_id} succeeded after 1 attempt(s)",
+        f"invocation {parent_id} resumed by entry 1",
+        f"invocation {parent_id} succeeded after 2 attempt(s)",
+    ]
+    if level == logging.INFO:
+        assert logged == ""
+    else:
+        assert [step in logged for step in steps] == [True] * len(steps), logged
+
+
 def test_suspension_on_completed_entry_restarts_at_once() -> None:
     p = make_partition()
     inv_id = start_trip(p)
