@@ -178,10 +178,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b-tree", type=Path, help="source tree of broker B")
+    parser.add_argument(
+        "--a-broker-arg", action="append", default=[], metavar="ARG", help="e.g. --log-level=INFO"
+    )
+    parser.add_argument("--b-broker-arg", action="append", default=[], metavar="ARG")
     parser.add_argument("--a-service-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b-service-env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     variants = {"A": (_env(args.a_env), None), "B": (_env(args.b_env), args.b_tree)}
+    broker_args = {"A": args.a_broker_arg, "B": args.b_broker_arg}
     service_envs = {"A": _env(args.a_service_env), "B": _env(args.b_service_env)}
     own_services = bool(args.a_service_env or args.b_service_env)
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as work, Cluster(Path(work)) as cluster:
@@ -209,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                 [
                     *("-m", "broker", "--data-dir", str(Path(work) / f"data-{name}")),
                     *("--ingress", ingress[name], "--admin", admin),
-                    *("--suspend-after", "1s", "--log-level", "WARNING"),
+                    *("--suspend-after", "1s"),
+                    *broker_args[name],
                 ],
                 env=env,
                 cwd=tree,
@@ -222,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA); "
             f"A: env {variants['A'][0] or '-'}; B: env {variants['B'][0] or '-'}, "
             f"tree {args.b_tree or 'this one'}"
+            + "".join(
+                f"; {name} broker args {' '.join(broker_args[name])}"
+                for name in ("A", "B")
+                if broker_args[name]
+            )
             + (
                 f"; services: A env {service_envs['A'] or '-'}, B env {service_envs['B'] or '-'}"
                 if own_services

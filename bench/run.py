@@ -339,6 +339,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "fsync": not args.no_fsync,
         "broker_args": args.broker_arg,
         "suspend_after": args.suspend_after,
+        "broker_log_level": "the broker's default (INFO)",
         "group_commit": "broker default (adaptive: one fsync per group of queued batches)",
         "payload_bytes": args.payload_bytes,
         "warmup_s": args.warmup,

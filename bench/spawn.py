@@ -108,7 +108,6 @@ def start(
         "--ingress", ingress,
         "--admin", admin,
         "--suspend-after", args.suspend_after,
-        "--log-level", "WARNING",
     ]  # fmt: skip
     if args.no_fsync:
         broker_args.append("--no-fsync")

@@ -218,6 +218,7 @@ def settings(args: argparse.Namespace, peer_versions: dict[str, str]) -> dict[st
         "Restate": ", ".join(f"{k} {v}" for k, v in peer_versions.items()) + "; " + PEER_SETTINGS,
         "ours": (
             f"fsync on, workers {workers}, suspend-after 1s, group commit default, "
+            "log level default, "
             f"payload {args.payload_bytes} B (protobuf; Restate: the same bytes base64 in "
             f"JSON), grpcio {grpc.__version__}, Python {platform.python_version()}, uvloop; "
             f"load over gRPC (grpc.aio, {args.connections} connections)"
