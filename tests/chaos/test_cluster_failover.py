@@ -45,8 +45,10 @@ SAGAS = 12
 BACK_WITHIN_S = 30.0
 
 
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodesCluster]:
+@pytest.fixture(name="nodes")
+def snapshotting_nodes(tmp_path: Path) -> Iterator[NodesCluster]:
+    """Three nodes that snapshot every SNAPSHOT_ENTRIES log entries (the `nodes` of this
+    module and of test_cluster_log_attack)."""
     cluster = NodesCluster(tmp_path, nodes=3, suspend_after="0", broker_args=BROKER_ARGS)
     cluster.start()
     try:

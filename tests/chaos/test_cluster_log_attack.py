@@ -16,12 +16,9 @@ import asyncio
 import json
 import shutil
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import nats
 import nats.js.errors
-import pytest
 from nats.js.api import ObjectMeta
 
 from broker.replication import codec
@@ -37,30 +34,17 @@ from tests.chaos.test_cluster_failover import (
     book_until_trimmed,
     check,
     sagas,
+    snapshotting_nodes,  # noqa: F401 (the `nodes` fixture the tests here take)
 )
 from tests.chaos.test_workers_crash import book
 from tests.cluster_nodes import PARTITIONS, NodesCluster
 
-BROKER_ARGS = [
-    *("--retry-initial", "100ms", "--retry-max", "500ms"),
-    *("--snapshot-entries", str(SNAPSHOT_ENTRIES)),
-]
 # What the junk snapshot claims to cover: far past any log here.
 JUNK_POSITION = 1_000_000_000
 JUNK_KEY = b"k"
 # What a stray publisher might send: bytes that are no entry, an entry cut short, and
 # bytes that do decode as an entry (a put that would overwrite a journal key).
 JUNK = [b"hello", b"\x01\x00\x00\x00\x09abc", codec.encode([(JUNK_KEY, b"overwritten")])]
-
-
-@pytest.fixture
-def nodes(tmp_path: Path) -> Iterator[NodesCluster]:
-    cluster = NodesCluster(tmp_path, nodes=3, suspend_after="0", broker_args=BROKER_ARGS)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 def publish_junk(urls: list[str]) -> None:
