@@ -197,6 +197,14 @@ def start_trip(p: Partition, run_type: str = "") -> str:
     return start(p, TRIPS, "Reserve", "", trip_request(run_type))
 
 
+def trip_calling_a_flight(p: Partition) -> tuple[str, str]:
+    """A trip whose handler called Flights/Reserve for "t1", durably: (trip, flight)."""
+    parent_id = start_trip(p)
+    propose(p, parent_id, call_flight("t1"))
+    commit(p)
+    return parent_id, p.live[parent_id].journal[1].call.invocation_id
+
+
 def trip_request(run_type: str = "") -> bytes:
     return trips_pb2.ReserveTripRequest(run_type=run_type, amount_cents=100).SerializeToString()
 
@@ -609,10 +617,7 @@ def test_a_write_after_suspending_keeps_the_journal_in_memory() -> None:
 
 def test_suspended_parent_resumes_when_child_completes() -> None:
     p = make_partition()
-    parent_id = start_trip(p)
-    propose(p, parent_id, call_flight("t1"))
-    commit(p)
-    child_id = p.live[parent_id].journal[1].call.invocation_id
+    parent_id, child_id = trip_calling_a_flight(p)
     assert attempt_event(p, parent_id, Suspended((1,))) is None
     commit(p)
     assert stored(p, parent_id).status == Status.SUSPENDED
@@ -632,10 +637,7 @@ def test_each_invocations_own_steps_log_at_debug_only(
     # of every call (they cost a lone call 10% of its latency).
     with caplog.at_level(level, logger="broker"):
         p = make_partition()
-        parent_id = start_trip(p)
-        propose(p, parent_id, call_flight("t1"))
-        commit(p)
-        child_id = p.live[parent_id].journal[1].call.invocation_id
+        parent_id, child_id = trip_calling_a_flight(p)
         assert attempt_event(p, parent_id, Suspended((1,))) is None
         commit(p)
         propose(p, child_id, output(b"booked"))
@@ -1198,10 +1200,7 @@ def test_events_of_an_attempt_that_was_replaced_emit_nothing() -> None:
 
 def test_kill_abandons_the_attempt_at_once_and_kills_the_calls_it_waits_on() -> None:
     p = make_partition()
-    parent_id = start_trip(p)
-    propose(p, parent_id, call_flight("t1"))
-    commit(p)
-    child_id = p.live[parent_id].journal[1].call.invocation_id
+    parent_id, child_id = trip_calling_a_flight(p)
 
     control.kill(p, parent_id)
     [batch] = p.take()
@@ -1223,10 +1222,7 @@ def test_kill_abandons_the_attempt_at_once_and_kills_the_calls_it_waits_on() -> 
 
 def test_cancel_completes_what_the_handler_awaits_and_cancels_its_calls() -> None:
     p = make_partition()
-    parent_id = start_trip(p)
-    propose(p, parent_id, call_flight("t1"))
-    commit(p)
-    child_id = p.live[parent_id].journal[1].call.invocation_id
+    parent_id, child_id = trip_calling_a_flight(p)
 
     control.cancel(p, parent_id)
     found = commit(p)
