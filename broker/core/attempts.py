@@ -161,7 +161,7 @@ def on_suspension(p: PartitionOps, live: Live, waiting_on: list[int]) -> str | N
         live.record.waiting_on[:] = sorted(waiting_on)
         p.free_slot(batch, live)  # a suspended invocation holds no slot (core/limits.py)
         p.metrics.count("suspended", live.record.service)
-        log.debug("invocation %s suspended, waiting on %s", live.id, sorted(waiting_on))
+        log.debug("invocation %s suspended, waiting on %s", live.id, live.record.waiting_on)
     p.save(batch, live)
     if live.record.status == Status.SUSPENDED:
         batch.then(actions.Evict(live.id, live.version))
