@@ -152,6 +152,26 @@ async def measure(
             await channel.close(None)
 
 
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One side of the comparison: its broker's environment, flags and source tree, and
+    the environment of a service of its own (None: the service both sides share)."""
+
+    env: dict[str, str]
+    broker_args: list[str]
+    tree: Path | None = None
+    service_env: dict[str, str] | None = None
+
+    def describe(self) -> str:
+        """The variant as the output's header names it."""
+        out = f"env {self.env or '-'}, tree {self.tree or 'this one'}"
+        if self.broker_args:
+            out += f", broker args {' '.join(self.broker_args)}"
+        if self.service_env is not None:
+            out += f", service env {self.service_env or '-'}"
+        return out
+
+
 def _env(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
@@ -185,10 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--a-service-env", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--b-service-env", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
-    variants = {"A": (_env(args.a_env), None), "B": (_env(args.b_env), args.b_tree)}
-    broker_args = {"A": args.a_broker_arg, "B": args.b_broker_arg}
-    service_envs = {"A": _env(args.a_service_env), "B": _env(args.b_service_env)}
     own_services = bool(args.a_service_env or args.b_service_env)
+    variants = {
+        "A": Variant(
+            _env(args.a_env),
+            args.a_broker_arg,
+            service_env=_env(args.a_service_env) if own_services else None,
+        ),
+        "B": Variant(
+            _env(args.b_env),
+            args.b_broker_arg,
+            args.b_tree,
+            _env(args.b_service_env) if own_services else None,
+        ),
+    }
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as work, Cluster(Path(work)) as cluster:
         ports = iter(free_ports(6))
         services: dict[str, str] = {}
@@ -200,11 +230,11 @@ def main(argv: list[str] | None = None) -> int:
                     "service",
                     services[name],
                     ["-m", "bench.service", "--listen", services[name], "--log-level", "WARNING"],
-                    env=service_envs[name],
+                    env=variants[name].service_env,
                 )
             )
         ingress, pids = {}, {}
-        for name, (env, tree) in variants.items():
+        for name, variant in variants.items():
             service = services.get(name, services["A"])
             ingress[name], admin = f"127.0.0.1:{next(ports)}", f"127.0.0.1:{next(ports)}"
             broker = cluster.spawn(
@@ -215,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                     *("-m", "broker", "--data-dir", str(Path(work) / f"data-{name}")),
                     *("--ingress", ingress[name], "--admin", admin),
                     *("--suspend-after", "1s"),
-                    *broker_args[name],
+                    *variant.broker_args,
                 ],
-                env=env,
-                cwd=tree,
+                env=variant.env,
+                cwd=variant.tree,
             )
             cluster.wait_ready(broker)
             cluster.register(admin, [f"http://{service}"])
@@ -226,18 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{args.scenario}, concurrency {args.concurrency}, fsync on, payload {args.payload} B, "
             f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA); "
-            f"A: env {variants['A'][0] or '-'}; B: env {variants['B'][0] or '-'}, "
-            f"tree {args.b_tree or 'this one'}"
-            + "".join(
-                f"; {name} broker args {' '.join(broker_args[name])}"
-                for name in ("A", "B")
-                if broker_args[name]
-            )
-            + (
-                f"; services: A env {service_envs['A'] or '-'}, B env {service_envs['B'] or '-'}"
-                if own_services
-                else ""
-            )
+            f"A: {variants['A'].describe()}; B: {variants['B'].describe()}"
         )
         paired = asyncio.run(
             measure(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
-from bench.ab import Paired, block_p50_ms, sign_test, summary
+from bench.ab import Paired, Variant, block_p50_ms, sign_test, summary
 
 
 def test_differences_are_b_minus_a_round_by_round() -> None:
@@ -53,3 +54,9 @@ def test_a_block_makes_its_calls_with_that_many_callers_at_a_time(concurrency: i
     assert made == 12
     assert most == concurrency
     assert p50 >= 1.0  # ms: each call slept 1 ms
+
+
+def test_a_variant_is_described_by_what_sets_it_apart() -> None:
+    assert Variant({}, []).describe() == "env -, tree this one"
+    described = Variant({"K": "1"}, ["--log-level=INFO"], Path("/w"), {}).describe()
+    assert described == ("env {'K': '1'}, tree /w, broker args --log-level=INFO, service env -")
