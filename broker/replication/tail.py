@@ -97,8 +97,9 @@ class Parts:
         """What to apply at entry `sequence`: its writes, or a whole batch's at its last
         part; None at any other part (nothing to apply yet)."""
         part = headers.get(PART_HEADER) if headers else None
-        if part is None or not appended_by_a_broker(headers):
-            if self._held and appended_by_a_broker(headers):
+        by_a_broker = appended_by_a_broker(headers)
+        if part is None or not by_a_broker:
+            if self._held and by_a_broker:
                 # Only a new leader appends after a batch cut short: its leader stopped
                 # before the last part, so it never acknowledged the batch.
                 self._drop(sequence, "a leader stopped before its last part")
