@@ -9,7 +9,8 @@ import sys
 
 from durable import tracing, wire
 
-from . import logs
+from . import affinity, logs
+from .affinity import QuietPinning
 from .cluster import launch, layout
 from .config import Settings, parse_args
 from .server import DRAIN_S, Broker
@@ -20,7 +21,10 @@ EXIT_USAGE = 2
 
 async def _main(settings: Settings) -> None:
     tracing.configure("broker")
-    broker = Broker(settings)
+    # Only a broker process of its own moves its threads: embedded in a test or an
+    # application, the threads are not the broker's to move.
+    pinning = QuietPinning() if settings.pin_when_quiet and affinity.supported() else None
+    broker = Broker(settings, pinning=pinning)
     await broker.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -204,6 +204,17 @@ class Settings:
         negated=True,
         help="open a stream per attempt even to endpoints that serve Multiplex",
     )
+    # The one-process broker keeps its Python threads on one CPU while attempts come one
+    # at a time (see broker.affinity); --workers and cluster nodes never pin.
+    pin_when_quiet: bool = _setting(
+        True,
+        "--no-pin-when-quiet",
+        "BROKER_NO_PIN_WHEN_QUIET",
+        switch=True,
+        negated=True,
+        help="let the kernel place the broker's threads even while it serves one call at "
+        "a time (by default they share the event loop's CPU then, for lower latency)",
+    )
     # grpc.aio accepts one call per server per turn of the event loop: several servers
     # on the ingress port accept side by side (see broker.ingress.listen). 8 measured
     # best on 2 cores with 16 client connections (2, 4, 8 and 16 compared).

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
+from .affinity import QuietPinning
 from .clock import WALL, Clock, Handle
 from .clock import now_ms as clock_ms
 from .cluster.shipper import Shipper, Transport
@@ -50,6 +51,7 @@ class Driver:
         clock: Where timers and retries wait (the wall, or a test's virtual clock).
         transport: Delivers outbox messages to other partitions (None: there are none).
         log: Cluster mode: the partition's replicated log (see `Committer`).
+        pinning: Told how many attempts run each time one starts (`broker.affinity`).
     """
 
     def __init__(
@@ -62,8 +64,10 @@ class Driver:
         transport: Transport | None = None,
         log: Log | None = None,
         streams: Streams | None = None,
+        pinning: QuietPinning | None = None,
     ) -> None:
         self.partition = partition
+        self.pinning = pinning
         self.clock = clock
         self.committer = Committer(
             kv,
@@ -236,6 +240,8 @@ class Driver:
             match action:
                 case actions.StartAttempt():
                     self.invoker.start(action)
+                    if self.pinning is not None:
+                        self.pinning.attempts_in_flight(self.invoker.in_flight)
                 case actions.SendCompletion(invocation_id, attempt, index, result):
                     self.invoker.send_completion(invocation_id, attempt, index, result)
                 case actions.AbandonAttempt(invocation_id, attempt, _):
@@ -323,6 +329,8 @@ class Driver:
         await self.timers.stop()
         await self.schedule_timers.stop()
         await self.invoker.close()
+        if self.pinning is not None:
+            self.pinning.unpin()
         if self.shipper is not None:
             await self.shipper.close()
         await self.committer.drain()

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from . import addresses, endpoint_uri, metrics, security
 from .admin import AdminServicer
+from .affinity import QuietPinning
 from .clock import WALL, Clock, now_ms
 from .cluster.deliver import DeliverServicer
 from .cluster.placement import Placement
@@ -135,6 +136,8 @@ class Broker:
             through before it counts.
         streams: The endpoint streams every partition of this process shares (a
             worker, a cluster node); default: the broker's own.
+        pinning: Keeps the process's Python threads on one CPU while attempts come one
+            at a time (`broker.affinity`); only for a process that is the broker alone.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class Broker:
         kv: KV | None = None,
         log: Log | None = None,
         streams: Streams | None = None,
+        pinning: QuietPinning | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -172,6 +176,7 @@ class Broker:
             transport=transport,
             log=log,
             streams=streams,
+            pinning=pinning,
         )
         own = self.driver.invoker.streams
         if own is not None:  # shared ones would repeat in every partition's scrape
