@@ -58,8 +58,10 @@ class Affinity:
     def set(self, thread_id: int, cpus: set[int]) -> None:
         try:
             os.sched_setaffinity(thread_id, cpus)
-        except (ProcessLookupError, PermissionError):
-            pass  # the thread ended meanwhile, or is not ours to move
+        except OSError:
+            # The thread ended meanwhile, is not ours to move, or the container's CPU
+            # set changed: it stays where it is, which is never wrong, only slower.
+            pass
 
 
 def supported() -> bool:
@@ -120,6 +122,10 @@ class QuietPinning:
     def unpin(self) -> None:
         """Lets every thread run anywhere it was allowed to again (threads started while
         pinned inherited the pin, gRPC's among them: all are set free)."""
-        for thread_id in self._os.all_threads():
+        try:
+            threads = self._os.all_threads()
+        except OSError:
+            threads = self._os.python_threads()
+        for thread_id in threads:
             self._os.set(thread_id, self._allowed)
         self.pinned_to = None

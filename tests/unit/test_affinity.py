@@ -3,6 +3,8 @@ against a fake OS."""
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterable
 
 from broker.affinity import REPLACE_S, SETTLE_S, Affinity, QuietPinning
@@ -128,6 +130,16 @@ def test_one_allowed_cpu_or_an_unknown_cpu_pins_nothing() -> None:
     pinning.attempts_in_flight(1)
     assert pinning.pinned_to is None
     assert all(mask == {0, 1} for mask in elsewhere.masks.values())
+
+
+def test_a_move_the_os_refuses_is_skipped_without_an_error() -> None:
+    # The real calls: a CPU that does not exist (a container's CPU set that changed) and
+    # a thread that ended; neither may reach the driver carrying out a start.
+    real = Affinity()
+    before = os.sched_getaffinity(0)
+    real.set(threading.get_native_id(), {100_000})
+    real.set(2**22 + 12_345, before)
+    assert os.sched_getaffinity(0) == before
 
 
 def test_unpin_restores_the_mask_the_process_started_with() -> None:
