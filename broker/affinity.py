@@ -7,11 +7,12 @@ them over the CPUs, and on a virtual machine waking a thread on an idle CPU (a h
 vCPU) costs more than the work it hands over. Kept on the loop's CPU, each hand-off is
 a switch on a CPU that is already awake.
 
-Measured on 2 vCPUs (`python -m bench.ab`, keyed lone calls, 40 paired rounds): 11% lower
-p50 and 8% less broker CPU per call. Under load the same pinning costs 10-17% of the
-throughput (the poller and the sync thread do run beside the loop then, out of the GIL),
-so it is held only while at most one attempt is in flight, dropped the moment a second
-one starts, and taken again only after a quiet spell. gRPC's own I/O threads (not
+Measured on 2 vCPUs (`python -m bench.ab`, keyed lone calls, 40 paired rounds, twice):
+5.5-8.6% lower p50 and 7-11% less broker CPU per call. Pinned all the time, the same
+threads cost 10-17% of the throughput at 64 callers (the poller and the sync thread do
+run beside the loop then, out of the GIL), so the pin is held only while at most one
+attempt is in flight, dropped the moment a second one starts, and taken again only after
+a quiet spell. gRPC's own I/O threads (not
 Python's) are never pinned. Linux only; a process allowed a single CPU has nothing to gain.
 """
 
