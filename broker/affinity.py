@@ -118,7 +118,12 @@ class QuietPinning:
         self._pinned_at = now
         self.pins += 1
         if self.pins == 1:
-            log.debug("lone calls: Python threads kept on CPU %d while quiet", cpu)
+            # Once per process: whoever reads `taskset -p` learns why, and how to stop it.
+            log.info(
+                "one attempt at a time: the broker's Python threads run on CPU %d while "
+                "that lasts (--no-pin-when-quiet turns this off)",
+                cpu,
+            )
 
     def unpin(self) -> None:
         """Lets every thread run anywhere it was allowed to again (threads started while

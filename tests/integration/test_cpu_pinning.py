@@ -16,6 +16,7 @@ from tests.support import Cluster, wait_for
 
 # Threads that gRPC and RocksDB start in C++: never pinned, whatever the broker's state.
 NATIVE_PREFIXES = ("event_engine", "rocksdb", "grpc_global_tim", "lifeguard")
+PINNED_LINE = "--no-pin-when-quiet turns this off"
 
 
 def _cpus(text: str) -> set[int]:
@@ -65,6 +66,11 @@ def test_lone_calls_pin_python_threads_and_two_attempts_free_every_thread(
             return
         [cpu] = _main_thread_cpus(pid)  # the event loop's thread, on one CPU
         assert cpu in allowed
+        # Said once, at INFO, naming the way out: `taskset -p` would puzzle an operator.
+        wait_for(
+            lambda: PINNED_LINE in (cluster.log_dir / "broker.log").read_text(),
+            message="the broker's log line about pinning",
+        )
         native = {
             tid: cpus for tid, (name, cpus) in threads.items() if name.startswith(NATIVE_PREFIXES)
         }
@@ -84,6 +90,7 @@ def test_lone_calls_pin_python_threads_and_two_attempts_free_every_thread(
             return len(_main_thread_cpus(pid)) == 1
 
         wait_for(pinned_again, timeout=30, message="the main thread pinned after a lone call")
+        assert (cluster.log_dir / "broker.log").read_text().count(PINNED_LINE) == 1
 
 
 def test_no_pin_when_quiet_leaves_every_thread_to_the_kernel(tmp_path: Path) -> None:
@@ -94,3 +101,4 @@ def test_no_pin_when_quiet_leaves_every_thread_to_the_kernel(tmp_path: Path) -> 
         for n in range(3):
             _reserve_flight(cluster, n)
         assert all(cpus == allowed for _, cpus in _threads(pid).values()), _threads(pid)
+        assert PINNED_LINE not in (cluster.log_dir / "broker.log").read_text()
