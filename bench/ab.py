@@ -51,12 +51,21 @@ class Paired:
     @property
     def diffs(self) -> list[float]:
         """B minus A, round by round (negative: B was faster)."""
-        return [y - x for x, y in zip(self.a, self.b, strict=True)]
+        return _diffs(self.a, self.b)
 
     @property
     def b_faster(self) -> int:
         """Rounds in which B's p50 was below A's."""
-        return sum(d < 0 for d in self.diffs)
+        return _lower(self.a, self.b)
+
+
+def _diffs(a: list[float], b: list[float]) -> list[float]:
+    return [y - x for x, y in zip(a, b, strict=True)]
+
+
+def _lower(a: list[float], b: list[float]) -> int:
+    """Rounds in which B's figure was below A's."""
+    return sum(d < 0 for d in _diffs(a, b))
 
 
 def sign_test(wins: int, rounds: int) -> float:
@@ -69,25 +78,25 @@ def sign_test(wins: int, rounds: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def summary(paired: Paired) -> str:
-    """The verdict line: medians, the median paired difference and the sign test."""
-    a, diff = statistics.median(paired.a), statistics.median(paired.diffs)
-    rounds = len(paired.a)
-    line = (
-        f"A p50 {a:.3f} ms, B p50 {statistics.median(paired.b):.3f} ms; "
-        f"B - A {diff:+.3f} ms ({diff / a:+.1%}), B faster in {paired.b_faster} of "
-        f"{rounds} rounds (sign test p = {sign_test(paired.b_faster, rounds):.2f})"
+def _verdict(a: list[float], b: list[float], label: str, better: str) -> str:
+    """Medians of `a` and `b` (ms), the median paired difference, and how often B came
+    out `better` (lower), with its sign test."""
+    median_a, rounds = statistics.median(a), len(a)
+    diff = statistics.median(_diffs(a, b))
+    wins = _lower(a, b)
+    return (
+        f"A {label}{median_a:.3f} ms, B {label}{statistics.median(b):.3f} ms; "
+        f"B - A {diff:+.3f} ms ({diff / median_a:+.1%}), B {better} in {wins} of "
+        f"{rounds} rounds (sign test p = {sign_test(wins, rounds):.2f})"
     )
+
+
+def summary(paired: Paired) -> str:
+    """The verdict line: medians, the median paired difference and the sign test; and
+    the same for the brokers' CPU per call when it was measured."""
+    line = _verdict(paired.a, paired.b, "p50 ", "faster")
     if paired.cpu_a and paired.cpu_b:
-        cpu_a = statistics.median(paired.cpu_a)
-        cpu_diff = statistics.median(y - x for x, y in zip(paired.cpu_a, paired.cpu_b, strict=True))
-        cheaper = sum(y < x for x, y in zip(paired.cpu_a, paired.cpu_b, strict=True))
-        line += (
-            f"\nbroker CPU per call: A {cpu_a:.3f} ms, B "
-            f"{statistics.median(paired.cpu_b):.3f} ms; B - A {cpu_diff:+.3f} ms "
-            f"({cpu_diff / cpu_a:+.1%}), B cheaper in {cheaper} of {rounds} rounds "
-            f"(sign test p = {sign_test(cheaper, rounds):.2f})"
-        )
+        line += "\nbroker CPU per call: " + _verdict(paired.cpu_a, paired.cpu_b, "", "cheaper")
     return line
 
 
