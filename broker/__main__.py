@@ -10,7 +10,6 @@ import sys
 from durable import tracing, wire
 
 from . import affinity, logs
-from .affinity import QuietPinning
 from .cluster import launch, layout
 from .config import Settings, parse_args
 from .server import DRAIN_S, Broker
@@ -23,7 +22,7 @@ async def _main(settings: Settings) -> None:
     tracing.configure("broker")
     # Only a broker process of its own moves its threads: embedded in a test or an
     # application, the threads are not the broker's to move.
-    pinning = QuietPinning() if settings.pin_when_quiet and affinity.supported() else None
+    pinning = affinity.QuietPinning() if settings.pin_when_quiet and affinity.supported() else None
     broker = Broker(settings, pinning=pinning)
     await broker.start()
     stop = asyncio.Event()

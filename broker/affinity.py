@@ -12,8 +12,8 @@ Measured on 2 vCPUs (`python -m bench.ab`, keyed lone calls, 40 paired rounds, t
 threads cost 10-17% of the throughput at 64 callers (the poller and the sync thread do
 run beside the loop then, out of the GIL), so the pin is held only while at most one
 attempt is in flight, dropped the moment a second one starts, and taken again only after
-a quiet spell. gRPC's own I/O threads (not
-Python's) are never pinned. Linux only; a process allowed a single CPU has nothing to gain.
+a quiet spell. gRPC's own I/O threads (not Python's) are never pinned. Linux only; a
+process allowed a single CPU has nothing to gain.
 """
 
 from __future__ import annotations
