@@ -182,10 +182,14 @@ class Committer:
             future.exception()  # retrieved: most submitters do not wait on it
             return future
         self._pending.append((batch, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush_loop())
-        if batch.urgent:
-            self._hand_over(batch.urgent)
+        try:
+            if batch.urgent:
+                # Before the flush task is created: the urgent work (an attempt's start)
+                # then gets the loop before the write does (see `_flush_loop`).
+                self._hand_over(batch.urgent)
+        finally:
+            if self._task is None or self._task.done():
+                self._task = asyncio.create_task(self._flush_loop())
         return future
 
     async def commit(self, batch: Batch) -> None:
@@ -222,8 +226,11 @@ class Committer:
             await asyncio.shield(self._task)
 
     async def _flush_loop(self) -> None:
-        if not self._is_quiet():
-            # Let the events already on the loop add their batches to this first group.
+        if not self._is_quiet() or any(batch.urgent for batch, _ in self._pending):
+            # Let the events already on the loop add their batches to this first group,
+            # and the urgent work handed over get under way first: a new invocation's
+            # first attempt sends its start to the endpoint before the write and fsync
+            # that make the invocation durable, which then overlap the handler.
             await asyncio.sleep(0)
         while self._pending:
             if self._log is not None:

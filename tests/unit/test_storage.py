@@ -636,6 +636,72 @@ def test_a_quiet_committer_fsyncs_on_the_loop(
     assert [name == loop_thread for name in kv.sync_threads] == on_loop
 
 
+class OrderRecordingKV(MemoryKV):
+    """Notes each write in a shared list of events."""
+
+    def __init__(self, events: list[str]) -> None:
+        super().__init__()
+        self.events = events
+
+    def write(self, puts: list[tuple[bytes, bytes | None]]) -> None:
+        self.events.append("write")
+        super().write(puts)
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "busy"])
+def test_urgent_work_gets_under_way_before_its_batch_is_written(quiet: bool) -> None:
+    # A new invocation's first attempt is urgent work: its start should reach the
+    # endpoint while the creation is written and synced, not after the write. Here, as
+    # in the invoker, the urgent action starts an attempt task, which queues its message
+    # for the stream's writer task; both run before the batch is written, and the batch
+    # is still durable before its future resolves.
+    events: list[str] = []
+    kv = OrderRecordingKV(events)
+
+    async def main() -> None:
+        committer = Committer(kv, sync=True, carry_out=_call_each, quiet=lambda: quiet)
+        outgoing: asyncio.Queue[str] = asyncio.Queue()
+
+        async def writer() -> None:
+            events.append(await outgoing.get())
+
+        async def attempt() -> None:
+            events.append("attempt started")
+            outgoing.put_nowait("message sent")
+
+        sending = asyncio.create_task(writer())
+        await asyncio.sleep(0)  # the writer waits on its queue, as a stream's does
+        batch = _batch(b"created")
+        batch.now(lambda: events.append("handed over"))
+        batch.now(lambda: asyncio.ensure_future(attempt()))
+        await committer.submit(batch)
+        assert kv.get(b"created") == b"v"
+        await sending
+
+    asyncio.run(main())
+    assert events == ["handed over", "attempt started", "message sent", "write"]
+
+
+def test_a_failing_urgent_action_still_leaves_its_batch_written() -> None:
+    kv = MemoryKV()
+
+    async def main() -> None:
+        committer = Committer(kv, sync=False, carry_out=_call_each)
+        batch = _batch(b"created")
+
+        def fail() -> None:
+            raise RuntimeError("urgent action failed")
+
+        batch.now(fail)
+        with pytest.raises(RuntimeError, match="urgent action failed"):
+            committer.submit(batch)
+        await asyncio.wait_for(committer.drain(), timeout=5)
+        assert committer.idle
+
+    asyncio.run(main())
+    assert kv.get(b"created") == b"v"
+
+
 class FailingKV(MemoryKV):
     """Refuses every write (or every sync)."""
 
