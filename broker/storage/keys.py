@@ -39,6 +39,20 @@ def part(value: str | bytes) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
+def state_object(key: bytes) -> bytes | None:
+    """The prefix naming one virtual object's state (`STATE`, its service, its key)
+    that `key` starts with, or None for a key of another table (`broker.storage.state`
+    writes each value under this prefix plus the value's name)."""
+    if not key.startswith(STATE):
+        return None
+    try:
+        _, offset = read_part(key, len(STATE))
+        _, offset = read_part(key, offset)
+    except struct.error:
+        return None
+    return key[:offset] if offset <= len(key) else None
+
+
 def u32(value: int) -> bytes:
     """Big-endian unsigned 32-bit: numeric order is byte order."""
     return struct.pack(">I", value)

@@ -10,7 +10,8 @@ from typing import Protocol
 
 import rocksdict
 
-from . import highwater, integrity
+from . import highwater, integrity, keys
+from .scan_cache import ScanCache
 
 log = logging.getLogger("broker.storage")
 
@@ -95,6 +96,9 @@ class RocksKV:
     Opening checks the data dir first (`integrity`): damaged or missing journal data
     refuses to open unless `accept_data_loss`, which opens what is left and reports the
     loss. Each fsync advances the high-water mark (`highwater`) that later opens check.
+
+    Scans of one virtual object's whole state are served from memory once read, and
+    kept equal to the store by applying each write to them too (`scan_cache`).
     """
 
     def __init__(self, path: str, accept_data_loss: bool = False) -> None:
@@ -132,6 +136,7 @@ class RocksKV:
         self._mark = highwater.HighWater(path, mark)
         self._unsynced = rocksdict.WriteOptions()
         self._unsynced.sync = False
+        self._scans = ScanCache(keys.state_object)
 
     def _open(self) -> rocksdict.Rdict:
         try:
@@ -168,6 +173,16 @@ class RocksKV:
         return None if value is None else bytes(value)
 
     def scan(self, prefix: bytes, start: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        if start is not None or not self._scans.is_group(prefix):
+            return self._scan(prefix, start)
+        kept = self._scans.get(prefix)
+        if kept is not None:
+            return kept
+        pairs = list(self._scan(prefix, None))
+        self._scans.put(prefix, pairs)
+        return iter(pairs)
+
+    def _scan(self, prefix: bytes, start: bytes | None) -> Iterator[tuple[bytes, bytes]]:
         # One iterator, bounded above by the prefix's end: RocksDB stops at the bound
         # instead of reading the key after it, and skips files wholly outside it (a
         # virtual object's state is read this way at every attempt's start).
@@ -201,7 +216,12 @@ class RocksKV:
                 batch.delete(key)
             else:
                 batch.put(key, value)
-        self._handle().write(batch, self._unsynced)
+        try:
+            self._handle().write(batch, self._unsynced)
+        except BaseException:
+            self._scans.forget(puts)  # it may have landed in part
+            raise
+        self._scans.apply(puts)
 
     def sync(self) -> None:
         db = self._handle()
@@ -220,6 +240,7 @@ class RocksKV:
         # replays the WAL, so what was durable stays. A reopen that fails (the disk is
         # still full) leaves no handle: reads fail with StoreUnavailable and the next
         # call tries again.
+        self._scans.clear()
         db, self._db = self._db, None
         if db is not None:
             try:
@@ -229,6 +250,7 @@ class RocksKV:
         self._db = self._open()
 
     def close(self) -> None:
+        self._scans.clear()
         db, self._db = self._db, None
         if db is None:
             self._mark.close(None)
