@@ -224,8 +224,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--connections",
         type=int,
         default=16,
-        help="client connections the calls are spread over (default 16): one connection "
-        "reaches one worker of --workers, or one of the broker's --ingress-servers",
+        help="client connections the calls are spread over, at most one per client "
+        "(default 16): one connection reaches one worker of --workers, or one of the "
+        "broker's --ingress-servers",
     )
     p.add_argument("--payload-bytes", type=int, default=64, help="echo payload size (default 64)")
     p.add_argument("--no-fsync", action="store_true", help="run the broker with --no-fsync")
@@ -281,13 +282,20 @@ async def measure(
     ]
     try:
         calls = {
-            s.name: _spread([s.make(i, d) for i, d in zip(ingresses, directs, strict=True)])
-            for s in plan
+            s.name: [s.make(i, d) for i, d in zip(ingresses, directs, strict=True)] for s in plan
         }
-        await _measure(cluster, plan, calls, args, points)
+        await _measure(cluster, plan, calls, args, points, nodes=len(targets))
     finally:
         for channel in (*ingresses, *directs):
             await channel.close(None)
+
+
+def connections_used(concurrency: int, connections: int, nodes: int = 1) -> int:
+    """How many of the connections `concurrency` clients spread their calls over: one per
+    client, as a client library opens them (Restate's HTTP load in `make bench-peer`
+    opens one per call in flight), at most `connections`, and at least one per node of
+    a cluster, so that every node serves load."""
+    return min(connections, max(concurrency, nodes))
 
 
 def _spread(calls: list[Call]) -> Call:
@@ -303,23 +311,26 @@ def _spread(calls: list[Call]) -> Call:
 async def _measure(
     cluster: Cluster,
     plan: list[Scenario],
-    calls: dict[str, Call],
+    calls: dict[str, list[Call]],
     args: argparse.Namespace,
     points: list[Point],
+    nodes: int = 1,
 ) -> None:
-    """Runs the first call of each scenario, then every window."""
+    """Runs the first call of each scenario, then every window; `calls` has each
+    scenario's call on every connection."""
     # One call of each first: a scenario that cannot work fails the run at once.
     for s in plan:
         try:
-            await calls[s.name](CALL_TIMEOUT_S)
+            await calls[s.name][0](CALL_TIMEOUT_S)
         except (grpc.aio.AioRpcError, BadResponse) as e:
             detail = f"{e.code().name}: {e.details()}" if isinstance(e, grpc.aio.AioRpcError) else e
             raise BenchError(f"scenario {s.name}: the first call failed: {detail}") from e
     for s in plan:
         for concurrency in args.concurrency:
             cluster.check_alive()
+            used = connections_used(concurrency, len(calls[s.name]), nodes)
             window = await closed_loop(
-                calls[s.name],
+                _spread(calls[s.name][:used]),
                 concurrency=concurrency,
                 warmup=args.warmup,
                 duration=args.duration,

@@ -103,8 +103,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--connections",
         type=int,
         default=16,
-        help="gRPC connections our calls are spread over, as in make bench (default 16; "
-        "Restate's HTTP/1.1 load opens one per call in flight)",
+        help="gRPC connections our calls are spread over, one per call in flight up to "
+        "this many, as in make bench (default 16; Restate's HTTP/1.1 load opens one per "
+        "call in flight)",
     )
     p.add_argument(
         "--broker-arg",
@@ -221,7 +222,8 @@ def settings(args: argparse.Namespace, peer_versions: dict[str, str]) -> dict[st
             "log level default, "
             f"payload {args.payload_bytes} B (protobuf; Restate: the same bytes base64 in "
             f"JSON), grpcio {grpc.__version__}, Python {platform.python_version()}, uvloop; "
-            f"load over gRPC (grpc.aio, {args.connections} connections)"
+            f"load over gRPC (grpc.aio, one connection per call in flight, at most "
+            f"{args.connections})"
             + (f"; broker args {' '.join(args.broker_arg)}" if args.broker_arg else "")
         ),
         "load": (
