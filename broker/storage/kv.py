@@ -136,7 +136,7 @@ class RocksKV:
         self._mark = highwater.HighWater(path, mark)
         self._unsynced = rocksdict.WriteOptions()
         self._unsynced.sync = False
-        self._scans = ScanCache(keys.state_object)
+        self._scans = ScanCache(keys.STATE, keys.state_object)
 
     def _open(self) -> rocksdict.Rdict:
         try:

@@ -35,6 +35,7 @@ class ScanCache:
     """The pairs of recently scanned groups, least recently used evicted first.
 
     Args:
+        table: What every grouped key starts with: other keys are passed over cheaply.
         group_of: The group a key belongs to (the prefix a whole-group scan uses), or
             None for keys outside every group.
         budget: The most bytes of keys and values kept.
@@ -43,10 +44,12 @@ class ScanCache:
 
     def __init__(
         self,
+        table: bytes,
         group_of: Callable[[bytes], bytes | None],
         budget: int = BUDGET_BYTES,
         max_group: int = MAX_GROUP_BYTES,
     ) -> None:
+        self._table = table
         self._group_of = group_of
         self._budget = budget
         self._max_group = max_group
@@ -85,7 +88,10 @@ class ScanCache:
         """Applies a write the store just made to the kept groups it touches."""
         if not self._groups:
             return
+        table = self._table
         for key, value in writes:
+            if not key.startswith(table):
+                continue
             prefix = self._group_of(key)
             if prefix is None:
                 continue

@@ -29,7 +29,7 @@ def test_state_object_names_the_object_of_a_state_key_only() -> None:
 
 
 def test_a_kept_group_follows_the_writes_applied_to_it() -> None:
-    cache = ScanCache(keys.state_object)
+    cache = ScanCache(keys.STATE, keys.state_object)
     prefix, other = group("k1"), group("k2")
     cache.put(prefix, [(prefix + b"a", b"1"), (prefix + b"b", b"2")])
     assert cache.is_group(prefix) and not cache.is_group(keys.STATE)
@@ -48,7 +48,7 @@ def test_a_kept_group_follows_the_writes_applied_to_it() -> None:
 
 
 def test_forget_and_clear_drop_groups() -> None:
-    cache = ScanCache(keys.state_object)
+    cache = ScanCache(keys.STATE, keys.state_object)
     one, two = group("k1"), group("k2")
     cache.put(one, [(one + b"a", b"1")])
     cache.put(two, [(two + b"a", b"1")])
@@ -59,7 +59,7 @@ def test_forget_and_clear_drop_groups() -> None:
 
 
 def test_groups_past_the_size_limits_are_not_kept() -> None:
-    cache = ScanCache(keys.state_object, budget=300, max_group=100)
+    cache = ScanCache(keys.STATE, keys.state_object, budget=300, max_group=100)
     big = group("big")
     cache.put(big, [(big + b"a", b"x" * 200)])
     assert cache.get(big) is None
@@ -72,7 +72,7 @@ def test_groups_past_the_size_limits_are_not_kept() -> None:
 def test_the_least_recently_read_group_goes_first() -> None:
     prefixes = [group(f"k{i}") for i in range(3)]
     size = len(prefixes[0]) + len(prefixes[0] + b"a") + 40
-    cache = ScanCache(keys.state_object, budget=2 * size)
+    cache = ScanCache(keys.STATE, keys.state_object, budget=2 * size)
     cache.put(prefixes[0], [(prefixes[0] + b"a", b"x" * 40)])
     cache.put(prefixes[1], [(prefixes[1] + b"a", b"x" * 40)])
     assert cache.get(prefixes[0]) is not None  # read: now the most recent
