@@ -106,8 +106,11 @@ class Replica:
         try:
             found = await snapshot.latest(store, self.partition)
         except Exception as e:
-            log.warning("partition %d: reading the snapshot failed: %s", self.partition, e)
-            found = None
+            log.warning(
+                "partition %d: reading the snapshot failed: %s; retrying", self.partition, e
+            )
+            await asyncio.sleep(_RETRY_S)
+            return
         if found is None or found[0] <= self.tail.applied:
             log.error(
                 "partition %d: entries after %d are gone from the log and no newer snapshot "

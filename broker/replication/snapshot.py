@@ -51,12 +51,35 @@ async def take(store: ObjectStore, partition: int, kv: RocksKV, work_dir: str) -
     return covered
 
 
-async def latest(store: ObjectStore, partition: int) -> tuple[int, bytes] | None:
-    """The latest snapshot of `partition` (its position and bytes), or None."""
+# A read of a snapshot replaced meanwhile waits for chunks the replacement purged, and
+# nats-py's `get` has no deadline of its own: a read gets this long plus a second per
+# this many bytes, then fails and is tried again.
+READ_BASE_S = 10.0
+READ_BYTES_PER_S = 1_000_000
+
+
+class SnapshotUnreadable(Exception):
+    """The stored snapshot could not be read in time (replaced while it was read, say)."""
+
+
+async def latest(
+    store: ObjectStore, partition: int, base_s: float = READ_BASE_S
+) -> tuple[int, bytes] | None:
+    """The latest snapshot of `partition` (its position and bytes), or None.
+
+    Raises:
+        SnapshotUnreadable: Reading it took longer than its size allows.
+    """
     try:
-        result = await store.get(name(partition))
+        info = await store.get_info(name(partition))
+        limit = base_s + (info.size or 0) / READ_BYTES_PER_S
+        result = await asyncio.wait_for(store.get(name(partition)), limit)
     except nats.js.errors.ObjectNotFoundError:
         return None
+    except TimeoutError:
+        raise SnapshotUnreadable(
+            f"reading snapshot {name(partition)} ({info.size} bytes) took over {limit:.0f} s"
+        ) from None
     description = json.loads(result.info.description or "{}")
     return int(description.get("position", 0)), result.data or b""
 

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
 from broker.replication import snapshot
@@ -66,3 +69,48 @@ def test_a_snapshot_no_leader_took_leaves_the_store_as_it_was(
         snapshot.stage(data if data is not None else _packed(tmp_path, 57), str(live), claims)
     assert _marker(live) == b"live"
     assert not (tmp_path / "p000.restoring").exists()
+
+
+class _Info:
+    def __init__(self, size: int, position: int) -> None:
+        self.size = size
+        self.description = f'{{"position": {position}}}'
+
+
+class _Result:
+    def __init__(self, info: _Info, data: bytes) -> None:
+        self.info = info
+        self.data = data
+
+
+class _Store:
+    """An object store whose reads of the object's chunks stall when `stalls` (as
+    nats-py's do for chunks a replacement purged) or are missing altogether."""
+
+    def __init__(self, size: int | None, stalls: bool = False) -> None:
+        self._info = None if size is None else _Info(size, 42)
+        self._stalls = stalls
+
+    async def get_info(self, name: str) -> _Info:
+        if self._info is None:
+            raise nats.js.errors.ObjectNotFoundError()
+        return self._info
+
+    async def get(self, name: str) -> _Result:
+        info = await self.get_info(name)
+        if self._stalls:
+            await asyncio.Event().wait()  # never set
+        return _Result(info, b"packed")
+
+
+def _latest(store: _Store, base_s: float) -> tuple[int, bytes] | None:
+    return asyncio.run(snapshot.latest(store, 3, base_s=base_s))  # type: ignore[arg-type]
+
+
+def test_a_snapshot_read_that_stalls_fails_instead_of_waiting_forever() -> None:
+    started = time.monotonic()
+    with pytest.raises(snapshot.SnapshotUnreadable, match="took over"):
+        _latest(_Store(size=1000, stalls=True), base_s=0.05)
+    assert time.monotonic() - started < 5  # the base time plus a millisecond per kB
+    assert _latest(_Store(size=1000), base_s=0.05) == (42, b"packed")
+    assert _latest(_Store(size=None), base_s=0.05) is None
