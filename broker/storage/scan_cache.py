@@ -86,18 +86,7 @@ class ScanCache:
 
     def apply(self, writes: list[Write]) -> None:
         """Applies a write the store just made to the kept groups it touches."""
-        if not self._groups:
-            return
-        table = self._table
-        for key, value in writes:
-            if not key.startswith(table):
-                continue
-            prefix = self._group_of(key)
-            if prefix is None:
-                continue
-            group = self._groups.get(prefix)
-            if group is None:
-                continue
+        for prefix, group, key, value in self._kept(writes):
             old = group.pairs.pop(key, None)
             change = 0 if old is None else -(len(key) + len(old))
             if value is not None:
@@ -112,10 +101,21 @@ class ScanCache:
     def forget(self, writes: list[Write]) -> None:
         """Forgets every group `writes` touch (a write that failed may have landed in
         part)."""
-        for key, _ in writes:
+        for prefix, _, _, _ in self._kept(writes):
+            self.drop(prefix)
+
+    def _kept(self, writes: list[Write]) -> Iterator[tuple[bytes, _Group, bytes, bytes | None]]:
+        """Each write to a kept group, with the group (looked up as each comes)."""
+        if not self._groups:
+            return
+        table = self._table
+        for key, value in writes:
+            if not key.startswith(table):
+                continue
             prefix = self._group_of(key)
-            if prefix is not None:
-                self.drop(prefix)
+            group = self._groups.get(prefix) if prefix is not None else None
+            if prefix is not None and group is not None:
+                yield prefix, group, key, value
 
     def clear(self) -> None:
         """Forgets everything (the store was reopened or closed)."""
