@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +51,34 @@ async def _until(admin: admin_pb2_grpc.AdminStub, status: int, count: int, limit
         if time.monotonic() > deadline:
             raise TimeoutError(f"fewer than {count} invocations reached status {status}")
         await asyncio.sleep(0.5)
+
+
+async def _admin_timings(admin: admin_pb2_grpc.AdminStub) -> None:
+    """How long the admin calls a console polls take with every invocation suspended:
+    each is one pass of the broker's event loop, which serves no caller meanwhile. The
+    median of 5 of each."""
+    requests = {
+        "GetStats": (admin.GetStats, admin_pb2.GetStatsRequest()),
+        "ListInvocations (first page of 50)": (
+            admin.ListInvocations,
+            admin_pb2.ListInvocationsRequest(limit=50),
+        ),
+        "ListInvocations (suspended, filtered by service)": (
+            admin.ListInvocations,
+            admin_pb2.ListInvocationsRequest(
+                status=SUSPENDED,
+                service="playground.Waiter",
+                limit=50,
+            ),
+        ),
+    }
+    for name, (call, request) in requests.items():
+        took = []
+        for _ in range(5):
+            t = time.perf_counter()
+            await call(request, timeout=120)  # type: ignore[operator]
+            took.append((time.perf_counter() - t) * 1000)
+        print(f"admin {name}: {statistics.median(took):.1f} ms (median of 5)")
 
 
 async def _run(args: argparse.Namespace, workdir: Path) -> None:
@@ -107,6 +136,7 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
             print(f"service RSS growth: {service_grown / 1e6:.1f} MB "
                   "(it holds nothing for suspended invocations)")  # fmt: skip
 
+            await _admin_timings(admin)
             ids = await _ids(admin, SUSPENDED)
             resolve_started = time.monotonic()
 

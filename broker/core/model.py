@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from durable.v1 import invocation_pb2, journal_pb2, protocol_pb2
 
@@ -88,6 +89,36 @@ class IdempotencyConflict(ValueError):
         self.invocation_id = invocation_id
 
 
+class Listed(Protocol):
+    """What the admin API filters live invocations by (`Live.listed`)."""
+
+    @property
+    def status(self) -> invocation_pb2.InvocationStatus.ValueType: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def method(self) -> str: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def idempotency_key(self) -> str: ...
+
+
+class _Packed:
+    """A packed record's `Listed` fields: a plain object, since a protobuf message of
+    its own costs kilobytes of arena per waiting invocation."""
+
+    __slots__ = ("idempotency_key", "key", "method", "service", "status")
+
+    def __init__(self, record: Invocation) -> None:
+        self.status = record.status
+        # Names repeat over thousands of invocations: shared, not copied.
+        self.service = sys.intern(record.service)
+        self.method = sys.intern(record.method)
+        self.key = record.key
+        self.idempotency_key = record.idempotency_key
+
+
 class Live:
     """An invocation the broker is still driving: its record, journal and attempt.
 
@@ -97,6 +128,7 @@ class Live:
 
     __slots__ = (
         "_journal",
+        "_listed",
         "_loader",
         "_record",
         "_record_bytes",
@@ -104,6 +136,7 @@ class Live:
         "attempt_span",
         "id",
         "inbox_seq",
+        "order",
         "span",
         "state_sizes",
         "step_traceparent",
@@ -118,9 +151,14 @@ class Live:
     ) -> None:
         self._record: Invocation | None = record
         self._record_bytes = b""
+        # While evicted: the fields the admin API lists and filters by (`listed`).
+        self._listed: _Packed | None = None
         # The invocation id, read on every event: kept apart from the record, which is
         # packed while evicted.
         self.id: str = record.id
+        # Newest first by this in the admin API's listings (the creation time never
+        # changes): read from a slot, it sorts 50,000 in milliseconds.
+        self.order: tuple[int, str] = (record.created_at_ms, self.id)
         self._journal: list[Entry] | None = journal
         self._loader = loader
         # The number of the attempt running now; 0 while none is.
@@ -144,7 +182,19 @@ class Live:
         if self._record is None:
             self._record = Invocation.FromString(self._record_bytes)
             self._record_bytes = b""
+            self._listed = None
         return self._record
+
+    @property
+    def listed(self) -> Listed:
+        """For reading only: the record's status, service, method, key and idempotency
+        key, which the admin API filters by (with `order` and `id`). The record itself,
+        or while it is packed a copy of just those fields made when it was: a listing
+        of many waiting invocations unpacks none of them."""
+        if self._record is not None:
+            return self._record
+        assert self._listed is not None
+        return self._listed
 
     def snapshot(self) -> Invocation:
         """The record, for reading only: an evicted one stays packed."""
@@ -165,7 +215,9 @@ class Live:
         if self._loader is not None:
             self._journal = None
             if self._record is not None:
-                self._record_bytes = self._record.SerializeToString()
+                r = self._record
+                self._record_bytes = r.SerializeToString()
+                self._listed = _Packed(r)
                 self._record = None
 
     @property

@@ -253,6 +253,20 @@ class Partition:
             raise UnknownInvocation(invocation_id)
         return record, journal.load(self.kv, invocation_id)
 
+    def listed(self) -> list[Live]:
+        """The live invocations, for the admin API to filter (`Live.listed`) and sort
+        (`Live.order`) without copying or unpacking a record, before it reads the few a
+        page returns (`live_record`)."""
+        return list(self.live.values())
+
+    def live_record(self, invocation_id: str) -> Invocation | None:
+        """A live invocation's record as it is now, for reading only (None: not live)."""
+        live = self.live.get(invocation_id)
+        if live is None:
+            return None
+        self._touch(live)
+        return live.snapshot()
+
     def records(self, status: int = 0) -> list[Invocation]:
         """Every retained invocation's record (or those with `status`), live ones as they
         are now. Every invocation that has not completed is live, so only listing

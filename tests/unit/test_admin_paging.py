@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import itertools
+import random
+import types
 from typing import cast
 
 import pytest
@@ -15,6 +18,7 @@ from durable.v1 import admin_pb2, invocation_pb2
 
 from broker import admin_paging, admin_query
 from broker.admin_paging import MAX_LIST_LIMIT, MAX_LIST_WINDOW, PagingError
+from broker.core.model import Live
 from broker.core.partition import Partition
 from broker.storage import Batch, MemoryKV, invocations
 
@@ -99,12 +103,22 @@ class _Store:
         for record in completed:
             invocations.put(batch, record)
         self.kv.write(batch.puts)
-        self._live = live
+        # A loader, so that a test can evict them (it is never called: nothing listed
+        # here reads a journal).
+        self._live = {r.id: Live(r, [], lambda invocation_id: []) for r in live}
         self.completion_listeners: list[object] = []
+        self.metrics = types.SimpleNamespace(counters={})  # what stats reads of them
 
     def records(self, status: int = 0) -> list[Invocation]:
         table = [] if status and status != Status.COMPLETED else list(invocations.scan(self.kv))
-        return table + list(self._live)
+        return table + [live.snapshot() for live in self._live.values()]
+
+    def listed(self) -> list[Live]:
+        return list(self._live.values())
+
+    def live_record(self, invocation_id: str) -> Invocation | None:
+        live = self._live.get(invocation_id)
+        return None if live is None else live.snapshot()
 
     def purge(self, invocation_id: str) -> None:
         batch = Batch()
@@ -186,6 +200,83 @@ def test_a_walk_keeps_the_filters_and_offset_pages_say_whether_more_follow(
                 partition, index, Request(page_token=page.next_page_token, limit=3)
             )
             assert [r.id for r in after.invocations] == ids[offset + 3 : offset + 6]
+
+
+_LIVE_STATUSES = [Status.PENDING, Status.RUNNING, Status.SUSPENDED, Status.BACKING_OFF]
+
+
+def _lives(n: int) -> list[Invocation]:
+    rng = random.Random(n)
+    return [
+        Invocation(
+            id=f"inv_{i:03d}",
+            created_at_ms=1000 + rng.randrange(25),  # ties: the id orders them
+            status=rng.choice(_LIVE_STATUSES),
+            service=rng.choice(["a.A", "b.B"]),
+            method=rng.choice(["M", "N"]),
+            key=rng.choice(["", "k1", "k2"]),
+            idempotency_key=rng.choice(["", "i1"]),
+            expires_at_ms=2**62,
+        )
+        for i in range(n)
+    ]
+
+
+_FILTERS = [
+    Request(),
+    Request(status=Status.SUSPENDED),
+    Request(service="b.B"),
+    Request(method="N", key="k1"),
+    Request(idempotency_key="i1", status=Status.RUNNING),
+    Request(created_after_ms=1010),
+    Request(created_before_ms=1012, service="a.A"),
+    Request(created_after_ms=1005, created_before_ms=1020, key="k2", method="M"),
+]
+
+
+@pytest.mark.parametrize("request_", _FILTERS)
+def test_live_invocations_packed_or_not_are_filtered_and_ordered_as_their_records_say(
+    request_: Request,
+) -> None:
+    records = _lives(80)
+    store = _Store([], records)
+    index = admin_query.CompletedIndex(cast(Partition, store))
+    asyncio.run(index.build())
+    lives = store.listed()
+    for live in lives[::2]:  # a waiting invocation's record is packed while it waits
+        live.evict()
+    expected = sorted(
+        (r for r in records if admin_query._live_matches(r, request_)),
+        key=lambda r: (r.created_at_ms, r.id),
+        reverse=True,
+    )
+
+    for limit in (1, 7, 80):
+        request = Request()
+        request.CopyFrom(request_)
+        request.limit = limit
+        pages, totals = _walk(store, index, request)
+
+        assert [i for page in pages for i in page] == [r.id for r in expected]
+        assert totals == {len(expected)}
+    page = admin_query.list_invocations(cast(Partition, store), index, Request(limit=1000))
+    assert [r for r in page.invocations] == sorted(
+        records, key=lambda r: (r.created_at_ms, r.id), reverse=True
+    ), "a packed record is listed whole"
+    assert all(live._record is None for live in lives[::2]), "listing unpacked a record"
+
+
+def test_stats_count_live_invocations_by_status_packed_or_not() -> None:
+    records = _lives(50)
+    store = _Store([], records)
+    index = admin_query.CompletedIndex(cast(Partition, store))
+    for live in store.listed()[1::3]:
+        live.evict()
+
+    stats = admin_query.stats(cast(Partition, store), index)
+
+    expected = collections.Counter(Status.Name(r.status) for r in records)
+    assert dict(stats.by_status) == dict(expected)
 
 
 def test_a_record_purged_while_listed_does_not_stop_the_walk() -> None:
