@@ -9,6 +9,7 @@ why); registration's others (UNAVAILABLE, FAILED_PRECONDITION) are listed in
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -189,11 +190,10 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     def _retry_pinned(self, deployment_id: str) -> None:
         """Retries now the invocations that backed off while their deployment was gone,
         rather than after what may be minutes of backoff."""
-        for live in list(self._partition.live.values()):
-            if (
-                live.record.deployment_id == deployment_id
-                and live.record.status == Status.BACKING_OFF
-            ):
+        for live in self._partition.listed():
+            # `listed`: reading `record` would unpack every waiting invocation's for good.
+            listed = live.listed
+            if listed.deployment_id == deployment_id and listed.status == Status.BACKING_OFF:
                 self._driver.apply(self._partition.resume, live)
 
     async def ListDeployments(
@@ -207,11 +207,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         )
 
     def _in_flight(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for live in self._partition.live.values():
-            d = live.snapshot().deployment_id
-            if d:
-                counts[d] = counts.get(d, 0) + 1
+        counts = collections.Counter(live.listed.deployment_id for live in self._partition.listed())
+        counts.pop("", None)  # not started yet
         return counts
 
     async def RemoveDeployment(

@@ -313,16 +313,19 @@ def stats(p: Partition, index: CompletedIndex) -> admin_pb2.GetStatsResponse:
 def _pending_promises(p: Partition, service: str = "", key: str = "") -> list[admin_pb2.Promise]:
     """Promises awaited by live invocations (of one workflow key, if given)."""
     waiting: dict[tuple[str, str, str], list[str]] = {}
-    for snapshot in p.records(Status.PENDING):
-        if (service and snapshot.service != service) or (key and snapshot.key != key):
-            continue
-        if snapshot.status != Status.SUSPENDED and snapshot.status != Status.RUNNING:
-            continue
-        _, journal = p.record(snapshot.id)
+    lives = [
+        live
+        for live in p.listed()
+        if live.listed.status in _AWAITING_PROMISES
+        and (not service or live.listed.service == service)
+        and (not key or live.listed.key == key)
+    ]
+    for live in sorted(lives, key=_LIVE_KEY):
+        record, journal = p.record(live.id)
         for entry in journal:
             if entry.HasField("get_promise") and not entry.HasField("result"):
-                ident = (snapshot.service, snapshot.key, entry.get_promise.name)
-                waiting.setdefault(ident, []).append(snapshot.id)
+                ident = (record.service, record.key, entry.get_promise.name)
+                waiting.setdefault(ident, []).append(record.id)
     out = []
     for (s, k, name), ids in sorted(waiting.items()):
         promise = admin_pb2.Promise(service=s, key=k, name=name, waiting=ids)
@@ -367,17 +370,17 @@ async def awaiting(p: Partition, limit: int) -> admin_pb2.ListAwaitingResponse:
     limit = admin_paging.coerce_limit(limit)
     out = admin_pb2.ListAwaitingResponse()
     candidates = sorted(
-        (r for r in p.records(Status.PENDING) if r.status not in _NOTHING_PENDING),
-        key=_age,
+        (live for live in p.listed() if live.listed.status not in _NOTHING_PENDING),
+        key=_LIVE_KEY,
     )
     # Promises awaited and not completed, with their waiters in invocation age order.
     waiting: dict[tuple[str, str, str], list[str]] = {}
     completed: set[tuple[str, str, str]] = set()
-    for n, snapshot in enumerate(candidates):
+    for n, live in enumerate(candidates):
         if n and not n % _JOURNAL_SLICE:
             await asyncio.sleep(0)
         try:
-            record, journal = p.record(snapshot.id)
+            record, journal = p.record(live.id)
         except UnknownInvocation:  # purged after completing while the loop served others
             continue
         if record.status in _NOTHING_PENDING:  # it moved on meanwhile
@@ -411,7 +414,3 @@ async def awaiting(p: Partition, limit: int) -> admin_pb2.ListAwaitingResponse:
     for ident in sorted(waiting)[:limit]:
         out.promises.add(service=ident[0], key=ident[1], name=ident[2], waiting=waiting[ident])
     return out
-
-
-def _age(record: Invocation) -> admin_paging.Key:
-    return (record.created_at_ms, record.id)

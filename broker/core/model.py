@@ -102,13 +102,15 @@ class Listed(Protocol):
     def key(self) -> str: ...
     @property
     def idempotency_key(self) -> str: ...
+    @property
+    def deployment_id(self) -> str: ...
 
 
 class _Packed:
     """A packed record's `Listed` fields: a plain object, since a protobuf message of
     its own costs kilobytes of arena per waiting invocation."""
 
-    __slots__ = ("idempotency_key", "key", "method", "service", "status")
+    __slots__ = ("deployment_id", "idempotency_key", "key", "method", "service", "status")
 
     def __init__(self, record: Invocation) -> None:
         self.status = record.status
@@ -117,6 +119,7 @@ class _Packed:
         self.method = sys.intern(record.method)
         self.key = record.key
         self.idempotency_key = record.idempotency_key
+        self.deployment_id = sys.intern(record.deployment_id)
 
 
 class Live:
@@ -187,8 +190,8 @@ class Live:
 
     @property
     def listed(self) -> Listed:
-        """For reading only: the record's status, service, method, key and idempotency
-        key, which the admin API filters by (with `order` and `id`). The record itself,
+        """For reading only: the record's status, service, method, key, idempotency key
+        and deployment, which the admin API filters by (with `order` and `id`). The record itself,
         or while it is packed a copy of just those fields made when it was: a listing
         of many waiting invocations unpacks none of them."""
         if self._record is not None:

@@ -11,7 +11,7 @@ from typing import cast
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 
 from broker import admin_query
-from broker.core.model import UnknownInvocation
+from broker.core.model import Live, UnknownInvocation
 from broker.core.partition import Partition
 from broker.storage import MemoryKV
 
@@ -43,9 +43,8 @@ class _Partition:
     def promise(self, service: str, key: str, name: str) -> Result | None:
         return self.completed_promises.get((service, key, name))
 
-    def records(self, status: int = 0) -> list[Invocation]:
-        assert status == Status.PENDING, "only live invocations are read"
-        return [record for record, _ in self.live.values()]
+    def listed(self) -> list[Live]:
+        return [Live(record, journal) for record, journal in self.live.values()]
 
     def record(self, invocation_id: str) -> tuple[Invocation, list[Entry]]:
         self.before_read(invocation_id)

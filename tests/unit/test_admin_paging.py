@@ -216,6 +216,7 @@ def _lives(n: int) -> list[Invocation]:
             method=rng.choice(["M", "N"]),
             key=rng.choice(["", "k1", "k2"]),
             idempotency_key=rng.choice(["", "i1"]),
+            deployment_id=rng.choice(["", "dp_1", "dp_2"]),
             expires_at_ms=2**62,
         )
         for i in range(n)
@@ -264,6 +265,20 @@ def test_live_invocations_packed_or_not_are_filtered_and_ordered_as_their_record
         records, key=lambda r: (r.created_at_ms, r.id), reverse=True
     ), "a packed record is listed whole"
     assert all(live._record is None for live in lives[::2]), "listing unpacked a record"
+
+
+def test_a_packed_invocation_lists_the_fields_of_its_record() -> None:
+    records = _lives(30)
+    store = _Store([], records)
+    lives = store.listed()
+    for live in lives:
+        live.evict()
+
+    for live, record in zip(lives, records, strict=True):
+        for name in ("status", "service", "method", "key", "idempotency_key", "deployment_id"):
+            assert getattr(live.listed, name) == getattr(record, name), name
+        assert live.order == (record.created_at_ms, record.id)
+        assert live._record is None, "reading what it lists unpacked it"
 
 
 def test_stats_count_live_invocations_by_status_packed_or_not() -> None:
