@@ -66,7 +66,9 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         self._deployments_lock = asyncio.Lock()
         # Completed invocations by creation time, so that listings and counts stay fast
         # with many retained; `index_completed` builds it after a start.
-        self.completed_index = admin_query.CompletedIndex(self._partition)
+        self.completed_index = admin_query.CompletedIndex(
+            self._partition, self._partition.settings.admin_index_rows
+        )
 
     async def index_completed(self) -> None:
         """Builds the index of completed invocations (until then listings scan)."""

@@ -7,6 +7,12 @@ record: seconds at 100,000. The index keeps a small row per completed invocation
 sorted by creation time; it is built once after a start (in slices, so the broker
 keeps serving) and kept current by the partition's completion listener. A page then
 reads only its own records. Until the index is built, queries scan the table.
+
+The index holds the newest `--admin-index-rows` completed invocations (by creation
+time), about 250 bytes each: a broker retaining a day of a thousand calls a second
+would otherwise hold tens of gigabytes of rows. Past that bound the oldest rows are
+dropped, and the answers say so (`ListInvocationsResponse.partial`, `GetStats`'s
+`complete`); the dropped invocations stay retained and can be described by id.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import heapq
 import itertools
 import logging
 import operator
@@ -67,14 +74,30 @@ def _row(record: Invocation) -> Row:
     )
 
 
-class CompletedIndex:
-    """Rows of the retained completed invocations, oldest created first, with their
-    counts by outcome kept as rows come and go."""
+DEFAULT_MAX_ROWS = 250_000
 
-    def __init__(self, partition: Partition) -> None:
+
+class CompletedIndex:
+    """Rows of the newest `max_rows` retained completed invocations, oldest created
+    first, with their counts by outcome kept as rows come and go.
+
+    Once it has dropped rows it holds exactly the completed invocations created after
+    the newest one it dropped: one created before that which completes later is left
+    out too, so that a listing has no gap.
+
+    Attributes:
+        truncated: Rows were dropped past `max_rows`: older completed invocations are
+            retained but neither listed nor counted.
+    """
+
+    def __init__(self, partition: Partition, max_rows: int = DEFAULT_MAX_ROWS) -> None:
         self._p = partition
+        self._max = max(1, max_rows)
         self._rows: list[Row] = []
         self.ready = False
+        self.truncated = False
+        # (created_at_ms, id) of the newest row dropped: rows up to it are left out.
+        self._floor: tuple[int, str] | None = None
         self._early: list[Row] = []
         self.by_code: collections.Counter[int] = collections.Counter()
         self._pruned_at = 0
@@ -83,27 +106,67 @@ class CompletedIndex:
     def _completed(self, record: Invocation) -> None:
         row = _row(record)
         if self.ready:
+            if self._floor is not None and row[:2] <= self._floor:
+                return
             bisect.insort(self._rows, row)
             self.by_code[row[6]] += 1
+            if len(self._rows) > self._max:
+                self._drop_oldest()
         else:
             self._early.append(row)
 
+    def _drop_oldest(self) -> None:
+        """Cuts the rows to the bound less a sixteenth: one row at a time would move the
+        whole list at every completion."""
+        keep = self._max - self._max // 16
+        dropped, self._rows = self._rows[:-keep], self._rows[-keep:]
+        self.by_code.subtract(r[6] for r in dropped)
+        self.by_code = +self.by_code  # no outcome left at zero
+        self._drop_up_to(dropped[-1][:2])
+
+    def _drop_up_to(self, key: tuple[int, str]) -> None:
+        if self._floor is None or key > self._floor:
+            self._floor = key
+        self.truncated = True
+
     async def build(self) -> None:
-        """Reads the table once, a slice at a time (the loop serves calls between)."""
-        rows: list[Row] = []
+        """Reads the table once, a slice at a time (the loop serves calls between),
+        keeping the newest `max_rows`."""
+        newest: list[Row] = []  # a heap: its smallest (oldest) row goes first
+        seen = 0
         scan = invocations.scan(self._p.kv)
         while True:
             chunk = list(itertools.islice(scan, _SLICE))
-            rows.extend(_row(r) for r in chunk if r.status == Status.COMPLETED)
+            for r in chunk:
+                if r.status != Status.COMPLETED:
+                    continue
+                seen += 1
+                key = (r.created_at_ms, r.id)
+                if len(newest) < self._max:
+                    heapq.heappush(newest, _row(r))
+                elif key > newest[0][:2]:
+                    self._drop_up_to(heapq.heapreplace(newest, _row(r))[:2])
+                else:
+                    self._drop_up_to(key)
             if len(chunk) < _SLICE:
                 break
             await asyncio.sleep(0)
-        seen = {r[1] for r in rows}
-        rows.extend(r for r in self._early if r[1] not in seen)
-        rows.sort()
+        ids = {r[1] for r in newest}
+        floor = self._floor
+        early = [r for r in self._early if r[1] not in ids and (floor is None or r[:2] > floor)]
+        rows = sorted([*newest, *early])
         self._rows, self._early, self.ready = rows, [], True
         self.by_code = collections.Counter(r[6] for r in rows)
-        log.info("indexed %d completed invocation(s) for the admin API", len(rows))
+        if len(self._rows) > self._max:
+            self._drop_oldest()
+        log.info("indexed %d completed invocation(s) for the admin API", len(self._rows))
+        if self.truncated:
+            log.info(
+                "the admin API lists and counts the newest %d completed invocations "
+                "(--admin-index-rows); %d older ones stay retained, reachable by id",
+                len(self._rows),
+                seen - len(newest),
+            )
 
     def rows(self) -> list[Row]:
         """Rows whose retention has not ended, oldest first (do not modify). Rows past
@@ -173,7 +236,8 @@ def list_invocations(
         # whole records, which stalled the loop for 120-200 ms per listing).
         live = _filter_live(p.listed(), request)
     rows: list[Row] = []
-    if request.outcome or request.status in (0, Status.COMPLETED):
+    lists_completed = bool(request.outcome) or request.status in (0, Status.COMPLETED)
+    if lists_completed:
         rows = _filter_rows(index.rows(), request)
     total = len(live) + len(rows)
     if page.after is not None:
@@ -185,7 +249,9 @@ def list_invocations(
     live.sort(key=_LIVE_KEY, reverse=True)
     items = _page(live, rows, page.offset, page.limit)
     out = admin_pb2.ListInvocationsResponse(
-        total=total, next_page_token=_next_token(items, remaining, page)
+        total=total,
+        next_page_token=_next_token(items, remaining, page),
+        partial=index.truncated and lists_completed,
     )
     for item in items:
         if isinstance(item, Live):
@@ -289,7 +355,7 @@ def _page(live: list[Live], rows: list[Row], offset: int, limit: int) -> list[Li
 
 def stats(p: Partition, index: CompletedIndex) -> admin_pb2.GetStatsResponse:
     """Counts by status and outcome, and the event counters."""
-    out = admin_pb2.GetStatsResponse(at_ms=now_ms(), complete=index.ready)
+    out = admin_pb2.GetStatsResponse(at_ms=now_ms(), complete=index.ready and not index.truncated)
     # Counted by number, named once each: naming 50,000 took the loop 60 ms.
     for status, n in collections.Counter(r.listed.status for r in p.listed()).items():
         out.by_status[Status.Name(status)] = n

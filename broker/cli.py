@@ -844,8 +844,8 @@ def run(args: argparse.Namespace) -> int:
     # them (every verb, the schedules' and the cluster's included): no control character
     # but the line breaks of the layout reaches the terminal raw.
     print(_render_json(response) if args.json else fmt.escape_control(human, keep="\n"))
-    hint = "" if args.json else _next_page_hint(response)
-    if hint:
+    hints = [] if args.json else [_next_page_hint(response), _partial_hint(response)]
+    for hint in filter(None, hints):
         # On stderr: the table on stdout stays what a script parses.
         _print_error(hint)
     return EXIT_OK
@@ -859,6 +859,17 @@ def _next_page_hint(output: JsonOutput) -> str:
     else:
         token = getattr(output, "next_page_token", "")
     return f"more follow: run the same command with --page-token {token}" if token else ""
+
+
+def _partial_hint(output: JsonOutput) -> str:
+    """What a listing that covers only the newest completed invocations leaves out."""
+    partial = output.get("partial") if isinstance(output, dict) else getattr(output, "partial", 0)
+    if not partial:
+        return ""
+    return (
+        "note: completed invocations are listed and counted from the newest the broker "
+        "indexes (--admin-index-rows); older ones are retained: describe one by its id"
+    )
 
 
 def _print_error(message: str) -> None:

@@ -136,6 +136,14 @@ class Settings:
         parse=parse_duration,
         help="how long completed invocations and idempotency keys are kept",
     )
+    admin_index_rows: int = _setting(
+        250_000,
+        "--admin-index-rows",
+        "BROKER_ADMIN_INDEX_ROWS",
+        parse=int,
+        help="completed invocations the admin API lists and counts, newest first, about "
+        "250 bytes of memory each (older ones stay retained and can be described by id)",
+    )
     max_payload_bytes: int = _setting(
         4 * 1024 * 1024, "--max-payload-bytes", "BROKER_MAX_PAYLOAD_BYTES", parse=int
     )
@@ -409,6 +417,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         )
     if bool(a.tls_cert) != bool(a.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if a.admin_index_rows < 1:
+        p.error(
+            f"--admin-index-rows (BROKER_ADMIN_INDEX_ROWS) is {a.admin_index_rows}: give at "
+            "least 1; it bounds the memory the admin API's index of completed invocations takes"
+        )
     if not 0 <= a.stream_linger <= MAX_STREAM_LINGER_S:
         p.error(
             f"--stream-linger (BROKER_STREAM_LINGER) is {a.stream_linger * 1000:g}ms: give "

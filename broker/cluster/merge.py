@@ -57,10 +57,12 @@ def next_partition_request(
 
 def joined(pages: Sequence[admin_pb2.ListInvocationsResponse]) -> admin_pb2.ListInvocationsResponse:
     """A partition's pages as one answer: their invocations in order, the first page's
-    total (the count ignores the token), the last page's next token."""
+    total (the count ignores the token), the last page's next token, partial if any
+    page was."""
     out = admin_pb2.ListInvocationsResponse(
         total=pages[0].total if pages else 0,
         next_page_token=pages[-1].next_page_token if pages else "",
+        partial=any(p.partial for p in pages),
     )
     for page in pages:
         out.invocations.extend(page.invocations)
@@ -82,7 +84,11 @@ def invocations(
     # than it gave (what it kept back comes after everything it gave).
     taken = list(itertools.islice(merged, request.offset, end + 1))
     page = taken[: page_limit(request)]
-    out = admin_pb2.ListInvocationsResponse(invocations=page, total=sum(a.total for a in answers))
+    out = admin_pb2.ListInvocationsResponse(
+        invocations=page,
+        total=sum(a.total for a in answers),
+        partial=any(a.partial for a in answers),
+    )
     if page and (len(taken) > len(page) or any(a.next_page_token for a in answers)):
         out.next_page_token = encode_token((page[-1].created_at_ms, page[-1].id))
     return out

@@ -93,7 +93,9 @@ async def overview(console: Console) -> Safe:
         ""
         if stats.complete
         else notice(
-            "Still indexing completed invocations after a start: counts are partial.", "info"
+            "Counts of completed invocations are partial: the broker is still indexing them "
+            "after a start, or indexes only the newest (--admin-index-rows).",
+            "info",
         )
     )
     service_rows = []
@@ -240,6 +242,17 @@ async def invocation_rows(console: Console, query: Mapping[str, str]) -> tuple[S
         cls="invocations",
     )
     empty = Safe("") if rows else notice("No invocation matches these filters.", "info")
+    if response.partial:
+        empty = join(
+            [
+                empty,
+                notice(
+                    "Completed invocations are listed and counted from the newest the broker "
+                    "indexes (--admin-index-rows); older ones are retained: open one by its id.",
+                    "info",
+                ),
+            ]
+        )
     return h(
         '<nav class="pager" aria-label="Pages">{p}</nav>{t}{e}', p=join(pager, " "), t=body, e=empty
     ), 200

@@ -371,3 +371,28 @@ def test_a_name_removed_or_added_meanwhile_moves_nothing() -> None:
 def test_a_name_token_the_broker_did_not_issue_is_refused(token: str) -> None:
     with pytest.raises(PagingError, match="pass next_page_token from the previous page unchanged"):
         admin_paging.name_page(["a", "b"], token, 1, _plain)
+
+
+def test_a_bounded_index_says_the_listing_and_counts_of_completed_ones_are_partial() -> None:
+    records = [_record(n, Status.COMPLETED if n % 3 else Status.SUSPENDED) for n in range(30)]
+    completed = [r for r in records if r.status == Status.COMPLETED]
+    store = _Store(completed, [r for r in records if r.status != Status.COMPLETED])
+    partition = cast(Partition, store)
+    index = admin_query.CompletedIndex(partition, max_rows=8)
+    asyncio.run(index.build())
+    newest = sorted(completed, key=lambda r: (r.created_at_ms, r.id))[-8:]
+
+    listed = admin_query.list_invocations(partition, index, Request(status=Status.COMPLETED))
+    assert [r.id for r in listed.invocations] == [r.id for r in reversed(newest)]
+    assert listed.total == 8
+    assert listed.partial
+    assert admin_query.list_invocations(partition, index, Request()).partial
+    live_only = admin_query.list_invocations(partition, index, Request(status=Status.SUSPENDED))
+    assert not live_only.partial, "no completed ones were asked for"
+    assert len(live_only.invocations) == len(records) - len(completed)
+    assert not admin_query.stats(partition, index).complete
+
+    whole = admin_query.CompletedIndex(partition, max_rows=100)
+    asyncio.run(whole.build())
+    assert not admin_query.list_invocations(partition, whole, Request()).partial
+    assert admin_query.stats(partition, whole).complete

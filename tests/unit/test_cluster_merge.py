@@ -281,3 +281,14 @@ def test_restarts_back_off_while_a_worker_dies_young() -> None:
     assert delays[:4] == [0.1, 0.1, 0.2, 0.4]
     assert delays == sorted(delays)
     assert delays[-1] == supervisor.RESTART_MAX_S
+
+
+def test_a_partition_whose_listing_is_partial_makes_the_merge_partial() -> None:
+    whole = admin_pb2.ListInvocationsResponse(invocations=[_inv(3, "inv_c")], total=1)
+    cut = admin_pb2.ListInvocationsResponse(invocations=[_inv(2, "inv_b")], total=1, partial=True)
+    request = admin_pb2.ListInvocationsRequest(limit=10)
+
+    assert merge.joined([whole, cut]).partial
+    assert not merge.joined([whole]).partial
+    assert merge.invocations(request, [whole, merge.joined([cut])]).partial
+    assert not merge.invocations(request, [whole, whole]).partial

@@ -88,6 +88,8 @@ def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPa
         ([], {"BROKER_INGRESS": "nowhere"}, "BROKER_INGRESS (for --ingress): not HOST:PORT"),
         ([], {"BROKER_RETRY_MAX": "soon"}, "BROKER_RETRY_MAX (for --retry-max): not a duration"),
         ([], {"BROKER_WORKERS": "two"}, "BROKER_WORKERS (for --workers): invalid literal"),
+        (["--admin-index-rows", "0"], {}, "--admin-index-rows (BROKER_ADMIN_INDEX_ROWS) is 0"),
+        ([], {"BROKER_ADMIN_INDEX_ROWS": "-5"}, "give at least 1"),
     ],
 )
 def test_bad_settings_are_refused(
