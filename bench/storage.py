@@ -2,8 +2,9 @@
 purges what completed? `python -m bench.storage --retention 10s --duration 90`.
 
 Runs the trivial echo through the broker with N closed-loop clients for the whole
-duration and prints, every interval, the calls completed, the invocations the admin API
-still lists (retained), and the data dir's size on disk.
+duration and prints, every interval, the calls completed, the completed invocations the
+admin API lists (all those retained, or with a `*` only the newest `--admin-index-rows`),
+the data dir's size on disk and the broker's resident memory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from durable import wire
 from durable.process import free_ports
 from durable.v1 import admin_pb2, admin_pb2_grpc
 
-from .procs import ROOT, Cluster, install_signal_handlers
+from .procs import ROOT, Cluster, install_signal_handlers, rss_bytes
 
 
 def dir_bytes(path: Path) -> int:
@@ -57,7 +58,8 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
             "broker",
             ingress,
             ["-m", "broker", "--data-dir", str(workdir / "broker"), "--ingress", ingress,
-             "--admin", admin, "--retention", args.retention, "--log-level", "WARNING"],
+             "--admin", admin, "--retention", args.retention, "--log-level", "WARNING",
+             "--admin-index-rows", str(args.admin_index_rows)],
         )  # fmt: skip
         bench = cluster.spawn(
             "bench", "service", service, ["-m", "bench.service", "--listen", service]
@@ -66,8 +68,14 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
         cluster.wait_ready(broker, admin)
         cluster.wait_ready(bench)
         cluster.register(admin, [f"http://{service}"])
-        print(f"retention {args.retention}, {args.clients} clients, fsync on, 64-byte payload")
-        print(f"{'t s':>6} {'calls':>8} {'calls/s':>8} {'retained':>9} {'data dir MB':>12}")
+        print(
+            f"retention {args.retention}, admin index {args.admin_index_rows} rows, "
+            f"{args.clients} clients, fsync on, 64-byte payload"
+        )
+        print(
+            f"{'t s':>6} {'calls':>8} {'calls/s':>8} {'listed':>9} {'data dir MB':>12} "
+            f"{'broker RSS MB':>14}"
+        )
         stop, done = asyncio.Event(), [0]
         load = asyncio.create_task(_load(ingress, args.clients, stop, done))
         started, last_calls, last_t = time.monotonic(), 0, time.monotonic()
@@ -77,13 +85,16 @@ async def _run(args: argparse.Namespace, workdir: Path) -> None:
                 await asyncio.sleep(args.interval)
                 cluster.check_alive()
                 now = time.monotonic()
-                retained = stub.ListInvocations(
-                    admin_pb2.ListInvocationsRequest(limit=1), timeout=30
-                ).total
+                listed = stub.ListInvocations(admin_pb2.ListInvocationsRequest(limit=1), timeout=30)
+                retained = f"{listed.total}{'*' if listed.partial else ''}"
                 rate = (done[0] - last_calls) / (now - last_t)
                 last_calls, last_t = done[0], now
                 size = dir_bytes(workdir / "broker") / 1e6
-                print(f"{now - started:6.0f} {done[0]:8d} {rate:8.0f} {retained:9d} {size:12.2f}")
+                rss = rss_bytes(broker.pid) / 1e6
+                print(
+                    f"{now - started:6.0f} {done[0]:8d} {rate:8.0f} {retained:>9} {size:12.2f} "
+                    f"{rss:14.1f}"
+                )
         stop.set()
         await asyncio.wait_for(load, timeout=60)
 
@@ -95,6 +106,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=90)
     p.add_argument("--interval", type=float, default=10)
     p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--admin-index-rows", type=int, default=250_000)
     args = p.parse_args()
     install_signal_handlers()
     base = ROOT / ".data" / "bench"
