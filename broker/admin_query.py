@@ -30,6 +30,7 @@ from collections.abc import Iterator, Sequence
 from durable.v1 import admin_pb2, invocation_pb2
 
 from . import admin_paging
+from .config import ADMIN_INDEX_ROWS
 from .core.model import Live, UnknownInvocation, now_ms
 from .core.partition import Partition
 from .storage import invocations, promises
@@ -74,9 +75,6 @@ def _row(record: Invocation) -> Row:
     )
 
 
-DEFAULT_MAX_ROWS = 250_000
-
-
 class CompletedIndex:
     """Rows of the newest `max_rows` retained completed invocations, oldest created
     first, with their counts by outcome kept as rows come and go.
@@ -90,7 +88,7 @@ class CompletedIndex:
             retained but neither listed nor counted.
     """
 
-    def __init__(self, partition: Partition, max_rows: int = DEFAULT_MAX_ROWS) -> None:
+    def __init__(self, partition: Partition, max_rows: int = ADMIN_INDEX_ROWS) -> None:
         self._p = partition
         self._max = max(1, max_rows)
         self._rows: list[Row] = []

@@ -23,6 +23,8 @@ _T = TypeVar("_T")
 MAX_INGRESS_SERVERS = 16
 # The longest --stream-linger: it is a wait added to messages under load.
 MAX_STREAM_LINGER_S = 0.1
+# Completed invocations the admin API's index holds by default (about 250 bytes each).
+ADMIN_INDEX_ROWS = 250_000
 _OPTION = "option"
 
 
@@ -137,7 +139,7 @@ class Settings:
         help="how long completed invocations and idempotency keys are kept",
     )
     admin_index_rows: int = _setting(
-        250_000,
+        ADMIN_INDEX_ROWS,
         "--admin-index-rows",
         "BROKER_ADMIN_INDEX_ROWS",
         parse=int,
