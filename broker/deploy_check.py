@@ -100,11 +100,15 @@ def invocations_to_check(
     """Ids of the in-flight invocations of `services` (oldest first), then of up to
     `SAMPLE_COMPLETED` most recently completed ones of each."""
     wanted = set(services)
-    live = sorted(
-        (live.snapshot() for live in list(partition.live.values())),
-        key=lambda r: (r.created_at_ms, r.id),
+    in_flight = sorted(
+        (
+            live
+            for live in partition.listed()
+            if live.listed.service in wanted and live.listed.status != Status.COMPLETED
+        ),
+        key=lambda live: live.order,
     )
-    ids = [r.id for r in live if r.service in wanted and r.status != Status.COMPLETED]
+    ids = [live.id for live in in_flight]
     for service in sorted(wanted):
         request = admin_pb2.ListInvocationsRequest(
             status=Status.COMPLETED, service=service, limit=SAMPLE_COMPLETED
