@@ -40,6 +40,7 @@ from . import registry as reg
 from .admin_fields import check_part
 from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
+from .config import MAX_SEND_BYTES
 from .core import control
 from .core.model import UnknownInvocation, failure, now_ms
 from .core.partition import Partition
@@ -328,9 +329,13 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             )
             raise AssertionError("unreachable") from None
         rendered, result_json = rendering.render(self._registry, record, journal, self._lookup)
-        return admin_pb2.DescribeInvocationResponse(
+        answer = admin_pb2.DescribeInvocationResponse(
             invocation=record, journal=journal, rendered=rendered, result_json=result_json
         )
+        too_big = rendering.fit(answer, MAX_SEND_BYTES)
+        if too_big is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
+        return answer
 
     def _lookup(self, invocation_id: str) -> invocation_pb2.Invocation | None:
         live = self._partition.live.get(invocation_id)

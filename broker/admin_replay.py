@@ -14,6 +14,7 @@ from durable.v1 import admin_pb2, invocation_pb2
 from . import registry as reg
 from . import rendering
 from .admin_fields import check_part
+from .config import MAX_SEND_BYTES
 from .core.model import UnknownInvocation
 from .core.partition import Partition
 from .storage import invocations
@@ -43,7 +44,7 @@ class ReplayAdmin:
             raise AssertionError("unreachable") from None
         deployment = self._pinned(record)
         rendered, _ = rendering.render(self._registry, record, journal, self._other)
-        return admin_pb2.ExportInvocationResponse(
+        answer = admin_pb2.ExportInvocationResponse(
             invocation=record,
             journal=journal,
             deployment_id=deployment.id if deployment else "",
@@ -51,6 +52,10 @@ class ReplayAdmin:
             files=deployment.files if deployment else None,
             rendered=rendered,
         )
+        too_big = rendering.fit(answer, MAX_SEND_BYTES)
+        if too_big is not None:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
+        return answer
 
     def _pinned(self, record: invocation_pb2.Invocation) -> reg.Deployment | None:
         """The deployment the invocation is pinned to or, before its first attempt,

@@ -844,7 +844,7 @@ def run(args: argparse.Namespace) -> int:
     # them (every verb, the schedules' and the cluster's included): no control character
     # but the line breaks of the layout reaches the terminal raw.
     print(_render_json(response) if args.json else fmt.escape_control(human, keep="\n"))
-    hints = [] if args.json else [_next_page_hint(response), _partial_hint(response)]
+    hints = [] if args.json else [_next_page_hint(response), *_notes(response)]
     for hint in filter(None, hints):
         # On stderr: the table on stdout stays what a script parses.
         _print_error(hint)
@@ -861,15 +861,22 @@ def _next_page_hint(output: JsonOutput) -> str:
     return f"more follow: run the same command with --page-token {token}" if token else ""
 
 
-def _partial_hint(output: JsonOutput) -> str:
-    """What a listing that covers only the newest completed invocations leaves out."""
-    partial = output.get("partial") if isinstance(output, dict) else getattr(output, "partial", 0)
-    if not partial:
-        return ""
-    return (
-        "note: completed invocations are listed and counted from the newest the broker "
-        "indexes (--admin-index-rows); older ones are retained: describe one by its id"
-    )
+_NOTES = {
+    "partial": "note: completed invocations are listed and counted from the newest the "
+    "broker indexes (--admin-index-rows); older ones are retained: describe one by its id",
+    "rendering_omitted": "note: payloads are shown as bytes: with their JSON the answer "
+    "would pass the admin API's 64 MiB message cap",
+}
+
+
+def _notes(output: JsonOutput) -> list[str]:
+    """What an answer says it leaves out (a listing of only the newest completed
+    invocations, a journal without its payloads' JSON)."""
+    return [
+        note
+        for field, note in _NOTES.items()
+        if (output.get(field) if isinstance(output, dict) else getattr(output, field, False))
+    ]
 
 
 def _print_error(message: str) -> None:

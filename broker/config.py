@@ -25,6 +25,9 @@ MAX_INGRESS_SERVERS = 16
 MAX_STREAM_LINGER_S = 0.1
 # Completed invocations the admin API's index holds by default (about 250 bytes each).
 ADMIN_INDEX_ROWS = 250_000
+# The largest message the broker's gRPC servers send (their send cap): an admin answer,
+# an ingress reply.
+MAX_SEND_BYTES = 64 * 1024 * 1024
 _OPTION = "option"
 
 

@@ -35,6 +35,38 @@ def render(
     return rendered, result_json
 
 
+Answer = admin_pb2.DescribeInvocationResponse | admin_pb2.ExportInvocationResponse
+
+# Room under the send cap for gRPC's own framing of the answer.
+_FRAMING_BYTES = 64 * 1024
+
+
+def fit(answer: Answer, limit: int) -> str | None:
+    """Leaves the renderings out of `answer` when with them it would be over `limit`
+    bytes (a journal with payloads near the size limit renders to more than its own
+    size); returns why it cannot go even without them, or None.
+
+    The journal itself is what a reader needs whole (replay reads it); the renderings
+    only show its payloads as JSON, and readers fall back to the bytes without them.
+    """
+    cap = limit - _FRAMING_BYTES
+    if answer.ByteSize() <= cap:
+        return None
+    answer.ClearField("rendered")
+    if isinstance(answer, admin_pb2.DescribeInvocationResponse):
+        answer.ClearField("result_json")
+    answer.rendering_omitted = True
+    size = answer.ByteSize()
+    if size <= cap:
+        return None
+    entries = f"{len(answer.journal)} entr{'y' if len(answer.journal) == 1 else 'ies'}"
+    return (
+        f"invocation {answer.invocation.id}'s journal ({entries}) takes "
+        f"{size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB an admin answer can carry: "
+        "it cannot be shown or exported whole"
+    )
+
+
 def as_json(message_type: type[Message], data: bytes) -> str:
     """`data` parsed as `message_type`, in compact proto3 JSON; "" if it does not parse."""
     try:
