@@ -146,8 +146,9 @@ class Settings:
         "--admin-index-rows",
         "BROKER_ADMIN_INDEX_ROWS",
         parse=int,
-        help="completed invocations the admin API lists and counts, newest first, about "
-        "250 bytes of memory each (older ones stay retained and can be described by id)",
+        help="completed invocations the admin API lists and counts per partition, the "
+        "newest, about 250 bytes of memory each (older ones stay retained and can be "
+        "described by id)",
     )
     max_payload_bytes: int = _setting(
         4 * 1024 * 1024, "--max-payload-bytes", "BROKER_MAX_PAYLOAD_BYTES", parse=int
