@@ -274,10 +274,16 @@ class Replica:
         The trim is tried on every check, not only after a new snapshot: a follower
         behind when the snapshot was taken holds the trim back only until it catches
         up, even if no entry is appended after.
+
+        It trims only below a snapshot this leader stored itself. The stored one's claim
+        says when the next is due, but its bytes were never read here: one that does
+        not restore (junk that claims a position this leader reached) would leave a
+        rebuilding node neither a snapshot nor the log below its claim.
         """
         store = self.node.engine.snapshots
         assert store is not None and isinstance(self.kv, RocksKV)
         covered = await self._stored_snapshot(store)
+        own = 0  # the position of the last snapshot this leader stored: trims stay below
         trimmed = 0
         every = max(self.node.settings.snapshot_entries, 1)
         while True:
@@ -286,10 +292,10 @@ class Replica:
                 continue
             try:
                 if self._log.last - covered >= every:
-                    covered = await snapshot.take(
+                    covered = own = await snapshot.take(
                         store, self.partition, self.kv, self.node.settings.data_dir or "."
                     )
-                floor = trim_floor(covered, self._followers(), trimmed)
+                floor = trim_floor(own, self._followers(), trimmed)
                 if floor is None:
                     continue
                 await self.node.engine.js.purge_stream(stream_name(self.partition), seq=floor + 1)
