@@ -309,6 +309,9 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 "an outcome filter applies to completed invocations only; "
                 f"it cannot be combined with status {Status.Name(status)}",
             )
+        # Just after a start: the loop serves calls while the index is built; waiting a
+        # moment for it beats answering without the completed ones.
+        await self.completed_index.wait_built()
         try:
             return admin_query.list_invocations(self._partition, self.completed_index, request)
         except admin_paging.PagingError as e:

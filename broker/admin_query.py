@@ -6,7 +6,10 @@ listing them newest first (or counting them by outcome) would read and parse eve
 record: seconds at 100,000. The index keeps a small row per completed invocation,
 sorted by creation time; it is built once after a start (in slices, so the broker
 keeps serving) and kept current by the partition's completion listener. A page then
-reads only its own records. Until the index is built, queries scan the table.
+reads only its own records. Until the index is built, a listing waits for it a few
+seconds (`INDEX_WAIT_S`), then lists live invocations only and says it is partial: a
+scan of the table instead held the event loop for seconds per call with a few hundred
+thousand retained, and the console polls.
 
 The index holds the newest `--admin-index-rows` completed invocations (by creation
 time), about 250 bytes each: a broker retaining a day of a thousand calls a second
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import contextlib
 import heapq
 import itertools
 import logging
@@ -42,6 +46,8 @@ Status = invocation_pb2.InvocationStatus
 # Invocations a key's description lists of its inbox: a busy key's queue has no bound.
 INBOX_SHOWN = admin_paging.MAX_LIST_LIMIT
 _SLICE = 2000
+# How long a listing waits for the index after a start before it answers without it.
+INDEX_WAIT_S = 5.0
 # Journals ListAwaiting reads between two yields to the event loop (a few milliseconds
 # when they come from storage).
 _JOURNAL_SLICE = 500
@@ -93,6 +99,7 @@ class CompletedIndex:
         self._max = max(1, max_rows)
         self._rows: list[Row] = []
         self.ready = False
+        self._built = asyncio.Event()
         self.truncated = False
         # (created_at_ms, id) of the newest row dropped: rows up to it are left out.
         self._floor: tuple[int, str] | None = None
@@ -154,6 +161,7 @@ class CompletedIndex:
         early = [r for r in self._early if r[1] not in ids and (floor is None or r[:2] > floor)]
         rows = sorted([*newest, *early])
         self._rows, self._early, self.ready = rows, [], True
+        self._built.set()
         self.by_code = collections.Counter(r[6] for r in rows)
         if len(self._rows) > self._max:
             self._drop_oldest()
@@ -165,6 +173,13 @@ class CompletedIndex:
                 len(self._rows),
                 seen - len(newest),
             )
+
+    async def wait_built(self, timeout: float = INDEX_WAIT_S) -> bool:
+        """Waits up to `timeout` seconds for the index to be built; whether it is."""
+        if not self.ready:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._built.wait(), timeout)
+        return self.ready
 
     def rows(self) -> list[Row]:
         """Rows whose retention has not ended, oldest first (do not modify). Rows past
@@ -181,32 +196,6 @@ class CompletedIndex:
         return self._rows
 
 
-def _live_matches(record: Invocation, request: admin_pb2.ListInvocationsRequest) -> bool:
-    return (
-        (not request.status or record.status == request.status)
-        and (not request.service or record.service == request.service)
-        and (not request.method or record.method == request.method)
-        and (not request.key or record.key == request.key)
-        and (not request.idempotency_key or record.idempotency_key == request.idempotency_key)
-        and (not request.created_after_ms or record.created_at_ms >= request.created_after_ms)
-        and (not request.created_before_ms or record.created_at_ms < request.created_before_ms)
-    )
-
-
-def _outcome_matches(code: int, request: admin_pb2.ListInvocationsRequest) -> bool:
-    if request.outcome == admin_pb2.OUTCOME_SUCCEEDED:
-        return code == 0
-    if request.outcome == admin_pb2.OUTCOME_FAILED:
-        return code != 0 and (not request.failure_code or code == request.failure_code)
-    return True
-
-
-def _record_matches(record: Invocation, request: admin_pb2.ListInvocationsRequest) -> bool:
-    if request.outcome:  # only completed ones have an outcome; the status filter is moot
-        return record.status == Status.COMPLETED and _row_matches(_row(record), request)
-    return _live_matches(record, request)
-
-
 def list_invocations(
     p: Partition, index: CompletedIndex, request: admin_pb2.ListInvocationsRequest
 ) -> admin_pb2.ListInvocationsResponse:
@@ -216,17 +205,6 @@ def list_invocations(
         admin_paging.PagingError: A page the listing refuses (checked before any work).
     """
     page = admin_paging.check(request)
-    if not index.ready:
-        scope = Status.COMPLETED if request.outcome else request.status
-        records = [r for r in p.records(scope) if _record_matches(r, request)]
-        records.sort(key=_key, reverse=True)
-        total = len(records)
-        if page.after is not None:
-            records = [r for r in records if _key(r) < page.after]
-        taken = records[page.offset : page.offset + page.limit]
-        return admin_pb2.ListInvocationsResponse(
-            invocations=taken, total=total, next_page_token=_next_token(taken, len(records), page)
-        )
     live: list[Live] = []
     if not request.outcome and request.status != Status.COMPLETED:
         # Every invocation that has not completed is live: this reads memory only, and
@@ -235,7 +213,7 @@ def list_invocations(
         live = _filter_live(p.listed(), request)
     rows: list[Row] = []
     lists_completed = bool(request.outcome) or request.status in (0, Status.COMPLETED)
-    if lists_completed:
+    if lists_completed and index.ready:
         rows = _filter_rows(index.rows(), request)
     total = len(live) + len(rows)
     if page.after is not None:
@@ -249,7 +227,7 @@ def list_invocations(
     out = admin_pb2.ListInvocationsResponse(
         total=total,
         next_page_token=_next_token(items, remaining, page),
-        partial=index.truncated and lists_completed,
+        partial=lists_completed and (index.truncated or not index.ready),
     )
     for item in items:
         if isinstance(item, Live):
@@ -298,10 +276,6 @@ def _next_token(
     if items and remaining > page.offset + len(items):
         return admin_paging.encode_token(_key(items[-1]))
     return ""
-
-
-def _row_matches(row: Row, request: admin_pb2.ListInvocationsRequest) -> bool:
-    return bool(_filter_rows([row], request))
 
 
 def _filter_rows(rows: list[Row], request: admin_pb2.ListInvocationsRequest) -> list[Row]:

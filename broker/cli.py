@@ -863,7 +863,8 @@ def _next_page_hint(output: JsonOutput) -> str:
 
 _NOTES = {
     "partial": "note: completed invocations are listed and counted from the newest the "
-    "broker indexes (--admin-index-rows); older ones are retained: describe one by its id",
+    "broker indexes (--admin-index-rows), or not yet while it indexes them after a start; "
+    "the others are retained: describe one by its id",
     "rendering_omitted": "note: payloads are shown as bytes: with their JSON the answer "
     "would pass the admin API's 64 MiB message cap",
 }

@@ -126,6 +126,7 @@ async def check(
     services: Sequence[str],
 ) -> Report:
     """Replays the journals of `services`' invocations against the endpoint at `uri`."""
+    await completed.wait_built()  # the sample of completed ones comes from the index
     ids = invocations_to_check(partition, completed, services)
     slots = asyncio.Semaphore(PARALLEL)
 

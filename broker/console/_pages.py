@@ -248,7 +248,8 @@ async def invocation_rows(console: Console, query: Mapping[str, str]) -> tuple[S
                 empty,
                 notice(
                     "Completed invocations are listed and counted from the newest the broker "
-                    "indexes (--admin-index-rows); older ones are retained: open one by its id.",
+                    "indexes (--admin-index-rows), or not yet while it indexes them after a "
+                    "start; the others are retained: open one by its id.",
                     "info",
                 ),
             ]
