@@ -69,10 +69,16 @@ async def latest(
 
     Raises:
         SnapshotUnreadable: Reading it took longer than its size allows.
+        nats.errors.TimeoutError: Asking for its size went unanswered.
     """
     try:
         info = await store.get_info(name(partition))
-        limit = base_s + (info.size or 0) / READ_BYTES_PER_S
+    except nats.js.errors.ObjectNotFoundError:
+        return None
+    # Only the read is bounded here: NATS's own request timeout (a TimeoutError too)
+    # must not be reported as a read that overran, before the read even had a bound.
+    limit = base_s + (info.size or 0) / READ_BYTES_PER_S
+    try:
         result = await asyncio.wait_for(store.get(name(partition)), limit)
     except nats.js.errors.ObjectNotFoundError:
         return None

@@ -7,6 +7,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import nats.errors
 import nats.js.errors
 import pytest
 
@@ -87,11 +88,14 @@ class _Store:
     """An object store whose reads of the object's chunks stall when `stalls` (as
     nats-py's do for chunks a replacement purged) or are missing altogether."""
 
-    def __init__(self, size: int | None, stalls: bool = False) -> None:
+    def __init__(self, size: int | None, stalls: bool = False, unanswered: bool = False) -> None:
         self._info = None if size is None else _Info(size, 42)
         self._stalls = stalls
+        self._unanswered = unanswered
 
     async def get_info(self, name: str) -> _Info:
+        if self._unanswered:
+            raise nats.errors.TimeoutError()
         if self._info is None:
             raise nats.js.errors.ObjectNotFoundError()
         return self._info
@@ -114,3 +118,10 @@ def test_a_snapshot_read_that_stalls_fails_instead_of_waiting_forever() -> None:
     assert time.monotonic() - started < 5  # the base time plus a millisecond per kB
     assert _latest(_Store(size=1000), base_s=0.05) == (42, b"packed")
     assert _latest(_Store(size=None), base_s=0.05) is None
+
+
+def test_an_unanswered_request_for_the_size_is_reported_as_itself() -> None:
+    # NATS's request timeout is a TimeoutError too: it once fell into the read's
+    # handler, which named the size it never got (UnboundLocalError).
+    with pytest.raises(nats.errors.TimeoutError):
+        _latest(_Store(size=1000, unanswered=True), base_s=0.05)
