@@ -267,19 +267,6 @@ class Partition:
         self._touch(live)
         return live.snapshot()
 
-    def records(self, status: int = 0) -> list[Invocation]:
-        """Every retained invocation's record (or those with `status`), live ones as they
-        are now. Every invocation that has not completed is live, so only listing
-        completed ones (or all) reads the table."""
-        if status and status != Status.COMPLETED:
-            out = {}
-        else:
-            out = {r.id: r for r in invocations.scan(self.kv)}
-        for invocation_id, live in self.live.items():
-            self._touch(live)
-            out[invocation_id] = live.snapshot()
-        return list(out.values())
-
     # ---- Creation and scheduling
 
     def _create(

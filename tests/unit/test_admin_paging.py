@@ -108,10 +108,6 @@ class _Store:
         self.completion_listeners: list[object] = []
         self.metrics = types.SimpleNamespace(counters={})  # what stats reads of them
 
-    def records(self, status: int = 0) -> list[Invocation]:
-        table = [] if status and status != Status.COMPLETED else list(invocations.scan(self.kv))
-        return table + [live.snapshot() for live in self._live.values()]
-
     def listed(self) -> list[Live]:
         return list(self._live.values())
 
