@@ -22,6 +22,8 @@ from durable import wire
 from durable.process import free_ports
 from durable.v1 import admin_pb2, admin_pb2_grpc
 
+from broker.config import ADMIN_INDEX_ROWS
+
 from .procs import ROOT, Cluster, install_signal_handlers, rss_bytes
 
 
@@ -106,7 +108,7 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=90)
     p.add_argument("--interval", type=float, default=10)
     p.add_argument("--clients", type=int, default=8)
-    p.add_argument("--admin-index-rows", type=int, default=250_000)
+    p.add_argument("--admin-index-rows", type=int, default=ADMIN_INDEX_ROWS)
     args = p.parse_args()
     install_signal_handlers()
     base = ROOT / ".data" / "bench"

@@ -113,8 +113,10 @@ class ScanCache:
             if not key.startswith(table):
                 continue
             prefix = self._group_of(key)
-            group = self._groups.get(prefix) if prefix is not None else None
-            if prefix is not None and group is not None:
+            if prefix is None:
+                continue
+            group = self._groups.get(prefix)
+            if group is not None:
                 yield prefix, group, key, value
 
     def clear(self) -> None:
