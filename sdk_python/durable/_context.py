@@ -307,10 +307,13 @@ class ObjectSharedContext(Context):
         `set` stored (a stored value that is not one raises a terminal `INTERNAL` error).
         """
         raw = self._runtime.state.get(name)
-        result = Result(value=raw) if raw is not None else Result(empty=journal_pb2.Empty())
-        index = self._runtime.propose(
-            Entry(get_state=journal_pb2.GetStateCommand(key=name), result=result)
-        )
+        entry = Entry()
+        entry.get_state.key = name
+        if raw is not None:
+            entry.result.value = raw
+        else:
+            entry.result.empty.SetInParent()
+        index = self._runtime.propose(entry)
         journaled = self._runtime.machine.result(index)
         if journaled is None or not journaled.HasField("value"):
             return default
@@ -346,7 +349,10 @@ class ObjectContext(ObjectSharedContext):
             TerminalError: INTERNAL when `value` is neither, naming its type.
         """
         raw = _serde.encode(value, f"state value {name!r}")
-        self._runtime.propose(Entry(set_state=journal_pb2.SetStateCommand(key=name, value=raw)))
+        entry = Entry()
+        entry.set_state.key = name
+        entry.set_state.value = raw
+        self._runtime.propose(entry)
         self._runtime.state[name] = raw
 
     def clear(self, name: str) -> None:

@@ -102,12 +102,14 @@ class ReplayMachine:
             if _identity(journaled) != _identity(entry):
                 raise NonDeterminismError(index, describe(journaled), describe(entry))
             return index
-        stored = Entry()
-        stored.CopyFrom(entry)
-        self._journal.append(stored)
-        self._outbox.append(
-            protocol_pb2.InvokeResponse(entry=protocol_pb2.ProposedEntry(index=index, entry=entry))
-        )
+        self._journal.append(_copy(entry))
+        # Built in place: protobuf's keyword constructor copies a nested message once
+        # per level (twice the time, on every step of every handler).
+        message = protocol_pb2.InvokeResponse()
+        proposed = message.entry
+        proposed.index = index
+        proposed.entry.CopyFrom(entry)
+        self._outbox.append(message)
         return index
 
     def journaled(self, index: int) -> Entry:
@@ -146,8 +148,13 @@ class ReplayMachine:
 
     def finish(self, result: Result) -> None:
         """Proposes the output entry and ends the attempt."""
-        self.propose(Entry(output=journal_pb2.OutputCommand(), result=result))
-        self._outbox.append(protocol_pb2.InvokeResponse(end=protocol_pb2.EndMessage()))
+        output = Entry()
+        output.output.SetInParent()
+        output.result.CopyFrom(result)
+        self.propose(output)
+        end = protocol_pb2.InvokeResponse()
+        end.end.SetInParent()
+        self._outbox.append(end)
 
     def suspend(self, waiting_on: list[int]) -> None:
         """Ends the attempt waiting on the given entries."""

@@ -39,6 +39,25 @@ StartAttempt = Callable[
 ]
 
 
+# An attempt's id and one of its messages, queued for the next frame.
+_Item = tuple[int, protocol_pb2.InvokeResponse]
+
+# What wrapping a message in an AttemptResponse adds to its size, at most: the frame's
+# field tag and length, the attempt id's tag and varint, the message's tag and length.
+_ITEM_OVERHEAD = 24
+
+
+def _frame(items: list[_Item]) -> protocol_pb2.MultiplexResponse:
+    """One frame of the queued messages, each copied once, straight into it."""
+    frame = protocol_pb2.MultiplexResponse()
+    add = frame.items.add
+    for attempt_id, message in items:
+        item = add()
+        item.attempt_id = attempt_id
+        item.message.CopyFrom(message)
+    return frame
+
+
 class Multiplexer:
     """Runs the attempts one Multiplex stream carries."""
 
@@ -47,10 +66,8 @@ class Multiplexer:
         # Attempts that may still send: from their start until their terminal message.
         self._running: dict[int, Runtime | None] = {}
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        # Items with their sizes, for frames().
-        self._outbox: asyncio.Queue[tuple[protocol_pb2.AttemptResponse, int] | None] = (
-            asyncio.Queue()
-        )
+        # Each attempt's messages with their sizes, for frames().
+        self._outbox: asyncio.Queue[tuple[_Item, int] | None] = asyncio.Queue()
         self._draining = draining
         # How long a frame waits for more items, as the broker's latest frame said.
         self.linger = 0.0
@@ -91,11 +108,7 @@ class Multiplexer:
 
     def frames(self) -> AsyncIterator[protocol_pb2.MultiplexResponse]:
         """Frames to send: everything queued when the stream is ready to write."""
-        return packed_frames(
-            self._outbox,
-            lambda items: protocol_pb2.MultiplexResponse(items=items),
-            linger=lambda: self.linger,
-        )
+        return packed_frames(self._outbox, _frame, linger=lambda: self.linger)
 
     def drain(self) -> None:
         """Refuses new attempts; ends the stream once the running ones have ended."""
@@ -152,20 +165,16 @@ class Multiplexer:
         """Ends an attempt with a retryable error and stops its handler, if it runs."""
         self._stop(attempt_id)
         error = protocol_pb2.ErrorMessage(code=code, message=message, entry_index=-1)
-        self._queue(
-            protocol_pb2.AttemptResponse(
-                attempt_id=attempt_id, message=protocol_pb2.InvokeResponse(error=error)
-            )
-        )
+        self._queue(attempt_id, protocol_pb2.InvokeResponse(error=error))
         self._end_if_drained()
 
-    def _queue(self, item: protocol_pb2.AttemptResponse) -> None:
-        self._outbox.put_nowait((item, item.ByteSize()))
+    def _queue(self, attempt_id: int, message: protocol_pb2.InvokeResponse) -> None:
+        self._outbox.put_nowait(((attempt_id, message), message.ByteSize() + _ITEM_OVERHEAD))
 
     def _send(self, attempt_id: int, message: protocol_pb2.InvokeResponse) -> None:
         if attempt_id not in self._running or self.ended.is_set():
             return  # abandoned by the broker, or already ended: nobody listens
-        self._queue(protocol_pb2.AttemptResponse(attempt_id=attempt_id, message=message))
+        self._queue(attempt_id, message)
         if message.WhichOneof("message") in TERMINAL:
             self._running.pop(attempt_id, None)
             self._end_if_drained()
