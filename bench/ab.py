@@ -12,6 +12,12 @@ toggle) and a source tree for its broker (`--b-tree DIR`, e.g. a `git worktree` 
 another commit; the SDK, the service and this client come from this tree). With
 `--a-service-env`/`--b-service-env`, each variant gets a service process of its own with
 that environment (for a change on the SDK's side); otherwise one service serves both.
+
+The processes started second came out faster: identical variants differed by 1.5-3.3%
+in B's favour over 30 rounds (2026-12-01), a bias of the order of the changes measured.
+So the rounds run in two legs, each on freshly started processes: A's started first in
+the first, B's in the second; their paired differences are pooled, and each leg's
+median difference is printed too (half the gap between them is the start order's share).
 """
 
 from __future__ import annotations
@@ -52,6 +58,12 @@ class Paired:
     def diffs(self) -> list[float]:
         """B minus A, round by round (negative: B was faster)."""
         return _diffs(self.a, self.b)
+
+    def __add__(self, other: Paired) -> Paired:
+        """Both runs' rounds, pooled."""
+        return Paired(
+            self.a + other.a, self.b + other.b, self.cpu_a + other.cpu_a, self.cpu_b + other.cpu_b
+        )
 
     @property
     def b_faster(self) -> int:
@@ -100,6 +112,26 @@ def summary(paired: Paired) -> str:
     return line
 
 
+def legs_line(legs: list[tuple[str, Paired]]) -> str:
+    """Each leg's median paired difference of the p50s, named by what started first."""
+    parts = []
+    for first, paired in legs:
+        diff = statistics.median(paired.diffs)
+        parts.append(
+            f"{first} started first: B - A {diff:+.3f} ms "
+            f"({diff / statistics.median(paired.a):+.1%}, {len(paired.a)} rounds)"
+        )
+    return "legs: " + "; ".join(parts)
+
+
+def leg_rounds(rounds: int) -> list[tuple[tuple[str, str], int]]:
+    """The start order of each leg and its rounds: A's processes first for half of them,
+    B's first for the rest (a leg without rounds is left out)."""
+    first = rounds // 2
+    legs = [(("A", "B"), first), (("B", "A"), rounds - first)]
+    return [(order, n) for order, n in legs if n > 0]
+
+
 def _caller(scenario: str, channel: grpc.aio.Channel, payload: bytes) -> Call:
     if scenario == "keyed":
         counter = benchsvc_pb2_grpc.CounterStub(channel)
@@ -140,8 +172,9 @@ async def measure(
     concurrency: int = 1,
     pids: dict[str, int] | None = None,
 ) -> Paired:
-    """`rounds` rounds of `block` calls to each of A and B, ABBA order, `concurrency`
-    callers at a time; with `pids`, each broker's CPU per call in each round too."""
+    """`rounds` rounds of `block` calls to each of A and B (the keys of `ingress`, in the
+    order their processes started), ABBA order, `concurrency` callers at a time; with
+    `pids`, each broker's CPU per call in each round too."""
     channels = {name: grpc.aio.insecure_channel(address) for name, address in ingress.items()}
     try:
         calls = {name: _caller(scenario, ch, payload) for name, ch in channels.items()}
@@ -149,8 +182,10 @@ async def measure(
             await block_p50_ms(call, block, concurrency)  # warm-up: connections, caches, attempts
         p50: dict[str, list[float]] = {"A": [], "B": []}
         cpu: dict[str, list[float]] = {"A": [], "B": []}
+        # ABBA, led by the variant whose processes started first (the dict's order).
+        first, second = list(ingress)
         for r in range(rounds):
-            for name in ("A", "B") if r % 2 == 0 else ("B", "A"):
+            for name in (first, second) if r % 2 == 0 else (second, first):
                 before = cpu_seconds(pids[name]) if pids else 0.0
                 p50[name].append(await block_p50_ms(calls[name], block, concurrency))
                 if pids:
@@ -228,10 +263,31 @@ def main(argv: list[str] | None = None) -> int:
             _env(args.b_service_env) if own_services else None,
         ),
     }
+    print(
+        f"{args.scenario}, concurrency {args.concurrency}, fsync on, payload {args.payload} B, "
+        f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA), in two legs on "
+        f"fresh processes; A: {variants['A'].describe()}; B: {variants['B'].describe()}"
+    )
+    legs: list[tuple[str, Paired]] = []
+    for order, rounds in leg_rounds(args.rounds):
+        legs.append((order[0], _leg(args, variants, order, rounds, own_services)))
+    print(summary(sum((paired for _, paired in legs[1:]), legs[0][1])))
+    print(legs_line(legs))
+    return 0
+
+
+def _leg(
+    args: argparse.Namespace,
+    variants: dict[str, Variant],
+    order: tuple[str, str],
+    rounds: int,
+    own_services: bool,
+) -> Paired:
+    """Starts the services and brokers in `order`, measures `rounds` rounds, stops them."""
     with tempfile.TemporaryDirectory(prefix="bench-ab-") as work, Cluster(Path(work)) as cluster:
         ports = iter(free_ports(6))
         services: dict[str, str] = {}
-        for name in ("A", "B") if own_services else ("A",):
+        for name in order if own_services else (order[0],):
             services[name] = f"127.0.0.1:{next(ports)}"
             cluster.wait_ready(
                 cluster.spawn(
@@ -243,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         ingress, pids = {}, {}
-        for name, variant in variants.items():
-            service = services.get(name, services["A"])
+        for name in order:
+            variant = variants[name]
+            service = services.get(name, services[order[0]])
             ingress[name], admin = f"127.0.0.1:{next(ports)}", f"127.0.0.1:{next(ports)}"
             broker = cluster.spawn(
                 f"broker-{name}",
@@ -262,24 +319,17 @@ def main(argv: list[str] | None = None) -> int:
             cluster.wait_ready(broker)
             cluster.register(admin, [f"http://{service}"])
             pids[name] = broker.pid
-        print(
-            f"{args.scenario}, concurrency {args.concurrency}, fsync on, payload {args.payload} B, "
-            f"{args.rounds} rounds of {args.block} calls each to A and B (ABBA); "
-            f"A: {variants['A'].describe()}; B: {variants['B'].describe()}"
-        )
-        paired = asyncio.run(
+        return asyncio.run(
             measure(
                 ingress,
                 args.scenario,
-                args.rounds,
+                rounds,
                 args.block,
                 b"x" * args.payload,
                 args.concurrency,
                 pids,
             )
         )
-        print(summary(paired))
-    return 0
 
 
 if __name__ == "__main__":

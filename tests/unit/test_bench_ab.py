@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ab import Paired, Variant, block_p50_ms, sign_test, summary
+from bench.ab import Paired, Variant, block_p50_ms, leg_rounds, legs_line, sign_test, summary
 
 
 def test_differences_are_b_minus_a_round_by_round() -> None:
@@ -60,3 +60,31 @@ def test_a_variant_is_described_by_what_sets_it_apart() -> None:
     assert Variant({}, []).describe() == "env -, tree this one"
     described = Variant({"K": "1"}, ["--log-level=INFO"], Path("/w"), {}).describe()
     assert described == ("env {'K': '1'}, tree /w, broker args --log-level=INFO, service env -")
+
+
+@pytest.mark.parametrize(
+    ("rounds", "legs"),
+    [
+        (30, [(("A", "B"), 15), (("B", "A"), 15)]),
+        (7, [(("A", "B"), 3), (("B", "A"), 4)]),
+        (1, [(("B", "A"), 1)]),
+    ],
+)
+def test_half_the_rounds_start_b_first(
+    rounds: int, legs: list[tuple[tuple[str, str], int]]
+) -> None:
+    assert leg_rounds(rounds) == legs
+
+
+def test_pooled_legs_keep_every_round_paired() -> None:
+    first = Paired(a=[2.0, 2.0], b=[1.9, 1.8], cpu_a=[1.0, 1.0], cpu_b=[0.9, 0.9])
+    second = Paired(a=[2.1], b=[2.2], cpu_a=[1.1], cpu_b=[1.2])
+    pooled = first + second
+    assert pooled.diffs == pytest.approx([-0.1, -0.2, 0.1])
+    assert pooled.cpu_b == [0.9, 0.9, 1.2]
+
+
+def test_each_leg_is_reported_by_what_started_first() -> None:
+    line = legs_line([("A", Paired(a=[2.0] * 3, b=[1.9] * 3)), ("B", Paired(a=[2.0], b=[2.1]))])
+    assert "A started first: B - A -0.100 ms (-5.0%, 3 rounds)" in line
+    assert "B started first: B - A +0.100 ms (+5.0%, 1 rounds)" in line
