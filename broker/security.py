@@ -15,6 +15,8 @@ from typing import Any
 
 import grpc
 
+from .addresses import in_use, listened
+
 ENDPOINT_SECRET_HEADER = "x-durable-secret"
 # Health checks and the schema (reflection) stay open; they reveal no data.
 _OPEN = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -82,6 +84,16 @@ async def bind(
         if tls_cert and tls_key:
             return server.add_secure_port(address, server_credentials(tls_cert, tls_key))
         return server.add_insecure_port(address)
-    except BaseException:
+    except BaseException as e:
         await server.stop(None)
+        # grpc says only "Failed to bind to address": say why when it is a listener.
+        if isinstance(e, RuntimeError) and _listened(address):
+            raise RuntimeError(f"cannot listen on {address}: it is {in_use(address)}") from None
         raise
+
+
+def _listened(address: str) -> bool:
+    try:
+        return listened(address)
+    except (OSError, ValueError):
+        return False  # not this machine's address, or not HOST:PORT: grpc's error stands

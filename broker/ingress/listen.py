@@ -14,10 +14,7 @@ be free when the broker starts.
 
 from __future__ import annotations
 
-import errno
-import socket
-
-from ..addresses import split_address
+from ..addresses import in_use, listened
 
 
 class PortInUse(RuntimeError):
@@ -26,23 +23,9 @@ class PortInUse(RuntimeError):
 
 def refuse_if_listened(address: str) -> None:
     """Raises `PortInUse` when something listens on `address` (`host:port`; port 0,
-    an ephemeral one, is always free).
-
-    The probe binds without SO_REUSEPORT (with SO_REUSEADDR, so that connections of an
-    earlier run in TIME_WAIT do not count): it fails only against a listener.
-    """
-    host, port = split_address(address)
-    if port == 0:
-        return
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"the ingress address {address} is already in use (another broker, or "
-                    "another program, listens there): stop it or give --ingress another port"
-                ) from None
-            raise
+    an ephemeral one, is always free), naming the listener when it can."""
+    if listened(address):
+        raise PortInUse(
+            f"the ingress address {address} is {in_use(address)}: stop it or give --ingress "
+            "another port"
+        )

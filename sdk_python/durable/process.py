@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import random
 import socket
@@ -256,6 +257,8 @@ def listen_problem(address: str) -> ListenProblem | None:
 
     Binds and releases a socket with SO_REUSEADDR, as gRPC servers do, so a port left in
     TIME_WAIT by a previous run passes and one with a listener does not. Port 0 passes.
+    A taken port's reason names the process listening on it when this one may see it
+    (`listener`).
     """
     host, _, port = address.rpartition(":")
     if not port.isdigit():
@@ -274,8 +277,62 @@ def listen_problem(address: str) -> ListenProblem | None:
             try:
                 probe.bind(sockaddr)
             except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    who = listener(int(port)) or "another program"
+                    return ListenProblem("taken", f"already in use by {who}")
                 return ListenProblem("taken", e.strerror or str(e))
     return None
+
+
+# A listening TCP socket in /proc/net/tcp's `st` column.
+_LISTEN = "0A"
+# How many processes a lookup of a port's listener looks through, at most.
+_MAX_PROCESSES = 100_000
+
+
+def listener(port: int, proc: Path = Path("/proc")) -> str | None:
+    """Who listens on TCP `port` on this machine, as `pid N (command line)`, for an error
+    message: None when nothing does, when the listener is a process this user may not
+    look into, or on a system without Linux's /proc."""
+    wanted = f":{port:04X}"
+    inodes: set[str] = set()
+    for table in ("net/tcp", "net/tcp6"):
+        try:
+            rows = (proc / table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            # sl, local address:port (hex), remote, state, ..., inode (the tenth field).
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == _LISTEN and fields[1].endswith(wanted):
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return None
+    for seen, entry in enumerate(proc.iterdir()):
+        if seen >= _MAX_PROCESSES:
+            break
+        if not entry.name.isdigit():
+            continue
+        try:
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue  # gone, or not ours to look into
+        for fd in fds:
+            try:
+                if os.readlink(fd) in inodes:
+                    return f"pid {entry.name} ({_command(entry)})"
+            except OSError:
+                continue
+    return None
+
+
+def _command(process: Path, limit: int = 120) -> str:
+    try:
+        raw = (process / "cmdline").read_bytes()
+    except OSError:
+        return "?"
+    command = raw.replace(b"\0", b" ").decode(errors="replace").strip() or "?"
+    return command if len(command) <= limit else command[: limit - 3] + "..."
 
 
 # Below the kernel's ephemeral range (32768-60999 by default), 12,000 ports wide.

@@ -97,6 +97,25 @@ def test_an_address_that_cannot_be_listened_on_is_refused_before_anything_opens(
     assert not data.exists()
 
 
+@pytest.mark.parametrize("flag", ["--admin", "--ingress"])
+def test_a_taken_port_is_named_with_the_process_listening_on_it(tmp_path: Path, flag: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", free_port()))
+        held.listen()
+        taken = f"127.0.0.1:{held.getsockname()[1]}"
+        addresses = {"--ingress": f"127.0.0.1:{free_port()}", "--admin": f"127.0.0.1:{free_port()}"}
+        addresses[flag] = taken
+        args = [arg for pair in addresses.items() for arg in pair]
+        result = _run_to_exit(tmp_path, "--data-dir", str(tmp_path / "data"), *args)
+    assert result.returncode == 1, result.stderr
+    # This test's own process holds the port: the message names it, grpc's bare
+    # "Failed to bind to address" does not reach the operator.
+    failed = next(line for line in result.stderr.splitlines() if "broker failed" in line)
+    assert taken in failed and f"already in use by pid {os.getpid()} (" in failed, failed
+    assert "Failed to bind" not in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
 def test_a_start_that_fails_on_a_taken_port_lets_go_of_what_it_bound(tmp_path: Path) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
         held.bind(("127.0.0.1", free_port()))
