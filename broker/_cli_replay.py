@@ -8,7 +8,7 @@ from typing import Any
 from durable.v1 import admin_pb2
 
 from broker import _cli_format as fmt
-from broker import journal_export
+from broker import _cli_journal, journal_export
 
 # A check replays many journals against the new endpoint: give it longer than a plain call.
 CHECK_TIMEOUT_S = 300.0
@@ -28,7 +28,7 @@ def register(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, 
 def export(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
     """Prints an invocation's journal as a self-describing JSON document (both ways)."""
     req = admin_pb2.ExportInvocationRequest(invocation_id=args.invocation_id)
-    resp: admin_pb2.ExportInvocationResponse = stub.ExportInvocation(req, timeout=timeout)
+    resp = _cli_journal.whole(lambda r: stub.ExportInvocation(r, timeout=timeout), req)
     # The document is JSON for a file (durable.testing.replay) as much as for a terminal:
     # raw DEL and C1 characters become \u00XX escapes, which keep it the same JSON.
     return journal_export.document(resp), fmt.escape_json_controls(journal_export.text(resp))

@@ -331,11 +331,21 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 grpc.StatusCode.NOT_FOUND, f"no invocation {request.invocation_id!r}"
             )
             raise AssertionError("unreachable") from None
-        rendered, result_json = rendering.render(self._registry, record, journal, self._lookup)
+        first, length = request.first_entry, len(journal)
+        past_end = rendering.first_entry_error(record.id, first, length)
+        if past_end is not None:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, past_end)
+        entries = journal[first : first + request.max_entries if request.max_entries else None]
+        rendered, result_json = rendering.render(self._registry, record, entries, self._lookup)
         answer = admin_pb2.DescribeInvocationResponse(
-            invocation=record, journal=journal, rendered=rendered, result_json=result_json
+            invocation=record, result_json=result_json, journal_length=length
         )
-        too_big = rendering.fit(answer, MAX_SEND_BYTES)
+        if request.max_entries:
+            too_big = rendering.fill(answer, entries, rendered, first, length, MAX_SEND_BYTES)
+        else:
+            answer.journal.extend(entries)
+            answer.rendered.extend(rendered)
+            too_big = rendering.fit(answer, MAX_SEND_BYTES)
         if too_big is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
         return answer

@@ -1,7 +1,8 @@
 """The admin API's journal export: one invocation's journal, self-describing.
 
 Status codes: NOT_FOUND for an id the broker does not hold (never created, or completed
-and purged after its retention).
+and purged after its retention); OUT_OF_RANGE for a `first_entry` past the journal's end;
+RESOURCE_EXHAUSTED for a journal that cannot fit in one answer (ask for pages).
 """
 
 from __future__ import annotations
@@ -42,17 +43,26 @@ class ReplayAdmin:
                 "the ones held)",
             )
             raise AssertionError("unreachable") from None
+        first, length = request.first_entry, len(journal)
+        past_end = rendering.first_entry_error(record.id, first, length)
+        if past_end is not None:
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, past_end)
+        entries = journal[first : first + request.max_entries if request.max_entries else None]
         deployment = self._pinned(record)
-        rendered, _ = rendering.render(self._registry, record, journal, self._other)
+        rendered, _ = rendering.render(self._registry, record, entries, self._other)
         answer = admin_pb2.ExportInvocationResponse(
             invocation=record,
-            journal=journal,
             deployment_id=deployment.id if deployment else "",
             deployment_uri=deployment.uri if deployment else "",
             files=deployment.files if deployment else None,
-            rendered=rendered,
+            journal_length=length,
         )
-        too_big = rendering.fit(answer, MAX_SEND_BYTES)
+        if request.max_entries:
+            too_big = rendering.fill(answer, entries, rendered, first, length, MAX_SEND_BYTES)
+        else:
+            answer.journal.extend(entries)
+            answer.rendered.extend(rendered)
+            too_big = rendering.fit(answer, MAX_SEND_BYTES)
         if too_big is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
         return answer

@@ -39,7 +39,7 @@ from durable.v1 import admin_pb2, admin_pb2_grpc, journal_pb2
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from broker import _cli_cluster, _cli_limits, _cli_replay, config
+from broker import _cli_cluster, _cli_journal, _cli_limits, _cli_replay, config
 from broker import _cli_format as fmt
 from broker import _cli_schedules as sched
 
@@ -328,7 +328,7 @@ def _describe_invocation(
     stub: Any, args: argparse.Namespace, timeout: float
 ) -> tuple[JsonOutput, str]:
     req = admin_pb2.DescribeInvocationRequest(invocation_id=args.invocation_id)
-    resp: admin_pb2.DescribeInvocationResponse = stub.DescribeInvocation(req, timeout=timeout)
+    resp = _cli_journal.whole(lambda r: stub.DescribeInvocation(r, timeout=timeout), req)
     return fmt.describe_to_json(resp), fmt.format_describe(resp, hex_payloads=args.hex)
 
 

@@ -2,7 +2,9 @@
 
 Requests and responses are journaled as serialized protobuf messages; `brokerctl
 invocations describe` shows them in the proto3 JSON mapping where the registry knows
-their type, and leaves them as bytes (shown in hex) where it does not.
+their type, and leaves them as bytes (shown in hex) where it does not. An answer holding a
+journal stays under the admin API's message size cap: whole, without its renderings if it
+must (`fit`), or a page at a time (`fill`).
 """
 
 from __future__ import annotations
@@ -63,8 +65,87 @@ def fit(answer: Answer, limit: int) -> str | None:
     return (
         f"invocation {answer.invocation.id}'s journal ({entries}) takes "
         f"{size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB an admin answer can carry: "
-        "it cannot be shown or exported whole"
+        "ask for it in pages (max_entries; brokerctl does)"
     )
+
+
+# What a repeated message field adds to an answer besides the message: its tag and a
+# length of up to five bytes.
+_ITEM_BYTES = 6
+
+
+def first_entry_error(invocation_id: str, first: int, length: int) -> str | None:
+    """Why `first` cannot start an answer from a journal of `length` entries, if it
+    cannot."""
+    if first < length:
+        return None
+    return (
+        f"invocation {invocation_id}'s journal has {length} entries (0 to {length - 1}): "
+        f"first_entry {first} is past its end"
+    )
+
+
+def fill(
+    answer: Answer,
+    entries: Sequence[journal_pb2.JournalEntry],
+    rendered: Sequence[admin_pb2.RenderedEntry],
+    first: int,
+    length: int,
+    limit: int,
+) -> str | None:
+    """Adds `entries` (the journal's from index `first`, with their renderings) to a
+    paged `answer` while it stays within `limit` bytes, at least one; sets where the next
+    page starts. Returns why not even one entry fits, or None.
+
+    When the record's result leaves no room for the first entry and its rendering, the
+    result's rendering goes, then the result itself (`result_omitted`): the output entry
+    carries it. A rendering that still does not fit is left out (an empty one in its
+    place, and `rendering_omitted` set).
+    """
+    cap = limit - _FRAMING_BYTES
+    answer.journal_length = length
+    size = answer.ByteSize()
+    head = entries[0].ByteSize() + _ITEM_BYTES if entries else 0
+    # Room for the first entry with its rendering: the record's result is the output
+    # entry's, so it goes before they do (its rendering first).
+    need = head + rendered[0].ByteSize() + _ITEM_BYTES if entries else 0
+    dropped_json = False
+    if size + need > cap and isinstance(answer, admin_pb2.DescribeInvocationResponse):
+        dropped_json = bool(answer.result_json)
+        answer.ClearField("result_json")
+        size = answer.ByteSize()
+    if size + need > cap and answer.invocation.HasField("result"):
+        answer.invocation.ClearField("result")
+        answer.result_omitted = True  # and its rendering with it: both are the output's
+        size = answer.ByteSize()
+    elif dropped_json:
+        answer.rendering_omitted = True
+    taken = 0
+    for entry, rendering in zip(entries, rendered, strict=True):
+        entry_bytes = entry.ByteSize() + _ITEM_BYTES
+        rendering_bytes = rendering.ByteSize() + _ITEM_BYTES
+        if size + entry_bytes + rendering_bytes <= cap:
+            answer.rendered.append(rendering)
+        elif taken == 0 and size + entry_bytes + _ITEM_BYTES <= cap:
+            # Alone in the page and still too big with its rendering: without it. A
+            # later entry that does not fit opens the next page instead.
+            answer.rendered.add()
+            answer.rendering_omitted = True
+            rendering_bytes = _ITEM_BYTES
+        else:
+            break
+        answer.journal.append(entry)
+        size += entry_bytes + rendering_bytes
+        taken += 1
+    if taken == 0 and entries:
+        return (
+            f"entry {first} of invocation {answer.invocation.id}'s journal takes "
+            f"{head / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB an admin answer can "
+            "carry: it cannot be shown or exported"
+        )
+    following = first + taken
+    answer.next_entry = following if following < length else 0
+    return None
 
 
 def as_json(message_type: type[Message], data: bytes) -> str:

@@ -56,8 +56,14 @@ class Admin:
     ) -> admin_pb2.ListInvocationsResponse:
         return await self._s.ListInvocations(request, self._ctx())
 
-    async def describe(self, invocation_id: str) -> admin_pb2.DescribeInvocationResponse:
-        request = admin_pb2.DescribeInvocationRequest(invocation_id=invocation_id)
+    async def describe(
+        self, invocation_id: str, first_entry: int = 0, max_entries: int = 1
+    ) -> admin_pb2.DescribeInvocationResponse:
+        """The record, and a page of at most `max_entries` journal entries from
+        `first_entry` (never the whole journal at once: it may hold thousands)."""
+        request = admin_pb2.DescribeInvocationRequest(
+            invocation_id=invocation_id, first_entry=first_entry, max_entries=max_entries
+        )
         return await self._s.DescribeInvocation(request, self._ctx())
 
     async def control(self, action: str, invocation_id: str) -> invocation_pb2.Invocation:

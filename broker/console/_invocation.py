@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+import grpc
 from durable.v1 import admin_pb2, journal_pb2
 
 from ..core.model import now_ms
@@ -54,7 +55,7 @@ async def _steps(
     dep = record.deployment_id
     steps: list[Step] = []
     waiting = set(record.waiting_on) if record.status == Status.SUSPENDED else set()
-    for i, entry in enumerate(response.journal[start : start + JOURNAL_PAGE], start):
+    for i, entry in enumerate(response.journal, start):
         kind = str(entry.WhichOneof("command"))
         # The broker stamps entries when it journals and completes them; journals
         # written before it did fall back to what the records say.
@@ -198,16 +199,24 @@ def _actions(record: admin_pb2.DescribeInvocationResponse) -> Safe:
 
 async def page(console: Console, invocation_id: str, message: str = "", start: int = 0) -> Safe:
     """The invocation page, its journal from entry `start` (NOT_FOUND raises AdminError)."""
-    response = await console.admin.describe(invocation_id)
+    start = max(0, start)
+    try:
+        response = await console.admin.describe(invocation_id, start, JOURNAL_PAGE)
+    except AdminError as e:
+        if e.code != grpc.StatusCode.OUT_OF_RANGE:
+            raise
+        # Past the journal's end (a stale link): its first page.
+        start = 0
+        response = await console.admin.describe(invocation_id, start, JOURNAL_PAGE)
     r = response.invocation
-    start = max(0, min(start, len(response.journal) - 1))
     steps = await _steps(console, response, start)
     pager = []
     if start > 0:
         back = max(0, start - JOURNAL_PAGE)
         pager.append(link(f"/invocations/{r.id}?start={back}", "← earlier entries"))
-    if start + JOURNAL_PAGE < len(response.journal):
-        pager.append(link(f"/invocations/{r.id}?start={start + JOURNAL_PAGE}", "later entries →"))
+    if response.next_entry:
+        # A page of large entries may end before JOURNAL_PAGE: the broker says where.
+        pager.append(link(f"/invocations/{r.id}?start={response.next_entry}", "later entries →"))
     now = now_ms()
     t1 = r.modified_at_ms if r.status == Status.COMPLETED else now
     t1 = max([t1] + [s.end_ms or s.start_ms for s in steps])
@@ -267,7 +276,7 @@ invocation). Only the latest failed attempt's error is retained.</p>{timeline}
         problems=join(problems),
         dl=dl,
         actions=_actions(response),
-        n=len(steps),
+        n=response.journal_length,
         timeline=_timeline(steps, r.created_at_ms, t1),
         pager=join(pager, " "),
         callees=join(callees, " ") if callees else "none",

@@ -1,12 +1,16 @@
 """Describing and exporting a journal whose payloads are near the admin API's message
 size cap (64 MiB): the JSON renderings, which roughly double an answer, are left out and
 the answer says so; a journal too big even without them is refused with a message that
-says why. Real broker, real service, real `brokerctl`."""
+says why, and is read in pages (`max_entries`) instead, as `brokerctl` does. Real broker,
+real service, real `brokerctl`."""
 
 from __future__ import annotations
 
+import base64
+import json
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -14,7 +18,7 @@ import pytest
 from durable.v1 import admin_pb2, admin_pb2_grpc
 from playground import playground_pb2, playground_pb2_grpc
 
-from tests.support import PLAYGROUND, ROOT, Cluster, invocation_id_of
+from tests.support import PLAYGROUND, ROOT, Cluster, free_port, invocation_id_of
 
 BROKERCTL = Path(sys.executable).parent / "brokerctl"
 MIB = 1024 * 1024
@@ -22,10 +26,17 @@ MIB = 1024 * 1024
 BIG = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=120) as response:
+        assert response.status == 200
+        return str(response.read().decode())
+
+
 def test_a_journal_too_big_to_render_is_described_and_exported_without_renderings(
     tmp_path: Path,
 ) -> None:
-    args = ["--max-payload-bytes", str(63 * MIB)]
+    console = f"127.0.0.1:{free_port()}"
+    args = ["--max-payload-bytes", str(63 * MIB), "--console", console]
     with (
         Cluster(tmp_path, broker_args=args, services=(PLAYGROUND,)) as cluster,
         grpc.insecure_channel(cluster.ingress, options=BIG) as ingress,
@@ -68,7 +79,22 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
             cwd=ROOT,
         )
         assert shown.returncode == 0, shown.stderr[-2000:]
-        assert "payloads are shown as bytes" in shown.stderr
+        # It reads the journal in pages, and each page has room for the renderings the
+        # whole answer had to leave out: the output is shown as JSON (cut, on a terminal).
+        assert "payloads are shown as bytes" not in shown.stderr, shown.stderr
+        assert f"(protobuf, {30 * MIB + 10} bytes; whole in --json)" in shown.stdout
+
+        # The console asks for a page at a time too; the output does not fit beside the
+        # input and the record's result, so the first page ends early and links on.
+        first_page = _get(f"http://{console}/invocations/{fits}")
+        assert "Journal (2 entries)" in first_page and 'id="entry-0"' in first_page
+        assert 'id="entry-1"' not in first_page
+        assert f'href="/invocations/{fits}?start=1">later entries' in first_page
+        second_page = _get(f"http://{console}/invocations/{fits}?start=1")
+        assert 'id="entry-1"' in second_page and 'id="entry-0"' not in second_page
+        assert "earlier entries" in second_page and "later entries" not in second_page
+        # A start past the end (a stale link) shows the first page.
+        assert 'id="entry-0"' in _get(f"http://{console}/invocations/{fits}?start=9")
 
         # Past the cap even without renderings: refused, saying why (not gRPC's own
         # "larger than max" from deep in the transport).
@@ -90,3 +116,53 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
             # 124: the output is in the journal and in the invocation's result both.
             assert f"invocation {too_big}'s journal (2 entries) takes 124.0 MiB" in details
             assert "over the 64 MiB an admin answer can carry" in details
+            assert "ask for it in pages" in details
+
+        # In pages it is shown whole: the record's 62 MiB result and the output entry
+        # holding it cannot share one, so the output's page leaves the result out.
+        pages: list[admin_pb2.DescribeInvocationResponse] = []
+        first = 0
+        while len(pages) < 5:
+            page = admin.DescribeInvocation(
+                admin_pb2.DescribeInvocationRequest(
+                    invocation_id=too_big, first_entry=first, max_entries=100
+                ),
+                timeout=120,
+            )
+            pages.append(page)
+            if not page.next_entry:
+                break
+            first = page.next_entry
+        assert [len(p.journal) for p in pages] == [1, 1]
+        assert [p.journal_length for p in pages] == [2, 2]
+        assert pages[0].journal[0].HasField("input") and not pages[0].result_omitted
+        assert len(pages[0].invocation.result.value) == len(pages[1].journal[0].result.value)
+        assert pages[1].result_omitted and not pages[1].invocation.HasField("result")
+        output = playground_pb2.Reply.FromString(pages[1].journal[0].result.value)
+        assert len(output.text) == 62 * MIB
+        with pytest.raises(grpc.RpcError) as past_end:
+            admin.ExportInvocation(
+                admin_pb2.ExportInvocationRequest(invocation_id=too_big, first_entry=2),
+                timeout=30,
+            )
+        assert past_end.value.code() == grpc.StatusCode.OUT_OF_RANGE
+        assert "journal has 2 entries (0 to 1): first_entry 2 is past its end" in (
+            past_end.value.details() or ""
+        )
+
+        # brokerctl reads the pages (describe did above, in two): the export holds the
+        # whole journal, the output's 62 MiB included.
+        done = subprocess.run(
+            [str(BROKERCTL), "--admin", cluster.admin_address, "invocations", "export", too_big],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        document = json.loads(done.stdout)
+        assert [entry["index"] for entry in document["journal"]] == [0, 1], document.keys()
+        output_result = document["journal"][1]["entry"]["result"]
+        assert len(base64.b64decode(output_result["value"])) > 62 * MIB
+        # The record's result, left out of the output's page, is put back.
+        assert document["invocation"]["result"] == output_result
