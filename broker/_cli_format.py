@@ -55,6 +55,8 @@ JSON_VALUED_COMMANDS: frozenset[str] = frozenset(
 
 # Values longer than this are cut in table cells so one big payload cannot wreck the layout.
 _CELL_VALUE_LIMIT = 64
+# The most characters `describe` shows of the invocation's result (--json has it whole).
+_RESULT_LIMIT = 4096
 
 # Control characters (C0, DEL, C1): written raw, user-supplied text (an object key, a
 # state name, an error message) could move the cursor, clear or recolour the operator's
@@ -172,22 +174,34 @@ def format_bytes(data: bytes, limit: int | None = None) -> str:
     """Show a payload as quoted text when it is printable UTF-8, else as hex.
 
     ``limit`` caps the rendered length (in characters of the payload) and notes the full size.
+    With a limit only the bytes it can show are looked at: a 60 MiB payload is shown in
+    microseconds, as text when what is shown is text.
     """
-    try:
-        text: str | None = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
+    # A character is at most 4 bytes of UTF-8: what `limit` characters can come from.
+    shown = data if limit is None or len(data) <= 4 * limit + 4 else data[: 4 * limit + 4]
+    text = _utf8_prefix(shown, whole=shown is data)
     if text is not None and all(ch.isprintable() or ch in "\t\n\r" for ch in text):
-        truncated = limit is not None and len(text) > limit
+        truncated = limit is not None and (len(text) > limit or shown is not data)
         # json.dumps quotes and escapes newlines, so the value stays on one line.
         rendered = json.dumps(text[:limit] if truncated else text, ensure_ascii=False)
     else:
-        hexed = data.hex()
-        truncated = limit is not None and len(hexed) > limit
+        hexed = shown[: limit // 2 + 1].hex() if limit is not None else data.hex()
+        truncated = limit is not None and len(data) * 2 > limit
         rendered = "0x" + (hexed[:limit] if truncated else hexed)
     if truncated:
         rendered += f"... ({len(data)} bytes)"
     return rendered
+
+
+def _utf8_prefix(data: bytes, whole: bool) -> str | None:
+    """`data` decoded, or None when it is not UTF-8; a cut (not `whole`) may end inside
+    a character, which is dropped."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if not whole and e.start >= len(data) - 3 and e.reason == "unexpected end of data":
+            return data[: e.start].decode("utf-8")
+        return None
 
 
 def _reject_constant(name: str) -> Any:
@@ -579,9 +593,9 @@ def format_describe(resp: admin_pb2.DescribeInvocationResponse, hex_payloads: bo
     if not hex_payloads and len(resp.rendered) == len(resp.journal):
         rendered = list(resp.rendered)
     if inv.HasField("result") and resp.result_json and not hex_payloads:
-        result = "value " + resp.result_json
+        result = "value " + _cut(resp.result_json, inv.result.value, _RESULT_LIMIT)
     elif inv.HasField("result"):
-        result = format_result(inv.result)
+        result = format_result(inv.result, _RESULT_LIMIT)
     else:
         result = "-"
     fields: list[tuple[str, str]] = [

@@ -70,6 +70,33 @@ def test_format_bytes_text_hex_and_truncation() -> None:
     assert fmt.format_bytes(b"\x00" * 8, limit=4) == "0x0000... (8 bytes)"
 
 
+def test_a_payload_is_truncated_from_the_bytes_the_limit_can_show() -> None:
+    big = b"x" * 10_000_000
+    assert fmt.format_bytes(big, limit=5) == '"xxxxx"... (10000000 bytes)'
+    # Exactly as many characters as the limit, read from a cut of the payload: truncated.
+    assert fmt.format_bytes(b"y" * 5 + b"z" * 100, limit=5) == '"yyyyy"... (105 bytes)'
+    # The cut ends inside a three-byte character (4 * 2 + 4 = 12 bytes of euros, 4 of them
+    # whole): text still, the broken one dropped.
+    euros = "€".encode() * 1000
+    assert fmt.format_bytes(euros, limit=2) == '"€€"... (3000 bytes)'
+    # Not UTF-8 within the cut: hex, from the cut too.
+    assert fmt.format_bytes(b"\xff" + big, limit=6) == "0xff7878... (10000001 bytes)"
+    # Binary past the cut is not looked at: the part shown is text.
+    assert fmt.format_bytes(b"abcdefgh" + b"\x00" * 100, limit=1) == '"a"... (108 bytes)'
+
+
+def test_describe_cuts_a_large_result_and_says_where_it_is_whole() -> None:
+    value = b"v" * 100_000
+    resp = admin_pb2.DescribeInvocationResponse(
+        invocation=invocation_pb2.Invocation(id="inv_1", result=journal_pb2.Result(value=value))
+    )
+    shown = fmt.format_describe(resp)
+    assert "... (100000 bytes)" in shown and len(shown) < 10_000
+    resp.result_json = json.dumps({"text": "v" * 100_000})
+    shown = fmt.format_describe(resp)
+    assert "(protobuf, 100000 bytes; whole in --json)" in shown and len(shown) < 10_000
+
+
 def test_format_result_cases() -> None:
     assert fmt.format_result(journal_pb2.Result(value=b"ok")) == 'value "ok"'
     failure = journal_pb2.Result(failure=journal_pb2.Failure(code=10, message="sold out"))
