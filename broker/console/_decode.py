@@ -41,11 +41,19 @@ def code_name(code: int) -> str:
 
 
 def pretty(value: object) -> str:
-    """JSON on one line when short, indented otherwise."""
+    """JSON on one line when short, indented otherwise (a value too long to show whole
+    is cut from its one-line form: indenting megabytes to show 4,000 characters of
+    them is not worth it)."""
     text = json.dumps(value, ensure_ascii=False)
-    if len(text) > 140:
+    if 140 < len(text) <= _SHOWN:
         text = json.dumps(value, indent=2, ensure_ascii=False)
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _hex(data: bytes) -> str:
+    """Bytes as hex, cut to what a page shows."""
+    text = "0x" + data[: _SHOWN // 2].hex()
+    return text if len(data) * 2 + 2 <= _SHOWN else text[:_SHOWN] + f"… ({len(data)} bytes)"
 
 
 def json_bytes(data: bytes) -> str:
@@ -55,8 +63,7 @@ def json_bytes(data: bytes) -> str:
     try:
         return pretty(json.loads(data))
     except (ValueError, RecursionError):
-        text = "0x" + data.hex()
-        return text if len(text) <= _SHOWN else text[:_SHOWN] + f"… ({len(data)} bytes)"
+        return _hex(data)
 
 
 class Decoder:
@@ -87,7 +94,7 @@ class Decoder:
         try:
             message = kind.FromString(data)
         except DecodeError:
-            return "0x" + data.hex()
+            return _hex(data)
         return pretty(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
     def result(

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from types import SimpleNamespace
 from typing import cast
 
 from durable.v1 import admin_pb2
 
 from broker import admin_paging
-from broker.console import Console, _filters, _keys
+from broker.console import Console, _decode, _filters, _keys
 from broker.console._html import Safe, esc, h, link, url
 from broker.console._rates import Rates
 
@@ -122,3 +123,16 @@ def test_a_long_inbox_shows_its_head_and_how_many_wait() -> None:
     assert "Inbox (5000 waiting)" in cut and "The first 2 of 5000 in line." in cut
     assert "inv_2" in cut
     assert "Inbox (2 waiting)" in whole and "in line." not in whole
+
+
+def test_payloads_are_shown_cut_to_what_a_page_holds() -> None:
+    assert _decode.json_bytes(b'{"a": 1}') == '{"a": 1}'
+    long = {"items": [f"item {i}" for i in range(50)]}  # over 140 characters: indented
+    assert _decode.json_bytes(json.dumps(long).encode()).startswith('{\n  "items": [\n')
+    huge = json.dumps(["x" * 100] * 100_000).encode()  # 10 MB of JSON: cut, on one line
+    shown = _decode.json_bytes(huge)
+    assert len(shown) == 4001 and shown.startswith('["xxx') and shown.endswith("…")
+    binary = b"\xff" * 5_000_000
+    shown = _decode.json_bytes(binary)
+    assert shown == "0x" + "ff" * 1999 + "… (5000000 bytes)"
+    assert _decode.json_bytes(b"\xff\x01") == "0xff01"
