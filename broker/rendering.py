@@ -77,7 +77,7 @@ _ITEM_BYTES = 6
 def first_entry_error(invocation_id: str, first: int, length: int) -> str | None:
     """Why `first` cannot start an answer from a journal of `length` entries, if it
     cannot."""
-    if first < length:
+    if first < length or first == 0:
         return None
     return (
         f"invocation {invocation_id}'s journal has {length} entries (0 to {length - 1}): "
@@ -115,10 +115,18 @@ def fill(
         answer.ClearField("result_json")
         size = answer.ByteSize()
     if size + need > cap and answer.invocation.HasField("result"):
+        # Only when that makes room: a small result (a kill's failure, which no output
+        # entry holds) stays.
+        result = journal_pb2.Result()
+        result.CopyFrom(answer.invocation.result)
         answer.invocation.ClearField("result")
-        answer.result_omitted = True  # and its rendering with it: both are the output's
-        size = answer.ByteSize()
-    elif dropped_json:
+        without = answer.ByteSize()
+        if without + need <= cap or (size + head > cap >= without + head):
+            answer.result_omitted = True  # and its rendering with it: both are the output's
+            size = without
+        else:
+            answer.invocation.result.CopyFrom(result)
+    if dropped_json and not answer.result_omitted:
         answer.rendering_omitted = True
     taken = 0
     for entry, rendering in zip(entries, rendered, strict=True):

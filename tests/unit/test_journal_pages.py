@@ -199,3 +199,16 @@ def test_the_results_rendering_goes_before_the_result() -> None:
     assert answer.rendering_omitted and not answer.result_json
     assert not answer.result_omitted and answer.invocation.result.value == b"o" * 8_000
     assert len(answer.journal) == 1
+
+
+def test_a_result_that_would_not_make_room_stays() -> None:
+    # A killed invocation: its failure is in no output entry, and is small.
+    journal = _journal([100, 19_000, 100])
+    killed = invocation_pb2.Invocation(
+        id="inv_1", result=journal_pb2.Result(failure=journal_pb2.Failure(code=10, message="k"))
+    )
+    answer = admin_pb2.DescribeInvocationResponse(invocation=killed)
+    rendered = _renderings(journal, 2_000)
+    assert rendering.fill(answer, journal[1:], rendered[1:], 1, 3, LIMIT) is None
+    assert not answer.result_omitted and answer.invocation.result.failure.message == "k"
+    assert answer.rendering_omitted and list(answer.journal) == journal[1:2]
