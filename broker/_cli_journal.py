@@ -31,7 +31,11 @@ def whole(call: Callable[[Request], Answer], request: Request) -> Answer:
     answer = call(request)
     merged = answer
     while answer.next_entry:
-        if answer.next_entry <= request.first_entry or not answer.journal:
+        if (
+            answer.next_entry <= request.first_entry
+            or answer.next_entry >= merged.journal_length
+            or not answer.journal
+        ):
             raise BadPage(
                 f"the broker's page from entry {request.first_entry} says the next starts "
                 f"at {answer.next_entry}"

@@ -182,10 +182,20 @@ def test_brokerctl_reads_every_page_into_one_answer_with_the_result_back(
 def test_brokerctl_stops_at_a_page_that_does_not_move_on() -> None:
     def call(request: admin_pb2.DescribeInvocationRequest) -> admin_pb2.DescribeInvocationResponse:
         return admin_pb2.DescribeInvocationResponse(
-            journal=_journal([1, 1]), next_entry=max(request.first_entry, 1)
+            journal=_journal([1, 1]), next_entry=max(request.first_entry, 1), journal_length=9
         )
 
     with pytest.raises(_cli_journal.BadPage, match="from entry 1 says the next starts at 1"):
+        _cli_journal.whole(call, admin_pb2.DescribeInvocationRequest(invocation_id="inv_1"))
+
+
+def test_brokerctl_stops_at_a_page_that_points_past_the_journal() -> None:
+    def call(request: admin_pb2.DescribeInvocationRequest) -> admin_pb2.DescribeInvocationResponse:
+        return admin_pb2.DescribeInvocationResponse(
+            journal=_journal([1, 1]), next_entry=request.first_entry + 2, journal_length=4
+        )
+
+    with pytest.raises(_cli_journal.BadPage, match="from entry 2 says the next starts at 4"):
         _cli_journal.whole(call, admin_pb2.DescribeInvocationRequest(invocation_id="inv_1"))
 
 
