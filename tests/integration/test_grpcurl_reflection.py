@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 import uuid
 
 from tests.support import (
@@ -11,6 +13,7 @@ from tests.support import (
     Status,
     grpcurl_json,
     grpcurl_verbose_parts,
+    parse_grpcurl_error,
 )
 
 
@@ -134,3 +137,33 @@ def test_health_check_through_grpcurl_on_the_ingress(cluster: Cluster) -> None:
 
     assert result.returncode == 0, result.stderr
     assert grpcurl_json(result.stdout) == {"status": "SERVING"}, result.stdout
+
+
+def test_a_journal_read_in_pages_through_grpcurl(cluster: Cluster) -> None:
+    result = cluster.grpcurl_call("trips.Trips/Reserve", {}, verbose=True)
+    assert result.returncode == 0, result.stderr
+    invocation_id = grpcurl_verbose_parts(result.stdout)[0]["invocation-id"]
+
+    def describe(body: dict[str, object]) -> subprocess.CompletedProcess[str]:
+        request = json.dumps({"invocationId": invocation_id, **body})
+        method = "durable.v1.Admin/DescribeInvocation"
+        return cluster.grpcurl("-plaintext", "-d", request, cluster.admin_address, method)
+
+    whole = grpcurl_json(describe({}).stdout)["journal"]
+    assert len(whole) > 4, whole  # a saga: calls and sends besides its input and output
+    got: list[object] = []
+    first, pages = 0, 0
+    while pages < 50:
+        page = grpcurl_json(describe({"firstEntry": first, "maxEntries": 2}).stdout)
+        pages += 1
+        assert 1 <= len(page["journal"]) <= 2 and page["journal_length"] == len(whole), page
+        got += page["journal"]
+        if "next_entry" not in page:  # 0 on the last page, which JSON leaves out
+            break
+        first = page["next_entry"]
+    assert got == whole
+    assert pages == (len(whole) + 1) // 2
+    past = describe({"firstEntry": len(whole)})
+    code, message = parse_grpcurl_error(past.stderr)
+    assert code == "OutOfRange", past.stderr
+    assert f"journal has {len(whole)} entries" in message and "past its end" in message
