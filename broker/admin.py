@@ -335,17 +335,11 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         past_end = rendering.first_entry_error(record.id, first, length)
         if past_end is not None:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, past_end)
-        entries = journal[first : first + request.max_entries if request.max_entries else None]
+        entries = rendering.window(journal, first, request.max_entries)
         rendered, result_json = rendering.render(self._registry, record, entries, self._lookup)
-        answer = admin_pb2.DescribeInvocationResponse(
-            invocation=record, result_json=result_json, journal_length=length
-        )
-        if request.max_entries:
-            too_big = rendering.fill(answer, entries, rendered, first, length, MAX_SEND_BYTES)
-        else:
-            answer.journal.extend(entries)
-            answer.rendered.extend(rendered)
-            too_big = rendering.fit(answer, MAX_SEND_BYTES)
+        answer = admin_pb2.DescribeInvocationResponse(invocation=record, result_json=result_json)
+        paged = bool(request.max_entries)
+        too_big = rendering.place(answer, entries, rendered, first, length, paged, MAX_SEND_BYTES)
         if too_big is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
         return answer

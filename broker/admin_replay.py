@@ -47,7 +47,7 @@ class ReplayAdmin:
         past_end = rendering.first_entry_error(record.id, first, length)
         if past_end is not None:
             await context.abort(grpc.StatusCode.OUT_OF_RANGE, past_end)
-        entries = journal[first : first + request.max_entries if request.max_entries else None]
+        entries = rendering.window(journal, first, request.max_entries)
         deployment = self._pinned(record)
         rendered, _ = rendering.render(self._registry, record, entries, self._other)
         answer = admin_pb2.ExportInvocationResponse(
@@ -55,14 +55,9 @@ class ReplayAdmin:
             deployment_id=deployment.id if deployment else "",
             deployment_uri=deployment.uri if deployment else "",
             files=deployment.files if deployment else None,
-            journal_length=length,
         )
-        if request.max_entries:
-            too_big = rendering.fill(answer, entries, rendered, first, length, MAX_SEND_BYTES)
-        else:
-            answer.journal.extend(entries)
-            answer.rendered.extend(rendered)
-            too_big = rendering.fit(answer, MAX_SEND_BYTES)
+        paged = bool(request.max_entries)
+        too_big = rendering.place(answer, entries, rendered, first, length, paged, MAX_SEND_BYTES)
         if too_big is not None:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, too_big)
         return answer

@@ -85,6 +85,32 @@ def first_entry_error(invocation_id: str, first: int, length: int) -> str | None
     )
 
 
+def window(
+    journal: Sequence[journal_pb2.JournalEntry], first: int, max_entries: int
+) -> Sequence[journal_pb2.JournalEntry]:
+    """The entries a request asks for: from `first`, at most `max_entries` (0: all)."""
+    return journal[first : first + max_entries if max_entries else None]
+
+
+def place(
+    answer: Answer,
+    entries: Sequence[journal_pb2.JournalEntry],
+    rendered: Sequence[admin_pb2.RenderedEntry],
+    first: int,
+    length: int,
+    paged: bool,
+    limit: int,
+) -> str | None:
+    """Puts the `window` into `answer`: as many as fit (`fill`) when `paged`, else all
+    of them (`fit`). Returns why the answer cannot go, or None."""
+    if paged:
+        return fill(answer, entries, rendered, first, length, limit)
+    answer.journal_length = length
+    answer.journal.extend(entries)
+    answer.rendered.extend(rendered)
+    return fit(answer, limit)
+
+
 def fill(
     answer: Answer,
     entries: Sequence[journal_pb2.JournalEntry],
