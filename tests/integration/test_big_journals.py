@@ -99,7 +99,7 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
         # Past the cap even without renderings: refused, saying why (not gRPC's own
         # "larger than max" from deep in the transport).
         too_big = invocation_id_of(
-            busy.Fill.with_call(playground_pb2.FillRequest(size=62 * MIB), timeout=120)[1]
+            busy.Fill.with_call(playground_pb2.FillRequest(size=40 * MIB), timeout=120)[1]
         )
         for ask in (
             lambda: admin.DescribeInvocation(
@@ -113,12 +113,12 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
                 ask()
             assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             details = refused.value.details() or ""
-            # 124: the output is in the journal and in the invocation's result both.
-            assert f"invocation {too_big}'s journal (2 entries) takes 124.0 MiB" in details
+            # 80: the output is in the journal and in the invocation's result both.
+            assert f"invocation {too_big}'s journal (2 entries) takes 80.0 MiB" in details
             assert "over the 64 MiB an admin answer can carry" in details
             assert "ask for it in pages" in details
 
-        # In pages it is shown whole: the record's 62 MiB result and the output entry
+        # In pages it is shown whole: the record's 40 MiB result and the output entry
         # holding it cannot share one, so the output's page leaves the result out.
         pages: list[admin_pb2.DescribeInvocationResponse] = []
         first = 0
@@ -139,7 +139,7 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
         assert len(pages[0].invocation.result.value) == len(pages[1].journal[0].result.value)
         assert pages[1].result_omitted and not pages[1].invocation.HasField("result")
         output = playground_pb2.Reply.FromString(pages[1].journal[0].result.value)
-        assert len(output.text) == 62 * MIB
+        assert len(output.text) == 40 * MIB
         with pytest.raises(grpc.RpcError) as past_end:
             admin.ExportInvocation(
                 admin_pb2.ExportInvocationRequest(invocation_id=too_big, first_entry=2),
@@ -151,7 +151,7 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
         )
 
         # brokerctl reads the pages (describe did above, in two): the export holds the
-        # whole journal, the output's 62 MiB included.
+        # whole journal, the output's 40 MiB included.
         done = subprocess.run(
             [str(BROKERCTL), "--admin", cluster.admin_address, "invocations", "export", too_big],
             capture_output=True,
@@ -163,6 +163,6 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
         document = json.loads(done.stdout)
         assert [entry["index"] for entry in document["journal"]] == [0, 1], document.keys()
         output_result = document["journal"][1]["entry"]["result"]
-        assert len(base64.b64decode(output_result["value"])) > 62 * MIB
+        assert len(base64.b64decode(output_result["value"])) > 40 * MIB
         # The record's result, left out of the output's page, is put back.
         assert document["invocation"]["result"] == output_result
