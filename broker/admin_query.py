@@ -34,7 +34,7 @@ from collections.abc import Iterator, Sequence
 from durable.v1 import admin_pb2, invocation_pb2
 
 from . import admin_paging
-from .config import ADMIN_INDEX_ROWS
+from .config import ADMIN_ANSWER_BYTES, ADMIN_INDEX_ROWS
 from .core.model import Live, UnknownInvocation, now_ms
 from .core.partition import Partition
 from .storage import invocations, promises
@@ -197,9 +197,14 @@ class CompletedIndex:
 
 
 def list_invocations(
-    p: Partition, index: CompletedIndex, request: admin_pb2.ListInvocationsRequest
+    p: Partition,
+    index: CompletedIndex,
+    request: admin_pb2.ListInvocationsRequest,
+    cap: int = ADMIN_ANSWER_BYTES,
 ) -> admin_pb2.ListInvocationsResponse:
-    """The page of invocations the request asks for, newest created first.
+    """The page of invocations the request asks for, newest created first; shorter than
+    its limit (with a token for the rest) where the records would pass `cap` bytes (a
+    record holds its result: 20 of 4 MiB each fill an answer).
 
     Raises:
         admin_paging.PagingError: A page the listing refuses (checked before any work).
@@ -225,17 +230,21 @@ def list_invocations(
     live.sort(key=_LIVE_KEY, reverse=True)
     items = _page(live, rows, page.offset, page.limit)
     out = admin_pb2.ListInvocationsResponse(
-        total=total,
-        next_page_token=_next_token(items, remaining, page),
-        partial=lists_completed and (index.truncated or not index.ready),
+        total=total, partial=lists_completed and (index.truncated or not index.ready)
     )
+    size, taken = 0, 0
     for item in items:
         if isinstance(item, Live):
             record = p.live_record(item.id)
         else:
             record = invocations.get(p.kv, item[1])
         if record is not None:  # purged since the index was read
+            size += record.ByteSize() + _ITEM_BYTES
+            if out.invocations and size > cap:
+                break
             out.invocations.append(record)
+        taken += 1
+    out.next_page_token = _next_token(items[:taken], remaining, page)
     return out
 
 
@@ -257,6 +266,9 @@ def _filter_live(lives: list[Live], request: admin_pb2.ListInvocationsRequest) -
 
 
 _LIVE_KEY = operator.attrgetter("order")
+
+# What a record adds to a listing besides itself: its field tag and length.
+_ITEM_BYTES = 6
 
 
 def _key(item: Invocation | Live | Row) -> admin_paging.Key:

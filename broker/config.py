@@ -28,6 +28,9 @@ ADMIN_INDEX_ROWS = 250_000
 # The largest message the broker's gRPC servers send (their send cap): an admin answer,
 # an ingress reply.
 MAX_SEND_BYTES = 64 * 1024 * 1024
+# What a listing's records may add up to: the send cap less room for the rest of the
+# answer and gRPC's own framing.
+ADMIN_ANSWER_BYTES = MAX_SEND_BYTES - 64 * 1024
 _OPTION = "option"
 
 

@@ -118,6 +118,26 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
             assert "over the 64 MiB an admin answer can carry" in details
             assert "ask for it in pages" in details
 
+        # A listing of the three holds their records, results included (70 MiB): its
+        # first page stops before the answer would pass the cap, and a token goes on.
+        first_list = admin.ListInvocations(admin_pb2.ListInvocationsRequest(limit=50), timeout=60)
+        assert [r.id for r in first_list.invocations] == [too_big, small]
+        assert first_list.total == 3 and first_list.next_page_token
+        rest = admin.ListInvocations(
+            admin_pb2.ListInvocationsRequest(limit=50, page_token=first_list.next_page_token),
+            timeout=60,
+        )
+        assert [r.id for r in rest.invocations] == [fits] and not rest.next_page_token
+        listed = subprocess.run(
+            [str(BROKERCTL), "--admin", cluster.admin_address, "invocations", "list"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert listed.returncode == 0 and "more follow" in listed.stderr, listed.stderr[-2000:]
+        assert _get(f"http://{console}/invocations").count(f"/invocations/{too_big}") >= 1
+
         # In pages it is shown whole: the record's 40 MiB result and the output entry
         # holding it cannot share one, so the output's page leaves the result out.
         pages: list[admin_pb2.DescribeInvocationResponse] = []

@@ -433,3 +433,38 @@ def test_a_bounded_index_says_the_listing_and_counts_of_completed_ones_are_parti
     asyncio.run(whole.build())
     assert not admin_query.list_invocations(partition, whole, Request()).partial
     assert admin_query.stats(partition, whole).complete
+
+
+def test_a_page_of_records_with_large_results_stops_at_the_byte_cap() -> None:
+    # Results of different sizes, completed and live: each page holds what fits in
+    # 5,000 bytes (at least one record), and a token goes on from there.
+    rng = random.Random(7)
+    records = [_record(n, Status.COMPLETED if n % 3 else Status.SUSPENDED) for n in range(11)]
+    for record in records:
+        record.result.value = b"r" * rng.randrange(500, 4_000)
+    store = _Store(
+        [r for r in records if r.status == Status.COMPLETED],
+        [r for r in records if r.status != Status.COMPLETED],
+    )
+    index = admin_query.CompletedIndex(cast(Partition, store))
+    asyncio.run(index.build())
+    newest_first = [
+        r.id for r in sorted(records, key=lambda r: (r.created_at_ms, r.id), reverse=True)
+    ]
+    request, seen, pages = Request(limit=1000), [], 0
+    while pages < 20:
+        page = admin_query.list_invocations(cast(Partition, store), index, request, cap=5_000)
+        pages += 1
+        assert page.invocations and page.total == 11
+        assert (
+            sum(r.ByteSize() + 6 for r in page.invocations) <= 5_000 or len(page.invocations) == 1
+        )
+        seen += [r.id for r in page.invocations]
+        if not page.next_page_token:
+            break
+        request.page_token = page.next_page_token
+    assert seen == newest_first
+    assert pages > 11 * 500 // 5_000
+    # A cap no record fits under still lists one at a time.
+    one = admin_query.list_invocations(cast(Partition, store), index, Request(limit=5), cap=10)
+    assert [r.id for r in one.invocations] == newest_first[:1] and one.next_page_token

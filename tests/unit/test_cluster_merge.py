@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from durable.v1 import admin_pb2, invocation_pb2
+from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 
 from broker import admin_paging
 from broker.cluster import launch, merge, scrape, supervisor
@@ -292,3 +292,22 @@ def test_a_partition_whose_listing_is_partial_makes_the_merge_partial() -> None:
     assert not merge.joined([whole]).partial
     assert merge.invocations(request, [whole, merge.joined([cut])]).partial
     assert not merge.invocations(request, [whole, whole]).partial
+
+
+def test_a_merged_page_stops_at_the_byte_cap_and_says_more_follow() -> None:
+    records = [
+        invocation_pb2.Invocation(
+            id=f"inv_{n}", created_at_ms=100 - n, result=journal_pb2.Result(value=b"v" * 1_000)
+        )
+        for n in range(6)
+    ]
+    answers = [
+        admin_pb2.ListInvocationsResponse(invocations=records[0::2], total=3),
+        admin_pb2.ListInvocationsResponse(invocations=records[1::2], total=3),
+    ]
+    page = merge.invocations(admin_pb2.ListInvocationsRequest(limit=10), answers, cap=3_100)
+    assert [r.id for r in page.invocations] == ["inv_0", "inv_1", "inv_2"]
+    assert page.total == 6
+    assert admin_paging.decode_token(page.next_page_token) == (98, "inv_2")
+    whole = merge.invocations(admin_pb2.ListInvocationsRequest(limit=10), answers)
+    assert len(whole.invocations) == 6 and not whole.next_page_token
