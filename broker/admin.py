@@ -463,9 +463,14 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.GetStateResponse:
         await self._keyed(request.service, context)
         await check_part(context, f"the key of {request.service}", request.key)
-        return admin_pb2.GetStateResponse(
+        answer = admin_pb2.GetStateResponse(
             state=state.load(self._partition.kv, request.service, request.key)
         )
+        try:
+            admin_query.check_fits(answer, f"{request.service} key {request.key!r}'s state values")
+        except admin_query.TooBig as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+        return answer
 
     async def SetState(
         self, request: admin_pb2.SetStateRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -512,7 +517,11 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.DescribeKeyResponse:
         await self._keyed(request.service, context)
         await check_part(context, f"the key of {request.service}", request.key)
-        return admin_query.describe_key(self._partition, request.service, request.key)
+        try:
+            return admin_query.describe_key(self._partition, request.service, request.key)
+        except admin_query.TooBig as e:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e))
+            raise AssertionError("unreachable") from None
 
     async def ListAwaiting(
         self, request: admin_pb2.ListAwaitingRequest, context: grpc.aio.ServicerContext[Any, Any]

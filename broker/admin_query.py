@@ -32,9 +32,10 @@ import sys
 from collections.abc import Iterator, Sequence
 
 from durable.v1 import admin_pb2, invocation_pb2
+from google.protobuf.message import Message
 
 from . import admin_paging
-from .config import ADMIN_ANSWER_BYTES, ADMIN_INDEX_ROWS
+from .config import ADMIN_ANSWER_BYTES, ADMIN_INDEX_ROWS, MAX_SEND_BYTES
 from .core.model import Live, UnknownInvocation, now_ms
 from .core.partition import Partition
 from .storage import invocations, promises
@@ -386,9 +387,30 @@ def _pending_promises(p: Partition, service: str = "", key: str = "") -> list[ad
     return out
 
 
-def describe_key(p: Partition, service: str, key: str) -> admin_pb2.DescribeKeyResponse:
+class TooBig(Exception):
+    """An answer over the admin API's message cap, with the sentence that says so."""
+
+
+def check_fits(answer: Message, what: str, cap: int = ADMIN_ANSWER_BYTES) -> None:
+    """Raises `TooBig` when `answer` (about `what`) is over `cap` bytes: gRPC would
+    refuse to send it with a message about its transport, not about the answer."""
+    size = answer.ByteSize()
+    if size > cap:
+        raise TooBig(
+            f"{what} take {size / 2**20:.1f} MiB, over the {MAX_SEND_BYTES / 2**20:g} MiB "
+            "an admin answer can carry"
+        )
+
+
+def describe_key(
+    p: Partition, service: str, key: str, cap: int = ADMIN_ANSWER_BYTES
+) -> admin_pb2.DescribeKeyResponse:
     """A keyed service's key: state, holder, inbox (its first `INBOX_SHOWN`) and
-    promises."""
+    promises.
+
+    Raises:
+        TooBig: its state values and promises' results are over `cap` bytes together.
+    """
     inbox = p.inbox(service, key)
     out = admin_pb2.DescribeKeyResponse(
         service=service,
@@ -404,6 +426,7 @@ def describe_key(p: Partition, service: str, key: str) -> admin_pb2.DescribeKeyR
         promise.result.CopyFrom(result)
         out.promises.append(promise)
     out.promises.extend(pending.values())
+    check_fits(out, f"{service} key {key!r}'s state values and promises", cap)
     return out
 
 

@@ -8,12 +8,13 @@ import asyncio
 from collections.abc import Callable
 from typing import cast
 
+import pytest
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 
 from broker import admin_query
 from broker.core.model import Live, UnknownInvocation
 from broker.core.partition import Partition
-from broker.storage import MemoryKV
+from broker.storage import Batch, MemoryKV, promises
 
 Invocation = invocation_pb2.Invocation
 Entry = journal_pb2.JournalEntry
@@ -197,3 +198,20 @@ def test_a_key_lists_the_head_of_its_inbox_and_counts_all_of_it() -> None:
         assert list(described.inbox) == p.queue[:listed], size
         assert described.inbox_length == size
         assert described.holder == "inv_holder"
+
+
+def test_a_key_whose_promises_pass_the_cap_is_refused_saying_so() -> None:
+    p = _Partition()
+    batch = Batch()
+    for name in ("a", "b", "c"):
+        promises.put(batch, "w.W", "k", name, Result(value=b"v" * 2_000))
+    p.kv.write(batch.puts)
+
+    described = admin_query.describe_key(cast(Partition, p), "w.W", "k")
+    assert [pr.name for pr in described.promises] == ["a", "b", "c"]
+    with pytest.raises(admin_query.TooBig) as too_big:
+        admin_query.describe_key(cast(Partition, p), "w.W", "k", cap=5_000)
+    assert str(too_big.value) == (
+        "w.W key 'k''s state values and promises take 0.0 MiB, over the 64 MiB an admin "
+        "answer can carry"
+    )
