@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 
 from durable.v1 import admin_pb2
 
+from .config import REPEATED_ITEM_BYTES
+
 # Invocations listed when the request sets no limit: a response must fit in a message.
 DEFAULT_LIST_LIMIT = 1000
 # The most one page holds; a larger limit is taken as this.
@@ -59,6 +61,20 @@ class Page:
     offset: int
     limit: int
     after: Key | None
+
+
+def fitting(sizes: Sequence[int], cap: int) -> int:
+    """How many of a page's leading records fit in `cap` bytes together, given their
+    sizes (0 for one no longer there): at least the first that is there. A listed record
+    holds its result, so a page may have to stop short of its limit."""
+    total, held = 0, False
+    for n, size in enumerate(sizes):
+        if size:
+            total += size + REPEATED_ITEM_BYTES
+            if held and total > cap:
+                return n
+            held = True
+    return len(sizes)
 
 
 def coerce_limit(limit: int) -> int:

@@ -233,18 +233,13 @@ def list_invocations(
     out = admin_pb2.ListInvocationsResponse(
         total=total, partial=lists_completed and (index.truncated or not index.ready)
     )
-    size, taken = 0, 0
-    for item in items:
-        if isinstance(item, Live):
-            record = p.live_record(item.id)
-        else:
-            record = invocations.get(p.kv, item[1])
-        if record is not None:  # purged since the index was read
-            size += record.ByteSize() + _ITEM_BYTES
-            if out.invocations and size > cap:
-                break
-            out.invocations.append(record)
-        taken += 1
+    records = [
+        p.live_record(item.id) if isinstance(item, Live) else invocations.get(p.kv, item[1])
+        for item in items
+    ]
+    # None: purged since the index was read (the token still goes on past it).
+    taken = admin_paging.fitting([r.ByteSize() if r is not None else 0 for r in records], cap)
+    out.invocations.extend(r for r in records[:taken] if r is not None)
     out.next_page_token = _next_token(items[:taken], remaining, page)
     return out
 
@@ -267,9 +262,6 @@ def _filter_live(lives: list[Live], request: admin_pb2.ListInvocationsRequest) -
 
 
 _LIVE_KEY = operator.attrgetter("order")
-
-# What a record adds to a listing besides itself: its field tag and length.
-_ITEM_BYTES = 6
 
 
 def _key(item: Invocation | Live | Row) -> admin_paging.Key:

@@ -28,9 +28,14 @@ ADMIN_INDEX_ROWS = 250_000
 # The largest message the broker's gRPC servers send (their send cap): an admin answer,
 # an ingress reply.
 MAX_SEND_BYTES = 64 * 1024 * 1024
-# What a listing's records may add up to: the send cap less room for the rest of the
-# answer and gRPC's own framing.
-ADMIN_ANSWER_BYTES = MAX_SEND_BYTES - 64 * 1024
+# Room an admin answer leaves under the send cap for gRPC's own framing (and, in a
+# listing, for the answer's other fields).
+ANSWER_FRAMING_BYTES = 64 * 1024
+# What a listing's records may add up to.
+ADMIN_ANSWER_BYTES = MAX_SEND_BYTES - ANSWER_FRAMING_BYTES
+# What one message in a repeated field adds to an answer besides itself: its tag and a
+# length of up to five bytes.
+REPEATED_ITEM_BYTES = 6
 _OPTION = "option"
 
 

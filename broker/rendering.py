@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from . import registry as reg
+from .config import ANSWER_FRAMING_BYTES, REPEATED_ITEM_BYTES
 
 # The record of another invocation (for attach/get_output results), if retained.
 RecordLookup = Callable[[str], invocation_pb2.Invocation | None]
@@ -39,9 +40,6 @@ def render(
 
 Answer = admin_pb2.DescribeInvocationResponse | admin_pb2.ExportInvocationResponse
 
-# Room under the send cap for gRPC's own framing of the answer.
-_FRAMING_BYTES = 64 * 1024
-
 
 def fit(answer: Answer, limit: int) -> str | None:
     """Leaves the renderings out of `answer` when with them it would be over `limit`
@@ -51,7 +49,7 @@ def fit(answer: Answer, limit: int) -> str | None:
     The journal itself is what a reader needs whole (replay reads it); the renderings
     only show its payloads as JSON, and readers fall back to the bytes without them.
     """
-    cap = limit - _FRAMING_BYTES
+    cap = limit - ANSWER_FRAMING_BYTES
     if answer.ByteSize() <= cap:
         return None
     answer.ClearField("rendered")
@@ -67,11 +65,6 @@ def fit(answer: Answer, limit: int) -> str | None:
         f"{size / 2**20:.1f} MiB, over the {limit / 2**20:g} MiB an admin answer can carry: "
         "ask for it in pages (max_entries; brokerctl does)"
     )
-
-
-# What a repeated message field adds to an answer besides the message: its tag and a
-# length of up to five bytes.
-_ITEM_BYTES = 6
 
 
 def first_entry_error(invocation_id: str, first: int, length: int) -> str | None:
@@ -128,13 +121,13 @@ def fill(
     carries it. A rendering that still does not fit is left out (an empty one in its
     place, and `rendering_omitted` set).
     """
-    cap = limit - _FRAMING_BYTES
+    cap = limit - ANSWER_FRAMING_BYTES
     answer.journal_length = length
     size = answer.ByteSize()
-    head = entries[0].ByteSize() + _ITEM_BYTES if entries else 0
+    head = entries[0].ByteSize() + REPEATED_ITEM_BYTES if entries else 0
     # Room for the first entry with its rendering: the record's result is the output
     # entry's, so it goes before they do (its rendering first).
-    need = head + rendered[0].ByteSize() + _ITEM_BYTES if entries else 0
+    need = head + rendered[0].ByteSize() + REPEATED_ITEM_BYTES if entries else 0
     dropped_json = False
     if size + need > cap and isinstance(answer, admin_pb2.DescribeInvocationResponse):
         dropped_json = bool(answer.result_json)
@@ -156,16 +149,16 @@ def fill(
         answer.rendering_omitted = True
     taken = 0
     for entry, rendering in zip(entries, rendered, strict=True):
-        entry_bytes = entry.ByteSize() + _ITEM_BYTES
-        rendering_bytes = rendering.ByteSize() + _ITEM_BYTES
+        entry_bytes = entry.ByteSize() + REPEATED_ITEM_BYTES
+        rendering_bytes = rendering.ByteSize() + REPEATED_ITEM_BYTES
         if size + entry_bytes + rendering_bytes <= cap:
             answer.rendered.append(rendering)
-        elif taken == 0 and size + entry_bytes + _ITEM_BYTES <= cap:
+        elif taken == 0 and size + entry_bytes + REPEATED_ITEM_BYTES <= cap:
             # Alone in the page and still too big with its rendering: without it. A
             # later entry that does not fit opens the next page instead.
             answer.rendered.add()
             answer.rendering_omitted = True
-            rendering_bytes = _ITEM_BYTES
+            rendering_bytes = REPEATED_ITEM_BYTES
         else:
             break
         answer.journal.append(entry)

@@ -16,9 +16,9 @@ import heapq
 import itertools
 from collections.abc import Sequence
 
-from durable.v1 import admin_pb2, invocation_pb2
+from durable.v1 import admin_pb2
 
-from ..admin_paging import MAX_LIST_LIMIT, coerce_limit, encode_token, page_limit
+from ..admin_paging import MAX_LIST_LIMIT, coerce_limit, encode_token, fitting, page_limit
 from ..config import ADMIN_ANSWER_BYTES
 
 
@@ -86,7 +86,8 @@ def invocations(
     # One past the page tells whether more follow; so does a partition that has more
     # than it gave (what it kept back comes after everything it gave).
     taken = list(itertools.islice(merged, request.offset, end + 1))
-    page = _within(taken[: page_limit(request)], cap)
+    page = taken[: page_limit(request)]
+    page = page[: fitting([r.ByteSize() for r in page], cap)]
     out = admin_pb2.ListInvocationsResponse(
         invocations=page,
         total=sum(a.total for a in answers),
@@ -95,18 +96,6 @@ def invocations(
     if page and (len(taken) > len(page) or any(a.next_page_token for a in answers)):
         out.next_page_token = encode_token((page[-1].created_at_ms, page[-1].id))
     return out
-
-
-def _within(
-    records: Sequence[invocation_pb2.Invocation], cap: int
-) -> Sequence[invocation_pb2.Invocation]:
-    """The first of `records` that fit in `cap` bytes together (at least one)."""
-    size = 0
-    for n, record in enumerate(records):
-        size += record.ByteSize() + 6  # its field tag and length
-        if n and size > cap:
-            return records[:n]
-    return records
 
 
 def stats(answers: Sequence[admin_pb2.GetStatsResponse]) -> admin_pb2.GetStatsResponse:
