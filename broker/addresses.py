@@ -54,5 +54,4 @@ def listened(address: str) -> bool:
 def in_use(address: str) -> str:
     """`already in use by ...`, naming what listens on `address` when this process may
     see it."""
-    _, port = split_address(address)
-    return f"already in use by {process.listener(port) or 'another program'}"
+    return process.taken_by(split_address(address)[1])

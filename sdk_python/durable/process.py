@@ -278,8 +278,7 @@ def listen_problem(address: str) -> ListenProblem | None:
                 probe.bind(sockaddr)
             except OSError as e:
                 if e.errno == errno.EADDRINUSE:
-                    who = listener(int(port)) or "another program"
-                    return ListenProblem("taken", f"already in use by {who}")
+                    return ListenProblem("taken", taken_by(int(port)))
                 return ListenProblem("taken", e.strerror or str(e))
     return None
 
@@ -324,6 +323,12 @@ def listener(port: int, proc: Path = Path("/proc")) -> str | None:
             except OSError:
                 continue
     return None
+
+
+def taken_by(port: int) -> str:
+    """`already in use by pid N (command line)` for a port something listens on, naming
+    `another program` when `listener` cannot see which."""
+    return f"already in use by {listener(port) or 'another program'}"
 
 
 def _command(process: Path, limit: int = 120) -> str:

@@ -26,6 +26,11 @@ MIB = 1024 * 1024
 BIG = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
 
 
+def _brokerctl(cluster: Cluster, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    command = [str(BROKERCTL), "--admin", cluster.admin_address, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
 def _get(url: str) -> str:
     with urllib.request.urlopen(url, timeout=120) as response:
         assert response.status == 200
@@ -71,13 +76,7 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
         )
         assert not plain.rendering_omitted and plain.result_json
 
-        shown = subprocess.run(
-            [str(BROKERCTL), "--admin", cluster.admin_address, "invocations", "describe", fits],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=ROOT,
-        )
+        shown = _brokerctl(cluster, "invocations", "describe", fits, timeout=120)
         assert shown.returncode == 0, shown.stderr[-2000:]
         # It reads the journal in pages, and each page has room for the renderings the
         # whole answer had to leave out: the output is shown as JSON (cut, on a terminal).
@@ -128,13 +127,7 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
             timeout=60,
         )
         assert [r.id for r in rest.invocations] == [fits] and not rest.next_page_token
-        listed = subprocess.run(
-            [str(BROKERCTL), "--admin", cluster.admin_address, "invocations", "list"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            cwd=ROOT,
-        )
+        listed = _brokerctl(cluster, "invocations", "list", timeout=60)
         assert listed.returncode == 0 and "more follow" in listed.stderr, listed.stderr[-2000:]
         assert _get(f"http://{console}/invocations").count(f"/invocations/{too_big}") >= 1
 
@@ -172,13 +165,7 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
 
         # brokerctl reads the pages (describe did above, in two): the export holds the
         # whole journal, the output's 40 MiB included.
-        done = subprocess.run(
-            [str(BROKERCTL), "--admin", cluster.admin_address, "invocations", "export", too_big],
-            capture_output=True,
-            text=True,
-            timeout=180,
-            cwd=ROOT,
-        )
+        done = _brokerctl(cluster, "invocations", "export", too_big, timeout=180)
         assert done.returncode == 0, done.stderr[-2000:]
         document = json.loads(done.stdout)
         assert [entry["index"] for entry in document["journal"]] == [0, 1], document.keys()
