@@ -109,8 +109,13 @@ class NatsCluster:
         self.max_payload = max_payload
         self.cluster_name = cluster_name
         self.jetstream = jetstream
-        picked = [port_source() for _ in range(3 * size)] if port_source else free_ports(3 * size)
-        self.ports = [ServerPorts(*picked[3 * i : 3 * i + 3]) for i in range(size)]
+        if ports is not None:
+            self.ports = list(ports)
+        else:
+            picked = (
+                [port_source() for _ in range(3 * size)] if port_source else free_ports(3 * size)
+            )
+            self.ports = [ServerPorts(*picked[3 * i : 3 * i + 3]) for i in range(size)]
         self._children: list[Child | None] = [None] * size
 
     # -- addresses and files --------------------------------------------------------
