@@ -199,6 +199,52 @@ def test_brokerctl_stops_at_a_page_that_points_past_the_journal() -> None:
         _cli_journal.whole(call, admin_pb2.DescribeInvocationRequest(invocation_id="inv_1"))
 
 
+def _growing(lengths: list[int], finished: int) -> Any:
+    """A broker's answers for a journal that holds `lengths[n]` entries when page n is
+    read; the invocation ends (its output the last entry) once it holds `finished`."""
+    journal = _journal([10] * finished)
+    running = invocation_pb2.Invocation(id="inv_1", status=invocation_pb2.RUNNING)
+    done = invocation_pb2.Invocation(
+        id="inv_1", status=invocation_pb2.COMPLETED, result=journal[-1].result
+    )
+    reads: list[int] = []
+
+    def call(request: admin_pb2.DescribeInvocationRequest) -> admin_pb2.DescribeInvocationResponse:
+        now = journal[: lengths[len(reads)]]
+        reads.append(request.first_entry)
+        page = admin_pb2.DescribeInvocationResponse(
+            invocation=done if len(now) == finished else running,
+            result_json="the result" if len(now) == finished else "",
+            journal=now[request.first_entry : request.first_entry + request.max_entries],
+            journal_length=len(now),
+        )
+        end = request.first_entry + len(page.journal)
+        page.next_entry = end if end < len(now) else 0
+        return page
+
+    return call, journal, reads
+
+
+def test_brokerctl_reads_a_journal_that_grows_between_pages() -> None:
+    # 1,502 entries at the first page; past 3,000 by the second (an attack found
+    # brokerctl checking later pages against the first page's length).
+    call, journal, reads = _growing([1_502, 3_003, 3_500, 3_500], finished=4_000)
+    whole = _cli_journal.whole(call, admin_pb2.DescribeInvocationRequest(invocation_id="inv_1"))
+    assert reads == [0, 1_000, 2_000, 3_000]
+    assert list(whole.journal) == journal[:3_500]
+    assert whole.journal_length == 3_500 and whole.next_entry == 0
+    assert whole.invocation.status == invocation_pb2.RUNNING
+
+
+def test_brokerctl_shows_the_record_of_its_last_page_when_the_invocation_ends_meanwhile() -> None:
+    call, journal, _ = _growing([1_502, 1_603], finished=1_603)
+    whole = _cli_journal.whole(call, admin_pb2.DescribeInvocationRequest(invocation_id="inv_1"))
+    assert list(whole.journal) == journal and whole.journal[-1].HasField("output")
+    assert whole.invocation.status == invocation_pb2.COMPLETED
+    assert whole.invocation.result == journal[-1].result and whole.result_json == "the result"
+    assert whole.journal_length == 1_603
+
+
 def test_the_results_rendering_goes_before_the_result() -> None:
     journal = _journal([100, 8_000])
     answer = admin_pb2.DescribeInvocationResponse(
