@@ -16,7 +16,7 @@ def split_address(address: str) -> tuple[str, int]:
         ValueError: not HOST:PORT.
     """
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
+    if not host or not (port.isascii() and port.isdigit()):
         raise ValueError(f"{address!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
 

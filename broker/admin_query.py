@@ -205,7 +205,7 @@ def list_invocations(
 ) -> admin_pb2.ListInvocationsResponse:
     """The page of invocations the request asks for, newest created first; shorter than
     its limit (with a token for the rest) where the records would pass `cap` bytes (a
-    record holds its result: 20 of 4 MiB each fill an answer).
+    record holds its result, unless `without_results`: 20 of 4 MiB each fill an answer).
 
     Raises:
         admin_paging.PagingError: A page the listing refuses (checked before any work).
@@ -237,6 +237,12 @@ def list_invocations(
         p.live_record(item.id) if isinstance(item, Live) else invocations.get(p.kv, item[1])
         for item in items
     ]
+    if request.without_results:
+        # The stored records were read afresh above; a live one's is shared, for
+        # reading only, and holds no result anyway.
+        for item, r in zip(items, records, strict=True):
+            if r is not None and not isinstance(item, Live) and r.result.HasField("value"):
+                r.result.ClearField("value")
     # None: purged since the index was read (the token still goes on past it).
     taken = admin_paging.fitting([r.ByteSize() if r is not None else 0 for r in records], cap)
     out.invocations.extend(r for r in records[:taken] if r is not None)

@@ -56,7 +56,7 @@ def parse_address(text: str, dial: bool = False) -> str:
     )
     address = text.strip()
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) < lowest:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) < lowest:
         raise argparse.ArgumentTypeError(f"not HOST:PORT: {text!r} (e.g. {example})")
     if int(port) > 65535:
         raise argparse.ArgumentTypeError(

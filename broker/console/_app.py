@@ -13,7 +13,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
 from .._cli_format import parse_json
-from . import _invocation, _keys, _pages
+from . import _filters, _invocation, _keys, _pages
 from ._admin import AdminError
 from ._html import Safe, h, notice, page, url
 
@@ -172,11 +172,13 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
     async def invocation(request: web.Request) -> web.StreamResponse:
         invocation_id = request.match_info["id"]
         raw = request.query.get("start", "0")
-        if not raw.isdigit():
+        if not _filters.is_number(raw):
             body = notice(f"start={raw!r} is not an entry number (0, 500, …)")
             return _html(page("Bad request", body), 400)
         done = request.query.get("done", "")
-        body = await _invocation.page(console, invocation_id, done, int(raw))
+        # Beyond a uint32 is past any journal's end too (the first page is shown).
+        start = min(int(raw), 0xFFFFFFFF)
+        body = await _invocation.page(console, invocation_id, done, start)
         if request.query.get("fragment"):
             return _html(body)
         return _html(page(invocation_id, body, "/invocations"))

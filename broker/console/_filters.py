@@ -32,6 +32,12 @@ _RELATIVE = re.compile(r"(\d+)\s*(s|m|h|d)")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def is_number(text: str) -> bool:
+    """Whether `text` is a number in ASCII digits: `str.isdigit` takes "²" and "①",
+    which `int` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _time(text: str, now_ms: int) -> int:
     """ms since the epoch: `2026-11-29T13:05` (UTC, seconds optional) or `15m` ago."""
     relative = _RELATIVE.fullmatch(text)
@@ -55,6 +61,7 @@ def parse(
         key=query.get("key", ""),
         idempotency_key=values["idempotency_key"],
         limit=PAGE_SIZE,
+        without_results=True,  # the list shows none, and they can be megabytes each
     )
     status = values["status"].lower()
     code = values["code"].upper()
@@ -67,7 +74,7 @@ def parse(
             request.status, request.outcome = STATUSES[status]  # type: ignore[assignment]
     if code:
         number = CODE_NUMBERS.get(code)
-        if number is None and code.isdigit() and 0 < int(code) <= 16:
+        if number is None and is_number(code) and 0 < int(code) <= 16:
             number = int(code)
         if not number:
             errors.append(
@@ -90,7 +97,7 @@ def parse(
     page = 1
     raw_page = query.get("page", "").strip()
     if raw_page:
-        if not raw_page.isdigit() or not 1 <= int(raw_page) <= 1_000_000:
+        if not is_number(raw_page) or not 1 <= int(raw_page) <= 1_000_000:
             errors.append(f"page {raw_page!r} is not a page number (1, 2, …)")
         elif int(raw_page) > LAST_PAGE:
             errors.append(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from durable.v1 import admin_pb2
+from durable.v1 import admin_pb2, invocation_pb2
 
 from ..core.model import now_ms
 from . import _filters
@@ -199,15 +199,35 @@ def _filter_form(query: Mapping[str, str], services: admin_pb2.ListServicesRespo
     )
 
 
+async def _listing(
+    console: Console, request: admin_pb2.ListInvocationsRequest
+) -> tuple[list[invocation_pb2.Invocation], admin_pb2.ListInvocationsResponse]:
+    """The page's records and the first answer (its total). An answer ends early when
+    its records reach the admin API's size cap (large failure messages; results are not
+    asked for): the rest of the page is read from where it stopped, so that page N
+    holds the matches from (N-1)*PAGE_SIZE on and none is out of reach."""
+    first = response = await console.admin.invocations(request)
+    records = list(response.invocations)
+    more = admin_pb2.ListInvocationsRequest()
+    more.CopyFrom(request)
+    # Each answer holds at least one record: at most `limit` rounds.
+    while response.invocations and response.next_page_token and len(records) < request.limit:
+        more.offset = request.offset + len(records)
+        more.limit = request.limit - len(records)
+        response = await console.admin.invocations(more)
+        records.extend(response.invocations)
+    return records, first
+
+
 async def invocation_rows(console: Console, query: Mapping[str, str]) -> tuple[Safe, int]:
     """The result table and its pager (the part that refreshes itself); HTTP status."""
     request, page, errors = _filters.parse(query, now_ms())
     if errors:
         return join(notice(e) for e in errors), 400
-    response = await console.admin.invocations(request)
+    records, response = await _listing(console, request)
     now = now_ms()
     rows = []
-    for r in response.invocations:
+    for r in records:
         took = (r.modified_at_ms if r.status == 5 else now) - r.created_at_ms
         error = ""
         if r.result.HasField("failure"):

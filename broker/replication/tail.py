@@ -36,6 +36,11 @@ class Gap(Exception):
     be restored from the snapshot before it can follow again."""
 
 
+def _count(text: str) -> bool:
+    """Whether `text` is a count in ASCII digits (`str.isdigit` takes "²" too)."""
+    return text.isascii() and text.isdigit()
+
+
 def entry_writes(
     partition: int, sequence: int, data: bytes, headers: dict[str, str] | None
 ) -> list[codec.Write]:
@@ -105,7 +110,7 @@ class Parts:
                 self._drop(sequence, "a leader stopped before its last part")
             return entry_writes(self.partition, sequence, data, headers)
         k, sep, n = part.partition("/")
-        if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        if not (sep and _count(k) and _count(n) and 1 <= int(k) <= int(n)):
             raise codec.CorruptEntry(
                 f"partition {self.partition}: entry {sequence} has a bad {PART_HEADER} "
                 f"header {part!r}"

@@ -129,7 +129,18 @@ def test_a_journal_too_big_to_render_is_described_and_exported_without_rendering
         assert [r.id for r in rest.invocations] == [fits] and not rest.next_page_token
         listed = _brokerctl(cluster, "invocations", "list", timeout=60)
         assert listed.returncode == 0 and "more follow" in listed.stderr, listed.stderr[-2000:]
-        assert _get(f"http://{console}/invocations").count(f"/invocations/{too_big}") >= 1
+        # Without results (what the console asks for) the three fit in one page, and the
+        # console's first page lists all three (it listed two, and its second page
+        # started at the 51st match: the third was out of its reach).
+        bare = admin.ListInvocations(
+            admin_pb2.ListInvocationsRequest(limit=50, without_results=True), timeout=60
+        )
+        assert [r.id for r in bare.invocations] == [too_big, small, fits]
+        assert not bare.next_page_token and bare.ByteSize() < 10_000
+        assert not any(r.result.HasField("value") for r in bare.invocations)
+        listing = _get(f"http://{console}/invocations")
+        assert all(f"/invocations/{i}" in listing for i in (too_big, small, fits))
+        assert "1&ndash;3 of 3" in listing
 
         # In pages it is shown whole: the record's 40 MiB result and the output entry
         # holding it cannot share one, so the output's page leaves the result out.

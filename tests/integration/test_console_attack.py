@@ -164,12 +164,30 @@ def test_what_the_client_sent_is_shown_escaped(console: Console, target: bytes) 
 
 
 @pytest.mark.parametrize(
-    "query", [b"page=-1", b"page=abc", b"status=%zz", b"since=zz", b"page=201", b"page=999999"]
+    "query",
+    [
+        *(b"page=-1", b"page=abc", b"status=%zz", b"since=zz", b"page=201", b"page=999999"),
+        *(b"page=%C2%B2", b"code=%E2%91%A0"),  # "²", "①": str.isdigit's, not int()'s
+    ],
 )
 def test_bad_filters_are_400_with_a_message(console: Console, query: bytes) -> None:
     status, _, body = console.get(b"/invocations?" + query)
     assert status == 400
     assert b'role="alert"' in body
+    console.assert_healthy()
+
+
+@pytest.mark.parametrize(
+    ("start", "expected"),
+    [(b"-5", 400), (b"%C2%B2", 400), (b"4294967296", 404), (b"99999999999999999999", 404)],
+)
+def test_a_journal_start_that_is_no_entry_number_is_400_and_one_past_any_end_is_not_a_500(
+    console: Console, start: bytes, expected: int
+) -> None:
+    # Past a uint32 it is past any journal's end: the lookup goes on (and finds no such
+    # invocation here) instead of failing to fit the number into the request.
+    status, _, body = console.get(b"/invocations/inv_doesnotexist?start=" + start)
+    assert status == expected, body[:500]
     console.assert_healthy()
 
 

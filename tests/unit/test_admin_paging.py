@@ -468,3 +468,28 @@ def test_a_page_of_records_with_large_results_stops_at_the_byte_cap() -> None:
     # A cap no record fits under still lists one at a time.
     one = admin_query.list_invocations(cast(Partition, store), index, Request(limit=5), cap=10)
     assert [r.id for r in one.invocations] == newest_first[:1] and one.next_page_token
+
+
+def test_without_results_a_page_holds_records_whose_results_would_not_fit() -> None:
+    # What the console asks for: the values go, a failure's code and message stay, and
+    # the page is no longer cut by the results' bytes. The stored records keep theirs.
+    records = [_record(n, Status.COMPLETED if n % 3 else Status.SUSPENDED) for n in range(11)]
+    completed = [r for r in records if r.status == Status.COMPLETED]
+    for record in completed[1:]:
+        record.result.value = b"r" * 4_000
+    completed[0].result.failure.code = 9
+    completed[0].result.failure.message = "declined"
+    store = _Store(completed, [r for r in records if r.status != Status.COMPLETED])
+    index = admin_query.CompletedIndex(cast(Partition, store))
+    asyncio.run(index.build())
+    request = Request(limit=1000, without_results=True)
+    page = admin_query.list_invocations(cast(Partition, store), index, request, cap=5_000)
+    assert len(page.invocations) == 11 and not page.next_page_token
+    listed = {r.id: r for r in page.invocations}
+    assert all(not listed[r.id].result.HasField("value") for r in completed[1:])
+    assert listed[completed[0].id].result.failure.message == "declined"
+    assert invocations.get(store.kv, completed[1].id).result.value == b"r" * 4_000  # type: ignore[union-attr]
+    with_results = admin_query.list_invocations(
+        cast(Partition, store), index, Request(limit=1000), cap=5_000
+    )
+    assert len(with_results.invocations) < 11 and with_results.next_page_token

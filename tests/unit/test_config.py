@@ -83,6 +83,7 @@ def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPa
         (["--metrics", "foo"], {}, "argument --metrics: not HOST:PORT: 'foo'"),
         (["--console", "127.0.0.1:"], {}, "not HOST:PORT: '127.0.0.1:'"),
         (["--admin", ":9091"], {}, "not HOST:PORT: ':9091'"),
+        (["--admin", "127.0.0.1:²"], {}, "not HOST:PORT: '127.0.0.1:²'"),
         (["--admin", "127.0.0.1:99999"], {}, "port 99999 is out of range (0 to 65535)"),
         (["--ingress", "::1:9090"], {}, "an IPv6 host goes in brackets, e.g. [::1]:9090"),
         ([], {"BROKER_INGRESS": "nowhere"}, "BROKER_INGRESS (for --ingress): not HOST:PORT"),

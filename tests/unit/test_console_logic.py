@@ -9,10 +9,11 @@ import json
 from types import SimpleNamespace
 from typing import cast
 
-from durable.v1 import admin_pb2
+import pytest
+from durable.v1 import admin_pb2, invocation_pb2
 
 from broker import admin_paging
-from broker.console import Console, _decode, _filters, _keys
+from broker.console import Console, _decode, _filters, _keys, _pages
 from broker.console._html import Safe, esc, h, link, url
 from broker.console._rates import Rates
 
@@ -62,6 +63,44 @@ def test_each_malformed_filter_says_what_to_write() -> None:
     assert errors == ["a failure code goes with the status 'failed'"]
     _, _, errors = _filters.parse({"code": "NOPE"}, NOW)
     assert "unknown failure code" in errors[0]
+
+
+@pytest.mark.parametrize("text", ["²", "①", "\u0661"])  # the last: Arabic-Indic one
+def test_digits_other_than_ascii_are_not_numbers(text: str) -> None:
+    # str.isdigit takes them and int() refuses the first two (an attack got a 500).
+    _, _, errors = _filters.parse({"page": text}, NOW)
+    assert any("not a page number" in e for e in errors)
+    _, _, errors = _filters.parse({"code": text}, NOW)
+    assert any("unknown failure code" in e for e in errors)
+
+
+def test_the_list_asks_for_no_results_and_fills_a_page_cut_short() -> None:
+    # Records of large failure messages reach the admin API's cap: its answer ends
+    # early, and the console reads the rest of its page from there, so that page 2
+    # starts at match 51 and nothing between is out of reach.
+    records = [
+        invocation_pb2.Invocation(id=f"inv_{n:03d}", service="s.S", method="M") for n in range(120)
+    ]
+    asked: list[tuple[int, int, bool]] = []
+
+    async def invocations(
+        request: admin_pb2.ListInvocationsRequest,
+    ) -> admin_pb2.ListInvocationsResponse:
+        asked.append((request.offset, request.limit, request.without_results))
+        taken = records[request.offset : request.offset + min(request.limit, 7)]
+        end = request.offset + len(taken)
+        return admin_pb2.ListInvocationsResponse(
+            invocations=taken, total=len(records), next_page_token="t" if end < 120 else ""
+        )
+
+    console = cast(Console, SimpleNamespace(admin=SimpleNamespace(invocations=invocations)))
+    body, status = asyncio.run(_pages.invocation_rows(console, {"page": "2"}))
+    assert status == 200
+    assert all(f"inv_{n:03d}" in body for n in range(50, 100))
+    assert "inv_049" not in body and "inv_100" not in body
+    assert "51&ndash;100 of 120" in body and 'rel="next"' in body
+    assert asked[0] == (50, 50, True) and asked[1] == (57, 43, True)
+    assert sum(1 for offset, _, _ in asked) == 8  # 7 a call, 50 in all
 
 
 def test_pages_stop_where_the_admin_apis_offset_window_ends() -> None:

@@ -101,7 +101,12 @@ def test_a_message_no_broker_wrote_between_parts_leaves_them_held() -> None:
 
 @pytest.mark.parametrize(
     ("header", "says"),
-    [("2/2", "part 2/2 of a batch but 0 of 0"), ("x/2", "bad Durable-Part"), ("3/2", "bad")],
+    [
+        ("2/2", "part 2/2 of a batch but 0 of 0"),
+        ("x/2", "bad Durable-Part"),
+        ("3/2", "bad"),
+        ("1/²", "bad Durable-Part"),  # str.isdigit's, not int()'s
+    ],
 )
 def test_parts_out_of_order_or_malformed_stop_the_follower(header: str, says: str) -> None:
     with pytest.raises(codec.CorruptEntry, match=says):
