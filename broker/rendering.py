@@ -73,7 +73,8 @@ def first_entry_error(invocation_id: str, first: int, length: int) -> str | None
     if first < length or first == 0:
         return None
     return (
-        f"invocation {invocation_id}'s journal has {length} entries (0 to {length - 1}): "
+        f"invocation {invocation_id}'s journal has {length} "
+        f"{'entry' if length == 1 else 'entries'} (0 to {length - 1}): "
         f"first_entry {first} is past its end"
     )
 

@@ -61,7 +61,7 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
     if index != len(live.journal):
         return (
             f"protocol violation: entry {index} proposed, but the journal has "
-            f"{len(live.journal)} entries"
+            f"{len(live.journal)} {'entry' if len(live.journal) == 1 else 'entries'}"
         )
     kind = entry.WhichOneof("command")
     log.debug("invocation %s step %d: %s", live.id, index, kind)

@@ -101,7 +101,7 @@ def bad(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 CASES = {
-    1: "protocol violation: entry 5 proposed, but the journal has 1 entries",
+    1: "protocol violation: entry 5 proposed, but the journal has 1 entry",
     2: "protocol violation: an empty message from the endpoint",
     3: "protocol violation: the endpoint sent a frame that does not parse",
     4: "protocol violation: the attempt ended without an output entry",

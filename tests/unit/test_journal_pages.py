@@ -137,15 +137,17 @@ def test_an_entry_over_the_cap_alone_is_refused_naming_it() -> None:
     assert reason.startswith("entry 1 of invocation inv_1's journal takes 0.0 MiB, over the ")
 
 
-@pytest.mark.parametrize(("first", "length", "fine"), [(0, 1, True), (4, 5, True), (5, 5, False)])
-def test_a_first_entry_past_the_end_is_refused(first: int, length: int, fine: bool) -> None:
+@pytest.mark.parametrize(
+    ("first", "length", "says"),
+    [(0, 1, None), (4, 5, None), (5, 5, "5 entries (0 to 4)"), (1, 1, "1 entry (0 to 0)")],
+)
+def test_a_first_entry_past_the_end_is_refused(first: int, length: int, says: str | None) -> None:
     reason = rendering.first_entry_error("inv_1", first, length)
-    assert (reason is None) == fine
-    if not fine:
-        assert reason == (
-            f"invocation inv_1's journal has {length} entries (0 to {length - 1}): "
-            f"first_entry {first} is past its end"
-        )
+    if says is None:
+        assert reason is None
+    else:
+        past = f"first_entry {first} is past its end"
+        assert reason == f"invocation inv_1's journal has {says}: {past}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
