@@ -661,11 +661,16 @@ _ACTION_VERBS = {
     "kill": "killed",
     "pause": "paused",
     "resume": "resumed",
+    "purge": "purged",
 }
 
 
 def format_invocation_action(action: str, inv: invocation_pb2.Invocation) -> str:
-    """Confirmation after ``invocations cancel|kill|resume``: the id and resulting status."""
+    """Confirmation after ``invocations cancel|kill|pause|resume|purge``: the id and the
+    resulting status (a purged one's record is as it was: gone now)."""
+    if action == "purge":
+        outcome = format_result(inv.result, _CELL_VALUE_LIMIT)
+        return f"purged {inv.id} ({inv.service}/{inv.method}, which had completed: {outcome})"
     line = f"{_ACTION_VERBS.get(action, action)} {inv.id}: status {status_name(inv.status)}"
     if inv.HasField("result"):
         line += f" ({format_result(inv.result, _CELL_VALUE_LIMIT)})"

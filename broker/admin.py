@@ -370,6 +370,13 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.InvocationResponse:
         return await self._control(context, request.invocation_id, control.resume)
 
+    async def PurgeInvocation(
+        self, request: admin_pb2.InvocationRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> admin_pb2.InvocationResponse:
+        answer = await self._control(context, request.invocation_id, control.purge)
+        self.completed_index.forget(request.invocation_id)
+        return answer
+
     async def _control(
         self,
         context: grpc.aio.ServicerContext[Any, Any],

@@ -107,6 +107,8 @@ class CompletedIndex:
         self._early: list[Row] = []
         self.by_code: collections.Counter[int] = collections.Counter()
         self._pruned_at = 0
+        # Purged while the index was being built (a slice read before may hold them).
+        self._purged: set[str] = set()
         partition.completion_listeners.append(self._completed)
 
     def _completed(self, record: Invocation) -> None:
@@ -160,8 +162,8 @@ class CompletedIndex:
         ids = {r[1] for r in newest}
         floor = self._floor
         early = [r for r in self._early if r[1] not in ids and (floor is None or r[:2] > floor)]
-        rows = sorted([*newest, *early])
-        self._rows, self._early, self.ready = rows, [], True
+        rows = sorted(r for r in (*newest, *early) if r[1] not in self._purged)
+        self._rows, self._early, self._purged, self.ready = rows, [], set(), True
         self._built.set()
         self.by_code = collections.Counter(r[6] for r in rows)
         if len(self._rows) > self._max:
@@ -174,6 +176,18 @@ class CompletedIndex:
                 len(self._rows),
                 seen - len(newest),
             )
+
+    def forget(self, invocation_id: str) -> None:
+        """Drops a purged invocation's row now (a whole scan: purges are rare), so that it
+        is no longer counted; rows past their retention go by themselves (`rows`)."""
+        if not self.ready:
+            self._purged.add(invocation_id)
+            self._early = [r for r in self._early if r[1] != invocation_id]
+            return
+        kept = [r for r in self._rows if r[1] != invocation_id]
+        if len(kept) != len(self._rows):
+            self._rows = kept
+            self.by_code = collections.Counter(r[6] for r in kept)
 
     async def wait_built(self, timeout: float = INDEX_WAIT_S) -> bool:
         """Waits up to `timeout` seconds for the index to be built; whether it is."""

@@ -345,6 +345,7 @@ _cancel_invocation = _invocation_action("CancelInvocation", "cancel")
 _kill_invocation = _invocation_action("KillInvocation", "kill")
 _resume_invocation = _invocation_action("ResumeInvocation", "resume")
 _pause_invocation = _invocation_action("PauseInvocation", "pause")
+_purge_invocation = _invocation_action("PurgeInvocation", "purge")
 
 
 def _resolve_awakeable(
@@ -607,6 +608,14 @@ _VERBS = (
         "resume",
         "resume a paused invocation, or retry a backing-off one now",
         _resume_invocation,
+        (_INVOCATION_ID,),
+    ),
+    _Verb(
+        "invocations",
+        "purge",
+        "delete a completed invocation now (record, journal, idempotency key; a "
+        "workflow's promises and state) instead of when its retention ends",
+        _purge_invocation,
         (_INVOCATION_ID,),
     ),
     _Verb(

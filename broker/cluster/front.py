@@ -2,7 +2,7 @@
 answered by the partitions behind it.
 
 Each RPC goes where its data lives, as raw bytes (only what routing needs is parsed):
-  by invocation id   DescribeInvocation, Cancel/Kill/Pause/ResumeInvocation
+  by invocation id   DescribeInvocation, Cancel/Kill/Pause/Resume/PurgeInvocation
                      (`placement.of_id`); Resolve/RejectAwakeable (the awakeable id
                      names its invocation)
   by key             CompletePromise, GetState, SetState, DescribeKey (`placement.of_key`)
@@ -54,6 +54,7 @@ _BY_ID: dict[str, type[Message]] = {
     "KillInvocation": admin_pb2.InvocationRequest,
     "PauseInvocation": admin_pb2.InvocationRequest,
     "ResumeInvocation": admin_pb2.InvocationRequest,
+    "PurgeInvocation": admin_pb2.InvocationRequest,
 }
 _BY_AWAKEABLE: dict[str, type[Message]] = {
     "ResolveAwakeable": admin_pb2.ResolveAwakeableRequest,

@@ -67,12 +67,13 @@ class Admin:
         return await self._s.DescribeInvocation(request, self._ctx())
 
     async def control(self, action: str, invocation_id: str) -> invocation_pb2.Invocation:
-        """`action` is cancel, kill, pause or resume."""
+        """`action` is cancel, kill, pause, resume or purge."""
         method = {
             "cancel": self._s.CancelInvocation,
             "kill": self._s.KillInvocation,
             "pause": self._s.PauseInvocation,
             "resume": self._s.ResumeInvocation,
+            "purge": self._s.PurgeInvocation,
         }[action]
         request = admin_pb2.InvocationRequest(invocation_id=invocation_id)
         return (await method(request, self._ctx())).invocation

@@ -196,6 +196,8 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
         if form.get("confirm") != "yes":
             return _html(page("Not confirmed", _invocation.confirm(invocation_id, name)), 400)
         await console.admin.control(name, invocation_id)
+        if name == "purge":  # its page is gone with it
+            raise web.HTTPSeeOther(url("/invocations", {"done": f"purged {invocation_id}"}))
         raise web.HTTPSeeOther(url(f"/invocations/{invocation_id}", {"done": f"{name}: done"}))
 
     async def find(request: web.Request) -> web.StreamResponse:

@@ -25,6 +25,9 @@ ACTIONS = {
     "gets ABORTED.",
     "pause": "Abandons its attempt; nothing runs it again until it is resumed.",
     "resume": "Resumes a paused invocation, or retries a backing-off one now.",
+    "purge": "Deletes the completed invocation now rather than when its retention ends: its "
+    "record, its journal and its idempotency key (a call with the key starts anew); for a "
+    "workflow's run, the workflow's promises and state too.",
 }
 
 
@@ -180,9 +183,7 @@ def _timeline(steps: list[Step], t0: int, t1: int) -> Safe:
 
 def _actions(record: admin_pb2.DescribeInvocationResponse) -> Safe:
     status = record.invocation.status
-    if status == Status.COMPLETED:
-        return Safe("")
-    allowed = ["cancel", "kill", "pause"]
+    allowed = ["purge"] if status == Status.COMPLETED else ["cancel", "kill", "pause"]
     if status in (Status.PAUSED, Status.BACKING_OFF):
         allowed.append("resume")
     buttons = join(

@@ -286,8 +286,10 @@ async def invocations(console: Console, query: Mapping[str, str]) -> tuple[Safe,
     params = {f: query.get(f, "") for f in (*_filters.FIELDS, "page")}
     return (
         h(
-            """<h1>Invocations</h1>{form}
+            """<h1>Invocations</h1>{done}{form}
 <div id="results" data-poll="{poll}" aria-live="polite">{rows}</div>""",
+            # What the action that led here did (a purge: its invocation's page is gone).
+            done=notice(query["done"], "info") if query.get("done") else Safe(""),
             form=_filter_form(query, services),
             poll=url("/invocations/rows", params),
             rows=rows,

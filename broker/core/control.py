@@ -1,12 +1,13 @@
-"""Operator actions on invocations: cancel, kill, resume, and object state edits."""
+"""Operator actions on invocations: cancel, kill, pause, resume, purge, and object state
+edits."""
 
 from __future__ import annotations
 
 from durable.v1 import cluster_pb2
 
 from ..codes import ABORTED, CANCELLED
-from ..storage import Batch, state
-from . import commands
+from ..storage import Batch, invocations, state
+from . import commands, recovery
 from .model import Invocation, Live, Result, Status, UnknownInvocation, failure
 from .ports import PartitionOps
 
@@ -25,6 +26,31 @@ def _live(p: PartitionOps, invocation_id: str) -> Live:
     if live is None and p.completed(invocation_id) is None:
         raise UnknownInvocation(invocation_id)
     raise NotAllowed(f"invocation {invocation_id} already completed")
+
+
+def purge(p: PartitionOps, invocation_id: str) -> Invocation:
+    """Deletes a completed invocation now instead of at the end of its retention (see
+    `recovery.forget` for what goes); returns its record as it was.
+
+    Raises:
+        UnknownInvocation: no such invocation is retained.
+        NotAllowed: it has not completed (or its completion is still being written).
+    """
+    if invocation_id in p.live:
+        raise NotAllowed(
+            f"invocation {invocation_id} has not completed: only a completed invocation "
+            "can be purged (cancel or kill it first)"
+        )
+    record = invocations.get(p.kv, invocation_id)
+    if record is None:
+        raise UnknownInvocation(invocation_id)
+    if record.status != Status.COMPLETED:  # a record without its live invocation: damage
+        raise NotAllowed(f"invocation {invocation_id} is {Status.Name(record.status)}")
+    batch = Batch()
+    recovery.forget(p, batch, record)
+    invocations.unschedule_expiry(batch, record.expires_at_ms, invocation_id)
+    p.submit(batch)
+    return record
 
 
 def cancel(p: PartitionOps, invocation_id: str) -> Invocation:

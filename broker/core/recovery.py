@@ -10,7 +10,7 @@ from ..storage import limits as limit_table
 from ..storage import outbox as outbox_table
 from . import actions
 from .dedup import is_workflow_run
-from .model import Status
+from .model import Invocation, Status
 from .ports import PartitionOps
 
 log = logging.getLogger("broker.core")
@@ -69,16 +69,23 @@ def purge_expired(p: PartitionOps) -> int:
         invocations.unschedule_expiry(batch, at, invocation_id)
         if record is None or record.status != Status.COMPLETED:
             continue
-        journal.delete(batch, invocation_id, record.journal_length)
-        invocations.delete(batch, invocation_id)
-        ident = p.dedup.of(record)
-        if ident is not None:
-            p.dedup.unbind(batch, ident)
-        if is_workflow_run(p.registry, record.service, record.method):
-            promises.delete_all(p.kv, batch, record.service, record.key)
-            for name in state.load(p.kv, record.service, record.key):
-                state.delete(batch, record.service, record.key, name)
+        forget(p, batch, record)
         count += 1
     if batch.puts:
         p.submit(batch)
     return count
+
+
+def forget(p: PartitionOps, batch: Batch, record: Invocation) -> None:
+    """Deletes a completed invocation: its record and journal, its idempotency key's
+    binding (the key starts a new invocation again), and, for a workflow's run, the
+    workflow's promises and state (its key can run again). Not its expiry entry."""
+    journal.delete(batch, record.id, record.journal_length)
+    invocations.delete(batch, record.id)
+    ident = p.dedup.of(record)
+    if ident is not None:
+        p.dedup.unbind(batch, ident)
+    if is_workflow_run(p.registry, record.service, record.method):
+        promises.delete_all(p.kv, batch, record.service, record.key)
+        for name in state.load(p.kv, record.service, record.key):
+            state.delete(batch, record.service, record.key, name)

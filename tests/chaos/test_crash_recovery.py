@@ -13,7 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
-from durable.v1 import invocation_pb2
+from durable.v1 import admin_pb2, invocation_pb2
 from trips import trips_pb2
 
 from tests.support import Cluster, MakeCluster, Status, invocation_id_of, trip_id_of
@@ -204,3 +204,29 @@ def test_completed_saga_survives_broker_restart(make_cluster: MakeCluster, stop:
     assert dict(again_call.initial_metadata())["invocation-id"] == invocation_id
     assert len(saga_of(cluster, key)) == 1
     assert_booked_once(cluster, trip_id_of(response))
+
+
+def test_a_purge_acknowledged_before_a_crash_stays_done(make_cluster: MakeCluster) -> None:
+    cluster = make_cluster(broker_args=BROKER_ARGS)
+    key = f"purge-{uuid.uuid4()}"
+    _, call = cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(to="Rome"), metadata=idempotent(key), timeout=CALL_TIMEOUT_S
+    )
+    invocation_id = invocation_id_of(call)
+    flights_call = cluster.describe(invocation_id).journal[1].call.invocation_id
+    purged = cluster.admin.PurgeInvocation(
+        admin_pb2.InvocationRequest(invocation_id=invocation_id), timeout=30
+    ).invocation
+    assert purged.id == invocation_id and purged.idempotency_key == key
+    cluster.restart_broker(kill=True)
+
+    with pytest.raises(grpc.RpcError) as gone:
+        cluster.describe(invocation_id)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    # Only that invocation went: the calls it made are retained on their own.
+    assert cluster.invocation(flights_call).status == Status.COMPLETED
+    _, again = cluster.trips.Reserve.with_call(
+        trips_pb2.ReserveTripRequest(to="Rome"), metadata=idempotent(key), timeout=CALL_TIMEOUT_S
+    )
+    assert invocation_id_of(again) != invocation_id
+    assert len(saga_of(cluster, key)) == 1

@@ -305,6 +305,23 @@ def test_edit_a_key_state_and_refuse_malformed_json(
     assert cluster.counter.Get(pb.CounterRef(name="console-key"), timeout=30).number == 42
 
 
+def test_a_completed_invocation_is_purged_from_its_page(console: tuple[Cluster, str]) -> None:
+    cluster, base = console
+    _, call = cluster.trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)
+    invocation_id = invocation_id_of(call)
+    status, body = _http(f"{base}/invocations/{invocation_id}")
+    assert status == 200 and f'href="/invocations/{invocation_id}/purge"' in body
+    assert f'href="/invocations/{invocation_id}/kill"' not in body  # it completed
+    status, body = _http(f"{base}/invocations/{invocation_id}/purge", {"confirm": "yes"})
+    # Its page went with it: the answer is the list, saying what was done.
+    assert status == 200 and f"purged {invocation_id}" in body and "<h1>Invocations" in body
+    status, _ = _http(f"{base}/invocations/{invocation_id}")
+    assert status == 404
+    with pytest.raises(grpc.RpcError) as gone:
+        cluster.describe(invocation_id)
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
 def test_malformed_input_gets_a_clear_message_and_changes_nothing(
     console: tuple[Cluster, str],
 ) -> None:

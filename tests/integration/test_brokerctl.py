@@ -554,6 +554,42 @@ def test_kill_stops_without_compensation(playground: Playground) -> None:
     assert again.stderr.startswith("error: FAILED_PRECONDITION:")
 
 
+def test_purge_deletes_a_completed_invocation_and_frees_its_idempotency_key(
+    playground: Playground,
+) -> None:
+    admin = playground.admin
+    key = (("idempotency-key", unique("purge")),)
+    _, call = playground.waiter.Sleep.with_call(pg.SleepRequest(millis=1), metadata=key, timeout=60)
+    done = support.invocation_id_of(call)
+    running, running_id = playground.start_call(
+        "playground.Waiter", "Sleep", pg.SleepRequest(millis=LONG_MS)
+    )
+    playground.wait_journal(running_id, "sleep")
+    before = ok_json(admin, "invocations", "list", "--status", "completed")["total"]
+
+    purged = brokerctl(admin, "invocations", "purge", done)
+    assert purged.returncode == 0, purged.stderr
+    assert purged.stdout.startswith(f"purged {done} (playground.Waiter/Sleep, which had completed")
+    gone = brokerctl(admin, "invocations", "describe", done)
+    assert gone.returncode == 1 and gone.stderr.startswith("error: NOT_FOUND:")
+    assert ok_json(admin, "invocations", "list", "--status", "completed")["total"] == before - 1
+    again = brokerctl(admin, "invocations", "purge", done)
+    assert again.returncode == 1 and again.stderr.startswith("error: NOT_FOUND:")
+    # Its key starts a new invocation now, as a key past its retention does.
+    _, second = playground.waiter.Sleep.with_call(
+        pg.SleepRequest(millis=1), metadata=key, timeout=60
+    )
+    assert support.invocation_id_of(second) != done
+
+    refused = brokerctl(admin, "invocations", "purge", running_id)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: FAILED_PRECONDITION:")
+    assert "has not completed" in refused.stderr and "cancel or kill it first" in refused.stderr
+    ok_json(admin, "invocations", "kill", running_id)
+    with pytest.raises(grpc.RpcError):
+        running.result(timeout=60)
+
+
 def test_cancel_kill_json_after_the_verb(playground: Playground) -> None:
     """`--json` is accepted after the verb too, the way people type it."""
     admin = playground.admin
@@ -866,7 +902,7 @@ def test_a_hostile_key_is_shown_escaped(playground: Playground) -> None:
 # -- exit codes ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("verb", ["describe", "cancel", "kill", "resume"])
+@pytest.mark.parametrize("verb", ["describe", "cancel", "kill", "resume", "purge"])
 def test_unknown_invocation_exits_1(playground: Playground, verb: str) -> None:
     result = brokerctl(playground.admin, "--json", "invocations", verb, "inv_doesnotexist")
     assert result.returncode == 1

@@ -4,12 +4,15 @@ workers' command line and their restart backoff."""
 from __future__ import annotations
 
 import itertools
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 
 from broker import admin_paging
 from broker.cluster import launch, merge, scrape, supervisor
+from broker.cluster.front import AdminFront
 
 
 def _inv(created: int, ident: str) -> invocation_pb2.Invocation:
@@ -311,3 +314,11 @@ def test_a_merged_page_stops_at_the_byte_cap_and_says_more_follow() -> None:
     assert admin_paging.decode_token(page.next_page_token) == (98, "inv_2")
     whole = merge.invocations(admin_pb2.ListInvocationsRequest(limit=10), answers)
     assert len(whole.invocations) == 6 and not whole.next_page_token
+
+
+def test_the_front_routes_every_admin_method() -> None:
+    # A method added to admin.proto and not to the front would be UNIMPLEMENTED on a
+    # `--workers` broker and a cluster node only (PurgeInvocation nearly was).
+    front = AdminFront(cast(Any, SimpleNamespace(count=3)), cast(Any, None))
+    methods = admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods_by_name
+    assert set(front.handlers()) == set(methods)

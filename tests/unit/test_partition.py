@@ -1097,6 +1097,31 @@ def test_purge_expired_removes_completed_invocations() -> None:
     assert p.purge_expired() == 0
 
 
+def test_an_operator_purges_a_completed_invocation_before_its_retention_ends() -> None:
+    p = make_partition(retention=3600)
+    done = p.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k-1")
+    running = p.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k-2")
+    commit(p)
+    propose(p, done, output(b"bye"))
+    commit(p)
+
+    purged = control.purge(p, done)
+    commit(p)
+    assert purged.id == done and purged.result.value == b"bye"
+    assert invocations.get(p.kv, done) is None and journal.load(p.kv, done) == []
+    assert idempotency.get(p.kv, TRIPS, "Reserve", "", "k-1") is None
+    assert list(invocations.expired(p.kv, 10**15)) == []  # nothing left to expire
+    with pytest.raises(UnknownInvocation):
+        p.output(done)
+    # The key starts a new invocation; twice is an unknown id; a running one refuses.
+    assert p.invoke(TRIPS, "Reserve", "", trip_request(), {}, idempotency_key="k-1") != done
+    with pytest.raises(UnknownInvocation):
+        control.purge(p, done)
+    with pytest.raises(control.NotAllowed, match="has not completed"):
+        control.purge(p, running)
+    assert stored(p, running).status == Status.RUNNING
+
+
 def test_purge_keeps_invocations_within_retention() -> None:
     p = make_partition(retention=3600)
     done = start_trip(p)
