@@ -38,8 +38,13 @@ class Dedup:
     def identity(
         self, service: str, method: str, key: str, idempotency_key: str
     ) -> Identity | None:
-        """The identity of a submission, if it has one."""
-        if idempotency_key or is_workflow_run(self._registry, service, method):
+        """The identity of a submission, if it has one. A workflow's run is its key's
+        whatever the idempotency key: another key must not run the workflow again (and
+        the request is not compared, as without a key: the run that holds the key
+        answers)."""
+        if is_workflow_run(self._registry, service, method):
+            return (service, method, key, "")
+        if idempotency_key:
             return (service, method, key, idempotency_key)
         return None
 

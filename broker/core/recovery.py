@@ -85,6 +85,10 @@ def forget(p: PartitionOps, batch: Batch, record: Invocation) -> None:
     ident = p.dedup.of(record)
     if ident is not None:
         p.dedup.unbind(batch, ident)
+    if record.idempotency_key and (ident is None or ident[3] != record.idempotency_key):
+        # A workflow's run stored before its identity ignored the idempotency key was
+        # bound under both: that row goes too (deleting a missing row is harmless).
+        p.dedup.unbind(batch, (record.service, record.method, record.key, record.idempotency_key))
     if is_workflow_run(p.registry, record.service, record.method):
         promises.delete_all(p.kv, batch, record.service, record.key)
         for name in state.load(p.kv, record.service, record.key):

@@ -289,17 +289,28 @@ def test_workflow_waits_for_its_signal_and_runs_once_per_key(cluster: Cluster) -
     run = cluster.signup.Run.future(
         pb.SignupRequest(user=user, email="ada@example.com"), timeout=CALL_TIMEOUT_S
     )
+    keyed: grpc.Future[pb.Reply] | None = None
     try:
         wait_signup_waiting(cluster, user)
         assert not run.done(), "Run answered before it was verified"
+        # Another caller's idempotency key names no other run: it waits on this one (it
+        # started a second run once, which an attack found).
+        keyed = cluster.signup.Run.future(
+            pb.SignupRequest(user=user, email="evil@example.com"),
+            metadata=(("idempotency-key", unique("k")),),
+            timeout=CALL_TIMEOUT_S,
+        )
 
         assert cluster.signup.Verify(pb.VerifyRequest(user=user, code="4711"), timeout=30).text == (
             "ok"
         )
 
         reply = run.result(timeout=CALL_TIMEOUT_S)
+        assert keyed.result(timeout=CALL_TIMEOUT_S) == reply
     finally:
         run.cancel()
+        if keyed is not None:
+            keyed.cancel()
     assert (reply.text, list(reply.items)) == ("welcome ada@example.com", ["4711"])
     status = cluster.signup.Status(pb.UserRef(user=user), timeout=30)
     assert (status.text, list(status.items)) == ("verified", [json.dumps("4711")])
@@ -307,6 +318,12 @@ def test_workflow_waits_for_its_signal_and_runs_once_per_key(cluster: Cluster) -
     # A second Run with the same key attaches to the first: its result, not a new run.
     again = cluster.signup.Run(
         pb.SignupRequest(user=user, email="someone-else@example.com"), timeout=30
+    )
+    assert again == reply
+    again = cluster.signup.Run(
+        pb.SignupRequest(user=user, email="someone-else@example.com"),
+        metadata=(("idempotency-key", unique("k")),),
+        timeout=30,
     )
     assert again == reply
     runs = cluster.invocations(service=SIGNUP, key=user, method="Run")
