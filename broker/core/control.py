@@ -7,7 +7,7 @@ from durable.v1 import cluster_pb2
 
 from ..codes import ABORTED, CANCELLED
 from ..storage import Batch, invocations, state
-from . import commands, recovery
+from . import actions, commands, recovery
 from .model import Invocation, Live, Result, Status, UnknownInvocation, failure
 from .ports import PartitionOps
 
@@ -78,7 +78,12 @@ def _to_child(p: PartitionOps, batch: Batch, child_id: str, kind: str) -> Live |
 
 
 def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
-    """Cancels `live` (see `cancel`) in `batch`."""
+    """Cancels `live` (see `cancel`) in `batch`; once: a second cancellation would fail
+    what the handler awaits after the first, its compensations (Temporal, too, takes a
+    cancellation request as a flag)."""
+    if live.record.cancelled:
+        return
+    live.record.cancelled = True
     cancelled = failure(CANCELLED, "invocation cancelled")
     if live.record.status in (Status.PENDING, Status.QUEUED):
         # Never started: nothing to compensate.
@@ -98,6 +103,12 @@ def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
         delivered = True
     if not delivered:
         live.record.cancel_pending = True
+        if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
+            # Nothing would run it to hear the cancellation until its retry is due (or
+            # an operator resumes it): it runs now instead, as a resume would.
+            batch.now(actions.CancelRetry(live.id))
+            live.record.status = Status.BACKING_OFF
+            p.start_attempt(batch, live)
     p.save(batch, live)
 
 

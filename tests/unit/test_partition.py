@@ -764,6 +764,29 @@ def test_failed_attempt_backs_off_then_retries() -> None:
     assert p.take() == []
 
 
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_cancel_runs_a_backing_off_or_paused_invocation_now(paused: bool) -> None:
+    # Waiting on nothing, it hears a cancellation at its next await: an attack saw one
+    # run only when its retry came 15 s later, and a paused one never.
+    p = make_partition(retry_initial=60)
+    inv_id = start_trip(p)
+    assert p.on_attempt(inv_id, 1, Failed("handler raised ValueError")) is None
+    commit(p)
+    if paused:
+        control.pause(p, inv_id)
+        commit(p)
+    control.cancel(p, inv_id)
+    [batch] = p.take()
+    assert actions.CancelRetry(inv_id) in batch.urgent
+    [retry] = of_type(batch.urgent, actions.StartAttempt)
+    assert retry.attempt == 2
+    apply(p, batch)
+    record = stored(p, inv_id)
+    assert record.status == Status.RUNNING and record.cancel_pending and record.cancelled
+    propose(p, inv_id, sleep())
+    assert p.live[inv_id].journal[1].result.failure.code == codes.CANCELLED
+
+
 @pytest.mark.parametrize("terminal", [False, True])
 def test_non_determinism_is_retried_unless_configured_terminal(terminal: bool) -> None:
     message = "non-determinism at journal entry 1: the journal has sleep, but ... run"
@@ -1262,6 +1285,29 @@ def test_cancel_completes_what_the_handler_awaits_and_cancels_its_calls() -> Non
     assert p.live[child_id].record.cancel_pending
     propose(p, child_id, sleep())
     assert p.live[child_id].journal[1].result.failure.code == codes.CANCELLED
+
+
+def test_a_second_cancel_leaves_the_compensations_alone() -> None:
+    # An attack cancelled a saga twice: the second cancel failed the compensation call
+    # the first had led to (and cancelled its callee), so that compensation never ran.
+    p = make_partition()
+    parent_id, child_id = trip_calling_a_flight(p)
+    control.cancel(p, parent_id)
+    commit(p)
+    propose(p, parent_id, call_flight("t1", "Cancel"))  # the compensation
+    commit(p)
+    compensation_id = p.live[parent_id].journal[2].call.invocation_id
+
+    for _ in range(2):
+        assert control.cancel(p, parent_id).cancelled
+        assert commit(p) == []
+    assert not p.live[parent_id].journal[2].HasField("result")
+    assert not p.live[compensation_id].record.cancel_pending
+    assert not p.live[parent_id].record.cancel_pending
+    # Its callee was cancelled with it, once: cancelling it again changes nothing either.
+    assert p.live[child_id].record.cancelled and p.live[child_id].record.cancel_pending
+    control.cancel(p, child_id)
+    assert commit(p) == []
 
 
 def test_pause_then_resume_goes_on_where_it_stopped() -> None:
