@@ -42,7 +42,7 @@ from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
 from .config import MAX_SEND_BYTES
 from .core import control
-from .core.model import UnknownInvocation, failure, now_ms
+from .core.model import UnknownInvocation, failure, now_ms, parse_awakeable_id
 from .core.partition import Partition
 from .driver import Driver
 from .storage import Batch, deployments, invocations, state
@@ -422,6 +422,13 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         result: journal_pb2.Result,
     ) -> admin_pb2.ResolveAwakeableResponse:
         await check_part(context, "awakeable_id", awakeable_id)
+        if parse_awakeable_id(awakeable_id) is None:
+            shown = awakeable_id if len(awakeable_id) <= 100 else awakeable_id[:100] + "..."
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{shown!r} is not an awakeable id: give the whole id the handler's "
+                "ctx.awakeable() made (awk_ and what follows)",
+            )
         problem = await self._driver.commit(
             control.complete_awakeable, self._partition, awakeable_id, result
         )

@@ -55,17 +55,23 @@ def awakeable_id(invocation_id: str, index: int) -> str:
     return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
-def parse_awakeable_id(awakeable_id: str) -> tuple[str, int] | None:
+def parse_awakeable_id(text: str) -> tuple[str, int] | None:
     """(invocation id, entry index) of an awakeable id, or None if malformed."""
-    if not awakeable_id.startswith("awk_"):
+    if not text.startswith("awk_"):
         return None
-    body = awakeable_id[4:]
+    body = text[4:]
     try:
         raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-        invocation_id, _, index = raw.rpartition(":")
-        return (invocation_id, int(index)) if invocation_id.startswith("inv_") else None
     except (ValueError, UnicodeDecodeError):
         return None
+    invocation, _, index = raw.rpartition(":")
+    if not invocation.startswith("inv_") or not (index.isascii() and index.isdigit()):
+        return None
+    parsed = (invocation, int(index))
+    # Only the form `awakeable_id` writes: int() also reads "-1" (which named the last
+    # entry, past every check), "+1", " 1" and "01", and the decoder skips stray
+    # characters.
+    return parsed if awakeable_id(*parsed) == text else None
 
 
 def failure(code: int, message: str) -> Result:

@@ -354,7 +354,7 @@ def test_malformed_input_gets_a_clear_message_and_changes_nothing(
     status, body = _http(base + "/awakeables/reject", {"awakeable_id": awakeable_id, "reason": " "})
     assert status == 400 and "Give a reason" in body
     status, body = _http(base + "/awakeables/resolve", {"awakeable_id": "awk_nope", "value": "1"})
-    assert status == 404 and "no pending awakeable" in body
+    assert status == 400 and "is not an awakeable id" in body
     status, body = _http(
         base + "/promises/resolve",
         {"service": "trips.Trips", "key": "k", "name": "p", "value": "1"},

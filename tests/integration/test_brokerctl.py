@@ -712,9 +712,13 @@ def test_awakeable_reject(playground: Playground) -> None:
         call.result(timeout=60)
     assert "the payment bounced" in (failed.value.details() or "")
 
-    unknown = brokerctl(admin, "awakeables", "reject", "awk_bm9uZQ")
+    malformed = brokerctl(admin, "awakeables", "reject", "awk_bm9uZQ", "no")  # "none"
+    assert malformed.returncode == 1
+    assert malformed.stderr.startswith("error: INVALID_ARGUMENT:"), malformed.stderr
+    assert "is not an awakeable id" in malformed.stderr
+    unknown = brokerctl(admin, "awakeables", "reject", "awk_aW52X25vbmU6MQ", "no")  # inv_none:1
     assert unknown.returncode == 1
-    assert unknown.stderr.startswith("error: NOT_FOUND:")
+    assert unknown.stderr.startswith("error: NOT_FOUND:"), unknown.stderr
 
 
 def test_promise_resolve_and_reject(playground: Playground) -> None:

@@ -11,6 +11,7 @@ are replayed from the journal each time something completes).
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -109,6 +110,15 @@ def test_awakeable_resolved_through_admin_returns_its_json_value(cluster: Cluste
         awakeable_id = wait_awakeable(cluster, invocation_id)
         assert not pending.done(), "Await answered before its awakeable was resolved"
         value = {"approved": True, "by": "ops", "n": [1, 2]}
+        # Its id with the index written another way names no awakeable: "-1" once
+        # reached the journal's last entry, delivered the value and lost it (UNKNOWN).
+        body = awakeable_id[4:]
+        index = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode().rpartition(":")[2]
+        for other in ("-1", f"+{index}", f"0{index}", f" {index}"):
+            forged = _awakeable_id_for(invocation_id, other)
+            error = rpc_error(lambda forged=forged: cluster.resolve_awakeable(forged, "forged"))
+            assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (other, error)
+        assert not pending.done()
 
         cluster.resolve_awakeable(awakeable_id, value)
 
@@ -148,13 +158,24 @@ def test_awakeable_rejected_through_admin_fails_the_caller_with_the_reason(
     assert "the reviewer said no" in record.result.failure.message
 
 
-def test_unknown_awakeable_is_not_found(cluster: Cluster) -> None:
-    for complete in (
-        lambda: cluster.resolve_awakeable("awk_doesnotexist123", 1),
-        lambda: cluster.reject_awakeable("awk_doesnotexist123", "no"),
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _awakeable_id_for(invocation_id: str, index: str) -> str:
+    raw = f"{invocation_id}:{index}".encode()
+    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def test_unknown_awakeable_is_not_found_and_a_malformed_one_invalid(cluster: Cluster) -> None:
+    unknown = _awakeable_id_for("inv_doesnotexist", "1")
+    for complete, code in (
+        (lambda: cluster.resolve_awakeable(unknown, 1), grpc.StatusCode.NOT_FOUND),
+        (lambda: cluster.reject_awakeable(unknown, "no"), grpc.StatusCode.NOT_FOUND),
+        (lambda: cluster.resolve_awakeable("awk_doesnotexist123", 1), INVALID),
+        (lambda: cluster.reject_awakeable("garbage", "no"), INVALID),
     ):
         error = rpc_error(complete)
-        assert error.code() == grpc.StatusCode.NOT_FOUND, error
+        assert error.code() == code, error
 
 
 # -- timers and combinators ----------------------------------------------------------------
