@@ -64,7 +64,9 @@ class TimerQueue:
                     # The store is unavailable (e.g. reopening after a full disk): the
                     # timer stays (in storage too) and fires once it can. Said once.
                     if not failing:
-                        log.error("firing a due timer failed, retrying: %s", e)
+                        log.error(
+                            "firing a due timer failed, retrying: %s: %s", type(e).__name__, e
+                        )
                     failing = True
                     deferred.append(timer)
             if failing and not deferred:

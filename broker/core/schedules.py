@@ -17,7 +17,7 @@ from ..storage import Batch, schedules
 from ..storage.kv import KV
 from . import actions
 from . import schedule_times as times
-from .model import Live
+from .model import IdempotencyConflict, Live
 
 log = logging.getLogger("broker.core")
 
@@ -187,14 +187,25 @@ class Schedules:
         self._fire(batch, record, slot)
 
     def _fire(self, batch: Batch, record: Schedule, slot: int) -> None:
-        invocation_id = self.host.invoke_in(
-            batch,
-            record.service,
-            record.method,
-            record.key,
-            record.request,
-            f"{KEY_PREFIX}{record.name}:{slot}",
-        )
+        idempotency_key = f"{KEY_PREFIX}{record.name}:{slot}"
+        try:
+            invocation_id = self.host.invoke_in(
+                batch, record.service, record.method, record.key, record.request, idempotency_key
+            )
+        except IdempotencyConflict as e:
+            # The slot's key names another request's invocation (the ingress refuses the
+            # prefix; a store written before it did not). Raised on, it dropped the batch
+            # of every slot fired with it and the timer retried it for ever: skip it.
+            record.skipped += 1
+            log.error(
+                "schedule %s: slot %d skipped: its idempotency key %r already names "
+                "invocation %s, of another request",
+                record.name,
+                slot,
+                idempotency_key,
+                e.invocation_id,
+            )
+            return
         record.last_fire_ms = slot
         record.last_invocation_id = invocation_id
         record.fired += 1

@@ -3,7 +3,7 @@
 Status codes (documented for callers):
   UNIMPLEMENTED       unknown service or method
   INVALID_ARGUMENT    the body does not parse as the method's request; a keyed call
-                      without its key
+                      without its key; an idempotency key starting with "schedule:"
   RESOURCE_EXHAUSTED  the body is larger than the payload limit
   NOT_FOUND           attaching to an invocation that does not exist (idempotency)
   FAILED_PRECONDITION the idempotency key was already used with a different request
@@ -24,6 +24,7 @@ import grpc
 from .. import codes, tracing
 from .. import registry as reg
 from ..core.model import IdempotencyConflict, UnknownInvocation
+from ..core.schedules import KEY_PREFIX as SCHEDULE_KEY_PREFIX
 from ..driver import Driver
 from ..storage import StoreUnavailable
 
@@ -166,6 +167,13 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
         headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
         idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
+        if idempotency_key.startswith(SCHEDULE_KEY_PREFIX):
+            # A caller's key there could take a schedule's coming slot from it.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"idempotency keys starting with {SCHEDULE_KEY_PREFIX!r} are the broker's "
+                "own (its schedules' firings): choose another key",
+            )
         with tracing.ingress(service, method, headers.get("traceparent", "")) as traceparent:
             try:
                 invocation_id, result_future, durable = self._driver.invoke(

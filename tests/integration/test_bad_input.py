@@ -98,6 +98,19 @@ def test_oversize_body_with_idempotency_key_is_not_remembered(cluster: Cluster) 
     assert response.status == "success" and trip_id_of(response)
 
 
+def test_an_idempotency_key_in_the_schedules_namespace_is_invalid_argument(
+    cluster: Cluster,
+) -> None:
+    # Such a key could take a schedule's coming slot (an attack stopped a schedule so).
+    metadata = (("idempotency-key", "schedule:nightly:1796131080000"),)
+    call = lambda: cluster.trips.Reserve(  # noqa: E731
+        trips_pb2.ReserveTripRequest(), metadata=metadata, timeout=30
+    )
+    error = rejected(cluster, call)
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "'schedule:' are the broker's own" in (error.details() or "")
+
+
 def test_the_ingress_still_serves_after_rejections(cluster: Cluster) -> None:
     for path, body in [("/nosuch.Service/Do", b""), ("/trips.Trips/Reserve", b"\xff\xff\xff")]:
         with pytest.raises(grpc.RpcError):

@@ -17,7 +17,7 @@ from broker import _cli_schedules as sched
 from broker import admin_schedules
 from broker.core import actions
 from broker.core import schedule_times as times
-from broker.core.model import Live
+from broker.core.model import IdempotencyConflict, Live
 from broker.core.schedules import Schedule, Schedules, name_of
 from broker.storage import Batch, MemoryKV, keys
 from broker.storage import schedules as table
@@ -258,6 +258,7 @@ class FakeHost:
         self.bound: dict[str, str] = {}
         self.started: list[str] = []
         self.armed: list[int] = []
+        self.conflicting: set[str] = set()
 
     def submit(self, batch: Batch) -> None:
         self.kv.write(batch.puts)  # "durable" at once
@@ -268,6 +269,8 @@ class FakeHost:
     def invoke_in(
         self, batch: Batch, service: str, method: str, key: str, request: bytes, ikey: str
     ) -> str:
+        if ikey in self.conflicting:
+            raise IdempotencyConflict("inv_other")
         if ikey in self.bound:
             return self.bound[ikey]
         invocation_id = f"inv_{len(self.bound)}"
@@ -344,6 +347,20 @@ def test_a_firing_whose_batch_was_durable_is_not_started_again() -> None:
     book.on_due("tick", 1000)
     assert host.started == []
     assert book.get("tick").last_invocation_id == "inv_earlier"
+
+
+def test_a_slot_whose_key_names_another_request_is_skipped_and_the_rest_fire() -> None:
+    # An attack took a coming slot's key with another request: the conflict dropped the
+    # batch of every slot fired with it, and the schedule never fired again.
+    host = FakeHost(MemoryKV())
+    book = Schedules(host)
+    book.create(schedule(catch_up="all"), now=500)
+    host.conflicting.add("schedule:tick:2000")
+    book.on_due("tick", 3000)
+    assert host.started == ["schedule:tick:1000", "schedule:tick:3000"]
+    record = table.get(host.kv, "tick")
+    assert record is not None
+    assert (record.skipped, record.fired, record.next_fire_ms) == (1, 2, 4000)
 
 
 def test_overlap_skip_and_queue_one() -> None:
