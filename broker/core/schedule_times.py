@@ -71,6 +71,13 @@ def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
             )
         if not _cron().croniter.is_valid(spec.cron):
             raise BadSpec(f"malformed cron expression {spec.cron!r}")
+        if any(_random(field) for field in spec.cron.split()):
+            # croniter draws R anew at every parse: each computation of a slot (every
+            # check, every next slot, every describe) would name another time.
+            raise BadSpec(
+                f"cron expression {spec.cron!r}: random fields (R) are not supported, "
+                "since a slot must come out the same each time it is computed; pick one"
+            )
     elif spec.timezone:
         raise BadSpec("a time zone applies to a cron expression only, not to --every")
     _zone(spec.timezone)
@@ -82,6 +89,14 @@ def check(spec: Spec, overlap: str = "skip", catch_up: str = "latest") -> None:
         raise BadSpec(f"unknown overlap policy {overlap!r}: use one of {', '.join(OVERLAPS)}")
     if catch_up not in CATCH_UPS:
         raise BadSpec(f"unknown catch-up policy {catch_up!r}: use one of {', '.join(CATCH_UPS)}")
+
+
+def _random(field: str) -> bool:
+    """Whether a cron field asks croniter for a random value (`R`, `R(0-29)`, `R/5`)."""
+    return any(
+        part.split("/")[0].upper() == "R" or part.upper().startswith("R(")
+        for part in field.split(",")
+    )
 
 
 def _cron() -> Any:
@@ -126,7 +141,26 @@ def next_after(spec: Spec, after_ms: int) -> int:
         ) from None
     out = int(nxt.timestamp() * 1000)
     # croniter works in whole seconds; never return a slot at or before `after_ms`.
-    return out if out > after_ms else next_after(spec, after_ms + 1000)
+    if out <= after_ms:
+        return next_after(spec, after_ms + 1000)
+    if _repeated(nxt) and _fixed_time(spec.cron):
+        # The clocks went back and this wall time comes round again: a job at a fixed
+        # time ran at its first coming (as cron does; `0 * * * *` and `*/15 2 * * *`
+        # fire in both hours, which are real hours of their own).
+        return next_after(spec, out)
+    return out
+
+
+def _repeated(at: datetime.datetime) -> bool:
+    """Whether `at` is the second coming of a wall time the clocks went back over."""
+    return bool(at.fold) and at.replace(fold=0).utcoffset() != at.utcoffset()
+
+
+def _fixed_time(cron: str) -> bool:
+    """Whether the expression names its minutes and hours (no `*` in either): cron's
+    "fixed-time" job, as opposed to a "wildcard" one that fires through every hour."""
+    minute, hour = cron.split()[:2]
+    return not (minute.startswith("*") or hour.startswith("*"))
 
 
 def upcoming(spec: Spec, after_ms: int, count: int) -> list[int]:

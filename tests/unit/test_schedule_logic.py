@@ -90,6 +90,28 @@ def test_hourly_cron_across_the_autumn_dst_change_fires_each_real_hour_once() ->
 
 
 @pytest.mark.parametrize(
+    ("cron", "zone", "day", "per_day"),
+    [
+        # Fixed times: once on the night the clocks go back (at the first coming).
+        ("30 2 * * *", "Europe/Berlin", (2024, 10, 26), [27, 28, 29, 30]),
+        ("30 1 * * *", "Australia/Lord_Howe", (2024, 4, 6), [7, 8, 9, 10]),
+        # A wildcard fires in both hours: they are two real hours.
+        ("*/30 2 * * *", "Europe/Berlin", (2024, 10, 26), [27, 27, 27, 27]),
+    ],
+)
+def test_a_fixed_time_fires_once_the_night_the_clocks_go_back(
+    cron: str, zone: str, day: tuple[int, int, int], per_day: list[int]
+) -> None:
+    # An attack found "30 2 * * *" firing twice that night; cron runs it once.
+    tz = ZoneInfo(zone)
+    start = datetime.datetime(*day, 12, 0, tzinfo=tz)
+    slots = times.upcoming(times.Spec(cron=cron, timezone=zone), int(start.timestamp() * 1000), 4)
+    local = [datetime.datetime.fromtimestamp(s / 1000, tz) for s in slots]
+    assert [t.day for t in local] == per_day
+    assert len(set(slots)) == 4 and slots == sorted(slots)
+
+
+@pytest.mark.parametrize(
     ("spec", "overlap", "catch_up", "says"),
     [
         (times.Spec(cron="61 * * * *"), "skip", "latest", "malformed cron"),
@@ -107,6 +129,10 @@ def test_hourly_cron_across_the_autumn_dst_change_fires_each_real_hour_once() ->
         (times.Spec(every_ms=2**62), "skip", "latest", r"at most 366d \(31622400000 ms\)"),
         (times.Spec(every_ms=2**63 - 1), "skip", "latest", "at most 366d"),
         (times.Spec(cron="0 0 31 2 *"), "skip", "latest", "never fires"),
+        (times.Spec(cron="R 3 * * *"), "skip", "latest", r"random fields \(R\)"),
+        (times.Spec(cron="0 r * * *"), "skip", "latest", "random fields"),
+        (times.Spec(cron="R(0-29) 3 * * *"), "skip", "latest", "random fields"),
+        (times.Spec(cron="R/5 * * * *"), "skip", "latest", "random fields"),
         (times.Spec(cron=",".join(["5"] * 600) + " * * * *"), "skip", "latest", "over the limit"),
         (times.Spec(cron="0 0 30 2 *"), "skip", "latest", "never fires"),
         (times.Spec(cron="0 0 31 4,6,9,11 *"), "skip", "latest", "never fires"),
