@@ -6,7 +6,6 @@ import asyncio
 import base64
 import datetime
 import inspect
-import json
 import random as _random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -197,8 +196,10 @@ class Context:
         index = self._runtime.propose(Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up)))
         return DurableFuture(self._runtime, index, lambda r: None)
 
-    def awakeable(self) -> tuple[str, DurableFuture[Any]]:
-        """An id for an outside system to complete, and the future of its value.
+    def awakeable(self, *, type: type[Message] | None = None) -> tuple[str, DurableFuture[Any]]:
+        """An id for an outside system to complete, and the future of its value: a JSON
+        value, or with `type=TheMessage` that message (from its proto3 JSON mapping; a
+        value that is not one fails the await with a terminal `INTERNAL` error).
 
         Resolve it with `brokerctl awakeables resolve ID JSON` (or the admin API, or
         `resolve_awakeable` from another handler). While waiting, the handler suspends.
@@ -206,7 +207,10 @@ class Context:
         index = self._runtime.propose(Entry(awakeable=journal_pb2.AwakeableCommand()))
         raw = f"{self.invocation_id}:{index}".encode()
         awakeable_id = "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-        return awakeable_id, DurableFuture(self._runtime, index, lambda r: json.loads(r.value))
+        what = f"the value of awakeable {awakeable_id}"
+        return awakeable_id, DurableFuture(
+            self._runtime, index, lambda r: _serde.decode(r.value, type, what)
+        )
 
     def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
         """Completes another invocation's awakeable with a JSON-serializable value."""
@@ -371,20 +375,26 @@ class DurablePromise:
         self._runtime = runtime
         self.name = name
 
-    def value(self) -> DurableFuture[Any]:
-        """The promise's value, once resolved (rejection raises `TerminalError`)."""
+    def value(self, *, type: type[Message] | None = None) -> DurableFuture[Any]:
+        """The promise's value, once resolved (rejection raises `TerminalError`): a JSON
+        value, or with `type=TheMessage` that message, as `ctx.get` reads state."""
         index = self._runtime.propose(
             Entry(get_promise=journal_pb2.GetPromiseCommand(name=self.name))
         )
-        return DurableFuture(self._runtime, index, lambda r: json.loads(r.value))
+        what = f"the value of promise {self.name!r}"
+        return DurableFuture(self._runtime, index, lambda r: _serde.decode(r.value, type, what))
 
-    async def peek(self) -> Any | None:
-        """The value if resolved, None while pending; raises if rejected."""
+    async def peek(self, *, type: type[Message] | None = None) -> Any | None:
+        """The value if resolved (with `type=`, as `value` reads it), None while
+        pending; raises if rejected."""
         index = self._runtime.propose(
             Entry(peek_promise=journal_pb2.PeekPromiseCommand(name=self.name))
         )
+        what = f"the value of promise {self.name!r}"
         future: DurableFuture[Any] = DurableFuture(
-            self._runtime, index, lambda r: json.loads(r.value) if r.HasField("value") else None
+            self._runtime,
+            index,
+            lambda r: _serde.decode(r.value, type, what) if r.HasField("value") else None,
         )
         return await future
 
