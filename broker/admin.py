@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import logging
 import os
 import secrets
@@ -37,6 +36,7 @@ from . import (
     rendering,
 )
 from . import registry as reg
+from ._cli_format import parse_json
 from .admin_fields import check_part
 from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
@@ -565,9 +565,10 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
 
 
 async def _json(context: grpc.aio.ServicerContext[Any, Any], value: bytes) -> bytes:
-    """`value` if it is JSON (what the SDK decodes); INVALID_ARGUMENT otherwise."""
+    """`value` if it is strict JSON (what the SDK decodes, and other languages' SDKs
+    would: no NaN or Infinity); INVALID_ARGUMENT otherwise."""
     try:
-        json.loads(value)
+        parse_json(value)
     except (ValueError, RecursionError) as e:  # RecursionError: nested past any use
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"the value is not valid JSON: {e}")
     return value

@@ -171,6 +171,13 @@ def set_state(
     """
     holder = p.lock_holder(service, key)
     if holder is not None:
+        held = p.live.get(holder)
+        if held is not None and held.record.status == Status.PAUSED:
+            # Waiting would not help: nothing runs a paused invocation but an operator.
+            raise NotAllowed(
+                f"{service} key {key!r} is held by invocation {holder}, which is paused: "
+                "resume it (it releases the key when it ends) or kill it, then edit"
+            )
         raise NotAllowed(f"{service} key {key!r} is held by invocation {holder}; try again later")
     values = state.load(p.kv, service, key)
     batch = Batch()

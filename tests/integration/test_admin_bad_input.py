@@ -250,3 +250,17 @@ def test_a_schedule_page_token_the_broker_did_not_issue_is_invalid_argument(
     listed = cluster.admin.ListSchedules(admin_pb2.ListSchedulesRequest(), timeout=10)
     assert listed.next_page_token == ""
     assert "Traceback" not in _log(cluster)
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"[Infinity]", b'{"x": -Infinity}'])
+def test_a_value_that_is_not_strict_json_is_invalid_argument(
+    cluster: Cluster, value: bytes
+) -> None:
+    # Python's json reads NaN and Infinity; no JSON standard (nor another SDK) does.
+    with pytest.raises(grpc.RpcError) as refused:
+        cluster.admin.ResolveAwakeable(
+            admin_pb2.ResolveAwakeableRequest(awakeable_id="awk_aW52X25vbmU6MQ", value=value),
+            timeout=10,
+        )
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not valid JSON" in (refused.value.details() or "")

@@ -849,7 +849,11 @@ def test_state_set_is_refused_while_an_exclusive_handler_holds_the_key(
     refused = brokerctl(admin, "state", "set", "playground.Counter", key, "total", "1")
     assert refused.returncode == 1
     assert refused.stderr.startswith("error: FAILED_PRECONDITION:")
-    assert hold_id in refused.stderr
+    assert hold_id in refused.stderr and "try again later" in refused.stderr
+    # Paused, it holds the key until an operator acts: the refusal says so.
+    ok_json(admin, "invocations", "pause", hold_id)
+    refused = brokerctl(admin, "state", "set", "playground.Counter", key, "total", "1")
+    assert refused.returncode == 1 and "which is paused: resume it" in refused.stderr
 
     ok_json(admin, "invocations", "kill", hold_id)
     with pytest.raises(grpc.RpcError):
