@@ -25,6 +25,9 @@ _MOVES = 3
 # a `--workers` worker is restarted within seconds).
 FOLLOW_S = 60.0
 _FOLLOW_BACKOFF_S = (0.05, 1.0)
+# Past the channels' longest reconnect backoff (1 s, below): a process that serves the
+# partition again is connected to by then.
+_RECONNECT_S = 1.5
 
 
 def undelivered(error: grpc.aio.AioRpcError) -> bool:
@@ -57,6 +60,20 @@ class Answered(Exception):
     def __init__(self, error: grpc.aio.AioRpcError) -> None:
         super().__init__(str(error))
         self.error = error
+
+
+async def _connects(channel: grpc.aio.Channel) -> bool:
+    """Whether `channel` connects within `_RECONNECT_S`. A channel that failed to reach
+    a process (down a moment: a node restarted on its ports, a worker respawned) waits
+    out its reconnect backoff before it tries again, and fails calls at once meanwhile:
+    one that CI saw reached a node that had just taken its partition back, and was
+    answered UNAVAILABLE although nothing had gone on the wire."""
+    channel.get_state(try_to_connect=True)
+    try:
+        await asyncio.wait_for(channel.channel_ready(), _RECONNECT_S)
+    except TimeoutError:
+        return False
+    return True
 
 
 class Peers:
@@ -113,7 +130,7 @@ class Peers:
             except grpc.aio.AioRpcError as e:
                 if not never_sent(e) or attempt + 1 == _MOVES:
                     raise
-                if not await self._where.moved(partition, address):
+                if not await self._where.moved(partition, address) and not await _connects(channel):
                     raise
             except Unanswered as e:
                 if attempt + 1 == _MOVES or not await self._where.moved(partition, address):
