@@ -230,3 +230,35 @@ def test_a_purge_acknowledged_before_a_crash_stays_done(make_cluster: MakeCluste
     )
     assert invocation_id_of(again) != invocation_id
     assert len(saga_of(cluster, key)) == 1
+
+
+def test_a_cancel_repeated_across_a_crash_leaves_the_compensations_alone(
+    make_cluster: MakeCluster,
+) -> None:
+    # An operator cancels a saga whose flights call is backing off, the broker dies, and
+    # the operator, unsure, cancels again. The second cancel must not fail the saga's
+    # compensation calls (it did, before a record kept that it was cancelled).
+    cluster = make_cluster(broker_args=BROKER_ARGS)
+    key = f"cancel-twice-{uuid.uuid4()}"
+    pending, trips_id = hold_saga_on_flights(cluster, key)
+    pending.cancel()
+    cluster.admin.CancelInvocation(admin_pb2.InvocationRequest(invocation_id=trips_id), timeout=30)
+    cluster.wait_for(
+        lambda: len([e for e in cluster.describe(trips_id).journal if e.HasField("call")]) > 1,
+        message=lambda: f"the saga's compensation call: {cluster.describe(trips_id).journal}",
+    )
+    cluster.restart_broker(kill=True)
+    again = cluster.admin.CancelInvocation(
+        admin_pb2.InvocationRequest(invocation_id=trips_id), timeout=30
+    ).invocation
+    assert again.cancelled
+    cluster.start_service("flights")
+
+    record = cluster.wait_status(trips_id, Status.COMPLETED)
+    assert record.result.failure.code == grpc.StatusCode.CANCELLED.value[0], record
+    calls = [e for e in cluster.describe(trips_id).journal if e.HasField("call")]
+    compensations = calls[1:]
+    assert compensations, calls
+    for entry in compensations:
+        # Each compensation ran: none was failed by the second cancel.
+        assert not entry.result.HasField("failure"), entry
