@@ -37,7 +37,7 @@ from . import (
 )
 from . import registry as reg
 from ._cli_format import parse_json
-from .admin_fields import check_part
+from .admin_fields import check_part, check_payload
 from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
 from .config import MAX_SEND_BYTES
@@ -62,6 +62,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     def __init__(self, driver: Driver, registry: reg.Registry) -> None:
         self._driver = driver
         self._partition = driver.partition
+        self._max_payload = driver.partition.settings.max_payload_bytes
         self._registry = registry
         self._invoker = driver.invoker
         self._deployments_lock = asyncio.Lock()
@@ -400,6 +401,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         request: admin_pb2.ResolveAwakeableRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.ResolveAwakeableResponse:
+        await check_payload(context, "the value", len(request.value), self._max_payload)
         value = await _json(context, request.value or b"null")
         return await self._complete_awakeable(
             context, request.awakeable_id, journal_pb2.Result(value=value)
@@ -411,6 +413,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> admin_pb2.ResolveAwakeableResponse:
         reason = request.reason or "rejected"
+        await check_payload(context, "the reason", len(reason.encode()), self._max_payload)
         return await self._complete_awakeable(
             context, request.awakeable_id, failure(codes.ABORTED, reason)
         )
@@ -453,6 +456,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             )
         await check_part(context, f"the key of {request.service}", request.key)
         await check_part(context, "the promise name", request.name)
+        completion = request.rejection.encode() if request.HasField("rejection") else request.value
+        await check_payload(context, "the completion", len(completion), self._max_payload)
         if request.HasField("rejection"):
             result = failure(codes.ABORTED, request.rejection)
         else:
@@ -494,6 +499,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         await check_part(context, "the state name", request.name)
         value = request.value if request.HasField("value") else None
         if value is not None:
+            await check_payload(context, "the value", len(value), self._max_payload)
             await _json(context, value)
         try:
             after = await self._driver.commit(

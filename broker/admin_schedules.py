@@ -22,6 +22,7 @@ from google.protobuf import json_format
 
 from . import admin_paging
 from . import registry as reg
+from .admin_fields import check_payload
 from .core import schedule_times as times
 from .core import schedules
 from .driver import Driver
@@ -131,6 +132,8 @@ class ScheduleAdmin:
                 except (TypeError, ValueError) as e:
                     await _abort(context, invalid, f"--key does not fit {field!r}: {e}")
         body = message.SerializeToString()
+        limit = self._driver.partition.settings.max_payload_bytes
+        await check_payload(context, "the schedule's request", len(body), limit)
         try:
             _, _, key = reg.resolve(self._registry, request.service, request.method, body)
         except reg.BadRequest as e:

@@ -31,6 +31,18 @@ MAX_SEND_BYTES = 64 * 1024 * 1024
 # Room an admin answer leaves under the send cap for gRPC's own framing (and, in a
 # listing, for the answer's other fields).
 ANSWER_FRAMING_BYTES = 64 * 1024
+# What a request may carry past its payload: the fields around it. A server takes in
+# that much more than --max-payload-bytes and checks the payload itself, so a payload
+# at the limit passes and one over it is refused naming the flag (gRPC's own refusal
+# says only "larger than max").
+REQUEST_FRAMING_BYTES = 64 * 1024
+
+
+def receive_limit(max_payload: int) -> int:
+    """A server's gRPC receive limit for `--max-payload-bytes` `max_payload`."""
+    return max_payload + REQUEST_FRAMING_BYTES
+
+
 # What a listing's records may add up to.
 ADMIN_ANSWER_BYTES = MAX_SEND_BYTES - ANSWER_FRAMING_BYTES
 # What one message in a repeated field adds to an answer besides itself: its tag and a

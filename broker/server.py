@@ -20,7 +20,7 @@ from .clock import WALL, Clock, now_ms
 from .cluster.deliver import DeliverServicer
 from .cluster.placement import Placement
 from .cluster.shipper import Transport
-from .config import MAX_SEND_BYTES, Settings
+from .config import MAX_SEND_BYTES, Settings, receive_limit
 from .core.partition import Partition
 from .driver import Driver
 from .ingress import DynamicReflection, IngressRouter, IngressServicer, listen
@@ -49,7 +49,7 @@ def server_options(max_payload: int, reuse_port: bool = False) -> list[tuple[str
     """gRPC server options: the payload limit, and whether the port may be shared (by
     the workers of one broker; otherwise a second broker on the port must fail)."""
     return [
-        ("grpc.max_receive_message_length", max_payload),
+        ("grpc.max_receive_message_length", receive_limit(max_payload)),
         ("grpc.max_send_message_length", MAX_SEND_BYTES),
         ("grpc.so_reuseport", int(reuse_port)),
     ]

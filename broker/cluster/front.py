@@ -32,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .. import admin_paging, security
-from ..config import Settings
+from ..config import Settings, receive_limit
 from ..core.model import parse_awakeable_id
 from ..interceptors import ErrorStatuses
 from . import merge, placement
@@ -414,7 +414,7 @@ class FrontServer:
         interceptors.append(ErrorStatuses())
         server = grpc.aio.server(
             options=[
-                ("grpc.max_receive_message_length", self.settings.max_payload_bytes),
+                ("grpc.max_receive_message_length", receive_limit(self.settings.max_payload_bytes)),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
             ],

@@ -150,7 +150,8 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         if len(body) > self._max_payload:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"request of {len(body)} bytes exceeds the {self._max_payload}-byte limit",
+                f"request of {len(body)} bytes exceeds the {self._max_payload}-byte payload "
+                "limit (--max-payload-bytes)",
             )
         if not self._driver.committer.healthy:
             await context.abort(

@@ -264,3 +264,37 @@ def test_a_value_that_is_not_strict_json_is_invalid_argument(
         )
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "not valid JSON" in (refused.value.details() or "")
+
+
+def test_a_value_at_the_payload_limit_passes_and_one_over_it_names_the_flag(
+    cluster: Cluster,
+) -> None:
+    # The server used to take in no more than the payload limit in all: a value at
+    # the limit was refused for its request's other bytes, with gRPC's bare "larger
+    # than max".
+    limit = 4 * 1024 * 1024  # the default --max-payload-bytes
+    unknown = "awk_aW52X25vbmU6MQ"  # inv_none:1
+
+    def resolve(value: bytes) -> grpc.RpcError:
+        with pytest.raises(grpc.RpcError) as refused:
+            cluster.admin.ResolveAwakeable(
+                admin_pb2.ResolveAwakeableRequest(awakeable_id=unknown, value=value), timeout=30
+            )
+        return refused.value
+
+    at = b'"' + b"x" * (limit - 2) + b'"'
+    assert resolve(at).code() == grpc.StatusCode.NOT_FOUND  # past every size check
+    over = resolve(at + b" ")
+    assert over.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"over the broker's {limit}-byte payload limit (--max-payload-bytes)" in (
+        over.details() or ""
+    )
+    with pytest.raises(grpc.RpcError) as state:
+        cluster.admin.SetState(
+            admin_pb2.SetStateRequest(
+                service="playground.Counter", key="k", name="n", value=at + b" "
+            ),
+            timeout=30,
+        )
+    assert state.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "--max-payload-bytes" in (state.value.details() or "")
