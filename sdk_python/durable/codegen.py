@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import importlib.util
 import os
 import stat
 import sys
@@ -100,13 +101,39 @@ def _relative_to_includes(file: Path, includes: Sequence[Path]) -> Path:
 def _add_package_inits(out: Path, generated: Sequence[Path]) -> None:
     """Creates an empty `__init__.py` in every directory between `out` and the generated
     modules, so that tools which want regular packages (mypy, older importers) find them.
-    `out` itself is the import root and gets none; existing files are left alone."""
+    `out` itself is the import root and gets none; existing files are left alone.
+
+    None goes under a top-level name installed elsewhere (`google` for vendored
+    `google/api/*.proto`, `grpc` for `grpc/health/v1/health.proto`, a standard library
+    module): a regular package there would hide the installed one (`google.protobuf`,
+    grpcio) from everything on the path after `out`. protoc's own layout (no
+    `__init__.py`) merges with an installed namespace package instead."""
     root = out.resolve()
     for module in generated:
         directory = module.resolve().parent
+        if directory == root or root not in directory.parents:
+            continue
+        top = directory.relative_to(root).parts[0]
+        if _installed_elsewhere(top, root):
+            continue
         while directory != root and root in directory.parents:
             (directory / "__init__.py").touch(exist_ok=True)
             directory = directory.parent
+
+
+def _installed_elsewhere(name: str, root: Path) -> bool:
+    """Whether the top-level module or package `name` is importable from outside
+    `root` (installed, or in the standard library)."""
+    if name in sys.stdlib_module_names:
+        return True
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    if spec is None:
+        return False
+    places = list(spec.submodule_search_locations or []) or [spec.origin or ""]
+    return any(place and not Path(place).resolve().is_relative_to(root) for place in places)
 
 
 def generate(

@@ -100,6 +100,46 @@ def test_generated_modules_import_with_out_dir_on_the_path(project: Path) -> Non
     assert result.stdout.strip() == "c"
 
 
+def test_vendored_google_and_grpc_protos_leave_the_installed_packages_visible(
+    project: Path,
+) -> None:
+    # A team vendoring google/api/*.proto (or grpc's health.proto) got gen/google/ and
+    # gen/grpc/ made regular packages, which hid google.protobuf and grpcio: every
+    # generated module failed to import (an attack found it).
+    (project / "proto" / "google" / "api").mkdir(parents=True)
+    (project / "proto" / "google" / "api" / "note.proto").write_text(
+        'syntax = "proto3";\npackage google.api;\nmessage Note { string text = 1; }\n'
+    )
+    (project / "proto" / "grpc" / "health" / "v1").mkdir(parents=True)
+    (project / "proto" / "grpc" / "health" / "v1" / "probe.proto").write_text(
+        'syntax = "proto3";\npackage grpc.health.v1;\nmessage Probe { string name = 1; }\n'
+    )
+    files = ("proto/google/api/note.proto", "proto/grpc/health/v1/probe.proto")
+    shop = ("proto/shop/shop.proto", "proto/shop/money.proto")
+    result = codegen(project, "-I", "proto", "--out", "gen", *shop, *files)
+    assert result.returncode == 0, result.stderr
+    gen = project / "gen"
+    assert not list(gen.glob("google/**/__init__.py")) and not list(gen.glob("grpc/**/__init__.py"))
+    assert (gen / "shop" / "__init__.py").is_file()
+    # (grpcio's `grpc` is a regular package: modules under gen/grpc are not importable
+    # as grpc.* whatever codegen does, as with protoc; grpcio must stay importable.)
+    check = (
+        "import grpc, google.protobuf; from google.api import note_pb2; "
+        "from shop import shop_durable; "
+        "print(grpc.StatusCode.OK.name, note_pb2.Note(text='t').text)"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(gen)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.split() == ["OK", "t"]
+
+
 def test_missing_file_is_a_usage_error(project: Path) -> None:
     result = codegen(project, "-I", "proto", "--out", "gen", "proto/shop/nope.proto")
     assert result.returncode == 2
