@@ -159,6 +159,8 @@ def generate(
     # Imported here so that `import durable.codegen` stays cheap (`--help`).
     from grpc_tools import protoc
 
+    from ._codegen.plugin import durable_path
+
     include_dirs = [Path(i) for i in includes]
     for include in include_dirs:
         if not include.is_dir():
@@ -185,9 +187,11 @@ def generate(
         code = protoc.main(args)
     if code != 0:
         raise CodegenError(f"protoc failed (exit code {code}); its message is above", 1)
-    # Files without a service get no `_durable.py`; report only what exists.
+    # Files without a service get no `_durable.py`; report only what exists. Each module
+    # goes where protoc's Python generator puts it (`a-b/c.v1.proto`: `a_b/c/v1_pb2.py`).
     suffixes = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_durable.py")
-    generated = [out_dir / n.with_name(n.stem + suffix) for n in names for suffix in suffixes]
+    stems = [durable_path(n.as_posix()).removesuffix("_durable.py") for n in names]
+    generated = [out_dir / (stem + suffix) for stem in stems for suffix in suffixes]
     generated = [g for g in generated if g.exists()]
     _add_package_inits(out_dir, generated)
     return generated

@@ -140,6 +140,55 @@ def test_vendored_google_and_grpc_protos_leave_the_installed_packages_visible(
     assert imported.stdout.split() == ["OK", "t"]
 
 
+def test_names_the_generated_module_cannot_hold_are_refused_by_name(project: Path) -> None:
+    # They generated code that did not compile, or whose client silently lost its
+    # send() or SERVICE to a method of that name (calls then failed at run time only).
+    (project / "proto" / "odd").mkdir()
+    (project / "proto" / "odd" / "odd.proto").write_text(
+        'syntax = "proto3";\npackage odd;\n'
+        "service Kv { rpc send(R) returns (R); rpc async(R) returns (R);"
+        " rpc Get(R) returns (R); }\n"
+        "service Tally { rpc Do(R) returns (R); }\n"
+        "service TallySend { rpc Do(R) returns (R); }\n"
+        "message R { string a = 1; }\n"
+    )
+    result = codegen(project, "-I", "proto", "--out", "gen", "proto/odd/odd.proto")
+    assert result.returncode == 1
+    assert "method Kv.send: 'send' is a Python keyword or a member" in result.stderr
+    assert "method Kv.async:" in result.stderr and "Kv.Get" not in result.stderr
+    assert "services Tally and TallySend would both generate class TallySendClient" in (
+        result.stderr
+    )
+
+
+def test_file_names_with_dashes_and_dots_put_every_module_where_protoc_puts_pb2(
+    project: Path,
+) -> None:
+    for path, package in (("dash-dir/my-svc.proto", "dash"), ("dotted/orders.v1.proto", "dot")):
+        (project / "proto" / path).parent.mkdir(parents=True, exist_ok=True)
+        (project / "proto" / path).write_text(
+            f'syntax = "proto3";\npackage {package};\n'
+            "service S { rpc M(R) returns (R); }\nmessage R { string a = 1; }\n"
+        )
+    files = ("proto/dash-dir/my-svc.proto", "proto/dotted/orders.v1.proto")
+    assert codegen(project, "-I", "proto", "--out", "gen", *files).returncode == 0
+    gen = project / "gen"
+    assert (gen / "dash_dir" / "my_svc_durable.py").is_file()
+    assert (gen / "dotted" / "orders" / "v1_durable.py").is_file()
+    assert not (gen / "dash-dir").exists()
+    assert not (gen / "dotted" / "orders.v1_durable.py").exists()
+    check = "from dash_dir import my_svc_durable; from dotted.orders import v1_durable"
+    imported = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(gen)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert imported.returncode == 0, imported.stderr
+
+
 def test_missing_file_is_a_usage_error(project: Path) -> None:
     result = codegen(project, "-I", "proto", "--out", "gen", "proto/shop/nope.proto")
     assert result.returncode == 2

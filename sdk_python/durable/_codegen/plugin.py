@@ -14,6 +14,7 @@ Run by `make proto` as `--plugin=protoc-gen-durable=... --durable_out=gen`.
 
 from __future__ import annotations
 
+import keyword
 import sys
 from collections.abc import Iterable
 
@@ -24,7 +25,14 @@ from durable.v1 import options_pb2
 
 
 def _module_of(proto_file: str) -> str:
+    """The `_pb2` module protoc's Python generator makes of `proto_file`: `/` and `.`
+    in its name separate packages, `-` becomes `_` (`a-b/c.v1.proto`: `a_b.c.v1_pb2`)."""
     return proto_file.removesuffix(".proto").replace("/", ".").replace("-", "_") + "_pb2"
+
+
+def durable_path(proto_file: str) -> str:
+    """Where the `_durable` module of `proto_file` goes: beside its `_pb2` module."""
+    return _module_of(proto_file).removesuffix("_pb2").replace(".", "/") + "_durable.py"
 
 
 def _alias(proto_file: str) -> str:
@@ -165,6 +173,41 @@ def _generate(
     return "\n".join(lines) + "\n"
 
 
+# What the generated client and servicer classes hold besides one member per method.
+_MEMBERS = frozenset({"send", "SERVICE", "SERVICE_DESCRIPTOR"})
+
+
+def _problems(target: descriptor_pb2.FileDescriptorProto) -> list[str]:
+    """Names in `target` the generated module cannot hold: it would not compile, or one
+    member would silently replace another (a method `send` replaced the client's one-way
+    `send()`; services `X` and `XSend` both made `XSendClient`)."""
+    out: list[str] = []
+    classes: dict[str, str] = {}
+    for service in target.service:
+        for suffix in ("Client", "SendClient", "Servicer"):
+            name = service.name + suffix
+            if name in classes:
+                out.append(
+                    f"services {classes[name]} and {service.name} would both generate class "
+                    f"{name}: rename one"
+                )
+            classes[name] = service.name
+        for m in service.method:
+            if keyword.iskeyword(m.name) or m.name in _MEMBERS or m.name.startswith("__"):
+                out.append(
+                    f"method {service.name}.{m.name}: {m.name!r} is a Python keyword or a "
+                    "member of the generated classes; rename the method"
+                )
+            for t in (m.input_type, m.output_type):
+                leaf = t.rpartition(".")[2]
+                if keyword.iskeyword(leaf):
+                    out.append(
+                        f"method {service.name}.{m.name} uses message {t.lstrip('.')}, whose "
+                        f"name {leaf!r} is a Python keyword; rename the message"
+                    )
+    return out
+
+
 def main() -> None:
     """Reads a `CodeGeneratorRequest` on stdin, writes the response on stdout."""
     request = plugin_pb2.CodeGeneratorRequest.FromString(sys.stdin.buffer.read())
@@ -177,8 +220,13 @@ def main() -> None:
         target = by_name[name]
         if not target.service:
             continue
+        problems = _problems(target)
+        if problems:
+            response.ClearField("file")
+            response.error = f"{name}: " + "; ".join(problems)
+            break
         out = response.file.add()
-        out.name = name.removesuffix(".proto") + "_durable.py"
+        out.name = durable_path(name)
         out.content = _generate(target, types, files)
     sys.stdout.buffer.write(response.SerializeToString())
 
