@@ -173,7 +173,14 @@ def generate(
             raise CodegenError(f"{file}: no such file")
         names.append(_relative_to_includes(file, include_dirs))
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise CodegenError(f"--out {out_dir}: a file is in the way, not a directory") from None
+    # A file whose services were all removed gets no `_durable.py` this time: one left
+    # from before would still import, and fail on the service it no longer has.
+    for n in names:
+        (out_dir / durable_path(n.as_posix())).unlink(missing_ok=True)
     well_known = Path(str(importlib.resources.files("grpc_tools") / "_proto"))
     with tempfile.TemporaryDirectory(prefix="durable-codegen-") as tmp:
         shipped = Path(tmp) / "include"

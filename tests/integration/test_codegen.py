@@ -189,6 +189,26 @@ def test_file_names_with_dashes_and_dots_put_every_module_where_protoc_puts_pb2(
     assert imported.returncode == 0, imported.stderr
 
 
+def test_a_file_whose_services_went_leaves_no_durable_module_behind(project: Path) -> None:
+    args = ("-I", "proto", "--out", "gen", "proto/shop/shop.proto", "proto/shop/money.proto")
+    assert codegen(project, *args).returncode == 0
+    assert (project / "gen" / "shop" / "shop_durable.py").is_file()
+    (project / "proto" / "shop" / "shop.proto").write_text(
+        'syntax = "proto3";\npackage shop;\nmessage Empty {}\n'
+    )
+    assert codegen(project, *args).returncode == 0
+    # It imported and then failed on the service it no longer had.
+    assert not (project / "gen" / "shop" / "shop_durable.py").exists()
+
+
+def test_an_out_that_is_a_file_is_a_usage_error(project: Path) -> None:
+    (project / "gen").write_text("not a directory")
+    result = codegen(project, "-I", "proto", "--out", "gen", "proto/shop/money.proto")
+    assert result.returncode == 2
+    assert "--out gen: a file is in the way, not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_missing_file_is_a_usage_error(project: Path) -> None:
     result = codegen(project, "-I", "proto", "--out", "gen", "proto/shop/nope.proto")
     assert result.returncode == 2
