@@ -53,6 +53,18 @@ def codegen(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def generated_python(project: Path, gen: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Runs `code` in a fresh interpreter with `gen` on the path, as the user's app would."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=project,
+        env={**os.environ, "PYTHONPATH": str(gen)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A user's repository: `proto/shop/shop.proto` and `proto/shop/money.proto`."""
@@ -88,14 +100,7 @@ def test_generated_modules_import_with_out_dir_on_the_path(project: Path) -> Non
         "assert shop_durable.CartServicer.SERVICE_DESCRIPTOR.full_name == 'shop.Cart'; "
         "print(shop_pb2.AddRequest(cart_id='c').cart_id)"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=project,
-        env={**os.environ, "PYTHONPATH": str(project / "gen")},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = generated_python(project, project / "gen", check)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "c"
 
@@ -128,14 +133,7 @@ def test_vendored_google_and_grpc_protos_leave_the_installed_packages_visible(
         "from shop import shop_durable; "
         "print(grpc.StatusCode.OK.name, note_pb2.Note(text='t').text)"
     )
-    imported = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=project,
-        env={**os.environ, "PYTHONPATH": str(gen)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = generated_python(project, gen, check)
     assert imported.returncode == 0, imported.stderr
     assert imported.stdout.split() == ["OK", "t"]
 
@@ -178,14 +176,7 @@ def test_file_names_with_dashes_and_dots_put_every_module_where_protoc_puts_pb2(
     assert not (gen / "dash-dir").exists()
     assert not (gen / "dotted" / "orders.v1_durable.py").exists()
     check = "from dash_dir import my_svc_durable; from dotted.orders import v1_durable"
-    imported = subprocess.run(
-        [sys.executable, "-c", check],
-        cwd=project,
-        env={**os.environ, "PYTHONPATH": str(gen)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    imported = generated_python(project, gen, check)
     assert imported.returncode == 0, imported.stderr
 
 
