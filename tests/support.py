@@ -347,12 +347,15 @@ class Cluster:
         """Starts every process, waits until each is healthy, registers the services."""
         LIVE_CLUSTERS.append(self)
         try:
-            self.start_broker()
+            # The services first: their ports were only picked, and a `--workers` broker
+            # picks its workers' private ports from the same range (one took the trips
+            # service's port in a CI run); bound, they are not picked.
             for name in self.services:
                 self.services[name].start()
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             for name, process in self.services.items():
                 wait_healthy(self.service_addresses[name], deadline, process)
+            self.start_broker()
             for address in self.service_addresses.values():
                 self.register(f"http://{address}")
         except BaseException as e:

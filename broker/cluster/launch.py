@@ -6,6 +6,7 @@ the public ingress port every worker binds, and each worker's command line.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 
 from durable import process
 
@@ -72,17 +73,19 @@ def resolve_ingress(address: str) -> str:
     return f"{bracketed}:{process.free_ports(1, host)[0]}"
 
 
-def plan(workers: int, partitions: int, metrics: bool) -> Directory:
+def plan(workers: int, partitions: int, metrics: bool, avoid: Collection[int] = ()) -> Directory:
     """Every partition's private addresses on 127.0.0.1, all distinct.
 
     Args:
         workers: The worker processes.
         partitions: The partition count.
         metrics: Whether each partition also serves /metrics on a private port.
+        avoid: Ports the broker's own servers bind later (its admin API, metrics and
+            console, bound once the workers are up): free now, not to be taken.
     """
     # Below the ephemeral range: a crashed worker binds its ports again when restarted,
     # and no outgoing connection can have taken them meanwhile.
-    ports = iter(process.free_ports(partitions * (3 if metrics else 2)))
+    ports = iter(process.free_ports(partitions * (3 if metrics else 2), avoid=avoid))
 
     def address() -> str:
         return f"127.0.0.1:{next(ports)}"

@@ -219,7 +219,13 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
         loop.add_signal_handler(sig, stop.set)
     layout.create(settings.data_dir, partitions)
     ingress = launch.resolve_ingress(settings.ingress)
-    directory = launch.plan(settings.workers, partitions, metrics=bool(settings.metrics))
+    own = [ingress, settings.admin, settings.metrics or "", settings.console or ""]
+    directory = launch.plan(
+        settings.workers,
+        partitions,
+        metrics=bool(settings.metrics),
+        avoid=[launch.split_address(a)[1] for a in own if a],
+    )
     supervisor = Supervisor(settings, argv, directory, ingress)
     clients = Partitions(directory)
     routes = AdminFront(clients, supervisor.nodes)

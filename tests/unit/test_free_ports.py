@@ -79,3 +79,25 @@ def test_the_workers_private_ports_are_below_the_ephemeral_range() -> None:
     ports = [int(a.removeprefix("127.0.0.1:")) for a in addresses]
     assert len(set(ports)) == 12
     assert all(1024 <= p < _ephemeral_low() for p in ports)
+
+
+def test_the_workers_private_ports_avoid_the_brokers_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The broker binds its admin API, metrics and console only once its workers are up:
+    # free when the workers' ports are planned, they must not be planned for a worker.
+    # 20 candidates, 8 of them the broker's: a plan of 12 that ignored them would take
+    # some nearly every time (a candidate in use elsewhere is replaced by one the
+    # kernel picks).
+    candidates = list(range(_ephemeral_low() - 20, _ephemeral_low()))
+    monkeypatch.setattr(process, "_ports_below_the_ephemeral_range", lambda: candidates)
+    own = candidates[::3][:8]
+    for _ in range(5):
+        directory = launch.plan(workers=2, partitions=4, metrics=True, avoid=own)
+        planned = {
+            int(a.removeprefix("127.0.0.1:"))
+            for p in directory.partitions
+            for a in (p.ingress, p.admin, p.metrics)
+            if a is not None
+        }
+        assert len(planned) == 12 and planned.isdisjoint(own)
