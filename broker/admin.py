@@ -426,10 +426,10 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.ResolveAwakeableResponse:
         await check_part(context, "awakeable_id", awakeable_id)
         if parse_awakeable_id(awakeable_id) is None:
-            shown = awakeable_id if len(awakeable_id) <= 100 else awakeable_id[:100] + "..."
+            # A long one is cut to fit a status by ErrorStatuses, as every message is.
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{shown!r} is not an awakeable id: give the whole id the handler's "
+                f"{awakeable_id!r} is not an awakeable id: give the whole id the handler's "
                 "ctx.awakeable() made (awk_ and what follows)",
             )
         problem = await self._driver.commit(

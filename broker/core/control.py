@@ -7,7 +7,7 @@ from durable.v1 import cluster_pb2
 
 from ..codes import ABORTED, CANCELLED
 from ..storage import Batch, invocations, state
-from . import actions, commands, recovery
+from . import commands, recovery, retries
 from .model import Invocation, Live, Result, Status, UnknownInvocation, failure
 from .ports import PartitionOps
 
@@ -106,9 +106,7 @@ def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
         if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
             # Nothing would run it to hear the cancellation until its retry is due (or
             # an operator resumes it): it runs now instead, as a resume would.
-            batch.now(actions.CancelRetry(live.id))
-            live.record.status = Status.BACKING_OFF
-            p.start_attempt(batch, live)
+            retries.resume_in(p, batch, live)
     p.save(batch, live)
 
 

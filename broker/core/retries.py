@@ -68,11 +68,16 @@ def on_retry_due(p: PartitionOps, invocation_id: str) -> None:
 def resume(p: PartitionOps, live: Live) -> None:
     """Retries a paused or backing-off invocation now."""
     batch = Batch()
+    resume_in(p, batch, live)
+    p.submit(batch)
+
+
+def resume_in(p: PartitionOps, batch: Batch, live: Live) -> None:
+    """`resume` in `batch` (a cancellation uses it too, so the handler hears it now)."""
     batch.now(actions.CancelRetry(live.id))
     if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
         live.record.status = Status.BACKING_OFF
         p.start_attempt(batch, live)
-    p.submit(batch)
 
 
 def pause(p: PartitionOps, live: Live) -> None:
