@@ -146,6 +146,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 retry_policies=list(discovered.retry_policies),
                 request_response=discovered.request_response,
                 multiplex=discovered.multiplex,
+                missing_handlers=list(discovered.missing_handlers),
                 created_at_ms=existing.created_at_ms if existing else now_ms(),
             )
             try:
@@ -263,6 +264,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                             shared=m.shared,
                         )
                         for m in s.methods.values()
+                        if m.implemented
                     ],
                 )
             )

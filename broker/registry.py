@@ -45,6 +45,9 @@ class Method:
     output_type: type[Message]
     shared: bool
     key_field: str | None
+    # False when the deployment's endpoint has no handler for it (left unimplemented):
+    # calls are refused rather than invoked and retried until someone notices.
+    implemented: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +244,15 @@ class Registry:
                             "service needs exactly one string field marked "
                             "[(durable.v1.key) = true]"
                         )
+        hosted = {
+            f"{name}/{m.name}" for name in deployment.services for m in services[name][1].method
+        }
+        for missing in deployment.missing_handlers:
+            if missing not in hosted:
+                raise ProtocolViolation(
+                    f"it names {missing!r} among its missing handlers, which is not a method "
+                    "of a service it hosts"
+                )
 
 
 def _messages(
@@ -332,6 +344,7 @@ def _routes(deployment: Deployment, pool: descriptor_pool.DescriptorPool) -> dic
     services = _services(deployment.files)
     messages = _messages(deployment.files)
     routes: dict[str, Service] = {}
+    missing = set(deployment.missing_handlers)
     for name in deployment.services:
         _, proto = services[name]
         kind = KIND_NAMES.get(proto.options.Extensions[options_pb2.service_kind], "service")
@@ -359,6 +372,7 @@ def _routes(deployment: Deployment, pool: descriptor_pool.DescriptorPool) -> dic
                 output_type=message_factory.GetMessageClass(output_type),
                 shared=m.options.Extensions[options_pb2.handler_kind] == options_pb2.SHARED,
                 key_field=key_field if kind != "service" else None,
+                implemented=f"{name}/{m.name}" not in missing,
             )
         routes[name] = Service(
             name=name,
@@ -399,7 +413,8 @@ def resolve(
     """Finds the target of a call and extracts its key.
 
     Raises:
-        BadRequest: UNIMPLEMENTED for an unknown service or method, INVALID_ARGUMENT for
+        BadRequest: UNIMPLEMENTED for an unknown service or method or one its endpoint
+            left without a handler, INVALID_ARGUMENT for
             a body that does not parse or a keyed call without its key.
     """
     svc = registry.service(service)
@@ -410,6 +425,15 @@ def resolve(
     m = svc.methods.get(method)
     if m is None:
         raise BadRequest(codes.UNIMPLEMENTED, f"unknown method {method} of service {service}")
+    if not m.implemented:
+        deployment = registry.deployment(svc.deployment_id)
+        where = f" at {deployment.uri}" if deployment is not None else ""
+        raise BadRequest(
+            codes.UNIMPLEMENTED,
+            f"{service}/{method} is not implemented: the endpoint{where} (deployment "
+            f"{svc.deployment_id}) has no handler for it; implement it and register the "
+            "deployment again",
+        )
     try:
         message = m.input_type.FromString(body)
     except Exception as e:  # DecodeError and friends

@@ -127,6 +127,12 @@ class _Endpoint(protocol_pb2_grpc.ServiceEndpointServicer):
             protocol_version=PROTOCOL_VERSION,
             request_response=self._request_response,
             multiplex=True,
+            missing_handlers=[
+                f"{s.name}/{m.name}"
+                for s in self._services.values()
+                for m in s.descriptor.methods
+                if m.name not in s.handlers
+            ],
             retry_policies=[
                 protocol_pb2.HandlerRetryPolicy(
                     service=s.name, method=h.name, policy=h.retry_policy.to_proto()

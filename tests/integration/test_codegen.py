@@ -238,3 +238,34 @@ def test_without_out_or_files_it_says_what_to_give(tmp_path: Path) -> None:
     result = codegen(tmp_path, "-I", "proto")
     assert result.returncode == 2
     assert "give --out OUT_DIR and at least one FILE.proto" in result.stderr
+
+
+def test_a_method_left_unimplemented_fails_at_once_with_unimplemented(project: Path) -> None:
+    # The generated base raised NotImplementedError, which the SDK takes for a transient
+    # failure: a call to a method the team had not written yet was retried until the
+    # caller's deadline, where grpc's own servicers answer UNIMPLEMENTED.
+    shop = ("proto/shop/shop.proto", "proto/shop/money.proto")
+    assert codegen(project, "-I", "proto", "--out", "gen", *shop).returncode == 0
+    check = """
+import grpc
+from durable.testing import DurableTestEnvironment
+from shop import money_pb2, shop_durable, shop_pb2, shop_pb2_grpc
+
+class Cart(shop_durable.CartServicer):
+    async def Add(self, ctx, request):
+        return money_pb2.Cents(cents=request.cents)
+
+with DurableTestEnvironment([Cart()]) as env:
+    cart = shop_pb2_grpc.CartStub(env.channel())
+    print(cart.Add(shop_pb2.AddRequest(cart_id="c", cents=5), timeout=30).cents)
+    try:
+        cart.Clear(shop_pb2.CartRef(cart_id="c"), timeout=30)
+    except grpc.RpcError as e:
+        print(e.code().name, e.details())
+"""
+    result = generated_python(project, project / "gen", check)
+    assert result.returncode == 0, result.stderr
+    added, failed = result.stdout.strip().splitlines()
+    assert added == "5"
+    assert failed.startswith("UNIMPLEMENTED shop.Cart/Clear is not implemented: the endpoint at")
+    assert failed.endswith("has no handler for it; implement it and register the deployment again")

@@ -122,7 +122,7 @@ def _discover_reply(kind: str) -> bytes:
         return protocol_pb2.DiscoverResponse(
             protocol_version=7, services=["x.X"]
         ).SerializeToString()
-    if kind in ("twice", "reserved"):
+    if kind in ("twice", "reserved", "missing-unknown"):
         # Descriptors that build; what is wrong is the list of services.
         files = descriptor_pb2.FileDescriptorSet()
         package = "durable.v1" if kind == "reserved" else "x"
@@ -131,8 +131,10 @@ def _discover_reply(kind: str) -> bytes:
         method = f.service.add(name="Ingress").method.add(name="Do")
         method.input_type = method.output_type = f".{package}.M"
         listed = [f"{package}.Ingress"] * (2 if kind == "twice" else 1)
+        # A missing handler must be a method of a hosted service (x.Ingress has Do only).
+        missing = ["x.Ingress/Undo"] if kind == "missing-unknown" else []
         return protocol_pb2.DiscoverResponse(
-            protocol_version=1, services=listed, files=files
+            protocol_version=1, services=listed, files=files, missing_handlers=missing
         ).SerializeToString()
     files = descriptor_pb2.FileDescriptorSet()
     f = files.file.add(name="x/x.proto", package="x", dependency=["x/missing.proto"])
@@ -185,6 +187,11 @@ class _FakeEndpoint:
             "did not send",
         ),
         ("twice", "its Discover reply lists x.Ingress more than once"),
+        (
+            "missing-unknown",
+            "it names 'x.Ingress/Undo' among its missing handlers, which is not a method of "
+            "a service it hosts",
+        ),
     ],
 )
 def test_a_discover_reply_that_breaks_the_protocol(

@@ -81,6 +81,7 @@ def _generate(
         "import datetime",
         "",
         "import durable",
+        "import grpc",
     ]
     needed = {target.name}
     for service in target.service:
@@ -167,7 +168,9 @@ def _generate(
                 "",
                 f"    async def {m.name}(self, ctx: {ctx_type}, request: {req}) -> {resp}:",
                 f'        """Handles `{full}/{m.name}`."""',
-                f'        raise NotImplementedError("{full}/{m.name} is not implemented")',
+                "        raise durable.TerminalError(",
+                f'            "{full}/{m.name} is not implemented", grpc.StatusCode.UNIMPLEMENTED',
+                "        )",
             ]
         lines.append("")
     return "\n".join(lines) + "\n"
