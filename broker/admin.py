@@ -24,6 +24,7 @@ from durable.v1 import (
     journal_pb2,
     protocol_pb2,
 )
+from durable.wire import parse_awakeable_id
 
 from . import (
     admin_limits,
@@ -42,7 +43,7 @@ from .admin_replay import ReplayAdmin
 from .admin_schedules import ScheduleAdmin
 from .config import MAX_SEND_BYTES
 from .core import control
-from .core.model import UnknownInvocation, failure, now_ms, parse_awakeable_id
+from .core.model import UnknownInvocation, failure, now_ms
 from .core.partition import Partition
 from .driver import Driver
 from .storage import Batch, deployments, invocations, state

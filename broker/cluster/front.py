@@ -27,13 +27,13 @@ from typing import Any, NoReturn
 
 import grpc
 from durable.v1 import admin_pb2
+from durable.wire import parse_awakeable_id
 from google.protobuf.message import Message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from .. import admin_paging, security
 from ..config import Settings, receive_limit
-from ..core.model import parse_awakeable_id
 from ..interceptors import ErrorStatuses
 from . import merge, placement
 from .directory import Directory

@@ -8,11 +8,12 @@ is already resolved, an output that is ready), or None when it completes later.
 from __future__ import annotations
 
 from durable.v1 import journal_pb2
+from durable.wire import awakeable_id
 
 from ..codes import CANCELLED, FAILED_PRECONDITION, NOT_FOUND
 from ..storage import Batch, state, timers
 from . import actions
-from .model import Entry, Live, Result, Status, awakeable_id, failure
+from .model import Entry, Live, Result, Status, failure
 from .ports import PartitionOps
 
 # Entries a handler awaits: the ones a pending cancellation is delivered through.

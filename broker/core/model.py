@@ -49,31 +49,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def awakeable_id(invocation_id: str, index: int) -> str:
-    """`awk_` + URL-safe encoding of (invocation, entry)."""
-    raw = f"{invocation_id}:{index}".encode()
-    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def parse_awakeable_id(text: str) -> tuple[str, int] | None:
-    """(invocation id, entry index) of an awakeable id, or None if malformed."""
-    if not text.startswith("awk_"):
-        return None
-    body = text[4:]
-    try:
-        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        return None
-    invocation, _, index = raw.rpartition(":")
-    if not invocation.startswith("inv_") or not (index.isascii() and index.isdigit()):
-        return None
-    parsed = (invocation, int(index))
-    # Only the form `awakeable_id` writes: int() also reads "-1" (which named the last
-    # entry, past every check), "+1", " 1" and "01", and the decoder skips stray
-    # characters.
-    return parsed if awakeable_id(*parsed) == text else None
-
-
 def failure(code: int, message: str) -> Result:
     """A failed result."""
     return Result(failure=journal_pb2.Failure(code=code, message=message))

@@ -8,13 +8,14 @@ import collections
 from collections.abc import Callable
 
 from durable.v1 import cluster_pb2
+from durable.wire import parse_awakeable_id
 
 from ..codes import NOT_FOUND
 from ..storage import Batch, promises
 from ..storage import outbox as outbox_table
 from ..storage.kv import KV
 from . import actions
-from .model import Live, Result, Status, failure, parse_awakeable_id
+from .model import Live, Result, Status, failure
 from .outbox import Outbox
 
 Waiter = tuple[str, int]  # (invocation id, journal index)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
 import inspect
 import random as _random
@@ -16,7 +15,7 @@ from google.protobuf.message import Message
 
 from durable.v1 import journal_pb2
 
-from . import _serde
+from . import _serde, wire
 from ._errors import PauseInvocation, TerminalError
 from ._futures import DurableFuture
 from ._machine import Entry, Result
@@ -205,8 +204,7 @@ class Context:
         `resolve_awakeable` from another handler). While waiting, the handler suspends.
         """
         index = self._runtime.propose(Entry(awakeable=journal_pb2.AwakeableCommand()))
-        raw = f"{self.invocation_id}:{index}".encode()
-        awakeable_id = "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+        awakeable_id = wire.awakeable_id(self.invocation_id, index)
         what = f"the value of awakeable {awakeable_id}"
         return awakeable_id, DurableFuture(
             self._runtime, index, lambda r: _serde.decode(r.value, type, what)

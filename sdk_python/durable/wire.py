@@ -21,11 +21,14 @@ need none of the SDK's private modules:
 - `lenient` parses a gRPC request body without raising: a body that does not parse
   reaches the handler as `Unparsed`, to be refused with INVALID_ARGUMENT, where grpc
   itself would answer UNKNOWN and log a traceback as if the server were broken.
+- `awakeable_id` and `parse_awakeable_id`: the SDK hands out the id of an awakeable at
+  once and the broker journals and later resolves it, so both must write it alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, TypeVar
@@ -36,10 +39,12 @@ __all__ = [
     "FRAME_BYTES",
     "JOURNAL_EXPORT_FORMAT",
     "Unparsed",
+    "awakeable_id",
     "describe_command",
     "frames",
     "lenient",
     "loop_name",
+    "parse_awakeable_id",
     "run",
 ]
 
@@ -85,6 +90,32 @@ def lenient(parse: Callable[[bytes], T], expected: str = "") -> Callable[[bytes]
             return Unparsed(e, expected)
 
     return parse_leniently
+
+
+def awakeable_id(invocation_id: str, index: int) -> str:
+    """The id of entry `index` of `invocation_id`, an awakeable: `awk_` and the URL-safe
+    base64 of `invocation_id:index`, unpadded."""
+    raw = f"{invocation_id}:{index}".encode()
+    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def parse_awakeable_id(text: str) -> tuple[str, int] | None:
+    """(invocation id, entry index) of an awakeable id, or None if malformed."""
+    if not text.startswith("awk_"):
+        return None
+    body = text[4:]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        return None
+    invocation, _, index = raw.rpartition(":")
+    if not invocation.startswith("inv_") or not (index.isascii() and index.isdigit()):
+        return None
+    parsed = (invocation, int(index))
+    # Only the form `awakeable_id` writes: int() also reads "-1" (which named the last
+    # entry, past every check), "+1", " 1" and "01", and the decoder skips stray
+    # characters.
+    return parsed if awakeable_id(*parsed) == text else None
 
 
 async def frames(

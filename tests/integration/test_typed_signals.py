@@ -3,13 +3,12 @@ values and `ctx.run` results are (the README said so before the SDK did)."""
 
 from __future__ import annotations
 
-import base64
-
 import durable
 import grpc
 import pytest
 from durable.testing import DurableTestEnvironment
 from durable.v1 import admin_pb2, admin_pb2_grpc
+from durable.wire import awakeable_id
 from google.protobuf import json_format
 from playground import playground_pb2 as pg
 from playground import playground_pb2_grpc as pg_grpc
@@ -48,8 +47,7 @@ def _awakeable_of(env: DurableTestEnvironment, invocation_id: str) -> str:
         return next((i for i, e in enumerate(journal) if e.HasField("awakeable")), None)
 
     index = wait_for(journaled, timeout=20, message="the awakeable in the journal")
-    raw = f"{invocation_id}:{index}".encode()
-    return "awk_" + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return awakeable_id(invocation_id, index)
 
 
 @pytest.mark.parametrize("fits", [True, False])

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from durable.v1 import cluster_pb2, journal_pb2
+from durable.wire import awakeable_id
 
 from broker import codes
 from broker.cluster.placement import Placement, of_id, of_key
 from broker.config import Settings
 from broker.core import actions, control
 from broker.core.events import Proposed
-from broker.core.model import awakeable_id
 from broker.core.partition import Partition
 from broker.storage import Batch, MemoryKV, invocations, journal
 from broker.storage.kv import KV
