@@ -149,9 +149,11 @@ class Context:
             self._runtime.side_effect_started()
             try:
                 outcome = await self._attempt_run(name, fn, retry_policy, type)
+                # Proposed before the side effect counts as ended: ending it may suspend
+                # the attempt (nothing more to come), which must not drop the result.
+                self._runtime.propose_run_result(index, outcome)
             finally:
                 self._runtime.side_effect_ended()
-            self._runtime.propose_run_result(index, outcome)
         what = f"the result of run {name!r}"
         future: DurableFuture[Any] = DurableFuture(
             self._runtime, index, lambda r: _serde.decode(r.value, type, what)
@@ -177,7 +179,7 @@ class Context:
                 return failure(e.code, e.message)
             except Exception as e:
                 if policy is None:
-                    raise
+                    raise self._runtime.run_failed(name, e) from e
                 if policy.max_attempts is not None and attempt >= policy.max_attempts:
                     message = f"run {name!r} failed after {attempt} attempts: {e!r}"
                     if policy.on_max_attempts == "pause":

@@ -62,6 +62,17 @@ class Suspended(BaseException):
     """Raised at an await when the invocation suspends; the broker resumes it later."""
 
 
+class RunFailed(BaseException):
+    """A `ctx.run` function raised (not a `TerminalError`) with no retry policy to retry
+    it in place: the attempt fails and the broker retries it.
+
+    A BaseException, as `Suspended` is: the run's entry is journaled without a result,
+    so the next attempt runs the function again; a handler that caught this with
+    `except Exception` and went on (to a fallback step) would run both paths and then
+    diverge from its own journal at the next replay.
+    """
+
+
 class NonDeterminismError(BaseException):
     """The handler proposed a step that differs from the journal it is replaying.
 

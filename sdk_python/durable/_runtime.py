@@ -28,6 +28,7 @@ from ._errors import (
     PauseInvocation,
     ProtocolViolation,
     RetryableError,
+    RunFailed,
     Suspended,
     TerminalError,
 )
@@ -75,6 +76,8 @@ class Runtime:
         self.input_closed = False
         # The divergence that ended the attempt, if one did (replay reports read it).
         self.diverged: NonDeterminismError | None = None
+        # Why a side effect failed the attempt (see `run_failed`); no step may follow.
+        self.run_failure: str | None = None
 
     # Steps proposed by the context.
 
@@ -86,6 +89,7 @@ class Runtime:
         """
         if self.done:
             raise Suspended()
+        self._check_run_failure()
         self._stop_past_replay()
         index = self.machine.propose(entry)
         if not hold:
@@ -96,6 +100,7 @@ class Runtime:
         """Sends a side effect's outcome for the broker to make durable."""
         if self.done:
             raise Suspended()
+        self._check_run_failure()
         self._stop_past_replay(always=True)
         self.machine.propose_run_result(index, result)
         self.flush()
@@ -146,7 +151,9 @@ class Runtime:
             self._blocked_since = loop.time()
         for index in indexes:
             self._blocked[index] += 1
-        if self.input_closed:
+        if self.input_closed and not self._side_effects:
+            # Nothing more will arrive. Not under a running side effect: its result
+            # would be dropped and the function run again; its own await suspends.
             self._suspend()
         self._arm()
         return waiters
@@ -166,9 +173,20 @@ class Runtime:
         self._side_effects += 1
 
     def side_effect_ended(self) -> None:
-        """The function returned; suspension may be armed again."""
+        """The function returned; suspension may be armed again. (With nothing more to
+        come, the run's own await of its acknowledgement suspends: see `_block`.)"""
         self._side_effects -= 1
         self._arm()
+
+    def run_failed(self, name: str, error: Exception) -> RunFailed:
+        """A side effect failed the attempt: every later step raises too."""
+        if self.run_failure is None:
+            self.run_failure = f"run {name!r} failed: {type(error).__name__}: {error}"
+        return RunFailed(self.run_failure)
+
+    def _check_run_failure(self) -> None:
+        if self.run_failure is not None:
+            raise RunFailed(self.run_failure)
 
     # Messages from the broker.
 
@@ -196,6 +214,7 @@ class Runtime:
                 outcome = Result(value=await handler())
             except TerminalError as e:
                 outcome = failure(e.code, e.message)
+            self._check_run_failure()  # a handler that caught it must not complete
             if not self.done:
                 # Inside the outer try: proposing the output may itself diverge.
                 self._stop_past_replay()
@@ -226,6 +245,12 @@ class Runtime:
         except PauseInvocation as e:
             if not self.done:
                 self.machine.fail(grpc.StatusCode.UNAVAILABLE.value[0], str(e), pause=True)
+        except RunFailed as e:
+            log.warning(
+                "invocation %s attempt %d: %s", self.start.invocation_id, self.start.attempt, e
+            )
+            if not self.done:
+                self.machine.fail(grpc.StatusCode.UNKNOWN.value[0], str(e))
         except ProtocolViolation as e:
             # Raised by the SDK only (the input does not parse): the broker's mistake.
             log.warning("invocation %s: %s", self.start.invocation_id, e)

@@ -44,12 +44,16 @@ def test_the_wire_module_exports_what_it_documents() -> None:
         "FRAME_BYTES",
         "JOURNAL_EXPORT_FORMAT",
         "Unparsed",
+        "awakeable_id",
         "describe_command",
         "frames",
         "lenient",
         "loop_name",
+        "parse_awakeable_id",
         "run",
     ]
+    # The SDK hands awakeable ids out and the broker parses them: one form for both.
+    assert durable.wire.parse_awakeable_id(durable.wire.awakeable_id("inv_x", 3)) == ("inv_x", 3)
     # The old private names still work for code written before `durable.wire`.
     assert _framing.frames is durable.wire.frames
     assert _loop.run is durable.wire.run

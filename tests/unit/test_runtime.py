@@ -808,3 +808,60 @@ def test_extreme_seeds_are_accepted(seed: int) -> None:
     runtime, _ = new_runtime(make_start(random_seed=seed))
     ctx = Context(runtime)
     assert 0.0 <= ctx.random().random() < 1.0
+
+
+def test_a_side_effect_that_raises_fails_the_attempt_even_when_the_handler_catches_it() -> None:
+    # A handler that caught the run's exception went on to a fallback step; the run's
+    # entry had no result, so the next attempt ran the side effect again, took the other
+    # path and diverged from its own journal: both paths ran, then retried for ever.
+    runtime, sent = new_runtime(make_start())
+    ctx = Context(runtime)
+
+    def charge() -> str:
+        raise ConnectionError("bank unreachable")
+
+    async def handler() -> bytes:
+        try:
+            await ctx.run("charge", charge)
+        except Exception:  # the usual shape of a fallback
+            await ctx.run("fallback", lambda: "queued")
+            return b"fell back"
+        return b"charged"
+
+    asyncio.run(runtime.execute(handler))
+    assert kinds(sent) == ["entry", "error"]
+    assert sent[0].entry.entry.run.name == "charge"
+    assert not sent[0].entry.entry.HasField("result")
+    # Retryable: the broker runs the attempt again, the side effect with it.
+    assert sent[1].error.message == "run 'charge' failed: ConnectionError: bank unreachable"
+    assert not sent[1].error.non_determinism
+
+
+def test_input_closed_from_the_start_runs_each_of_two_concurrent_side_effects_once() -> None:
+    # Request/response attempts have no more input from the start: the first run's await
+    # suspended while the second ran, its result was dropped and it ran again next time.
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    runtime.on_input_closed()
+    ctx = Context(runtime)
+    calls: list[str] = []
+
+    def effect(name: str) -> Callable[[], Awaitable[str]]:
+        async def run() -> str:
+            calls.append(name)
+            await asyncio.sleep(0.01)
+            return name
+
+        return run
+
+    async def handler() -> bytes:
+        await asyncio.gather(ctx.run("a", effect("a")), ctx.run("b", effect("b")))
+        return b"unreachable: the results wait for the broker's acknowledgement"
+
+    asyncio.run(runtime.execute(handler))
+    assert calls == ["a", "b"]
+    # Each run journaled once, each result sent once (with its entry, or after it).
+    assert [e.entry.run.name for e in proposed(sent)] == ["a", "b"]
+    results = [e.entry.result.value for e in proposed(sent) if e.entry.HasField("result")]
+    results += [m.run_result.result.value for m in sent if m.WhichOneof("message") == "run_result"]
+    assert sorted(results) == [b'"a"', b'"b"']
+    assert kinds(sent)[-1] == "suspension"

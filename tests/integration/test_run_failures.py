@@ -1,0 +1,44 @@
+"""A side effect (`ctx.run`) that raises fails the attempt, which the broker retries:
+through a real broker, a handler that catches the exception cannot take a second path
+that its next attempt would not take (an attack ran both the charge and its fallback,
+then retried the invocation for ever on a non-determinism error)."""
+
+from __future__ import annotations
+
+import durable
+from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
+from durable.testing import DurableTestEnvironment
+
+
+def test_a_caught_side_effect_failure_is_retried_not_fallen_back_from() -> None:
+    charges: list[str] = []
+    fallbacks: list[str] = []
+    bench = durable.Service(benchsvc_pb2.DESCRIPTOR.services_by_name["Bench"])
+
+    def charge() -> str:
+        charges.append("try")
+        if len(charges) == 1:
+            raise ConnectionError("bank unreachable")
+        return "charged"
+
+    def fall_back() -> str:
+        fallbacks.append("queued")
+        return "queued"
+
+    @bench.handler("Echo")
+    async def echo(
+        ctx: durable.Context, request: benchsvc_pb2.EchoRequest
+    ) -> benchsvc_pb2.EchoResponse:
+        try:
+            outcome: str = await ctx.run("charge", charge)
+        except Exception:
+            outcome = await ctx.run("fallback", fall_back)
+        await ctx.sleep(0.05)  # a replay after the run, as any later await brings
+        return benchsvc_pb2.EchoResponse(payload=outcome.encode())
+
+    settings = {"retry_initial": 0.01, "retry_max": 0.1}
+    with DurableTestEnvironment([bench], broker_settings=settings) as env:
+        stub = benchsvc_pb2_grpc.BenchStub(env.channel())
+        assert stub.Echo(benchsvc_pb2.EchoRequest(), timeout=30).payload == b"charged"
+    assert charges == ["try", "try"]
+    assert fallbacks == []
