@@ -30,8 +30,17 @@ INTERNAL = 13
 
 
 def grpc_status(code: int) -> grpc.StatusCode:
-    """The `grpc.StatusCode` with numeric value `code` (UNKNOWN for no such code)."""
+    """The status a failure with numeric `code` is answered with: UNKNOWN for no such
+    code, and for OK, which is no failure (aborting a call with OK ends it with no
+    response and no error, so the caller waits until its deadline)."""
+    if not is_failure(code):
+        return grpc.StatusCode.UNKNOWN
     for status in grpc.StatusCode:
         if status.value[0] == code:
             return status
     return grpc.StatusCode.UNKNOWN
+
+
+def is_failure(code: int) -> bool:
+    """Whether `code` is a gRPC status code other than OK (1-16)."""
+    return 1 <= code <= 16

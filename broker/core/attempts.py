@@ -82,6 +82,12 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
     stored.CopyFrom(entry)
     stored.appended_at_ms = p.now_ms()  # for operators' timelines; not the SDK's to set
     stored.ClearField("completed_at_ms")
+    if kind == "output" and stored.result.HasField("failure"):
+        failed = stored.result.failure
+        if not codes.is_failure(failed.code):
+            # An endpoint's failure "OK" (or no status code at all): the record and the
+            # caller say UNKNOWN, as gRPC does for a code it does not know.
+            failed.code = codes.UNKNOWN
     # A side effect that finished before its entry left arrives with its outcome:
     # journaled together, and acknowledged like a separate run result would be.
     ran: Result | None = None

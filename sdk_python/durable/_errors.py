@@ -20,13 +20,16 @@ class TerminalError(Exception):
 
     Args:
         message: What went wrong, for the caller.
-        code: The gRPC status code the caller receives (default `UNKNOWN`).
+        code: The gRPC status code the caller receives (default `UNKNOWN`). `OK` and
+            numbers that are no status code (outside 1-16) become `UNKNOWN`: a failure
+            cannot be OK, and the wire has no room for a negative code.
     """
 
     def __init__(self, message: str, code: grpc.StatusCode | int = grpc.StatusCode.UNKNOWN) -> None:
         super().__init__(message)
         self.message = message
-        self.code: int = code if isinstance(code, int) else code.value[0]
+        number = code if isinstance(code, int) else code.value[0]
+        self.code: int = number if 1 <= number <= 16 else grpc.StatusCode.UNKNOWN.value[0]
 
     @property
     def status_code(self) -> grpc.StatusCode:

@@ -6,6 +6,8 @@ then retried the invocation for ever on a non-determinism error)."""
 from __future__ import annotations
 
 import durable
+import grpc
+import pytest
 from benchsvc import benchsvc_pb2, benchsvc_pb2_grpc
 from durable.testing import DurableTestEnvironment
 
@@ -42,3 +44,21 @@ def test_a_caught_side_effect_failure_is_retried_not_fallen_back_from() -> None:
         assert stub.Echo(benchsvc_pb2.EchoRequest(), timeout=30).payload == b"charged"
     assert charges == ["try", "try"]
     assert fallbacks == []
+
+
+def test_a_terminal_error_with_code_ok_reaches_the_caller_as_unknown() -> None:
+    # It hung the caller until its deadline: the broker aborted the call with OK.
+    bench = durable.Service(benchsvc_pb2.DESCRIPTOR.services_by_name["Bench"])
+
+    @bench.handler("Echo")
+    async def echo(
+        ctx: durable.Context, request: benchsvc_pb2.EchoRequest
+    ) -> benchsvc_pb2.EchoResponse:
+        raise durable.TerminalError("not an error, says the handler", grpc.StatusCode.OK)
+
+    with DurableTestEnvironment([bench]) as env:
+        stub = benchsvc_pb2_grpc.BenchStub(env.channel())
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Echo(benchsvc_pb2.EchoRequest(), timeout=30)
+    assert failed.value.code() == grpc.StatusCode.UNKNOWN
+    assert failed.value.details() == "not an error, says the handler"

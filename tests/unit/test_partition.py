@@ -826,6 +826,23 @@ def test_failure_after_output_does_not_retry() -> None:
     assert done is not None and done.value == b"ok"
 
 
+@pytest.mark.parametrize("code", [0, 17, 99])
+def test_an_output_failing_with_no_failure_code_is_recorded_and_answered_unknown(
+    code: int,
+) -> None:
+    # An endpoint (not this SDK, which maps them) failing with OK hung the caller, whom
+    # the ingress aborted with OK; the record said "failed OK".
+    p = make_partition()
+    inv_id = start_trip(p)
+    failed = journal_pb2.Failure(code=code, message="said the endpoint")
+    propose(p, inv_id, Entry(output=journal_pb2.OutputCommand(), result=Result(failure=failed)))
+    found = commit(p)
+    assert [r.failure.code for r in answers(found, inv_id)] == [codes.UNKNOWN]
+    record = stored(p, inv_id)
+    assert record.result.failure.code == codes.UNKNOWN
+    assert record.result.failure.message == "said the endpoint"
+
+
 def test_what_an_attempt_sends_after_its_output_is_refused_logged_and_emits_nothing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
