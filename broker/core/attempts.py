@@ -75,6 +75,9 @@ def on_entry(p: PartitionOps, live: Live, index: int, entry: Entry) -> str | Non
         )
         return None
     over = _over_payload_limit(p, live, entry.ByteSize(), f"entry {index} ({kind})")
+    if over is None and kind == "output" and entry.result.HasField("value"):
+        # The value is the caller's response message itself: no headroom for framing.
+        over = _over_payload_limit(p, live, len(entry.result.value), "its output", headroom=0)
     if over is not None:
         fail_terminally(p, live, over)
         return None
@@ -220,13 +223,15 @@ def on_failed(
     p.submit(batch)
 
 
-def _over_payload_limit(p: PartitionOps, live: Live, size: int, what: str) -> str | None:
+def _over_payload_limit(
+    p: PartitionOps, live: Live, size: int, what: str, headroom: int = ENTRY_HEADROOM
+) -> str | None:
     """Why `what` (`size` bytes, from the endpoint) is refused, if it is: the broker
     takes payloads up to --max-payload-bytes from endpoints as from callers. A larger
     one would reach the caller only if its client took more than gRPC's default, and
     every retry would journal it again."""
     limit = p.settings.max_payload_bytes
-    if size <= limit + ENTRY_HEADROOM:
+    if size <= limit + headroom:
         return None
     return (
         f"payload limit reached: {live.record.service}/{live.record.method} sent {what} "

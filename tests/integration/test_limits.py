@@ -49,21 +49,32 @@ def test_an_output_over_the_payload_limit_fails_terminally(tmp_path: Path) -> No
     limit = 100_000
     args = ["--max-payload-bytes", str(limit)]
     with Cluster(tmp_path, broker_args=args, services=(PLAYGROUND,)) as cluster:
-        assert (
-            len(cluster.busy.Fill(playground_pb2.FillRequest(size=limit), timeout=30).text) == limit
-        )
-        with pytest.raises(grpc.RpcError) as failed:
-            cluster.busy.Fill(playground_pb2.FillRequest(size=4 * limit), timeout=30)
-        assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        details = failed.value.details() or ""
-        assert "payload limit reached: playground.Busy/Fill sent entry 1 (output)" in details
-        assert f"over the {limit}-byte limit (--max-payload-bytes)" in details
+
+        def reply_bytes(size: int) -> int:
+            return playground_pb2.Reply(text="x" * size, number=size).ByteSize()
+
+        # The response message at the limit.
+        size = next(n for n in range(limit, limit - 16, -1) if reply_bytes(n) <= limit)
+        fits = playground_pb2.FillRequest(size=size)
+        assert len(cluster.busy.Fill(fits, timeout=30).text) == size
+        # Just over it: it was accepted (an entry's 64 KiB headroom for names and framing
+        # let it through) and a client holding gRPC to the same limit got no result.
+        for size, says in [
+            (limit + 1_000, f"sent its output of {reply_bytes(limit + 1_000)} bytes"),
+            (4 * limit, "sent entry 1 (output)"),
+        ]:
+            with pytest.raises(grpc.RpcError) as failed:
+                cluster.busy.Fill(playground_pb2.FillRequest(size=size), timeout=30)
+            assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            details = failed.value.details() or ""
+            assert f"payload limit reached: playground.Busy/Fill {says}" in details, details
+            assert f"over the {limit}-byte limit (--max-payload-bytes)" in details
         failed_fill = [
             i for i in cluster.invocations(service="playground.Busy") if i.result.failure.code
         ]
-        assert len(failed_fill) == 1, failed_fill
+        assert len(failed_fill) == 2, failed_fill
         # Terminal: one attempt, and the output it refused was never journaled.
-        assert failed_fill[0].attempts == 1 and failed_fill[0].journal_length == 1, failed_fill
+        assert all(f.attempts == 1 and f.journal_length == 1 for f in failed_fill), failed_fill
         assert "Traceback" not in cluster.broker.log_path.read_text()
 
 
