@@ -103,10 +103,11 @@ def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
         delivered = True
     if not delivered:
         live.record.cancel_pending = True
-        if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
-            # Nothing would run it to hear the cancellation until its retry is due (or
-            # an operator resumes it): it runs now instead, as a resume would.
-            retries.resume_in(p, batch, live)
+    if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
+        # Nothing would run it to hear the cancellation, at its next await or in what
+        # it awaits now, until its retry is due (or an operator resumes it): it runs now
+        # instead, as a resume would.
+        retries.resume_in(p, batch, live)
     p.save(batch, live)
 
 

@@ -787,6 +787,30 @@ def test_a_cancel_runs_a_backing_off_or_paused_invocation_now(paused: bool) -> N
     assert p.live[inv_id].journal[1].result.failure.code == codes.CANCELLED
 
 
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_cancel_runs_a_backing_off_or_paused_invocation_waiting_on_a_call_now(
+    paused: bool,
+) -> None:
+    # An attack paused a saga suspended on its call, then cancelled it: the call's entry
+    # got CANCELLED, but nothing ran the saga to hear it (and compensate) until an
+    # operator resumed it.
+    p = make_partition(retry_initial=60)
+    parent_id, _ = trip_calling_a_flight(p)
+    assert p.on_attempt(parent_id, 1, Failed("stream broke")) is None
+    commit(p)
+    if paused:
+        control.pause(p, parent_id)
+        commit(p)
+    control.cancel(p, parent_id)
+    [batch] = p.take()
+    [retry] = of_type(batch.urgent, actions.StartAttempt)
+    assert retry.attempt == 2
+    apply(p, batch)
+    record = stored(p, parent_id)
+    assert record.status == Status.RUNNING and record.cancelled
+    assert p.live[parent_id].journal[1].result.failure.code == codes.CANCELLED
+
+
 @pytest.mark.parametrize("terminal", [False, True])
 def test_non_determinism_is_retried_unless_configured_terminal(terminal: bool) -> None:
     message = "non-determinism at journal entry 1: the journal has sleep, but ... run"
