@@ -152,6 +152,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             )
             try:
                 built = self._registry.prepare(record)
+                reg.check_declared_limits(record)
             except reg.ProtocolViolation as e:
                 raise registration.Refused(
                     grpc.StatusCode.FAILED_PRECONDITION,

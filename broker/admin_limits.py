@@ -1,17 +1,16 @@
 """The admin API's limits: setting them at run time and reading what is in force.
 
 Status codes: NOT_FOUND for a service or handler the broker does not serve;
-INVALID_ARGUMENT for a negative or non-finite rate, or a clear that also sets values.
+INVALID_ARGUMENT for a negative, non-finite or too slow rate (below `MIN_RATE`), or a clear
+that also sets values.
 """
 
 from __future__ import annotations
 
-import math
-
 from durable.v1 import admin_pb2
 
 from . import registry as reg
-from .core.limits import Limit
+from .core.limits import Limit, rate_problem
 from .core.partition import Partition
 
 
@@ -43,10 +42,9 @@ def check(registry: reg.Registry, request: admin_pb2.SetLimitsRequest) -> Limit 
         if request.concurrency or request.rate:
             raise LimitError("INVALID_ARGUMENT", "--clear takes no --concurrency or --rate")
         return None
-    if not math.isfinite(request.rate) or request.rate < 0:
-        raise LimitError(
-            "INVALID_ARGUMENT", f"rate must be 0 or more per second, not {request.rate}"
-        )
+    problem = rate_problem(request.rate)
+    if problem is not None:
+        raise LimitError("INVALID_ARGUMENT", problem)
     if not request.concurrency and not request.rate:
         raise LimitError(
             "INVALID_ARGUMENT", "give --concurrency N and/or --rate R (or --clear to remove limits)"

@@ -16,6 +16,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import Message
 
 from . import codes, endpoint_uri
+from .core.limits import rate_problem
 from .storage import keys
 
 Deployment = storage_pb2.DeploymentRecord
@@ -253,6 +254,22 @@ class Registry:
                     f"it names {missing!r} among its missing handlers, which is not a method "
                     "of a service it hosts"
                 )
+
+
+def check_declared_limits(deployment: Deployment) -> None:
+    """Refuses limits in the deployment's `.proto` that no limit may have (a new
+    registration only: a deployment stored before keeps loading, its buckets bounded).
+
+    Raises:
+        RegistrationError: naming the service or handler and the limit's problem.
+    """
+    services = _services(deployment.files)
+    for name in deployment.services:
+        for method, (_, rate) in _declared_limits(services[name][1]).items():
+            problem = rate_problem(rate)
+            if problem is not None:
+                scope = f"{name}/{method}" if method else name
+                raise RegistrationError(f"{scope}: the limit it declares: {problem}")
 
 
 def _messages(

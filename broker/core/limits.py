@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import math
 from collections.abc import Callable, Iterable
 
 Scope = tuple[str, str]  # (service, method); method "" means the whole service
@@ -25,6 +26,22 @@ Scope = tuple[str, str]  # (service, method); method "" means the whole service
 # Queue priorities: resumed invocations first, then new ones, each in arrival order.
 RESUME = 0
 FRESH = 1
+
+# The slowest start rate a limit may have: one start every 11.6 days. A slower one is no
+# one's intent, and below about 1e-308 the wait for the next token overflowed.
+MIN_RATE = 1e-6
+
+
+def rate_problem(rate: float) -> str | None:
+    """Why `rate` (starts per second, 0 for none) cannot be a limit's, if it cannot."""
+    if not math.isfinite(rate) or rate < 0:
+        return f"rate must be 0 or more per second, not {rate}"
+    if 0 < rate < MIN_RATE:
+        return (
+            f"rate {rate:g} per second is below the slowest rate a limit takes, {MIN_RATE:g} "
+            f"per second (one start every {1 / MIN_RATE / 86400:.1f} days)"
+        )
+    return None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,7 +81,10 @@ class _Bucket:
     def ready_at(self) -> int:
         """When the next whole token will be there (after `refill`)."""
         missing = max(0.0, 1.0 - self.tokens)
-        return self.last_ms + max(1, int(missing * 1000 / self.rate + 0.999))
+        # Capped at MIN_RATE's wait: a slower limit stored before it was refused would
+        # otherwise overflow int() in the middle of an event.
+        wait = min(missing * 1000 / self.rate, 1000 / MIN_RATE)
+        return self.last_ms + max(1, int(wait + 0.999))
 
 
 @dataclasses.dataclass(order=True, frozen=True, slots=True)

@@ -12,7 +12,7 @@ from typing import Any
 
 import grpc
 import pytest
-from durable.v1 import admin_pb2, protocol_pb2
+from durable.v1 import admin_pb2, options_pb2, protocol_pb2
 from google.protobuf import descriptor_pb2
 from playground import playground_pb2
 
@@ -122,14 +122,17 @@ def _discover_reply(kind: str) -> bytes:
         return protocol_pb2.DiscoverResponse(
             protocol_version=7, services=["x.X"]
         ).SerializeToString()
-    if kind in ("twice", "reserved", "missing-unknown"):
+    if kind in ("twice", "reserved", "missing-unknown", "tiny-rate"):
         # Descriptors that build; what is wrong is the list of services.
         files = descriptor_pb2.FileDescriptorSet()
         package = "durable.v1" if kind == "reserved" else "x"
         f = files.file.add(name="x/x.proto", package=package, syntax="proto3")
         f.message_type.add(name="M")
-        method = f.service.add(name="Ingress").method.add(name="Do")
+        service = f.service.add(name="Ingress")
+        method = service.method.add(name="Do")
         method.input_type = method.output_type = f".{package}.M"
+        if kind == "tiny-rate":
+            service.options.Extensions[options_pb2.service_limits].rate = 1e-310
         listed = [f"{package}.Ingress"] * (2 if kind == "twice" else 1)
         # A missing handler must be a method of a hosted service (x.Ingress has Do only).
         missing = ["x.Ingress/Undo"] if kind == "missing-unknown" else []
@@ -218,6 +221,16 @@ def test_a_service_named_like_the_brokers_own_is_refused(playground: Cluster) ->
     assert "hosts durable.v1.Ingress, a name the broker reserves" in (error.details() or "")
     services = playground.admin.ListServices(admin_pb2.ListServicesRequest()).services
     assert "durable.v1.Ingress" not in [s.name for s in services]
+
+
+def test_a_declared_rate_no_limit_may_have_is_refused(playground: Cluster) -> None:
+    # 1e-310 per second overflowed the wait for a token in the middle of an event.
+    with _FakeEndpoint(lambda: _discover_reply("tiny-rate")) as endpoint:
+        error = refused(playground, f"http://{endpoint.address}")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "x.Ingress: the limit it declares: rate 1e-310 per second is below the slowest rate" in (
+        error.details() or ""
+    ), error.details()
 
 
 def test_a_server_that_is_no_durable_endpoint(playground: Cluster) -> None:

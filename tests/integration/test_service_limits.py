@@ -122,6 +122,10 @@ def test_limits_and_queued_invocations_survive_a_broker_sigkill(cluster: Cluster
         ((f"{BUSY}/Nope", "--rate", "1"), "NOT_FOUND: service playground.Busy has no handler"),
         ((BUSY,), "INVALID_ARGUMENT: give --concurrency N and/or --rate R"),
         ((BUSY, "--clear", "--concurrency", "2"), "INVALID_ARGUMENT: --clear takes no"),
+        (
+            (BUSY, "--rate", "1e-310"),
+            "INVALID_ARGUMENT: rate 1e-310 per second is below the slowest rate a limit takes",
+        ),
     ],
 )
 def test_bad_limits_are_refused_saying_why(

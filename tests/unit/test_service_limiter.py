@@ -6,6 +6,9 @@ The harness is test_partition's: `commit(p)` plays the driver. The token buckets
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from durable.v1 import options_pb2, storage_pb2
 from flights import flights_pb2
 from trips import trips_pb2
@@ -13,7 +16,7 @@ from trips import trips_pb2
 from broker.config import Settings
 from broker.core import actions, control
 from broker.core.events import Ended, Suspended
-from broker.core.limits import Limit, Limiter, Waiter
+from broker.core.limits import MIN_RATE, Limit, Limiter, Waiter, rate_problem
 from broker.core.partition import Partition
 from broker.registry import Registry
 from broker.storage import MemoryKV
@@ -115,6 +118,42 @@ def test_rate_limit_asks_to_be_woken_and_refills() -> None:
     found = commit(p)
     assert started(found, ids[2]) and not started(found, ids[3])
     assert of_type(found, actions.WakeLimits) == [actions.WakeLimits(1_001_000)]
+
+
+def test_a_rate_too_slow_for_a_limit_waits_its_floor_instead_of_overflowing() -> None:
+    # An attack set 1e-310/s through the admin API: the wait for the next token was
+    # int(inf), raised in the middle of a completion, and the caller's answer was lost
+    # while the record said completed. Such rates are refused now (below); one stored
+    # before waits as long as the slowest allowed rate does.
+    p = make_partition()
+    p.clock = lambda: 1_000_000
+    p.set_limits(TRIPS, "", Limit(rate=1e-310))
+    commit(p)
+    first, second = _submit(p, 2)
+    found = commit(p)
+    assert started(found, first) and not started(found, second)
+    wake = 1_000_000 + int(1000 / MIN_RATE)
+    assert of_type(found, actions.WakeLimits)[-1] == actions.WakeLimits(wake)
+
+
+@pytest.mark.parametrize(
+    ("rate", "says"),
+    [
+        (1e-310, "below the slowest rate a limit takes, 1e-06 per second"),
+        (9.9e-7, "below the slowest rate a limit takes"),
+        (-1.0, "rate must be 0 or more per second, not -1.0"),
+        (math.inf, "rate must be 0 or more per second, not inf"),
+        (math.nan, "rate must be 0 or more per second, not nan"),
+    ],
+)
+def test_rates_no_limit_may_have_are_named(rate: float, says: str) -> None:
+    problem = rate_problem(rate)
+    assert problem is not None and says in problem
+
+
+@pytest.mark.parametrize("rate", [0.0, MIN_RATE, 0.5, 1e9])
+def test_rates_a_limit_may_have(rate: float) -> None:
+    assert rate_problem(rate) is None
 
 
 def test_queued_invocations_can_be_cancelled_and_killed() -> None:
