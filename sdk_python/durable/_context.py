@@ -19,7 +19,7 @@ from . import _serde, wire
 from ._errors import PauseInvocation, TerminalError
 from ._futures import DurableFuture
 from ._machine import Entry, Result
-from ._retry import RetryPolicy, seconds
+from ._retry import RetryPolicy, seconds, timer_seconds
 from ._runtime import Runtime, failure
 
 T = TypeVar("T")
@@ -76,7 +76,7 @@ class Context:
     ) -> None:
         """Starts another handler without waiting for it, optionally after a delay."""
         invoke_at = 0
-        if delay is not None and seconds(delay) > 0:
+        if delay is not None and timer_seconds(delay, "a delayed send") > 0:
             invoke_at = self._journaled_clock_ms() + int(seconds(delay) * 1000)
         self._runtime.propose(
             Entry(
@@ -193,7 +193,7 @@ class Context:
         The handler suspends while it sleeps; the broker resumes it when the timer fires,
         even after a restart.
         """
-        wake_up = self._journaled_clock_ms() + int(seconds(duration) * 1000)
+        wake_up = self._journaled_clock_ms() + int(timer_seconds(duration, "ctx.sleep") * 1000)
         index = self._runtime.propose(Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up)))
         return DurableFuture(self._runtime, index, lambda r: None)
 

@@ -17,7 +17,7 @@ from durable.v1 import journal_pb2
 
 from ._errors import TerminalError
 from ._machine import Entry, Result
-from ._retry import seconds
+from ._retry import seconds, timer_seconds
 from ._runtime import Runtime
 
 T = TypeVar("T")
@@ -55,7 +55,8 @@ class DurableFuture(Generic[T]):
 
         The timeout is a durable timer: it holds across suspensions and restarts.
         """
-        wake_up = int(self._runtime.clock() * 1000) + int(seconds(timeout) * 1000)
+        wait = timer_seconds(timeout, "with_timeout")
+        wake_up = int(self._runtime.clock() * 1000) + int(wait * 1000)
         index = self._runtime.propose(Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=wake_up)))
         timer: DurableFuture[None] = DurableFuture(self._runtime, index, lambda r: None)
         winner, value = await select(self, timer)

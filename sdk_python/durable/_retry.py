@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import math
 from typing import Literal
 
+import grpc
+
 from durable.v1 import protocol_pb2
+
+from ._errors import TerminalError
+
+# The longest durable timer: a wake-up time past it would not fit the journal's field.
+MAX_TIMER_SECONDS = 100 * 365 * 86400
 
 
 def seconds(duration: datetime.timedelta | float) -> float:
@@ -14,6 +22,22 @@ def seconds(duration: datetime.timedelta | float) -> float:
     if isinstance(duration, datetime.timedelta):
         return duration.total_seconds()
     return float(duration)
+
+
+def timer_seconds(duration: datetime.timedelta | float, what: str) -> float:
+    """`seconds(duration)` for a durable timer (`what`: e.g. `ctx.sleep`).
+
+    Raises:
+        TerminalError: INVALID_ARGUMENT for NaN, an infinity or more than 100 years:
+            the handler computes the same duration on every retry.
+    """
+    value = seconds(duration)
+    if not math.isfinite(value) or value > MAX_TIMER_SECONDS:
+        raise TerminalError(
+            f"{what}: the duration must be a finite number of seconds up to 100 years, not {value}",
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+    return value
 
 
 @dataclasses.dataclass(frozen=True)

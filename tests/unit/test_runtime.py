@@ -865,3 +865,28 @@ def test_input_closed_from_the_start_runs_each_of_two_concurrent_side_effects_on
     results += [m.run_result.result.value for m in sent if m.WhichOneof("message") == "run_result"]
     assert sorted(results) == [b'"a"', b'"b"']
     assert kinds(sent)[-1] == "suspension"
+
+
+@pytest.mark.parametrize("duration", [float("nan"), float("inf"), -float("inf"), 1e300])
+@pytest.mark.parametrize("use", ["sleep", "send", "with_timeout"])
+def test_a_timer_that_is_no_finite_duration_fails_terminally(duration: float, use: str) -> None:
+    # It raised ValueError or OverflowError, which the broker retried for ever.
+    runtime, sent = new_runtime(make_start())
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        if use == "sleep":
+            await ctx.sleep(duration)
+        elif use == "send":
+            ctx.send("flights.Flights", "Reserve", REQUEST, delay=duration)
+        else:
+            call = ctx.call("flights.Flights", "Reserve", REQUEST, flights_pb2.BookingStatus)
+            await call.with_timeout(duration)
+        return b"unreachable"
+
+    asyncio.run(runtime.execute(handler))
+    [output] = [e.entry for e in proposed(sent) if e.entry.HasField("output")]
+    assert output.result.failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "the duration must be a finite number of seconds up to 100 years, not" in (
+        output.result.failure.message
+    )
