@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import difflib
 import json
+import math
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -209,14 +210,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_number(text: str) -> float:
+    # "1e400" is JSON, but Python reads it as infinity, which JSON has no way to say:
+    # a handler would get inf, and write back "Infinity", which is not JSON.
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text} is too large to read (it would be infinity)")
+    return number
+
+
 def parse_json(text: str | bytes) -> Any:
-    """Parse strict JSON (no ``NaN``/``Infinity``); raise ``ValueError`` if it is not JSON.
+    """Parse strict JSON (no ``NaN``/``Infinity``, and no number too large for a float);
+    raise ``ValueError`` if it is not JSON.
 
     ``UnicodeDecodeError`` (bytes that are not UTF-8) is a ``ValueError`` too.
     """
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    return json.loads(text, parse_constant=_reject_constant)
+    return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_number)
 
 
 def json_text(data: bytes) -> str | None:
