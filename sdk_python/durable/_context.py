@@ -20,7 +20,7 @@ from ._errors import PauseInvocation, TerminalError
 from ._futures import DurableFuture
 from ._machine import Entry, Result
 from ._retry import RetryPolicy, seconds, timer_seconds
-from ._runtime import Runtime, failure
+from ._runtime import IN_SIDE_EFFECT, Runtime, failure
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -170,6 +170,7 @@ class Context:
         attempt = 0
         while True:
             attempt += 1
+            token = IN_SIDE_EFFECT.set(name)
             try:
                 value = fn()
                 if inspect.isawaitable(value):
@@ -186,6 +187,8 @@ class Context:
                         raise PauseInvocation(message) from e
                     return failure(2, message)
                 await asyncio.sleep(policy.delay(attempt))
+            finally:
+                IN_SIDE_EFFECT.reset(token)
 
     def sleep(self, duration: datetime.timedelta | float) -> DurableFuture[None]:
         """A durable timer: await it to sleep `duration` (seconds or a timedelta).

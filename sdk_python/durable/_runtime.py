@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -33,10 +34,16 @@ from ._errors import (
     TerminalError,
 )
 from ._machine import Entry, ReplayMachine, Result
+from ._machine import describe as describe_command
 
 log = logging.getLogger("durable")
 
 _TERMINAL = ("end", "suspension", "error")
+
+# The name of the side effect whose function runs in this context, if one does.
+IN_SIDE_EFFECT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "durable_in_side_effect", default=None
+)
 
 
 def failure(code: int, message: str) -> Result:
@@ -90,6 +97,16 @@ class Runtime:
         if self.done:
             raise Suspended()
         self._check_run_failure()
+        inside = IN_SIDE_EFFECT.get()
+        if inside is not None:
+            # Its function's outcome is what replay returns: a step taken inside it
+            # would be journaled now and never taken again, and replay would diverge.
+            raise TerminalError(
+                f"a durable step ({describe_command(entry)}) inside the function of run "
+                f"{inside!r}: side effects' functions may not use the context; take the "
+                "step before or after the run",
+                grpc.StatusCode.INTERNAL,
+            )
         self._stop_past_replay()
         index = self.machine.propose(entry)
         if not hold:

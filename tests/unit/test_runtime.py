@@ -890,3 +890,40 @@ def test_a_timer_that_is_no_finite_duration_fails_terminally(duration: float, us
     assert "the duration must be a finite number of seconds up to 100 years, not" in (
         output.result.failure.message
     )
+
+
+@pytest.mark.parametrize("inner", ["run", "sleep", "set"])
+def test_a_durable_step_inside_a_side_effects_function_fails_that_run_saying_so(
+    inner: str,
+) -> None:
+    # A ctx.run nested in another's function was journaled, then never taken again on
+    # replay (the outer result is replayed): non-determinism, retried for ever.
+    runtime, sent = new_runtime(make_start(key="k", state={}))
+    ctx = ObjectContext(runtime)
+
+    async def outer() -> str:
+        if inner == "run":
+            await ctx.run("inner", lambda: 1)
+        elif inner == "sleep":
+            await ctx.sleep(1)
+        else:
+            ctx.set("n", 1)
+        return "outer done"
+
+    async def handler() -> bytes:
+        try:
+            await ctx.run("outer", outer)
+        except TerminalError as e:
+            return e.message.encode()
+        return b"unreachable"
+
+    asyncio.run(runtime.execute(handler))
+    # The outer run failed terminally, journaled as such (replay gives the same), and
+    # nothing of the inner step was journaled.
+    runs = [e.entry for e in proposed(sent) if e.entry.HasField("run")]
+    assert [r.run.name for r in runs] == ["outer"]
+    assert [e.entry.WhichOneof("command") for e in proposed(sent)] == ["run"]
+    failed = runs[0].result.failure
+    assert failed.code == grpc.StatusCode.INTERNAL.value[0]
+    assert failed.message.startswith("a durable step (")
+    assert "inside the function of run 'outer'" in failed.message
