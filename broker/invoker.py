@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
+from . import codes
 from .core.actions import StartAttempt
 from .core.events import AttemptEvent, Ended, Failed, Proposed, RanResult, Suspended
 from .core.model import Result
@@ -35,6 +36,13 @@ ReadState = Callable[[str, str, str], dict[str, bytes]]
 log = logging.getLogger("broker.invoker")
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+# The largest start message: what the stream's message limit leaves after the frame.
+START_LIMIT = MAX_MESSAGE_BYTES - 1024
+
+
+class StartTooLarge(Exception):
+    """An attempt's start message cannot fit in one message to the endpoint: no attempt
+    of the invocation can ever start (the journal only grows)."""
 
 
 class Attempt:
@@ -247,7 +255,11 @@ class Invoker:
                 await self._attempt(invocation_id, attempt, start, deployment, outcome)
             if outcome.error:
                 failed = Failed(
-                    outcome.error, outcome.retry_after, outcome.pause, outcome.non_determinism
+                    outcome.error,
+                    outcome.retry_after,
+                    outcome.pause,
+                    outcome.non_determinism,
+                    outcome.terminal_code,
                 )
                 self._report(invocation_id, attempt.number, failed)
         finally:
@@ -285,9 +297,11 @@ class Invoker:
                     else:
                         outcome.error = "the endpoint's reply did not end the attempt"
             else:
+                # Ready before the call opens: a start too large fails here, where a
+                # failure inside the request iterator would reach nobody.
+                await self._ready(attempt, start)
 
                 async def requests() -> AsyncIterator[protocol_pb2.InvokeRequest]:
-                    await self._ready(attempt, start)
                     yield protocol_pb2.InvokeRequest(start=start)
                     while (message := await attempt.queue.get()) is not None:
                         yield message
@@ -319,6 +333,9 @@ class Invoker:
             if e.code() == grpc.StatusCode.UNIMPLEMENTED and not deployment.request_response:
                 self._no_unary.add(deployment.id)  # an endpoint that only streams
             outcome.error = f"call to {deployment.uri} failed: {e.code().name}: {e.details()}"
+        except StartTooLarge as e:
+            outcome.error = str(e)
+            outcome.terminal_code = codes.RESOURCE_EXHAUSTED
         except StoreUnavailable as e:
             # The journal cannot be written (a full disk, or a cluster node that lost
             # the partition's lead): the attempt stops; it resumes from its journal.
@@ -423,10 +440,22 @@ class Invoker:
         call.cancel()
 
     async def _ready(self, attempt: Attempt, start: protocol_pb2.StartMessage) -> None:
-        """Waits until the journal the start carries is durable, then adds the state."""
+        """Waits until the journal the start carries is durable, then adds the state.
+
+        Raises:
+            StartTooLarge: the start cannot be sent, now or ever.
+        """
         await attempt.ready
         if start.key:
             start.state.update(self._read_state(start.invocation_id, start.service, start.key))
+        size = start.ByteSize()
+        if size > START_LIMIT:
+            raise StartTooLarge(
+                f"the journal and state an attempt starts from are {size} bytes, over the "
+                f"{START_LIMIT}-byte limit of a message to the endpoint: it cannot be "
+                "resumed; keep what it journals (side effects' results, calls' requests "
+                "and results) smaller"
+            )
 
     def _handle(
         self,
@@ -513,6 +542,8 @@ class _Outcome:
         self.retry_after: float | None = None
         self.pause = False
         self.non_determinism = False
+        # Set when no attempt can ever succeed (see `StartTooLarge`).
+        self.terminal_code = 0
         # The endpoint sent its last message for the attempt (end, suspension, error):
         # it needs no word to stop.
         self.ended_by_endpoint = False

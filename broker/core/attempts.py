@@ -194,11 +194,13 @@ def on_failed(
     retry_after: float | None,
     pause: bool,
     non_determinism: bool,
+    terminal_code: int = 0,
 ) -> None:
     """The attempt failed transiently: retry, or park the invocation when the
     handler asked to pause. A replay that diverged from the journal is retried too
     (a fixed deployment can recover it), unless `non_determinism_terminal` is set:
-    then the invocation fails with INTERNAL."""
+    then the invocation fails with INTERNAL. With `terminal_code`, no attempt can
+    ever succeed: the invocation fails with it."""
     live.attempt = 0
     tracing.end_attempt(live, error=message)
     if live.record.status == Status.COMPLETED:
@@ -207,10 +209,13 @@ def on_failed(
         log.info("invocation %s: attempt ended after its output: %s", live.id, message)
         return
     batch = Batch()
-    if non_determinism and p.settings.non_determinism_terminal:
+    code = terminal_code or (
+        codes.INTERNAL if non_determinism and p.settings.non_determinism_terminal else 0
+    )
+    if code:
         log.warning("invocation %s failed: %s", live.id, message)
         live.record.last_error = message
-        p.complete(batch, live, failure(codes.INTERNAL, message))
+        p.complete(batch, live, failure(code, message))
         p.save(batch, live)
     elif pause:
         live.record.status = Status.PAUSED

@@ -37,13 +37,17 @@ class Ended:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Failed:
-    """The attempt failed transiently: a handler error, a crash, a broken stream."""
+    """The attempt failed: transiently (a handler error, a crash, a broken stream)
+    unless `terminal_code` says otherwise."""
 
     message: str
     retry_after: float | None = None
     pause: bool = False
     # The SDK's replay diverged from the journal.
     non_determinism: bool = False
+    # Not transient: no attempt can ever be made (the journal outgrew what one message
+    # can carry); the invocation fails with this status code.
+    terminal_code: int = 0
 
 
 AttemptEvent = Proposed | RanResult | Suspended | Ended | Failed

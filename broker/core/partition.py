@@ -502,8 +502,10 @@ class Partition:
                 return attempts.on_suspension(self, live, list(waiting_on))
             case Ended():
                 return attempts.on_end(self, live)
-            case Failed(message, retry_after, pause, non_determinism):
-                attempts.on_failed(self, live, message, retry_after, pause, non_determinism)
+            case Failed(message, retry_after, pause, non_determinism, terminal_code):
+                attempts.on_failed(
+                    self, live, message, retry_after, pause, non_determinism, terminal_code
+                )
                 return None
 
     def abandon_attempt(self, batch: Batch, live: Live, reason: str) -> None:

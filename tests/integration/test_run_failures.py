@@ -62,3 +62,29 @@ def test_a_terminal_error_with_code_ok_reaches_the_caller_as_unknown() -> None:
             stub.Echo(benchsvc_pb2.EchoRequest(), timeout=30)
     assert failed.value.code() == grpc.StatusCode.UNKNOWN
     assert failed.value.details() == "not an error, says the handler"
+
+
+def test_a_journal_too_large_to_resume_fails_with_resource_exhausted_not_for_ever() -> None:
+    # 17 side effects of ~4 MiB each (each under --max-payload-bytes): every attempt to
+    # resume it failed "a message of 71 MB exceeds the 64 MiB limit of the endpoint
+    # stream" and was retried with backoff for ever; its caller never heard.
+    bench = durable.Service(benchsvc_pb2.DESCRIPTOR.services_by_name["Bench"])
+    chunk = "x" * (4 * 1024 * 1024 - 1024)
+
+    @bench.handler("Echo")
+    async def echo(
+        ctx: durable.Context, request: benchsvc_pb2.EchoRequest
+    ) -> benchsvc_pb2.EchoResponse:
+        for i in range(17):
+            await ctx.run(f"chunk {i}", lambda: chunk)
+        await ctx.sleep(0.01)  # suspends (suspend_after=0): resuming needs it all
+        return benchsvc_pb2.EchoResponse(payload=b"resumed")
+
+    with DurableTestEnvironment([bench], broker_settings={"retry_initial": 0.01}) as env:
+        stub = benchsvc_pb2_grpc.BenchStub(env.channel())
+        with pytest.raises(grpc.RpcError) as failed:
+            stub.Echo(benchsvc_pb2.EchoRequest(), timeout=60)
+    assert failed.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    details = failed.value.details() or ""
+    assert "the journal and state an attempt starts from are" in details, details
+    assert "it cannot be resumed" in details
