@@ -75,6 +75,9 @@ async def gather(*futures: DurableFuture[Any]) -> list[Any]:
 async def select(*futures: DurableFuture[Any]) -> tuple[int, Any]:
     """The first future to complete: (its position among the arguments, its result).
 
+    When several have completed by the time it is evaluated (the handler resumed after
+    they all came), the broker's completion times decide, then the argument order.
+
     Raises `TerminalError` if that future failed. The choice is journaled, so a
     replay returns the same winner even if others have completed since.
     """

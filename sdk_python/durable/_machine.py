@@ -121,6 +121,11 @@ class ReplayMachine:
         entry = self._journal[index]
         return entry.result if entry.HasField("result") else None
 
+    def completed_at_ms(self, index: int) -> int:
+        """When the broker completed the entry, as its journal says (0 when not said: a
+        completion that arrived during this attempt)."""
+        return self._journal[index].completed_at_ms
+
     def complete(self, index: int, result: Result) -> None:
         """Records a completion sent by the broker."""
         if index >= len(self._journal):

@@ -40,6 +40,9 @@ log = logging.getLogger("durable")
 
 _TERMINAL = ("end", "suspension", "error")
 
+# Sorts after every completion time (ms since the epoch) in `await_any`.
+_LATER = 2**63
+
 # The name of the side effect whose function runs in this context, if one does.
 IN_SIDE_EFFECT: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "durable_in_side_effect", default=None
@@ -123,12 +126,17 @@ class Runtime:
         self.flush()
 
     async def await_any(self, indexes: list[int]) -> int:
-        """Waits until one of the entries is completed; returns the first completed
-        one in the order given. A suspension names all of them."""
+        """Waits until one of the entries is completed; returns the one completed first.
+        A suspension names all of them.
+
+        Several may be complete already (the handler resumed after all of them came):
+        the journal's completion times decide, then the order given; one completed
+        during this attempt came after every journaled one.
+        """
         while True:
-            for index in indexes:
-                if self.machine.result(index) is not None:
-                    return index
+            done = [i for i in indexes if self.machine.result(i) is not None]
+            if done:
+                return min(done, key=lambda i: self.machine.completed_at_ms(i) or _LATER)
             waiters = self._block(indexes)
             try:
                 # Shielded: the waiters are shared with other awaits of the same entries.

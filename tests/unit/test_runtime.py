@@ -927,3 +927,32 @@ def test_a_durable_step_inside_a_side_effects_function_fails_that_run_saying_so(
     assert failed.code == grpc.StatusCode.INTERNAL.value[0]
     assert failed.message.startswith("a durable step (")
     assert "inside the function of run 'outer'" in failed.message
+
+
+@pytest.mark.parametrize(
+    ("timer_at", "awakeable_at", "winner"),
+    [(3000, 2000, 1), (2000, 3000, 0), (2500, 2500, 0), (2000, 0, 0)],
+)
+def test_select_after_both_completed_picks_the_one_completed_first(
+    timer_at: int, awakeable_at: int, winner: int
+) -> None:
+    # An attack resolved an approval 0.13 s into a 1 s timeout while the service was
+    # down; when it came back both were complete, and the timer won by argument order.
+    # (0: completed during this attempt, after everything journaled; ties go by order.)
+    timer = Entry(sleep=journal_pb2.SleepCommand(wake_up_at_ms=2000), completed_at_ms=timer_at)
+    timer.result.empty.SetInParent()
+    approval = Entry(awakeable=journal_pb2.AwakeableCommand(), completed_at_ms=awakeable_at)
+    approval.result.value = b'"approved"'
+    runtime, sent = new_runtime(make_start([input_entry(), timer, approval]))
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        sleeping = ctx.sleep(1)
+        _, approved = ctx.awakeable()
+        position, _ = await durable.select(sleeping, approved)
+        return str(position).encode()
+
+    asyncio.run(runtime.execute(handler))
+    # The decision is journaled (a run named select) for replays to repeat.
+    [decision] = [m.run_result for m in sent if m.WhichOneof("message") == "run_result"]
+    assert decision.result.value == str(winner).encode()
