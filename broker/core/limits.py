@@ -59,13 +59,18 @@ class Limit:
 
 class _Bucket:
     """A token bucket holding at most `rate` tokens (at least one), refilled at `rate`
-    per second: a burst of up to one second's worth, then `rate` per second."""
+    per second: a burst of up to one second's worth, then `rate` per second.
+
+    Full when an operator sets the limit; empty otherwise (the first start after the
+    process starts, or under a limit the `.proto` declares): the tokens are not stored,
+    and a broker restarted in a loop must not let a burst through each time.
+    """
 
     __slots__ = ("last_ms", "rate", "tokens")
 
-    def __init__(self, rate: float, now_ms: int) -> None:
+    def __init__(self, rate: float, now_ms: int, full: bool = False) -> None:
         self.rate = rate
-        self.tokens = self.capacity
+        self.tokens = self.capacity if full else 0.0
         self.last_ms = now_ms
 
     @property
@@ -114,13 +119,16 @@ class Limiter:
 
     # ---- Configuration
 
-    def set(self, scope: Scope, limit: Limit | None) -> None:
-        """Sets (or, with None, clears) a run-time limit."""
+    def set(self, scope: Scope, limit: Limit | None, now_ms: int | None = None) -> None:
+        """Sets (or, with None, clears) a run-time limit; with `now_ms` (an operator's
+        change, not a restart's reload) a rate starts with a full bucket."""
         if limit is None:
             self._set.pop(scope, None)
         else:
             self._set[scope] = limit
-        self._buckets.pop(scope, None)  # a new rate starts with a full bucket
+        self._buckets.pop(scope, None)
+        if limit is not None and limit.rate > 0 and now_ms is not None:
+            self._buckets[scope] = _Bucket(limit.rate, now_ms, full=True)
 
     def limit(self, scope: Scope) -> Limit:
         """The limit in force: the run-time one, else the declared one, else none."""

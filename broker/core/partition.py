@@ -396,7 +396,7 @@ class Partition:
             limit_table.delete_limit(batch, service, method)
         else:
             limit_table.put_limit(batch, service, method, limit.concurrency, limit.rate)
-        self.limiter.set((service, method), limit)
+        self.limiter.set((service, method), limit, self.clock())
         self.admit(batch, service)
         self.submit(batch)
 

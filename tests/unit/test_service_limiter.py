@@ -191,6 +191,31 @@ def test_limits_and_the_queue_survive_a_restart() -> None:
     assert started(found, ids[2]) and not started(found, ids[3])
 
 
+def test_a_restart_lets_no_new_burst_through_a_rate_limit() -> None:
+    # The buckets are not stored: each restart started them full, so a broker killed
+    # and restarted three times started 4 queued calls at 0.01/s within 9 s.
+    kv = MemoryKV()
+    p = make_partition(kv)
+    p.clock = lambda: 1_000_000
+    p.set_limits(TRIPS, "", Limit(rate=1))
+    commit(p)
+    ids = _submit(p, 3)
+    found = commit(p)
+    assert [bool(started(found, i)) for i in ids] == [True, False, False]  # the burst
+
+    q = make_partition(kv)
+    q.clock = lambda: 1_000_000
+    q.recover()
+    found = commit(q)
+    assert not started(found, ids[1]) and not started(found, ids[2])
+    # The rate's next token, a second on, as without the restart.
+    assert of_type(found, actions.WakeLimits)[-1] == actions.WakeLimits(1_001_000)
+    q.clock = lambda: 1_001_000
+    q.on_limits_due()
+    found = commit(q)
+    assert started(found, ids[1]) and not started(found, ids[2])
+
+
 def test_lowering_then_clearing_a_limit() -> None:
     p = make_partition()
     p.set_limits(TRIPS, "", Limit(concurrency=1))
