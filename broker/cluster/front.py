@@ -8,7 +8,8 @@ Each RPC goes where its data lives, as raw bytes (only what routing needs is par
   by key             CompletePromise, GetState, SetState, DescribeKey (`placement.of_key`)
   every partition    ListInvocations, ListAwaiting, GetStats, ListDeployments and
                      GetLimits (merged, see `merge`); RegisterDeployment (partition 0
-                     first, then the others under partition 0's id), RemoveDeployment
+                     first, then the others under partition 0's id; `repair` adds it
+                     later to one that was down), RemoveDeployment
                      and SetLimits
   partition 0        ListServices and every Schedule RPC
   the front itself   ClusterStatus

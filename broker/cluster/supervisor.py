@@ -28,7 +28,7 @@ from durable.process import Child, spawn
 from durable.v1 import admin_pb2
 
 from ..config import Settings
-from . import launch, layout, scrape
+from . import launch, layout, repair, scrape
 from .directory import ENV, WORKER_ENV, Directory
 from .forward import Partitions
 from .front import AdminFront, FrontServer
@@ -260,9 +260,13 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
             partitions,
         )
         watcher = asyncio.create_task(supervisor.watch())
+        token = settings.admin_token
+        credentials = (("authorization", f"Bearer {token}"),) if token else ()
+        repairer = asyncio.create_task(repair.run(clients, credentials))
         await stop.wait()
         log.info("shutting down")
         watcher.cancel()
+        repairer.cancel()
         return 0
     finally:
         if web is not None:
