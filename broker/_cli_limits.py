@@ -45,17 +45,33 @@ def format_scope(s: admin_pb2.ScopeLimits) -> str:
 
 
 def set_limits(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
-    """Sets or clears a scope's limits."""
+    """Sets or clears a scope's limits. A flag not given keeps the limit in force: the
+    admin API replaces both, and `--rate 10` after `--concurrency 5` silently dropped
+    the concurrency limit."""
     service, method = args.target
+    concurrency, rate = args.concurrency, args.rate
+    if not args.clear and (concurrency is None) != (rate is None):
+        current = _in_force(stub, service, method, timeout)
+        if current is not None:
+            concurrency = current.concurrency if concurrency is None else concurrency
+            rate = current.rate if rate is None else rate
     req = admin_pb2.SetLimitsRequest(
         service=service,
         method=method,
-        concurrency=args.concurrency or 0,
-        rate=args.rate or 0.0,
+        concurrency=concurrency or 0,
+        rate=rate or 0.0,
         clear=args.clear,
     )
     resp: admin_pb2.SetLimitsResponse = stub.SetLimits(req, timeout=timeout)
     return resp, format_scope(resp.limits)
+
+
+def _in_force(stub: Any, service: str, method: str, timeout: float) -> admin_pb2.ScopeLimits | None:
+    """The scope's limits in force (run-time or declared), if it has any."""
+    resp: admin_pb2.GetLimitsResponse = stub.GetLimits(
+        admin_pb2.GetLimitsRequest(service=service), timeout=timeout
+    )
+    return next((s for s in resp.limits if s.service == service and s.method == method), None)
 
 
 def get_limits(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:

@@ -524,9 +524,14 @@ _VERBS = (
             _arg(
                 "--concurrency",
                 type=_non_negative_int,
-                help="at most N invocations running at once (suspended ones do not count)",
+                help="at most N invocations running at once (suspended ones do not count); "
+                "0 for no limit; not given: the one in force stays",
             ),
-            _arg("--rate", type=_positive_float, help="at most R starts per second"),
+            _arg(
+                "--rate",
+                type=_positive_float,
+                help="at most R starts per second; not given: the one in force stays",
+            ),
             _arg("--clear", action="store_true", help="remove the run-time limits"),
         ),
     ),

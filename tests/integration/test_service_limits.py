@@ -140,3 +140,20 @@ def test_bad_limits_are_refused_saying_why(
     )
     assert done.returncode == 1, done.stderr
     assert expected in done.stderr
+
+
+def test_a_flag_not_given_keeps_the_limit_in_force(cluster: Cluster) -> None:
+    # `--rate` after `--concurrency` silently removed the concurrency limit (the admin
+    # API sets both; the CLI sent 0 for the flag not given).
+    target = f"{BUSY}/Fill"
+    try:
+        brokerctl(cluster, "services", "limit", target, "--concurrency", "3")
+        out = brokerctl(cluster, "services", "limit", target, "--rate", "50")
+        assert "concurrency 3, rate 50/s (runtime)" in out, out
+        limit = limits_of(cluster, "Fill")
+        assert (limit.concurrency, limit.rate) == (3, 50)
+        # 0 removes one of them; the other stays.
+        out = brokerctl(cluster, "services", "limit", target, "--concurrency", "0")
+        assert "concurrency unlimited, rate 50/s (runtime)" in out, out
+    finally:
+        brokerctl(cluster, "services", "limit", target, "--clear")
