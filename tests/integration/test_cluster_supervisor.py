@@ -231,6 +231,39 @@ def test_a_deployment_registered_while_a_worker_was_down_reaches_it_when_it_is_b
         cluster.close()
 
 
+def test_limits_set_while_a_worker_was_down_reach_it_when_it_is_back(tmp_path: Path) -> None:
+    # SetLimits answered UNAVAILABLE and applied on the partitions that were up: worker
+    # 1's partitions enforced other limits than the rest until they were set again.
+    cluster = Cluster(tmp_path, broker_args=WORKERS, services=(PLAYGROUND,))
+    try:
+        cluster.start()
+        os.kill(_status(cluster).nodes[1].pid, signal.SIGKILL)
+        request = admin_pb2.SetLimitsRequest(service="playground.Busy", concurrency=7)
+        with pytest.raises(grpc.RpcError) as partial:
+            cluster.admin.SetLimits(request, timeout=10)
+        assert partial.value.code() == grpc.StatusCode.UNAVAILABLE
+        partitions = _status(cluster).partitions
+
+        def concurrency(address: str) -> int | None:
+            with grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel:
+                try:
+                    limits = admin_pb2_grpc.AdminStub(channel).GetLimits(
+                        admin_pb2.GetLimitsRequest(service="playground.Busy"), timeout=5
+                    )
+                except grpc.RpcError:
+                    return None  # its worker is still starting
+            return next((s.concurrency for s in limits.limits if s.method == ""), 0)
+
+        assert concurrency(partitions[0].admin) == 7
+        cluster.wait_for(
+            lambda: all(concurrency(p.admin) == 7 for p in partitions),
+            timeout=60,
+            message="every partition to enforce concurrency 7",
+        )
+    finally:
+        cluster.close()
+
+
 def test_an_unreachable_partition_is_unavailable_naming_it() -> None:
     dead = f"127.0.0.1:{free_port()}"
     directory = Directory(workers=1, partitions=[PartitionAddress(ingress=dead, admin=dead)])
