@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from durable.v1 import journal_pb2
 
 from . import _serde, wire
-from ._errors import PauseInvocation, TerminalError
+from ._errors import TerminalError
 from ._futures import DurableFuture
 from ._machine import Entry, Result
 from ._retry import RetryPolicy, seconds, timer_seconds
@@ -184,7 +184,7 @@ class Context:
                 if policy.max_attempts is not None and attempt >= policy.max_attempts:
                     message = f"run {name!r} failed after {attempt} attempts: {e!r}"
                     if policy.on_max_attempts == "pause":
-                        raise PauseInvocation(message) from e
+                        raise self._runtime.run_paused(message) from e
                     return failure(2, message)
                 await asyncio.sleep(policy.delay(attempt))
             finally:

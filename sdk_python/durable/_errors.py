@@ -4,13 +4,15 @@
   reaches the caller as a gRPC status, and is never retried. Sagas catch it to compensate.
 * Any other `Exception` is transient: the attempt fails and the broker retries it with
   exponential backoff, replaying the journal.
-* Control flow (`Suspended`, `NonDeterminismError`) derives from `BaseException`, so a
-  handler's `except Exception:` cannot swallow it by accident.
+* Control flow (`Suspended`, `NonDeterminismError`, `RunFailed`, `PauseInvocation`)
+  derives from `BaseException`, so a handler's `except Exception:` cannot swallow it by
+  accident.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 
 import grpc
 
@@ -28,8 +30,7 @@ class TerminalError(Exception):
     def __init__(self, message: str, code: grpc.StatusCode | int = grpc.StatusCode.UNKNOWN) -> None:
         super().__init__(message)
         self.message = message
-        number = code if isinstance(code, int) else code.value[0]
-        self.code: int = number if 1 <= number <= 16 else grpc.StatusCode.UNKNOWN.value[0]
+        self.code: int = _status_number(code)
 
     @property
     def status_code(self) -> grpc.StatusCode:
@@ -38,6 +39,18 @@ class TerminalError(Exception):
             if status.value[0] == self.code:
                 return status
         return grpc.StatusCode.UNKNOWN
+
+
+def _status_number(code: object) -> int:
+    """A gRPC status code's number, UNKNOWN for anything that is not a failure code:
+    OK, numbers outside 1-16, and what is no code at all (a name as a string, None)."""
+    if isinstance(code, grpc.StatusCode):
+        number: int = code.value[0]
+    elif isinstance(code, int) and not isinstance(code, bool):
+        number = code
+    else:
+        number = 0
+    return number if 1 <= number <= 16 else grpc.StatusCode.UNKNOWN.value[0]
 
 
 class RetryableError(Exception):
@@ -50,15 +63,31 @@ class RetryableError(Exception):
 
     def __init__(self, message: str, retry_after: datetime.timedelta | float) -> None:
         super().__init__(message)
+        try:
+            wait = (
+                retry_after.total_seconds()
+                if isinstance(retry_after, datetime.timedelta)
+                else float(retry_after)
+            )
+        except (TypeError, ValueError, OverflowError):
+            wait = math.nan
+        # A reset time already past is "now"; what is no number, or beyond what the
+        # protocol carries (ms in 32 bits, 49 days), is the longest wait it carries.
         self.retry_after = (
-            retry_after.total_seconds()
-            if isinstance(retry_after, datetime.timedelta)
-            else float(retry_after)
+            MAX_RETRY_AFTER_S if math.isnan(wait) else min(max(wait, 0.0), MAX_RETRY_AFTER_S)
         )
 
 
-class PauseInvocation(Exception):
-    """Raised by the SDK when a side effect exhausted a pausing retry policy."""
+# The longest delay a RetryableError can ask for: the protocol's 32-bit milliseconds.
+MAX_RETRY_AFTER_S = (2**32 - 1) / 1000
+
+
+class PauseInvocation(BaseException):
+    """Raised by the SDK when a side effect exhausted a pausing retry policy.
+
+    A BaseException, as `RunFailed` is: a handler's `except Exception` must not take it
+    for an ordinary failure and go on (the run's entry has no result, so a replay would
+    run the side effect again and diverge from a fallback journaled meanwhile)."""
 
 
 class Suspended(BaseException):

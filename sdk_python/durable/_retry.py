@@ -31,7 +31,10 @@ def timer_seconds(duration: datetime.timedelta | float, what: str) -> float:
         TerminalError: INVALID_ARGUMENT for NaN, an infinity or more than 100 years:
             the handler computes the same duration on every retry.
     """
-    value = seconds(duration)
+    try:
+        value = seconds(duration)
+    except (OverflowError, TypeError, ValueError):
+        value = math.inf  # 10**400 seconds, or no number at all
     if not math.isfinite(value) or value > MAX_TIMER_SECONDS:
         raise TerminalError(
             f"{what}: the duration must be a finite number of seconds up to 100 years, not {value}",

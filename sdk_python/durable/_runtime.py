@@ -80,14 +80,20 @@ class Runtime:
         self._blocked: collections.Counter[int] = collections.Counter()
         self._blocked_since = 0.0
         self._side_effects = 0
+        # The order completions arrived in during this attempt (see `await_any`).
+        self._arrivals: dict[int, int] = {}
+        # Set while no side effect's function runs (see `_side_effects_settled`).
+        self._no_side_effects = asyncio.Event()
+        self._no_side_effects.set()
         self._timer: asyncio.TimerHandle | None = None
         # Set when nothing more will arrive in this attempt (stream closed, or a
         # request/response attempt): blocking awaits then suspend at once.
         self.input_closed = False
         # The divergence that ended the attempt, if one did (replay reports read it).
         self.diverged: NonDeterminismError | None = None
-        # Why a side effect failed the attempt (see `run_failed`); no step may follow.
-        self.run_failure: str | None = None
+        # How a side effect ended the attempt (see `run_failed`, `run_paused`): no step
+        # may follow, and the handler may not complete.
+        self.run_failure: RunFailed | PauseInvocation | None = None
 
     # Steps proposed by the context.
 
@@ -120,7 +126,8 @@ class Runtime:
         """Sends a side effect's outcome for the broker to make durable."""
         if self.done:
             raise Suspended()
-        self._check_run_failure()
+        # Not refused after a sibling's failure: this side effect ran, and its result
+        # spares the next attempt running it again (see `_side_effects_settled`).
         self._stop_past_replay(always=True)
         self.machine.propose_run_result(index, result)
         self.flush()
@@ -129,14 +136,15 @@ class Runtime:
         """Waits until one of the entries is completed; returns the one completed first.
         A suspension names all of them.
 
-        Several may be complete already (the handler resumed after all of them came):
-        the journal's completion times decide, then the order given; one completed
-        during this attempt came after every journaled one.
+        Several may be complete already (the handler resumed after all of them came,
+        or was busy while they came): the journal's completion times decide, then for
+        those completed during this attempt (after every journaled one) the order they
+        arrived in, then the order given.
         """
         while True:
             done = [i for i in indexes if self.machine.result(i) is not None]
             if done:
-                return min(done, key=lambda i: self.machine.completed_at_ms(i) or _LATER)
+                return min(done, key=self._completion_order)
             waiters = self._block(indexes)
             try:
                 # Shielded: the waiters are shared with other awaits of the same entries.
@@ -159,6 +167,12 @@ class Runtime:
             return await asyncio.shield(waiter)
         finally:
             self._unblock([index])
+
+    def _completion_order(self, index: int) -> tuple[int, int]:
+        journaled = self.machine.completed_at_ms(index)
+        if journaled:
+            return 0, journaled
+        return 1, self._arrivals.get(index, _LATER)
 
     def _block(self, indexes: list[int]) -> list[asyncio.Future[Result]]:
         """Marks the handler blocked on the entries; returns their waiters."""
@@ -196,28 +210,42 @@ class Runtime:
         replay-only attempt)."""
         self._stop_past_replay(always=True)
         self._side_effects += 1
+        self._no_side_effects.clear()
 
     def side_effect_ended(self) -> None:
         """The function returned; suspension may be armed again. (With nothing more to
         come, the run's own await of its acknowledgement suspends: see `_block`.)"""
         self._side_effects -= 1
+        if not self._side_effects:
+            self._no_side_effects.set()
         self._arm()
 
-    def run_failed(self, name: str, error: Exception) -> RunFailed:
+    def run_failed(self, name: str, error: Exception) -> RunFailed | PauseInvocation:
         """A side effect failed the attempt: every later step raises too."""
         if self.run_failure is None:
-            self.run_failure = f"run {name!r} failed: {type(error).__name__}: {error}"
-        return RunFailed(self.run_failure)
+            self.run_failure = RunFailed(f"run {name!r} failed: {type(error).__name__}: {error}")
+        return self._again()
+
+    def run_paused(self, message: str) -> RunFailed | PauseInvocation:
+        """A side effect's retry policy pauses the invocation: as `run_failed`."""
+        if self.run_failure is None:
+            self.run_failure = PauseInvocation(message)
+        return self._again()
+
+    def _again(self) -> RunFailed | PauseInvocation:
+        assert self.run_failure is not None
+        return type(self.run_failure)(str(self.run_failure))
 
     def _check_run_failure(self) -> None:
         if self.run_failure is not None:
-            raise RunFailed(self.run_failure)
+            raise self._again()
 
     # Messages from the broker.
 
     def on_completion(self, completion: protocol_pb2.CompletionMessage) -> None:
         """Records a completion and wakes whoever awaits it."""
         self.machine.complete(completion.entry_index, completion.result)
+        self._arrivals.setdefault(completion.entry_index, len(self._arrivals))
         waiter = self._waiters.pop(completion.entry_index, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(completion.result)
@@ -261,6 +289,7 @@ class Runtime:
                 self.machine.fail(grpc.StatusCode.CANCELLED.value[0], "attempt cancelled")
             raise
         except RetryableError as e:
+            await self._side_effects_settled()
             if not self.done:
                 self.machine.fail(
                     grpc.StatusCode.UNAVAILABLE.value[0],
@@ -268,12 +297,14 @@ class Runtime:
                     retry_after_ms=int(e.retry_after * 1000),
                 )
         except PauseInvocation as e:
+            await self._side_effects_settled()
             if not self.done:
                 self.machine.fail(grpc.StatusCode.UNAVAILABLE.value[0], str(e), pause=True)
         except RunFailed as e:
             log.warning(
                 "invocation %s attempt %d: %s", self.start.invocation_id, self.start.attempt, e
             )
+            await self._side_effects_settled()
             if not self.done:
                 self.machine.fail(grpc.StatusCode.UNKNOWN.value[0], str(e))
         except ProtocolViolation as e:
@@ -288,6 +319,7 @@ class Runtime:
                 self.start.attempt,
                 e,
             )
+            await self._side_effects_settled()
             if not self.done:
                 self.machine.fail(grpc.StatusCode.UNKNOWN.value[0], f"{type(e).__name__}: {e}")
         finally:
@@ -296,6 +328,13 @@ class Runtime:
             self._cancel_timer()
 
     # Internals.
+
+    async def _side_effects_settled(self) -> None:
+        """Lets side effects still running (a sibling branch's) finish before the
+        attempt fails: their results are then proposed and journaled, where failing at
+        once dropped them and the next attempt ran them again. The broker's inactivity
+        timeout bounds the wait."""
+        await self._no_side_effects.wait()
 
     def _stop_past_replay(self, *, always: bool = False) -> None:
         """In a replay-only attempt, ends it before a step the journal does not hold

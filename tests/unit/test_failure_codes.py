@@ -11,9 +11,12 @@ from durable import TerminalError
 from broker import codes
 
 
-@pytest.mark.parametrize("given", [grpc.StatusCode.OK, 0, -1, 17, 99, 2**40])
-def test_a_terminal_error_without_a_failure_code_is_unknown(given: grpc.StatusCode | int) -> None:
-    error = TerminalError("no such thing", given)
+@pytest.mark.parametrize(
+    "given", [grpc.StatusCode.OK, 0, -1, 17, 99, 2**40, "NOT_FOUND", None, True]
+)
+def test_a_terminal_error_without_a_failure_code_is_unknown(given: object) -> None:
+    # A name as a string, None or True raised AttributeError or TypeError, retried for ever.
+    error = TerminalError("no such thing", given)  # type: ignore[arg-type]
     assert error.code == grpc.StatusCode.UNKNOWN.value[0]
     assert error.status_code == grpc.StatusCode.UNKNOWN
     assert error.message == "no such thing"

@@ -8,6 +8,7 @@ with `asyncio.run`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -867,7 +868,7 @@ def test_input_closed_from_the_start_runs_each_of_two_concurrent_side_effects_on
     assert kinds(sent)[-1] == "suspension"
 
 
-@pytest.mark.parametrize("duration", [float("nan"), float("inf"), -float("inf"), 1e300])
+@pytest.mark.parametrize("duration", [float("nan"), float("inf"), -float("inf"), 1e300, 10**400])
 @pytest.mark.parametrize("use", ["sleep", "send", "with_timeout"])
 def test_a_timer_that_is_no_finite_duration_fails_terminally(duration: float, use: str) -> None:
     # It raised ValueError or OverflowError, which the broker retried for ever.
@@ -956,3 +957,105 @@ def test_select_after_both_completed_picks_the_one_completed_first(
     # The decision is journaled (a run named select) for replays to repeat.
     [decision] = [m.run_result for m in sent if m.WhichOneof("message") == "run_result"]
     assert decision.result.value == str(winner).encode()
+
+
+def test_a_pausing_retry_policy_pauses_even_when_the_handler_catches_it() -> None:
+    # PauseInvocation was an Exception: caught, the fallback ran, and the next attempt
+    # ran the charge again and diverged from its own journal, retried for ever.
+    runtime, sent = new_runtime(make_start())
+    ctx = Context(runtime)
+    policy = durable.RetryPolicy(initial_interval=0.001, max_attempts=2, on_max_attempts="pause")
+
+    def charge() -> str:
+        raise ConnectionError("bank unreachable")
+
+    async def handler() -> bytes:
+        try:
+            await ctx.run("charge", charge, retry_policy=policy)
+        except Exception:
+            await ctx.run("fallback", lambda: "queued")
+        return b"done"
+
+    asyncio.run(runtime.execute(handler))
+    assert [e.entry.run.name for e in proposed(sent)] == ["charge"]
+    assert sent[-1].WhichOneof("message") == "error" and sent[-1].error.pause
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"),
+    [(-1.0, 0.0), (float("inf"), 4294967.295), (float("nan"), 4294967.295), (1e20, 4294967.295)],
+)
+def test_a_retry_after_out_of_range_is_clamped_and_still_fails_the_attempt(
+    given: float, seconds: float
+) -> None:
+    # A reset time already past (-1) or inf did not encode: the task died, and the
+    # attempt sat "running" until the broker's inactivity timeout.
+    assert durable.RetryableError("rate limited", given).retry_after == seconds
+    runtime, sent = new_runtime(make_start())
+
+    async def handler() -> bytes:
+        raise durable.RetryableError("rate limited", given)
+
+    asyncio.run(runtime.execute(handler))
+    assert sent[-1].WhichOneof("message") == "error"
+    assert sent[-1].error.retry_after_ms == int(seconds * 1000)
+
+
+def test_a_failing_side_effect_lets_a_running_sibling_finish_and_journal_first() -> None:
+    # The attempt failed at once: the sibling's result was dropped and it ran again.
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+    ran: list[str] = []
+
+    async def slow() -> str:
+        await asyncio.sleep(0.05)
+        ran.append("a")
+        return "a"
+
+    def failing() -> str:
+        raise ConnectionError("down")
+
+    async def handler() -> bytes:
+        await asyncio.gather(ctx.run("a", slow), ctx.run("b", failing))
+        return b"unreachable"
+
+    asyncio.run(runtime.execute(handler))
+    assert ran == ["a"]
+    assert kinds(sent)[-1] == "error"
+    assert sent[-1].error.message == "run 'b' failed: ConnectionError: down"
+    a_index = next(e.index for e in proposed(sent) if e.entry.run.name == "a")
+    journaled = [m.run_result.entry_index for m in sent if m.WhichOneof("message") == "run_result"]
+    journaled += [e.index for e in proposed(sent) if e.entry.HasField("result")]
+    assert a_index in journaled
+
+
+def test_select_among_completions_that_came_during_the_attempt_takes_the_first_to_come() -> None:
+    # Both came while the handler was busy; they tied, and argument order chose.
+    runtime, sent = new_runtime(make_start(suspend_after_ms=60000))
+    ctx = Context(runtime)
+    busy = asyncio.Event()
+
+    async def handler() -> bytes:
+        sleeping = ctx.sleep(1)
+        _, approved = ctx.awakeable()
+        await busy.wait()  # e.g. a side effect running while both complete
+        position, _ = await durable.select(sleeping, approved)
+        return str(position).encode()
+
+    async def main() -> None:
+        task = asyncio.create_task(runtime.execute(handler))
+        await until(lambda: len(proposed(sent)) == 2)
+        approval = Result(value=b'"yes"')
+        runtime.on_completion(protocol_pb2.CompletionMessage(entry_index=2, result=approval))
+        fired = Result()
+        fired.empty.SetInParent()
+        runtime.on_completion(protocol_pb2.CompletionMessage(entry_index=1, result=fired))
+        busy.set()
+        await until(lambda: any(m.WhichOneof("message") == "run_result" for m in sent))
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    [decision] = [m.run_result for m in sent if m.WhichOneof("message") == "run_result"]
+    assert decision.result.value == b"1"
