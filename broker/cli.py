@@ -29,6 +29,7 @@ import argparse
 import base64
 import dataclasses
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -244,6 +245,18 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    # 0 removes the rate (the concurrency limit stays); NaN, infinities and negatives
+    # are no rate. The broker checks the slowest rate itself.
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number: {text!r}")
     return value
 
 
@@ -529,8 +542,9 @@ _VERBS = (
             ),
             _arg(
                 "--rate",
-                type=_positive_float,
-                help="at most R starts per second; not given: the one in force stays",
+                type=_rate,
+                help="at most R starts per second; 0 for no limit; not given: the one in "
+                "force stays",
             ),
             _arg("--clear", action="store_true", help="remove the run-time limits"),
         ),

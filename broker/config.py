@@ -28,6 +28,9 @@ ADMIN_INDEX_ROWS = 250_000
 # The largest message the broker's gRPC servers send (their send cap): an admin answer,
 # an ingress reply.
 MAX_SEND_BYTES = 64 * 1024 * 1024
+# The largest --max-payload-bytes: half of what one message to an endpoint carries, the
+# rest for the journal around the payload (see `parse_args`).
+MAX_PAYLOAD_BYTES = MAX_SEND_BYTES // 2
 # Room an admin answer leaves under the send cap for gRPC's own framing (and, in a
 # listing, for the answer's other fields).
 ANSWER_FRAMING_BYTES = 64 * 1024
@@ -453,6 +456,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
             f"--stream-linger (BROKER_STREAM_LINGER) is {a.stream_linger * 1000:g}ms: give "
             f"0 (never wait) up to {MAX_STREAM_LINGER_S * 1000:g}ms; it adds to the latency "
             "of messages under load"
+        )
+    if not 1 <= a.max_payload_bytes <= MAX_PAYLOAD_BYTES:
+        # A payload is journaled, and every journal entry must reach the endpoint in one
+        # message of at most 64 MiB: a larger request would be accepted, journaled, then
+        # never delivered.
+        p.error(
+            f"--max-payload-bytes (BROKER_MAX_PAYLOAD_BYTES) is {a.max_payload_bytes}: give "
+            f"1 up to {MAX_PAYLOAD_BYTES} (what one message to an endpoint carries, less "
+            "room for the rest of the journal)"
         )
     if not 1 <= a.ingress_servers <= MAX_INGRESS_SERVERS:
         p.error(

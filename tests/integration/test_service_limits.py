@@ -155,5 +155,8 @@ def test_a_flag_not_given_keeps_the_limit_in_force(cluster: Cluster) -> None:
         # 0 removes one of them; the other stays.
         out = brokerctl(cluster, "services", "limit", target, "--concurrency", "0")
         assert "concurrency unlimited, rate 50/s (runtime)" in out, out
+        brokerctl(cluster, "services", "limit", target, "--concurrency", "2")
+        out = brokerctl(cluster, "services", "limit", target, "--rate", "0")
+        assert "concurrency 2, rate unlimited (runtime)" in out, out
     finally:
         brokerctl(cluster, "services", "limit", target, "--clear")
