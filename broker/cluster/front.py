@@ -107,6 +107,10 @@ class AdminFront:
     def __init__(self, partitions: Partitions, nodes: Nodes) -> None:
         self.partitions = partitions
         self._nodes = nodes
+        # Held while deployments or limits change on every partition, and by `repair`
+        # while it brings one partition in line: it never acts on a list a change made
+        # stale (a removed deployment brought back).
+        self.changes = asyncio.Lock()
 
     def handlers(self) -> dict[str, Handler]:
         """Every Admin method's handler, by method name."""
@@ -127,12 +131,19 @@ class AdminFront:
             GetStats=self.GetStats,
             ListDeployments=self.ListDeployments,
             GetLimits=self.GetLimits,
-            RegisterDeployment=self.RegisterDeployment,
-            RemoveDeployment=self.RemoveDeployment,
-            SetLimits=self.SetLimits,
+            RegisterDeployment=self._changing(self.RegisterDeployment),
+            RemoveDeployment=self._changing(self.RemoveDeployment),
+            SetLimits=self._changing(self.SetLimits),
             ClusterStatus=self.ClusterStatus,
         )
         return out
+
+    def _changing(self, handler: Handler) -> Handler:
+        async def locked(body: bytes, context: Context) -> bytes:
+            async with self.changes:
+                return await handler(body, context)
+
+        return locked
 
     def _of_id(self, invocation_id: str) -> int:
         return placement.of_id(invocation_id, self.partitions.count)

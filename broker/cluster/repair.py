@@ -27,50 +27,75 @@ log = logging.getLogger("broker.cluster.repair")
 INTERVAL_S = 2.0
 # The longest one comparison may take before it gives up until the next round.
 ROUND_TIMEOUT_S = 30.0
+# The longest one registration may take (its endpoint's discovery): the front's own
+# registrations and removals wait for it.
+REGISTER_TIMEOUT_S = 5.0
 
 
-async def missing(partitions: Partitions, metadata: Metadata = ()) -> int:
+async def _reference(partitions: Partitions, metadata: Metadata) -> dict[str, str]:
+    """Partition 0's deployments: uri by id, oldest first."""
+    listing = admin_pb2.ListDeploymentsRequest().SerializeToString()
+    answer = await partitions.call(0, "ListDeployments", listing, metadata, ROUND_TIMEOUT_S)
+    return {d.id: d.uri for d in admin_pb2.ListDeploymentsResponse.FromString(answer).deployments}
+
+
+async def missing(partitions: Partitions, lock: asyncio.Lock, metadata: Metadata = ()) -> int:
     """Registers on each partition the deployments of partition 0 it lacks; returns how
-    many it registered. A partition that cannot be reached is skipped this round.
+    many it registered. A partition that cannot be reached, or a deployment whose
+    endpoint cannot be (an old version shut down), is skipped this round.
+
+    Each registration happens under `lock`, which the front holds while it registers or
+    removes a deployment, after partition 0 is asked again: a deployment removed since
+    the round began is not brought back.
 
     Raises:
         Failed: partition 0 cannot be listed.
     """
+    reference = await _reference(partitions, metadata)
     listing = admin_pb2.ListDeploymentsRequest().SerializeToString()
-    reference = admin_pb2.ListDeploymentsResponse.FromString(
-        await partitions.call(0, "ListDeployments", listing, metadata, ROUND_TIMEOUT_S)
-    ).deployments
     registered = 0
     for partition in range(1, partitions.count):
         try:
-            held = admin_pb2.ListDeploymentsResponse.FromString(
-                await partitions.call(
-                    partition, "ListDeployments", listing, metadata, ROUND_TIMEOUT_S
-                )
-            ).deployments
-            ids = {d.id for d in held}
-            for deployment in reference:
-                if deployment.id in ids:
-                    continue
-                request = admin_pb2.RegisterDeploymentRequest(
-                    uri=deployment.uri, deployment_id=deployment.id
-                )
-                await partitions.call(
-                    partition,
-                    "RegisterDeployment",
-                    request.SerializeToString(),
-                    metadata,
-                    ROUND_TIMEOUT_S,
-                )
-                registered += 1
-                log.warning(
-                    "registered deployment %s (%s) on partition %d, which had missed it",
-                    deployment.id,
-                    deployment.uri,
-                    partition,
-                )
+            answer = await partitions.call(
+                partition, "ListDeployments", listing, metadata, ROUND_TIMEOUT_S
+            )
         except Failed as e:
             log.debug("deployments of partition %d not compared: %s", partition, e.message)
+            continue
+        held = {d.id for d in admin_pb2.ListDeploymentsResponse.FromString(answer).deployments}
+        for deployment_id in reference:
+            if deployment_id in held:
+                continue
+            try:
+                async with lock:
+                    uri = (await _reference(partitions, metadata)).get(deployment_id)
+                    if uri is None:
+                        continue  # removed meanwhile
+                    request = admin_pb2.RegisterDeploymentRequest(
+                        uri=uri, deployment_id=deployment_id
+                    )
+                    await partitions.call(
+                        partition,
+                        "RegisterDeployment",
+                        request.SerializeToString(),
+                        metadata,
+                        REGISTER_TIMEOUT_S,
+                    )
+            except Failed as e:
+                log.debug(
+                    "deployment %s not registered on partition %d: %s",
+                    deployment_id,
+                    partition,
+                    e.message,
+                )
+                continue
+            registered += 1
+            log.warning(
+                "registered deployment %s (%s) on partition %d, which had missed it",
+                deployment_id,
+                uri,
+                partition,
+            )
     return registered
 
 
@@ -85,24 +110,27 @@ def _runtime_limits(
     }
 
 
-async def limits(partitions: Partitions, metadata: Metadata = ()) -> int:
+async def limits(partitions: Partitions, lock: asyncio.Lock, metadata: Metadata = ()) -> int:
     """Sets on each partition the run-time limits partition 0 has, clearing the ones it
-    has not; returns how many scopes it changed. A partition that cannot be reached or
-    refuses (a service it does not know yet) is skipped this round.
-
-    Raises:
-        Failed: partition 0 cannot be asked.
+    has not; returns how many scopes it changed. Each partition is compared under
+    `lock` (the front holds it while it sets limits), with partition 0 asked again; one
+    that cannot be reached, or refuses a scope (a service it does not know yet), is
+    skipped this round.
     """
     asking = admin_pb2.GetLimitsRequest().SerializeToString()
-    reference = _runtime_limits(
-        await partitions.call(0, "GetLimits", asking, metadata, ROUND_TIMEOUT_S)
-    )
     changed = 0
     for partition in range(1, partitions.count):
-        try:
-            held = _runtime_limits(
-                await partitions.call(partition, "GetLimits", asking, metadata, ROUND_TIMEOUT_S)
-            )
+        async with lock:
+            try:
+                reference = _runtime_limits(
+                    await partitions.call(0, "GetLimits", asking, metadata, ROUND_TIMEOUT_S)
+                )
+                held = _runtime_limits(
+                    await partitions.call(partition, "GetLimits", asking, metadata, ROUND_TIMEOUT_S)
+                )
+            except Failed as e:
+                log.debug("limits of partition %d not compared: %s", partition, e.message)
+                continue
             for scope in sorted(reference.keys() | held.keys()):
                 wanted = reference.get(scope)
                 if held.get(scope) == wanted:
@@ -113,9 +141,17 @@ async def limits(partitions: Partitions, metadata: Metadata = ()) -> int:
                     request.clear = True
                 else:
                     request.concurrency, request.rate = wanted
-                await partitions.call(
-                    partition, "SetLimits", request.SerializeToString(), metadata, ROUND_TIMEOUT_S
-                )
+                try:
+                    await partitions.call(
+                        partition,
+                        "SetLimits",
+                        request.SerializeToString(),
+                        metadata,
+                        ROUND_TIMEOUT_S,
+                    )
+                except Failed as e:
+                    log.debug("limits of %s on partition %d not set: %s", scope, partition, e)
+                    continue
                 changed += 1
                 log.warning(
                     "set the limits of %s%s on partition %d to partition 0's: %s",
@@ -124,17 +160,15 @@ async def limits(partitions: Partitions, metadata: Metadata = ()) -> int:
                     partition,
                     "none" if wanted is None else f"concurrency {wanted[0]}, rate {wanted[1]:g}/s",
                 )
-        except Failed as e:
-            log.debug("limits of partition %d not compared: %s", partition, e.message)
     return changed
 
 
-async def run(partitions: Partitions, metadata: Metadata = ()) -> None:
+async def run(partitions: Partitions, lock: asyncio.Lock, metadata: Metadata = ()) -> None:
     """Compares and repairs every `INTERVAL_S` until cancelled."""
     while True:
         await asyncio.sleep(INTERVAL_S)
-        for repair in (missing, limits):
-            try:
-                await repair(partitions, metadata)
-            except Failed as e:
-                log.debug("partitions not compared (%s): %s", repair.__name__, e.message)
+        try:
+            await missing(partitions, lock, metadata)
+        except Failed as e:
+            log.debug("deployments not compared: %s", e.message)
+        await limits(partitions, lock, metadata)

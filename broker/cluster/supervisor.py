@@ -262,7 +262,7 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
         watcher = asyncio.create_task(supervisor.watch())
         token = settings.admin_token
         credentials = (("authorization", f"Bearer {token}"),) if token else ()
-        repairer = asyncio.create_task(repair.run(clients, credentials))
+        repairer = asyncio.create_task(repair.run(clients, routes.changes, credentials))
         await stop.wait()
         log.info("shutting down")
         watcher.cancel()
