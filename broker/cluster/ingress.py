@@ -67,8 +67,45 @@ async def relayed_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIt
         await _relay(context, e)
     except Answered as e:
         await _relay(context, e.error)
+    except InDoubt as e:
+        await context.abort(grpc.StatusCode.UNKNOWN, str(e))
     except Unreachable as e:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(e))
+
+
+class InDoubt(Exception):
+    """A forwarded call without an idempotency key whose partition went away (or stepped
+    down) after receiving it and before saying its invocation id: it may have run.
+
+    Relayed as UNKNOWN, not as the transport's UNAVAILABLE, which gRPC clients take
+    as safe to retry: a retry could run the call a second time."""
+
+    def __init__(self, home: int, error: grpc.aio.AioRpcError) -> None:
+        super().__init__(
+            f"partition {home}: the process serving it went away with this call in flight "
+            f"({error.code().name}: {error.details()}); the call may have run: send calls "
+            "with an idempotency-key header, which are safe to retry"
+        )
+
+
+def failed_forward(
+    home: int,
+    error: grpc.aio.AioRpcError,
+    invocation_id: str,
+    resendable: bool,
+    acknowledged: bool,
+) -> Exception:
+    """What a forwarded call that failed after it was sent raises: `Moved` to follow
+    its invocation to the next leader, `Unanswered` to send it again (it has an
+    idempotency key), `InDoubt` when it may have run, `Answered` to relay the
+    partition's own answer."""
+    if undelivered(error) and invocation_id:
+        return Moved(invocation_id)
+    if undelivered(error) and resendable and not acknowledged:
+        return Unanswered(error)
+    if undelivered(error):
+        return InDoubt(home, error)
+    return Answered(error)
 
 
 async def _relay(context: grpc.aio.ServicerContext[Any, Any], error: grpc.aio.AioRpcError) -> None:
@@ -211,12 +248,8 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             except grpc.aio.AioRpcError as e:
                 if never_sent(e):
                     raise  # it reached nobody: `Peers.call` follows the partition
-                if undelivered(e) and invocation_id:
-                    raise Moved(invocation_id) from None
-                if undelivered(e) and resendable and not initial:
-                    raise Unanswered(e) from None
-                # The partition has the call: it is never sent again.
-                raise Answered(e) from None
+                # Otherwise the partition may have the call: never sent again as it is.
+                raise failed_forward(home, e, invocation_id, resendable, bool(initial)) from None
             return response
 
         # Until the call is sent it reached nobody: while the partition has no leader (an
