@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from durable.v1 import cluster_pb2, journal_pb2, protocol_pb2
 
+from .. import codes, tracing
 from .. import registry as reg
-from .. import tracing
 from ..cluster.placement import Placement
 from ..config import Settings
 from ..metrics import Metrics
@@ -446,6 +446,23 @@ class Partition:
             target = self.registry.service(record.service)
             if target is None:
                 retries.backoff(self, batch, live, f"service {record.service} is not registered")
+                return
+            handler = target.methods.get(record.method)
+            if handler is None or not handler.implemented:
+                # Accepted while a deployment had the handler (a delayed send, a
+                # schedule, a queued call), it would start on one that has not: every
+                # attempt would fail "no handler" and be retried for ever.
+                deployment = self.registry.deployment(target.deployment_id)
+                where = f" at {deployment.uri}" if deployment is not None else ""
+                message = (
+                    f"{record.service}/{record.method} is not implemented by the deployment "
+                    f"now serving {record.service} ({target.deployment_id}{where}): its "
+                    "endpoint has no handler for it"
+                )
+                log.warning("invocation %s failed: %s", live.id, message)
+                record.last_error = message
+                self.complete(batch, live, failure(codes.UNIMPLEMENTED, message))
+                self.save(batch, live)
                 return
             record.deployment_id = target.deployment_id
         record.attempts += 1

@@ -811,6 +811,33 @@ def test_a_cancel_runs_a_backing_off_or_paused_invocation_waiting_on_a_call_now(
     assert p.live[parent_id].journal[1].result.failure.code == codes.CANCELLED
 
 
+def test_work_accepted_for_a_handler_a_newer_deployment_dropped_fails_unimplemented() -> None:
+    # A delayed send (or a schedule, a queued call) accepted while Flights/Cancel had a
+    # handler started on a newer deployment without it: "no handler", retried for ever.
+    p = make_partition()
+    p.registry.add(
+        storage_pb2.DeploymentRecord(
+            id="dp_2",
+            uri="http://y",
+            services=[FLIGHTS],
+            files=_files(flights_pb2.DESCRIPTOR.services_by_name["Flights"]),
+            missing_handlers=[f"{FLIGHTS}/Cancel"],
+            created_at_ms=2,
+        )
+    )
+    request = flights_pb2.TripRef(trip_id="t1").SerializeToString()
+    inv_id = p.invoke(FLIGHTS, "Cancel", "t1", request, {})
+    found = commit(p)
+    assert started(found, inv_id) == []
+    [answer] = answers(found, inv_id)
+    assert answer.failure.code == codes.UNIMPLEMENTED
+    assert answer.failure.message == (
+        "flights.Flights/Cancel is not implemented by the deployment now serving "
+        "flights.Flights (dp_2 at http://y): its endpoint has no handler for it"
+    )
+    assert stored(p, inv_id).status == Status.COMPLETED
+
+
 @pytest.mark.parametrize("terminal", [False, True])
 def test_non_determinism_is_retried_unless_configured_terminal(terminal: bool) -> None:
     message = "non-determinism at journal entry 1: the journal has sleep, but ... run"
