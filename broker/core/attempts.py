@@ -11,7 +11,7 @@ import logging
 
 from .. import codes, tracing
 from ..storage import Batch, invocations, journal, keys
-from . import actions, commands, retries
+from . import actions, commands, control, retries
 from .events import AttemptEvent, Proposed, RanResult, Suspended
 from .model import Entry, Live, Result, Status, failure
 from .ports import PartitionOps
@@ -225,6 +225,9 @@ def on_failed(
         p.save(batch, live)
     else:
         retries.backoff(p, batch, live, message, retry_after)
+        if control.cancel_pending_runs(p, batch, live):
+            # The cancellation now waits in the journal: run it at once, to hear it.
+            retries.resume_in(p, batch, live)
     p.submit(batch)
 
 

@@ -103,12 +103,39 @@ def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
         delivered = True
     if not delivered:
         live.record.cancel_pending = True
+        cancel_pending_runs(p, batch, live)
     if live.record.status in (Status.PAUSED, Status.BACKING_OFF):
         # Nothing would run it to hear the cancellation, at its next await or in what
         # it awaits now, until its retry is due (or an operator resumes it): it runs now
         # instead, as a resume would.
         retries.resume_in(p, batch, live)
     p.save(batch, live)
+
+
+def cancel_pending_runs(p: PartitionOps, batch: Batch, live: Live) -> bool:
+    """Delivers a pending cancellation to the side effects journaled without a result
+    (their function failed, or was cut off) while no attempt runs; True if there were.
+
+    The next attempt's replay then raises CANCELLED at the first of them instead of
+    running its function again: a side effect that keeps failing (an attack's charge
+    that always raised) otherwise kept the cancellation from ever reaching an await,
+    retried for ever with no compensation run.
+    """
+    if live.attempt or not live.record.cancel_pending:
+        return False
+    if live.record.status not in (Status.BACKING_OFF, Status.PAUSED):
+        return False
+    pending = [
+        index
+        for index, entry in enumerate(live.journal)
+        if entry.WhichOneof("command") == "run" and not entry.HasField("result")
+    ]
+    if not pending:
+        return False
+    live.record.cancel_pending = False
+    for index in pending:
+        p.complete_entry(batch, live, index, failure(CANCELLED, "invocation cancelled"))
+    return True
 
 
 def kill(p: PartitionOps, invocation_id: str) -> Invocation:

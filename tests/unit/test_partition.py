@@ -838,6 +838,32 @@ def test_work_accepted_for_a_handler_a_newer_deployment_dropped_fails_unimplemen
     assert stored(p, inv_id).status == Status.COMPLETED
 
 
+@pytest.mark.parametrize("while_running", [False, True])
+def test_a_cancel_reaches_a_handler_whose_side_effect_keeps_failing(while_running: bool) -> None:
+    # An attack cancelled a saga whose charge always raised: the run failed every
+    # attempt before any await, so the cancellation never landed; 23 attempts, no
+    # compensation. It now completes the pending run with CANCELLED, so the next
+    # attempt's replay raises it there, where the saga compensates.
+    p = make_partition(retry_initial=60)
+    inv_id = start_trip(p)
+    propose(p, inv_id, Entry(run=journal_pb2.RunCommand(name="charge")))
+    commit(p)
+    if while_running:
+        control.cancel(p, inv_id)  # pending: nothing awaited to deliver it to
+        commit(p)
+        assert p.live[inv_id].record.cancel_pending
+    assert p.on_attempt(inv_id, 1, Failed("run 'charge' failed: ConnectionError")) is None
+    if not while_running:
+        commit(p)
+        control.cancel(p, inv_id)
+    found = commit(p)
+    [retry] = [s for s in started(found, inv_id)]
+    assert retry.attempt == 2
+    record = stored(p, inv_id)
+    assert record.status == Status.RUNNING and not record.cancel_pending
+    assert p.live[inv_id].journal[1].result.failure.code == codes.CANCELLED
+
+
 @pytest.mark.parametrize("terminal", [False, True])
 def test_non_determinism_is_retried_unless_configured_terminal(terminal: bool) -> None:
     message = "non-determinism at journal entry 1: the journal has sleep, but ... run"
