@@ -12,6 +12,7 @@ from durable import tracing, wire
 from .. import logs
 from ..config import Settings
 from ..replication.engine import EngineError
+from ..storage.kv import StorageError
 from . import layout
 from .node import NodeError, check, open_node
 
@@ -27,11 +28,26 @@ class _Refused(Exception):
     """The start is refused before anything was written."""
 
 
+def _replica_advice(problem: str, data_dir: str) -> str:
+    """A storage refusal, with what to do on a cluster node: its data dir holds only
+    replicas of the partitions' logs, so it is rebuilt, not restored from a backup."""
+    backup = "restore it from a backup"
+    if backup not in problem:
+        return problem  # e.g. another broker holds it: the message says what to do
+    return problem.replace(
+        backup,
+        f"a cluster node's data dir holds only replicas of the partitions' logs: stop "
+        f"this node, delete {data_dir} and start it again to rebuild it from the log",
+    )
+
+
 async def _run(settings: Settings) -> None:
     try:
         node = await open_node(settings)
     except (EngineError, NodeError, layout.LayoutError) as e:
         raise _Refused(str(e)) from None
+    except StorageError as e:
+        raise _Refused(_replica_advice(str(e), settings.data_dir or "")) from None
     tracing.configure("broker")
     await node.start()
     stop = asyncio.Event()

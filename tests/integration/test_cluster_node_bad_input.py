@@ -38,6 +38,8 @@ FIRST_PARTITIONS = 4
 READY_TIMEOUT_S = 20.0
 # What "refused within a few seconds" means for NATS being down, interpreter start included.
 DOWN_REFUSAL_S = 10.0
+# The data dir of the `cluster` fixture's node "first", by the cluster's first NATS URL.
+FIRST_DATA: dict[str, Path] = {}
 
 
 def _start(nats_urls: str, data: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -127,6 +129,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
         try:
             wait_healthy(admin, time.monotonic() + STARTUP_TIMEOUT_S, first)
             _wait_settled(admin)
+            FIRST_DATA[servers.urls[0]] = base / "first"
             yield servers
             first.check_alive()
         finally:
@@ -334,6 +337,16 @@ def test_a_data_dir_of_another_cluster_is_refused(
     )
     assert _tree(data) == before_dir
     assert _streams(cluster.urls) == before_streams
+
+
+def test_a_node_on_a_running_nodes_data_dir_is_refused(
+    tmp_path: Path, cluster: NatsCluster
+) -> None:
+    # It exited 1 with a CRITICAL log line where every other refused start exits 2 with
+    # one line (an attack).
+    data = FIRST_DATA[cluster.urls[0]]
+    result = _start(",".join(cluster.urls), data, "--node", "intruder")
+    _refused(result, f"the data dir {data}", "is in use by another broker")
 
 
 def test_a_second_node_with_a_running_nodes_name_is_refused(
