@@ -28,9 +28,9 @@ ADMIN_INDEX_ROWS = 250_000
 # The largest message the broker's gRPC servers send (their send cap): an admin answer,
 # an ingress reply.
 MAX_SEND_BYTES = 64 * 1024 * 1024
-# The largest --max-payload-bytes: half of what one message to an endpoint carries, the
-# rest for the journal around the payload (see `parse_args`).
-MAX_PAYLOAD_BYTES = MAX_SEND_BYTES // 2
+# The largest --max-payload-bytes: a request must reach its endpoint in one message (64
+# MiB) with the rest of an attempt's start around it (see `parse_args`).
+MAX_PAYLOAD_BYTES = MAX_SEND_BYTES - 1024 * 1024
 # Room an admin answer leaves under the send cap for gRPC's own framing (and, in a
 # listing, for the answer's other fields).
 ANSWER_FRAMING_BYTES = 64 * 1024
@@ -464,7 +464,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         p.error(
             f"--max-payload-bytes (BROKER_MAX_PAYLOAD_BYTES) is {a.max_payload_bytes}: give "
             f"1 up to {MAX_PAYLOAD_BYTES} (what one message to an endpoint carries, less "
-            "room for the rest of the journal)"
+            "room for the rest of an attempt's start)"
         )
     if not 1 <= a.ingress_servers <= MAX_INGRESS_SERVERS:
         p.error(

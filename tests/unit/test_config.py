@@ -93,11 +93,11 @@ def test_variables_then_flags_override_the_defaults(monkeypatch: pytest.MonkeyPa
         ([], {"BROKER_ADMIN_INDEX_ROWS": "-5"}, "give at least 1"),
         # Journaled, a larger request could never reach an endpoint (64 MiB a message).
         (
-            ["--max-payload-bytes", str(40 * 1024 * 1024)],
+            ["--max-payload-bytes", str(100 * 1024 * 1024)],
             {},
-            "--max-payload-bytes (BROKER_MAX_PAYLOAD_BYTES) is 41943040: give 1 up to 33554432",
+            "--max-payload-bytes (BROKER_MAX_PAYLOAD_BYTES) is 104857600: give 1 up to 66060288",
         ),
-        (["--max-payload-bytes", "0"], {}, "give 1 up to 33554432"),
+        (["--max-payload-bytes", "0"], {}, "give 1 up to 66060288"),
     ],
 )
 def test_bad_settings_are_refused(

@@ -764,12 +764,9 @@ def test_failed_attempt_backs_off_then_retries() -> None:
     assert p.take() == []
 
 
-@pytest.mark.parametrize("paused", [False, True])
-def test_a_cancel_runs_a_backing_off_or_paused_invocation_now(paused: bool) -> None:
-    # Waiting on nothing, it hears a cancellation at its next await: an attack saw one
-    # run only when its retry came 15 s later, and a paused one never.
-    p = make_partition(retry_initial=60)
-    inv_id = start_trip(p)
+def _cancel_after_a_failed_attempt(p: Partition, inv_id: str, paused: bool) -> Batch:
+    """Fails attempt 1 (backing off; paused too with `paused`), cancels the invocation,
+    and checks the cancel started attempt 2 at once; the cancel's batch, applied."""
     assert p.on_attempt(inv_id, 1, Failed("handler raised ValueError")) is None
     commit(p)
     if paused:
@@ -777,10 +774,20 @@ def test_a_cancel_runs_a_backing_off_or_paused_invocation_now(paused: bool) -> N
         commit(p)
     control.cancel(p, inv_id)
     [batch] = p.take()
-    assert actions.CancelRetry(inv_id) in batch.urgent
     [retry] = of_type(batch.urgent, actions.StartAttempt)
     assert retry.attempt == 2
     apply(p, batch)
+    return batch
+
+
+@pytest.mark.parametrize("paused", [False, True])
+def test_a_cancel_runs_a_backing_off_or_paused_invocation_now(paused: bool) -> None:
+    # Waiting on nothing, it hears a cancellation at its next await: an attack saw one
+    # run only when its retry came 15 s later, and a paused one never.
+    p = make_partition(retry_initial=60)
+    inv_id = start_trip(p)
+    batch = _cancel_after_a_failed_attempt(p, inv_id, paused)
+    assert actions.CancelRetry(inv_id) in batch.urgent
     record = stored(p, inv_id)
     assert record.status == Status.RUNNING and record.cancel_pending and record.cancelled
     propose(p, inv_id, sleep())
@@ -796,16 +803,7 @@ def test_a_cancel_runs_a_backing_off_or_paused_invocation_waiting_on_a_call_now(
     # operator resumed it.
     p = make_partition(retry_initial=60)
     parent_id, _ = trip_calling_a_flight(p)
-    assert p.on_attempt(parent_id, 1, Failed("stream broke")) is None
-    commit(p)
-    if paused:
-        control.pause(p, parent_id)
-        commit(p)
-    control.cancel(p, parent_id)
-    [batch] = p.take()
-    [retry] = of_type(batch.urgent, actions.StartAttempt)
-    assert retry.attempt == 2
-    apply(p, batch)
+    _cancel_after_a_failed_attempt(p, parent_id, paused)
     record = stored(p, parent_id)
     assert record.status == Status.RUNNING and record.cancelled
     assert p.live[parent_id].journal[1].result.failure.code == codes.CANCELLED
