@@ -103,6 +103,11 @@ class Registry:
         built = self._deployments.get(deployment_id)
         return built.record if built else None
 
+    def at(self, deployment_id: str) -> str:
+        """` at URI` of a deployment it has, for messages naming where it runs; ""."""
+        deployment = self.deployment(deployment_id)
+        return f" at {deployment.uri}" if deployment is not None else ""
+
     def by_uri(self, uri: str) -> Deployment | None:
         """The deployment registered for `uri` (compared in canonical form), if any."""
         wanted = endpoint_uri.comparable(uri)
@@ -443,11 +448,10 @@ def resolve(
     if m is None:
         raise BadRequest(codes.UNIMPLEMENTED, f"unknown method {method} of service {service}")
     if not m.implemented:
-        deployment = registry.deployment(svc.deployment_id)
-        where = f" at {deployment.uri}" if deployment is not None else ""
         raise BadRequest(
             codes.UNIMPLEMENTED,
-            f"{service}/{method} is not implemented: the endpoint{where} (deployment "
+            f"{service}/{method} is not implemented: the endpoint"
+            f"{registry.at(svc.deployment_id)} (deployment "
             f"{svc.deployment_id}) has no handler for it; implement it and register the "
             "deployment again",
         )

@@ -32,10 +32,16 @@ ROUND_TIMEOUT_S = 30.0
 REGISTER_TIMEOUT_S = 5.0
 
 
+# The requests a round sends every partition, serialized once.
+_LIST_DEPLOYMENTS = admin_pb2.ListDeploymentsRequest().SerializeToString()
+_GET_LIMITS = admin_pb2.GetLimitsRequest().SerializeToString()
+
+
 async def _reference(partitions: Partitions, metadata: Metadata) -> dict[str, str]:
     """Partition 0's deployments: uri by id, oldest first."""
-    listing = admin_pb2.ListDeploymentsRequest().SerializeToString()
-    answer = await partitions.call(0, "ListDeployments", listing, metadata, ROUND_TIMEOUT_S)
+    answer = await partitions.call(
+        0, "ListDeployments", _LIST_DEPLOYMENTS, metadata, ROUND_TIMEOUT_S
+    )
     return {d.id: d.uri for d in admin_pb2.ListDeploymentsResponse.FromString(answer).deployments}
 
 
@@ -52,12 +58,11 @@ async def missing(partitions: Partitions, lock: asyncio.Lock, metadata: Metadata
         Failed: partition 0 cannot be listed.
     """
     reference = await _reference(partitions, metadata)
-    listing = admin_pb2.ListDeploymentsRequest().SerializeToString()
     registered = 0
     for partition in range(1, partitions.count):
         try:
             answer = await partitions.call(
-                partition, "ListDeployments", listing, metadata, ROUND_TIMEOUT_S
+                partition, "ListDeployments", _LIST_DEPLOYMENTS, metadata, ROUND_TIMEOUT_S
             )
         except Failed as e:
             log.debug("deployments of partition %d not compared: %s", partition, e.message)
@@ -117,16 +122,17 @@ async def limits(partitions: Partitions, lock: asyncio.Lock, metadata: Metadata 
     that cannot be reached, or refuses a scope (a service it does not know yet), is
     skipped this round.
     """
-    asking = admin_pb2.GetLimitsRequest().SerializeToString()
     changed = 0
     for partition in range(1, partitions.count):
         async with lock:
             try:
                 reference = _runtime_limits(
-                    await partitions.call(0, "GetLimits", asking, metadata, ROUND_TIMEOUT_S)
+                    await partitions.call(0, "GetLimits", _GET_LIMITS, metadata, ROUND_TIMEOUT_S)
                 )
                 held = _runtime_limits(
-                    await partitions.call(partition, "GetLimits", asking, metadata, ROUND_TIMEOUT_S)
+                    await partitions.call(
+                        partition, "GetLimits", _GET_LIMITS, metadata, ROUND_TIMEOUT_S
+                    )
                 )
             except Failed as e:
                 log.debug("limits of partition %d not compared: %s", partition, e.message)

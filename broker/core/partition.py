@@ -452,12 +452,11 @@ class Partition:
                 # Accepted while a deployment had the handler (a delayed send, a
                 # schedule, a queued call), it would start on one that has not: every
                 # attempt would fail "no handler" and be retried for ever.
-                deployment = self.registry.deployment(target.deployment_id)
-                where = f" at {deployment.uri}" if deployment is not None else ""
                 message = (
                     f"{record.service}/{record.method} is not implemented by the deployment "
-                    f"now serving {record.service} ({target.deployment_id}{where}): its "
-                    "endpoint has no handler for it"
+                    f"now serving {record.service} ({target.deployment_id}"
+                    f"{self.registry.at(target.deployment_id)}): its endpoint has no "
+                    "handler for it"
                 )
                 log.warning("invocation %s failed: %s", live.id, message)
                 record.last_error = message
