@@ -283,7 +283,11 @@ class Partition:
         caller: tuple[str, int] | None = None,
         invoke_at_ms: int = 0,
         invocation_id: str = "",
+        refused: Result | None = None,
     ) -> Live:
+        """A new invocation, started (or queued, or timed) in `batch`; with `refused`, one
+        that can never run, created already completed with that failure so that it is
+        on record (listed, described, retained) rather than lost without a trace."""
         target = self.registry.service(service)
         handler = target.methods.get(method) if target else None
         now = self.now_ms()
@@ -295,7 +299,9 @@ class Partition:
             status=Status.PENDING,
             created_at_ms=now,
             idempotency_key=idempotency_key,
-            exclusive=bool(target and target.keyed and handler and not handler.shared),
+            exclusive=bool(
+                refused is None and target and target.keyed and handler and not handler.shared
+            ),
             invoke_at_ms=invoke_at_ms,
             random_seed=entropy.randbits64(),
             traceparent=traceparent,
@@ -311,6 +317,11 @@ class Partition:
         tracing.start_invocation(live, traceparent)
         self.metrics.count("started", service)
         journal.put(batch, live.id, 0, live.journal[0])
+        if refused is not None:
+            record.last_error = refused.failure.message
+            self.complete(batch, live, refused)
+            self.save(batch, live)
+            return live
         ident = self.dedup.of(record)
         if ident is not None:
             self.dedup.bind(batch, ident, live.id, request)
@@ -639,7 +650,27 @@ class Partition:
         try:
             key, existing, home = self._target(send.service, send.method, send.request)
         except reg.BadRequest as e:
-            log.warning("invocation %s: one-way send dropped: %s", live.id, e.message)
+            # Nobody waits on a send to hear of it: the target's own invocation, failed
+            # at birth, is where an operator finds what went wrong (as with a call's).
+            refused = self._create(
+                batch,
+                service=send.service,
+                method=send.method,
+                key="",
+                request=send.request,
+                headers={},
+                traceparent=live.step_traceparent,
+                refused=failure(e.code, e.message),
+            )
+            send.invocation_id = refused.id
+            log.warning(
+                "invocation %s: one-way send to %s/%s refused (invocation %s): %s",
+                live.id,
+                send.service,
+                send.method,
+                refused.id,
+                e.message,
+            )
             return
         if home is not None:
             send.invocation_id = self._invoke_remote(

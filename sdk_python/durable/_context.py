@@ -74,7 +74,12 @@ class Context:
         *,
         delay: datetime.timedelta | float | None = None,
     ) -> None:
-        """Starts another handler without waiting for it, optionally after a delay."""
+        """Starts another handler without waiting for it, optionally after a delay.
+
+        A target that cannot run (no such service or method, a keyed request without
+        its key) does not fail this handler: the broker records the send's invocation
+        as failed at once, with the reason, where `brokerctl invocations` shows it.
+        """
         invoke_at = 0
         if delay is not None and timer_seconds(delay, "a delayed send") > 0:
             invoke_at = self._journaled_clock_ms() + int(seconds(delay) * 1000)

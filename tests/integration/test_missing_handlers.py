@@ -17,13 +17,18 @@ STEPS_MISSING = "benchsvc.Bench/Steps is not implemented: the endpoint at http:/
 
 
 def bench_with_echo_only() -> durable.Service:
-    """benchsvc.Bench with Echo alone; Echo with payload `call` calls Steps itself."""
+    """benchsvc.Bench with Echo alone; Echo with payload `call` calls Steps itself, with
+    `send` sends to Steps and to a service nobody hosts."""
     bench = durable.Service(benchsvc_pb2.DESCRIPTOR.services_by_name["Bench"])
 
     @bench.handler("Echo")
     async def echo(
         ctx: durable.Context, request: benchsvc_pb2.EchoRequest
     ) -> benchsvc_pb2.EchoResponse:
+        if request.payload == b"send":
+            ctx.send("benchsvc.Bench", "Steps", benchsvc_pb2.StepsRequest(steps=1))
+            ctx.send("nope.Nope", "Go", benchsvc_pb2.StepsRequest(steps=1))
+            return benchsvc_pb2.EchoResponse(payload=b"sent")
         if request.payload != b"call":
             return benchsvc_pb2.EchoResponse(payload=request.payload)
         try:
@@ -67,3 +72,26 @@ def test_services_list_only_the_handlers_the_endpoint_has() -> None:
         services = admin.ListServices(admin_pb2.ListServicesRequest(), timeout=30).services
         bench = next(s for s in services if s.name == "benchsvc.Bench")
         assert [h.name for h in bench.handlers] == ["Echo"]
+
+
+def test_a_handlers_send_to_it_is_on_record_as_a_failed_invocation() -> None:
+    with DurableTestEnvironment([bench_with_echo_only()]) as env:
+        stub = benchsvc_pb2_grpc.BenchStub(env.channel())
+        assert stub.Echo(benchsvc_pb2.EchoRequest(payload=b"send"), timeout=30).payload == b"sent"
+        admin = admin_pb2_grpc.AdminStub(env.admin_channel())
+        failed = admin.ListInvocations(
+            admin_pb2.ListInvocationsRequest(outcome=admin_pb2.OUTCOME_FAILED), timeout=30
+        ).invocations
+        by_target = {f"{i.service}/{i.method}": i for i in failed}
+        assert sorted(by_target) == ["benchsvc.Bench/Steps", "nope.Nope/Go"]
+        steps = admin.DescribeInvocation(
+            admin_pb2.DescribeInvocationRequest(invocation_id=by_target["benchsvc.Bench/Steps"].id),
+            timeout=30,
+        )
+        assert steps.invocation.result.failure.code == grpc.StatusCode.UNIMPLEMENTED.value[0]
+        assert steps.invocation.result.failure.message.startswith(STEPS_MISSING)
+        nope = admin.DescribeInvocation(
+            admin_pb2.DescribeInvocationRequest(invocation_id=by_target["nope.Nope/Go"].id),
+            timeout=30,
+        )
+        assert "unknown service nope.Nope" in nope.invocation.result.failure.message

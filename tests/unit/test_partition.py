@@ -403,15 +403,42 @@ def test_delayed_send_starts_when_its_timer_fires() -> None:
     assert list(timer_table.scan(p.kv)) == []
 
 
-def test_send_to_unknown_service_is_dropped() -> None:
+def test_send_to_unknown_service_is_on_record_as_a_failed_invocation() -> None:
     p = make_partition()
     parent_id = start_trip(p)
     propose(p, parent_id, Entry(send=journal_pb2.SendCommand(service="nope.Nope", method="X")))
     found = commit(p)
     assert of_type(found, actions.StartAttempt) == []
-    assert len(p.live) == 1
+    child_id = p.live[parent_id].journal[1].send.invocation_id
+    assert child_id and child_id != parent_id
     assert len(journal.load(p.kv, parent_id)) == 2
-    assert not p.live[parent_id].journal[1].send.invocation_id
+    child = stored(p, child_id)
+    assert (child.service, child.method) == ("nope.Nope", "X")
+    assert child.status == Status.COMPLETED
+    assert child.result.failure.code == codes.UNIMPLEMENTED
+    assert "unknown service nope.Nope" in child.result.failure.message
+    assert child.expires_at_ms > 0
+    assert child_id not in p.live  # nothing left running for it
+    # The caller goes on: its next step is taken as usual.
+    propose(p, parent_id, output())
+    assert answers(commit(p), parent_id) != []
+
+
+def test_send_without_its_key_is_on_record_as_a_failed_invocation() -> None:
+    p = make_partition()
+    parent_id = start_trip(p)
+    send = journal_pb2.SendCommand(
+        service=FLIGHTS, method="Reserve", request=flights_pb2.ReserveRequest().SerializeToString()
+    )
+    propose(p, parent_id, Entry(send=send))
+    commit(p)
+    child = stored(p, p.live[parent_id].journal[1].send.invocation_id)
+    assert child.status == Status.COMPLETED
+    assert child.result.failure.code == codes.INVALID_ARGUMENT
+    assert "missing key" in child.result.failure.message
+    # A keyed target's key lock is neither taken nor left behind.
+    assert not child.exclusive
+    assert p.locks.holder((FLIGHTS, "")) is None
 
 
 # ---- Key locks
