@@ -213,8 +213,49 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                     home,
                     e.invocation_id,
                 )
+                if not e.acknowledged:
+                    return await self._follow_unacknowledged(home, e.invocation_id, context)
                 request = ingress_pb2.AttachRequest(invocation_id=e.invocation_id)
                 return (await self._peers.attach(home, request, _follow_deadline(context))).value
+        raise AssertionError("unreachable")
+
+    async def _follow_unacknowledged(
+        self, home: int, invocation_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> bytes:
+        """Waits for a keyless call whose creation was being appended when its partition
+        stepped down, at the next leader: its answer if the append was stored; if not,
+        UNAVAILABLE (it never ran: safe to send again); if no leader answers in time,
+        UNKNOWN (it may have run)."""
+        request = ingress_pb2.AttachRequest(invocation_id=invocation_id)
+        try:
+            output = await self._peers.attach(home, request, _follow_deadline(context))
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND and not is_outcome(e):
+                # The next leader applied the whole log before serving, and the old
+                # leader's later appends are refused: the creation is not in it.
+                await context.abort(
+                    grpc.StatusCode.UNAVAILABLE,
+                    f"partition {home}: its node stepped down before this call was "
+                    "stored; it did not run: send it again",
+                )
+            if is_outcome(e):
+                # Stored, and it failed: its id goes out with its answer, as acknowledged.
+                await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
+            if not undelivered(e):
+                raise  # the invocation's own outcome, or the caller's deadline
+            reason = f"{e.code().name}: {e.details()}"
+        except Unreachable as e:
+            reason = str(e)
+        else:
+            # It was stored: the id the call would have answered with, as acknowledged.
+            await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
+            return output.value
+        await context.abort(
+            grpc.StatusCode.UNKNOWN,
+            f"partition {home}: its node stepped down while storing this call, and no node "
+            f"answered for it since ({reason}); the call may have run: send calls with an "
+            "idempotency-key header, which are safe to retry",
+        )
         raise AssertionError("unreachable")
 
     async def _forward(

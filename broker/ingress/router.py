@@ -26,7 +26,7 @@ from .. import registry as reg
 from ..core.model import IdempotencyConflict, UnknownInvocation
 from ..core.schedules import KEY_PREFIX as SCHEDULE_KEY_PREFIX
 from ..driver import Driver
-from ..storage import StoreUnavailable
+from ..storage import AppendInDoubt, StoreUnavailable
 
 log = logging.getLogger("broker.ingress")
 
@@ -54,11 +54,16 @@ def is_outcome(error: grpc.aio.AioRpcError) -> bool:
 
 class Moved(Exception):
     """The partition stopped being served here after the invocation was acknowledged:
-    it goes on at the partition's next leader, where the caller can attach to it."""
+    it goes on at the partition's next leader, where the caller can attach to it.
 
-    def __init__(self, invocation_id: str) -> None:
+    Not `acknowledged`: the partition stopped with the invocation's creation being
+    appended to its log, before the caller was told its id; the next leader has it
+    only if that append was stored."""
+
+    def __init__(self, invocation_id: str, acknowledged: bool = True) -> None:
         super().__init__(invocation_id)
         self.invocation_id = invocation_id
+        self.acknowledged = acknowledged
 
 
 _BUILTIN_PREFIXES = ("/grpc.reflection.", "/grpc.health.", "/durable.v1.Ingress/")
@@ -145,7 +150,8 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         Raises:
             Moved: with `follow` (a cluster's front, which attaches at the next leader),
                 when this process stops serving the partition after the invocation id
-                went out.
+                went out, or (a call without an idempotency key) while its creation was
+                being appended.
         """
         if len(body) > self._max_payload:
             await context.abort(
@@ -201,7 +207,14 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
                 # The id is an acknowledgement: hand it out only once the invocation (or
                 # the one this call attached to) is durable, so it still names it after a
                 # crash.
-                await asyncio.shield(durable)
+                try:
+                    await asyncio.shield(durable)
+                except AppendInDoubt:
+                    # Perhaps in the log: a keyless call must not be answered "retry"
+                    # (it could run twice). A key makes sending it again safe.
+                    if follow and not idempotency_key:
+                        raise Moved(invocation_id, acknowledged=False) from None
+                    raise
                 await context.send_initial_metadata(((INVOCATION_ID, invocation_id),))
                 try:
                     # Shielded: a caller that goes away must not cancel the invocation.

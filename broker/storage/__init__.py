@@ -5,10 +5,11 @@ reused), then big-endian, length-prefixed parts so that keys sort the way scans 
 """
 
 from .commit import Batch, Committer
-from .kv import KV, MemoryKV, RocksKV, StorageError, StoreUnavailable, open_kv
+from .kv import KV, AppendInDoubt, MemoryKV, RocksKV, StorageError, StoreUnavailable, open_kv
 
 __all__ = [
     "KV",
+    "AppendInDoubt",
     "Batch",
     "Committer",
     "MemoryKV",

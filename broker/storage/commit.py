@@ -12,7 +12,7 @@ from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Protocol
 
 from . import position
-from .kv import KV, StoreUnavailable
+from .kv import KV, AppendInDoubt, StoreUnavailable
 
 Write = tuple[bytes, bytes | None]
 
@@ -301,14 +301,18 @@ class Committer:
         self, error: StoreUnavailable, group: list[tuple[Batch, asyncio.Future[None]]]
     ) -> None:
         """This node may no longer write: every batch not yet durable fails, and so does
-        every later one; nothing of theirs is applied or carried out."""
+        every later one; nothing of theirs is applied or carried out. The group being
+        appended fails `AppendInDoubt`: its append may have been stored, and the next
+        leader then applies it."""
         self.lost = error
         self.healthy = False
         self.last_error = str(error)
         log.warning("journal writes stop: %s", error)
-        for _, future in [*group, *self._pending]:
+        in_doubt = AppendInDoubt(f"{error} (with this write's append under way)")
+        failures = [(f, in_doubt) for _, f in group] + [(f, error) for _, f in self._pending]
+        for future, failure in failures:
             if not future.done():
-                future.set_exception(error)
+                future.set_exception(failure)
                 # Retrieved here: many of these futures have nobody waiting on them.
                 future.exception()
         self._pending = []

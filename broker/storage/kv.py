@@ -86,6 +86,12 @@ class StoreUnavailable(StorageError):
     """The store is closed: a reopen failed (e.g. on a full disk); `recover` tries again."""
 
 
+class AppendInDoubt(StoreUnavailable):
+    """Cluster mode: this node stopped leading the partition while the write was being
+    appended to its log. The append may have been stored, and then the next leader
+    applies it: the write is neither durable here nor certainly lost."""
+
+
 class RocksKV:
     """RocksDB through rocksdict, in raw (bytes) mode.
 
