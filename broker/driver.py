@@ -36,6 +36,9 @@ from .timers import TimerQueue
 
 log = logging.getLogger("broker")
 
+# A shutdown stops waiting for journal writes that have failed this long (seconds).
+STOP_WRITES_FAILING_S = 3.0
+
 P = ParamSpec("P")
 T = TypeVar("T")
 
@@ -333,4 +336,6 @@ class Driver:
             self.pinning.unpin()
         if self.shipper is not None:
             await self.shipper.close()
-        await self.committer.drain()
+        # Writes failing for that long (a full disk) are given up: they were never
+        # acknowledged, and waiting for room would hang the shutdown.
+        await self.committer.drain(failing_for=STOP_WRITES_FAILING_S)

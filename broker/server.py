@@ -6,7 +6,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from durable.v1 import admin_pb2, admin_pb2_grpc, cluster_pb2_grpc, ingress_pb2, ingress_pb2_grpc
@@ -85,22 +85,24 @@ class GenericOnly:
         """Dropped: the generic handler given with them serves the same methods."""
 
 
-async def add_health(server: grpc.aio.Server | GenericOnly) -> None:
-    """grpc.health.v1, serving."""
-    servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+async def add_health(server: grpc.aio.Server | GenericOnly, servicer: Any = None) -> None:
+    """grpc.health.v1: `servicer` (shared by several servers), or one of its own that
+    always answers SERVING."""
+    if servicer is None:
+        servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        await servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
 
 
 async def ingress_server(
-    max_payload: int, registry: Registry, reuse_port: bool = False
+    max_payload: int, registry: Registry, reuse_port: bool = False, health_servicer: Any = None
 ) -> grpc.aio.Server:
-    """An ingress server with health and reflection over the registered services; the
-    caller adds the ingress's own handlers."""
+    """An ingress server with health (`health_servicer`'s, or always SERVING) and
+    reflection over the registered services; the caller adds the ingress's own handlers."""
     server = grpc.aio.server(
         options=server_options(max_payload, reuse_port), interceptors=[ErrorStatuses()]
     )
-    await add_health(GenericOnly(server))
+    await add_health(GenericOnly(server), health_servicer)
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
@@ -185,6 +187,7 @@ class Broker:
         self.ingress_port = 0
         self.admin_port = 0
         self._servers: list[grpc.aio.Server] = []
+        self._health_updates: list[asyncio.Task[None]] = []
         self._purger: asyncio.Task[None] | None = None
         # Seconds between purges of expired invocations.
         self.purge_interval = max(1.0, min(settings.retention / 4, 60.0))
@@ -309,9 +312,13 @@ class Broker:
             listen.refuse_if_listened(self.settings.ingress)
         servers: list[grpc.aio.Server] = []
         address = self.settings.ingress
+        health_servicer = await self._journal_health() if self.partition.placement.single else None
         for _ in range(count):
             server = await ingress_server(
-                self.settings.max_payload_bytes, self.registry, reuse_port=count > 1
+                self.settings.max_payload_bytes,
+                self.registry,
+                reuse_port=count > 1,
+                health_servicer=health_servicer,
             )
             self._servers.append(server)
             ingress_pb2_grpc.add_IngressServicer_to_server(
@@ -331,6 +338,24 @@ class Broker:
                 address = addresses.with_port(address, port)
             servers.append(server)
         return servers
+
+    async def _journal_health(self) -> Any:
+        """The ingress's grpc.health.v1: NOT_SERVING while journal writes fail (a full
+        disk), when the ingress turns new calls away, so that a load balancer or an
+        orchestrator's probe sees it too; SERVING again once they succeed."""
+        servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await servicer.set("", serving)
+        loop = asyncio.get_running_loop()
+
+        def changed(healthy: bool) -> None:
+            status = serving if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+            # Set in order: the task of a later change runs after an earlier one's.
+            self._health_updates.append(loop.create_task(servicer.set("", status)))
+            self._health_updates = [t for t in self._health_updates if not t.done()]
+
+        self.driver.committer.health_listeners.append(changed)
+        return servicer
 
     async def _bind(self, server: grpc.aio.Server, address: str) -> int:
         return await security.bind(server, address, self.settings.tls_cert, self.settings.tls_key)

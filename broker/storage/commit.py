@@ -93,6 +93,13 @@ class _SyncThread:
 
 # A disk whose last fsync took longer than this (seconds) is never synced on the loop.
 INLINE_SYNC_LIMIT = 0.005
+# How often a bounded `drain` looks at the writes' health.
+_DRAIN_POLL_S = 0.25
+
+
+class _Abandoned(StoreUnavailable):
+    """A failing write given up at shutdown (see `Committer.drain`)."""
+
 
 # Batches cut from the queue together, with the futures their submitters wait on.
 _Group = list[tuple[Batch, asyncio.Future[None]]]
@@ -171,8 +178,28 @@ class Committer:
         self.batches = 0
         self.sync_seconds = 0.0
         # False while writes fail (e.g. a full disk); they are retried until they succeed.
-        self.healthy = True
+        self._healthy = True
+        self._failing_since = 0.0
+        # Set by a shutdown's `drain` that gave up on failing writes.
+        self._abandon = False
+        # Told each change of `healthy`.
+        self.health_listeners: list[Callable[[bool], None]] = []
         self.last_error = ""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last write succeeded (False while writes fail and are retried, or
+        for good once a cluster node lost the partition)."""
+        return self._healthy
+
+    @healthy.setter
+    def healthy(self, value: bool) -> None:
+        if value != self._healthy:
+            self._healthy = value
+            if not value:
+                self._failing_since = time.monotonic()
+            for listener in self.health_listeners:
+                listener(value)
 
     def submit(self, batch: Batch) -> asyncio.Future[None]:
         """Queues `batch`; the future resolves once it is durable and its actions ran."""
@@ -220,10 +247,39 @@ class Committer:
         """Whether nothing is queued or being written (a batch's actions included)."""
         return not self._pending and (self._task is None or self._task.done())
 
-    async def drain(self) -> None:
-        """Waits until nothing is pending."""
+    async def drain(self, failing_for: float | None = None) -> None:
+        """Waits until nothing is pending. With `failing_for`, gives up once writes have
+        failed for that many seconds in a row (a full disk at shutdown): what is still
+        queued was never acknowledged, so its batches fail `StoreUnavailable` and are
+        left unwritten, where waiting would hang the shutdown until the disk has room."""
         while self._task is not None and not self._task.done():
-            await asyncio.shield(self._task)
+            if failing_for is None or self._abandon:
+                await asyncio.shield(self._task)
+                continue
+            if self.healthy:
+                wait = failing_for
+            else:
+                wait = self._failing_since + failing_for - time.monotonic()
+                if wait <= 0:
+                    # The write being retried stops at its next failure.
+                    self._abandon = True
+                    continue
+            # A poll with a bound: health changes inside the task's retries.
+            await asyncio.wait({self._task}, timeout=min(wait, _DRAIN_POLL_S))
+
+    def _fail_unwritten(self, group: _Group, error: StoreUnavailable) -> None:
+        """Fails the group that could not be written and everything queued behind it."""
+        log.error(
+            "stopping with journal writes still failing (%s): the calls and steps queued "
+            "behind them were never acknowledged and are not written",
+            self.last_error,
+        )
+        for _, future in [*group, *self._pending]:
+            if not future.done():
+                future.set_exception(error)
+                future.exception()  # retrieved: most submitters do not wait on it
+        self._pending = []
+        self._in_flight = None
 
     async def _flush_loop(self) -> None:
         if not self._is_quiet() or any(batch.urgent for batch, _ in self._pending):
@@ -244,7 +300,11 @@ class Committer:
                 self._in_flight = group[-1][1]
                 puts = [p for batch, _ in group for p in batch.puts]
                 inline = not any(batch.urgent for batch, _ in group) and self._is_quiet()
-                synced = await self._write_until_durable(puts, inline) if puts else 0.0
+                try:
+                    synced = await self._write_until_durable(puts, inline) if puts else 0.0
+                except _Abandoned as e:
+                    self._fail_unwritten(group, e)
+                    return
             self.groups += 1
             self.batches += len(group)
             if self._observe is not None and (puts or self._log is not None):
@@ -362,6 +422,8 @@ class Committer:
                     log.critical("journal write failed, retrying until it succeeds: %s", e)
                 self.healthy = False
                 self.last_error = str(e)
+                if self._abandon:
+                    raise _Abandoned(f"journal writes failed at shutdown: {e}") from None
                 inline = False  # a failing disk may also hang: keep the loop free
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)

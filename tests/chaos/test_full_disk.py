@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from playground import playground_pb2 as pb
 from trips import trips_pb2
 
@@ -96,10 +97,16 @@ def test_a_full_disk_backs_off_new_work_and_loses_nothing(small_disk: Path, tmp_
         message = wait_for(refused, timeout=30, message="new work to be turned away")
         assert "cannot write its journal" in message
         assert not during.done()
+        # A load balancer's or an orchestrator's probe sees it too.
+        health = health_pb2_grpc.HealthStub(cluster.ingress_channel)
+        request = health_pb2.HealthCheckRequest()
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert health.Check(request, timeout=10).status == not_serving
 
         os.remove(filler)
         after_space = during.result(timeout=90)
         assert after_space.status == "success"
+        assert health.Check(request, timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         assert cluster.trips.Reserve(trips_pb2.ReserveTripRequest(), timeout=30).status == (
             "success"
         )
@@ -109,6 +116,49 @@ def test_a_full_disk_backs_off_new_work_and_loses_nothing(small_disk: Path, tmp_
         trips = cluster.invocations(service="trips.Trips")
         assert len(trips) == 3
         assert all(t.status == 5 and t.result.HasField("value") for t in trips)
+
+
+def test_a_broker_told_to_stop_on_a_full_disk_stops_and_loses_nothing_acknowledged(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # It waited for the disk to have room: SIGTERM was ignored until a SIGKILL.
+    data = small_disk / "broker"
+    args = ["--data-dir", str(data), "--retry-initial", "100ms", "--retry-max", "500ms"]
+    with Cluster(tmp_path / "cluster", broker_args=args) as cluster:
+        before, call = cluster.trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=30)
+        assert before.status == "success"
+        before_id = str(dict(call.initial_metadata())["invocation-id"])
+        filler = _fill(small_disk)
+        stranded = cluster.trips.Reserve.future(trips_pb2.ReserveTripRequest(), timeout=60)
+        health = health_pb2_grpc.HealthStub(cluster.ingress_channel)
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_for(
+            lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status == not_serving,
+            timeout=30,
+            message="the journal's writes to fail",
+        )
+        started = time.monotonic()
+        assert cluster.broker.terminate() == 0  # AssertionError if it had to be killed
+        assert time.monotonic() - started < 10
+        assert "stopping with journal writes still failing" in cluster.broker.log_tail(200)
+        # Its caller hears that the broker went away (if its id went out, the
+        # invocation goes on after the restart, below).
+        with pytest.raises(grpc.RpcError) as failed:
+            stranded.result(timeout=30)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        os.remove(filler)
+        cluster.start_broker()
+        # The acknowledged trip is there as it ended; the rest runs to its end.
+        trips = {t.id: t for t in cluster.invocations(service="trips.Trips")}
+        assert trips[before_id].status == 5 and trips[before_id].result.HasField("value")
+        assert cluster.trips.Reserve(trips_pb2.ReserveTripRequest(), timeout=30).status == (
+            "success"
+        )
+        cluster.wait_for(
+            lambda: all(t.status == 5 for t in cluster.invocations(service="trips.Trips")),
+            message="every trip to complete",
+        )
 
 
 def _use_up_files(disk: Path) -> list[Path]:
