@@ -67,10 +67,22 @@ def cancel(p: PartitionOps, invocation_id: str) -> Invocation:
     return live.record
 
 
-def _to_child(p: PartitionOps, batch: Batch, child_id: str, kind: str) -> Live | None:
-    """The child if it lives here; else the cancel or kill goes to its partition."""
+def _to_child(
+    p: PartitionOps, batch: Batch, parent: Live, index: int, child_id: str, kind: str
+) -> Live | None:
+    """The invocation that `parent`'s call at `index` started, if it lives here; else
+    the cancel or kill goes to its partition.
+
+    None for an invocation the call only joined (a workflow's run that another caller
+    started, found by its key): cancelling or killing the caller ends its own wait, not
+    the run that others started and wait on. (In another partition, a call that joined
+    a run there journaled an id that names no invocation, so the message is ignored.)"""
     if p.placement.local(child_id):
-        return p.live.get(child_id)
+        child = p.live.get(child_id)
+        if child is None:
+            return None
+        caller = child.record.caller
+        return child if (caller.invocation_id, caller.entry_index) == (parent.id, index) else None
     message = cluster_pb2.OutboxMessage()
     getattr(message, kind).invocation_id = child_id
     p.outbox.to_owner(batch, child_id, message)
@@ -96,7 +108,7 @@ def cancel_in(p: PartitionOps, batch: Batch, live: Live) -> None:
         if kind not in commands.AWAITABLE or entry.HasField("result"):
             continue
         if kind == "call":
-            child = _to_child(p, batch, entry.call.invocation_id, "cancel")
+            child = _to_child(p, batch, live, index, entry.call.invocation_id, "cancel")
             if child is not None:
                 cancel_in(p, batch, child)
         p.complete_entry(batch, live, index, cancelled)
@@ -149,9 +161,9 @@ def kill(p: PartitionOps, invocation_id: str) -> Invocation:
 
 def kill_in(p: PartitionOps, batch: Batch, live: Live) -> None:
     """Kills `live` (see `kill`) in `batch`."""
-    for entry in live.journal:
+    for index, entry in enumerate(live.journal):
         if entry.HasField("call") and not entry.HasField("result"):
-            child = _to_child(p, batch, entry.call.invocation_id, "kill")
+            child = _to_child(p, batch, live, index, entry.call.invocation_id, "kill")
             if child is not None:
                 kill_in(p, batch, child)
     p.abandon_attempt(batch, live, "killed")
