@@ -227,8 +227,11 @@ class Partition:
         return done
 
     def find(self, service: str, method: str, key: str, idempotency_key: str) -> str | None:
-        """The invocation bound to an idempotency key (or a workflow's key)."""
-        return self.dedup.find((service, method, key, idempotency_key))
+        """The invocation bound to an idempotency key, or a workflow's run by its key
+        (whatever idempotency key it was submitted with, as a second submission finds
+        it)."""
+        identity = self.dedup.identity(service, method, key, idempotency_key)
+        return None if identity is None else self.dedup.find(identity)
 
     def completed(self, invocation_id: str) -> Result | None:
         """The result of a completed, retained invocation; None otherwise."""

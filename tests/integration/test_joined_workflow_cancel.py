@@ -1,7 +1,9 @@
-"""A handler's call to a workflow's run that is already running joins it (a workflow runs
-once per key). Cancelling or killing that caller ends its own wait only: an attack
-showed it cancelled (or killed) the run itself, which another caller had started and
-waited on, and used up the workflow's key until retention ended."""
+"""A workflow runs once per key: a second submission of its run joins the first.
+
+Cancelling or killing a caller that joined ends its own wait only (an attack showed it
+cancelled, or killed, the run that another caller had started and waited on, and used up
+the workflow's key until retention ended); and the run is found by the idempotency key
+it was submitted with."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import durable
 import grpc
 import pytest
 from durable.testing import DurableTestEnvironment
-from durable.v1 import admin_pb2, admin_pb2_grpc
+from durable.v1 import admin_pb2, admin_pb2_grpc, ingress_pb2, ingress_pb2_grpc
 from playground import playground_pb2 as pg
 from playground import playground_pb2_grpc as pg_grpc
 
@@ -78,3 +80,31 @@ def test_ending_a_caller_that_joined_a_run_leaves_the_run_alone(how: str) -> Non
         assert not env.describe(the_run.id).invocation.cancelled
         signups.Verify(pg.VerifyRequest(user="u", code="1234"), timeout=30)
         assert started.result(timeout=30).text == "first@example.com: 1234"
+
+
+def test_a_run_submitted_with_an_idempotency_key_is_found_by_it() -> None:
+    # A second Run with the same key joined the run, but Attach and GetOutput by that
+    # key answered NOT_FOUND: only an empty idempotency key found it.
+    with DurableTestEnvironment([waiter, signup]) as env:
+        signups = pg_grpc.SignupStub(env.channel())
+        key = (("idempotency-key", "ik"),)
+        started = signups.Run.future(
+            pg.SignupRequest(user="w", email="w@example.com"), metadata=key, timeout=60
+        )
+        wait_for(
+            lambda: env.invocations(service="playground.Signup", method="Run"),
+            timeout=20,
+            message="the workflow's run",
+        )
+        ingress = ingress_pb2_grpc.IngressStub(env.channel())
+        target = ingress_pb2.AttachRequest(
+            idempotent=ingress_pb2.IdempotentTarget(
+                service="playground.Signup", method="Run", key="w", idempotency_key="ik"
+            )
+        )
+        attached = ingress.Attach.future(target, timeout=60)
+        signups.Verify(pg.VerifyRequest(user="w", code="42"), timeout=30)
+        assert started.result(timeout=30).text == "w@example.com: 42"
+        expected = pg.Reply(text="w@example.com: 42").SerializeToString()
+        assert attached.result(timeout=30).value == expected
+        assert ingress.GetOutput(target, timeout=30).value == expected
