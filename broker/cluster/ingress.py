@@ -30,10 +30,10 @@ from .. import codes
 from .. import registry as reg
 from ..ingress import IngressRouter, IngressServicer
 from ..ingress.router import (
-    IDEMPOTENCY_KEY,
     INVOCATION_ID,
     Moved,
     Routes,
+    idempotency_key_of,
     is_outcome,
     status_of,
 )
@@ -185,13 +185,13 @@ class ClusterRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
         self, service: str, method: str, body: bytes, context: grpc.aio.ServicerContext[Any, Any]
     ) -> bytes:
         metadata = forwarded_metadata(context)
-        idempotency_key = next((v for k, v in metadata if k == IDEMPOTENCY_KEY), "")
         try:
+            idempotency_key = idempotency_key_of(metadata)
             key = await self._key(service, method, body)
         except reg.BadRequest as e:
             await context.abort(status_of(e.code), e.message)
             raise AssertionError("unreachable") from None
-        home = self.home(service, method, key, str(idempotency_key))
+        home = self.home(service, method, key, idempotency_key)
         async with relayed_errors(context):
             try:
                 local = self._local.get(home)

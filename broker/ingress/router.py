@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -44,6 +44,23 @@ async def abort_with_outcome(
     """Ends the call with the invocation's failure, marked as its outcome."""
     context.set_trailing_metadata(((OUTCOME, "failure"),))
     await context.abort(status_of(code), message)
+
+
+def idempotency_key_of(metadata: Iterable[tuple[str, Any]]) -> str:
+    """The call's `idempotency-key` ("" without one).
+
+    Raises:
+        reg.BadRequest: INVALID_ARGUMENT when the call carries more than one: which
+            would decide is an accident of ordering, and two orders of the same pair
+            would be two calls.
+    """
+    keys = [v for k, v in metadata if k == IDEMPOTENCY_KEY]
+    if len(keys) > 1:
+        raise reg.BadRequest(
+            codes.INVALID_ARGUMENT,
+            f"{len(keys)} {IDEMPOTENCY_KEY} headers: send one key per call",
+        )
+    return str(keys[0]) if keys else ""
 
 
 def is_outcome(error: grpc.aio.AioRpcError) -> bool:
@@ -171,9 +188,13 @@ class IngressRouter(grpc.GenericRpcHandler):  # type: ignore[type-arg]
             except reg.BadRequest as e:
                 await context.abort(status_of(e.code), e.message)
                 raise AssertionError("unreachable") from None
-        metadata: dict[str, Any] = dict(context.invocation_metadata() or ())
-        headers = {k: v for k, v in metadata.items() if isinstance(v, str)}
-        idempotency_key = headers.get(IDEMPOTENCY_KEY, "")
+        received = context.invocation_metadata() or ()
+        try:
+            idempotency_key = idempotency_key_of(received)
+        except reg.BadRequest as e:
+            await context.abort(status_of(e.code), e.message)
+            raise AssertionError("unreachable") from None
+        headers = {k: v for k, v in received if isinstance(v, str)}
         if idempotency_key.startswith(SCHEDULE_KEY_PREFIX):
             # A caller's key there could take a schedule's coming slot from it.
             await context.abort(

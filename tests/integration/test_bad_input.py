@@ -3,6 +3,7 @@ journaled (ListInvocations counts the same before and after)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -112,6 +113,20 @@ def test_an_idempotency_key_in_the_schedules_namespace_is_invalid_argument(
     error = rejected(cluster, call)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
     assert "'schedule:' are the broker's own" in (error.details() or "")
+
+
+def test_two_idempotency_keys_on_one_call_are_invalid_argument(cluster: Cluster) -> None:
+    # The last one counted: [k1, k2] and [k2, k1] were two invocations of one request.
+    for keys in (("k1", "k2"), ("k2", "k1")):
+        call = functools.partial(
+            cluster.trips.Reserve,
+            trips_pb2.ReserveTripRequest(),
+            metadata=tuple(("idempotency-key", k) for k in keys),
+            timeout=30,
+        )
+        error = rejected(cluster, call)
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        assert error.details() == "2 idempotency-key headers: send one key per call"
 
 
 def test_the_ingress_still_serves_after_rejections(cluster: Cluster) -> None:
