@@ -64,10 +64,34 @@ class Dedup:
     def bind(self, batch: Batch, identity: Identity, invocation_id: str, request: bytes) -> None:
         """Binds the identity to the invocation in `batch`; an idempotency key also
         remembers a digest of the request, so its reuse for another one is refused."""
-        digest = idempotency.request_digest(request) if identity[3] else b""
+        digest = self._digest(identity[0], identity[1], request) if identity[3] else b""
         self._unwritten[identity] = Binding(invocation_id, digest)
         idempotency.put(batch, *identity, invocation_id, digest)
         batch.then(actions.IdentityWritten(identity, invocation_id))
+
+    def same_request(self, bound: Binding, service: str, method: str, request: bytes) -> bool:
+        """Whether `request` is the one the key was first used with. Compared as
+        messages, not bytes: another client's encoding of the same request (fields in
+        another order, a default value written out) is the same request. Rows stored
+        before digests existed have none and match any request; rows stored before
+        digests were of the message hold the digest of the bytes as received."""
+        return not bound.request_digest or bound.request_digest in (
+            self._digest(service, method, request),
+            idempotency.request_digest(request),
+        )
+
+    def _digest(self, service: str, method: str, request: bytes) -> bytes:
+        """The digest of the request as its message, in protobuf's deterministic
+        encoding (the bytes as received when the method or its message is unknown)."""
+        target = self._registry.service(service)
+        handler = target.methods.get(method) if target is not None else None
+        if handler is not None:
+            try:
+                message = handler.input_type.FromString(request)
+                request = message.SerializeToString(deterministic=True)
+            except Exception:  # DecodeError and friends: the body is what it is
+                pass
+        return idempotency.request_digest(request)
 
     def written(self, identity: Identity, invocation_id: str) -> None:
         """The binding is durable: storage answers from now on (a suspended invocation

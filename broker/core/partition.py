@@ -20,7 +20,7 @@ from .. import registry as reg
 from ..cluster.placement import Placement
 from ..config import Settings
 from ..metrics import Metrics
-from ..storage import Batch, idempotency, inbox, invocations, journal, state, timers
+from ..storage import Batch, inbox, invocations, journal, state, timers
 from ..storage import limits as limit_table
 from ..storage.kv import KV
 from . import actions, attempts, commands, entropy, limits, messages, recovery, retries
@@ -171,12 +171,7 @@ class Partition:
         ident = self.dedup.identity(service, method, key, idempotency_key)
         bound = self.dedup.binding(ident) if ident is not None else None
         if bound is not None:
-            # Rows stored before digests existed have none and match any request.
-            if (
-                idempotency_key
-                and bound.request_digest
-                and bound.request_digest != idempotency.request_digest(request)
-            ):
+            if idempotency_key and not self.dedup.same_request(bound, service, method, request):
                 raise IdempotencyConflict(bound.invocation_id)
             return bound.invocation_id
         live = self._create(

@@ -26,7 +26,7 @@ class Binding:
 
 
 def request_digest(request: bytes) -> bytes:
-    """The digest stored with a key: SHA-256 of the request body as received."""
+    """SHA-256 of a request body (`core.dedup` hands it the body re-encoded)."""
     return hashlib.sha256(request).digest()
 
 

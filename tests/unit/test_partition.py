@@ -1084,6 +1084,32 @@ def test_idempotency_key_with_another_request_is_refused() -> None:
     assert [live.id for live in p.listed()] == [first]
 
 
+def test_the_same_request_encoded_another_way_is_the_same_request() -> None:
+    # An attack's client wrote the fields in another order, or a default value out:
+    # the same message, refused as "a different request" because the bytes differed.
+    p = make_partition()
+    first = p.invoke(TRIPS, "Reserve", "", trip_request("a"), {}, idempotency_key="k-1")
+    message = trips_pb2.ReserveTripRequest(run_type="a", amount_cents=100)
+    fields = {f.number: f for f, _ in message.ListFields()}
+    reordered = b"".join(
+        trips_pb2.ReserveTripRequest(
+            **{fields[n].name: getattr(message, fields[n].name)}
+        ).SerializeToString()
+        for n in sorted(fields, reverse=True)
+    )
+    assert reordered != trip_request("a")
+    assert trips_pb2.ReserveTripRequest.FromString(reordered) == message
+    explicit_default = trip_request("a") + b"\x12\x00"  # an empty `from` written out
+    assert trips_pb2.ReserveTripRequest.FromString(explicit_default) == message
+    for body in (reordered, explicit_default):
+        assert p.invoke(TRIPS, "Reserve", "", body, {}, idempotency_key="k-1") == first
+    commit(p)
+    for body in (reordered, explicit_default):
+        assert p.invoke(TRIPS, "Reserve", "", body, {}, idempotency_key="k-1") == first
+    with pytest.raises(IdempotencyConflict):
+        p.invoke(TRIPS, "Reserve", "", trip_request("b"), {}, idempotency_key="k-1")
+
+
 def test_idempotency_digest_survives_recovery_and_old_rows_match_any_request() -> None:
     kv = MemoryKV()
     before = make_partition(kv)
