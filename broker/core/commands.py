@@ -7,6 +7,8 @@ is already resolved, an output that is ready), or None when it completes later.
 
 from __future__ import annotations
 
+import logging
+
 from durable.v1 import journal_pb2
 from durable.wire import awakeable_id
 
@@ -15,6 +17,8 @@ from ..storage import Batch, state, timers
 from . import actions
 from .model import Entry, Live, Result, Status, failure
 from .ports import PartitionOps
+
+log = logging.getLogger("broker.core")
 
 # Entries a handler awaits: the ones a pending cancellation is delivered through.
 AWAITABLE = ("call", "sleep", "awakeable", "get_promise", "attach")
@@ -80,7 +84,10 @@ def apply(p: PartitionOps, batch: Batch, live: Live, index: int, entry: Entry) -
         entry.awakeable.awakeable_id = awakeable_id(live.id, index)
     elif kind == "complete_awakeable":
         c = entry.complete_awakeable
-        p.waits.complete_awakeable(batch, c.awakeable_id, c.completion)
+        why = p.waits.complete_awakeable(batch, c.awakeable_id, c.completion)
+        if why is not None:
+            # Nothing awaits this step's result to be told: the log is where it shows.
+            log.warning("invocation %s step %d: %s; ignored", live.id, index, why[:500])
     elif kind in ("get_promise", "peek_promise", "complete_promise"):
         return _promise(p, batch, live, index, entry)
     elif kind == "attach":

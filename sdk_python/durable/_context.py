@@ -221,15 +221,30 @@ class Context:
         )
 
     def resolve_awakeable(self, awakeable_id: str, value: Any) -> None:
-        """Completes another invocation's awakeable with a JSON-serializable value."""
+        """Completes another invocation's awakeable with a JSON-serializable value.
+
+        Raises:
+            TerminalError: INVALID_ARGUMENT for a string that is no awakeable id. (An id
+                whose awakeable is gone or already completed is ignored, as a late
+                second completion is; the broker logs it.)
+        """
         raw = _serde.encode(value, f"the value for awakeable {awakeable_id}")
         self._complete_awakeable(awakeable_id, Result(value=raw))
 
     def reject_awakeable(self, awakeable_id: str, reason: str) -> None:
-        """Fails another invocation's awakeable: its await raises `TerminalError(reason)`."""
+        """Fails another invocation's awakeable: its await raises `TerminalError(reason)`.
+        Bad ids as for `resolve_awakeable`."""
         self._complete_awakeable(awakeable_id, failure(10, reason))
 
     def _complete_awakeable(self, awakeable_id: str, result: Result) -> None:
+        if wire.parse_awakeable_id(awakeable_id) is None:
+            # Journaled, it would complete nothing and say nothing (the broker cannot
+            # answer a step that awaits no result).
+            raise TerminalError(
+                f"{awakeable_id[:200]!r} is not an awakeable id: ids are what "
+                "ctx.awakeable() returns (awk_...)",
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
         self._runtime.propose(
             Entry(
                 complete_awakeable=journal_pb2.CompleteAwakeableCommand(

@@ -243,6 +243,32 @@ def test_send_is_proposed_without_waiting() -> None:
     assert later.invoke_at_ms >= before + 60000
 
 
+@pytest.mark.parametrize("bad_id", ["not-an-id", "awk_", "awk_aW52X3g6LTE", "inv_x"])
+@pytest.mark.parametrize("how", ["resolve", "reject"])
+def test_completing_something_that_is_no_awakeable_id_is_invalid_argument(
+    bad_id: str, how: str
+) -> None:
+    # It was journaled, completed nothing and said nothing: the handler succeeded.
+    runtime, sent = new_runtime(make_start())
+    ctx = Context(runtime)
+
+    async def handler() -> bytes:
+        if how == "resolve":
+            ctx.resolve_awakeable(bad_id, {"ok": True})
+        else:
+            ctx.reject_awakeable(bad_id, "no")
+        return b"ok"
+
+    asyncio.run(runtime.execute(handler))
+
+    assert kinds(sent) == ["entry", "end"]  # the failed output only: nothing journaled
+    result = sent[0].entry.entry.result
+    assert result.failure.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert result.failure.message == (
+        f"{bad_id!r} is not an awakeable id: ids are what ctx.awakeable() returns (awk_...)"
+    )
+
+
 def test_sleep_proposes_a_timer_and_suspends() -> None:
     runtime, sent = new_runtime(make_start(suspend_after_ms=0))
     ctx = Context(runtime)
