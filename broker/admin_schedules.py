@@ -26,6 +26,7 @@ from .admin_fields import check_payload
 from .core import schedule_times as times
 from .core import schedules
 from .driver import Driver
+from .rendering import pool_of
 from .storage import invocations
 
 log = logging.getLogger("broker.admin")
@@ -101,7 +102,9 @@ class ScheduleAdmin:
             )
         message = method.input_type()
         try:
-            json_format.Parse(request.request_json or "{}", message)
+            json_format.Parse(
+                request.request_json or "{}", message, descriptor_pool=pool_of(message)
+            )
         except json_format.ParseError as e:
             await _abort(
                 context,
@@ -237,8 +240,9 @@ class ScheduleAdmin:
         method = target.methods.get(record.method) if target else None
         if method is not None:
             try:
+                message = method.input_type.FromString(record.request)
                 info.request_json = json_format.MessageToJson(
-                    method.input_type.FromString(record.request), indent=None
+                    message, indent=None, descriptor_pool=pool_of(message)
                 )
             except Exception:  # a changed contract: the bytes are still what fires
                 info.request_json = ""

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
-from google.protobuf import json_format
+from google.protobuf import descriptor_pool, json_format
 from google.protobuf.message import Message
 
 from . import registry as reg
@@ -186,8 +187,27 @@ def as_json(message_type: type[Message], data: bytes) -> str:
     message.DiscardUnknownFields()
     if message.ByteSize() != len(data):
         return ""
-    as_dict = json_format.MessageToDict(message)
+    try:
+        as_dict = to_dict(message)
+    except (TypeError, ValueError):  # an Any of a type no registered file defines
+        return ""
     return json.dumps(as_dict, ensure_ascii=False, separators=(", ", ": "))
+
+
+def to_dict(message: Message, **options: Any) -> dict[str, Any]:
+    """`json_format.MessageToDict` with the message's own descriptor pool, where a
+    `google.protobuf.Any` of the service's own types is found (each deployment's types
+    live in a pool of their own, not in protobuf's default one)."""
+    as_dict: dict[str, Any] = json_format.MessageToDict(
+        message, descriptor_pool=pool_of(message), **options
+    )
+    return as_dict
+
+
+def pool_of(message: Message) -> descriptor_pool.DescriptorPool:
+    """The descriptor pool that defines `message`'s type (for json_format's Any)."""
+    # The C implementation's pool type is a different class with the same interface.
+    return cast(descriptor_pool.DescriptorPool, message.DESCRIPTOR.file.pool)
 
 
 def _method(registry: reg.Registry, service: str, method: str) -> reg.Method | None:

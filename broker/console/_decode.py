@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 
 from durable.v1 import journal_pb2
-from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 
 from ..registry import Registry
+from ..rendering import to_dict
 
 _CODES = {
     0: "OK",
@@ -93,9 +93,12 @@ class Decoder:
             return json_bytes(data)
         try:
             message = kind.FromString(data)
+            as_dict = to_dict(message, preserving_proto_field_name=True)
         except DecodeError:
             return _hex(data)
-        return pretty(json_format.MessageToDict(message, preserving_proto_field_name=True))
+        except (TypeError, ValueError):  # an Any of a type no registered file defines
+            return _hex(data)
+        return pretty(as_dict)
 
     def result(
         self,

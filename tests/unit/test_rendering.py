@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from durable.v1 import invocation_pb2, journal_pb2
 from flights import flights_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import Message
 from trips import trips_pb2
 
 from broker import rendering
 from tests.unit.test_partition import make_registry
 
 Entry = journal_pb2.JournalEntry
+FieldType = descriptor_pb2.FieldDescriptorProto.Type
+Label = descriptor_pb2.FieldDescriptorProto.Label
 Result = journal_pb2.Result
 
 
@@ -63,3 +68,44 @@ def test_render_uses_each_entry_s_method_types() -> None:
         ("", '{"status": "success"}'),
     ]
     assert result_json == '{"status": "success"}'
+
+
+def _types_with_any() -> tuple[type[Message], type[Message]]:
+    """`anyx.Req` (a `google.protobuf.Any` field) and `anyx.Inner`, in a pool of their
+    own: where the broker keeps a deployment's types, not protobuf's default pool."""
+    pool = descriptor_pool.DescriptorPool()
+    pool.AddSerializedFile(any_pb2.DESCRIPTOR.serialized_pb)
+    file = descriptor_pb2.FileDescriptorProto(
+        name="anyx.proto", package="anyx", syntax="proto3", dependency=["google/protobuf/any.proto"]
+    )
+    inner = file.message_type.add(name="Inner")
+    inner.field.add(name="units", number=1, type=FieldType.TYPE_INT64, label=Label.LABEL_OPTIONAL)
+    req = file.message_type.add(name="Req")
+    req.field.add(
+        name="extra",
+        number=1,
+        type=FieldType.TYPE_MESSAGE,
+        type_name=".google.protobuf.Any",
+        label=Label.LABEL_OPTIONAL,
+    )
+    pool.Add(file)
+    return (
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("anyx.Req")),
+        message_factory.GetMessageClass(pool.FindMessageTypeByName("anyx.Inner")),
+    )
+
+
+def test_an_any_of_the_services_own_type_renders() -> None:
+    # describe, export and the console's invocation page failed on it: "Can not find
+    # message descriptor by type_url: type.googleapis.com/anyx.Inner".
+    req_type, inner_type = _types_with_any()
+    request: Any = req_type()
+    request.extra.Pack(inner_type(units=7))
+    data = request.SerializeToString()
+    expected = {"extra": {"@type": "type.googleapis.com/anyx.Inner", "units": "7"}}
+    assert json.loads(rendering.as_json(req_type, data)) == expected
+    # An Any of a type no registered file defines is shown as not renderable.
+    unknown: Any = req_type()
+    unknown.extra.type_url = "type.googleapis.com/nowhere.Gone"
+    unknown.extra.value = b"\x08\x01"
+    assert rendering.as_json(req_type, unknown.SerializeToString()) == ""
