@@ -16,7 +16,7 @@ CHECK_TIMEOUT_S = 300.0
 
 def register(stub: Any, args: argparse.Namespace, timeout: float) -> tuple[Any, str]:
     """Registers an endpoint; with ``--check``, only if recorded journals replay on it."""
-    req = admin_pb2.RegisterDeploymentRequest(uri=args.uri, check=args.check)
+    req = admin_pb2.RegisterDeploymentRequest(uri=args.uri, check=args.check, force=args.force)
     wait = max(timeout, CHECK_TIMEOUT_S) if args.check else timeout
     resp: admin_pb2.Deployment = stub.RegisterDeployment(req, timeout=wait)
     human = fmt.format_deployment(resp)

@@ -25,6 +25,7 @@ from durable.v1 import (
     protocol_pb2,
 )
 from durable.wire import parse_awakeable_id
+from google.protobuf import descriptor_pb2
 
 from . import (
     admin_limits,
@@ -85,10 +86,16 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         try:
             if request.check_only:
                 uri = registration.canonical_uri(request.uri)
-                checked = await self._check(uri, await registration.discover(self._invoker, uri))
+                discovered = await registration.discover(self._invoker, uri)
+                checked = await self._check(uri, discovered) if request.check else 0
+                if not request.force:
+                    self._refuse_in_place_change(uri, discovered.files)
                 return admin_pb2.Deployment(uri=uri, checked_journals=checked)
             record, checked = await self._register(
-                request.uri, check=request.check, wanted_id=request.deployment_id
+                request.uri,
+                check=request.check,
+                wanted_id=request.deployment_id,
+                force=request.force,
             )
         except registration.Refused as e:
             await context.abort(e.code, e.message)
@@ -108,7 +115,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         return answer
 
     async def _register(
-        self, raw_uri: str, check: bool = False, wanted_id: str = ""
+        self, raw_uri: str, check: bool = False, wanted_id: str = "", force: bool = False
     ) -> tuple[reg.Deployment, int]:
         """Discovers, checks and durably registers the endpoint at `raw_uri`; with
         `check`, only once recorded journals replay against it (`broker.deploy_check`).
@@ -118,10 +125,13 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             raw_uri: The endpoint's address as given.
             check: Replay recorded journals against it first.
             wanted_id: The id a cluster's front decided on (partition 0's), or "".
+            force: Replace the URI's deployment even if `_refuse_in_place_change` would
+                refuse.
 
         Raises:
             registration.Refused: with the status to answer (see `broker.registration`);
-                FAILED_PRECONDITION listing the divergences a check found.
+                FAILED_PRECONDITION listing the divergences a check found, or for a
+                contract changed under invocations in flight.
         """
         registration.check_wanted_id_form(wanted_id)
         uri = registration.canonical_uri(raw_uri)
@@ -130,6 +140,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         # One registration or removal at a time: two of the same URI must not both
         # decide that it is new.
         async with self._deployments_lock:
+            if not force:
+                self._refuse_in_place_change(uri, discovered.files)
             existing = self._registry.by_uri(uri)
             # A URI registered again after its deployment was removed takes the old id
             # back, so that invocations still pinned to it (a forced removal) resume.
@@ -179,6 +191,36 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             self._retry_pinned(record.id)
         log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
         return record, checked
+
+    def _refuse_in_place_change(self, uri: str, files: descriptor_pb2.FileDescriptorSet) -> None:
+        """Refuses to replace the URI's deployment with one whose .proto files differ
+        while invocations pinned to it are in flight: they would resume on code of
+        another contract (a field's type changed: its journaled values read as another
+        type, silently), where the design has them finish on the deployment they began
+        on.
+
+        Raises:
+            registration.Refused: FAILED_PRECONDITION naming them and the ways out.
+        """
+        existing = self._registry.by_uri(uri)
+        if existing is None or existing.files == files:
+            return
+        pinned = [
+            live.id
+            for live in self._partition.listed()
+            if live.record.deployment_id == existing.id and live.record.status != Status.COMPLETED
+        ]
+        if not pinned:
+            return
+        shown = ", ".join(pinned[:5]) + (f" and {len(pinned) - 5} more" if len(pinned) > 5 else "")
+        raise registration.Refused(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"the endpoint at {uri} now serves other .proto files than its deployment "
+            f"{existing.id}, and {len(pinned)} invocation(s) in flight run on that "
+            f"deployment ({shown}): they would resume on code of another contract. "
+            "Register the new version at another address (they finish on the old one; "
+            "remove it once they have), or register with --force to replace it in place",
+        )
 
     async def _check(self, uri: str, discovered: protocol_pb2.DiscoverResponse) -> int:
         """Replays this partition's recorded journals against the endpoint; returns how

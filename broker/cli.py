@@ -494,6 +494,13 @@ _VERBS = (
                 "hosts; refuse (FAILED_PRECONDITION, nothing registered) listing every "
                 "divergence: invocation, entry index, recorded and new command",
             ),
+            _arg(
+                "--force",
+                action="store_true",
+                help="replace the URI's deployment in place even though its .proto files "
+                "changed while invocations pinned to it are in flight (they then replay on "
+                "the new code); refused without it",
+            ),
         ),
     ),
     _Verb("deployments", "list", "list registered deployments", _list_deployments),

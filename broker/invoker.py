@@ -157,6 +157,12 @@ class Invoker:
         """The (cached) stub for an endpoint."""
         return self._streams.stub(uri)
 
+    def new_channel(self, uri: str) -> grpc.aio.Channel:
+        """A channel of its own to an endpoint, which the caller closes: one that knows
+        nothing of earlier failures (a registration right after the endpoint restarted
+        must not wait out the cached channel's reconnect backoff)."""
+        return self._streams.new_channel(uri, fresh=True)
+
     @property
     def in_flight(self) -> int:
         """How many attempts are running now."""

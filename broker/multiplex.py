@@ -36,6 +36,8 @@ log = logging.getLogger("broker.invoker")
 # A receiver gets each message the endpoint sends for its attempt, or a string saying
 # why the stream ended underneath it.
 Receiver = Callable[[protocol_pb2.InvokeResponse | str], None]
+# An endpoint channel's reconnect backoff, first and most (milliseconds).
+RECONNECT_BACKOFF_MS = (200, 2000)
 
 
 class Linger:
@@ -235,17 +237,29 @@ class Streams:
         """The (cached) stub for an endpoint."""
         stub = self._stubs.get(uri)
         if stub is None:
-            channel = grpc.aio.insecure_channel(
-                endpoint_address(uri),
-                options=[
-                    ("grpc.max_receive_message_length", self._max_message_bytes),
-                    ("grpc.max_send_message_length", self._max_message_bytes),
-                ],
-            )
+            channel = self.new_channel(uri)
             self._channels.append(channel)
             stub = protocol_pb2_grpc.ServiceEndpointStub(channel)
             self._stubs[uri] = stub
         return stub
+
+    def new_channel(self, uri: str, fresh: bool = False) -> grpc.aio.Channel:
+        """A channel of its own to an endpoint (the caller closes it). `fresh`: with
+        connections of its own too (gRPC shares them, and their reconnect backoff,
+        between channels of the same address and options)."""
+        return grpc.aio.insecure_channel(
+            endpoint_address(uri),
+            options=[
+                *([("grpc.use_local_subchannel_pool", 1)] if fresh else []),
+                ("grpc.max_receive_message_length", self._max_message_bytes),
+                ("grpc.max_send_message_length", self._max_message_bytes),
+                # gRPC backs reconnects off up to 120 s: an endpoint restarted after an
+                # outage of minutes then waited that long for its invocations to reach
+                # it. Endpoints are near, and a connect is cheap.
+                ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[0]),
+                ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS[1]),
+            ],
+        )
 
     def connection(self, deployment_id: str, uri: str) -> Connection:
         """The deployment's multiplexed stream, opened anew if the last one ended."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 
 import grpc
-from durable.v1 import protocol_pb2
+from durable.v1 import protocol_pb2, protocol_pb2_grpc
 
 from . import endpoint_uri
 from .invoker import Invoker
@@ -64,8 +64,10 @@ async def discover(invoker: Invoker, uri: str) -> protocol_pb2.DiscoverResponse:
         Refused: UNAVAILABLE when it cannot be reached or refuses the call,
             FAILED_PRECONDITION when its answer breaks the protocol.
     """
+    channel = invoker.new_channel(uri)
     try:
-        reply: protocol_pb2.DiscoverResponse | None = await invoker.stub(uri).Discover(  # type: ignore[misc]
+        stub = protocol_pb2_grpc.ServiceEndpointStub(channel)
+        reply: protocol_pb2.DiscoverResponse | None = await stub.Discover(
             protocol_pb2.DiscoverRequest(), timeout=DISCOVER_TIMEOUT_S, metadata=invoker.metadata
         )
     except grpc.aio.AioRpcError as e:
@@ -79,6 +81,8 @@ async def discover(invoker: Invoker, uri: str) -> protocol_pb2.DiscoverResponse:
             grpc.StatusCode.UNAVAILABLE,
             f"cannot discover the endpoint at {uri}: {e.code().name}: {e.details()}",
         ) from None
+    finally:
+        await channel.close(None)
     return check_reply(uri, reply)
 
 

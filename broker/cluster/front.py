@@ -265,11 +265,14 @@ class AdminFront:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "deployment_id is set by the broker's front itself; leave it empty",
             )
-        # With `check`, every partition first replays its own journals without
-        # registering: a refusal by any leaves the deployment registered nowhere.
+        # Every partition first checks without registering (its own journals replay,
+        # with `check`; its invocations in flight keep their contract, unless `force`):
+        # a refusal by any leaves the deployment registered nowhere.
         checked = 0
-        if request.check:
-            only = admin_pb2.RegisterDeploymentRequest(uri=request.uri, check=True, check_only=True)
+        if request.check or not request.force:
+            only = admin_pb2.RegisterDeploymentRequest(
+                uri=request.uri, check=request.check, check_only=True, force=request.force
+            )
             results = await asyncio.gather(
                 *(
                     self.partitions.call(
@@ -284,6 +287,14 @@ class AdminFront:
                 return_exceptions=True,
             )
             refusals = [r for r in results if isinstance(r, BaseException)]
+            if not request.check:
+                # The in-place check alone: a partition out of reach now cannot refuse
+                # (the repair registers the deployment there once it is back).
+                refusals = [
+                    r
+                    for r in refusals
+                    if isinstance(r, Failed) and r.code == grpc.StatusCode.FAILED_PRECONDITION
+                ]
             if refusals:
                 # Every partition's divergences, not only the first one's.
                 failed = [r for r in refusals if isinstance(r, Failed)]
@@ -296,7 +307,10 @@ class AdminFront:
                 for r in results
                 if isinstance(r, bytes)
             )
+            # Decided: a pinned invocation that started meanwhile must not leave the
+            # deployment registered on some partitions only.
             request.check = False
+            request.force = True
             body = request.SerializeToString()
         # Partition 0 decides the id (new, the URI's, or a removed deployment's), so
         # that every partition knows the deployment by one id.

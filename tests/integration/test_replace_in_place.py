@@ -1,0 +1,123 @@
+"""Registering an endpoint's URI again replaces its deployment in place. When the new
+code serves other .proto files while invocations pinned to the deployment are in flight,
+that is refused unless forced: an attack swapped in a contract whose field changed type
+under two suspended invocations, which resumed on it and answered with the caller's value
+silently gone. (The design has invocations finish on the deployment they began on.)"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from durable.v1 import admin_pb2
+from playground import playground_pb2 as pg
+from playground import playground_pb2_grpc as pg_grpc
+
+from tests import support
+from tests.integration.test_brokerctl import brokerctl
+from tests.integration.test_brokerctl import ok_json as brokerctl_json
+from tests.support import Cluster
+
+PLAYGROUND = ["-m", "services.playground", "--listen"]
+BENCH = ["-m", "bench.service", "--listen"]
+
+
+def _serve(what: list[str], address: str, log: Path) -> support.Process:
+    process = support.Process(what[1], [support.PYTHON, *what, address], log)
+    process.start()
+    support.wait_healthy(address, time.monotonic() + support.STARTUP_TIMEOUT_S, process)
+    return process
+
+
+@pytest.fixture(params=[[], ["--workers", "2", "--partitions", "4"]], ids=["embedded", "workers"])
+def swapped(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Cluster, str, support.Process]]:
+    """A broker (embedded, or with workers: every partition is asked before any
+    registers); the playground's Waiter/Sleep sleeping on it for a minute, then the
+    playground's endpoint SIGKILLed and another contract (the bench service) started at
+    the same address."""
+    with Cluster(tmp_path / "cluster", broker_args=request.param, services=()) as cluster:
+        address = f"127.0.0.1:{support.free_port()}"
+        old = _serve(PLAYGROUND, address, tmp_path / "playground.log")
+        try:
+            cluster.register(f"http://{address}")
+            waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
+            # Kept: a call's future that is dropped cancels the call.
+            call = waiter.Sleep.future(pg.SleepRequest(millis=60_000), timeout=5)
+            cluster.wait_for(
+                lambda: [
+                    i
+                    for i in cluster.invocations(service="playground.Waiter")
+                    if i.deployment_id and cluster.journal_entries(i.id, "sleep")
+                ],
+                message="the sleep to start",
+            )
+        finally:
+            old.kill()
+            call.cancel()
+        new = _serve(BENCH, address, tmp_path / "bench.log")
+        try:
+            yield cluster, f"http://{address}", new
+        finally:
+            new.terminate()
+
+
+def test_a_changed_contract_under_invocations_in_flight_is_refused(
+    swapped: tuple[Cluster, str, support.Process],
+) -> None:
+    cluster, uri, _ = swapped
+    before = cluster.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
+    refused = brokerctl(cluster.admin_address, "deployments", "register", uri)
+    assert refused.returncode != 0
+    assert "FAILED_PRECONDITION" in refused.stderr
+    assert f"the endpoint at {uri} now serves other .proto files than its deployment" in (
+        refused.stderr
+    )
+    assert "1 invocation(s) in flight run on that deployment (inv_" in refused.stderr
+    assert "register with --force to replace it in place" in refused.stderr
+    after = cluster.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
+    assert after == before  # nothing changed
+
+    forced = brokerctl_json(cluster.admin_address, "deployments", "register", uri, "--force")
+    assert forced["services"] == ["benchsvc.Bench", "benchsvc.Counter"]
+
+
+def test_the_same_contract_or_nothing_in_flight_replaces_in_place(tmp_path: Path) -> None:
+    with Cluster(tmp_path / "cluster", services=()) as cluster:
+        address = f"127.0.0.1:{support.free_port()}"
+        uri = f"http://{address}"
+        first = _serve(PLAYGROUND, address, tmp_path / "first.log")
+        try:
+            registered = cluster.register(uri)
+            waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
+            call = waiter.Sleep.future(pg.SleepRequest(millis=60_000), timeout=5)
+            cluster.wait_for(
+                lambda: [
+                    i for i in cluster.invocations(service="playground.Waiter") if i.status == 3
+                ],
+                message="the sleep to suspend",
+            )
+            call.cancel()
+            # The same code restarted: its contract is the same, in flight or not.
+            first.kill()
+            first = _serve(PLAYGROUND, address, tmp_path / "first.log")
+            again = brokerctl_json(cluster.admin_address, "deployments", "register", uri)
+            assert again["id"] == registered.id
+        finally:
+            first.kill()
+        # Nothing pinned to it in flight once its invocations ended: replaced in place.
+        for invocation in cluster.invocations(service="playground.Waiter"):
+            cluster.kill(invocation.id)
+        other = _serve(BENCH, address, tmp_path / "other.log")
+        try:
+            replaced = brokerctl_json(cluster.admin_address, "deployments", "register", uri)
+            assert replaced["id"] == registered.id
+            assert replaced["services"] == ["benchsvc.Bench", "benchsvc.Counter"]
+        finally:
+            other.terminate()
+        with pytest.raises(grpc.RpcError):
+            waiter.Sleep(pg.SleepRequest(millis=1), timeout=5)
