@@ -159,6 +159,35 @@ def test_names_the_generated_module_cannot_hold_are_refused_by_name(project: Pat
     )
 
 
+def test_streaming_methods_and_keyword_directories_are_refused_by_name(project: Path) -> None:
+    # Both exited 0: a streaming method got a unary client and servicer (serve then died
+    # with a traceback, or the broker refused the service), and `acme/import/v1.proto`
+    # made `from acme.import import v1_pb2`, a SyntaxError.
+    (project / "proto" / "feed").mkdir()
+    (project / "proto" / "feed" / "feed.proto").write_text(
+        'syntax = "proto3";\npackage feed;\n'
+        "service Feed { rpc Watch(Q) returns (stream Q); rpc Get(Q) returns (Q);"
+        " rpc Push(stream Q) returns (Q); }\n"
+        "message Q { string a = 1; }\n"
+    )
+    result = codegen(project, "-I", "proto", "--out", "gen", "proto/feed/feed.proto")
+    assert result.returncode == 1
+    assert "method Feed.Watch streams; durable handlers are unary" in result.stderr
+    assert "method Feed.Push streams" in result.stderr and "Feed.Get" not in result.stderr
+    assert not (project / "gen" / "feed" / "feed_durable.py").exists()
+
+    (project / "proto" / "acme" / "import").mkdir(parents=True)
+    (project / "proto" / "acme" / "import" / "v1.proto").write_text(
+        'syntax = "proto3";\npackage acme.v1;\n'
+        "service Orders { rpc Get(Q) returns (Q); }\nmessage Q { string a = 1; }\n"
+    )
+    result = codegen(project, "-I", "proto", "--out", "gen", "proto/acme/import/v1.proto")
+    assert result.returncode == 1
+    assert "its Python module would be acme.import.v1_pb2, and 'import' is a Python keyword" in (
+        result.stderr
+    )
+
+
 def test_file_names_with_dashes_and_dots_put_every_module_where_protoc_puts_pb2(
     project: Path,
 ) -> None:

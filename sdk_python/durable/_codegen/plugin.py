@@ -186,6 +186,13 @@ def _problems(target: descriptor_pb2.FileDescriptorProto) -> list[str]:
     `send()`; services `X` and `XSend` both made `XSendClient`)."""
     out: list[str] = []
     classes: dict[str, str] = {}
+    module = _module_of(target.name)
+    bad = [part for part in module.split(".") if keyword.iskeyword(part)]
+    if bad:
+        out.append(
+            f"its Python module would be {module}, and {bad[0]!r} is a Python keyword "
+            "(no import statement can name it): rename that directory or file"
+        )
     for service in target.service:
         for suffix in ("Client", "SendClient", "Servicer"):
             name = service.name + suffix
@@ -196,6 +203,12 @@ def _problems(target: descriptor_pb2.FileDescriptorProto) -> list[str]:
                 )
             classes[name] = service.name
         for m in service.method:
+            if m.client_streaming or m.server_streaming:
+                out.append(
+                    f"method {service.name}.{m.name} streams; durable handlers are unary (a "
+                    "broker refuses to register a service with a streaming method): move it "
+                    "to a service that is not served through the broker"
+                )
             if keyword.iskeyword(m.name) or m.name in _MEMBERS or m.name.startswith("__"):
                 out.append(
                     f"method {service.name}.{m.name}: {m.name!r} is a Python keyword or a "
@@ -208,7 +221,7 @@ def _problems(target: descriptor_pb2.FileDescriptorProto) -> list[str]:
                         f"method {service.name}.{m.name} uses message {t.lstrip('.')}, whose "
                         f"name {leaf!r} is a Python keyword; rename the message"
                     )
-    return out
+    return list(dict.fromkeys(out))  # a message used both ways is named once
 
 
 def main() -> None:
