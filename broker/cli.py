@@ -663,7 +663,8 @@ _VERBS = (
         "resolve",
         "resolve a workflow's durable promise",
         _resolve_promise,
-        (*_PROMISE_POSITIONALS, _json_positional(optional=True)),
+        # Required (`null` for none): optional, a forgotten NAME took the value's place.
+        (*_PROMISE_POSITIONALS, _json_positional(optional=False)),
     ),
     _Verb(
         "promises",

@@ -748,7 +748,7 @@ def test_promise_resolve_and_reject(playground: Playground) -> None:
     (entry,) = _entries(described, "get_promise")
     assert entry["result"]["value_json"] == "c-7"
 
-    again = brokerctl(admin, "promises", "resolve", "playground.Signup", user, "verified")
+    again = brokerctl(admin, "promises", "resolve", "playground.Signup", user, "verified", "null")
     assert again.returncode == 1
     assert again.stderr.startswith("error: FAILED_PRECONDITION:")
 
@@ -764,6 +764,10 @@ def test_promise_resolve_and_reject(playground: Playground) -> None:
         call.result(timeout=60)
     assert "spam address" in (failed.value.details() or "")
 
+    # NAME forgotten: the value is not taken for the name (it was, resolving '"c-8"' with null).
+    forgot = brokerctl(admin, "promises", "resolve", "playground.Signup", user, '"c-8"')
+    assert forgot.returncode == 2
+    assert "the following arguments are required: JSON" in forgot.stderr
     not_workflow = brokerctl(admin, "promises", "resolve", "playground.Counter", "k", "p", "1")
     assert not_workflow.returncode == 1
     assert not_workflow.stderr.startswith("error: NOT_FOUND:")
