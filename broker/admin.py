@@ -25,13 +25,13 @@ from durable.v1 import (
     protocol_pb2,
 )
 from durable.wire import parse_awakeable_id
-from google.protobuf import descriptor_pb2
 
 from . import (
     admin_limits,
     admin_paging,
     admin_query,
     codes,
+    contract_change,
     deploy_check,
     endpoint_uri,
     registration,
@@ -89,7 +89,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 discovered = await registration.discover(self._invoker, uri)
                 checked = await self._check(uri, discovered) if request.check else 0
                 if not request.force:
-                    self._refuse_in_place_change(uri, discovered.files)
+                    self._refuse_in_place_change(uri, discovered)
                 return admin_pb2.Deployment(uri=uri, checked_journals=checked)
             record, checked = await self._register(
                 request.uri,
@@ -141,7 +141,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         # decide that it is new.
         async with self._deployments_lock:
             if not force:
-                self._refuse_in_place_change(uri, discovered.files)
+                self._refuse_in_place_change(uri, discovered)
             existing = self._registry.by_uri(uri)
             # A URI registered again after its deployment was removed takes the old id
             # back, so that invocations still pinned to it (a forced removal) resume.
@@ -192,34 +192,57 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
         return record, checked
 
-    def _refuse_in_place_change(self, uri: str, files: descriptor_pb2.FileDescriptorSet) -> None:
-        """Refuses to replace the URI's deployment with one whose .proto files differ
-        while invocations pinned to it are in flight: they would resume on code of
-        another contract (a field's type changed: its journaled values read as another
-        type, silently), where the design has them finish on the deployment they began
-        on.
+    def _refuse_in_place_change(self, uri: str, discovered: protocol_pb2.DiscoverResponse) -> None:
+        """Refuses to replace the URI's deployment with code that changes the contract
+        of a handler whose invocations pinned to it are in flight: they would resume on
+        it (a field whose type changed reads their journaled values as another type,
+        silently), where the design has them finish on the deployment they began on.
+        What counts is the wire contract (`broker.contract_change`), not file layout.
 
         Raises:
             registration.Refused: FAILED_PRECONDITION naming them and the ways out.
         """
         existing = self._registry.by_uri(uri)
-        if existing is None or existing.files == files:
+        if existing is None or existing.files == discovered.files:
             return
         pinned = [
-            live.id
+            live.record
             for live in self._partition.listed()
             if live.record.deployment_id == existing.id and live.record.status != Status.COMPLETED
         ]
         if not pinned:
             return
-        shown = ", ".join(pinned[:5]) + (f" and {len(pinned) - 5} more" if len(pinned) > 5 else "")
+        try:
+            replacement = self._registry.prepare(
+                reg.Deployment(
+                    id=existing.id,
+                    uri=uri,
+                    services=list(discovered.services),
+                    files=discovered.files,
+                    missing_handlers=list(discovered.missing_handlers),
+                )
+            )
+        except (reg.ProtocolViolation, reg.RegistrationError):
+            return  # refused as it is, by the registration itself
+        handlers = [(r.service, r.method) for r in pinned]
+        changes = contract_change.changed(
+            self._registry, existing.id, replacement.services, handlers
+        )
+        if not changes:
+            return
+        affected = [
+            r.id for r in pinned if any(c.startswith(f"{r.service}/{r.method}") for c in changes)
+        ]
+        shown = ", ".join(affected[:5])
+        if len(affected) > 5:
+            shown += f" and {len(affected) - 5} more"
         raise registration.Refused(
             grpc.StatusCode.FAILED_PRECONDITION,
-            f"the endpoint at {uri} now serves other .proto files than its deployment "
-            f"{existing.id}, and {len(pinned)} invocation(s) in flight run on that "
-            f"deployment ({shown}): they would resume on code of another contract. "
-            "Register the new version at another address (they finish on the old one; "
-            "remove it once they have), or register with --force to replace it in place",
+            f"the endpoint at {uri} changes the contract of handlers with invocations in "
+            f"flight on its deployment {existing.id} ({'; '.join(changes)}): "
+            f"{len(affected)} invocation(s) ({shown}) would resume on it. Register the new "
+            "version at another address (they finish on the old one; remove it once they "
+            "have), or register with --force to replace it in place",
         )
 
     async def _check(self, uri: str, discovered: protocol_pb2.DiscoverResponse) -> int:

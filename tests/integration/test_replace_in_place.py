@@ -74,10 +74,10 @@ def test_a_changed_contract_under_invocations_in_flight_is_refused(
     refused = brokerctl(cluster.admin_address, "deployments", "register", uri)
     assert refused.returncode != 0
     assert "FAILED_PRECONDITION" in refused.stderr
-    assert f"the endpoint at {uri} now serves other .proto files than its deployment" in (
+    assert f"the endpoint at {uri} changes the contract of handlers with invocations in " in (
         refused.stderr
     )
-    assert "1 invocation(s) in flight run on that deployment (inv_" in refused.stderr
+    assert "(playground.Waiter/Sleep is gone): 1 invocation(s) (inv_" in refused.stderr
     assert "register with --force to replace it in place" in refused.stderr
     after = cluster.admin.ListDeployments(admin_pb2.ListDeploymentsRequest(), timeout=10)
     assert after == before  # nothing changed
