@@ -189,7 +189,7 @@ def as_json(message_type: type[Message], data: bytes) -> str:
         return ""
     try:
         as_dict = to_dict(message)
-    except (TypeError, ValueError):  # an Any of a type no registered file defines
+    except Exception:  # an Any of a type nobody defines, or whose value does not parse
         return ""
     return json.dumps(as_dict, ensure_ascii=False, separators=(", ", ": "))
 

@@ -96,7 +96,7 @@ class Decoder:
             as_dict = to_dict(message, preserving_proto_field_name=True)
         except DecodeError:
             return _hex(data)
-        except (TypeError, ValueError):  # an Any of a type no registered file defines
+        except Exception:  # an Any of a type nobody defines, or whose value does not parse
             return _hex(data)
         return pretty(as_dict)
 

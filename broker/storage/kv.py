@@ -269,7 +269,12 @@ class RocksKV:
             # E.g. a full disk: what was acknowledged was fsynced already.
             log.error("cannot fsync the journal on close (unacknowledged writes are lost): %s", e)
         finally:
-            db.close()
+            try:
+                db.close()
+            except Exception as e:
+                # Closing flushes the memtable to a table file, which a full disk
+                # refuses: the WAL holds those writes, and the next open replays it.
+                log.error("closing the journal store: %s (its log keeps the writes)", e)
             self._mark.close(sequence)
 
 

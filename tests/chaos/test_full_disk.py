@@ -161,6 +161,23 @@ def test_a_broker_told_to_stop_on_a_full_disk_stops_and_loses_nothing_acknowledg
         )
 
 
+def test_a_broker_whose_disk_filled_while_idle_stops_cleanly(
+    small_disk: Path, tmp_path: Path
+) -> None:
+    # Closing flushes the memtable to a table file: on a full disk that failed and the
+    # broker exited 1, "broker failed: IO error: No space left on device".
+    data = small_disk / "broker"
+    with Cluster(tmp_path / "cluster", broker_args=["--data-dir", str(data)]) as cluster:
+        before = cluster.trips.Reserve(trips_pb2.ReserveTripRequest(), timeout=30)
+        assert before.status == "success"
+        filler = _fill(small_disk)
+        assert cluster.broker.terminate() == 0
+        os.remove(filler)
+        cluster.start_broker()
+        trips = cluster.invocations(service="trips.Trips")
+        assert [t.status for t in trips] == [5]
+
+
 def _use_up_files(disk: Path) -> list[Path]:
     """Creates empty files until no more fit; returns them."""
     made: list[Path] = []

@@ -109,3 +109,8 @@ def test_an_any_of_the_services_own_type_renders() -> None:
     unknown.extra.type_url = "type.googleapis.com/nowhere.Gone"
     unknown.extra.value = b"\x08\x01"
     assert rendering.as_json(req_type, unknown.SerializeToString()) == ""
+    # Nor one of a known type whose value does not parse (describe failed UNKNOWN).
+    corrupt: Any = req_type()
+    corrupt.extra.type_url = "type.googleapis.com/anyx.Inner"
+    corrupt.extra.value = b"\xff\xff\xff"
+    assert rendering.as_json(req_type, corrupt.SerializeToString()) == ""
