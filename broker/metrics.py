@@ -21,6 +21,19 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+# Distinct label values kept per series family; later ones are counted as OTHER. Service
+# names come from registrations, but a handler may send to any name (refused, and
+# counted): /metrics must not grow with every name someone makes up.
+MAX_LABELS = 1000
+OTHER = "(other)"
+
+
+def escape_label(value: str) -> str:
+    """A label value escaped as the exposition format wants (backslash, double quote,
+    line feed), so that no value can end its label or line early."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     """Cumulative buckets, a sum and a count, per label value."""
 
@@ -33,6 +46,8 @@ class Histogram:
 
     def observe(self, value: float, label: str = "") -> None:
         """Records one observation."""
+        if label not in self.counts and len(self.counts) >= MAX_LABELS:
+            label = OTHER
         self.counts[label][bisect.bisect_left(self.buckets, value)] += 1
         self.sums[label] += value
 
@@ -40,7 +55,7 @@ class Histogram:
         """The histogram's exposition lines."""
         lines = []
         for label, counts in sorted(self.counts.items()):
-            prefix = f'{label_name}="{label}",' if label_name else ""
+            prefix = f'{label_name}="{escape_label(label)}",' if label_name else ""
             cumulative = 0
             for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
                 cumulative += count
@@ -79,7 +94,10 @@ class Metrics:
 
     def count(self, event: str, service: str) -> None:
         """Adds one to `durable_invocations_<event>_total{service}`."""
-        self.counters[event][service] += 1
+        counter = self.counters[event]
+        if service not in counter and len(counter) >= MAX_LABELS:
+            service = OTHER
+        counter[service] += 1
 
     def render(self) -> str:
         """The whole exposition, as Prometheus scrapes it."""
@@ -95,7 +113,8 @@ class Metrics:
         for event, counter in self.counters.items():
             name = f"durable_invocations_{event}_total"
             lines += [f"# HELP {name} {help_text[event]}", f"# TYPE {name} counter"]
-            lines += [f'{name}{{service="{s}"}} {n}' for s, n in sorted(counter.items())]
+            for service, n in sorted(counter.items()):
+                lines.append(f'{name}{{service="{escape_label(service)}"}} {n}')
         if self.frames is not None:
             for name, value, text in (
                 ("durable_endpoint_frames_total", self.frames.frames, "Frames sent to endpoints."),
