@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from durable import tracing, wire
@@ -269,12 +270,21 @@ async def _run(settings: Settings, argv: list[str], partitions: int) -> int:
         repairer.cancel()
         return 0
     finally:
+        # Each step whatever the one before did: the workers above all must be told to
+        # stop (SIGTERM, with its grace for running attempts), not left to be killed.
         if web is not None:
-            await web.stop()
+            await _quietly(web.stop(), "the console")
         if metrics is not None:
             metrics.close()
-        await front.stop()
+        await _quietly(front.stop(), "the admin front")
         await supervisor.stop()
+
+
+async def _quietly(stopping: Awaitable[None], what: str) -> None:
+    try:
+        await stopping
+    except Exception:
+        log.exception("stopping %s failed", what)
 
 
 def main(settings: Settings, argv: list[str], partitions: int) -> int:

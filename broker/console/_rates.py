@@ -6,10 +6,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from durable.v1 import admin_pb2
+
+log = logging.getLogger("broker.console")
 
 EVENTS = ("started", "completed", "failed")
 MINUTES = 15
@@ -32,7 +36,9 @@ class Rates:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            # The loop outlives failed samples; whatever else ended it must not turn a
+            # shutdown into a crash (it skipped stopping the workers).
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
 
     @staticmethod
@@ -49,8 +55,15 @@ class Rates:
         self.samples.append((time.monotonic() if at is None else at, self.totals(stats)))
 
     async def _loop(self) -> None:
+        failing = False
         while True:
-            self.record(await self._fetch())
+            try:
+                self.record(await self._fetch())
+                failing = False
+            except Exception as e:  # a partition down for a while: sample again later
+                if not failing:
+                    log.warning("the console's throughput sample failed: %s", e)
+                failing = True
             await asyncio.sleep(SAMPLE_S)
 
     def per_minute(
@@ -67,7 +80,13 @@ class Rates:
             start, end = now - m * 60, now - (m - 1) * 60
             inside = [s for s in samples if start <= s[0] <= end]
             before = [s for s in samples if s[0] < start]
-            first = before[-1] if before else (inside[0] if inside else None)
-            last = inside[-1] if inside else None
-            out.append({e: (last[1][e] - first[1][e]) if first and last else 0 for e in EVENTS})
+            series = ([before[-1]] if before else []) + inside
+            # Summed step by step, a step down counted as none: a restarted worker's
+            # counters start again from zero (a difference of the ends went negative).
+            out.append(
+                {
+                    e: sum(max(0, b[1][e] - a[1][e]) for a, b in itertools.pairwise(series))
+                    for e in EVENTS
+                }
+            )
         return out

@@ -8,6 +8,7 @@ import datetime
 import json
 from types import SimpleNamespace
 from typing import cast
+from unittest import mock
 
 import pytest
 from durable.v1 import admin_pb2, invocation_pb2
@@ -143,6 +144,52 @@ def test_rates_per_minute_from_counter_samples() -> None:
     assert minutes[-1] == {"started": 30, "completed": 0, "failed": 2}
     assert minutes[-2] == {"started": 10, "completed": 0, "failed": 1}
     assert all(m == {"started": 0, "completed": 0, "failed": 0} for m in minutes[:-2])
+
+
+def test_a_restarted_workers_counters_count_no_negative_minute() -> None:
+    # A worker's counters start again from zero: the chart showed -34 and drew a bar of
+    # negative height.
+    def stats(started: int) -> admin_pb2.GetStatsResponse:
+        out = admin_pb2.GetStatsResponse()
+        out.counters.add(service="s", events={"started": started})
+        return out
+
+    rates = Rates(fetch=None)  # type: ignore[arg-type]
+    rates.record(stats(100), at=1000.0)
+    rates.record(stats(134), at=1070.0)
+    rates.record(stats(0), at=1080.0)  # restarted
+    rates.record(stats(5), at=1100.0)
+    minutes = rates.per_minute(now=1120.0)
+    # 34 before the restart and 5 after it (the ends' difference was 5 - 100).
+    assert minutes[-1]["started"] == 39
+    assert all(m["started"] >= 0 for m in minutes)
+
+
+def test_the_sampler_outlives_a_failed_sample() -> None:
+    # One failed GetStats (a --workers partition down a few seconds) ended the sampling
+    # for good, and stop() raised it again, which made the supervisor's SIGTERM a crash
+    # that never told the workers to stop.
+    calls = 0
+
+    async def fetch() -> admin_pb2.GetStatsResponse:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("partition 0 is unreachable")
+        return admin_pb2.GetStatsResponse()
+
+    async def scenario() -> int:
+        rates = Rates(fetch)
+        with mock.patch("broker.console._rates.SAMPLE_S", 0.001):
+            rates.start()
+            deadline = asyncio.get_running_loop().time() + 5
+            while not rates.samples and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.001)
+            await rates.stop()  # does not raise
+        return len(rates.samples)
+
+    assert asyncio.run(scenario()) >= 1
+    assert calls >= 2
 
 
 def test_a_long_inbox_shows_its_head_and_how_many_wait() -> None:
