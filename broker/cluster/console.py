@@ -34,6 +34,11 @@ _ADMIN = admin_pb2.DESCRIPTOR.services_by_name["Admin"]
 REFRESH_S = 2.0
 
 
+# How long the front waits for a partition on a console page's behalf (brokerctl's own
+# default deadline).
+CALL_TIMEOUT_S = 10.0
+
+
 class _Context:
     """What the front's handlers use of a `grpc.aio.ServicerContext`."""
 
@@ -44,7 +49,10 @@ class _Context:
         return self._metadata
 
     def time_remaining(self) -> float | None:
-        return None
+        # Each call the front makes for a page gets this long: a hung worker's
+        # partitions (SIGSTOP) left pages unanswered for good, and every tab's refresh
+        # added one more waiting request.
+        return CALL_TIMEOUT_S
 
     async def abort(self, code: grpc.StatusCode, details: str = "", *_: Any) -> None:
         raise AdminError(code, details)

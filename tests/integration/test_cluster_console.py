@@ -4,12 +4,16 @@ deployments' types, and edits state in the partition that owns the key."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from durable.v1 import admin_pb2
 from playground import playground_pb2
 from trips import trips_pb2
 
@@ -33,10 +37,10 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
 
 
-def _http(path: str, data: dict[str, str] | None = None) -> tuple[int, str]:
+def _http(path: str, data: dict[str, str] | None = None, timeout: float = 10) -> tuple[int, str]:
     body = urllib.parse.urlencode(data).encode() if data is not None else None
     try:
-        with urllib.request.urlopen(f"http://{CONSOLE}{path}", data=body, timeout=10) as r:
+        with urllib.request.urlopen(f"http://{CONSOLE}{path}", data=body, timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -78,3 +82,19 @@ def test_overview_and_awaiting_pages_answer(cluster: Cluster) -> None:
     for path in ("/", "/awaiting"):
         status, body = _http(path)
         assert status == 200, (path, body)
+
+
+def test_a_hung_worker_leaves_pages_answering(cluster: Cluster) -> None:
+    # A SIGSTOPped worker's partitions never answered: pages waited for good (brokerctl
+    # got DEADLINE_EXCEEDED at 10 s), and every tab's refresh added a waiting request.
+    status = cluster.admin.ClusterStatus(admin_pb2.ClusterStatusRequest(), timeout=10)
+    pid = status.nodes[1].pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        code, body = _http("/invocations", timeout=60)
+        assert time.monotonic() - started < 30
+        assert code in (503, 504), body
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    cluster.wait_for(lambda: _http("/invocations")[0] == 200, message="the worker to answer again")
