@@ -265,7 +265,7 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
 
     async def promise(request: web.Request) -> web.StreamResponse:
         values = await _form(request)
-        service, k, name = values.get("service", ""), values.get("key", ""), values.get("name", "")
+        service, k, name = (_keys.exact(values, f) for f in ("service", "key", "name"))
         value: bytes | None = None
         reason: str | None = None
         if request.match_info["op"] == "resolve":
@@ -284,7 +284,7 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
 
     async def state(request: web.Request) -> web.StreamResponse:
         values = await _form(request)
-        service, k, name = values.get("service", ""), values.get("key", ""), values.get("name", "")
+        service, k, name = (_keys.exact(values, f) for f in ("service", "key", "name"))
         op = values.get("op", "set")
 
         async def again(message: str, status: int) -> web.Response:

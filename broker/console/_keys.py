@@ -3,6 +3,7 @@ awakeables and promises, with the forms that edit and complete them."""
 
 from __future__ import annotations
 
+import base64
 from typing import TYPE_CHECKING
 
 from durable.v1 import admin_pb2
@@ -28,9 +29,30 @@ def json_editor(name: str, label: str, value: str = "", rows: int = 3) -> Safe:
 
 
 def _hidden(**fields: str) -> Safe:
+    """Hidden fields, each also as `NAME_b64`, its exact text: browsers post a value's
+    line breaks as CR LF, which for a key or a state value's name is another one (an
+    edit of key "a\nb" landed on "a\r\nb"). The handlers read `exact` values."""
     return join(
-        h('<input type="hidden" name="{k}" value="{v}">', k=k, v=v) for k, v in fields.items()
+        h(
+            '<input type="hidden" name="{k}" value="{v}">'
+            '<input type="hidden" name="{k}_b64" value="{b}">',
+            k=k,
+            v=v,
+            b=base64.urlsafe_b64encode(v.encode()).decode(),
+        )
+        for k, v in fields.items()
     )
+
+
+def exact(values: dict[str, str], name: str) -> str:
+    """The form's value `name` as the page held it (see `_hidden`)."""
+    encoded = values.get(f"{name}_b64")
+    if encoded is not None:
+        try:
+            return base64.urlsafe_b64decode(encoded.encode()).decode()
+        except (ValueError, UnicodeDecodeError):
+            pass  # not one of ours: the plain value, as a form without it sends
+    return values.get(name, "")
 
 
 def _promise_forms(p: admin_pb2.Promise, values: dict[str, str]) -> Safe:
@@ -86,24 +108,24 @@ async def key_page(
                 h("<pre>{v}</pre>", v=json_bytes(described.state[name])),
                 h(
                     """<form method="post" action="/state" class="completion">{ident}
-<input type="hidden" name="name" value="{name}">{editor}
+{name}{editor}
 <button type="submit" name="op" value="set">Set</button>
 <button type="submit" name="op" value="clear" class="danger"
 formnovalidate>Clear</button></form>""",
                     ident=_hidden(service=service, key=key),
-                    name=name,
+                    name=_hidden(name=name),
                     editor=json_editor(
                         "value",
                         f"New value of {name} (JSON)",
                         values.get("value", "")
-                        if values.get("name") == name
+                        if exact(values, "name") == name
                         else json_bytes(described.state[name]),
                     ),
                 ),
             ]
         )
     # A rejected new value is shown again in the form it came from.
-    new = values.get("name", "") not in described.state
+    new = exact(values, "name") not in described.state
     add = h(
         """<form method="post" action="/state" class="completion"><h3>Add a value</h3>{ident}
 <label>Name <input name="name" required value="{name}"></label>{editor}

@@ -305,6 +305,33 @@ def test_edit_a_key_state_and_refuse_malformed_json(
     assert cluster.counter.Get(pb.CounterRef(name="console-key"), timeout=30).number == 42
 
 
+def test_a_key_with_a_line_break_is_edited_where_it_is(
+    console: tuple[Cluster, str], browser: WebDriver
+) -> None:
+    # Browsers post a hidden field's line break as CR LF: an attack's Set on key "a\nb"
+    # wrote a new key "a\r\nb" and left the shown one as it was.
+    cluster, base = console
+    key = "line\nbreak"
+    cluster.counter.Add(pb.AddRequest(name=key, amount=3), timeout=30)
+
+    def state(of: str) -> dict[str, bytes]:
+        response = cluster.admin.GetState(
+            admin_pb2.GetStateRequest(service="playground.Counter", key=of), timeout=10
+        )
+        return dict(response.state)
+
+    query = urllib.parse.urlencode({"service": "playground.Counter", "key": key})
+    browser.get(f"{base}/key?{query}")
+    _until(browser, lambda: "State (2 values)" in _text(browser), "the state")
+    form = browser.find_element(By.XPATH, "//form[.//input[@name='name' and @value='total']]")
+    editor = form.find_element(By.TAG_NAME, "textarea")
+    editor.clear()
+    editor.send_keys("77")
+    form.find_element(By.XPATH, ".//button[@value='set']").click()
+    _until(browser, lambda: state(key).get("total") == b"77", "the new value on the key shown")
+    assert state("line\r\nbreak") == {}
+
+
 def test_a_completed_invocation_is_purged_from_its_page(console: tuple[Cluster, str]) -> None:
     cluster, base = console
     _, call = cluster.trips.Reserve.with_call(trips_pb2.ReserveTripRequest(), timeout=60)
