@@ -11,7 +11,6 @@ script (static/console.js) refreshes live parts and checks JSON as it is typed.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import ssl
@@ -23,6 +22,7 @@ from aiohttp import web
 from ..addresses import split_address
 from ._admin import Admin, AdminError
 from ._decode import Decoder
+from ._hosts import is_loopback
 from ._rates import Rates
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class Console:
             self.settings.jaeger_ui if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") else None
         )
         self.port = 0
+        # Set when it listens on a loopback address: requests must then name one too.
+        self.loopback = False
         self._runner: web.AppRunner | None = None
 
     async def start(self, address: str) -> None:
@@ -58,6 +60,7 @@ class Console:
         from . import _app
 
         host, port = split_address(address)
+        self.loopback = is_loopback(host)
         self._runner = web.AppRunner(_app.build(self), access_log=None, logger=_app.server_logger())
         await self._runner.setup()
         context = None
@@ -71,7 +74,7 @@ class Console:
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
         self.rates.start()
-        if not self.settings.admin_token and not _loopback(host):
+        if not self.settings.admin_token and not is_loopback(host):
             log.warning(
                 "the console on %s is reachable from other machines and has no token: "
                 "set --admin-token",
@@ -85,13 +88,6 @@ class Console:
         await self.rates.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 async def start_console(settings: Settings, admin: AdminServicer, registry: Registry) -> Console:

@@ -15,6 +15,7 @@ from multidict import MultiDictProxy
 from .._cli_format import parse_json
 from . import _filters, _invocation, _keys, _pages
 from ._admin import AdminError
+from ._hosts import names_loopback
 from ._html import Safe, h, notice, page, url
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ async def _read_form(
     """The posted form; a body that is not a form (not UTF-8, broken multipart) is 400."""
     try:
         return await request.post()
-    except (UnicodeDecodeError, HttpProcessingError) as e:
+    except (ValueError, HttpProcessingError) as e:  # UnicodeDecodeError, "Reading after EOF"
         reason = e.message if isinstance(e, HttpProcessingError) else str(e)
         raise web.HTTPBadRequest(text=f"the form could not be read: {reason}") from None
 
@@ -122,6 +123,14 @@ autocomplete="current-password"></label> <button type="submit">Sign in</button><
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if console.loopback and not names_loopback(request.host):
+            # DNS rebinding: a page of another site whose name now resolves to
+            # 127.0.0.1 is "same-origin" to the browser, and without a token it could
+            # act; its requests name that site.
+            return _html(
+                page("Refused", notice("This console answers requests to its own address.")),
+                421,
+            )
         if request.method == "POST":
             # A cross-site form must not act with the operator's cookie (or, without a
             # token, act at all): browsers say where a request comes from.

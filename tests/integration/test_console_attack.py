@@ -33,15 +33,18 @@ class Console:
         return int(status_line.split()[1]), headers, body
 
     def get(self, target: bytes, extra: bytes = b"") -> tuple[int, dict[str, str], bytes]:
-        return self.send(
-            b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n"
-        )
+        head = b"GET " + target + b" HTTP/1.1\r\n" + self.host()
+        return self.send(head + b"Connection: close\r\n" + extra + b"\r\n")
+
+    def host(self, name: bytes = b"127.0.0.1") -> bytes:
+        return b"Host: %s:%d\r\n" % (name, self.port)
 
     def post(
         self, target: bytes, body: bytes, content_type: bytes
     ) -> tuple[int, dict[str, str], bytes]:
-        head = b"POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: %s\r\n" % (
+        head = b"POST %s HTTP/1.1\r\n%sConnection: close\r\nContent-Type: %s\r\n" % (
             target,
+            self.host(),
             content_type,
         )
         return self.send(head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
@@ -91,8 +94,13 @@ FORM = b"application/x-www-form-urlencoded"
     [
         (b"\xff\xfe=\xff", FORM),
         (b"--zz\r\ngarbage", b"multipart/form-data; boundary=zz"),
+        # Cut short: aiohttp raised ValueError "Reading after EOF", a 500 and a traceback.
+        (
+            b'--zz\r\nContent-Disposition: form-data; name="token"\r\n\r\nabc',
+            b"multipart/form-data; boundary=zz",
+        ),
     ],
-    ids=["not utf-8", "broken multipart"],
+    ids=["not utf-8", "broken multipart", "truncated multipart"],
 )
 def test_a_form_that_cannot_be_read_is_400(
     console: Console, body: bytes, content_type: bytes
@@ -199,4 +207,25 @@ def test_an_action_on_an_invocation_that_does_not_exist_is_404_before_the_click(
     assert status == 404
     assert b"inv_doesnotexist" in body
     assert b'name="confirm"' not in body
+    console.assert_healthy()
+
+
+@pytest.mark.parametrize("name", [b"evil.example", b"127.0.0.1.evil.example", b"x"])
+def test_a_request_naming_another_host_is_refused(console: Console, name: bytes) -> None:
+    # DNS rebinding: a page of another site whose name comes to resolve to 127.0.0.1 is
+    # same-origin to the browser, and without a token it paused an invocation.
+    for request in (
+        b"GET / HTTP/1.1\r\n" + console.host(name) + b"Connection: close\r\n\r\n",
+        b"POST /invocations/inv_x/pause HTTP/1.1\r\n"
+        + console.host(name)
+        + b"Sec-Fetch-Site: same-origin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+    ):
+        status, _, body = console.send(request)
+        assert status == 421, body
+        assert b"This console answers requests to its own address." in body
+    for own in (b"127.0.0.1", b"localhost", b"LOCALHOST", b"[::1]"):
+        status, _, _ = console.send(
+            b"GET / HTTP/1.1\r\n" + console.host(own) + b"Connection: close\r\n\r\n"
+        )
+        assert status == 200, own
     console.assert_healthy()
