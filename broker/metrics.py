@@ -177,6 +177,12 @@ async def serve_text(address: str, render: Callable[[], Awaitable[str]]) -> asyn
                 + body
             )
             await writer.drain()
+        except asyncio.LimitOverrunError:
+            # Headers past the reader's 64 KiB: no scraper sends those.
+            writer.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 0\r\n"
+                b"Connection: close\r\n\r\n"
+            )
         except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:

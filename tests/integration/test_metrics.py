@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +64,21 @@ def test_other_paths_are_not_found(metered: tuple[Cluster, str]) -> None:
     with pytest.raises(urllib.error.HTTPError) as e:
         urllib.request.urlopen(url.replace("/metrics", "/nope"), timeout=10)
     assert e.value.code == 404
+
+
+def test_an_oversized_request_is_answered_431_without_a_traceback(
+    metered: tuple[Cluster, str],
+) -> None:
+    # Headers past 64 KiB got no answer and logged a traceback each: any local client
+    # could flood the log.
+    cluster, url = metered
+    host, port = url.split("/")[2].split(":")
+    before = cluster.broker.log_path.stat().st_size
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        answer = s.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer
+    assert _scrape(url)  # still serving
+    with cluster.broker.log_path.open("rb") as log:
+        log.seek(before)
+        assert b"Traceback" not in log.read()
