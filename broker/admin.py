@@ -373,6 +373,13 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                     grpc.StatusCode.INVALID_ARGUMENT,
                     f"unknown {field} {value}: give one of {', '.join(enum.keys()[1:])}",
                 )
+        if request.failure_code and request.outcome != admin_pb2.OUTCOME_FAILED:
+            # Ignored until now: every invocation was listed, as if no filter were given.
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "failure_code filters failed invocations: give it with outcome "
+                "OUTCOME_FAILED (brokerctl: --outcome failed)",
+            )
         if request.outcome and status and status != Status.COMPLETED:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -94,6 +94,13 @@ def test_pages_filters_and_outcomes_before_and_after_a_restart(cluster: Cluster)
             == 0
         )
 
+        # Alone it was ignored: every invocation listed, as if no filter were given.
+        for outcome in (0, admin_pb2.OUTCOME_SUCCEEDED):
+            with pytest.raises(grpc.RpcError) as alone:
+                _list(cluster, outcome=outcome, failure_code=code)
+            assert alone.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "give it with outcome OUTCOME_FAILED" in (alone.value.details() or "")
+
         assert [i.id for i in _list(cluster, idempotency_key="trip-1").invocations] == [failed[0]]
         assert _list(cluster, service="trips.Trips", method="Nope").total == 0
         assert _list(cluster, service="trips.Trips", method="Reserve").total == 5
