@@ -16,6 +16,7 @@ Every function here does nothing unless `durable.tracing.configure` enabled trac
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -33,11 +34,27 @@ def _tracer() -> Tracer:
     return otel.tracer("durable.broker")
 
 
+# W3C trace context: version, trace id, parent id, flags (lowercase hex; ids not all
+# zero, version ff never used). Later versions may append fields after a dash.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?")
+
+
+def valid_traceparent(value: str) -> str:
+    """`value` if it is a W3C traceparent, else "": an invalid one is ignored, as the
+    spec says, rather than stored on the invocation and passed to every endpoint."""
+    match = _TRACEPARENT.fullmatch(value)
+    if match is None or match[1] == "ff" or (match[1] == "00" and match[4]):
+        return ""
+    if set(match[2]) == {"0"} or set(match[3]) == {"0"}:
+        return ""
+    return value
+
+
 @contextlib.contextmanager
 def ingress(service: str, method: str, traceparent: str) -> Iterator[str]:
     """A span around an ingress call; yields the traceparent its invocation continues."""
     if not otel.enabled():
-        yield traceparent
+        yield valid_traceparent(traceparent)
         return
     from opentelemetry.trace import SpanKind
 
