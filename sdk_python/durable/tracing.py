@@ -11,7 +11,9 @@ A handler's own spans need nothing special: it runs inside its attempt's span, s
 from __future__ import annotations
 
 import functools
+import logging
 import os
+import threading
 from typing import TYPE_CHECKING
 
 # OpenTelemetry is imported only once tracing is on: with it off (the default) no process
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 _provider: object | None = None
+log = logging.getLogger("durable.tracing")
+# How long `shutdown` waits for buffered spans to reach the collector.
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 @functools.cache
@@ -64,7 +69,9 @@ def configure(service_name: str) -> bool:
     provider = TracerProvider(
         resource=Resource.create(
             {"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}
-        )
+        ),
+        # `shutdown` does it, with a bound; at exit it would wait for the collector again.
+        shutdown_on_exit=False,
     )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
@@ -72,10 +79,28 @@ def configure(service_name: str) -> bool:
     return True
 
 
-def shutdown() -> None:
-    """Flushes spans still buffered (call before the process exits)."""
-    if _provider is not None:
-        _provider.shutdown()  # type: ignore[attr-defined]
+def shutdown(timeout: float = SHUTDOWN_TIMEOUT_S) -> None:
+    """Flushes spans still buffered (call before the process exits), waiting at most
+    `timeout` seconds: a collector that takes connections and never answers made every
+    stop take 10-20 s, and a `--workers` broker killed its workers for it."""
+    if _provider is None:
+        return
+    provider = _provider
+    done = threading.Event()
+
+    def flush() -> None:
+        try:
+            provider.shutdown()  # type: ignore[attr-defined]
+        finally:
+            done.set()
+
+    threading.Thread(target=flush, name="otel-shutdown", daemon=True).start()
+    if not done.wait(timeout):
+        log.warning(
+            "spans not exported within %.0f s (is the OTLP collector at %s answering?): dropped",
+            timeout,
+            os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "?"),
+        )
 
 
 def traceparent(span: trace.Span) -> str:

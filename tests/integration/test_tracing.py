@@ -4,7 +4,9 @@ one tree; a caller's traceparent is continued."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -225,3 +227,29 @@ def test_retries_show_as_failed_attempts(
 
     failed = wait_for(failed_attempts, timeout=20, message="two failed payment attempts")
     assert any("payment gateway unavailable" in s.status.message for s in failed)
+
+
+def test_a_collector_that_never_answers_does_not_hold_up_a_stop(tmp_path: Path) -> None:
+    # It takes connections and answers nothing: a broker's SIGTERM took 10-20 s flushing
+    # spans to it, and a --workers broker killed its workers for taking so long.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        with _exporting_to(f"http://127.0.0.1:{port}"), Cluster(tmp_path) as cluster:
+            reserved = cluster.trips.Reserve(trips_pb2.ReserveTripRequest(), timeout=60)
+            assert reserved.status == "success"  # its spans wait for the collector
+            started = time.monotonic()
+            assert cluster.broker.terminate() == 0
+            assert time.monotonic() - started < 8
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
