@@ -43,6 +43,8 @@ from .forward import ADMIN_SERVICE, Failed, Partitions, forwarded_metadata
 log = logging.getLogger("broker.cluster.front")
 
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# How long a registration's in-place check waits for each partition (seconds).
+PREFLIGHT_S = 3.0
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[bytes, Context], Awaitable[bytes]]
 # The workers as the supervisor knows them, for ClusterStatus.
@@ -273,6 +275,11 @@ class AdminFront:
             only = admin_pb2.RegisterDeploymentRequest(
                 uri=request.uri, check=request.check, check_only=True, force=request.force
             )
+            remaining = context.time_remaining()
+            if not request.check:
+                # The in-place check alone is quick: a hung worker must not take the
+                # caller's whole deadline (it cannot refuse; see below).
+                remaining = min(remaining or PREFLIGHT_S, PREFLIGHT_S)
             results = await asyncio.gather(
                 *(
                     self.partitions.call(
@@ -280,7 +287,7 @@ class AdminFront:
                         "RegisterDeployment",
                         only.SerializeToString(),
                         forwarded_metadata(context),
-                        context.time_remaining(),
+                        remaining,
                     )
                     for p in range(self.partitions.count)
                 ),
