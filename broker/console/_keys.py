@@ -28,6 +28,11 @@ def json_editor(name: str, label: str, value: str = "", rows: int = 3) -> Safe:
     )
 
 
+# State values a key's page shows (each with its editor): an object may hold a million
+# small ones, hundreds of MB of page that held the broker's loop for tens of seconds.
+MAX_STATE_ROWS = 500
+
+
 def _hidden(**fields: str) -> Safe:
     """Hidden fields, each also as `NAME_b64`, its exact text: browsers post a value's
     line breaks as CR LF, which for a key or a state value's name is another one (an
@@ -101,7 +106,8 @@ async def key_page(
     values = values or {}
     described = await console.admin.key(service, key)
     state_rows = []
-    for name in sorted(described.state):
+    names = sorted(described.state)
+    for name in names[:MAX_STATE_ROWS]:
         state_rows.append(
             [
                 h('<span class="mono">{n}</span>', n=name),
@@ -149,6 +155,17 @@ formnovalidate>Clear</button></form>""",
         if described.inbox_length > len(described.inbox)
         else Safe("")
     )
+    state_cut = (
+        h(
+            "<p>The first {shown} values by name; {more} more: "
+            "<code>brokerctl state get {service} KEY NAME</code> reads any one.</p>",
+            shown=MAX_STATE_ROWS,
+            more=len(names) - MAX_STATE_ROWS,
+            service=service,
+        )
+        if len(names) > MAX_STATE_ROWS
+        else Safe("")
+    )
     return h(
         """<h1>{service} <span class="mono">{key}</span></h1>
 <p>Held by: {holder}</p>
@@ -162,7 +179,7 @@ handler cannot be edited (the same rules as <code>brokerctl state set</code>).</
         key=key,
         holder=inv_link(described.holder) if described.holder else "nobody",
         n=len(described.state),
-        state=table(["name", "value", "edit"], state_rows)
+        state=Safe(str(table(["name", "value", "edit"], state_rows)) + str(state_cut))
         if state_rows
         else Safe("<p>No state.</p>"),
         add=add,
