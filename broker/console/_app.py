@@ -105,8 +105,9 @@ def build(console: Console) -> web.Application:
     def authorized(request: web.Request) -> bool:
         if not token:
             return True
-        given = request.cookies.get(COOKIE) or _bearer(request.headers.get("Authorization", ""))
-        return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+        # Either will do: a stale cookie must not hide a right Authorization header.
+        offered = (request.cookies.get(COOKIE), _bearer(request.headers.get("Authorization", "")))
+        return any(g and hmac.compare_digest(g.encode(), token.encode()) for g in offered)
 
     def login_page(next_url: str, message: str = "", status: int = 401) -> web.Response:
         body = h(
