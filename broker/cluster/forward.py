@@ -42,10 +42,12 @@ class Failed(Exception):
         message: Its details.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, reached: bool = True) -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        # False when the partition could not be reached at all (nothing was asked).
+        self.reached = reached
 
 
 def forwarded_metadata(context: grpc.aio.ServicerContext[Any, Any]) -> Metadata:
@@ -78,7 +80,7 @@ class Partitions:
         try:
             address = await self.directory.admin(partition)
         except Unreachable as e:
-            raise Failed(grpc.StatusCode.UNAVAILABLE, str(e)) from None
+            raise Failed(grpc.StatusCode.UNAVAILABLE, str(e), reached=False) from None
         channel = self._channels.get(address)
         if channel is None:
             channel = grpc.aio.insecure_channel(address, options=_OPTIONS)
@@ -122,7 +124,9 @@ class Partitions:
                     or attempt + 1 == _MOVES
                     or not await self.directory.moved(partition, address)
                 ):
-                    raise Failed(code, self.unreachable(partition, details)) from None
+                    raise Failed(
+                        code, self.unreachable(partition, details), reached=False
+                    ) from None
         raise AssertionError("unreachable")
 
     async def call_all(

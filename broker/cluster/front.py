@@ -43,8 +43,6 @@ from .forward import ADMIN_SERVICE, Failed, Partitions, forwarded_metadata
 log = logging.getLogger("broker.cluster.front")
 
 _HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# How long a registration's in-place check waits for each partition (seconds).
-PREFLIGHT_S = 3.0
 Context = grpc.aio.ServicerContext[Any, Any]
 Handler = Callable[[bytes, Context], Awaitable[bytes]]
 # The workers as the supervisor knows them, for ClusterStatus.
@@ -275,11 +273,6 @@ class AdminFront:
             only = admin_pb2.RegisterDeploymentRequest(
                 uri=request.uri, check=request.check, check_only=True, force=request.force
             )
-            remaining = context.time_remaining()
-            if not request.check:
-                # The in-place check alone is quick: a hung worker must not take the
-                # caller's whole deadline (it cannot refuse; see below).
-                remaining = min(remaining or PREFLIGHT_S, PREFLIGHT_S)
             results = await asyncio.gather(
                 *(
                     self.partitions.call(
@@ -287,7 +280,7 @@ class AdminFront:
                         "RegisterDeployment",
                         only.SerializeToString(),
                         forwarded_metadata(context),
-                        remaining,
+                        context.time_remaining(),
                     )
                     for p in range(self.partitions.count)
                 ),
@@ -295,13 +288,11 @@ class AdminFront:
             )
             refusals = [r for r in results if isinstance(r, BaseException)]
             if not request.check:
-                # The in-place check alone: a partition out of reach now cannot refuse
-                # (the repair registers the deployment there once it is back).
-                refusals = [
-                    r
-                    for r in refusals
-                    if isinstance(r, Failed) and r.code == grpc.StatusCode.FAILED_PRECONDITION
-                ]
+                # The in-place check alone: a partition out of reach now (its worker down)
+                # cannot refuse, and the repair registers the deployment there once it
+                # is back. One that was reached and did not say yes refuses: a check cut
+                # short (a slow endpoint, a hung worker) is no check.
+                refusals = [r for r in refusals if not (isinstance(r, Failed) and not r.reached)]
             if refusals:
                 # Every partition's divergences, not only the first one's.
                 failed = [r for r in refusals if isinstance(r, Failed)]

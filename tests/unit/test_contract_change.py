@@ -1,8 +1,8 @@
-"""What counts as a changed contract when a deployment is replaced in place under
-invocations in flight (`broker.contract_change`): the wire contract of a message, not
-the order its fields are declared in. An attack restarted the same code with its
-services in another order, or a message's declarations reordered, and registration was
-refused."""
+"""What breaks invocations in flight when a deployment is replaced in place
+(`broker.contract_change.breaks`): protobuf's own compatibility, field by number. The
+attack's change (int64 to string) breaks; a restart with the services in another order,
+declarations reordered, a new field, a renamed message, int32 to int64 do not (a second
+attack found the first cut refused those)."""
 
 from __future__ import annotations
 
@@ -10,74 +10,84 @@ from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool
 
-from broker.contract_change import message_shape
+from broker.contract_change import breaks
 
 Field = descriptor_pb2.FieldDescriptorProto
+STRING, INT64, INT32 = Field.TYPE_STRING, Field.TYPE_INT64, Field.TYPE_INT32
+MESSAGE = Field.TYPE_MESSAGE
 
 
-def _shape(*fields: tuple[str, int, Any], enum_values: tuple[str, ...] = ("A", "B")) -> Any:
-    """The shape of `t.M` built from `fields` (name, number, type), declared in that
-    order, with a nested `t.Inner` for TYPE_MESSAGE fields and `t.E` for TYPE_ENUM."""
-    file = descriptor_pb2.FileDescriptorProto(name="t.proto", package="t", syntax="proto3")
-    enum = file.enum_type.add(name="E")
-    for number, name in enumerate(enum_values):
-        enum.value.add(name=name, number=number)
-    inner = file.message_type.add(name="Inner")
-    inner.field.add(name="x", number=1, type=Field.TYPE_INT64, label=Field.LABEL_OPTIONAL)
-    message = file.message_type.add(name="M")
-    for name, number, kind in fields:
-        field = message.field.add(name=name, number=number, type=kind, label=Field.LABEL_OPTIONAL)
-        if kind == Field.TYPE_MESSAGE:
+def _message(
+    *fields: tuple[str, int, Any],
+    name: str = "M",
+    repeated: tuple[str, ...] = (),
+    syntax: str = "proto3",
+    defaults: dict[str, str] | None = None,
+    inner: Any = INT64,
+) -> Any:
+    """`t.<name>` with `fields` (name, number, type) declared in that order; a
+    TYPE_MESSAGE field holds `t.Inner`, whose field 1 has type `inner`."""
+    file = descriptor_pb2.FileDescriptorProto(name="t.proto", package="t", syntax=syntax)
+    nested = file.message_type.add(name="Inner")
+    nested.field.add(name="x", number=1, type=inner, label=Field.LABEL_OPTIONAL)
+    message = file.message_type.add(name=name)
+    for field_name, number, kind in fields:
+        label = Field.LABEL_REPEATED if field_name in repeated else Field.LABEL_OPTIONAL
+        field = message.field.add(name=field_name, number=number, type=kind, label=label)
+        if kind == MESSAGE:
             field.type_name = ".t.Inner"
-        if kind == Field.TYPE_ENUM:
-            field.type_name = ".t.E"
+        if defaults and field_name in defaults:
+            field.default_value = defaults[field_name]
     pool = descriptor_pool.DescriptorPool()
     pool.Add(file)
-    return message_shape(pool.FindMessageTypeByName("t.M"))
+    return pool.FindMessageTypeByName(f"t.{name}")
 
 
-A = ("a", 1, Field.TYPE_STRING)
-B = ("b", 2, Field.TYPE_MESSAGE)
-C = ("c", 3, Field.TYPE_ENUM)
+A, B, C = ("a", 1, STRING), ("b", 2, MESSAGE), ("c", 3, INT32)
+BASE = _message(A, B, C)
 
 
-def test_the_order_of_declarations_is_not_the_contract() -> None:
-    assert _shape(A, B, C) == _shape(C, A, B)
+def test_harmless_changes_break_nothing() -> None:
+    assert breaks(BASE, _message(C, A, B)) == []  # declaration order
+    assert breaks(BASE, _message(A, B, C, ("d", 4, STRING))) == []  # a new field
+    assert breaks(BASE, _message(A, B)) == []  # a field removed
+    assert breaks(BASE, _message(("z", 1, STRING), B, C)) == []  # a field renamed
+    assert breaks(BASE, _message(A, B, ("c", 3, INT64))) == []  # int32 to int64
+    assert breaks(BASE, _message(("a", 1, Field.TYPE_BYTES), B, C)) == []  # string to bytes
+    assert breaks(BASE, _message(A, B, C, name="Renamed")) == []
 
 
-def test_nor_is_a_message_s_name() -> None:
-    # A message renamed (or moved to another file) keeps its wire form, as the
-    # versioning tests' `v2-renamed` release does.
-    file = descriptor_pb2.FileDescriptorProto(name="n.proto", package="n", syntax="proto3")
-    for name in ("GreetRequest", "HelloRequest"):
+def test_what_reads_old_bytes_wrong_breaks() -> None:
+    assert breaks(BASE, _message(("a", 1, INT64), B, C)) == ["field 1 (a) is a int64, was a string"]
+    assert breaks(BASE, _message(A, B, C, repeated=("c",))) == [
+        "field 3 (c) is repeated, was singular"
+    ]
+    assert breaks(BASE, _message(A, B, C, inner=STRING)) == [
+        "field 2 (b): field 1 (x) is a string, was a int64"
+    ]
+
+
+def test_a_proto2_default_that_changes_breaks() -> None:
+    # An absent value reads as the default: an attack's in-flight call that never set
+    # the field came back with the new default's effect.
+    old = _message(("on", 1, Field.TYPE_BOOL), syntax="proto2")
+    new = _message(("on", 1, Field.TYPE_BOOL), syntax="proto2", defaults={"on": "true"})
+    assert breaks(old, new) == ["field 1 (on) defaults to True, was False"]
+
+
+def test_a_recursive_message_renamed_breaks_nothing() -> None:
+    def node(name: str) -> Any:
+        file = descriptor_pb2.FileDescriptorProto(name="r.proto", package="r", syntax="proto3")
         message = file.message_type.add(name=name)
-        message.field.add(name="name", number=1, type=Field.TYPE_STRING, label=Field.LABEL_OPTIONAL)
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    greet, hello = (pool.FindMessageTypeByName(f"n.{n}") for n in ("GreetRequest", "HelloRequest"))
-    assert message_shape(greet) == message_shape(hello)
+        message.field.add(
+            name="next",
+            number=1,
+            type=MESSAGE,
+            type_name=f".r.{name}",
+            label=Field.LABEL_OPTIONAL,
+        )
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(file)
+        return pool.FindMessageTypeByName(f"r.{name}")
 
-
-def test_a_type_number_name_or_nested_change_is() -> None:
-    base = _shape(A, B, C)
-    assert _shape(("a", 1, Field.TYPE_INT64), B, C) != base  # the attack's change
-    assert _shape(("a", 4, Field.TYPE_STRING), B, C) != base
-    assert _shape(("z", 1, Field.TYPE_STRING), B, C) != base
-    assert _shape(A, B) != base
-    assert _shape(A, B, C, enum_values=("A", "C")) != base
-
-
-def test_a_recursive_message_has_a_shape() -> None:
-    file = descriptor_pb2.FileDescriptorProto(name="r.proto", package="r", syntax="proto3")
-    node = file.message_type.add(name="Node")
-    node.field.add(
-        name="next",
-        number=1,
-        type=Field.TYPE_MESSAGE,
-        type_name=".r.Node",
-        label=Field.LABEL_OPTIONAL,
-    )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(file)
-    shape = message_shape(pool.FindMessageTypeByName("r.Node"))
-    assert shape == ((1, "next", Field.TYPE_MESSAGE, False, ("recursive", "r.Node")),)
+    assert breaks(node("Node"), node("Link")) == []
