@@ -377,8 +377,7 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             # Ignored until now: every invocation was listed, as if no filter were given.
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
-                "failure_code filters failed invocations: give it with outcome "
-                "OUTCOME_FAILED (brokerctl: --outcome failed)",
+                "failure_code filters failed invocations: give it with outcome OUTCOME_FAILED",
             )
         if request.outcome and status and status != Status.COMPLETED:
             await context.abort(

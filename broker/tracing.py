@@ -36,18 +36,21 @@ def _tracer() -> Tracer:
 
 # W3C trace context: version, trace id, parent id, flags (lowercase hex; ids not all
 # zero, version ff never used). Later versions may append fields after a dash.
+_VERSION_00_LENGTH = 55
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(-.*)?")
 
 
 def valid_traceparent(value: str) -> str:
     """`value` if it is a W3C traceparent, else "": an invalid one is ignored, as the
-    spec says, rather than stored on the invocation and passed to every endpoint."""
+    spec says, rather than stored on the invocation and passed to every endpoint. Of a
+    later version only the fields this one knows are kept (the spec's rule), not
+    whatever follows them."""
     match = _TRACEPARENT.fullmatch(value)
     if match is None or match[1] == "ff" or (match[1] == "00" and match[4]):
         return ""
     if set(match[2]) == {"0"} or set(match[3]) == {"0"}:
         return ""
-    return value
+    return value[:_VERSION_00_LENGTH]
 
 
 @contextlib.contextmanager

@@ -61,7 +61,9 @@ def combine(texts: list[str | None]) -> str:
     samples: dict[str, list[str]] = {}
     for partition, text in enumerate(texts):
         family = ""
-        for line in (text or "").splitlines():
+        # Lines end at "\n" only, as the format says: splitlines() also broke a label
+        # value at "\r" or "\u2028", which then read as lines of their own.
+        for line in (text or "").split("\n"):
             if line.startswith("# "):
                 parts = line.split(" ", 3)
                 if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):

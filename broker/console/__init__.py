@@ -81,7 +81,8 @@ class Console:
                 address,
             )
         scheme = "https" if self.tls else "http"
-        log.info("console on %s://%s:%d/", scheme, host, self.port)
+        shown = f"[{host}]" if ":" in host else host  # an IPv6 address, as URLs write it
+        log.info("console on %s://%s:%d/", scheme, shown, self.port)
 
     async def stop(self) -> None:
         """Stops serving."""

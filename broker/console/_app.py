@@ -78,7 +78,8 @@ async def _read_form(
     """The posted form; a body that is not a form (not UTF-8, broken multipart) is 400."""
     try:
         return await request.post()
-    except (ValueError, HttpProcessingError) as e:  # UnicodeDecodeError, "Reading after EOF"
+    # UnicodeDecodeError, "Reading after EOF", LookupError (a charset nobody knows)
+    except (ValueError, LookupError, HttpProcessingError) as e:
         reason = e.message if isinstance(e, HttpProcessingError) else str(e)
         raise web.HTTPBadRequest(text=f"the form could not be read: {reason}") from None
 

@@ -10,7 +10,7 @@ def is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
-        return host.lower() == "localhost"
+        return host.lower().rstrip(".") == "localhost"  # "localhost." is the same name
 
 
 def names_loopback(host_header: str) -> bool:

@@ -99,8 +99,9 @@ FORM = b"application/x-www-form-urlencoded"
             b'--zz\r\nContent-Disposition: form-data; name="token"\r\n\r\nabc',
             b"multipart/form-data; boundary=zz",
         ),
+        (b"a=b", FORM + b"; charset=bogus-cs"),  # a LookupError: 500 and a traceback
     ],
-    ids=["not utf-8", "broken multipart", "truncated multipart"],
+    ids=["not utf-8", "broken multipart", "truncated multipart", "unknown charset"],
 )
 def test_a_form_that_cannot_be_read_is_400(
     console: Console, body: bytes, content_type: bytes
@@ -223,7 +224,7 @@ def test_a_request_naming_another_host_is_refused(console: Console, name: bytes)
         status, _, body = console.send(request)
         assert status == 421, body
         assert b"This console answers requests to its own address." in body
-    for own in (b"127.0.0.1", b"localhost", b"LOCALHOST", b"[::1]"):
+    for own in (b"127.0.0.1", b"localhost", b"LOCALHOST", b"localhost.", b"[::1]"):
         status, _, _ = console.send(
             b"GET / HTTP/1.1\r\n" + console.host(own) + b"Connection: close\r\n\r\n"
         )

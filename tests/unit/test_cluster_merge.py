@@ -13,6 +13,7 @@ from durable.v1 import admin_pb2, invocation_pb2, journal_pb2
 from broker import admin_paging
 from broker.cluster import launch, merge, scrape, supervisor
 from broker.cluster.front import AdminFront
+from broker.metrics import Metrics
 
 
 def _inv(created: int, ident: str) -> invocation_pb2.Invocation:
@@ -322,3 +323,16 @@ def test_the_front_routes_every_admin_method() -> None:
     front = AdminFront(cast(Any, SimpleNamespace(count=3)), cast(Any, None))
     methods = admin_pb2.DESCRIPTOR.services_by_name["Admin"].methods_by_name
     assert set(front.handlers()) == set(methods)
+
+
+def test_a_label_value_with_other_line_breaks_stays_on_its_line() -> None:
+    # splitlines() also broke at "\r" and "\u2028" inside a (made-up) service name: the
+    # rest read as lines of their own, an injected sample among them.
+    metrics = Metrics()
+    metrics.count("started", 'x\r injected_total{a="b"} 1\u2028y')
+    combined = scrape.combine([metrics.render()])
+    samples = [line for line in combined.split("\n") if line.startswith("durable_invocations_")]
+    assert samples == [
+        'durable_invocations_started_total{partition="0",service="x\r injected_total{a=\\"b\\"} '
+        '1\u2028y"} 1'
+    ]
