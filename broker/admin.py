@@ -205,10 +205,19 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         existing = self._registry.by_uri(uri)
         if existing is None or existing.files == discovered.files:
             return
+
+        def runs_here(record: invocation_pb2.Invocation) -> bool:
+            if record.deployment_id:
+                return record.deployment_id == existing.id
+            # Accepted, not started yet (queued behind a key, a limit, or its time): it
+            # starts on whatever deployment routes its service then, this one's code.
+            routed = self._registry.service(record.service)
+            return routed is not None and routed.deployment_id == existing.id
+
         pinned = [
             live.record
             for live in self._partition.listed()
-            if live.record.deployment_id == existing.id and live.record.status != Status.COMPLETED
+            if live.record.status != Status.COMPLETED and runs_here(live.record)
         ]
         if not pinned:
             return

@@ -121,3 +121,39 @@ def test_the_same_contract_or_nothing_in_flight_replaces_in_place(tmp_path: Path
             other.terminate()
         with pytest.raises(grpc.RpcError):
             waiter.Sleep(pg.SleepRequest(millis=1), timeout=5)
+
+
+def test_an_invocation_queued_behind_a_limit_counts_too(tmp_path: Path) -> None:
+    # Accepted under the old contract but not started (no deployment pinned yet): an
+    # attack's queued call ran on the changed one and lost its value.
+    with Cluster(tmp_path / "cluster", services=()) as cluster:
+        address = f"127.0.0.1:{support.free_port()}"
+        uri = f"http://{address}"
+        old = _serve(PLAYGROUND, address, tmp_path / "playground.log")
+        try:
+            cluster.register(uri)
+            brokerctl_json(
+                cluster.admin_address, "services", "limit", "playground.Waiter", "--rate", "0.001"
+            )
+            waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
+            waiter.Sleep(pg.SleepRequest(millis=1), timeout=30)  # the bucket's one token
+            call = waiter.Sleep.future(pg.SleepRequest(millis=1), timeout=5)
+            (queued,) = cluster.wait_for(
+                lambda: [
+                    i for i in cluster.invocations(service="playground.Waiter") if i.status != 5
+                ],
+                message="the second call to queue",
+            )
+            assert not queued.deployment_id
+        finally:
+            old.kill()
+        new = _serve(BENCH, address, tmp_path / "bench.log")
+        try:
+            refused = brokerctl(cluster.admin_address, "deployments", "register", uri)
+            assert refused.returncode != 0
+            assert f"(playground.Waiter/Sleep is gone): 1 invocation(s) ({queued.id})" in (
+                refused.stderr
+            )
+        finally:
+            call.cancel()
+            new.terminate()
