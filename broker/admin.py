@@ -203,8 +203,12 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             registration.Refused: FAILED_PRECONDITION naming them and the ways out.
         """
         existing = self._registry.by_uri(uri)
-        if existing is None or existing.files == discovered.files:
-            return
+        if existing is None or (
+            existing.files == discovered.files
+            and list(existing.services) == list(discovered.services)
+            and list(existing.missing_handlers) == list(discovered.missing_handlers)
+        ):
+            return  # the same contract and the same handlers
 
         def runs_here(record: invocation_pb2.Invocation) -> bool:
             if record.deployment_id:
@@ -249,9 +253,11 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
             grpc.StatusCode.FAILED_PRECONDITION,
             f"the endpoint at {uri} changes the contract of handlers with invocations in "
             f"flight on its deployment {existing.id} ({'; '.join(changes)}): "
-            f"{len(affected)} invocation(s) ({shown}) would resume on it. Register the new "
-            "version at another address (they finish on the old one; remove it once they "
-            "have), or register with --force to replace it in place",
+            f"{len(affected)} invocation(s) ({shown}) would run on it. Let them finish "
+            "first, or register the new version at another address (those already started "
+            "finish on the old one; those not started yet start on the newest deployment of "
+            "their service, as new calls do), or register with --force to replace it in "
+            "place",
         )
 
     async def _check(self, uri: str, discovered: protocol_pb2.DiscoverResponse) -> int:

@@ -305,10 +305,11 @@ class AdminFront:
                 for r in results
                 if isinstance(r, bytes)
             )
-            # Decided: a pinned invocation that started meanwhile must not leave the
-            # deployment registered on some partitions only.
+            # Each partition checks again as it registers (not forced): what the endpoint
+            # answers may have changed since (a rolling deploy behind one address), and a
+            # refusal then leaves the deployment on some partitions only, said so below,
+            # rather than a contract swapped under invocations in flight.
             request.check = False
-            request.force = True
             body = request.SerializeToString()
         # Partition 0 decides the id (new, the URI's, or a removed deployment's), so
         # that every partition knows the deployment by one id.

@@ -23,6 +23,8 @@ from tests.support import Cluster
 
 PLAYGROUND = ["-m", "services.playground", "--listen"]
 BENCH = ["-m", "bench.service", "--listen"]
+# The same playground.proto, serving its Counter alone.
+COUNTER_ONLY = ["-m", "tests.endpoints.counter_versions", "--variant", "compatible", "--listen"]
 
 
 def _serve(what: list[str], address: str, log: Path) -> support.Process:
@@ -156,4 +158,35 @@ def test_an_invocation_queued_behind_a_limit_counts_too(tmp_path: Path) -> None:
             )
         finally:
             call.cancel()
+            new.terminate()
+
+
+def test_a_handler_gone_from_the_same_proto_files_is_refused(tmp_path: Path) -> None:
+    # The files compared equal, so the check passed: the Waiter's sleeping invocation
+    # then backed off for ever, "this endpoint has no handler".
+    with Cluster(tmp_path / "cluster", services=()) as cluster:
+        address = f"127.0.0.1:{support.free_port()}"
+        uri = f"http://{address}"
+        old = _serve(PLAYGROUND, address, tmp_path / "playground.log")
+        try:
+            cluster.register(uri)
+            waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
+            call = waiter.Sleep.future(pg.SleepRequest(millis=60_000), timeout=5)
+            cluster.wait_for(
+                lambda: [
+                    i
+                    for i in cluster.invocations(service="playground.Waiter")
+                    if i.deployment_id and cluster.journal_entries(i.id, "sleep")
+                ],
+                message="the sleep to start",
+            )
+        finally:
+            old.kill()
+            call.cancel()
+        new = _serve(COUNTER_ONLY, address, tmp_path / "counter.log")
+        try:
+            refused = brokerctl(cluster.admin_address, "deployments", "register", uri)
+            assert refused.returncode != 0
+            assert "(playground.Waiter/Sleep is gone)" in refused.stderr
+        finally:
             new.terminate()
