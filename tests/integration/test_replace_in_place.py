@@ -6,6 +6,7 @@ silently gone. (The design has invocations finish on the deployment they began o
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,38 +35,50 @@ def _serve(what: list[str], address: str, log: Path) -> support.Process:
     return process
 
 
+@contextlib.contextmanager
+def _swapped_under_a_sleep(
+    cluster: Cluster, tmp_path: Path, replacement: list[str]
+) -> Iterator[tuple[str, support.Process]]:
+    """The playground registered, its Waiter/Sleep sleeping on it for a minute, then its
+    endpoint SIGKILLed and `replacement` started at the same address: yields its URI and
+    process."""
+    address = f"127.0.0.1:{support.free_port()}"
+    old = _serve(PLAYGROUND, address, tmp_path / "playground.log")
+    call = None
+    try:
+        cluster.register(f"http://{address}")
+        waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
+        # Kept: a call's future that is dropped cancels the call.
+        call = waiter.Sleep.future(pg.SleepRequest(millis=60_000), timeout=5)
+        cluster.wait_for(
+            lambda: [
+                i
+                for i in cluster.invocations(service="playground.Waiter")
+                if i.deployment_id and cluster.journal_entries(i.id, "sleep")
+            ],
+            message="the sleep to start",
+        )
+    finally:
+        old.kill()
+        if call is not None:
+            call.cancel()
+    new = _serve(replacement, address, tmp_path / "replacement.log")
+    try:
+        yield f"http://{address}", new
+    finally:
+        new.terminate()
+
+
 @pytest.fixture(params=[[], ["--workers", "2", "--partitions", "4"]], ids=["embedded", "workers"])
 def swapped(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[Cluster, str, support.Process]]:
     """A broker (embedded, or with workers: every partition is asked before any
-    registers); the playground's Waiter/Sleep sleeping on it for a minute, then the
-    playground's endpoint SIGKILLed and another contract (the bench service) started at
-    the same address."""
+    registers) whose playground endpoint was swapped for another contract (the bench
+    service) under a sleeping invocation."""
     with Cluster(tmp_path / "cluster", broker_args=request.param, services=()) as cluster:
-        address = f"127.0.0.1:{support.free_port()}"
-        old = _serve(PLAYGROUND, address, tmp_path / "playground.log")
-        try:
-            cluster.register(f"http://{address}")
-            waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
-            # Kept: a call's future that is dropped cancels the call.
-            call = waiter.Sleep.future(pg.SleepRequest(millis=60_000), timeout=5)
-            cluster.wait_for(
-                lambda: [
-                    i
-                    for i in cluster.invocations(service="playground.Waiter")
-                    if i.deployment_id and cluster.journal_entries(i.id, "sleep")
-                ],
-                message="the sleep to start",
-            )
-        finally:
-            old.kill()
-            call.cancel()
-        new = _serve(BENCH, address, tmp_path / "bench.log")
-        try:
-            yield cluster, f"http://{address}", new
-        finally:
-            new.terminate()
+        with _swapped_under_a_sleep(cluster, tmp_path, BENCH) as (uri, new):
+            yield cluster, uri, new
 
 
 def test_a_changed_contract_under_invocations_in_flight_is_refused(
@@ -165,28 +178,7 @@ def test_a_handler_gone_from_the_same_proto_files_is_refused(tmp_path: Path) -> 
     # The files compared equal, so the check passed: the Waiter's sleeping invocation
     # then backed off for ever, "this endpoint has no handler".
     with Cluster(tmp_path / "cluster", services=()) as cluster:
-        address = f"127.0.0.1:{support.free_port()}"
-        uri = f"http://{address}"
-        old = _serve(PLAYGROUND, address, tmp_path / "playground.log")
-        try:
-            cluster.register(uri)
-            waiter = pg_grpc.WaiterStub(cluster.ingress_channel)
-            call = waiter.Sleep.future(pg.SleepRequest(millis=60_000), timeout=5)
-            cluster.wait_for(
-                lambda: [
-                    i
-                    for i in cluster.invocations(service="playground.Waiter")
-                    if i.deployment_id and cluster.journal_entries(i.id, "sleep")
-                ],
-                message="the sleep to start",
-            )
-        finally:
-            old.kill()
-            call.cancel()
-        new = _serve(COUNTER_ONLY, address, tmp_path / "counter.log")
-        try:
+        with _swapped_under_a_sleep(cluster, tmp_path, COUNTER_ONLY) as (uri, _):
             refused = brokerctl(cluster.admin_address, "deployments", "register", uri)
             assert refused.returncode != 0
             assert "(playground.Waiter/Sleep is gone)" in refused.stderr
-        finally:
-            new.terminate()
