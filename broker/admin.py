@@ -140,8 +140,6 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         # One registration or removal at a time: two of the same URI must not both
         # decide that it is new.
         async with self._deployments_lock:
-            if not force:
-                self._refuse_in_place_change(uri, discovered)
             existing = self._registry.by_uri(uri)
             # A URI registered again after its deployment was removed takes the old id
             # back, so that invocations still pinned to it (a forced removal) resume.
@@ -174,6 +172,8 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
                 raise registration.Refused(
                     grpc.StatusCode.INVALID_ARGUMENT, f"cannot register {uri}: {e}"
                 ) from None
+            if not force:
+                self._refuse_in_place_change(uri, discovered, built.services)
             batch = Batch()
             deployments.put(batch, record)
             if retired:
@@ -192,12 +192,19 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         log.info("registered deployment %s at %s: %s", record.id, uri, ", ".join(record.services))
         return record, checked
 
-    def _refuse_in_place_change(self, uri: str, discovered: protocol_pb2.DiscoverResponse) -> None:
+    def _refuse_in_place_change(
+        self,
+        uri: str,
+        discovered: protocol_pb2.DiscoverResponse,
+        services: dict[str, reg.Service] | None = None,
+    ) -> None:
         """Refuses to replace the URI's deployment with code that changes the contract
         of a handler whose invocations pinned to it are in flight: they would resume on
         it (a field whose type changed reads their journaled values as another type,
         silently), where the design has them finish on the deployment they began on.
         What counts is the wire contract (`broker.contract_change`), not file layout.
+
+        `services`: the new code's, when the caller prepared them already.
 
         Raises:
             registration.Refused: FAILED_PRECONDITION naming them and the ways out.
@@ -225,22 +232,21 @@ class AdminServicer(ScheduleAdmin, ReplayAdmin, admin_pb2_grpc.AdminServicer):
         ]
         if not pinned:
             return
-        try:
-            replacement = self._registry.prepare(
-                reg.Deployment(
-                    id=existing.id,
-                    uri=uri,
-                    services=list(discovered.services),
-                    files=discovered.files,
-                    missing_handlers=list(discovered.missing_handlers),
-                )
-            )
-        except (reg.ProtocolViolation, reg.RegistrationError):
-            return  # refused as it is, by the registration itself
+        if services is None:
+            try:
+                services = self._registry.prepare(
+                    reg.Deployment(
+                        id=existing.id,
+                        uri=uri,
+                        services=list(discovered.services),
+                        files=discovered.files,
+                        missing_handlers=list(discovered.missing_handlers),
+                    )
+                ).services
+            except (reg.ProtocolViolation, reg.RegistrationError):
+                return  # refused as it is, by the registration itself
         handlers = [(r.service, r.method) for r in pinned]
-        changes = contract_change.changed(
-            self._registry, existing.id, replacement.services, handlers
-        )
+        changes = contract_change.changed(self._registry, existing.id, services, handlers)
         if not changes:
             return
         affected = [
